@@ -1,0 +1,200 @@
+//! Finding the mount namespaces of a host, and who lives in them, from `/proc`.
+//!
+//! Each namespace is identified by the inode of `/proc/PID/ns/mnt` and held open by one
+//! descriptor from the moment it is found: every later action enters the namespace through
+//! that descriptor, never through a pid, so a pid that exits or is reused between scan and
+//! release cannot redirect an unmount into another namespace.
+
+use std::ffi::OsStr;
+use std::fs;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::{OFlag, open};
+use nix::sys::stat::Mode;
+
+use crate::sys;
+
+/// A mount as a process refers to it: the mount id where the kernel reports one (statx
+/// since 5.8, fdinfo since 3.15), and the filesystem's device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MountRef {
+    pub id: Option<u64>,
+    pub dev: Option<(u32, u32)>,
+}
+
+/// How a process keeps a mount busy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PinVia {
+    Cwd,
+    Exe,
+    OpenFile,
+}
+
+/// A process, with what scan needs to know about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Process {
+    pub pid: i32,
+    pub comm: String,
+    /// The mount holding the process's root directory.
+    pub root: Option<MountRef>,
+    /// Mounts the process keeps busy: working directory, executable, open files.
+    pub uses: Vec<(PinVia, MountRef)>,
+}
+
+/// One mount namespace, held open.
+#[derive(Debug)]
+pub struct Namespace {
+    /// Inode of the nsfs file: the namespace id that `ls -l /proc/PID/ns/mnt` shows.
+    pub inode: u64,
+    /// Open `/proc/PID/ns/mnt` of `pid_used`; keeps the namespace alive and addressable.
+    pub fd: OwnedFd,
+    /// The pid whose ns file was opened (for audit; may have exited since).
+    pub pid_used: i32,
+    /// Member processes (thread-group leaders), in pid order.
+    pub pids: Vec<i32>,
+    /// True for mntreap's own namespace (the runtime's view on a host).
+    pub own: bool,
+}
+
+/// Errors reading /proc that make a scan impossible (per-process failures are not errors:
+/// processes come and go during a scan).
+#[derive(Debug, thiserror::Error)]
+pub enum NamespaceError {
+    #[error("cannot list processes in {path}: {source}")]
+    ListProc { path: PathBuf, source: io::Error },
+    #[error(
+        "cannot open {path}: {source} (mntreap needs root, or CAP_SYS_ADMIN and CAP_SYS_PTRACE)"
+    )]
+    OwnNamespace { path: PathBuf, source: io::Error },
+}
+
+/// Every mount namespace that has at least one process, found through `proc_root`.
+pub fn enumerate(proc_root: &Path) -> Result<Vec<Namespace>, NamespaceError> {
+    let own_path = proc_root.join("self/ns/mnt");
+    let own_inode = fs::metadata(&own_path)
+        .map_err(|source| NamespaceError::OwnNamespace {
+            path: own_path.clone(),
+            source,
+        })?
+        .ino();
+    let entries = fs::read_dir(proc_root).map_err(|source| NamespaceError::ListProc {
+        path: proc_root.to_path_buf(),
+        source,
+    })?;
+    let mut pids: Vec<i32> = entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    pids.sort_unstable();
+
+    // mntreap itself is no member worth reporting (its namespace still is one).
+    let me = std::process::id() as i32;
+    let member = |pid: i32| if pid == me { Vec::new() } else { vec![pid] };
+    let mut namespaces: Vec<Namespace> = Vec::new();
+    let mut by_inode: std::collections::HashMap<u64, usize> = Default::default();
+    for pid in pids {
+        let ns_path = proc_root.join(format!("{pid}/ns/mnt"));
+        // A process that exited since the listing (or a kernel thread we cannot read) is
+        // simply not a member of anything any more.
+        let Ok(meta) = fs::metadata(&ns_path) else {
+            continue;
+        };
+        if let Some(&i) = by_inode.get(&meta.ino()) {
+            namespaces[i].pids.extend(member(pid));
+            continue;
+        }
+        let Ok(fd) = open(&ns_path, OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty()) else {
+            continue;
+        };
+        let fd: OwnedFd = fd;
+        // The pid may have been reused between stat and open: trust the descriptor.
+        let Ok(inode) = nix::sys::stat::fstat(fd.as_fd()).map(|st| st.st_ino) else {
+            continue;
+        };
+        if let Some(&i) = by_inode.get(&inode) {
+            namespaces[i].pids.extend(member(pid));
+            continue;
+        }
+        by_inode.insert(inode, namespaces.len());
+        namespaces.push(Namespace {
+            inode,
+            fd,
+            pid_used: pid,
+            pids: member(pid),
+            own: inode == own_inode,
+        });
+    }
+    Ok(namespaces)
+}
+
+/// Details of one process; `None` if it has exited.
+pub fn process(proc_root: &Path, pid: i32) -> Option<Process> {
+    let dir = proc_root.join(pid.to_string());
+    let comm = fs::read(dir.join("comm")).ok()?;
+    let comm = String::from_utf8_lossy(comm.strip_suffix(b"\n").unwrap_or(&comm)).into_owned();
+    let stat = |name: &str| {
+        sys::statx_mount(None, dir.join(name).as_os_str(), 0)
+            .ok()
+            .map(|s| MountRef {
+                id: s.mnt_id,
+                dev: Some(s.dev),
+            })
+    };
+    let mut uses = Vec::new();
+    if let Some(cwd) = stat("cwd") {
+        uses.push((PinVia::Cwd, cwd));
+    }
+    if let Some(exe) = stat("exe") {
+        uses.push((PinVia::Exe, exe));
+    }
+    uses.extend(open_file_mounts(&dir).into_iter().map(|id| {
+        (
+            PinVia::OpenFile,
+            MountRef {
+                id: Some(id),
+                dev: None,
+            },
+        )
+    }));
+    Some(Process {
+        pid,
+        comm,
+        root: stat("root"),
+        uses,
+    })
+}
+
+/// Mount ids of the process's open files, from `/proc/PID/fdinfo/*` (`mnt_id:` lines).
+fn open_file_mounts(dir: &Path) -> Vec<u64> {
+    let Ok(entries) = fs::read_dir(dir.join("fdinfo")) else {
+        return Vec::new();
+    };
+    let mut ids: Vec<u64> = entries
+        .filter_map(|e| {
+            let text = fs::read_to_string(e.ok()?.path()).ok()?;
+            text.lines()
+                .find_map(|l| l.strip_prefix("mnt_id:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+/// Inode of the namespace behind an open nsfs descriptor.
+pub fn inode_of(fd: &OwnedFd) -> io::Result<u64> {
+    Ok(nix::sys::stat::fstat(fd.as_fd())?.st_ino)
+}
+
+/// Opens a namespace file, e.g. a bind-mounted `/run/mntns/x` or `/proc/PID/ns/mnt`.
+pub fn open_ns(path: &OsStr) -> io::Result<OwnedFd> {
+    Ok(open(
+        path,
+        OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?)
+}

@@ -1,0 +1,118 @@
+//! Running code inside other mount namespaces without ever leaving mntreap there.
+//!
+//! `setns(CLONE_NEWNS)` fails in a thread that shares its fs struct (any thread of a
+//! multi-threaded process), and it changes the thread's root and cwd. So all work inside a
+//! foreign namespace happens on one dedicated thread that first unshares its fs struct; the
+//! thread ends when the work ends, taking its namespace and root with it. No other thread,
+//! and in particular not the caller's, ever changes namespace.
+//!
+//! Paths into `/proc` are resolved through a descriptor of the host's procfs opened before
+//! the thread moves: inside a container's namespace `/proc` belongs to another pid
+//! namespace, or is not mounted at all.
+
+use std::ffi::OsStr;
+use std::io::{self, Read};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::{OFlag, open, openat};
+use nix::mount::MntFlags;
+use nix::sched::CloneFlags;
+use nix::sys::stat::Mode;
+
+/// Failure to set up or enter a namespace.
+#[derive(Debug, thiserror::Error)]
+pub enum NsError {
+    #[error("cannot open the host's procfs at {path}: {source}")]
+    OpenProc { path: PathBuf, source: nix::Error },
+    #[error("cannot unshare the fs struct of the namespace worker thread: {0}")]
+    UnshareFs(nix::Error),
+    #[error("cannot enter mount namespace {inode}: {source}")]
+    Enter { inode: u64, source: nix::Error },
+    #[error("namespace worker thread panicked")]
+    Panicked,
+}
+
+/// A thread that may enter mount namespaces. Lives only inside [`with_worker`].
+pub struct NsWorker {
+    proc_dir: OwnedFd,
+    current: Option<u64>,
+    read_buf: Vec<u8>,
+}
+
+/// Runs `body` on a new thread that can enter namespaces, and returns its result once the
+/// thread has ended.
+pub fn with_worker<R: Send>(
+    proc_root: &Path,
+    body: impl FnOnce(&mut NsWorker) -> R + Send,
+) -> Result<R, NsError> {
+    let proc_dir = open(
+        proc_root,
+        OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|source| NsError::OpenProc {
+        path: proc_root.to_path_buf(),
+        source,
+    })?;
+    std::thread::scope(|scope| {
+        let handle = std::thread::Builder::new()
+            .name("mntreap-ns".into())
+            .spawn_scoped(scope, move || -> Result<R, NsError> {
+                // From here on this thread's root, cwd and namespace are its own.
+                nix::sched::unshare(CloneFlags::CLONE_FS).map_err(NsError::UnshareFs)?;
+                let mut worker = NsWorker {
+                    proc_dir,
+                    current: None,
+                    read_buf: Vec::with_capacity(1 << 20),
+                };
+                Ok(body(&mut worker))
+            })
+            .expect("spawning a thread");
+        handle.join().map_err(|_| NsError::Panicked)?
+    })
+}
+
+impl NsWorker {
+    /// Enters the namespace behind `ns` (an nsfs descriptor whose inode is `inode`).
+    pub fn enter(&mut self, ns: BorrowedFd<'_>, inode: u64) -> Result<(), NsError> {
+        if self.current == Some(inode) {
+            return Ok(());
+        }
+        self.current = None;
+        nix::sched::setns(ns, CloneFlags::CLONE_NEWNS)
+            .map_err(|source| NsError::Enter { inode, source })?;
+        self.current = Some(inode);
+        Ok(())
+    }
+
+    /// The mountinfo of the namespace this thread is in, as seen from the namespace's
+    /// root (so chrooted members cannot hide mounts outside their root).
+    pub fn read_mountinfo(&mut self) -> io::Result<&[u8]> {
+        let fd = openat(
+            &self.proc_dir,
+            "thread-self/mountinfo",
+            OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )?;
+        let mut file = std::fs::File::from(fd);
+        self.read_buf.clear();
+        file.read_to_end(&mut self.read_buf)?;
+        Ok(&self.read_buf)
+    }
+
+    /// Unmounts exactly the mount whose root `target` (an `O_PATH` descriptor opened in the
+    /// current namespace) refers to. Going through `/proc/thread-self/fd/N` names that
+    /// mount itself, so a mount stacked on the same path after `target` was opened and
+    /// checked is never the one removed.
+    pub fn umount_fd(&mut self, target: BorrowedFd<'_>, flags: MntFlags) -> nix::Result<()> {
+        nix::unistd::fchdir(&self.proc_dir)?;
+        let link = format!("thread-self/fd/{}", target.as_raw_fd());
+        nix::mount::umount2(OsStr::new(&link), flags)
+    }
+
+    /// The procfs directory descriptor (host view).
+    pub fn proc_dir(&self) -> BorrowedFd<'_> {
+        self.proc_dir.as_fd()
+    }
+}

@@ -1,0 +1,174 @@
+//! Safety rails on what a user may target. Every refusal says why and what to do instead,
+//! and happens before anything is scanned or changed.
+
+use std::path::{Component, Path, PathBuf};
+
+/// Directories under which container runtimes keep their mounts: targets here need no
+/// `--any-path`.
+pub const RUNTIME_ROOTS: &[&str] = &[
+    "/var/lib/docker",
+    "/var/lib/containerd",
+    "/run/containerd",
+    "/var/lib/kubelet",
+    "/run/netns",
+    "/var/run/netns",
+    "/run/docker",
+    "/var/run/docker",
+];
+
+/// Trees that are never a target, nor anything below them.
+const SYSTEM_TREES: &[&str] = &["/proc", "/sys", "/dev", "/boot"];
+
+/// Directories that are never a target themselves (things below them may be).
+const SYSTEM_DIRS: &[&str] = &[
+    "/", "/run", "/var", "/var/lib", "/var/run", "/usr", "/etc", "/home", "/tmp", "/root", "/bin",
+    "/sbin", "/lib", "/lib64", "/opt", "/srv", "/mnt", "/media",
+];
+
+/// A refused target.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PolicyError {
+    #[error(
+        "{0:?} is a relative path; pass the absolute mount point, e.g. /var/lib/docker/overlay2/<id>/merged"
+    )]
+    Relative(String),
+    #[error("{0:?} contains '..'; pass the path without it")]
+    DotDot(String),
+    #[error(
+        "refusing {0:?}: it is a system directory, and releasing it would unmount whole trees in every namespace; name the layer's own mount point instead"
+    )]
+    SystemDir(String),
+    #[error("refusing {path:?}: it is inside {tree}, which mntreap never unmounts")]
+    SystemTree { path: String, tree: String },
+    #[error(
+        "refusing {path:?}: it is outside the container runtimes' directories ({roots}); pass --any-path if you really mean it"
+    )]
+    OutsideRuntimeRoots { path: String, roots: String },
+    #[error(
+        "refusing {path:?}: it resolves through a symlink to {real:?}; pass {real:?}, the path the kernel shows in mountinfo"
+    )]
+    Symlink { path: String, real: String },
+    #[error("{0:?} is an empty path")]
+    Empty(String),
+}
+
+/// How strict the rails are.
+#[derive(Debug, Clone, Default)]
+pub struct Policy {
+    /// Allow targets outside the runtime roots.
+    pub any_path: bool,
+    /// Extra runtime roots (a configured docker data root, for example).
+    pub extra_roots: Vec<PathBuf>,
+}
+
+impl Policy {
+    /// Validates and normalises one target path.
+    pub fn check(&self, raw: &str) -> Result<PathBuf, PolicyError> {
+        if raw.is_empty() {
+            return Err(PolicyError::Empty(raw.into()));
+        }
+        let path = Path::new(raw);
+        if !path.is_absolute() {
+            return Err(PolicyError::Relative(raw.into()));
+        }
+        let mut normal = PathBuf::from("/");
+        for c in path.components() {
+            match c {
+                Component::RootDir | Component::CurDir => {}
+                Component::ParentDir => return Err(PolicyError::DotDot(raw.into())),
+                Component::Normal(s) => normal.push(s),
+                Component::Prefix(_) => return Err(PolicyError::Relative(raw.into())),
+            }
+        }
+        let shown = normal.to_string_lossy().into_owned();
+        if let Some(tree) = SYSTEM_TREES.iter().find(|t| normal.starts_with(t)) {
+            return Err(PolicyError::SystemTree {
+                path: shown,
+                tree: (*tree).into(),
+            });
+        }
+        if SYSTEM_DIRS.iter().any(|d| normal == Path::new(d)) {
+            return Err(PolicyError::SystemDir(shown));
+        }
+        // If it exists here, it must be the path the kernel uses (no symlinks on the way):
+        // mountinfo shows real paths, and a symlink could point anywhere.
+        if let Ok(real) = std::fs::canonicalize(&normal)
+            && real != normal
+        {
+            return Err(PolicyError::Symlink {
+                path: shown,
+                real: real.to_string_lossy().into_owned(),
+            });
+        }
+        if !self.any_path {
+            let inside = RUNTIME_ROOTS
+                .iter()
+                .map(PathBuf::from)
+                .chain(self.extra_roots.iter().cloned())
+                .any(|root| normal.starts_with(&root));
+            if !inside {
+                let roots = RUNTIME_ROOTS
+                    .iter()
+                    .map(|r| r.to_string())
+                    .chain(
+                        self.extra_roots
+                            .iter()
+                            .map(|r| r.to_string_lossy().into_owned()),
+                    )
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                return Err(PolicyError::OutsideRuntimeRoots { path: shown, roots });
+            }
+        }
+        Ok(normal)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_dangerous_and_relative_paths() {
+        let p = Policy::default();
+        assert_eq!(
+            p.check("merged"),
+            Err(PolicyError::Relative("merged".into()))
+        );
+        assert_eq!(p.check("/"), Err(PolicyError::SystemDir("/".into())));
+        assert_eq!(p.check("/run/"), Err(PolicyError::SystemDir("/run".into())));
+        assert!(matches!(
+            p.check("/proc/1/root"),
+            Err(PolicyError::SystemTree { .. })
+        ));
+        assert!(matches!(
+            p.check("/sys"),
+            Err(PolicyError::SystemTree { .. })
+        ));
+        assert!(matches!(
+            p.check("/var/lib/docker/../x"),
+            Err(PolicyError::DotDot(_))
+        ));
+        assert!(matches!(
+            p.check("/srv/data/x"),
+            Err(PolicyError::OutsideRuntimeRoots { .. })
+        ));
+    }
+
+    #[test]
+    fn accepts_runtime_paths_and_normalises() {
+        let p = Policy::default();
+        assert_eq!(
+            p.check("/var/lib/docker//overlay2/./abc/merged").unwrap(),
+            PathBuf::from("/var/lib/docker/overlay2/abc/merged")
+        );
+        // `/var/lib/dockerfoo` is not inside `/var/lib/docker`.
+        assert!(p.check("/var/lib/dockerfoo/x").is_err());
+        let any = Policy {
+            any_path: true,
+            ..Default::default()
+        };
+        assert!(any.check("/srv/data/x").is_ok());
+        assert!(any.check("/tmp").is_err());
+    }
+}

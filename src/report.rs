@@ -1,0 +1,337 @@
+//! Reports: the JSON documents (schema in README.md, "JSON output") and the human tables.
+//!
+//! Paths appear decoded (a space is a space). Paths that are not UTF-8 are written with
+//! mountinfo's octal escapes for the offending bytes, so nothing is lost or altered.
+
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::mountinfo::encode;
+use crate::release::{ActionResult, NamespacePlan, Outcome};
+use crate::scan::{Holder, Scan};
+
+/// A path for JSON: the real string when it is UTF-8, escaped bytes otherwise.
+pub fn path_json(bytes: &[u8]) -> String {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => s.to_owned(),
+        Err(_) => encode(bytes),
+    }
+}
+
+#[derive(Serialize)]
+struct Pid<'a> {
+    pid: i32,
+    comm: &'a str,
+}
+
+/// The state word shown for a holder.
+pub fn state(scan: &Scan, h: &Holder) -> &'static str {
+    if h.in_use.is_some() {
+        "in-use"
+    } else if scan.namespaces[h.ns].ns.own {
+        "host"
+    } else if !h.pins.is_empty() {
+        "pinned"
+    } else {
+        "leaked"
+    }
+}
+
+/// One holder as a JSON object.
+pub fn holder_json(scan: &Scan, h: &Holder) -> Value {
+    let ns = &scan.namespaces[h.ns];
+    let pids: Vec<Pid> = ns
+        .processes
+        .iter()
+        .map(|p| Pid {
+            pid: p.pid,
+            comm: &p.comm,
+        })
+        .collect();
+    json!({
+        "mnt_ns": ns.ns.inode,
+        "own_namespace": ns.ns.own,
+        "mount_id": h.mount.id,
+        "mount_id_unique": h.mount.unique_id,
+        "parent_id": h.mount.parent_id,
+        "mount_point": path_json(&h.mount_point),
+        "root": path_json(&h.root),
+        "dev": format!("{}:{}", h.mount.dev.0, h.mount.dev.1),
+        "fs_type": h.fs_type,
+        "source": path_json(&h.source),
+        "match": h.matched,
+        "state": state(scan, h),
+        "in_use": h.in_use,
+        "pins": h.pins,
+        "pids": pids,
+    })
+}
+
+/// The `scan --json` document.
+pub fn scan_json(scan: &Scan) -> Value {
+    let holders: Vec<Value> = scan.holders.iter().map(|h| holder_json(scan, h)).collect();
+    let namespaces: std::collections::BTreeSet<u64> = scan
+        .holders
+        .iter()
+        .map(|h| scan.namespaces[h.ns].ns.inode)
+        .collect();
+    json!({
+        "backend": scan.backend,
+        "targets": scan.targets.iter().map(|t| t.to_string_lossy()).collect::<Vec<_>>(),
+        "holders": holders,
+        "summary": {
+            "holders": scan.holders.len(),
+            "namespaces": namespaces.len(),
+            "foreign_holders": scan.foreign_holders().count(),
+            "namespaces_scanned": scan.namespaces.len(),
+        },
+        "notes": scan.notes,
+    })
+}
+
+/// The human table for a scan.
+pub fn scan_text(scan: &Scan) -> String {
+    let mut out = String::new();
+    if scan.holders.is_empty() {
+        out.push_str("No mount namespace holds the target.\n");
+    } else {
+        out.push_str(&format!(
+            "{:<12} {:>8}  {:<11} {:<8} {:<10} {:<40} PIDS\n",
+            "MNT_NS", "MOUNT_ID", "MATCH", "STATE", "FSTYPE", "MOUNT_POINT"
+        ));
+        for h in &scan.holders {
+            let ns = &scan.namespaces[h.ns];
+            let matched = serde_json::to_value(h.matched)
+                .ok()
+                .and_then(|v| v.as_str().map(String::from))
+                .unwrap_or_default();
+            out.push_str(&format!(
+                "{:<12} {:>8}  {:<11} {:<8} {:<10} {:<40} {}\n",
+                ns.ns.inode,
+                h.mount.id,
+                matched,
+                state(scan, h),
+                h.fs_type,
+                encode(&h.mount_point),
+                pids_text(scan, h.ns, 4),
+            ));
+            if let Some(in_use) = &h.in_use {
+                out.push_str(&format!("    in use: {}\n", in_use_text(in_use)));
+            }
+            if !h.pins.is_empty() {
+                out.push_str(&format!(
+                    "    used by {}: release detaches it; the filesystem stays alive until they let go\n",
+                    pins_text(&h.pins)
+                ));
+            }
+        }
+        let foreign = scan.foreign_holders().count();
+        out.push_str(&format!(
+            "{} holder(s), {} in other namespaces; backend {:?}.\n",
+            scan.holders.len(),
+            foreign,
+            scan.backend
+        ));
+    }
+    for n in &scan.notes {
+        out.push_str(&format!("note: {n}\n"));
+    }
+    out
+}
+
+fn in_use_text(in_use: &crate::scan::InUse) -> String {
+    match in_use {
+        crate::scan::InUse::NamespaceRoot => "root of its mount namespace (never touched)".into(),
+        crate::scan::InUse::ProcessRoot { pids } => {
+            format!("root directory of pid(s) {} (never touched)", join(pids))
+        }
+    }
+}
+
+fn pins_text(pins: &[crate::scan::Pin]) -> String {
+    pins.iter()
+        .map(|p| {
+            let via = match p.via {
+                crate::namespace::PinVia::Cwd => "cwd",
+                crate::namespace::PinVia::Exe => "exe",
+                crate::namespace::PinVia::OpenFile => "open file",
+            };
+            format!("pid {} ({via})", p.pid)
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn join(pids: &[i32]) -> String {
+    pids.iter()
+        .map(|p| p.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn pids_text(scan: &Scan, ns: usize, max: usize) -> String {
+    let procs = scan.processes(ns);
+    let mut s = procs
+        .iter()
+        .take(max)
+        .map(|p| format!("{}({})", p.pid, p.comm))
+        .collect::<Vec<_>>()
+        .join(",");
+    if procs.len() > max {
+        s.push_str(&format!(",+{}", procs.len() - max));
+    }
+    s
+}
+
+/// The `release --json` document.
+pub fn release_json(
+    scan: &Scan,
+    plans: &[NamespacePlan],
+    results: &[ActionResult],
+    after: &Scan,
+    remaining: &[&Holder],
+    dry_run: bool,
+) -> Value {
+    let namespaces: Vec<Value> = plans
+        .iter()
+        .map(|p| {
+            let ns = &scan.namespaces[p.ns].ns;
+            let actions: Vec<Value> = p
+                .actions
+                .iter()
+                .filter_map(|a| results.iter().find(|r| r.holder == a.holder))
+                .map(|r| {
+                    let h = &scan.holders[r.holder];
+                    let mut v = json!({
+                        "mount_id": h.mount.id,
+                        "mount_point": path_json(&h.mount_point),
+                        "fs_type": h.fs_type,
+                        "match": h.matched,
+                    });
+                    merge(&mut v, serde_json::to_value(&r.outcome).unwrap_or_default());
+                    v
+                })
+                .collect();
+            json!({
+                "mnt_ns": ns.inode,
+                "own_namespace": ns.own,
+                "pid_used": ns.pid_used,
+                "actions": actions,
+            })
+        })
+        .collect();
+    let remaining: Vec<Value> = remaining.iter().map(|h| holder_json(after, h)).collect();
+    let notes = all_notes(scan, after);
+    json!({
+        "dry_run": dry_run,
+        "backend": scan.backend,
+        "targets": scan.targets.iter().map(|t| t.to_string_lossy()).collect::<Vec<_>>(),
+        "namespaces": namespaces,
+        "remaining": remaining,
+        "notes": notes,
+    })
+}
+
+fn merge(into: &mut Value, from: Value) {
+    if let (Value::Object(a), Value::Object(b)) = (into, from) {
+        a.extend(b);
+    }
+}
+
+/// The human report for a release.
+pub fn release_text(
+    scan: &Scan,
+    plans: &[NamespacePlan],
+    results: &[ActionResult],
+    remaining: &[&Holder],
+    after: &Scan,
+    dry_run: bool,
+) -> String {
+    let mut out = String::new();
+    if plans.is_empty() {
+        out.push_str("No mount namespace holds the target; nothing to do.\n");
+    }
+    for p in plans {
+        let ns = &scan.namespaces[p.ns].ns;
+        out.push_str(&format!(
+            "mount namespace {}{} (entered via pid {}):\n",
+            ns.inode,
+            if ns.own { " [own]" } else { "" },
+            ns.pid_used
+        ));
+        for a in &p.actions {
+            let Some(r) = results.iter().find(|r| r.holder == a.holder) else {
+                continue;
+            };
+            let h = &scan.holders[a.holder];
+            out.push_str(&format!(
+                "  {:<14} {:>8} {}\n",
+                outcome_word(&r.outcome),
+                h.mount.id,
+                encode(&h.mount_point)
+            ));
+            if let Some(detail) = outcome_detail(&r.outcome) {
+                out.push_str(&format!("                 {detail}\n"));
+            }
+        }
+    }
+    if !dry_run {
+        if remaining.is_empty() {
+            out.push_str("Nothing in scope holds the target any more.\n");
+        } else {
+            out.push_str(&format!("{} holder(s) remain:\n", remaining.len()));
+            for h in remaining {
+                out.push_str(&format!(
+                    "  mount namespace {} mount {} {} ({})\n",
+                    after.namespaces[h.ns].ns.inode,
+                    h.mount.id,
+                    encode(&h.mount_point),
+                    state(after, h)
+                ));
+            }
+        }
+    }
+    for n in all_notes(scan, after) {
+        out.push_str(&format!("note: {n}\n"));
+    }
+    out
+}
+
+/// Notes of the scan before and after a release, each once.
+fn all_notes(scan: &Scan, after: &Scan) -> Vec<String> {
+    let mut notes: Vec<String> = Vec::new();
+    for n in scan.notes.iter().chain(&after.notes) {
+        if !notes.contains(n) {
+            notes.push(n.clone());
+        }
+    }
+    notes
+}
+
+fn outcome_word(o: &Outcome) -> &'static str {
+    match o {
+        Outcome::Unmounted => "unmounted",
+        Outcome::Detached { .. } => "detached",
+        Outcome::Kept { .. } => "kept",
+        Outcome::Gone => "already-gone",
+        Outcome::Failed { .. } => "FAILED",
+        Outcome::WouldUnmount => "would-unmount",
+        Outcome::WouldDetach { .. } => "would-detach",
+    }
+}
+
+fn outcome_detail(o: &Outcome) -> Option<String> {
+    match o {
+        Outcome::Detached { pins } => Some(format!(
+            "removed from the namespace; the filesystem stays alive while {} use(s) it",
+            pins_text(pins)
+        )),
+        Outcome::Kept { reason } => Some(reason.clone()),
+        Outcome::Failed { error } => Some(error.clone()),
+        Outcome::WouldDetach { pins } => Some(format!(
+            "used by {}; the filesystem would stay alive until they let go",
+            pins_text(pins)
+        )),
+        _ => None,
+    }
+}

@@ -1,0 +1,309 @@
+//! Raw system calls, and the only `unsafe` code in mntreap.
+//!
+//! Everything here is a thin, typed wrapper: it returns `io::Result` and leaves context
+//! (which path, which pid, which namespace) to the caller's error types. Calls that nix
+//! wraps safely (setns, unshare, umount2) are used through nix elsewhere; this module holds
+//! what nix and libc do not offer: statx mount ids, openat2, NS_GET_MNTNS_ID, listmount(2)
+//! and statmount(2) (Linux 6.8+; their ABI is defined here because the build host's headers
+//! may predate them).
+
+use std::ffi::{CStr, CString, OsStr};
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+
+/// `statx` mask bit for the (reusable, 32-bit) mount id shown in mountinfo (Linux 5.8+).
+const STATX_MNT_ID: u32 = 0x1000;
+/// `stx_attributes` bit: the path is the root of a mount (Linux 5.8+).
+const STATX_ATTR_MOUNT_ROOT: u64 = 0x2000;
+
+/// listmount/statmount syscall numbers: new syscalls share one number on every architecture.
+const SYS_STATMOUNT: libc::c_long = 457;
+const SYS_LISTMOUNT: libc::c_long = 458;
+/// `_IOR(0xb7, 0x5, __u64)`: the 64-bit id of a mount namespace behind an nsfs fd (Linux 6.9+).
+const NS_GET_MNTNS_ID: libc::c_ulong = 0x8008_b705;
+/// listmount: start from the namespace's root.
+const LSMT_ROOT: u64 = u64::MAX;
+
+pub(crate) const STATMOUNT_SB_BASIC: u64 = 0x1;
+pub(crate) const STATMOUNT_MNT_BASIC: u64 = 0x2;
+pub(crate) const STATMOUNT_MNT_ROOT: u64 = 0x8;
+pub(crate) const STATMOUNT_MNT_POINT: u64 = 0x10;
+pub(crate) const STATMOUNT_FS_TYPE: u64 = 0x20;
+pub(crate) const STATMOUNT_SB_SOURCE: u64 = 0x200;
+
+/// `MS_SHARED` as reported in `statmount.mnt_propagation`.
+pub(crate) const MS_SHARED: u64 = 1 << 20;
+
+/// What `statx` says about the mount a path (or fd) lives on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct MountStat {
+    /// The mountinfo mount id, when the kernel reports it (5.8+).
+    pub mnt_id: Option<u64>,
+    /// Whether the path is the root of its mount, when the kernel reports it (5.8+).
+    pub is_mount_root: Option<bool>,
+    /// Device of the filesystem (the superblock's `major:minor`).
+    pub dev: (u32, u32),
+}
+
+fn cstring(path: &OsStr) -> io::Result<CString> {
+    CString::new(path.as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+/// `statx(dirfd, path, flags, STATX_MNT_ID)`; `path` may be empty with `AT_EMPTY_PATH`.
+pub(crate) fn statx_mount(
+    dirfd: Option<BorrowedFd<'_>>,
+    path: &OsStr,
+    flags: libc::c_int,
+) -> io::Result<MountStat> {
+    let c_path = cstring(path)?;
+    let raw_dirfd = dirfd.map_or(libc::AT_FDCWD, |fd| fd.as_raw_fd());
+    let mut buf = std::mem::MaybeUninit::<libc::statx>::zeroed();
+    // SAFETY: `c_path` is a valid NUL-terminated string that outlives the call, `buf` is a
+    // writable statx buffer of the size the kernel expects, and `raw_dirfd` is either
+    // AT_FDCWD or a descriptor borrowed for the duration of the call.
+    let rc = unsafe {
+        libc::statx(
+            raw_dirfd,
+            c_path.as_ptr(),
+            flags,
+            STATX_MNT_ID,
+            buf.as_mut_ptr(),
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: statx returned 0, so the kernel filled the buffer (and it was zeroed before).
+    let stx = unsafe { buf.assume_init() };
+    let mnt_id = (stx.stx_mask & STATX_MNT_ID != 0).then_some(stx.stx_mnt_id);
+    let is_mount_root = (stx.stx_attributes_mask & STATX_ATTR_MOUNT_ROOT != 0)
+        .then_some(stx.stx_attributes & STATX_ATTR_MOUNT_ROOT != 0);
+    Ok(MountStat {
+        mnt_id,
+        is_mount_root,
+        dev: (stx.stx_dev_major, stx.stx_dev_minor),
+    })
+}
+
+/// Opens `path` as an `O_PATH` descriptor without following any symlink on the way
+/// (`openat2` with `RESOLVE_NO_SYMLINKS`), so a path that a namespace has redirected
+/// through a symlink is never mistaken for the mount point we scanned. On kernels
+/// without openat2 (< 5.6) only the last component is protected (`O_NOFOLLOW`).
+pub(crate) fn open_path_no_symlinks(path: &OsStr) -> io::Result<OwnedFd> {
+    let c_path = cstring(path)?;
+    let flags = libc::O_PATH | libc::O_CLOEXEC | libc::O_NOFOLLOW | libc::O_DIRECTORY;
+    let mut how: libc::open_how = unsafe_zeroed_open_how();
+    how.flags = flags as u64;
+    how.resolve = libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS;
+    // SAFETY: `c_path` and `how` are valid for the call; the size passed is `how`'s size.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            libc::AT_FDCWD,
+            c_path.as_ptr(),
+            &how as *const libc::open_how,
+            std::mem::size_of::<libc::open_how>(),
+        )
+    };
+    let fd = if fd < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ENOSYS) {
+        // SAFETY: `c_path` is valid for the call; the flags are plain open flags.
+        unsafe { libc::open(c_path.as_ptr(), flags) as libc::c_long }
+    } else {
+        fd
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this descriptor to us; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) })
+}
+
+fn unsafe_zeroed_open_how() -> libc::open_how {
+    // SAFETY: open_how is a plain C struct of integers; all-zero is its documented default.
+    unsafe { std::mem::zeroed() }
+}
+
+/// The 64-bit id of the mount namespace behind an nsfs descriptor (`NS_GET_MNTNS_ID`).
+pub(crate) fn mntns_id(ns_fd: BorrowedFd<'_>) -> io::Result<u64> {
+    let mut id: u64 = 0;
+    // SAFETY: NS_GET_MNTNS_ID writes one u64 through the pointer, which points to `id`.
+    let rc = unsafe { libc::ioctl(ns_fd.as_raw_fd(), NS_GET_MNTNS_ID, &mut id as *mut u64) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(id)
+}
+
+/// `struct mnt_id_req`, version 1 (with `mnt_ns_id`, Linux 6.10+).
+#[repr(C)]
+struct MntIdReq {
+    size: u32,
+    spare: u32,
+    mnt_id: u64,
+    param: u64,
+    mnt_ns_id: u64,
+}
+
+/// Lists the unique (64-bit) ids of every mount in namespace `ns_id`, in ascending order.
+pub(crate) fn listmount_all(ns_id: u64) -> io::Result<Vec<u64>> {
+    let mut ids: Vec<u64> = Vec::with_capacity(4096);
+    let mut last = 0u64;
+    loop {
+        let req = MntIdReq {
+            size: std::mem::size_of::<MntIdReq>() as u32,
+            spare: 0,
+            mnt_id: LSMT_ROOT,
+            param: last,
+            mnt_ns_id: ns_id,
+        };
+        let room = ids.capacity() - ids.len();
+        // SAFETY: the kernel writes at most `room` u64 values into the spare capacity
+        // starting at `ids.as_mut_ptr().add(ids.len())`, which is allocated and unused.
+        let n = unsafe {
+            libc::syscall(
+                SYS_LISTMOUNT,
+                &req as *const MntIdReq,
+                ids.as_mut_ptr().add(ids.len()),
+                room,
+                0u32,
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let n = n as usize;
+        // SAFETY: the kernel initialised exactly `n` (<= room) elements after the old length.
+        unsafe { ids.set_len(ids.len() + n) };
+        if n < room {
+            return Ok(ids);
+        }
+        // Full buffer: continue after the last id we got.
+        last = *ids.last().expect("n == room > 0");
+        ids.reserve(ids.capacity());
+    }
+}
+
+/// Fixed part of `struct statmount` (the kernel's is 512 bytes; strings follow it).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct StatmountHeader {
+    size: u32,
+    mnt_opts: u32,
+    mask: u64,
+    sb_dev_major: u32,
+    sb_dev_minor: u32,
+    sb_magic: u64,
+    sb_flags: u32,
+    fs_type: u32,
+    mnt_id: u64,
+    mnt_parent_id: u64,
+    mnt_id_old: u32,
+    mnt_parent_id_old: u32,
+    mnt_attr: u64,
+    mnt_propagation: u64,
+    mnt_peer_group: u64,
+    mnt_master: u64,
+    propagate_from: u64,
+    mnt_root: u32,
+    mnt_point: u32,
+    mnt_ns_id: u64,
+    fs_subtype: u32,
+    sb_source: u32,
+}
+const STATMOUNT_FIXED_SIZE: usize = 512;
+
+/// One mount as `statmount(2)` describes it; strings are present when requested.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Statmount {
+    pub mnt_id: u64,
+    #[allow(dead_code)] // kept for debugging output; mountinfo ids are used
+    pub parent_id: u64,
+    pub mnt_id_old: u32,
+    pub parent_id_old: u32,
+    pub dev: (u32, u32),
+    pub propagation: u64,
+    pub peer_group: u64,
+    pub master: u64,
+    pub root: Option<Vec<u8>>,
+    pub mount_point: Option<Vec<u8>>,
+    pub fs_type: Option<Vec<u8>>,
+    pub source: Option<Vec<u8>>,
+}
+
+/// Reusable buffer for [`statmount`]: one allocation serves a whole namespace.
+pub(crate) struct StatmountBuf(Vec<u64>);
+
+impl StatmountBuf {
+    pub(crate) fn new() -> Self {
+        // u64 elements keep the header 8-byte aligned; 4 KiB + header fits most strings.
+        StatmountBuf(vec![0u64; (STATMOUNT_FIXED_SIZE + 4096) / 8])
+    }
+}
+
+/// `statmount(2)` of mount `mnt_id` in namespace `ns_id`, asking for `mask`.
+pub(crate) fn statmount(
+    ns_id: u64,
+    mnt_id: u64,
+    mask: u64,
+    buf: &mut StatmountBuf,
+) -> io::Result<Statmount> {
+    loop {
+        let req = MntIdReq {
+            size: std::mem::size_of::<MntIdReq>() as u32,
+            spare: 0,
+            mnt_id,
+            param: mask,
+            mnt_ns_id: ns_id,
+        };
+        let bytes = buf.0.len() * 8;
+        // SAFETY: the kernel writes at most `bytes` bytes into `buf`, which is that large.
+        let rc = unsafe {
+            libc::syscall(
+                SYS_STATMOUNT,
+                &req as *const MntIdReq,
+                buf.0.as_mut_ptr(),
+                bytes,
+                0u32,
+            )
+        };
+        if rc < 0 {
+            let err = io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::EOVERFLOW) && bytes < (1 << 20) {
+                let grown = buf.0.len() * 4;
+                buf.0.resize(grown, 0);
+                continue;
+            }
+            return Err(err);
+        }
+        // SAFETY: the buffer is 8-byte aligned, at least STATMOUNT_FIXED_SIZE bytes long and
+        // the kernel filled the fixed part; StatmountHeader is a prefix of that layout made
+        // of plain integers.
+        let header = unsafe { *(buf.0.as_ptr() as *const StatmountHeader) };
+        // SAFETY: a u64 slice may be viewed as bytes; the length is the slice's byte size.
+        let raw: &[u8] = unsafe { std::slice::from_raw_parts(buf.0.as_ptr() as *const u8, bytes) };
+        let strings = &raw[STATMOUNT_FIXED_SIZE..(header.size as usize).min(bytes)];
+        let string = |flag: u64, offset: u32| -> Option<Vec<u8>> {
+            if header.mask & flag == 0 {
+                return None;
+            }
+            let tail = strings.get(offset as usize..)?;
+            let s = CStr::from_bytes_until_nul(tail).ok()?;
+            Some(s.to_bytes().to_vec())
+        };
+        return Ok(Statmount {
+            mnt_id: header.mnt_id,
+            parent_id: header.mnt_parent_id,
+            mnt_id_old: header.mnt_id_old,
+            parent_id_old: header.mnt_parent_id_old,
+            dev: (header.sb_dev_major, header.sb_dev_minor),
+            propagation: header.mnt_propagation,
+            peer_group: header.mnt_peer_group,
+            master: header.mnt_master,
+            root: string(STATMOUNT_MNT_ROOT, header.mnt_root),
+            mount_point: string(STATMOUNT_MNT_POINT, header.mnt_point),
+            fs_type: string(STATMOUNT_FS_TYPE, header.fs_type),
+            source: string(STATMOUNT_SB_SOURCE, header.sb_source),
+        });
+    }
+}

@@ -1,0 +1,280 @@
+//! Test fixture: a private "host" mount namespace per test, with real mounts and real
+//! leak-holder processes, torn down (by pid) even when the test fails.
+//!
+//! Each sandbox is a `sleep` started under `unshare -m --propagation private`: its
+//! namespace plays the node's host namespace, and mntreap runs inside it (`nsenter`), so
+//! "own namespace" means the sandbox's and nothing a test does touches the machine's real
+//! mount table. Leak holders are further `unshare -m` processes started from inside it:
+//! they copy every mount the sandbox has at that moment, exactly like a PrivateTmp service.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_mntreap");
+
+pub struct Sandbox {
+    pub dir: PathBuf,
+    host: Child,
+    children: Vec<Child>,
+    loops: Vec<String>,
+}
+
+impl Sandbox {
+    /// A sandbox whose directory `dir` is a tmpfs mounted only in the sandbox namespace.
+    pub fn new(name: &str) -> Sandbox {
+        require_root();
+        let dir = PathBuf::from(format!("/tmp/mntreap-test-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let host = Command::new("unshare")
+            .args(["-m", "--propagation", "private", "sleep", "3600"])
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("starting the sandbox namespace (unshare)");
+        let sb = Sandbox {
+            dir,
+            host,
+            children: Vec::new(),
+            loops: Vec::new(),
+        };
+        sb.wait_own_ns(sb.host.id() as i32);
+        sb.sh(&format!("mount -t tmpfs mntreap-sandbox {}", sb.d()));
+        sb
+    }
+
+    /// The sandbox directory as a shell word.
+    pub fn d(&self) -> String {
+        self.dir.to_str().unwrap().to_string()
+    }
+
+    pub fn host_pid(&self) -> i32 {
+        self.host.id() as i32
+    }
+
+    /// Waits until `pid` has left our namespace (unshare has run), so its copy is complete.
+    fn wait_own_ns(&self, pid: i32) {
+        let ours = ns_inode(std::process::id() as i32);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
+            let theirs = std::fs::metadata(format!("/proc/{pid}/ns/mnt"))
+                .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+                .ok();
+            if theirs.is_some()
+                && theirs != Some(ours)
+                && exe.is_some_and(|e| !e.ends_with("unshare"))
+            {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("process {pid} did not enter a new mount namespace");
+    }
+
+    /// Runs a shell script inside the sandbox namespace; panics with its output on failure.
+    pub fn sh(&self, script: &str) -> String {
+        let out = self.sh_output(script);
+        assert!(
+            out.status.success(),
+            "script failed: {script}\nstdout: {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn sh_output(&self, script: &str) -> Output {
+        Command::new("nsenter")
+            .args([
+                "-t",
+                &self.host_pid().to_string(),
+                "-m",
+                "--",
+                "sh",
+                "-c",
+                script,
+            ])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    /// Starts a leak holder: a process in a new private mount namespace copied from the
+    /// sandbox's, which then runs `script` (default: sleep). Returns its pid once its
+    /// namespace exists and `ready_file` (if any) has appeared.
+    pub fn holder(&mut self, script: Option<&str>, ready_file: Option<&str>) -> i32 {
+        self.holder_with(&["-m", "--propagation", "private"], script, ready_file)
+    }
+
+    pub fn holder_with(
+        &mut self,
+        unshare_args: &[&str],
+        script: Option<&str>,
+        ready_file: Option<&str>,
+    ) -> i32 {
+        let body = script.unwrap_or("exec sleep 3600");
+        let mut cmd = Command::new("nsenter");
+        cmd.args(["-t", &self.host_pid().to_string(), "-m", "--", "unshare"])
+            .args(unshare_args)
+            .args(["sh", "-c", body])
+            .stdin(Stdio::null());
+        let child = cmd.spawn().unwrap();
+        let pid = child.id() as i32;
+        self.children.push(child);
+        self.wait_own_ns(pid);
+        if let Some(f) = ready_file {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !Path::new(f).exists() {
+                assert!(
+                    Instant::now() < deadline,
+                    "holder {pid} never became ready ({f})"
+                );
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        // Wait for the final exec (sleep) so that the process's identity is stable.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while comm(pid).as_deref() != Some("sleep") && comm(pid).as_deref() != Some("busybox") {
+            assert!(
+                Instant::now() < deadline,
+                "holder {pid} never reached its sleep"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        pid
+    }
+
+    /// Runs mntreap inside the sandbox namespace.
+    pub fn mntreap(&self, args: &[&str]) -> Output {
+        self.mntreap_env(args, &[])
+    }
+
+    pub fn mntreap_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut cmd = Command::new("nsenter");
+        cmd.args(["-t", &self.host_pid().to_string(), "-m", "--", BIN])
+            .args(args)
+            .stdin(Stdio::null());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.output().unwrap()
+    }
+
+    /// mntreap with `--json`; returns the exit code and the parsed document.
+    pub fn mntreap_json(&self, args: &[&str], env: &[(&str, &str)]) -> (i32, serde_json::Value) {
+        let mut all: Vec<&str> = args.to_vec();
+        all.push("--json");
+        let out = self.mntreap_env(&all, env);
+        let doc = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "mntreap {all:?} printed no JSON ({e}); exit {:?}\nstdout: {}\nstderr: {}",
+                out.status.code(),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        (out.status.code().unwrap_or(-1), doc)
+    }
+
+    /// Sets up a loop device with an ext4 filesystem on a file in the sandbox.
+    pub fn loop_ext4(&mut self, name: &str) -> String {
+        let img = format!("{}/{name}.img", self.d());
+        self.sh(&format!("truncate -s 32M {img} && mkfs.ext4 -q -F {img}"));
+        let dev = self
+            .sh(&format!("losetup --find --show {img}"))
+            .trim()
+            .to_string();
+        self.loops.push(dev.clone());
+        dev
+    }
+
+    /// Kills one holder (by pid) and reaps it.
+    pub fn kill_holder(&mut self, pid: i32) {
+        if let Some(pos) = self.children.iter().position(|c| c.id() as i32 == pid) {
+            let mut c = self.children.remove(pos);
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        for c in self
+            .children
+            .iter_mut()
+            .chain(std::iter::once(&mut self.host))
+        {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        // The namespaces are gone with their last processes, and their mounts with them.
+        for dev in &self.loops {
+            let _ = Command::new("losetup").args(["-d", dev]).status();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub fn require_root() {
+    assert!(
+        nix_is_root(),
+        "these tests create mount namespaces and must run as root (CI runs them as root)"
+    );
+}
+
+fn nix_is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(2) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+pub fn ns_inode(pid: i32) -> u64 {
+    std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(format!("/proc/{pid}/ns/mnt")).unwrap())
+}
+
+pub fn comm(pid: i32) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
+/// Mount points (decoded) and fs sources in `pid`'s mountinfo, as (mount_point, source).
+pub fn mounts_of(pid: i32) -> Vec<(String, String)> {
+    let text = std::fs::read(format!("/proc/{pid}/mountinfo")).unwrap();
+    let table = mntreap::mountinfo::parse(&text).unwrap();
+    table
+        .mounts
+        .iter()
+        .map(|m| {
+            (
+                String::from_utf8_lossy(table.mount_point(m)).into_owned(),
+                String::from_utf8_lossy(table.str(m.source)).into_owned(),
+            )
+        })
+        .collect()
+}
+
+pub fn has_mount_at(pid: i32, point: &str) -> bool {
+    mounts_of(pid).iter().any(|(p, _)| p == point)
+}
+
+/// The set of namespace inodes among a JSON report's holders.
+pub fn holder_namespaces(doc: &serde_json::Value) -> std::collections::BTreeSet<u64> {
+    doc["holders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["mnt_ns"].as_u64().unwrap())
+        .collect()
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}

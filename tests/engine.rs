@@ -1,0 +1,476 @@
+//! The core engine against real namespaces and real mounts (issue 2's scenarios).
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::os::unix::fs::OpenOptionsExt;
+
+use common::*;
+use serde_json::Value;
+
+/// Layer-like mounts in the sandbox: an overlay for `id` and tmpfs decoys whose names trap
+/// prefix matching.
+fn layers(sb: &Sandbox, id: &str) {
+    let d = sb.d();
+    sb.sh(&format!(
+        "set -e; cd {d}; mkdir -p ovl/lower ovl/upper ovl/work l/{id}/merged l/{id}-init/merged \
+         l/{id}0/merged 'l/sp ace/merged' l/other/merged; echo data > ovl/lower/file; \
+         mount -t overlay layer-{id} -o lowerdir=ovl/lower,upperdir=ovl/upper,workdir=ovl/work l/{id}/merged; \
+         for x in {id}-init {id}0 'sp ace' other; do mount -t tmpfs \"decoy-$x\" \"l/$x/merged\"; done"
+    ));
+}
+
+fn holders(doc: &Value) -> &Vec<Value> {
+    doc["holders"].as_array().unwrap()
+}
+
+#[test]
+fn scan_and_release_exactly_the_leaked_layer() {
+    let mut sb = Sandbox::new("basic");
+    let d = sb.d();
+    layers(&sb, "abc");
+    let leaks: Vec<i32> = (0..3).map(|_| sb.holder(None, None)).collect();
+    // The host copy goes, as in dockerd's Put: only the leaked copies remain.
+    sb.sh(&format!("umount {d}/l/abc/merged"));
+    let target = format!("{d}/l/abc/merged");
+
+    let (code, doc) = sb.mntreap_json(&["scan", "--any-path", "--path", &target], &[]);
+    assert_eq!(code, 1, "leaks found => exit 1: {doc:#}");
+    let expected: BTreeSet<u64> = leaks.iter().map(|&p| ns_inode(p)).collect();
+    assert_eq!(holder_namespaces(&doc), expected);
+    for h in holders(&doc) {
+        assert_eq!(h["mount_point"], target.as_str());
+        assert_eq!(h["fs_type"], "overlay");
+        assert_eq!(h["state"], "leaked");
+        let pids: Vec<i64> = h["pids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["pid"].as_i64().unwrap())
+            .collect();
+        assert_eq!(pids.len(), 1);
+        assert!(leaks.contains(&(pids[0] as i32)));
+    }
+
+    let out = sb.mntreap(&["release", "--any-path", "--path", &target]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("mntreap::audit"),
+        "audit lines on stderr: {}",
+        stderr(&out)
+    );
+    for &pid in &leaks {
+        assert!(!has_mount_at(pid, &target), "copy left in {pid}");
+        for decoy in ["abc-init", "abc0", "sp ace", "other"] {
+            assert!(
+                has_mount_at(pid, &format!("{d}/l/{decoy}/merged")),
+                "decoy {decoy} gone in {pid}"
+            );
+        }
+    }
+    let host = sb.host_pid();
+    for decoy in ["abc-init", "abc0", "sp ace", "other"] {
+        assert!(has_mount_at(host, &format!("{d}/l/{decoy}/merged")));
+    }
+    let (code, doc) = sb.mntreap_json(&["scan", "--any-path", "--path", &target], &[]);
+    assert_eq!((code, holders(&doc).len()), (0, 0), "{doc:#}");
+}
+
+#[test]
+fn escaped_paths_round_trip() {
+    let mut sb = Sandbox::new("escape");
+    let d = sb.d();
+    layers(&sb, "e1");
+    let leak = sb.holder(None, None);
+    let target = format!("{d}/l/sp ace/merged");
+    let (code, doc) = sb.mntreap_json(
+        &["scan", "--any-path", "--path", &target],
+        &[("MNTREAP_BACKEND", "mountinfo")],
+    );
+    assert_eq!(code, 1);
+    let points: BTreeSet<&str> = holders(&doc)
+        .iter()
+        .map(|h| h["mount_point"].as_str().unwrap())
+        .collect();
+    assert_eq!(points, BTreeSet::from([target.as_str()]));
+    // The printed path is accepted back as input and releases the copy.
+    let out = sb.mntreap(&["release", "--any-path", "--path", points.first().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(!has_mount_at(leak, &target));
+    // The human table escapes it like mountinfo, keeping one row per line.
+    let out = sb.mntreap(&["scan", "--any-path", "--path", &target]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("sp\\040ace"));
+}
+
+#[test]
+fn loop_device_stays_busy_until_released() {
+    let mut sb = Sandbox::new("loop");
+    let d = sb.d();
+    let dev = sb.loop_ext4("dm");
+    let target = format!("{d}/devicemapper/mnt/c0ffee");
+    sb.sh(&format!("mkdir -p {target} && mount {dev} {target}"));
+    let leak = sb.holder(None, None);
+    sb.sh(&format!("umount {target}"));
+
+    let open_excl = || {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_EXCL)
+            .open(&dev)
+    };
+    let err = open_excl().expect_err("device must be busy while the leaked copy exists");
+    assert_eq!(err.raw_os_error(), Some(libc::EBUSY), "{err}");
+
+    let out = sb.mntreap(&["release", "--any-path", "--path", &target]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(!has_mount_at(leak, &target));
+    open_excl().expect("device free after release");
+}
+
+#[test]
+fn chrooted_holder_found_by_identity() {
+    let mut sb = Sandbox::new("chroot");
+    let d = sb.d();
+    layers(&sb, "ch");
+    let busybox = which("busybox");
+    sb.sh(&format!(
+        "mkdir -p {d}/jail/mnt/layer && cp {busybox} {d}/jail/busybox"
+    ));
+    // Inside its own namespace: bind the layer into the jail, drop the original path, and
+    // chroot: the holder sees the layer at /mnt/layer only.
+    let script = format!(
+        "mount --bind {d}/l/ch/merged {d}/jail/mnt/layer && umount {d}/l/ch/merged && \
+         exec chroot {d}/jail /busybox sleep 3600"
+    );
+    let pid = sb.holder(Some(&script), None);
+    let target = format!("{d}/l/ch/merged");
+    let (code, doc) = sb.mntreap_json(&["scan", "--any-path", "--path", &target], &[]);
+    assert_eq!(code, 1, "{doc:#}");
+    let foreign: Vec<&Value> = holders(&doc)
+        .iter()
+        .filter(|h| h["own_namespace"] == false)
+        .collect();
+    assert_eq!(foreign.len(), 1, "{doc:#}");
+    assert_eq!(foreign[0]["mnt_ns"].as_u64(), Some(ns_inode(pid)));
+    assert_eq!(foreign[0]["match"], "identity");
+    assert_eq!(foreign[0]["mount_point"], format!("{d}/jail/mnt/layer"));
+    // From inside the chroot the copy is at /mnt/layer.
+    assert!(has_mount_at(pid, "/mnt/layer"));
+
+    let out = sb.mntreap(&["release", "--any-path", "--path", &target]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(!has_mount_at(pid, "/mnt/layer"));
+    // The host's own copy is the runtime's: left alone by default.
+    assert!(has_mount_at(sb.host_pid(), &target));
+}
+
+#[test]
+fn cwd_inside_copy_is_detached_and_named() {
+    let mut sb = Sandbox::new("cwd");
+    let d = sb.d();
+    layers(&sb, "wd");
+    let target = format!("{d}/l/wd/merged");
+    let pid = sb.holder(Some(&format!("cd {target} && exec sleep 3600")), None);
+    sb.sh(&format!("umount {target}"));
+
+    let (code, doc) = sb.mntreap_json(&["scan", "--any-path", "--path", &target], &[]);
+    assert_eq!(code, 1);
+    let h = &holders(&doc)[0];
+    assert_eq!(h["state"], "pinned");
+    assert_eq!(h["pins"], serde_json::json!([{"pid": pid, "via": "cwd"}]));
+
+    let (code, doc) = sb.mntreap_json(&["release", "--any-path", "--path", &target], &[]);
+    assert_eq!(code, 1, "still pinned => exit 1: {doc:#}");
+    let action = &doc["namespaces"][0]["actions"][0];
+    assert_eq!(action["result"], "detached", "{doc:#}");
+    assert_eq!(action["pins"][0]["pid"], pid);
+    assert!(!has_mount_at(pid, &target), "detached from the namespace");
+    // The process still works inside its (now detached) directory.
+    let file = std::fs::read_to_string(format!("/proc/{pid}/cwd/file")).unwrap();
+    assert_eq!(file, "data\n");
+}
+
+#[test]
+fn container_root_is_never_touched() {
+    let mut sb = Sandbox::new("pivot");
+    let d = sb.d();
+    layers(&sb, "ct");
+    let busybox = which("busybox");
+    let target = format!("{d}/l/ct/merged");
+    sb.sh(&format!(
+        "cp {busybox} {target}/busybox && mkdir -p {target}/old"
+    ));
+    let script = format!("cd {target} && pivot_root . old && exec /busybox sleep 3600");
+    let pid = sb.holder(Some(&script), None);
+    let before = mounts_of(pid);
+
+    let (code, doc) = sb.mntreap_json(&["release", "--any-path", "--path", &target], &[]);
+    assert_eq!(code, 1, "in-use copy remains => exit 1: {doc:#}");
+    let ns = doc["namespaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["mnt_ns"].as_u64() == Some(ns_inode(pid)))
+        .expect("container namespace planned");
+    let action = &ns["actions"][0];
+    assert_eq!(action["result"], "kept", "{doc:#}");
+    assert!(
+        action["reason"]
+            .as_str()
+            .unwrap()
+            .contains("root of its mount namespace")
+    );
+    assert_eq!(mounts_of(pid), before, "nothing changed in the container");
+    let remaining = doc["remaining"].as_array().unwrap();
+    assert_eq!(remaining.len(), 1);
+    assert_eq!(remaining[0]["in_use"]["kind"], "namespace-root");
+}
+
+#[test]
+fn namespace_vanishing_between_scan_and_release() {
+    let mut sb = Sandbox::new("vanish");
+    let d = sb.d();
+    layers(&sb, "vn");
+    let stay = sb.holder(None, None);
+    let vanish = sb.holder(None, None);
+    sb.sh(&format!("umount {d}/l/vn/merged"));
+    let target = std::path::PathBuf::from(format!("{d}/l/vn/merged"));
+    // Library-level: scan from this process (the sandbox is a foreign namespace here),
+    // then the holder exits, then release acts on the held namespace descriptors.
+    let request = mntreap::scan::ScanRequest {
+        targets: vec![target.clone()],
+        backend: mntreap::source::Backend::Mountinfo,
+        proc_root: "/proc".into(),
+    };
+    let scan = mntreap::scan::scan(&request).unwrap();
+    let in_scan: BTreeSet<u64> = scan
+        .holders
+        .iter()
+        .map(|h| scan.namespaces[h.ns].ns.inode)
+        .collect();
+    let vanished_ns = ns_inode(vanish);
+    assert!(in_scan.contains(&ns_inode(stay)) && in_scan.contains(&vanished_ns));
+    sb.kill_holder(vanish);
+
+    // Only the two leak namespaces are in scope here: the sandbox's own copy is gone.
+    let rel = mntreap::release::run_on(scan, &request, Default::default(), false).unwrap();
+    for r in &rel.results {
+        assert!(
+            matches!(
+                r.outcome,
+                mntreap::release::Outcome::Unmounted | mntreap::release::Outcome::Gone
+            ),
+            "{:?}",
+            r.outcome
+        );
+    }
+    let after = rel.after.as_ref().unwrap();
+    assert!(
+        after
+            .notes
+            .iter()
+            .any(|n| n.contains(&vanished_ns.to_string()) && n.contains("no process left")),
+        "{:?}",
+        after.notes
+    );
+    assert!(!has_mount_at(stay, target.to_str().unwrap()));
+    assert!(rel.remaining().is_empty());
+}
+
+#[test]
+fn holders_exiting_during_scans_do_not_break_them() {
+    let mut sb = Sandbox::new("churn");
+    let d = sb.d();
+    layers(&sb, "ch");
+    sb.holder(None, None);
+    // A storm of short-lived namespaces holding copies, for the whole test.
+    let storm = "end=$(($(date +%s)+4)); while [ $(date +%s) -lt $end ]; do \
+         for i in 1 2 3 4; do unshare -m --propagation private sleep 0.0$i & done; wait; done";
+    let mut churn = std::process::Command::new("nsenter")
+        .args([
+            "-t",
+            &sb.host_pid().to_string(),
+            "-m",
+            "--",
+            "sh",
+            "-c",
+            storm,
+        ])
+        .spawn()
+        .unwrap();
+    let target = format!("{d}/l/ch/merged");
+    for i in 0..15 {
+        let backend = if i % 2 == 0 { "listmount" } else { "mountinfo" };
+        let (code, doc) = sb.mntreap_json(
+            &["scan", "--any-path", "--path", &target],
+            &[("MNTREAP_BACKEND", backend)],
+        );
+        assert_eq!(code, 1, "scan {i} ({backend}): {doc:#}");
+        assert!(!holders(&doc).is_empty());
+    }
+    churn.wait().unwrap();
+}
+
+#[test]
+fn bad_input_is_refused_and_changes_nothing() {
+    let mut sb = Sandbox::new("badinput");
+    let d = sb.d();
+    layers(&sb, "bi");
+    let leak = sb.holder(None, None);
+    let before = (mounts_of(leak), mounts_of(sb.host_pid()));
+    let cases: &[(&[&str], &str)] = &[
+        (&["release", "--path", "l/bi/merged"], "relative path"),
+        (&["release", "--path", "/"], "system directory"),
+        (&["release", "--path", "/proc"], "never unmounts"),
+        (&["release", "--path", "/sys/fs/cgroup"], "never unmounts"),
+        (&["release", "--path", "/run"], "system directory"),
+        (
+            &["release", "--any-path", "--path", "/tmp/mntreap-no-such/x"],
+            "does not exist",
+        ),
+        (
+            &["release", "--path", &format!("{d}/l/bi/merged")],
+            "--any-path",
+        ),
+        (
+            &[
+                "release",
+                "--any-path",
+                "--path",
+                &format!("{d}/l/../l/bi/merged"),
+            ],
+            "'..'",
+        ),
+    ];
+    for (args, message) in cases {
+        let out = sb.mntreap(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains(message), "{args:?}: {}", stderr(&out));
+        assert!(out.stdout.is_empty(), "no report on refusal");
+    }
+    assert_eq!((mounts_of(leak), mounts_of(sb.host_pid())), before);
+}
+
+#[test]
+fn stacked_mounts_release_only_the_targets() {
+    let mut sb = Sandbox::new("stacked");
+    let d = sb.d();
+    layers(&sb, "st");
+    let target = format!("{d}/l/st/merged");
+    let elsewhere = format!("{d}/l/other/merged");
+    // In the foreign namespace: a copy of the layer stacked on a decoy at another path,
+    // and a second mount stacked on the layer at its own path.
+    let script = format!(
+        "mount --bind {target} {elsewhere} && mount -t tmpfs upper {target} && exec sleep 3600"
+    );
+    let pid = sb.holder(Some(&script), None);
+    sb.sh(&format!("umount {target}"));
+    let count_at = |p: &str| mounts_of(pid).iter().filter(|(m, _)| m == p).count();
+    assert_eq!((count_at(&target), count_at(&elsewhere)), (2, 2));
+
+    let out = sb.mntreap(&["release", "--any-path", "--path", &target]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(count_at(&target), 0);
+    let left: Vec<(String, String)> = mounts_of(pid)
+        .into_iter()
+        .filter(|(m, _)| *m == elsewhere)
+        .collect();
+    assert_eq!(left, vec![(elsewhere.clone(), "decoy-other".to_string())]);
+}
+
+#[test]
+fn backends_agree() {
+    let mut sb = Sandbox::new("backends");
+    let d = sb.d();
+    layers(&sb, "bk");
+    sb.sh(&format!(
+        "mkdir -p {d}/agent/view && mount --rbind {d}/l {d}/agent/view"
+    ));
+    for _ in 0..2 {
+        sb.holder(None, None);
+    }
+    sb.holder(
+        Some(&format!("cd {d}/l/bk/merged && exec sleep 3600")),
+        None,
+    );
+    sb.sh(&format!("umount {d}/l/bk/merged"));
+    let target = format!("{d}/l/bk/merged");
+    let strip = |mut doc: Value| {
+        for h in doc["holders"].as_array_mut().unwrap() {
+            h.as_object_mut().unwrap().remove("mount_id_unique");
+        }
+        doc.as_object_mut().unwrap().remove("backend");
+        // Other tests create and end namespaces meanwhile: compare holders, not the node.
+        doc["summary"]
+            .as_object_mut()
+            .unwrap()
+            .remove("namespaces_scanned");
+        doc
+    };
+    let (c1, listmount) = sb.mntreap_json(
+        &["scan", "--any-path", "--path", &target],
+        &[("MNTREAP_BACKEND", "listmount")],
+    );
+    let (c2, mountinfo) = sb.mntreap_json(
+        &["scan", "--any-path", "--path", &target],
+        &[("MNTREAP_BACKEND", "mountinfo")],
+    );
+    assert_eq!(listmount["backend"], "listmount");
+    assert_eq!(mountinfo["backend"], "mountinfo");
+    assert!(holders(&listmount).len() >= 6, "{listmount:#}");
+    assert_eq!(c1, c2);
+    assert_eq!(strip(listmount), strip(mountinfo));
+}
+
+#[test]
+fn shared_parent_propagation_is_refused() {
+    let mut sb = Sandbox::new("propagation");
+    let d = sb.d();
+    layers(&sb, "pr");
+    sb.sh(&format!("mount --make-rshared {d}"));
+    // A namespace whose mounts are peers of the sandbox's: an unmount there would
+    // propagate back and take the sandbox's (the runtime's) own copy with it.
+    let pid = sb.holder_with(&["-m", "--propagation", "unchanged"], None, None);
+    let target = format!("{d}/l/pr/merged");
+    let (code, doc) = sb.mntreap_json(&["release", "--any-path", "--path", &target], &[]);
+    assert_eq!(code, 1, "{doc:#}");
+    let ns = doc["namespaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["mnt_ns"].as_u64() == Some(ns_inode(pid)))
+        .unwrap();
+    assert_eq!(ns["actions"][0]["result"], "kept", "{doc:#}");
+    assert!(
+        ns["actions"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("shared"),
+        "{doc:#}"
+    );
+    assert!(
+        has_mount_at(sb.host_pid(), &target),
+        "the runtime's copy must survive"
+    );
+    assert!(has_mount_at(pid, &target));
+    // With --everywhere the runtime's copy is in scope too, so nothing is lost by propagating.
+    let (code, doc) = sb.mntreap_json(
+        &["release", "--everywhere", "--any-path", "--path", &target],
+        &[],
+    );
+    assert_eq!(code, 0, "{doc:#}");
+    assert!(!has_mount_at(pid, &target) && !has_mount_at(sb.host_pid(), &target));
+}
+
+fn which(name: &str) -> String {
+    let out = std::process::Command::new("sh")
+        .args(["-c", &format!("command -v {name}")])
+        .output()
+        .unwrap();
+    let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(
+        !path.is_empty(),
+        "{name} is needed (apt-get install -y busybox-static)"
+    );
+    path
+}
