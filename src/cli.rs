@@ -72,6 +72,13 @@ struct TargetArgs {
     /// How to read mount tables: listmount(2) where the kernel has it, else mountinfo.
     #[arg(long, value_enum, env = "MNTREAP_BACKEND", default_value = "auto")]
     backend: BackendChoice,
+    /// Only mounts at or below the paths, in each namespace's view: skip the search for
+    /// copies at other paths (much faster on large nodes; see README, Benchmark).
+    #[arg(long)]
+    paths_only: bool,
+    /// Worker threads that read namespaces in parallel (default: cores, at most 4).
+    #[arg(long, env = "MNTREAP_THREADS")]
+    threads: Option<usize>,
     /// Where procfs is mounted (the host's, when mntreap runs in a container).
     #[arg(long, env = "MNTREAP_PROC", default_value = "/proc", hide = true)]
     proc: PathBuf,
@@ -171,6 +178,8 @@ fn request(args: &TargetArgs) -> Result<ScanRequest, Failure> {
         targets,
         backend: args.backend.resolve(&probe),
         proc_root: args.proc.clone(),
+        threads: args.threads.unwrap_or_else(scan::default_threads).max(1),
+        paths_only: args.paths_only,
     })
 }
 
@@ -220,32 +229,13 @@ fn run(command: Command) -> Result<u8, Failure> {
                 everywhere: args.everywhere,
             };
             let rel = release::run_on(scan, &req, scope, args.dry_run)?;
-            let remaining = rel.remaining();
-            let after = rel.after.as_ref().unwrap_or(&rel.scan);
             let text = if args.target.json {
-                format!(
-                    "{:#}\n",
-                    report::release_json(
-                        &rel.scan,
-                        &rel.plans,
-                        &rel.results,
-                        after,
-                        &remaining,
-                        rel.dry_run
-                    )
-                )
+                format!("{:#}\n", report::release_json(&rel))
             } else {
-                report::release_text(
-                    &rel.scan,
-                    &rel.plans,
-                    &rel.results,
-                    &remaining,
-                    after,
-                    rel.dry_run,
-                )
+                report::release_text(&rel)
             };
             print(&text);
-            Ok(if !remaining.is_empty() || rel.still_pinned() {
+            Ok(if !rel.remaining().is_empty() || rel.still_pinned() {
                 EXIT_REMAINING
             } else {
                 EXIT_CLEAN

@@ -185,11 +185,6 @@ fn open_file_mounts(dir: &Path) -> Vec<u64> {
     ids
 }
 
-/// Inode of the namespace behind an open nsfs descriptor.
-pub fn inode_of(fd: &OwnedFd) -> io::Result<u64> {
-    Ok(nix::sys::stat::fstat(fd.as_fd())?.st_ino)
-}
-
 /// Opens a namespace file, e.g. a bind-mounted `/run/mntns/x` or `/proc/PID/ns/mnt`.
 pub fn open_ns(path: &OsStr) -> io::Result<OwnedFd> {
     Ok(open(

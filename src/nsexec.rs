@@ -12,7 +12,7 @@
 
 use std::ffi::OsStr;
 use std::io::{self, Read};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::{OFlag, open, openat};
@@ -73,6 +73,47 @@ pub fn with_worker<R: Send>(
     })
 }
 
+/// Runs `job` for every item on `threads` worker threads (each able to enter namespaces),
+/// and returns the results in the items' order.
+pub fn map_with_workers<T: Sync, R: Send>(
+    proc_root: &Path,
+    threads: usize,
+    items: &[T],
+    job: impl Fn(&mut NsWorker, &T) -> R + Sync,
+) -> Result<Vec<R>, NsError> {
+    let threads = threads.clamp(1, items.len().max(1));
+    let job = &job;
+    let chunks: Vec<Result<Vec<(usize, R)>, NsError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                scope.spawn(move || {
+                    // Interleaved, so that large and small namespaces spread evenly.
+                    with_worker(proc_root, |worker| {
+                        (t..items.len())
+                            .step_by(threads)
+                            .map(|i| (i, job(worker, &items[i])))
+                            .collect::<Vec<_>>()
+                    })
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or(Err(NsError::Panicked)))
+            .collect()
+    });
+    let mut out: Vec<Option<R>> = (0..items.len()).map(|_| None).collect();
+    for chunk in chunks {
+        for (i, r) in chunk? {
+            out[i] = Some(r);
+        }
+    }
+    Ok(out
+        .into_iter()
+        .map(|r| r.expect("every item was mapped"))
+        .collect())
+}
+
 impl NsWorker {
     /// Enters the namespace behind `ns` (an nsfs descriptor whose inode is `inode`).
     pub fn enter(&mut self, ns: BorrowedFd<'_>, inode: u64) -> Result<(), NsError> {
@@ -109,10 +150,5 @@ impl NsWorker {
         nix::unistd::fchdir(&self.proc_dir)?;
         let link = format!("thread-self/fd/{}", target.as_raw_fd());
         nix::mount::umount2(OsStr::new(&link), flags)
-    }
-
-    /// The procfs directory descriptor (host view).
-    pub fn proc_dir(&self) -> BorrowedFd<'_> {
-        self.proc_dir.as_fd()
     }
 }

@@ -6,7 +6,7 @@
 //! mount scanned (mount id and device), and only then unmounts it through that descriptor.
 //! Each unmount is an audit event (`target: "mntreap::audit"`).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
@@ -80,6 +80,7 @@ pub fn plan(scan: &Scan, scope: Scope) -> Vec<NamespacePlan> {
         .map(|(h, _)| (h.ns, h.mount.id))
         .collect();
 
+    let parents = Parents::of(scan);
     let mut plans: Vec<NamespacePlan> = Vec::new();
     for i in order {
         let h = &scan.holders[i];
@@ -112,7 +113,7 @@ pub fn plan(scan: &Scan, scope: Scope) -> Vec<NamespacePlan> {
             }
             if let Some(copy) = kept_copies
                 .iter()
-                .find(|&&k| has_ancestor(scan, h.ns, h.mount.id, k))
+                .find(|&&k| parents.has_ancestor(h.ns, h.mount.id, k))
             {
                 a.step = Step::Keep {
                     reason: format!("it is inside mount {copy}, which is kept"),
@@ -135,7 +136,7 @@ pub fn plan(scan: &Scan, scope: Scope) -> Vec<NamespacePlan> {
             let h = &scan.holders[a.holder];
             if let Some(child) = kept
                 .iter()
-                .find(|&&k| has_ancestor(scan, h.ns, k, h.mount.id))
+                .find(|&&k| parents.has_ancestor(h.ns, k, h.mount.id))
             {
                 a.step = Step::Keep {
                     reason: format!("mount {child} inside it is kept"),
@@ -171,26 +172,41 @@ fn first_step(scan: &Scan, h: &Holder, scope: Scope) -> Step {
     }
 }
 
-/// True when mount `child` has `ancestor` above it in namespace `ns`.
-fn has_ancestor(scan: &Scan, ns: usize, child: u64, ancestor: u64) -> bool {
-    let Some(table) = scan.namespaces[ns].table.as_ref() else {
-        return false;
-    };
-    let index = table.index();
-    let mut at = index.get(&child).copied();
-    let mut steps = 0;
-    while let Some(i) = at {
-        let m = &table.mounts[i];
-        if m.parent_id == ancestor {
-            return true;
-        }
-        steps += 1;
-        at = index
-            .get(&m.parent_id)
-            .copied()
-            .filter(|&p| p != i && steps <= table.mounts.len());
+/// Parent links of the namespaces in a plan, to ask "is this mount inside that one".
+struct Parents(HashMap<usize, HashMap<u64, u64>>);
+
+impl Parents {
+    fn of(scan: &Scan) -> Parents {
+        let namespaces: HashSet<usize> = scan.holders.iter().map(|h| h.ns).collect();
+        Parents(
+            namespaces
+                .into_iter()
+                .filter_map(|ns| {
+                    let table = scan.namespaces[ns].table.as_ref()?;
+                    Some((
+                        ns,
+                        table.mounts.iter().map(|m| (m.id, m.parent_id)).collect(),
+                    ))
+                })
+                .collect(),
+        )
     }
-    false
+
+    /// True when mount `child` has `ancestor` above it in namespace `ns`.
+    fn has_ancestor(&self, ns: usize, child: u64, ancestor: u64) -> bool {
+        let Some(parents) = self.0.get(&ns) else {
+            return false;
+        };
+        let mut at = child;
+        for _ in 0..parents.len() {
+            match parents.get(&at) {
+                Some(&p) if p == ancestor => return true,
+                Some(&p) if p != at => at = p,
+                _ => return false,
+            }
+        }
+        false
+    }
 }
 
 /// An unmount under a shared parent propagates to the mounts at the same place under every
@@ -204,6 +220,14 @@ fn propagation_hazard(
     let parent = h.parent?;
     let group = parent.peer_group?;
     let parent_table = scan.namespaces[h.ns].table.as_ref()?;
+    if parent_table.partial {
+        return Some(format!(
+            "its parent mount {} is shared (peer group {group}) and --paths-only did not read \
+             the other namespaces' mounts, so where the unmount would propagate is unknown; \
+             run without --paths-only",
+            parent.id
+        ));
+    }
     let location = fs_location(
         parent_table.root(&parent),
         parent_table.mount_point(&parent),
@@ -328,6 +352,7 @@ pub fn execute(
             })
             .collect());
     }
+    let parents = Parents::of(scan);
     nsexec::with_worker(proc_root, |worker| {
         let mut results = Vec::new();
         for p in plans {
@@ -352,7 +377,7 @@ pub fn execute(
                 let h = &scan.holders[a.holder];
                 let failed_child = failed
                     .iter()
-                    .find(|&&c| has_ancestor(scan, h.ns, c, h.mount.id));
+                    .find(|&&c| parents.has_ancestor(h.ns, c, h.mount.id));
                 let outcome = match (&a.step, &entered) {
                     (Step::Keep { reason }, _) => Outcome::Kept {
                         reason: reason.clone(),
@@ -484,14 +509,17 @@ fn audit(scan: &Scan, h: &Holder, outcome: &Outcome) {
     }
 }
 
-/// A whole release: the scan it acted on, the plan, what happened, and a fresh scan after.
+/// A whole release: the scan it acted on, the plan, what happened, and what is left.
 #[derive(Debug)]
 pub struct Release {
     pub scan: Scan,
     pub plans: Vec<NamespacePlan>,
     pub results: Vec<ActionResult>,
-    /// A new scan after acting (the same as `scan` for a dry run).
-    pub after: Option<Scan>,
+    /// `(namespace index, mount id)` of the scanned holders still mounted after acting;
+    /// `None` for a dry run.
+    pub still_mounted: Option<HashSet<(usize, u64)>>,
+    /// What the re-check noticed (namespaces whose processes are all gone).
+    pub notes: Vec<String>,
     pub dry_run: bool,
     pub scope: Scope,
 }
@@ -499,11 +527,15 @@ pub struct Release {
 impl Release {
     /// Holders that are still there and in scope (foreign ones; all with `--everywhere`).
     pub fn remaining(&self) -> Vec<&Holder> {
-        let after = self.after.as_ref().unwrap_or(&self.scan);
-        after
+        self.scan
             .holders
             .iter()
-            .filter(|h| self.scope.everywhere || !after.namespaces[h.ns].ns.own)
+            .filter(|h| self.scope.everywhere || !self.scan.namespaces[h.ns].ns.own)
+            .filter(|h| {
+                self.still_mounted
+                    .as_ref()
+                    .is_none_or(|s| s.contains(&(h.ns, h.mount.id)))
+            })
             .collect()
     }
 
@@ -515,7 +547,7 @@ impl Release {
     }
 }
 
-/// Scans, plans and releases `request`'s targets within `scope`, then scans again.
+/// Scans, plans and releases `request`'s targets within `scope`, then re-checks.
 pub fn run(
     request: &crate::scan::ScanRequest,
     scope: Scope,
@@ -532,30 +564,118 @@ pub fn run_on(
     scope: Scope,
     dry_run: bool,
 ) -> Result<Release, crate::scan::ScanError> {
+    let started = std::time::Instant::now();
     let plans = plan(&scan, scope);
+    let planned = started.elapsed();
     let results = execute(&scan, &plans, &request.proc_root, dry_run)?;
-    let after = if dry_run {
-        None
+    let executed = started.elapsed();
+    let (still_mounted, notes) = if dry_run {
+        (None, Vec::new())
     } else {
-        let mut after = crate::scan::scan(request)?;
-        // Namespaces we acted in whose processes are all gone now: say so.
-        for p in &plans {
-            let inode = scan.namespaces[p.ns].ns.inode;
-            if !after.namespaces.iter().any(|n| n.ns.inode == inode) {
-                after.notes.push(format!(
-                    "mount namespace {inode} has no process left after the release (its \
-                     last process exited after the scan); it is gone with its mounts"
-                ));
-            }
-        }
-        Some(after)
+        let (still, notes) = recheck(&scan, &plans, request)?;
+        (Some(still), notes)
     };
+    tracing::debug!(
+        plan_ms = planned.as_secs_f64() * 1e3,
+        execute_ms = (executed - planned).as_secs_f64() * 1e3,
+        recheck_ms = (started.elapsed() - executed).as_secs_f64() * 1e3,
+        "release done"
+    );
     Ok(Release {
         scan,
         plans,
         results,
-        after,
+        still_mounted,
+        notes,
         dry_run,
         scope,
     })
+}
+
+/// `(namespace index, mount id)` pairs.
+type MountSet = HashSet<(usize, u64)>;
+
+/// Re-reads the namespaces that were acted in (one listmount, or one mountinfo read, each)
+/// and returns which scanned holders are still mounted. Holders in namespaces left alone
+/// are still there by definition.
+fn recheck(
+    scan: &Scan,
+    plans: &[NamespacePlan],
+    request: &crate::scan::ScanRequest,
+) -> Result<(MountSet, Vec<String>), nsexec::NsError> {
+    let acted: Vec<usize> = plans
+        .iter()
+        .filter(|p| {
+            p.actions
+                .iter()
+                .any(|a| !matches!(a.step, Step::Keep { .. }))
+        })
+        .map(|p| p.ns)
+        .collect();
+    let present = nsexec::map_with_workers(
+        &request.proc_root,
+        request.threads,
+        &acted,
+        |worker, &ns| -> Option<HashSet<u64>> {
+            let scanned = &scan.namespaces[ns];
+            let table = scanned.table.as_ref()?;
+            match table.ns_id {
+                // listmount: the 64-bit ids never repeat, so presence is exact.
+                Some(ns_id) => {
+                    let unique: HashSet<u64> =
+                        sys::listmount_all(ns_id).ok()?.into_iter().collect();
+                    Some(
+                        scan.holders
+                            .iter()
+                            .filter(|h| h.ns == ns)
+                            .filter(|h| h.mount.unique_id.is_some_and(|u| unique.contains(&u)))
+                            .map(|h| h.mount.id)
+                            .collect(),
+                    )
+                }
+                None => {
+                    worker.enter(scanned.ns.fd.as_fd(), scanned.ns.inode).ok()?;
+                    let now = crate::mountinfo::parse(worker.read_mountinfo().ok()?).ok()?;
+                    Some(
+                        now.mounts
+                            .iter()
+                            .filter(|m| {
+                                scan.holders.iter().any(|h| {
+                                    h.ns == ns && h.mount.id == m.id && h.mount.dev == m.dev
+                                })
+                            })
+                            .map(|m| m.id)
+                            .collect(),
+                    )
+                }
+            }
+        },
+    )?;
+    let mut still: HashSet<(usize, u64)> = scan
+        .holders
+        .iter()
+        .filter(|h| !acted.contains(&h.ns))
+        .map(|h| (h.ns, h.mount.id))
+        .collect();
+    let mut notes = Vec::new();
+    for (&ns, ids) in acted.iter().zip(present) {
+        let inode = scan.namespaces[ns].ns.inode;
+        match ids {
+            Some(ids) => still.extend(ids.into_iter().map(|id| (ns, id))),
+            None => notes.push(format!(
+                "mount namespace {inode} could not be re-read after the release"
+            )),
+        }
+        let alive = scan.namespaces[ns].ns.pids.iter().any(|pid| {
+            std::fs::metadata(request.proc_root.join(format!("{pid}/ns/mnt")))
+                .is_ok_and(|m| std::os::unix::fs::MetadataExt::ino(&m) == inode)
+        });
+        if !alive {
+            notes.push(format!(
+                "mount namespace {inode} has no process left (its last one exited after the \
+                 scan); it goes away with its mounts when mntreap lets go of it"
+            ));
+        }
+    }
+    Ok((still, notes))
 }

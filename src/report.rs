@@ -7,7 +7,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::mountinfo::encode;
-use crate::release::{ActionResult, NamespacePlan, Outcome};
+use crate::release::Outcome;
 use crate::scan::{Holder, Scan};
 
 /// A path for JSON: the real string when it is UTF-8, escaped bytes otherwise.
@@ -77,6 +77,7 @@ pub fn scan_json(scan: &Scan) -> Value {
         .collect();
     json!({
         "backend": scan.backend,
+        "paths_only": scan.paths_only,
         "targets": scan.targets.iter().map(|t| t.to_string_lossy()).collect::<Vec<_>>(),
         "holders": holders,
         "summary": {
@@ -184,14 +185,9 @@ fn pids_text(scan: &Scan, ns: usize, max: usize) -> String {
 }
 
 /// The `release --json` document.
-pub fn release_json(
-    scan: &Scan,
-    plans: &[NamespacePlan],
-    results: &[ActionResult],
-    after: &Scan,
-    remaining: &[&Holder],
-    dry_run: bool,
-) -> Value {
+pub fn release_json(release: &crate::release::Release) -> Value {
+    let (scan, plans, results) = (&release.scan, &release.plans, &release.results);
+    let remaining = release.remaining();
     let namespaces: Vec<Value> = plans
         .iter()
         .map(|p| {
@@ -220,10 +216,11 @@ pub fn release_json(
             })
         })
         .collect();
-    let remaining: Vec<Value> = remaining.iter().map(|h| holder_json(after, h)).collect();
-    let notes = all_notes(scan, after);
+    let remaining: Vec<Value> = remaining.iter().map(|h| holder_json(scan, h)).collect();
+    let notes = all_notes(release);
     json!({
-        "dry_run": dry_run,
+        "dry_run": release.dry_run,
+        "paths_only": scan.paths_only,
         "backend": scan.backend,
         "targets": scan.targets.iter().map(|t| t.to_string_lossy()).collect::<Vec<_>>(),
         "namespaces": namespaces,
@@ -239,14 +236,9 @@ fn merge(into: &mut Value, from: Value) {
 }
 
 /// The human report for a release.
-pub fn release_text(
-    scan: &Scan,
-    plans: &[NamespacePlan],
-    results: &[ActionResult],
-    remaining: &[&Holder],
-    after: &Scan,
-    dry_run: bool,
-) -> String {
+pub fn release_text(release: &crate::release::Release) -> String {
+    let (scan, plans, results) = (&release.scan, &release.plans, &release.results);
+    let remaining = release.remaining();
     let mut out = String::new();
     if plans.is_empty() {
         out.push_str("No mount namespace holds the target; nothing to do.\n");
@@ -275,7 +267,7 @@ pub fn release_text(
             }
         }
     }
-    if !dry_run {
+    if !release.dry_run {
         if remaining.is_empty() {
             out.push_str("Nothing in scope holds the target any more.\n");
         } else {
@@ -283,24 +275,24 @@ pub fn release_text(
             for h in remaining {
                 out.push_str(&format!(
                     "  mount namespace {} mount {} {} ({})\n",
-                    after.namespaces[h.ns].ns.inode,
+                    scan.namespaces[h.ns].ns.inode,
                     h.mount.id,
                     encode(&h.mount_point),
-                    state(after, h)
+                    state(scan, h)
                 ));
             }
         }
     }
-    for n in all_notes(scan, after) {
+    for n in all_notes(release) {
         out.push_str(&format!("note: {n}\n"));
     }
     out
 }
 
-/// Notes of the scan before and after a release, each once.
-fn all_notes(scan: &Scan, after: &Scan) -> Vec<String> {
+/// Notes of the scan and of the re-check after a release, each once.
+fn all_notes(release: &crate::release::Release) -> Vec<String> {
     let mut notes: Vec<String> = Vec::new();
-    for n in scan.notes.iter().chain(&after.notes) {
+    for n in release.scan.notes.iter().chain(&release.notes) {
         if !notes.contains(n) {
             notes.push(n.clone());
         }

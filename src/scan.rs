@@ -21,7 +21,7 @@ use tracing::{debug, info_span};
 use crate::namespace::{self, MountRef, Namespace, PinVia, Process};
 use crate::nsexec;
 use crate::source::{self, Backend};
-use crate::table::{Mount, MountTable, path_is_under};
+use crate::table::{IdMap, Mount, MountTable, path_is_under};
 
 /// A process that keeps a holder busy, and how.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
@@ -72,6 +72,8 @@ pub struct Holder {
 pub struct ScannedNamespace {
     pub ns: Namespace,
     pub table: Option<MountTable>,
+    /// Indices (into the table) of the mounts at or below a target.
+    pub seeds: Vec<usize>,
     /// Member processes with details, filled for namespaces that hold a target.
     pub processes: Vec<Process>,
 }
@@ -81,6 +83,8 @@ pub struct ScannedNamespace {
 pub struct Scan {
     pub backend: Backend,
     pub targets: Vec<PathBuf>,
+    /// Copies at other paths were not searched for (`--paths-only`).
+    pub paths_only: bool,
     pub namespaces: Vec<ScannedNamespace>,
     pub holders: Vec<Holder>,
     pub notes: Vec<String>,
@@ -92,6 +96,15 @@ pub struct ScanRequest {
     pub targets: Vec<PathBuf>,
     pub backend: Backend,
     pub proc_root: PathBuf,
+    /// Worker threads reading namespaces in parallel.
+    pub threads: usize,
+    /// Match only mounts at or below the targets; do not search for copies elsewhere.
+    pub paths_only: bool,
+}
+
+/// The default worker count: the machine's cores, at most 4.
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
 }
 
 /// A scan that could not run at all.
@@ -103,33 +116,46 @@ pub enum ScanError {
     Worker(#[from] nsexec::NsError),
 }
 
-/// Reads every namespace's table with the request's backend.
+/// Reads every namespace's table with the request's backend, on `request.threads`
+/// workers, and finds in each the mounts at or below the targets (the seeds).
 pub fn read_namespaces(
     request: &ScanRequest,
     notes: &mut Vec<String>,
 ) -> Result<Vec<ScannedNamespace>, ScanError> {
     let namespaces = namespace::enumerate(&request.proc_root)?;
+    let targets = target_bytes(&request.targets);
     let backend = request.backend;
-    let results = nsexec::with_worker(&request.proc_root, |worker| {
-        namespaces
-            .iter()
-            .map(|ns| source::read_table(backend, worker, ns))
-            .collect::<Vec<_>>()
-    })?;
+    let targeted = request.paths_only && backend == Backend::Listmount;
+    let results = nsexec::map_with_workers(
+        &request.proc_root,
+        request.threads,
+        &namespaces,
+        |worker, ns| {
+            if targeted {
+                return source::read_targeted(worker, ns, &targets);
+            }
+            let mut table = source::read_table(backend, worker, ns)?;
+            let seeds = source::mounts_under(worker, ns, &mut table, &targets)?;
+            Ok::<_, source::SourceError>((table, seeds))
+        },
+    )?;
     Ok(namespaces
         .into_iter()
         .zip(results)
-        .map(|(ns, table)| {
-            let table = table
-                .map_err(|e| {
+        .map(|(ns, read)| {
+            let (table, seeds) = match read {
+                Ok((table, seeds)) => (Some(table), seeds),
+                Err(e) => {
                     // A namespace whose last process exited mid-scan can no longer be read
                     // by pid, and one we may not enter is not ours to touch: note it.
                     notes.push(format!("skipped {e}"));
-                })
-                .ok();
+                    (None, Vec::new())
+                }
+            };
             ScannedNamespace {
                 ns,
                 table,
+                seeds,
                 processes: Vec::new(),
             }
         })
@@ -140,18 +166,30 @@ pub fn read_namespaces(
 pub fn scan(request: &ScanRequest) -> Result<Scan, ScanError> {
     let span = info_span!("scan", targets = ?request.targets, backend = ?request.backend);
     let _guard = span.enter();
+    let started = std::time::Instant::now();
     let mut notes = Vec::new();
     let namespaces = read_namespaces(request, &mut notes)?;
+    let read = started.elapsed();
     let mut scan = Scan {
         backend: request.backend,
         targets: request.targets.clone(),
+        paths_only: request.paths_only,
         namespaces,
         holders: Vec::new(),
         notes,
     };
     match_holders(&mut scan);
-    classify(&mut scan, &request.proc_root);
-    debug!(holders = scan.holders.len(), "scan done");
+    let matched = started.elapsed();
+    classify(&mut scan, &request.proc_root, request.threads);
+    hydrate_propagation_context(&mut scan);
+    debug!(
+        namespaces = scan.namespaces.len(),
+        holders = scan.holders.len(),
+        read_ms = read.as_secs_f64() * 1e3,
+        match_ms = (matched - read).as_secs_f64() * 1e3,
+        classify_ms = (started.elapsed() - matched).as_secs_f64() * 1e3,
+        "scan done"
+    );
     Ok(scan)
 }
 
@@ -167,74 +205,89 @@ fn target_bytes(targets: &[PathBuf]) -> Vec<Vec<u8>> {
         .collect()
 }
 
+type Identity = ((u32, u32), Vec<u8>);
+
 /// Fills `scan.holders` with every path, identity and inside-copy match.
 fn match_holders(scan: &mut Scan) {
     let targets = target_bytes(&scan.targets);
-    let tables: Vec<(usize, &MountTable)> = scan
-        .namespaces
-        .iter()
-        .enumerate()
-        .filter_map(|(i, n)| Some((i, n.table.as_ref()?)))
-        .collect();
-
-    // Seeds: mounts at or below a target path, in any namespace.
-    let mut seeds: Vec<(usize, Mount)> = Vec::new();
-    for &(ns, table) in &tables {
-        seeds.extend(
-            table
-                .mounts
-                .iter()
-                .filter(|m| under_any(table.mount_point(m), &targets))
-                .map(|m| (ns, *m)),
-        );
+    // Every mount of a seed's superblock, anywhere, needs its strings: they decide both
+    // the identity matches and whether identity may be used at all.
+    let seed_devs: HashSet<(u32, u32)> = if scan.paths_only {
+        HashSet::new()
+    } else {
+        scan.namespaces
+            .iter()
+            .filter_map(|n| {
+                let table = n.table.as_ref()?;
+                Some(n.seeds.iter().map(move |&i| table.mounts[i].dev))
+            })
+            .flatten()
+            .collect()
+    };
+    for n in &mut scan.namespaces {
+        if let Some(table) = n.table.as_mut() {
+            let same_dev: Vec<usize> = (0..table.mounts.len())
+                .filter(|&i| seed_devs.contains(&table.mounts[i].dev))
+                .collect();
+            source::hydrate(table, same_dev);
+        }
     }
 
     // Identities whose copies elsewhere are the same layer, not a shared host filesystem.
-    let mut identities: HashSet<((u32, u32), Vec<u8>)> = HashSet::new();
-    let mut refused: HashSet<((u32, u32), Vec<u8>)> = HashSet::new();
-    for &(seed_ns, seed) in &seeds {
-        let seed_root = scan.namespaces[seed_ns]
-            .table
-            .as_ref()
-            .expect("seed tables exist")
-            .root(&seed)
-            .to_vec();
-        let key = (seed.dev, seed_root);
-        if identities.contains(&key) || refused.contains(&key) {
+    let mut identities: HashSet<Identity> = HashSet::new();
+    let mut refused: HashSet<Identity> = HashSet::new();
+    for n in &scan.namespaces {
+        let Some(table) = n.table.as_ref() else {
             continue;
-        }
-        match broader_mount_elsewhere(scan, &tables, &targets, key.0, &key.1) {
-            None => {
-                identities.insert(key);
+        };
+        for &i in &n.seeds {
+            let seed = &table.mounts[i];
+            let key = (seed.dev, table.root(seed).to_vec());
+            if identities.contains(&key) || refused.contains(&key) {
+                continue;
             }
-            Some(why) => {
-                scan.notes.push(why);
-                refused.insert(key);
+            match broader_mount_elsewhere(scan, &targets, key.0, &key.1) {
+                None => {
+                    identities.insert(key);
+                }
+                Some(why) => {
+                    scan.notes.push(why);
+                    refused.insert(key);
+                }
             }
         }
     }
 
-    for &(ns, table) in &tables {
-        let index = table.index();
-        let depths = table.depths(&index);
-        let ns_root = table.root_mount(&index);
-        let mut matched: Vec<Option<Match>> = table
-            .mounts
-            .iter()
-            .enumerate()
-            .map(|(i, m)| {
-                if under_any(table.mount_point(m), &targets) {
-                    Some(Match::Path)
-                } else if identities.contains(&(m.dev, table.root(m).to_vec())) {
-                    Some(Match::Identity)
-                } else if Some(i) == ns_root && refused.contains(&(m.dev, table.root(m).to_vec())) {
-                    // A container running on the layer: always kept, but worth reporting.
-                    Some(Match::Identity)
-                } else {
-                    None
+    for ns in 0..scan.namespaces.len() {
+        let scanned = &scan.namespaces[ns];
+        let Some(table) = scanned.table.as_ref() else {
+            continue;
+        };
+        let mut matched: Vec<Option<Match>> = vec![None; table.mounts.len()];
+        for &i in &scanned.seeds {
+            matched[i] = Some(Match::Path);
+        }
+        let mut index = None;
+        for (i, m) in table.mounts.iter().enumerate() {
+            if matched[i].is_some() || !m.has_strings || !seed_devs.contains(&m.dev) {
+                continue;
+            }
+            let key = (m.dev, table.root(m).to_vec());
+            if identities.contains(&key) {
+                matched[i] = Some(Match::Identity);
+            } else if refused.contains(&key) {
+                // A container running on the layer: always kept, but worth reporting.
+                let index = index.get_or_insert_with(|| table.index());
+                if table.root_mount(index) == Some(i) {
+                    matched[i] = Some(Match::Identity);
                 }
-            })
-            .collect();
+            }
+        }
+        if matched.iter().all(Option::is_none) {
+            continue;
+        }
+        let index = index.unwrap_or_else(|| table.index());
+        let ns_root = table.root_mount(&index);
         // Whatever is mounted inside a matched copy must go first: close over children.
         // Not below a namespace's root mount, though: that copy is a container's rootfs,
         // never released, and everything in its namespace is "inside" it. The kernel lists
@@ -256,8 +309,18 @@ fn match_holders(scan: &mut Scan) {
                 break;
             }
         }
-        for (i, m) in table.mounts.iter().enumerate() {
-            let Some(how) = matched[i] else { continue };
+        let picked: Vec<usize> = (0..matched.len())
+            .filter(|&i| matched[i].is_some())
+            .collect();
+        let table = scan.namespaces[ns].table.as_mut().expect("checked above");
+        // Inside-copy mounts and the parents of holders may still lack their strings.
+        let parents: Vec<usize> = picked
+            .iter()
+            .filter_map(|&i| index.get(&table.mounts[i].parent_id).copied())
+            .collect();
+        source::hydrate(table, picked.iter().copied().chain(parents));
+        for i in picked {
+            let m = &table.mounts[i];
             scan.holders.push(Holder {
                 ns,
                 mount: *m,
@@ -265,13 +328,47 @@ fn match_holders(scan: &mut Scan) {
                 root: table.root(m).to_vec(),
                 fs_type: String::from_utf8_lossy(table.str(m.fs_type)).into_owned(),
                 source: table.str(m.source).to_vec(),
-                matched: how,
+                matched: matched[i].expect("picked"),
                 parent: index.get(&m.parent_id).map(|&p| table.mounts[p]),
-                depth: depths[i],
+                depth: table.depth(&index, i),
                 in_use: None,
                 pins: Vec::new(),
             });
         }
+    }
+}
+
+/// Reads the strings the propagation check of a release needs: for holders whose parent
+/// is shared, every member and slave of that peer group and their children.
+fn hydrate_propagation_context(scan: &mut Scan) {
+    let groups: HashSet<u64> = scan
+        .holders
+        .iter()
+        .filter_map(|h| h.parent?.peer_group)
+        .collect();
+    if groups.is_empty() {
+        return;
+    }
+    for n in &mut scan.namespaces {
+        let Some(table) = n.table.as_mut() else {
+            continue;
+        };
+        let related: HashSet<u64> = table
+            .mounts
+            .iter()
+            .filter(|m| {
+                m.peer_group.is_some_and(|g| groups.contains(&g))
+                    || m.master.is_some_and(|g| groups.contains(&g))
+            })
+            .map(|m| m.id)
+            .collect();
+        let wanted: Vec<usize> = (0..table.mounts.len())
+            .filter(|&i| {
+                let m = &table.mounts[i];
+                related.contains(&m.id) || related.contains(&m.parent_id)
+            })
+            .collect();
+        source::hydrate(table, wanted);
     }
 }
 
@@ -282,21 +379,23 @@ fn match_holders(scan: &mut Scan) {
 /// means "the same layer" but "the same system filesystem".
 fn broader_mount_elsewhere(
     scan: &Scan,
-    tables: &[(usize, &MountTable)],
     targets: &[Vec<u8>],
     dev: (u32, u32),
     root: &[u8],
 ) -> Option<String> {
-    for &(ns, table) in tables {
-        let index = table.index();
-        let ns_root = table.root_mount(&index).map(|i| table.mounts[i].id);
-        for m in &table.mounts {
-            if m.dev != dev || under_any(table.mount_point(m), targets) {
+    for n in &scan.namespaces {
+        let Some(table) = n.table.as_ref() else {
+            continue;
+        };
+        let mut ns_root = None;
+        for (i, m) in table.mounts.iter().enumerate() {
+            if m.dev != dev || !m.has_strings || under_any(table.mount_point(m), targets) {
                 continue;
             }
             let other_root = table.root(m);
             let broader = path_is_under(root, other_root) && other_root != root;
-            let same_as_ns_root = other_root == root && Some(m.id) == ns_root;
+            let same_as_ns_root = other_root == root
+                && *ns_root.get_or_insert_with(|| table.root_mount(&table.index())) == Some(i);
             if broader || same_as_ns_root {
                 return Some(format!(
                     "copies of {}:{} {} at other paths were not searched: that filesystem is \
@@ -307,7 +406,7 @@ fn broader_mount_elsewhere(
                     crate::mountinfo::encode(root),
                     crate::mountinfo::encode(table.mount_point(m)),
                     crate::mountinfo::encode(other_root),
-                    scan.namespaces[ns].ns.inode,
+                    n.ns.inode,
                 ));
             }
         }
@@ -317,19 +416,49 @@ fn broader_mount_elsewhere(
 
 /// Reads member processes of holder namespaces and marks holders that are a namespace's
 /// root, contain a process's root, or contain a process's working directory.
-fn classify(scan: &mut Scan, proc_root: &Path) {
+fn classify(scan: &mut Scan, proc_root: &Path, threads: usize) {
     let holder_ns: HashSet<usize> = scan.holders.iter().map(|h| h.ns).collect();
-    for &ns in &holder_ns {
+    let members: Vec<(usize, i32)> = holder_ns
+        .iter()
+        .flat_map(|&ns| {
+            scan.namespaces[ns]
+                .ns
+                .pids
+                .iter()
+                .map(move |&pid| (ns, pid))
+        })
+        .collect();
+    // A few syscalls per process, but thousands of processes on a busy node: in parallel.
+    let threads = threads.clamp(1, members.len().max(1));
+    let details: Vec<Option<Process>> = std::thread::scope(|scope| {
+        let chunk = members.len().div_ceil(threads).max(1);
+        let handles: Vec<_> = members
+            .chunks(chunk)
+            .map(|part| {
+                scope.spawn(move || {
+                    part.iter()
+                        .map(|&(_, pid)| namespace::process(proc_root, pid))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_default())
+            .collect()
+    });
+    for (&(ns, pid), detail) in members.iter().zip(details) {
         let scanned = &mut scan.namespaces[ns];
-        for &pid in &scanned.ns.pids {
-            match namespace::process(proc_root, pid) {
-                Some(p) => scanned.processes.push(p),
-                None => scan.notes.push(format!(
-                    "pid {pid} of mount namespace {} exited during the scan",
-                    scanned.ns.inode
-                )),
-            }
+        match detail {
+            Some(p) => scanned.processes.push(p),
+            None => scan.notes.push(format!(
+                "pid {pid} of mount namespace {} exited during the scan",
+                scanned.ns.inode
+            )),
         }
+    }
+    for &ns in &holder_ns {
+        let scanned = &scan.namespaces[ns];
         if scanned.processes.is_empty() && !scanned.ns.own {
             scan.notes.push(format!(
                 "mount namespace {} has no live process any more; mntreap holds it open \
@@ -341,9 +470,11 @@ fn classify(scan: &mut Scan, proc_root: &Path) {
 
     // Per namespace: mount id -> processes whose root is in / that use that mount's subtree.
     let mut root_pins: HashMap<(usize, u64), Vec<i32>> = HashMap::new();
+    let mut ns_sorted: Vec<usize> = holder_ns.into_iter().collect();
+    ns_sorted.sort_unstable();
     let mut use_pins: HashMap<(usize, u64), Vec<Pin>> = HashMap::new();
     let mut ns_roots: HashSet<(usize, u64)> = HashSet::new();
-    for &ns in &holder_ns {
+    for &ns in &ns_sorted {
         let scanned = &scan.namespaces[ns];
         let Some(table) = scanned.table.as_ref() else {
             continue;
@@ -386,7 +517,7 @@ fn classify(scan: &mut Scan, proc_root: &Path) {
 
 /// The mount a process refers to and all its ancestors (they all contain it). Without a
 /// mount id (kernel < 5.8) every mount of the same filesystem counts: conservative.
-fn containing_mounts(table: &MountTable, index: &HashMap<u64, usize>, what: MountRef) -> Vec<u64> {
+fn containing_mounts(table: &MountTable, index: &IdMap<usize>, what: MountRef) -> Vec<u64> {
     let Some(id) = what.id else {
         return table
             .mounts

@@ -3,6 +3,7 @@
 //! otherwise. Both give each namespace's mounts as seen from that namespace's root, with
 //! mountinfo ids, so the rest of mntreap cannot tell them apart (a test checks that).
 
+use std::collections::HashMap;
 use std::io;
 use std::os::fd::AsFd;
 use std::str::FromStr;
@@ -10,7 +11,7 @@ use std::str::FromStr;
 use crate::namespace::Namespace;
 use crate::nsexec::NsWorker;
 use crate::sys;
-use crate::table::MountTable;
+use crate::table::{Mount, MountTable, Span, path_is_under};
 
 /// Which way mount tables are read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
@@ -75,15 +76,16 @@ impl BackendChoice {
     }
 }
 
-/// Mask for statmount: everything mntreap reports.
-const FULL_MASK: u64 = sys::STATMOUNT_SB_BASIC
-    | sys::STATMOUNT_MNT_BASIC
-    | sys::STATMOUNT_MNT_ROOT
+/// statmount mask for the fields every mount needs: ids, parent, device, propagation.
+const BASIC_MASK: u64 = sys::STATMOUNT_SB_BASIC | sys::STATMOUNT_MNT_BASIC;
+/// statmount mask for the strings, read only for mounts that can matter.
+const STRINGS_MASK: u64 = sys::STATMOUNT_MNT_ROOT
     | sys::STATMOUNT_MNT_POINT
     | sys::STATMOUNT_FS_TYPE
     | sys::STATMOUNT_SB_SOURCE;
 
-/// Reads one namespace's table with `backend`.
+/// Reads one namespace's table with `backend`. The listmount backend reads the basic
+/// fields of every mount and no strings; see [`hydrate`].
 pub fn read_table(
     backend: Backend,
     worker: &mut NsWorker,
@@ -106,42 +108,292 @@ pub fn read_table(
     }
 }
 
+fn io_err(inode: u64, op: &'static str) -> impl Fn(io::Error) -> SourceError {
+    move |source| SourceError::Io { inode, op, source }
+}
+
 fn read_listmount(ns: &Namespace) -> Result<MountTable, SourceError> {
-    let io_err = |op: &'static str| {
-        move |source: io::Error| SourceError::Io {
-            inode: ns.inode,
-            op,
-            source,
-        }
-    };
-    let ns_id = sys::mntns_id(ns.fd.as_fd()).map_err(io_err("NS_GET_MNTNS_ID"))?;
-    let ids = sys::listmount_all(ns_id).map_err(io_err("listmount"))?;
-    let mut table = MountTable::with_capacity(ids.len(), ids.len() * 64);
+    let ns_id = sys::mntns_id(ns.fd.as_fd()).map_err(io_err(ns.inode, "NS_GET_MNTNS_ID"))?;
+    let ids = sys::listmount_all(ns_id).map_err(io_err(ns.inode, "listmount"))?;
+    let mut table = MountTable::with_capacity(ids.len(), 0);
+    table.ns_id = Some(ns_id);
     let mut buf = sys::StatmountBuf::new();
     for id in ids {
-        let sm = match sys::statmount(ns_id, id, FULL_MASK, &mut buf) {
+        let sm = match sys::statmount(ns_id, id, BASIC_MASK, &mut buf) {
             Ok(sm) => sm,
             // Unmounted since listmount listed it.
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
-            Err(e) => return Err(io_err("statmount")(e)),
+            Err(e) => return Err(io_err(ns.inode, "statmount")(e)),
+        };
+        let none = Span::default();
+        table
+            .mounts
+            .push(basic_mount(&sm, none, none, none, none, false));
+    }
+    Ok(table)
+}
+
+/// `--paths-only` with listmount: reads only the mounts at or below `targets` in `ns`, and
+/// their ancestors up to the namespace's root (so that the root, and whether a process's
+/// root or cwd lies in a holder, are still known), instead of every mount. Returns the
+/// partial table and the indices of the mounts under the targets.
+pub fn read_targeted(
+    worker: &mut NsWorker,
+    ns: &Namespace,
+    targets: &[Vec<u8>],
+) -> Result<(MountTable, Vec<usize>), SourceError> {
+    let ns_id = sys::mntns_id(ns.fd.as_fd()).map_err(io_err(ns.inode, "NS_GET_MNTNS_ID"))?;
+    worker.enter(ns.fd.as_fd(), ns.inode)?;
+    let mut wanted: Vec<u64> = Vec::new();
+    let mut buf = sys::StatmountBuf::new();
+    let mut loaded: HashMap<u64, sys::Statmount> = HashMap::new();
+    let full = BASIC_MASK | STRINGS_MASK;
+    for target in targets {
+        let Some((fd, found)) = probe(target) else {
+            continue;
+        };
+        let Ok(Some(unique)) = sys::statx_unique_mnt_id(fd.as_fd()) else {
+            continue;
+        };
+        // The found mount and its ancestors.
+        let mut at = unique;
+        while !loaded.contains_key(&at) {
+            let Ok(sm) = sys::statmount(ns_id, at, full, &mut buf) else {
+                break;
+            };
+            let parent = sm.parent_id;
+            // The namespace's "/" is the top: above it is only the hidden rootfs mount,
+            // which listings of the whole namespace do not show either.
+            let is_top = sm.mount_point.as_deref() == Some(b"/");
+            loaded.insert(at, sm);
+            if parent == at || is_top {
+                break;
+            }
+            at = parent;
+        }
+        if found.is_mount_root || !found.is_empty_dir {
+            wanted.extend(sys::listmount_below(ns_id, unique).unwrap_or_default());
+        }
+    }
+    for id in wanted {
+        if let std::collections::hash_map::Entry::Vacant(e) = loaded.entry(id)
+            && let Ok(sm) = sys::statmount(ns_id, id, full, &mut buf)
+        {
+            e.insert(sm);
+        }
+    }
+    let mut sorted: Vec<sys::Statmount> = loaded.into_values().collect();
+    sorted.sort_by_key(|sm| sm.mnt_id);
+    let mut table = MountTable::with_capacity(sorted.len(), sorted.len() * 96);
+    table.ns_id = Some(ns_id);
+    table.partial = true;
+    for sm in sorted {
+        let root = table.intern(sm.root.as_deref().unwrap_or_default());
+        let mount_point = table.intern(sm.mount_point.as_deref().unwrap_or_default());
+        let fs_type = table.intern(sm.fs_type.as_deref().unwrap_or_default());
+        let source = table.intern(sm.source.as_deref().unwrap_or(b"none"));
+        table
+            .mounts
+            .push(basic_mount(&sm, root, mount_point, fs_type, source, true));
+    }
+    let seeds = (0..table.mounts.len())
+        .filter(|&i| {
+            let m = &table.mounts[i];
+            targets
+                .iter()
+                .any(|p| path_is_under(table.mount_point(m), p))
+        })
+        .collect();
+    Ok((table, seeds))
+}
+
+fn basic_mount(
+    sm: &sys::Statmount,
+    root: Span,
+    mount_point: Span,
+    fs_type: Span,
+    source: Span,
+    has_strings: bool,
+) -> Mount {
+    Mount {
+        id: u64::from(sm.mnt_id_old),
+        parent_id: u64::from(sm.parent_id_old),
+        unique_id: Some(sm.mnt_id),
+        dev: sm.dev,
+        peer_group: (sm.propagation & sys::MS_SHARED != 0 && sm.peer_group != 0)
+            .then_some(sm.peer_group),
+        master: (sm.master != 0).then_some(sm.master),
+        root,
+        mount_point,
+        fs_type,
+        source,
+        has_strings,
+    }
+}
+
+/// Reads the strings of the mounts at `indices` (listmount tables; a no-op for mountinfo
+/// tables, which have them all). A mount that has been unmounted since keeps none, and
+/// so matches no path.
+pub fn hydrate(table: &mut MountTable, indices: impl IntoIterator<Item = usize>) {
+    let Some(ns_id) = table.ns_id else {
+        return;
+    };
+    let mut buf = sys::StatmountBuf::new();
+    for i in indices {
+        let m = table.mounts[i];
+        let Some(unique) = m.unique_id.filter(|_| !m.has_strings) else {
+            continue;
+        };
+        let Ok(sm) = sys::statmount(ns_id, unique, STRINGS_MASK, &mut buf) else {
+            continue;
         };
         let root = table.intern(sm.root.as_deref().unwrap_or_default());
         let mount_point = table.intern(sm.mount_point.as_deref().unwrap_or_default());
         let fs_type = table.intern(sm.fs_type.as_deref().unwrap_or_default());
         let source = table.intern(sm.source.as_deref().unwrap_or(b"none"));
-        table.mounts.push(crate::table::Mount {
-            id: u64::from(sm.mnt_id_old),
-            parent_id: u64::from(sm.parent_id_old),
-            unique_id: Some(sm.mnt_id),
-            dev: sm.dev,
-            peer_group: (sm.propagation & sys::MS_SHARED != 0 && sm.peer_group != 0)
-                .then_some(sm.peer_group),
-            master: (sm.master != 0).then_some(sm.master),
-            root,
-            mount_point,
-            fs_type,
-            source,
-        });
+        let m = &mut table.mounts[i];
+        (m.root, m.mount_point, m.fs_type, m.source) = (root, mount_point, fs_type, source);
+        m.has_strings = true;
     }
-    Ok(table)
+}
+
+/// Indices of the mounts at or below any of `targets` in `ns`, strings read.
+///
+/// mountinfo tables are filtered by their strings. For listmount tables that would mean
+/// reading every mount's strings, so the worker enters the namespace and looks each target
+/// up (`openat2` without symlinks, `statx`): a target that is a mount root gives the
+/// mounts stacked there and everything below them; a target inside a mount gives that
+/// mount's children below it, unless the target is an empty directory (nothing can be
+/// mounted below it). The result is then checked against the strings, so it is never
+/// more than the text backend finds; it can miss only mounts hidden under another mount,
+/// which nothing could unmount by path anyway.
+pub fn mounts_under(
+    worker: &mut NsWorker,
+    ns: &Namespace,
+    table: &mut MountTable,
+    targets: &[Vec<u8>],
+) -> Result<Vec<usize>, SourceError> {
+    let under = |t: &MountTable, i: usize| {
+        let m = &t.mounts[i];
+        m.has_strings && targets.iter().any(|p| path_is_under(t.mount_point(m), p))
+    };
+    if table.ns_id.is_none() {
+        return Ok((0..table.mounts.len())
+            .filter(|&i| under(table, i))
+            .collect());
+    }
+    worker.enter(ns.fd.as_fd(), ns.inode)?;
+    let index = table.index();
+    let children = children_of(table);
+    let mut candidates: Vec<usize> = Vec::new();
+    for target in targets {
+        let Some((_, found)) = probe(target) else {
+            continue;
+        };
+        let Some(&at) = found.mnt_id.and_then(|id| index.get(&id)) else {
+            continue;
+        };
+        if found.is_mount_root {
+            // Walk down the stack at the target to its lowest mount, then take its subtree.
+            let mut lowest = at;
+            loop {
+                hydrate(table, [lowest]);
+                match index.get(&table.mounts[lowest].parent_id) {
+                    Some(&p) if p != lowest => {
+                        hydrate(table, [p]);
+                        if table.mount_point(&table.mounts[p]) == target.as_slice() {
+                            lowest = p;
+                            continue;
+                        }
+                    }
+                    _ => {}
+                }
+                break;
+            }
+            candidates.extend(subtree(table, &children, lowest));
+        } else if !found.is_empty_dir {
+            let direct: Vec<usize> = children
+                .get(&table.mounts[at].id)
+                .cloned()
+                .unwrap_or_default();
+            hydrate(table, direct.iter().copied());
+            for c in direct {
+                if under(table, c) {
+                    candidates.extend(subtree(table, &children, c));
+                }
+            }
+        }
+    }
+    candidates.sort_unstable();
+    candidates.dedup();
+    hydrate(table, candidates.iter().copied());
+    Ok(candidates
+        .into_iter()
+        .filter(|&i| under(table, i))
+        .collect())
+}
+
+struct Probe {
+    mnt_id: Option<u64>,
+    is_mount_root: bool,
+    is_empty_dir: bool,
+}
+
+/// Looks `path` up in the current namespace without following symlinks.
+fn probe(path: &[u8]) -> Option<(std::os::fd::OwnedFd, Probe)> {
+    use std::os::unix::ffi::OsStrExt;
+    let fd = sys::open_path_no_symlinks(std::ffi::OsStr::from_bytes(path)).ok()?;
+    let st = sys::statx_mount(
+        Some(fd.as_fd()),
+        std::ffi::OsStr::new(""),
+        libc::AT_EMPTY_PATH,
+    )
+    .ok()?;
+    let is_mount_root = st.is_mount_root.unwrap_or(true);
+    // An O_PATH descriptor can be the base of openat: list the directory it names.
+    let is_empty_dir = !is_mount_root
+        && nix::dir::Dir::openat(
+            &fd,
+            ".",
+            nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY,
+            nix::sys::stat::Mode::empty(),
+        )
+        .is_ok_and(|mut d| {
+            d.iter()
+                .filter_map(Result::ok)
+                .all(|e| matches!(e.file_name().to_bytes(), b"." | b".."))
+        });
+    Some((
+        fd,
+        Probe {
+            mnt_id: st.mnt_id,
+            is_mount_root,
+            is_empty_dir,
+        },
+    ))
+}
+
+/// Children of each mount (by id), as table indices.
+fn children_of(table: &MountTable) -> HashMap<u64, Vec<usize>> {
+    let mut children: HashMap<u64, Vec<usize>> = HashMap::new();
+    for (i, m) in table.mounts.iter().enumerate() {
+        if m.parent_id != m.id {
+            children.entry(m.parent_id).or_default().push(i);
+        }
+    }
+    children
+}
+
+/// `root` and every mount below it.
+fn subtree(table: &MountTable, children: &HashMap<u64, Vec<usize>>, root: usize) -> Vec<usize> {
+    let mut out = vec![root];
+    let mut next = 0;
+    // Each mount has one parent, so each index is pushed once; the bound guards a
+    // corrupted (cyclic) table.
+    while next < out.len() && out.len() <= table.mounts.len() {
+        let id = table.mounts[out[next]].id;
+        out.extend(children.get(&id).into_iter().flatten());
+        next += 1;
+    }
+    out
 }

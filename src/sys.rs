@@ -145,15 +145,49 @@ struct MntIdReq {
     mnt_ns_id: u64,
 }
 
+/// `statx` mask bit for the 64-bit, never-reused mount id (Linux 6.8+).
+const STATX_MNT_ID_UNIQUE: u32 = 0x4000;
+
+/// The 64-bit unique id of the mount an fd is on (`statx(STATX_MNT_ID_UNIQUE)`).
+pub(crate) fn statx_unique_mnt_id(fd: BorrowedFd<'_>) -> io::Result<Option<u64>> {
+    let mut buf = std::mem::MaybeUninit::<libc::statx>::zeroed();
+    // SAFETY: the path is a static empty C string, `buf` is a writable statx buffer, and
+    // `fd` is borrowed for the duration of the call (AT_EMPTY_PATH: stat the fd itself).
+    let rc = unsafe {
+        libc::statx(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            STATX_MNT_ID_UNIQUE,
+            buf.as_mut_ptr(),
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: statx returned 0, so the kernel filled the (zeroed) buffer.
+    let stx = unsafe { buf.assume_init() };
+    Ok((stx.stx_mask & STATX_MNT_ID_UNIQUE != 0).then_some(stx.stx_mnt_id))
+}
+
 /// Lists the unique (64-bit) ids of every mount in namespace `ns_id`, in ascending order.
 pub(crate) fn listmount_all(ns_id: u64) -> io::Result<Vec<u64>> {
+    listmount(ns_id, LSMT_ROOT)
+}
+
+/// Lists the unique ids of every mount below mount `mnt_id` (itself excluded).
+pub(crate) fn listmount_below(ns_id: u64, mnt_id: u64) -> io::Result<Vec<u64>> {
+    listmount(ns_id, mnt_id)
+}
+
+fn listmount(ns_id: u64, parent: u64) -> io::Result<Vec<u64>> {
     let mut ids: Vec<u64> = Vec::with_capacity(4096);
     let mut last = 0u64;
     loop {
         let req = MntIdReq {
             size: std::mem::size_of::<MntIdReq>() as u32,
             spare: 0,
-            mnt_id: LSMT_ROOT,
+            mnt_id: parent,
             param: last,
             mnt_ns_id: ns_id,
         };
@@ -217,7 +251,6 @@ const STATMOUNT_FIXED_SIZE: usize = 512;
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Statmount {
     pub mnt_id: u64,
-    #[allow(dead_code)] // kept for debugging output; mountinfo ids are used
     pub parent_id: u64,
     pub mnt_id_old: u32,
     pub parent_id_old: u32,

@@ -5,7 +5,31 @@
 //! backend must cost little more than the kernel's own formatting of mountinfo.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::ops::Range;
+
+/// Hashes a mount id as itself: ids are small, distinct integers, so SipHash's protection
+/// buys nothing here and costs most of an index build on a 600,000-mount node.
+#[derive(Default, Clone, Copy)]
+pub struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8) | u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        // Spread the bits a little so that hashbrown's top-bit tags differ.
+        self.0 = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+/// A map keyed by mount id.
+pub type IdMap<V> = HashMap<u64, V, BuildHasherDefault<IdHasher>>;
 
 /// A byte range in a [`MountTable`]'s string arena.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -38,6 +62,9 @@ pub struct Mount {
     pub mount_point: Span,
     pub fs_type: Span,
     pub source: Span,
+    /// Whether the strings (root, mount point, fs type, source) have been read. The
+    /// listmount backend reads them only for mounts that can matter ([`crate::source`]).
+    pub has_strings: bool,
 }
 
 /// The mounts of one namespace, in the order the kernel listed them (parents before
@@ -46,6 +73,11 @@ pub struct Mount {
 pub struct MountTable {
     pub mounts: Vec<Mount>,
     arena: Vec<u8>,
+    /// The namespace's 64-bit id, when read through listmount (needed to read strings later).
+    pub(crate) ns_id: Option<u64>,
+    /// Only the mounts at or below the targets and their ancestors were read
+    /// (`--paths-only` with listmount): peers elsewhere in the tree are unknown.
+    pub partial: bool,
 }
 
 impl MountTable {
@@ -53,6 +85,8 @@ impl MountTable {
         MountTable {
             mounts: Vec::with_capacity(mounts),
             arena: Vec::with_capacity(bytes),
+            ns_id: None,
+            partial: false,
         }
     }
 
@@ -89,7 +123,7 @@ impl MountTable {
     }
 
     /// Index of every mount by id.
-    pub fn index(&self) -> HashMap<u64, usize> {
+    pub fn index(&self) -> IdMap<usize> {
         self.mounts
             .iter()
             .enumerate()
@@ -98,36 +132,23 @@ impl MountTable {
     }
 
     /// The namespace's root mount: the one whose parent is not in the table.
-    pub fn root_mount(&self, index: &HashMap<u64, usize>) -> Option<usize> {
+    pub fn root_mount(&self, index: &IdMap<usize>) -> Option<usize> {
         self.mounts
             .iter()
             .position(|m| m.parent_id == m.id || !index.contains_key(&m.parent_id))
     }
 
-    /// Depth of each mount in the tree (root mount = 0).
-    pub fn depths(&self, index: &HashMap<u64, usize>) -> Vec<u32> {
-        let mut depth = vec![u32::MAX; self.mounts.len()];
-        for start in 0..self.mounts.len() {
-            // Walk up until a known depth (or the root), then fill the path back down.
-            let mut chain = Vec::new();
-            let mut at = start;
-            let base = loop {
-                if depth[at] != u32::MAX {
-                    break depth[at];
-                }
-                chain.push(at);
-                let m = &self.mounts[at];
-                match index.get(&m.parent_id) {
-                    Some(&p) if p != at && chain.len() <= self.mounts.len() => at = p,
-                    _ => {
-                        depth[chain.pop().expect("chain holds at least `at`")] = 0;
-                        break 0;
-                    }
-                }
-            };
-            for (k, &i) in chain.iter().rev().enumerate() {
-                depth[i] = base + 1 + k as u32;
+    /// Depth of mount `i` in the tree (the root mount is 0).
+    pub fn depth(&self, index: &IdMap<usize>, i: usize) -> u32 {
+        let mut depth = 0;
+        let mut at = i;
+        // Bounded by the table size, in case of a (corrupt) cycle.
+        while let Some(&p) = index.get(&self.mounts[at].parent_id) {
+            if p == at || depth as usize >= self.mounts.len() {
+                break;
             }
+            depth += 1;
+            at = p;
         }
         depth
     }
@@ -166,7 +187,7 @@ mod tests {
     }
 
     #[test]
-    fn depths_follow_parents() {
+    fn depth_follows_parents() {
         let mut t = MountTable::default();
         for (id, parent) in [(1, 0), (2, 1), (3, 2), (4, 1), (5, 3)] {
             let s = t.intern(b"/");
@@ -181,10 +202,12 @@ mod tests {
                 mount_point: s,
                 fs_type: s,
                 source: s,
+                has_strings: true,
             });
         }
         let idx = t.index();
-        assert_eq!(t.depths(&idx), vec![0, 1, 2, 1, 3]);
+        let depths: Vec<u32> = (0..5).map(|i| t.depth(&idx, i)).collect();
+        assert_eq!(depths, vec![0, 1, 2, 1, 3]);
         assert_eq!(t.root_mount(&idx), Some(0));
     }
 }

@@ -241,6 +241,8 @@ fn namespace_vanishing_between_scan_and_release() {
         targets: vec![target.clone()],
         backend: mntreap::source::Backend::Mountinfo,
         proc_root: "/proc".into(),
+        threads: 2,
+        paths_only: false,
     };
     let scan = mntreap::scan::scan(&request).unwrap();
     let in_scan: BTreeSet<u64> = scan
@@ -264,14 +266,12 @@ fn namespace_vanishing_between_scan_and_release() {
             r.outcome
         );
     }
-    let after = rel.after.as_ref().unwrap();
     assert!(
-        after
-            .notes
+        rel.notes
             .iter()
             .any(|n| n.contains(&vanished_ns.to_string()) && n.contains("no process left")),
         "{:?}",
-        after.notes
+        rel.notes
     );
     assert!(!has_mount_at(stay, target.to_str().unwrap()));
     assert!(rel.remaining().is_empty());
@@ -473,4 +473,98 @@ fn which(name: &str) -> String {
         "{name} is needed (apt-get install -y busybox-static)"
     );
     path
+}
+
+#[test]
+fn paths_only_matches_the_full_scans_path_holders_on_both_backends() {
+    let mut sb = Sandbox::new("pathsonly");
+    let d = sb.d();
+    layers(&sb, "po");
+    sb.sh(&format!(
+        "mkdir -p {d}/agent/view && mount --rbind {d}/l {d}/agent/view"
+    ));
+    let target = format!("{d}/l/po/merged");
+    sb.holder(None, None);
+    sb.holder(Some(&format!("cd {target} && exec sleep 3600")), None);
+    sb.holder(
+        Some(&format!(
+            "mount -t tmpfs upper {target} && mkdir -p {target}/sub && \
+             mount -t tmpfs below {target}/sub && exec sleep 3600"
+        )),
+        None,
+    );
+    sb.sh(&format!("umount {target}"));
+    let normalise = |mut doc: Value| {
+        let mut hs: Vec<Value> = doc["holders"].as_array().unwrap().clone();
+        for h in &mut hs {
+            h.as_object_mut().unwrap().remove("mount_id_unique");
+        }
+        hs.sort_by_key(|h| (h["mnt_ns"].as_u64(), h["mount_id"].as_u64()));
+        doc["holders"] = Value::Array(hs);
+        doc
+    };
+    let scan = |backend: &str, extra: &[&str]| {
+        let mut args = vec!["scan", "--any-path", "--path", &target];
+        args.extend_from_slice(extra);
+        normalise(sb.mntreap_json(&args, &[("MNTREAP_BACKEND", backend)]).1)
+    };
+    let lm = scan("listmount", &["--paths-only"]);
+    let mi = scan("mountinfo", &["--paths-only"]);
+    let full = scan("listmount", &[]);
+    assert_eq!(lm["paths_only"], true);
+    assert_eq!(
+        lm["holders"], mi["holders"],
+        "backends differ in --paths-only"
+    );
+    let path_holders: Vec<Value> = full["holders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|h| h["match"] == "path")
+        .cloned()
+        .collect();
+    assert_eq!(lm["holders"].as_array().unwrap(), &path_holders);
+    // 3 namespaces: 1 + 1 (pinned by cwd) + 3 (stacked upper and a mount below it).
+    assert_eq!(path_holders.len(), 5, "{full:#}");
+    assert!(
+        full["holders"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|h| h["match"] == "identity")
+    );
+    let pinned: Vec<&Value> = path_holders
+        .iter()
+        .filter(|h| h["state"] == "pinned")
+        .collect();
+    assert_eq!(pinned.len(), 1);
+}
+
+#[test]
+fn paths_only_refuses_unmounts_under_shared_parents() {
+    let mut sb = Sandbox::new("pathsonlyshared");
+    let d = sb.d();
+    layers(&sb, "ps");
+    sb.sh(&format!("mount --make-rshared {d}"));
+    let pid = sb.holder_with(&["-m", "--propagation", "unchanged"], None, None);
+    let target = format!("{d}/l/ps/merged");
+    let (code, doc) = sb.mntreap_json(
+        &["release", "--paths-only", "--any-path", "--path", &target],
+        &[("MNTREAP_BACKEND", "listmount")],
+    );
+    assert_eq!(code, 1, "{doc:#}");
+    let ns = doc["namespaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["mnt_ns"].as_u64() == Some(ns_inode(pid)))
+        .unwrap();
+    assert_eq!(ns["actions"][0]["result"], "kept");
+    assert!(
+        ns["actions"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("--paths-only")
+    );
+    assert!(has_mount_at(pid, &target) && has_mount_at(sb.host_pid(), &target));
 }

@@ -1,0 +1,340 @@
+//! Benchmark on a synthetic busy node: mntreap against the tools operators use today, side by
+//! side in one run, with ratios.
+//!
+//! `cargo bench --bench node -- [--namespaces N] [--mounts M] [--procs P] [--runs R]`
+//! (defaults 300 x 2000 x 3, 3 runs; medians). Needs root. Everything lives in a private
+//! mount namespace of the benchmark's own and in processes it started, which it kills by pid.
+//!
+//! Rows:
+//! - scan: `grep -l ID /proc/[0-9]*/mountinfo` (the find-busy-mnt approach), one read of
+//!   mountinfo per namespace (the floor of the text path), and `mntreap scan` with each
+//!   backend;
+//! - release of one layer in every namespace: a `umount -N /proc/PID/ns/mnt -l PATH` loop
+//!   (util-linux) against `mntreap release`.
+
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::mount::{MsFlags, mount};
+use nix::sched::{CloneFlags, unshare};
+
+const BIN: &str = env!("CARGO_BIN_EXE_mntreap");
+
+struct Config {
+    namespaces: usize,
+    mounts: usize,
+    procs: usize,
+    runs: usize,
+}
+
+fn parse_args() -> Config {
+    let mut c = Config {
+        namespaces: 300,
+        mounts: 2000,
+        procs: 3,
+        runs: 3,
+    };
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut i = 0;
+    while i < args.len() {
+        let value = || args.get(i + 1).and_then(|v| v.parse().ok());
+        match args[i].as_str() {
+            "--namespaces" => c.namespaces = value().expect("--namespaces N"),
+            "--mounts" => c.mounts = value().expect("--mounts N"),
+            "--procs" => c.procs = value().expect("--procs N"),
+            "--runs" => c.runs = value().expect("--runs N"),
+            // cargo bench passes --bench; ignore what we do not know.
+            _ => {
+                i += 1;
+                continue;
+            }
+        }
+        i += 2;
+    }
+    c
+}
+
+/// Holder processes, each the leader of its own process group (it forks its extra
+/// members): killed group by group when the benchmark ends, or panics.
+struct Holders(Vec<Child>);
+
+impl Drop for Holders {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let pgid = nix::unistd::Pid::from_raw(c.id() as i32);
+            let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
+        }
+        for c in &mut self.0 {
+            let _ = c.wait();
+        }
+    }
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn time<T>(f: impl FnOnce() -> T) -> (Duration, T) {
+    let start = Instant::now();
+    let out = f();
+    (start.elapsed(), out)
+}
+
+fn run_ok(cmd: &mut Command) -> Vec<u8> {
+    let out = cmd.output().expect("running a command");
+    assert!(
+        out.status.success() || out.status.code() == Some(1),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+fn main() {
+    let cfg = parse_args();
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "the benchmark creates mount namespaces: run it as root"
+    );
+    // A private namespace of our own: every mount below disappears with us.
+    unshare(CloneFlags::CLONE_NEWNS).expect("unshare(CLONE_NEWNS)");
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .expect("making / private");
+    let dir = format!("/tmp/mntreap-bench-{}", std::process::id());
+    std::fs::create_dir_all(&dir).unwrap();
+    mount(
+        Some("bench"),
+        dir.as_str(),
+        Some("tmpfs"),
+        MsFlags::empty(),
+        None::<&str>,
+    )
+    .unwrap();
+
+    eprintln!(
+        "building the node: {} namespaces x {} layer mounts x {} processes ...",
+        cfg.namespaces, cfg.mounts, cfg.procs
+    );
+    let layer = |i: usize| format!("{dir}/overlay2/{i:064x}/merged");
+    for i in 0..cfg.mounts {
+        let path = layer(i);
+        std::fs::create_dir_all(&path).unwrap();
+        mount(
+            Some("layer"),
+            path.as_str(),
+            Some("tmpfs"),
+            MsFlags::empty(),
+            Some("size=64k"),
+        )
+        .unwrap();
+    }
+    let mut holders = Holders(Vec::new());
+    let extra = "sleep 3600 & ".repeat(cfg.procs.saturating_sub(1));
+    let script = format!("{extra}exec sleep 3600");
+    for _ in 0..cfg.namespaces {
+        let child = Command::new("unshare")
+            .args(["-m", "--propagation", "private", "sh", "-c", &script])
+            .stdin(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .expect("unshare");
+        holders.0.push(child);
+    }
+    // Wait until every holder is in its own namespace with all its processes.
+    let own = std::fs::metadata("/proc/self/ns/mnt").unwrap();
+    let own_ino = std::os::unix::fs::MetadataExt::ino(&own);
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let sleeping = std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|pid| {
+                std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c == "sleep\n")
+                    && std::fs::metadata(format!("/proc/{pid}/ns/mnt"))
+                        .is_ok_and(|m| std::os::unix::fs::MetadataExt::ino(&m) != own_ino)
+            })
+            .count();
+        if sleeping >= cfg.namespaces * cfg.procs {
+            break;
+        }
+        assert!(Instant::now() < deadline, "holders did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let pids: Vec<i32> = holders.0.iter().map(|c| c.id() as i32).collect();
+
+    // Each run targets another layer (release is destructive); the host copy is unmounted
+    // first, as dockerd's Put does, so every holder is a leak.
+    let targets: Vec<usize> = (0..cfg.runs * 4).map(|r| cfg.mounts / 2 + r).collect();
+    for &t in &targets {
+        nix::mount::umount2(layer(t).as_str(), nix::mount::MntFlags::MNT_DETACH).unwrap();
+    }
+    let id_of = |i: usize| format!("{i:064x}");
+
+    let mut grep = Vec::new();
+    let mut once = Vec::new();
+    let mut scan_lm = Vec::new();
+    let mut scan_mi = Vec::new();
+    let mut scan_po = Vec::new();
+    let mut scan_mi1 = Vec::new();
+    let mut umount_loop = Vec::new();
+    let mut release = Vec::new();
+    let mut release_po = Vec::new();
+    for run in 0..cfg.runs {
+        let t = targets[run];
+        let (d, out) = time(|| {
+            run_ok(Command::new("sh").args([
+                "-c",
+                &format!("grep -l {} /proc/[0-9]*/mountinfo", id_of(t)),
+            ]))
+        });
+        let found = out.split(|&b| b == b'\n').filter(|l| !l.is_empty()).count();
+        assert!(found >= cfg.namespaces * cfg.procs, "grep found {found}");
+        grep.push(d);
+
+        let (d, bytes) = time(|| {
+            pids.iter()
+                .map(|p| std::fs::read(format!("/proc/{p}/mountinfo")).unwrap().len())
+                .sum::<usize>()
+        });
+        assert!(bytes > 0);
+        once.push(d);
+
+        for (backend, extra, into) in [
+            ("listmount", None, &mut scan_lm),
+            ("mountinfo", None, &mut scan_mi),
+            ("mountinfo", Some("--threads=1"), &mut scan_mi1),
+            ("listmount", Some("--paths-only"), &mut scan_po),
+        ] {
+            let (d, out) = time(|| {
+                run_ok(
+                    Command::new(BIN)
+                        .args(["scan", "--any-path", "--json", "--path", &layer(t)])
+                        .args(extra)
+                        .env("MNTREAP_BACKEND", backend),
+                )
+            });
+            let doc: serde_json::Value = serde_json::from_slice(&out).unwrap();
+            let n = doc["holders"].as_array().unwrap().len();
+            assert_eq!(n, cfg.namespaces, "{backend} scan found {n} holders");
+            into.push(d);
+        }
+
+        // Release: util-linux loop on one target, mntreap on another.
+        let loop_target = layer(targets[cfg.runs + run]);
+        let (d, _) = time(|| {
+            for p in &pids {
+                run_ok(Command::new("umount").args([
+                    "-N",
+                    &format!("/proc/{p}/ns/mnt"),
+                    "-l",
+                    &loop_target,
+                ]));
+            }
+        });
+        umount_loop.push(d);
+        for (k, extra, into) in [
+            (2, None, &mut release),
+            (3, Some("--paths-only"), &mut release_po),
+        ] {
+            let rel_target = layer(targets[k * cfg.runs + run]);
+            let (d, out) = time(|| {
+                run_ok(
+                    Command::new(BIN)
+                        .args(["release", "--any-path", "--json", "--path", &rel_target])
+                        .args(extra)
+                        .env("RUST_LOG", "warn"),
+                )
+            });
+            let doc: serde_json::Value = serde_json::from_slice(&out).unwrap();
+            let released = doc["namespaces"].as_array().unwrap().len();
+            assert_eq!(released, cfg.namespaces);
+            assert!(doc["remaining"].as_array().unwrap().is_empty(), "{doc:#}");
+            into.push(d);
+        }
+    }
+
+    let (grep, once, scan_lm, scan_mi, scan_mi1, scan_po) = (
+        median(grep),
+        median(once),
+        median(scan_lm),
+        median(scan_mi),
+        median(scan_mi1),
+        median(scan_po),
+    );
+    let (umount_loop, release, release_po) =
+        (median(umount_loop), median(release), median(release_po));
+    let ms = |d: Duration| format!("{:>9.1} ms", d.as_secs_f64() * 1e3);
+    let ratio = |base: Duration, d: Duration| base.as_secs_f64() / d.as_secs_f64();
+    println!(
+        "\nnode: {} namespaces x {} layer mounts x {} processes; median of {} runs; kernel {}",
+        cfg.namespaces,
+        cfg.mounts,
+        cfg.procs,
+        cfg.runs,
+        std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim()
+    );
+    println!("{:<58} {:>12}  ratio", "", "time");
+    println!(
+        "{:<58} {}",
+        "scan: grep -l ID /proc/[0-9]*/mountinfo (baseline)",
+        ms(grep)
+    );
+    println!(
+        "{:<58} {}",
+        "scan: read each namespace's mountinfo once (floor)",
+        ms(once)
+    );
+    println!(
+        "{:<58} {}  {:.1}x faster than grep",
+        "scan: mntreap scan, listmount backend",
+        ms(scan_lm),
+        ratio(grep, scan_lm)
+    );
+    println!(
+        "{:<58} {}  {:.1}x faster than grep, {:.2}x the floor",
+        "scan: mntreap scan, mountinfo backend",
+        ms(scan_mi),
+        ratio(grep, scan_mi),
+        scan_mi.as_secs_f64() / once.as_secs_f64()
+    );
+    println!(
+        "{:<58} {}  {:.2}x the floor",
+        "scan: mntreap scan, mountinfo backend, --threads=1",
+        ms(scan_mi1),
+        scan_mi1.as_secs_f64() / once.as_secs_f64()
+    );
+    println!(
+        "{:<58} {}  {:.1}x faster than grep",
+        "scan: mntreap scan --paths-only, listmount backend",
+        ms(scan_po),
+        ratio(grep, scan_po)
+    );
+    println!(
+        "{:<58} {}",
+        "release: umount -N /proc/PID/ns/mnt -l loop (baseline)",
+        ms(umount_loop)
+    );
+    println!(
+        "{:<58} {}  {:.1}x faster than the loop",
+        "release: mntreap release (scan + unmount + re-check)",
+        ms(release),
+        ratio(umount_loop, release)
+    );
+    println!(
+        "{:<58} {}  {:.1}x faster than the loop",
+        "release: mntreap release --paths-only",
+        ms(release_po),
+        ratio(umount_loop, release_po)
+    );
+    drop(holders);
+}
