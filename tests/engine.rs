@@ -121,10 +121,30 @@ fn loop_device_stays_busy_until_released() {
     let err = open_excl().expect_err("device must be busy while the leaked copy exists");
     assert_eq!(err.raw_os_error(), Some(libc::EBUSY), "{err}");
 
-    let out = sb.mntreap(&["release", "--any-path", "--path", &target]);
+    let out = sb.mntreap(&[
+        "release",
+        "--log-format",
+        "json",
+        "--any-path",
+        "--path",
+        &target,
+    ]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(!has_mount_at(leak, &target));
     open_excl().expect("device free after release");
+    // One JSON audit line for the one unmount, naming namespace, pid, mount and result.
+    let audits: Vec<Value> = stderr(&out)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["target"] == "mntreap::audit")
+        .collect();
+    assert_eq!(audits.len(), 1, "{}", stderr(&out));
+    let a = &audits[0];
+    assert_eq!(a["mnt_ns"].as_u64(), Some(ns_inode(leak)));
+    assert_eq!(a["pid_used"].as_i64(), Some(i64::from(leak)));
+    assert_eq!(a["path"], target.as_str());
+    assert!(a["mount_id"].as_u64().is_some());
+    assert!(a["result"].as_str().unwrap().contains("unmounted"), "{a}");
 }
 
 #[test]
