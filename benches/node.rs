@@ -71,6 +71,17 @@ impl Drop for Holders {
     }
 }
 
+/// Removes the benchmark's directory on the host when the benchmark ends (the tmpfs on it
+/// lives in the benchmark's private namespace and goes with it).
+struct DirGuard(String);
+
+impl Drop for DirGuard {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(self.0.as_str(), nix::mount::MntFlags::MNT_DETACH);
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
@@ -110,6 +121,7 @@ fn main() {
     .expect("making / private");
     let dir = format!("/tmp/mntreap-bench-{}", std::process::id());
     std::fs::create_dir_all(&dir).unwrap();
+    let _dir_guard = DirGuard(dir.clone());
     mount(
         Some("bench"),
         dir.as_str(),

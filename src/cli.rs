@@ -1,15 +1,17 @@
-//! The `mntreap` command line: flags are parsed, then validated into a request before any
+//! The `mntreap` command line: flags are parsed, then validated into requests before any
 //! work; stdout carries the report, stderr the logs.
 //!
-//! Exit codes: 0 nothing (in scope) holds the target; 1 some copies remain (listed);
-//! 2 bad input or refusal, with nothing changed.
+//! Exit codes: 0 nothing (in scope) holds the target; 1 some copies remain, or findings
+//! (listed); 2 bad input or refusal, with nothing changed.
 
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::docker::{Docker, DockerOptions};
 use crate::policy::Policy;
 use crate::release::{self, Scope};
 use crate::report;
@@ -18,7 +20,7 @@ use crate::source::BackendChoice;
 
 /// Exit status: nothing holds the target (any more).
 pub const EXIT_CLEAN: u8 = 0;
-/// Exit status: copies remain (in use, failed, or found by a scan).
+/// Exit status: copies remain (in use, failed, or found by a scan), or findings.
 pub const EXIT_REMAINING: u8 = 1;
 /// Exit status: bad input or refusal; nothing was changed.
 pub const EXIT_USAGE: u8 = 2;
@@ -48,31 +50,33 @@ enum LogFormat {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// List every mount namespace holding a mount at (or below) the given paths, and every
-    /// copy of those mounts at other paths.
-    Scan(TargetArgs),
+    /// Who holds these containers' mounts or these paths, in every mount namespace. With no
+    /// target: the node-wide report of leaked and orphaned container mounts.
+    Scan(ScanArgs),
     /// Unmount the copies that scan finds, children first, in every foreign namespace.
     Release(ReleaseArgs),
+    /// Release the mounts of containers stuck in removal (Dead / Removal In Progress), or of
+    /// the named ones, then remove them through the Engine API.
+    Reap(ReapArgs),
+    /// Check the host for the configurations that leak mounts, with evidence and remedies.
+    Doctor(DoctorArgs),
 }
 
-#[derive(Args, Debug)]
-struct TargetArgs {
-    /// A mount point to look for (repeatable), e.g. /var/lib/docker/overlay2/<id>/merged.
-    #[arg(long = "path", value_name = "PATH", required = true)]
-    paths: Vec<String>,
+#[derive(Args, Debug, Clone)]
+pub(crate) struct EngineArgs {
     /// Print JSON on stdout (schema in README.md).
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
     /// Allow paths outside the container runtimes' directories.
     #[arg(long)]
     any_path: bool,
-    /// Another directory to treat as a runtime root (a non-default docker data root).
+    /// Another directory to treat as a runtime root.
     #[arg(long = "runtime-root", value_name = "DIR")]
-    runtime_roots: Vec<PathBuf>,
+    pub(crate) runtime_roots: Vec<PathBuf>,
     /// How to read mount tables: listmount(2) where the kernel has it, else mountinfo.
     #[arg(long, value_enum, env = "MNTREAP_BACKEND", default_value = "auto")]
     backend: BackendChoice,
-    /// Only mounts at or below the paths, in each namespace's view: skip the search for
+    /// Only mounts at or below the targets, in each namespace's view: skip the search for
     /// copies at other paths (much faster on large nodes; see README, Benchmark).
     #[arg(long)]
     paths_only: bool,
@@ -82,18 +86,70 @@ struct TargetArgs {
     /// Where procfs is mounted (the host's, when mntreap runs in a container).
     #[arg(long, env = "MNTREAP_PROC", default_value = "/proc", hide = true)]
     proc: PathBuf,
+    #[command(flatten)]
+    docker: DockerArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+pub(crate) struct DockerArgs {
+    /// The daemon's socket (unix:///path), like the docker CLI's DOCKER_HOST.
+    #[arg(long, env = "DOCKER_HOST")]
+    docker_host: Option<String>,
+    /// Docker's data root, read offline (online, the daemon's own DockerRootDir wins).
+    #[arg(long, default_value = crate::docker::DEFAULT_ROOT)]
+    docker_root: PathBuf,
+    /// Resolve containers from the data root only; do not ask the daemon.
+    #[arg(long)]
+    offline: bool,
+    /// How long dockerd has to answer (seconds).
+    #[arg(long, default_value_t = 3)]
+    docker_timeout: u64,
+}
+
+#[derive(Args, Debug)]
+struct ScanArgs {
+    /// Containers (id, unique id prefix or name).
+    containers: Vec<String>,
+    /// A mount point to look for (repeatable), e.g. /var/lib/docker/overlay2/<id>/merged.
+    #[arg(long = "path", value_name = "PATH")]
+    paths: Vec<String>,
+    #[command(flatten)]
+    engine: EngineArgs,
 }
 
 #[derive(Args, Debug)]
 struct ReleaseArgs {
-    #[command(flatten)]
-    target: TargetArgs,
+    /// Containers (id, unique id prefix or name).
+    containers: Vec<String>,
+    /// A mount point to release (repeatable).
+    #[arg(long = "path", value_name = "PATH")]
+    paths: Vec<String>,
     /// Print the plan; change nothing.
     #[arg(long)]
     dry_run: bool,
-    /// Also release the copies in mntreap's own namespace (the host's view).
+    /// Also release the copies in the protected namespace (mntreap's own for paths,
+    /// dockerd's for running containers).
     #[arg(long)]
     everywhere: bool,
+    #[command(flatten)]
+    engine: EngineArgs,
+}
+
+#[derive(Args, Debug)]
+struct ReapArgs {
+    /// Containers to reap (default: every container stuck Dead / Removal In Progress).
+    containers: Vec<String>,
+    /// Print what would be released and removed; change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    #[command(flatten)]
+    engine: EngineArgs,
+}
+
+#[derive(Args, Debug)]
+struct DoctorArgs {
+    #[command(flatten)]
+    engine: EngineArgs,
 }
 
 /// Runs the command line; returns the process exit code.
@@ -114,7 +170,8 @@ pub fn main() -> ExitCode {
     ExitCode::from(code)
 }
 
-enum Failure {
+/// Why a command did nothing.
+pub(crate) enum Failure {
     /// Bad input: nothing was done.
     Usage(String),
     /// The scan could not run (no permission for /proc, ...): nothing was done.
@@ -144,49 +201,79 @@ fn init_logging(format: LogFormat, verbose: u8) {
     }
 }
 
-/// Validates targets and builds the scan request (no side effects).
-fn request(args: &TargetArgs) -> Result<ScanRequest, Failure> {
-    let policy = Policy {
-        any_path: args.any_path,
-        extra_roots: args.runtime_roots.clone(),
-    };
-    let mut targets = Vec::new();
-    for raw in &args.paths {
-        let t = policy
-            .check(raw)
-            .map_err(|e| Failure::Usage(e.to_string()))?;
-        if !targets.contains(&t) {
-            targets.push(t);
+impl EngineArgs {
+    pub(crate) fn docker_options(&self) -> DockerOptions {
+        DockerOptions {
+            host: self.docker.docker_host.clone(),
+            root: self.docker.docker_root.clone(),
+            offline: self.docker.offline,
+            timeout: Duration::from_secs(self.docker.docker_timeout.max(1)),
         }
     }
-    let own =
-        crate::namespace::open_ns(args.proc.join("self/ns/mnt").as_os_str()).map_err(|e| {
-            Failure::Usage(format!(
-                "cannot open {}/self/ns/mnt: {e}; mntreap needs root (CAP_SYS_ADMIN and \
-                 CAP_SYS_PTRACE)",
-                args.proc.display()
-            ))
-        })?;
-    let probe = crate::namespace::Namespace {
-        inode: 0,
-        fd: own,
-        pid_used: std::process::id() as i32,
-        pids: Vec::new(),
-        own: true,
-    };
-    Ok(ScanRequest {
-        targets,
-        backend: args.backend.resolve(&probe),
-        proc_root: args.proc.clone(),
-        threads: args.threads.unwrap_or_else(scan::default_threads).max(1),
-        paths_only: args.paths_only,
-    })
+
+    /// Validates path targets and builds a scan request (no side effects). Container
+    /// paths come from the data root and skip the path rails.
+    pub(crate) fn request(
+        &self,
+        raw_paths: &[String],
+        trusted: Vec<PathBuf>,
+    ) -> Result<ScanRequest, Failure> {
+        let policy = Policy {
+            any_path: self.any_path,
+            extra_roots: self.runtime_roots.clone(),
+        };
+        let mut targets = trusted;
+        for raw in raw_paths {
+            let t = policy
+                .check(raw)
+                .map_err(|e| Failure::Usage(e.to_string()))?;
+            targets.push(t);
+        }
+        targets.dedup();
+        let own =
+            crate::namespace::open_ns(self.proc.join("self/ns/mnt").as_os_str()).map_err(|e| {
+                Failure::Usage(format!(
+                    "cannot open {}/self/ns/mnt: {e}; mntreap needs root (CAP_SYS_ADMIN and \
+                     CAP_SYS_PTRACE)",
+                    self.proc.display()
+                ))
+            })?;
+        let probe = crate::namespace::Namespace {
+            inode: 0,
+            fd: own,
+            pid_used: std::process::id() as i32,
+            pids: Vec::new(),
+            own: true,
+        };
+        Ok(ScanRequest {
+            targets,
+            backend: self.backend.resolve(&probe),
+            proc_root: self.proc.clone(),
+            threads: self.threads.unwrap_or_else(scan::default_threads).max(1),
+            paths_only: self.paths_only,
+            layer_signatures: Vec::new(),
+        })
+    }
+
+    /// The scan request for one container: its mount paths and its layer's signature.
+    pub(crate) fn container_request(
+        &self,
+        c: &crate::docker::Container,
+    ) -> Result<ScanRequest, Failure> {
+        let mut req = self.request(&[], c.paths.clone())?;
+        req.layer_signatures = c.upperdir.iter().cloned().collect();
+        Ok(req)
+    }
+
+    pub(crate) fn connect(&self) -> Result<Docker, Failure> {
+        Docker::connect(&self.docker_options()).map_err(|e| Failure::Usage(e.to_string()))
+    }
 }
 
 /// A target that does not exist here and that no namespace holds is a typo, not a leak.
-fn check_targets_exist(scan: &scan::Scan) -> Result<(), Failure> {
+fn check_targets_exist(scan: &scan::Scan, checked: &[PathBuf]) -> Result<(), Failure> {
     use std::os::unix::ffi::OsStrExt;
-    for t in &scan.targets {
+    for t in checked {
         let held = scan
             .holders
             .iter()
@@ -194,8 +281,7 @@ fn check_targets_exist(scan: &scan::Scan) -> Result<(), Failure> {
         if !held && std::fs::symlink_metadata(t).is_err() {
             return Err(Failure::Usage(format!(
                 "{} does not exist and no mount namespace holds a mount there; check the path \
-                 (for a container, pass its layer's mount point, e.g. \
-                 /var/lib/docker/overlay2/<id>/merged)",
+                 (for a container, pass its name or id instead)",
                 t.display()
             )));
         }
@@ -205,46 +291,194 @@ fn check_targets_exist(scan: &scan::Scan) -> Result<(), Failure> {
 
 fn run(command: Command) -> Result<u8, Failure> {
     match command {
-        Command::Scan(args) => {
-            let req = request(&args)?;
-            let scan = scan::scan(&req)?;
-            check_targets_exist(&scan)?;
-            let text = if args.json {
-                format!("{:#}\n", report::scan_json(&scan))
-            } else {
-                report::scan_text(&scan)
-            };
-            print(&text);
-            Ok(if scan.foreign_holders().next().is_some() {
-                EXIT_REMAINING
-            } else {
-                EXIT_CLEAN
-            })
-        }
-        Command::Release(args) => {
-            let req = request(&args.target)?;
-            let scan = scan::scan(&req)?;
-            check_targets_exist(&scan)?;
-            let scope = Scope {
-                everywhere: args.everywhere,
-            };
-            let rel = release::run_on(scan, &req, scope, args.dry_run)?;
-            let text = if args.target.json {
-                format!("{:#}\n", report::release_json(&rel))
-            } else {
-                report::release_text(&rel)
-            };
-            print(&text);
-            Ok(if !rel.remaining().is_empty() || rel.still_pinned() {
-                EXIT_REMAINING
-            } else {
-                EXIT_CLEAN
-            })
-        }
+        Command::Scan(args) => scan_command(args),
+        Command::Release(args) => release_command(args),
+        Command::Reap(args) => crate::reap::command(&args.engine, &args.containers, args.dry_run),
+        Command::Doctor(args) => crate::doctor::command(&args.engine),
     }
 }
 
-fn print(text: &str) {
+fn scan_command(args: ScanArgs) -> Result<u8, Failure> {
+    let e = &args.engine;
+    if args.containers.is_empty() && args.paths.is_empty() {
+        return crate::node_report::command(e);
+    }
+    let (docker, containers) = resolve_containers(e, &args.containers)?;
+    let trusted: Vec<PathBuf> = containers.iter().flat_map(|c| c.paths.clone()).collect();
+    let mut req = e.request(&args.paths, trusted)?;
+    req.layer_signatures = containers
+        .iter()
+        .filter_map(|c| c.upperdir.clone())
+        .collect();
+    let scan = scan::scan(&req)?;
+    let checked: Vec<PathBuf> = req
+        .targets
+        .iter()
+        .filter(|t| !containers.iter().any(|c| c.paths.contains(t)))
+        .cloned()
+        .collect();
+    check_targets_exist(&scan, &checked)?;
+    let doc = report::scan_json(&scan);
+    let (text, leaks) = match &docker {
+        None => (
+            report::scan_text(&scan),
+            scan.foreign_holders().next().is_some(),
+        ),
+        Some(d) => {
+            let view = crate::node_report::ContainerView::new(&scan, d, &containers);
+            (view.text(), view.has_leaks())
+        }
+    };
+    let out = if e.json {
+        let mut doc = doc;
+        if let Some(d) = &docker {
+            crate::node_report::ContainerView::new(&scan, d, &containers).annotate(&mut doc);
+        }
+        format!("{doc:#}\n")
+    } else {
+        text
+    };
+    print(&out);
+    Ok(if leaks { EXIT_REMAINING } else { EXIT_CLEAN })
+}
+
+/// Resolves named containers (if any) through the daemon or the data root.
+pub(crate) fn resolve_containers(
+    e: &EngineArgs,
+    names: &[String],
+) -> Result<(Option<Docker>, Vec<crate::docker::Container>), Failure> {
+    if names.is_empty() {
+        return Ok((None, Vec::new()));
+    }
+    let docker = e.connect()?;
+    let containers = docker
+        .resolve(names)
+        .map_err(|err| Failure::Usage(err.to_string()))?;
+    Ok((Some(docker), containers))
+}
+
+/// The release scope for a container: its copies in dockerd's namespace stay while it runs.
+pub(crate) fn container_scope(
+    docker: &Docker,
+    container: &crate::docker::Container,
+    everywhere: bool,
+) -> Scope {
+    let protected = if !container.is_running() {
+        Vec::new()
+    } else if let Some(ns) = docker.daemon.mnt_ns {
+        vec![(
+            ns,
+            format!(
+                "dockerd's namespace (pid {}), and container {} is running",
+                docker.daemon.pid.unwrap_or_default(),
+                container.name
+            ),
+        )]
+    } else {
+        // dockerd is not there to ask: its namespace is most likely ours.
+        let own = std::fs::metadata("/proc/self/ns/mnt")
+            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+            .unwrap_or_default();
+        vec![(
+            own,
+            format!(
+                "mntreap's own namespace: dockerd's is unknown (not running?) and container {} \
+                 is running",
+                container.name
+            ),
+        )]
+    };
+    // The container's own namespace has the layer as its root: in use, never touched.
+    let mut protected = protected;
+    if let Some(ns) = container.pid.and_then(|pid| {
+        std::fs::metadata(format!("/proc/{pid}/ns/mnt"))
+            .ok()
+            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+    }) {
+        protected.push((
+            ns,
+            format!("container {}'s own namespace (its root)", container.name),
+        ));
+    }
+    Scope {
+        everywhere,
+        protected: Some(protected),
+    }
+}
+
+fn release_command(args: ReleaseArgs) -> Result<u8, Failure> {
+    let e = &args.engine;
+    if args.containers.is_empty() && args.paths.is_empty() {
+        return Err(Failure::Usage(
+            "name the containers or --path mount points to release (`mntreap scan` with no \
+             target shows the node's leaks)"
+                .into(),
+        ));
+    }
+    let (docker, containers) = resolve_containers(e, &args.containers)?;
+    let mut releases = Vec::new();
+    if !args.paths.is_empty() {
+        let req = e.request(&args.paths, Vec::new())?;
+        let scan = scan::scan(&req)?;
+        check_targets_exist(&scan, &req.targets)?;
+        let scope = Scope {
+            everywhere: args.everywhere,
+            protected: None,
+        };
+        releases.push((None, release::run_on(scan, &req, scope, args.dry_run)?));
+    }
+    for c in &containers {
+        let docker = docker.as_ref().expect("containers come with a daemon");
+        let req = e.container_request(c)?;
+        let scope = container_scope(docker, c, args.everywhere);
+        releases.push((Some(c), release::run(&req, scope, args.dry_run)?));
+    }
+    let remaining = releases
+        .iter()
+        .any(|(_, r)| !r.remaining().is_empty() || r.still_pinned());
+    let out = if e.json {
+        let docs: Vec<serde_json::Value> = releases
+            .iter()
+            .map(|(c, r)| {
+                let mut doc = report::release_json(r);
+                if let Some(c) = c {
+                    doc["container"] = serde_json::to_value(c).unwrap_or_default();
+                }
+                doc
+            })
+            .collect();
+        let doc = match (&docker, docs.len()) {
+            (None, 1) => docs.into_iter().next().expect("one"),
+            _ => serde_json::json!({
+                "docker": docker.as_ref().map(|d| &d.daemon),
+                "releases": docs,
+            }),
+        };
+        format!("{doc:#}\n")
+    } else {
+        let mut text = String::new();
+        for (c, r) in &releases {
+            if let Some(c) = c {
+                text.push_str(&format!(
+                    "container {} ({}, {}):\n",
+                    c.name,
+                    &c.id[..12.min(c.id.len())],
+                    c.state
+                ));
+            }
+            text.push_str(&report::release_text(r));
+        }
+        text
+    };
+    print(&out);
+    Ok(if remaining {
+        EXIT_REMAINING
+    } else {
+        EXIT_CLEAN
+    })
+}
+
+pub(crate) fn print(text: &str) {
     let mut out = std::io::stdout().lock();
     // A closed pipe (`| head`) is not an error worth a panic.
     let _ = out.write_all(text.as_bytes());

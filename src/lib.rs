@@ -7,10 +7,14 @@
 //! dedicated thread ([`nsexec`]). All raw system calls live in `sys`.
 
 pub mod cli;
+pub mod docker;
+pub mod doctor;
 pub mod mountinfo;
 pub mod namespace;
+pub mod node_report;
 pub mod nsexec;
 pub mod policy;
+pub mod reap;
 pub mod release;
 pub mod report;
 pub mod scan;

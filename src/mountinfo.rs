@@ -17,6 +17,12 @@ pub struct ParseError {
 
 /// Parses a whole mountinfo file into a table.
 pub fn parse(buf: &[u8]) -> Result<MountTable, ParseError> {
+    parse_with_signatures(buf, &[])
+}
+
+/// Parses a whole mountinfo file, flagging overlays whose `upperdir` option is one of
+/// `signatures` (the options themselves are not kept).
+pub fn parse_with_signatures(buf: &[u8], signatures: &[Vec<u8>]) -> Result<MountTable, ParseError> {
     // Lines average well over 100 bytes; memchr keeps the scans at memory speed, which
     // matters when a node's namespaces add up to hundreds of megabytes of text.
     let mut table = MountTable::with_capacity(buf.len() / 100, buf.len());
@@ -30,7 +36,7 @@ pub fn parse(buf: &[u8]) -> Result<MountTable, ParseError> {
         if line.is_empty() {
             continue;
         }
-        parse_line(line, &mut table).ok_or_else(|| ParseError {
+        parse_line(line, &mut table, signatures).ok_or_else(|| ParseError {
             line: n + 1,
             text: String::from_utf8_lossy(line).into_owned(),
         })?;
@@ -61,7 +67,7 @@ impl<'a> Iterator for Fields<'a> {
 }
 
 /// `36 35 98:0 /mnt1 /mnt2 rw,noatime master:1 - ext3 /dev/root rw,errors=continue`
-fn parse_line(line: &[u8], table: &mut MountTable) -> Option<()> {
+fn parse_line(line: &[u8], table: &mut MountTable, signatures: &[Vec<u8>]) -> Option<()> {
     let mut fields = Fields { rest: Some(line) };
     let id = parse_u64(fields.next()?)?;
     let parent_id = parse_u64(fields.next()?)?;
@@ -84,6 +90,11 @@ fn parse_line(line: &[u8], table: &mut MountTable) -> Option<()> {
     }
     let fs_type = fields.next()?;
     let source = fields.next()?;
+    let layer_signature = !signatures.is_empty()
+        && fs_type == b"overlay"
+        && fields
+            .next()
+            .is_some_and(|options| has_upperdir(options, signatures));
     let root = table.intern_escaped(root);
     let mount_point = table.intern_escaped(mount_point);
     let fs_type = table.intern_escaped(fs_type);
@@ -100,8 +111,17 @@ fn parse_line(line: &[u8], table: &mut MountTable) -> Option<()> {
         fs_type,
         source,
         has_strings: true,
+        layer_signature,
     });
     Some(())
+}
+
+/// True when comma-separated mount `options` hold `upperdir=<one of signatures>`.
+pub fn has_upperdir(options: &[u8], signatures: &[Vec<u8>]) -> bool {
+    options.split(|&b| b == b',').any(|opt| {
+        opt.strip_prefix(b"upperdir=")
+            .is_some_and(|dir| signatures.iter().any(|s| decode(dir) == *s))
+    })
 }
 
 fn split_once(s: &[u8], sep: u8) -> Option<(&[u8], &[u8])> {
@@ -213,6 +233,17 @@ mod tests {
         assert_eq!(decode(b"a\\9bc\\0"), b"a\\9bc\\0");
         assert_eq!(decode(b"trail\\"), b"trail\\");
         assert_eq!(decode(b"\\777x"), b"\\777x");
+    }
+
+    #[test]
+    fn flags_overlays_by_upperdir() {
+        let text = b"40 27 0:45 / /x rw - overlay overlay rw,lowerdir=/l,upperdir=/r/overlay2/L1/diff,workdir=/w\n\
+41 27 0:46 / /y rw - overlay overlay rw,lowerdir=/l,upperdir=/r/overlay2/L10/diff,workdir=/w\n\
+42 27 0:47 / /z rw - tmpfs upperdir=/r/overlay2/L1/diff rw\n";
+        let sig = vec![b"/r/overlay2/L1/diff".to_vec()];
+        let t = parse_with_signatures(text, &sig).unwrap();
+        let flags: Vec<bool> = t.mounts.iter().map(|m| m.layer_signature).collect();
+        assert_eq!(flags, vec![true, false, false]);
     }
 
     #[test]

@@ -20,10 +20,33 @@ use crate::sys;
 use crate::table::path_is_under;
 
 /// Which holders a release may touch.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Scope {
-    /// Also release the copies in mntreap's own namespace (the runtime's view).
+    /// Release in every namespace, protected ones included.
     pub everywhere: bool,
+    /// Namespaces (by inode) whose copies are the runtime's own view and stay, with the
+    /// reason shown. `None`: mntreap's own namespace.
+    pub protected: Option<Vec<(u64, String)>>,
+}
+
+impl Scope {
+    /// Why a namespace's copies stay, if they do.
+    pub fn protects(&self, scan: &Scan, ns: usize) -> Option<String> {
+        if self.everywhere {
+            return None;
+        }
+        let n = &scan.namespaces[ns].ns;
+        match &self.protected {
+            None => n.own.then(|| {
+                "mntreap's own namespace (the host's view); use --everywhere to include it"
+                    .to_string()
+            }),
+            Some(list) => list
+                .iter()
+                .find(|(inode, _)| *inode == n.inode)
+                .map(|(_, why)| why.clone()),
+        }
+    }
 }
 
 /// What the plan does with one holder.
@@ -70,7 +93,7 @@ pub fn plan(scan: &Scan, scope: Scope) -> Vec<NamespacePlan> {
     let steps: Vec<Step> = scan
         .holders
         .iter()
-        .map(|h| first_step(scan, h, scope))
+        .map(|h| first_step(scan, h, &scope))
         .collect();
     let releasing: HashSet<(usize, u64)> = scan
         .holders
@@ -147,7 +170,7 @@ pub fn plan(scan: &Scan, scope: Scope) -> Vec<NamespacePlan> {
     plans
 }
 
-fn first_step(scan: &Scan, h: &Holder, scope: Scope) -> Step {
+fn first_step(scan: &Scan, h: &Holder, scope: &Scope) -> Step {
     if let Some(in_use) = &h.in_use {
         let reason = match in_use {
             InUse::NamespaceRoot => "in use: it is the root of its mount namespace".to_string(),
@@ -157,11 +180,8 @@ fn first_step(scan: &Scan, h: &Holder, scope: Scope) -> Step {
         };
         return Step::Keep { reason };
     }
-    if scan.namespaces[h.ns].ns.own && !scope.everywhere {
-        return Step::Keep {
-            reason: "mntreap's own namespace (the host's view); use --everywhere to include it"
-                .into(),
-        };
+    if let Some(reason) = scope.protects(scan, h.ns) {
+        return Step::Keep { reason };
     }
     if h.pins.is_empty() {
         Step::Unmount
@@ -530,7 +550,7 @@ impl Release {
         self.scan
             .holders
             .iter()
-            .filter(|h| self.scope.everywhere || !self.scan.namespaces[h.ns].ns.own)
+            .filter(|h| self.scope.protects(&self.scan, h.ns).is_none())
             .filter(|h| {
                 self.still_mounted
                     .as_ref()
@@ -565,7 +585,7 @@ pub fn run_on(
     dry_run: bool,
 ) -> Result<Release, crate::scan::ScanError> {
     let started = std::time::Instant::now();
-    let plans = plan(&scan, scope);
+    let plans = plan(&scan, scope.clone());
     let planned = started.elapsed();
     let results = execute(&scan, &plans, &request.proc_root, dry_run)?;
     let executed = started.elapsed();

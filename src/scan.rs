@@ -100,6 +100,10 @@ pub struct ScanRequest {
     pub threads: usize,
     /// Match only mounts at or below the targets; do not search for copies elsewhere.
     pub paths_only: bool,
+    /// Overlay `upperdir`s of the targeted layers: an overlay with one of them is that
+    /// layer wherever it is mounted, even when no namespace has it at its own path any more
+    /// (after dockerd's Put and rmdir, an agent's `/host/...` copy is all that is left).
+    pub layer_signatures: Vec<PathBuf>,
 }
 
 /// The default worker count: the machine's cores, at most 4.
@@ -124,6 +128,7 @@ pub fn read_namespaces(
 ) -> Result<Vec<ScannedNamespace>, ScanError> {
     let namespaces = namespace::enumerate(&request.proc_root)?;
     let targets = target_bytes(&request.targets);
+    let signatures = target_bytes(&request.layer_signatures);
     let backend = request.backend;
     let targeted = request.paths_only && backend == Backend::Listmount;
     let results = nsexec::map_with_workers(
@@ -134,8 +139,13 @@ pub fn read_namespaces(
             if targeted {
                 return source::read_targeted(worker, ns, &targets);
             }
-            let mut table = source::read_table(backend, worker, ns)?;
-            let seeds = source::mounts_under(worker, ns, &mut table, &targets)?;
+            let mut table = source::read_table(backend, worker, ns, &signatures)?;
+            let mut seeds = source::mounts_under(worker, ns, &mut table, &targets)?;
+            let signed: Vec<usize> = (0..table.mounts.len())
+                .filter(|&i| table.mounts[i].layer_signature && !seeds.contains(&i))
+                .collect();
+            source::hydrate(&mut table, signed.iter().copied());
+            seeds.extend(signed);
             Ok::<_, source::SourceError>((table, seeds))
         },
     )?;
@@ -265,7 +275,14 @@ fn match_holders(scan: &mut Scan) {
         };
         let mut matched: Vec<Option<Match>> = vec![None; table.mounts.len()];
         for &i in &scanned.seeds {
-            matched[i] = Some(Match::Path);
+            // Seeds found by their overlay signature elsewhere are copies, not path matches.
+            matched[i] = Some(
+                if under_any(table.mount_point(&table.mounts[i]), &targets) {
+                    Match::Path
+                } else {
+                    Match::Identity
+                },
+            );
         }
         let mut index = None;
         for (i, m) in table.mounts.iter().enumerate() {

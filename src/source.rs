@@ -90,6 +90,7 @@ pub fn read_table(
     backend: Backend,
     worker: &mut NsWorker,
     ns: &Namespace,
+    signatures: &[Vec<u8>],
 ) -> Result<MountTable, SourceError> {
     match backend {
         Backend::Mountinfo => {
@@ -99,12 +100,14 @@ pub fn read_table(
                 op: "reading mountinfo",
                 source,
             })?;
-            crate::mountinfo::parse(text).map_err(|source| SourceError::Parse {
-                inode: ns.inode,
-                source,
+            crate::mountinfo::parse_with_signatures(text, signatures).map_err(|source| {
+                SourceError::Parse {
+                    inode: ns.inode,
+                    source,
+                }
             })
         }
-        Backend::Listmount => read_listmount(ns),
+        Backend::Listmount => read_listmount(ns, signatures),
     }
 }
 
@@ -112,7 +115,7 @@ fn io_err(inode: u64, op: &'static str) -> impl Fn(io::Error) -> SourceError {
     move |source| SourceError::Io { inode, op, source }
 }
 
-fn read_listmount(ns: &Namespace) -> Result<MountTable, SourceError> {
+fn read_listmount(ns: &Namespace, signatures: &[Vec<u8>]) -> Result<MountTable, SourceError> {
     let ns_id = sys::mntns_id(ns.fd.as_fd()).map_err(io_err(ns.inode, "NS_GET_MNTNS_ID"))?;
     let ids = sys::listmount_all(ns_id).map_err(io_err(ns.inode, "listmount"))?;
     let mut table = MountTable::with_capacity(ids.len(), 0);
@@ -126,9 +129,15 @@ fn read_listmount(ns: &Namespace) -> Result<MountTable, SourceError> {
             Err(e) => return Err(io_err(ns.inode, "statmount")(e)),
         };
         let none = Span::default();
-        table
-            .mounts
-            .push(basic_mount(&sm, none, none, none, none, false));
+        let mut m = basic_mount(&sm, none, none, none, none, false);
+        // Only overlays can carry a layer signature: their options are worth a second call.
+        if !signatures.is_empty() && sm.sb_magic == sys::OVERLAYFS_SUPER_MAGIC {
+            m.layer_signature = sys::statmount(ns_id, id, sys::STATMOUNT_MNT_OPTS, &mut buf)
+                .ok()
+                .and_then(|o| o.options)
+                .is_some_and(|o| crate::mountinfo::has_upperdir(&o, signatures));
+        }
+        table.mounts.push(m);
     }
     Ok(table)
 }
@@ -216,6 +225,7 @@ fn basic_mount(
     has_strings: bool,
 ) -> Mount {
     Mount {
+        layer_signature: false,
         id: u64::from(sm.mnt_id_old),
         parent_id: u64::from(sm.parent_id_old),
         unique_id: Some(sm.mnt_id),

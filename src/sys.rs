@@ -31,6 +31,10 @@ pub(crate) const STATMOUNT_MNT_ROOT: u64 = 0x8;
 pub(crate) const STATMOUNT_MNT_POINT: u64 = 0x10;
 pub(crate) const STATMOUNT_FS_TYPE: u64 = 0x20;
 pub(crate) const STATMOUNT_SB_SOURCE: u64 = 0x200;
+/// Superblock options (`upperdir=...` for overlay), Linux 6.10+.
+pub(crate) const STATMOUNT_MNT_OPTS: u64 = 0x80;
+/// `OVERLAYFS_SUPER_MAGIC`.
+pub(crate) const OVERLAYFS_SUPER_MAGIC: u64 = 0x794c_7630;
 
 /// `MS_SHARED` as reported in `statmount.mnt_propagation`.
 pub(crate) const MS_SHARED: u64 = 1 << 20;
@@ -255,6 +259,7 @@ pub(crate) struct Statmount {
     pub mnt_id_old: u32,
     pub parent_id_old: u32,
     pub dev: (u32, u32),
+    pub sb_magic: u64,
     pub propagation: u64,
     pub peer_group: u64,
     pub master: u64,
@@ -262,6 +267,7 @@ pub(crate) struct Statmount {
     pub mount_point: Option<Vec<u8>>,
     pub fs_type: Option<Vec<u8>>,
     pub source: Option<Vec<u8>>,
+    pub options: Option<Vec<u8>>,
 }
 
 /// Reusable buffer for [`statmount`]: one allocation serves a whole namespace.
@@ -330,6 +336,7 @@ pub(crate) fn statmount(
             mnt_id_old: header.mnt_id_old,
             parent_id_old: header.mnt_parent_id_old,
             dev: (header.sb_dev_major, header.sb_dev_minor),
+            sb_magic: header.sb_magic,
             propagation: header.mnt_propagation,
             peer_group: header.mnt_peer_group,
             master: header.mnt_master,
@@ -337,6 +344,7 @@ pub(crate) fn statmount(
             mount_point: string(STATMOUNT_MNT_POINT, header.mnt_point),
             fs_type: string(STATMOUNT_FS_TYPE, header.fs_type),
             source: string(STATMOUNT_SB_SOURCE, header.sb_source),
+            options: string(STATMOUNT_MNT_OPTS, header.mnt_opts),
         });
     }
 }

@@ -65,6 +65,8 @@ pub struct Mount {
     /// Whether the strings (root, mount point, fs type, source) have been read. The
     /// listmount backend reads them only for mounts that can matter ([`crate::source`]).
     pub has_strings: bool,
+    /// An overlay whose `upperdir` is one of the scan's layer signatures.
+    pub layer_signature: bool,
 }
 
 /// The mounts of one namespace, in the order the kernel listed them (parents before
@@ -203,6 +205,7 @@ mod tests {
                 fs_type: s,
                 source: s,
                 has_strings: true,
+                layer_signature: false,
             });
         }
         let idx = t.index();

@@ -263,6 +263,7 @@ fn namespace_vanishing_between_scan_and_release() {
         proc_root: "/proc".into(),
         threads: 2,
         paths_only: false,
+        layer_signatures: Vec::new(),
     };
     let scan = mntreap::scan::scan(&request).unwrap();
     let in_scan: BTreeSet<u64> = scan
@@ -480,19 +481,6 @@ fn shared_parent_propagation_is_refused() {
     );
     assert_eq!(code, 0, "{doc:#}");
     assert!(!has_mount_at(pid, &target) && !has_mount_at(sb.host_pid(), &target));
-}
-
-fn which(name: &str) -> String {
-    let out = std::process::Command::new("sh")
-        .args(["-c", &format!("command -v {name}")])
-        .output()
-        .unwrap();
-    let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    assert!(
-        !path.is_empty(),
-        "{name} is needed (apt-get install -y busybox-static)"
-    );
-    path
 }
 
 #[test]

@@ -8,6 +8,8 @@
 //! they copy every mount the sandbox has at that moment, exactly like a PrivateTmp service.
 #![allow(dead_code)]
 
+pub mod docker;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -277,4 +279,15 @@ pub fn holder_namespaces(doc: &serde_json::Value) -> std::collections::BTreeSet<
 
 pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// The path of a program; panics naming the package to install.
+pub fn which(name: &str) -> String {
+    let out = Command::new("sh")
+        .args(["-c", &format!("command -v {name}")])
+        .output()
+        .unwrap();
+    let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(!path.is_empty(), "{name} is needed (see .ci/run)");
+    path
 }

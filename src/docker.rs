@@ -1,0 +1,646 @@
+//! Docker: from containers to the mounts that belong to them.
+//!
+//! Resolution works online, through the Engine API on the daemon's unix socket (honouring
+//! `DOCKER_HOST` like the docker CLI), and offline, from the data root
+//! (`containers/<id>/config.v2.json`, `image/<driver>/layerdb/mounts/<id>/mount-id`), which
+//! is what an operator has when dockerd hangs. Both give the same [`Container`]s (a test
+//! checks it); the report says which one was used.
+
+use std::collections::HashMap;
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// Where to find the daemon, and how.
+#[derive(Debug, Clone)]
+pub struct DockerOptions {
+    /// `unix:///path` (from `--docker-host` or `DOCKER_HOST`); `None`: the default socket.
+    pub host: Option<String>,
+    /// The data root, used offline and to find layer ids (`--docker-root`). Online, the
+    /// daemon's own `DockerRootDir` wins.
+    pub root: PathBuf,
+    /// Do not ask the daemon at all.
+    pub offline: bool,
+    /// How long the daemon has to answer each call.
+    pub timeout: Duration,
+}
+
+pub const DEFAULT_SOCKET: &str = "/var/run/docker.sock";
+pub const DEFAULT_ROOT: &str = "/var/lib/docker";
+
+/// How containers were resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Via {
+    Api,
+    DataRoot,
+}
+
+/// One container and the mount points that belong to it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Container {
+    pub id: String,
+    /// Without the leading `/`.
+    pub name: String,
+    /// Docker's status word: created, running, paused, restarting, removing, exited, dead.
+    pub state: String,
+    /// The container's init process, when running.
+    pub pid: Option<i32>,
+    pub driver: String,
+    /// The storage driver's id of the container's RW layer.
+    pub mount_id: Option<String>,
+    /// Mount points: the layer (and its `-init` layer), shm, secrets.
+    pub paths: Vec<PathBuf>,
+    /// For overlay drivers: the RW layer's upper directory, which identifies its overlay
+    /// mount wherever it is mounted.
+    pub upperdir: Option<PathBuf>,
+}
+
+impl Container {
+    /// Running containers need their layer in dockerd's namespace.
+    pub fn is_running(&self) -> bool {
+        matches!(self.state.as_str(), "running" | "paused" | "restarting")
+    }
+
+    /// Stuck in removal: what `reap` is for.
+    pub fn is_stuck(&self) -> bool {
+        matches!(self.state.as_str(), "dead" | "removing")
+    }
+}
+
+/// The daemon as found.
+#[derive(Debug, Clone, Serialize)]
+pub struct Daemon {
+    pub via: Via,
+    pub socket: PathBuf,
+    pub root: PathBuf,
+    pub driver: Option<String>,
+    /// dockerd's pid, from the socket's peer credentials.
+    pub pid: Option<i32>,
+    /// Inode of dockerd's mount namespace.
+    pub mnt_ns: Option<u64>,
+    pub live_restore: Option<bool>,
+    /// Why the data root was used instead of the API.
+    pub offline_reason: Option<String>,
+}
+
+/// Docker resolution failed: nothing was done.
+#[derive(Debug, thiserror::Error)]
+pub enum DockerError {
+    #[error("no such container: {0} (checked {1})")]
+    NotFound(String, String),
+    #[error("{name:?} is ambiguous: it is a prefix of {ids}; pass more of the id")]
+    Ambiguous { name: String, ids: String },
+    #[error(
+        "dockerd does not answer at {socket} ({reason}) and its data root {root} cannot be read \
+         ({error}); pass --docker-root, or --docker-host for another daemon"
+    )]
+    Unreachable {
+        socket: String,
+        reason: String,
+        root: String,
+        error: String,
+    },
+    #[error("dockerd at {socket}: {message}")]
+    Api { socket: String, message: String },
+    #[error("{0}")]
+    Usage(String),
+}
+
+impl DockerOptions {
+    /// The socket path from `--docker-host`/`DOCKER_HOST`.
+    pub fn socket(&self) -> Result<PathBuf, DockerError> {
+        match &self.host {
+            None => Ok(PathBuf::from(DEFAULT_SOCKET)),
+            Some(h) => match h.strip_prefix("unix://") {
+                Some(path) => Ok(PathBuf::from(path)),
+                None => Err(DockerError::Usage(format!(
+                    "docker host {h:?} is not a unix socket (unix:///path): mntreap must run on \
+                     the node itself"
+                ))),
+            },
+        }
+    }
+}
+
+/// A connected (or not) daemon, able to resolve containers.
+pub struct Docker {
+    pub daemon: Daemon,
+    client: Option<(tokio::runtime::Runtime, bollard::Docker)>,
+    timeout: Duration,
+}
+
+impl Docker {
+    /// Connects, or falls back to the data root when the daemon does not answer.
+    pub fn connect(opts: &DockerOptions) -> Result<Docker, DockerError> {
+        let socket = opts.socket()?;
+        let mut daemon = Daemon {
+            via: Via::DataRoot,
+            socket: socket.clone(),
+            root: opts.root.clone(),
+            driver: None,
+            pid: None,
+            mnt_ns: None,
+            live_restore: None,
+            offline_reason: None,
+        };
+        // Who listens on the socket, whether or not it answers HTTP.
+        if let Ok(stream) = UnixStream::connect(&socket)
+            && let Ok(cred) = nix::sys::socket::getsockopt(
+                &stream.as_fd(),
+                nix::sys::socket::sockopt::PeerCredentials,
+            )
+        {
+            daemon.pid = Some(cred.pid());
+            daemon.mnt_ns = std::fs::metadata(format!("/proc/{}/ns/mnt", cred.pid()))
+                .ok()
+                .map(|m| std::os::unix::fs::MetadataExt::ino(&m));
+        }
+        if opts.offline {
+            daemon.offline_reason = Some("--offline".into());
+            return Ok(Docker {
+                daemon,
+                client: None,
+                timeout: opts.timeout,
+            });
+        }
+        match Self::api(&socket, opts.timeout) {
+            Ok((rt, client, info)) => {
+                daemon.via = Via::Api;
+                if let Some(root) = info.docker_root_dir {
+                    daemon.root = PathBuf::from(root);
+                }
+                daemon.driver = info.driver;
+                daemon.live_restore = info.live_restore_enabled;
+                Ok(Docker {
+                    daemon,
+                    client: Some((rt, client)),
+                    timeout: opts.timeout,
+                })
+            }
+            Err(reason) => {
+                tracing::warn!(socket = %socket.display(), %reason, "dockerd does not answer; resolving offline from the data root");
+                daemon.offline_reason = Some(reason);
+                Ok(Docker {
+                    daemon,
+                    client: None,
+                    timeout: opts.timeout,
+                })
+            }
+        }
+    }
+
+    fn api(
+        socket: &Path,
+        timeout: Duration,
+    ) -> Result<
+        (
+            tokio::runtime::Runtime,
+            bollard::Docker,
+            bollard::models::SystemInfo,
+        ),
+        String,
+    > {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        // An old version to start with (18.06 speaks 1.38); negotiation picks the daemon's.
+        let version = bollard::ClientVersion {
+            major_version: 1,
+            minor_version: 38,
+        };
+        let client = bollard::Docker::connect_with_unix(
+            &socket.to_string_lossy(),
+            timeout.as_secs().max(1),
+            &version,
+        )
+        .map_err(|e| e.to_string())?;
+        let (client, info) = rt.block_on(async {
+            let client = tokio::time::timeout(timeout, client.negotiate_version())
+                .await
+                .map_err(|_| format!("no answer within {timeout:?}"))?
+                .map_err(|e| e.to_string())?;
+            let info = tokio::time::timeout(timeout, client.info())
+                .await
+                .map_err(|_| format!("no answer within {timeout:?}"))?
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>((client, info))
+        })?;
+        Ok((rt, client, info))
+    }
+
+    pub fn online(&self) -> bool {
+        self.client.is_some()
+    }
+
+    /// Resolves ids, unique id prefixes or names, like the docker CLI.
+    pub fn resolve(&self, names: &[String]) -> Result<Vec<Container>, DockerError> {
+        names.iter().map(|n| self.resolve_one(n)).collect()
+    }
+
+    fn resolve_one(&self, name: &str) -> Result<Container, DockerError> {
+        match &self.client {
+            Some((rt, client)) => {
+                let inspected = rt.block_on(async {
+                    tokio::time::timeout(self.timeout, client.inspect_container(name, None)).await
+                });
+                match inspected {
+                    Err(_) => Err(DockerError::Api {
+                        socket: self.daemon.socket.display().to_string(),
+                        message: format!("no answer within {:?}", self.timeout),
+                    }),
+                    Ok(Err(bollard::errors::Error::DockerResponseServerError {
+                        status_code,
+                        message,
+                    })) if status_code == 404 || message.contains("ultiple IDs") => {
+                        // Old daemons answer 404 for an ambiguous prefix, newer ones 500.
+                        if message.contains("ultiple IDs") {
+                            Err(DockerError::Ambiguous {
+                                name: name.into(),
+                                ids: message,
+                            })
+                        } else {
+                            Err(DockerError::NotFound(
+                                name.into(),
+                                format!("dockerd at {}", self.daemon.socket.display()),
+                            ))
+                        }
+                    }
+                    Ok(Err(e)) => Err(DockerError::Api {
+                        socket: self.daemon.socket.display().to_string(),
+                        message: e.to_string(),
+                    }),
+                    Ok(Ok(c)) => Ok(self.container_from_inspect(c)),
+                }
+            }
+            None => {
+                let all = self.list_offline()?;
+                pick(name, &all, &self.daemon.root)
+            }
+        }
+    }
+
+    /// Every container the daemon (or data root) knows.
+    pub fn list(&self) -> Result<Vec<Container>, DockerError> {
+        match &self.client {
+            Some((rt, client)) => {
+                let options = bollard::query_parameters::ListContainersOptionsBuilder::new()
+                    .all(true)
+                    .build();
+                let listed = rt
+                    .block_on(async {
+                        tokio::time::timeout(self.timeout, client.list_containers(Some(options)))
+                            .await
+                    })
+                    .map_err(|_| DockerError::Api {
+                        socket: self.daemon.socket.display().to_string(),
+                        message: format!("no answer within {:?}", self.timeout),
+                    })?
+                    .map_err(|e| DockerError::Api {
+                        socket: self.daemon.socket.display().to_string(),
+                        message: e.to_string(),
+                    })?;
+                let ids: Vec<String> = listed.into_iter().filter_map(|c| c.id).collect();
+                // Containers removed meanwhile are simply not listed.
+                Ok(ids
+                    .iter()
+                    .filter_map(|id| self.resolve_one(id).ok())
+                    .collect())
+            }
+            None => self.list_offline(),
+        }
+    }
+
+    fn list_offline(&self) -> Result<Vec<Container>, DockerError> {
+        let dir = self.daemon.root.join("containers");
+        let entries = std::fs::read_dir(&dir).map_err(|e| DockerError::Unreachable {
+            socket: self.daemon.socket.display().to_string(),
+            reason: self
+                .daemon
+                .offline_reason
+                .clone()
+                .unwrap_or_else(|| "not asked".into()),
+            root: self.daemon.root.display().to_string(),
+            error: format!("{}: {e}", dir.display()),
+        })?;
+        let mut out: Vec<Container> = entries
+            .filter_map(|e| e.ok())
+            .filter_map(|e| read_config(&self.daemon.root, &e.path()))
+            .collect();
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(out)
+    }
+
+    fn container_from_inspect(&self, c: bollard::models::ContainerInspectResponse) -> Container {
+        let id = c.id.unwrap_or_default();
+        let state = c.state.unwrap_or_default();
+        let status = state
+            .status
+            .map(|s| s.to_string())
+            .unwrap_or_else(|| "unknown".into());
+        let driver = c.driver.unwrap_or_default();
+        let pid = state.pid.filter(|&p| p > 0).map(|p| p as i32);
+        container(
+            &self.daemon.root,
+            id,
+            c.name.unwrap_or_default(),
+            status,
+            pid,
+            driver,
+        )
+    }
+
+    /// `DELETE /containers/{id}?force=1`: the daemon's own error text when it fails.
+    pub fn remove_forced(&self, id: &str) -> Result<(), String> {
+        let Some((rt, client)) = &self.client else {
+            return Err(format!(
+                "dockerd does not answer at {} ({}); the container cannot be removed now",
+                self.daemon.socket.display(),
+                self.daemon
+                    .offline_reason
+                    .as_deref()
+                    .unwrap_or("not connected")
+            ));
+        };
+        let options = bollard::query_parameters::RemoveContainerOptionsBuilder::new()
+            .force(true)
+            .build();
+        // Removal can take a while (the daemon's own unmount retries): a longer deadline.
+        let deadline = self.timeout.max(Duration::from_secs(30));
+        match rt.block_on(async {
+            tokio::time::timeout(deadline, client.remove_container(id, Some(options))).await
+        }) {
+            Err(_) => Err(format!("no answer within {deadline:?}")),
+            Ok(Err(bollard::errors::Error::DockerResponseServerError { message, .. })) => {
+                Err(message)
+            }
+            Ok(Err(e)) => Err(e.to_string()),
+            Ok(Ok(())) => Ok(()),
+        }
+    }
+}
+
+/// Picks one container by full id, exact name, or unique id prefix (docker's order).
+fn pick(name: &str, all: &[Container], root: &Path) -> Result<Container, DockerError> {
+    let bare = name.strip_prefix('/').unwrap_or(name);
+    if let Some(c) = all.iter().find(|c| c.id == name || c.name == bare) {
+        return Ok(c.clone());
+    }
+    let prefixed: Vec<&Container> = all
+        .iter()
+        .filter(|c| !name.is_empty() && c.id.starts_with(name))
+        .collect();
+    match prefixed.as_slice() {
+        [one] => Ok((*one).clone()),
+        [] => Err(DockerError::NotFound(
+            name.into(),
+            format!("data root {}", root.display()),
+        )),
+        many => Err(DockerError::Ambiguous {
+            name: name.into(),
+            ids: many
+                .iter()
+                .map(|c| c.id[..12.min(c.id.len())].to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+        }),
+    }
+}
+
+/// The subset of `config.v2.json` mntreap reads.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct ConfigV2 {
+    #[serde(rename = "ID")]
+    id: String,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    driver: String,
+    #[serde(default)]
+    state: StateV2,
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(rename_all = "PascalCase")]
+struct StateV2 {
+    #[serde(default)]
+    running: bool,
+    #[serde(default)]
+    paused: bool,
+    #[serde(default)]
+    restarting: bool,
+    #[serde(default)]
+    dead: bool,
+    #[serde(default)]
+    removal_in_progress: bool,
+    #[serde(default)]
+    pid: i64,
+    #[serde(default)]
+    started_at: String,
+}
+
+fn read_config(root: &Path, dir: &Path) -> Option<Container> {
+    let text = std::fs::read(dir.join("config.v2.json")).ok()?;
+    let c: ConfigV2 = serde_json::from_slice(&text).ok()?;
+    // The same status words the API derives from the same fields (container/state.go).
+    let s = &c.state;
+    let status = if s.removal_in_progress {
+        "removing"
+    } else if s.dead {
+        "dead"
+    } else if s.running && s.paused {
+        "paused"
+    } else if s.running && s.restarting {
+        "restarting"
+    } else if s.running {
+        "running"
+    } else if s.started_at.is_empty() || s.started_at.starts_with("0001-01-01") {
+        "created"
+    } else {
+        "exited"
+    };
+    let pid = (s.running && s.pid > 0).then_some(s.pid as i32);
+    Some(container(root, c.id, c.name, status.into(), pid, c.driver))
+}
+
+fn container(
+    root: &Path,
+    id: String,
+    name: String,
+    state: String,
+    pid: Option<i32>,
+    driver: String,
+) -> Container {
+    let layerdb = root
+        .join("image")
+        .join(&driver)
+        .join("layerdb/mounts")
+        .join(&id);
+    let read_id = |f: &str| {
+        std::fs::read_to_string(layerdb.join(f))
+            .ok()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+    };
+    let mount_id = read_id("mount-id");
+    let init_id = read_id("init-id");
+    let mut paths = Vec::new();
+    for layer in mount_id.iter().chain(init_id.iter()) {
+        if let Some(p) = layer_mount(root, &driver, layer) {
+            paths.push(p);
+        }
+    }
+    let upperdir = mount_id
+        .as_ref()
+        .filter(|_| matches!(driver.as_str(), "overlay2" | "overlay"))
+        .map(|m| root.join(&driver).join(m).join("diff"));
+    let cdir = root.join("containers").join(&id);
+    paths.push(cdir.join("mounts/shm"));
+    paths.push(cdir.join("shm"));
+    paths.push(cdir.join("mounts/secrets"));
+    Container {
+        id,
+        name: name.trim_start_matches('/').to_string(),
+        state,
+        pid,
+        driver,
+        mount_id,
+        paths,
+        upperdir,
+    }
+}
+
+/// Where a storage driver mounts layer `id`, for every layout Docker has used.
+pub fn layer_mount(root: &Path, driver: &str, id: &str) -> Option<PathBuf> {
+    let p = match driver {
+        "overlay2" | "overlay" | "fuse-overlayfs" => root.join(driver).join(id).join("merged"),
+        "aufs" => root.join("aufs/mnt").join(id),
+        "devicemapper" => root.join("devicemapper/mnt").join(id),
+        "zfs" => root.join("zfs/graph").join(id),
+        "btrfs" => root.join("btrfs/subvolumes").join(id),
+        // vfs copies instead of mounting.
+        _ => return None,
+    };
+    Some(p)
+}
+
+/// Which container owns a mount point under the data root: by layer id or by
+/// `containers/<id>/`. `by_layer` maps layer (mount/init) ids to container ids.
+pub fn owner_of(
+    root: &Path,
+    mount_point: &Path,
+    by_layer: &HashMap<String, String>,
+) -> Option<Owner> {
+    let rel = mount_point.strip_prefix(root).ok()?;
+    let parts: Vec<&str> = rel.iter().filter_map(|c| c.to_str()).collect();
+    match parts.as_slice() {
+        ["containers", id, ..] => Some(Owner::Container((*id).to_string())),
+        [driver, id, "merged", ..] if matches!(*driver, "overlay2" | "overlay") => {
+            Some(layer_owner(id, by_layer))
+        }
+        ["aufs", "mnt", id, ..] | ["devicemapper", "mnt", id, ..] | ["zfs", "graph", id, ..] => {
+            Some(layer_owner(id, by_layer))
+        }
+        _ => None,
+    }
+}
+
+fn layer_owner(id: &str, by_layer: &HashMap<String, String>) -> Owner {
+    match by_layer.get(id) {
+        Some(c) => Owner::Container(c.clone()),
+        None => Owner::UnknownLayer(id.to_string()),
+    }
+}
+
+/// The owner of a mount under the data root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Owner {
+    Container(String),
+    /// A layer mount no container claims (its container is gone).
+    UnknownLayer(String),
+}
+
+/// Layer id -> container id, from the containers' mount and init ids.
+pub fn layers_by_container(containers: &[Container], root: &Path) -> HashMap<String, String> {
+    let mut map = HashMap::new();
+    for c in containers {
+        let layerdb = root
+            .join("image")
+            .join(&c.driver)
+            .join("layerdb/mounts")
+            .join(&c.id);
+        for f in ["mount-id", "init-id"] {
+            if let Ok(s) = std::fs::read_to_string(layerdb.join(f)) {
+                map.insert(s.trim().to_string(), c.id.clone());
+            }
+        }
+    }
+    map
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn c(id: &str, name: &str) -> Container {
+        Container {
+            id: id.into(),
+            name: name.into(),
+            state: "running".into(),
+            pid: None,
+            driver: "overlay2".into(),
+            mount_id: None,
+            paths: Vec::new(),
+            upperdir: None,
+        }
+    }
+
+    #[test]
+    fn picks_like_the_docker_cli() {
+        let all = vec![c("abc123", "web"), c("abd456", "db"), c("fff", "abc")];
+        let root = Path::new("/r");
+        assert_eq!(pick("abc123", &all, root).unwrap().name, "web");
+        // A name wins over an id prefix.
+        assert_eq!(pick("abc", &all, root).unwrap().id, "fff");
+        assert_eq!(pick("/db", &all, root).unwrap().id, "abd456");
+        assert_eq!(pick("abd", &all, root).unwrap().id, "abd456");
+        assert!(matches!(
+            pick("ab", &all, root),
+            Err(DockerError::Ambiguous { .. })
+        ));
+        assert!(matches!(
+            pick("zzz", &all, root),
+            Err(DockerError::NotFound(..))
+        ));
+    }
+
+    #[test]
+    fn owners_by_layer_and_container_dir() {
+        let root = Path::new("/var/lib/docker");
+        let by_layer = HashMap::from([("L1".to_string(), "C1".to_string())]);
+        let own = |p: &str| owner_of(root, Path::new(p), &by_layer);
+        assert_eq!(
+            own("/var/lib/docker/overlay2/L1/merged"),
+            Some(Owner::Container("C1".into()))
+        );
+        assert_eq!(
+            own("/var/lib/docker/overlay2/L2/merged"),
+            Some(Owner::UnknownLayer("L2".into()))
+        );
+        assert_eq!(
+            own("/var/lib/docker/containers/C9/mounts/shm"),
+            Some(Owner::Container("C9".into()))
+        );
+        assert_eq!(
+            own("/var/lib/docker/devicemapper/mnt/L1"),
+            Some(Owner::Container("C1".into()))
+        );
+        assert_eq!(own("/var/lib/docker/overlay2"), None);
+        assert_eq!(own("/srv/other"), None);
+    }
+}

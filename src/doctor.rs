@@ -1,0 +1,416 @@
+//! `mntreap doctor`: host checks for the configurations that leak container mounts, each
+//! with a stable id, evidence and a remedy (the list is in README.md, "doctor").
+
+use std::path::Path;
+
+use serde::Serialize;
+use serde_json::json;
+
+use crate::cli::{EngineArgs, Failure, print};
+use crate::docker::{Container, Daemon};
+use crate::node_report;
+use crate::scan;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Ok,
+    Skipped,
+    Warning,
+    Problem,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Check {
+    pub id: &'static str,
+    pub status: Status,
+    pub summary: String,
+    pub evidence: Vec<String>,
+    pub remedy: &'static str,
+}
+
+impl Check {
+    fn new(id: &'static str, remedy: &'static str) -> Check {
+        Check {
+            id,
+            status: Status::Ok,
+            summary: String::new(),
+            evidence: Vec::new(),
+            remedy,
+        }
+    }
+    fn with(mut self, status: Status, summary: impl Into<String>) -> Check {
+        self.status = status;
+        self.summary = summary.into();
+        self
+    }
+}
+
+/// Runs every check; returns the exit code (0 all well, 1 warnings or problems).
+pub(crate) fn command(e: &EngineArgs) -> Result<u8, Failure> {
+    let docker = e.connect()?;
+    let containers = docker.list().unwrap_or_default();
+    let mut checks = vec![
+        kernel_lazy_detach(),
+        mountflags_slave_live_restore(&docker.daemon),
+        split_namespaces(&docker.daemon),
+        stuck_containers(&containers),
+        data_root_binds(&docker.daemon, &containers),
+    ];
+    // Namespaces holding container mounts they do not need (PrivateTmp-style services).
+    let req = e.request(&[], vec![docker.daemon.root.clone()])?;
+    let scan = scan::scan(&req)?;
+    checks.push(foreign_holders(&scan, &docker.daemon, &containers));
+
+    let worst = checks.iter().map(|c| c.status).max().unwrap_or(Status::Ok);
+    if e.json {
+        let doc = json!({"docker": docker.daemon, "checks": checks, "worst": worst});
+        print(&format!("{doc:#}\n"));
+    } else {
+        let mut out = String::new();
+        for c in &checks {
+            let word = match c.status {
+                Status::Ok => "ok",
+                Status::Skipped => "skipped",
+                Status::Warning => "WARNING",
+                Status::Problem => "PROBLEM",
+            };
+            out.push_str(&format!("[{word:<7}] {}: {}\n", c.id, c.summary));
+            for ev in &c.evidence {
+                out.push_str(&format!("          - {ev}\n"));
+            }
+            if c.status >= Status::Warning {
+                out.push_str(&format!("          remedy: {}\n", c.remedy));
+            }
+        }
+        print(&out);
+    }
+    Ok(if worst >= Status::Warning { 1 } else { 0 })
+}
+
+/// Kernels before 3.18 cannot remove a directory that is a mount point in another
+/// namespace, unless RHEL's backport is switched on.
+fn kernel_lazy_detach() -> Check {
+    let c = Check::new(
+        "kernel-lazy-detach",
+        "set fs.may_detach_mounts=1 (RHEL/CentOS 7.4+ kernels), or run a kernel >= 3.18",
+    );
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut nums = release.trim().split(|ch: char| !ch.is_ascii_digit());
+    let major: u32 = nums.next().and_then(|n| n.parse().ok()).unwrap_or(0);
+    let minor: u32 = nums.next().and_then(|n| n.parse().ok()).unwrap_or(0);
+    let sysctl = std::fs::read_to_string("/proc/sys/fs/may_detach_mounts").ok();
+    let detach = sysctl.as_deref().map(str::trim);
+    let mut c = if (major, minor) >= (3, 18) || detach == Some("1") {
+        c.with(
+            Status::Ok,
+            format!(
+                "kernel {} detaches mounts of removed directories in other namespaces",
+                release.trim()
+            ),
+        )
+    } else {
+        c.with(
+            Status::Problem,
+            format!(
+                "kernel {} keeps a directory busy while another namespace mounts it: leaked \
+                 copies make `docker rm` fail",
+                release.trim()
+            ),
+        )
+    };
+    c.evidence.push(format!(
+        "fs.may_detach_mounts: {}",
+        detach.unwrap_or("absent")
+    ));
+    c
+}
+
+/// The first write-up: dockerd in a slave mount namespace (systemd MountFlags=slave) with
+/// live-restore: after a restart, running containers' mounts stay in the old namespace.
+fn mountflags_slave_live_restore(daemon: &Daemon) -> Check {
+    let c = Check::new(
+        "mountflags-slave-live-restore",
+        "remove MountFlags=slave from docker.service (drop-ins too), or turn live-restore off; \
+         then restart dockerd (and release the old namespace's copies: `mntreap scan`)",
+    );
+    let Some(pid) = daemon.pid else {
+        return c.with(Status::Skipped, "dockerd not found (no peer on its socket)");
+    };
+    let root_line = std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.split(' ').nth(4) == Some("/"))
+                .map(String::from)
+        });
+    let Some(root_line) = root_line else {
+        return c.with(
+            Status::Skipped,
+            format!("cannot read dockerd's ({pid}) mountinfo"),
+        );
+    };
+    let fields: Vec<&str> = root_line.split(' ').collect();
+    let optional = fields
+        .iter()
+        .skip(6)
+        .take_while(|f| **f != "-")
+        .copied()
+        .collect::<Vec<_>>();
+    let slave = optional.iter().any(|f| f.starts_with("master:"))
+        && !optional.iter().any(|f| f.starts_with("shared:"));
+    let live_restore = daemon.live_restore.or_else(|| live_restore_configured(pid));
+    let mut c = match (slave, live_restore) {
+        (true, Some(true)) => c.with(
+            Status::Problem,
+            format!(
+                "dockerd (pid {pid}) runs in a slave mount namespace (MountFlags=slave) with \
+                 live-restore on: each restart strands running containers' mounts in the old \
+                 namespace"
+            ),
+        ),
+        (true, None) => c.with(
+            Status::Warning,
+            format!("dockerd (pid {pid}) runs in a slave mount namespace; live-restore unknown"),
+        ),
+        _ => c.with(
+            Status::Ok,
+            format!("dockerd (pid {pid}): slave namespace {slave}, live-restore {live_restore:?}"),
+        ),
+    };
+    c.evidence
+        .push(format!("dockerd's / in mountinfo: {root_line}"));
+    c.evidence.push(format!("live-restore: {live_restore:?}"));
+    c
+}
+
+/// live-restore from dockerd's command line or its daemon.json.
+fn live_restore_configured(pid: i32) -> Option<bool> {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let args: Vec<String> = cmdline
+        .split(|b| *b == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    if args
+        .iter()
+        .any(|a| a == "--live-restore" || a == "--live-restore=true")
+    {
+        return Some(true);
+    }
+    let config = args
+        .iter()
+        .position(|a| a == "--config-file")
+        .and_then(|i| args.get(i + 1).cloned())
+        .or_else(|| {
+            args.iter()
+                .find_map(|a| a.strip_prefix("--config-file=").map(String::from))
+        })
+        .unwrap_or_else(|| "/etc/docker/daemon.json".into());
+    let root = format!("/proc/{pid}/root");
+    let text = std::fs::read(Path::new(&root).join(config.trim_start_matches('/'))).ok()?;
+    let doc: serde_json::Value = serde_json::from_slice(&text).ok()?;
+    doc.get("live-restore")
+        .and_then(|v| v.as_bool())
+        .or(Some(false))
+}
+
+/// containerd shims (and so their containers) living in a namespace that is not dockerd's.
+fn split_namespaces(daemon: &Daemon) -> Check {
+    let c = Check::new(
+        "split-namespaces",
+        "restart the affected containers (docker restart) so that their mounts are made in \
+         dockerd's current namespace; `mntreap release CONTAINER` frees the stranded copies",
+    );
+    let Some(dockerd_ns) = daemon.mnt_ns else {
+        return c.with(Status::Skipped, "dockerd not found (no peer on its socket)");
+    };
+    let mut stranded = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if !comm.starts_with("containerd-shim") && !comm.starts_with("docker-containerd") {
+            continue;
+        }
+        let ns = std::fs::metadata(format!("/proc/{pid}/ns/mnt"))
+            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+            .ok();
+        if ns.is_some_and(|ns| ns != dockerd_ns) {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let id = String::from_utf8_lossy(&cmdline)
+                .split('\0')
+                .skip_while(|a| *a != "-id")
+                .nth(1)
+                .map(|s| s[..12.min(s.len())].to_string())
+                .unwrap_or_default();
+            stranded.push(format!(
+                "shim pid {pid} (container {id}) in mount namespace {} (dockerd's: {dockerd_ns})",
+                ns.unwrap_or_default()
+            ));
+        }
+    }
+    let mut c = if stranded.is_empty() {
+        c.with(Status::Ok, "every shim shares dockerd's mount namespace")
+    } else {
+        c.with(
+            Status::Problem,
+            format!(
+                "{} shim(s) live in a mount namespace that is not dockerd's current one (a \
+                 restart split them): their containers' mounts are out of dockerd's reach",
+                stranded.len()
+            ),
+        )
+    };
+    c.evidence = stranded;
+    c
+}
+
+fn stuck_containers(containers: &[Container]) -> Check {
+    let c = Check::new(
+        "stuck-containers",
+        "`mntreap reap` releases what holds them and removes them",
+    );
+    let stuck: Vec<String> = containers
+        .iter()
+        .filter(|c| c.is_stuck())
+        .map(|c| {
+            format!(
+                "{} ({}) is {}",
+                c.name,
+                &c.id[..12.min(c.id.len())],
+                c.state
+            )
+        })
+        .collect();
+    let mut c = if stuck.is_empty() {
+        c.with(Status::Ok, "no container is Dead or Removal In Progress")
+    } else {
+        c.with(
+            Status::Problem,
+            format!("{} container(s) stuck in removal", stuck.len()),
+        )
+    };
+    c.evidence = stuck;
+    c
+}
+
+/// Containers that bind the data root (or a directory above it) with private propagation:
+/// the bind copies every layer mounted at that moment, and host unmounts never reach them.
+fn data_root_binds(daemon: &Daemon, containers: &[Container]) -> Check {
+    let c = Check::new(
+        "data-root-bind-propagation",
+        "bind the data root with rslave propagation (-v /var/lib/docker:/var/lib/docker:rslave) \
+         so that the host's unmounts propagate into the container",
+    );
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "PascalCase")]
+    struct MountPoint {
+        #[serde(default)]
+        source: String,
+        #[serde(default)]
+        propagation: String,
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "PascalCase")]
+    struct Config {
+        #[serde(default)]
+        mount_points: std::collections::HashMap<String, MountPoint>,
+    }
+    let mut found = Vec::new();
+    for ct in containers.iter().filter(|c| c.is_running()) {
+        let path = daemon
+            .root
+            .join("containers")
+            .join(&ct.id)
+            .join("config.v2.json");
+        let Ok(text) = std::fs::read(&path) else {
+            continue;
+        };
+        let Ok(config) = serde_json::from_slice::<Config>(&text) else {
+            continue;
+        };
+        for (dest, mp) in config.mount_points {
+            let covers = !mp.source.is_empty() && daemon.root.starts_with(&mp.source);
+            let private = matches!(mp.propagation.as_str(), "" | "private" | "rprivate");
+            if covers && private {
+                found.push(format!(
+                    "{} binds {} at {} with propagation {:?}",
+                    ct.name,
+                    mp.source,
+                    dest,
+                    if mp.propagation.is_empty() {
+                        "rprivate (default)"
+                    } else {
+                        &mp.propagation
+                    }
+                ));
+            }
+        }
+    }
+    let mut c = if found.is_empty() {
+        c.with(
+            Status::Ok,
+            "no running container binds the data root privately",
+        )
+    } else {
+        c.with(
+            Status::Warning,
+            format!(
+                "{} container bind(s) of the data root copy layer mounts",
+                found.len()
+            ),
+        )
+    };
+    c.evidence = found;
+    c
+}
+
+/// The second write-up: namespaces (PrivateTmp services and the like) created after
+/// docker's mounts, holding container mounts they do not need.
+fn foreign_holders(scan: &scan::Scan, daemon: &Daemon, containers: &[Container]) -> Check {
+    let c = Check::new(
+        "foreign-namespace-holders",
+        "release them now (`mntreap release CONTAINER`, `mntreap reap`); to prevent it, run \
+         `mntreap agent`, which releases copies when containers stop",
+    );
+    let findings = node_report::findings(scan, daemon, containers);
+    let mut by_ns: std::collections::BTreeMap<u64, (usize, String)> = Default::default();
+    for f in &findings {
+        let h = &scan.holders[f.holder];
+        let n = &scan.namespaces[h.ns];
+        let who = n
+            .processes
+            .iter()
+            .take(3)
+            .map(|p| format!("{} ({})", p.pid, p.comm))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let entry = by_ns.entry(n.ns.inode).or_insert((0, who));
+        entry.0 += 1;
+    }
+    let mut c = if by_ns.is_empty() {
+        c.with(
+            Status::Ok,
+            "no namespace holds container mounts it does not need",
+        )
+    } else {
+        c.with(
+            Status::Problem,
+            format!(
+                "{} mount namespace(s) hold {} container mount(s) they do not need",
+                by_ns.len(),
+                findings.len()
+            ),
+        )
+    };
+    c.evidence = by_ns
+        .into_iter()
+        .map(|(ns, (n, who))| format!("mount namespace {ns} ({who}): {n} mount(s)"))
+        .collect();
+    c
+}

@@ -1,0 +1,382 @@
+//! Speaking Docker: holders attributed to containers, and the node-wide report.
+//!
+//! A holder belongs to a container when its mount point lies under one of the container's
+//! mount paths (layer, shm, secrets), or when it is a copy (same superblock) of such a
+//! holder. Its role then says whether anything is wrong with it:
+//! - `runtime`: in dockerd's namespace (the copy the runtime needs while the container runs);
+//! - `container`: in the container's own namespace (its rootfs);
+//! - `in-use`, `pinned`, `leaked`: anywhere else (see `scan`'s states).
+//!
+//! The node-wide report (`mntreap scan` with no target) classifies every container mount
+//! under the data root that a namespace holds without needing it: **orphaned** (its
+//! container is gone, Dead or Removal In Progress; or a layer no container owns), **leaked**
+//! (a foreign copy), **in-use** (a foreign copy that processes use as root or cwd).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use serde_json::{Value, json};
+
+use crate::cli::{EngineArgs, Failure, print};
+use crate::docker::{self, Container, Daemon, Docker, Owner};
+use crate::mountinfo::encode;
+use crate::report::holder_json;
+use crate::scan::{self, Holder, Scan};
+
+/// Holders of a scan seen through the containers they belong to.
+pub struct ContainerView<'a> {
+    scan: &'a Scan,
+    daemon: &'a Daemon,
+    containers: &'a [Container],
+    /// Per holder: index into `containers`.
+    owner: Vec<Option<usize>>,
+}
+
+/// What a holder is to its container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Runtime,
+    Container,
+    InUse,
+    Pinned,
+    Leaked,
+}
+
+impl Role {
+    pub fn word(self) -> &'static str {
+        match self {
+            Role::Runtime => "runtime",
+            Role::Container => "container",
+            Role::InUse => "in-use",
+            Role::Pinned => "pinned",
+            Role::Leaked => "leaked",
+        }
+    }
+}
+
+/// dockerd's namespace, or mntreap's own when dockerd's is unknown.
+pub fn runtime_ns(scan: &Scan, daemon: &Daemon) -> Option<u64> {
+    daemon.mnt_ns.or_else(|| {
+        scan.namespaces
+            .iter()
+            .find(|n| n.ns.own)
+            .map(|n| n.ns.inode)
+    })
+}
+
+fn ns_of_pid(pid: i32) -> Option<u64> {
+    std::fs::metadata(format!("/proc/{pid}/ns/mnt"))
+        .ok()
+        .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+}
+
+impl<'a> ContainerView<'a> {
+    pub fn new(scan: &'a Scan, docker: &'a Docker, containers: &'a [Container]) -> Self {
+        use std::os::unix::ffi::OsStrExt;
+        let by_path: Vec<Option<usize>> = scan
+            .holders
+            .iter()
+            .map(|h| {
+                containers.iter().position(|c| {
+                    c.paths.iter().any(|p| {
+                        crate::table::path_is_under(&h.mount_point, p.as_os_str().as_bytes())
+                    })
+                })
+            })
+            .collect();
+        let by_dev: HashMap<(u32, u32), usize> = scan
+            .holders
+            .iter()
+            .zip(&by_path)
+            .filter_map(|(h, c)| Some((h.mount.dev, (*c)?)))
+            .collect();
+        let owner = scan
+            .holders
+            .iter()
+            .zip(by_path)
+            .map(|(h, c)| c.or_else(|| by_dev.get(&h.mount.dev).copied()))
+            .collect();
+        ContainerView {
+            scan,
+            daemon: &docker.daemon,
+            containers,
+            owner,
+        }
+    }
+
+    pub fn role(&self, i: usize) -> Role {
+        let h = &self.scan.holders[i];
+        let inode = self.scan.namespaces[h.ns].ns.inode;
+        if Some(inode) == runtime_ns(self.scan, self.daemon) {
+            return Role::Runtime;
+        }
+        let own_ns = self.owner[i]
+            .and_then(|c| self.containers[c].pid)
+            .and_then(ns_of_pid);
+        if Some(inode) == own_ns {
+            Role::Container
+        } else if h.in_use.is_some() {
+            Role::InUse
+        } else if !h.pins.is_empty() {
+            Role::Pinned
+        } else {
+            Role::Leaked
+        }
+    }
+
+    /// Copies that are a problem: anything outside dockerd's and the container's own.
+    pub fn has_leaks(&self) -> bool {
+        (0..self.scan.holders.len())
+            .any(|i| !matches!(self.role(i), Role::Runtime | Role::Container))
+    }
+
+    /// Adds docker, containers, and per-holder container and role to a scan document.
+    pub fn annotate(&self, doc: &mut Value) {
+        doc["docker"] = serde_json::to_value(self.daemon).unwrap_or_default();
+        doc["containers"] = serde_json::to_value(self.containers).unwrap_or_default();
+        if let Some(holders) = doc["holders"].as_array_mut() {
+            for (i, h) in holders.iter_mut().enumerate() {
+                h["role"] = json!(self.role(i).word());
+                h["container"] = match self.owner[i] {
+                    Some(c) => {
+                        let c = &self.containers[c];
+                        json!({"id": c.id, "name": c.name, "state": c.state})
+                    }
+                    None => Value::Null,
+                };
+            }
+        }
+    }
+
+    pub fn text(&self) -> String {
+        let mut out = String::new();
+        let via = match self.daemon.via {
+            docker::Via::Api => format!(
+                "resolved through dockerd at {}",
+                self.daemon.socket.display()
+            ),
+            docker::Via::DataRoot => format!(
+                "resolved offline from {} ({})",
+                self.daemon.root.display(),
+                self.daemon.offline_reason.as_deref().unwrap_or("")
+            ),
+        };
+        out.push_str(&format!("{via}\n"));
+        for (ci, c) in self.containers.iter().enumerate() {
+            out.push_str(&format!(
+                "container {} ({}) {}:\n",
+                c.name,
+                &c.id[..12.min(c.id.len())],
+                c.state
+            ));
+            let mine: Vec<usize> = (0..self.scan.holders.len())
+                .filter(|&i| self.owner[i] == Some(ci))
+                .collect();
+            if mine.is_empty() {
+                out.push_str("  no namespace holds its mounts\n");
+            }
+            for i in mine {
+                let h = &self.scan.holders[i];
+                out.push_str(&format!(
+                    "  {:<10} mnt_ns {:<11} mount {:<6} {}  pids {}\n",
+                    self.role(i).word(),
+                    self.scan.namespaces[h.ns].ns.inode,
+                    h.mount.id,
+                    encode(&h.mount_point),
+                    pid_words(self.scan, h.ns),
+                ));
+            }
+        }
+        for n in &self.scan.notes {
+            out.push_str(&format!("note: {n}\n"));
+        }
+        out
+    }
+}
+
+fn pid_words(scan: &Scan, ns: usize) -> String {
+    let procs = scan.processes(ns);
+    let mut s: Vec<String> = procs
+        .iter()
+        .take(4)
+        .map(|p| format!("{}({})", p.pid, p.comm))
+        .collect();
+    if procs.len() > 4 {
+        s.push(format!("+{}", procs.len() - 4));
+    }
+    s.join(",")
+}
+
+/// One node-wide finding.
+pub struct Finding {
+    pub holder: usize,
+    pub class: &'static str,
+    pub severity: u8,
+    pub container: Option<Container>,
+    /// The container id or layer id the mount belongs to, when its container is gone.
+    pub owner: String,
+}
+
+/// Roots whose mounts the node-wide report looks at: docker's, and the other runtimes'
+/// that exist here.
+fn node_roots(daemon: &Daemon, extra: &[PathBuf]) -> Vec<PathBuf> {
+    let mut roots = vec![daemon.root.clone()];
+    for r in ["/var/lib/containerd", "/run/containerd", "/var/lib/kubelet"]
+        .iter()
+        .map(PathBuf::from)
+        .chain(extra.iter().cloned())
+    {
+        if r.exists() && !roots.iter().any(|x| r.starts_with(x)) {
+            roots.push(r);
+        }
+    }
+    roots
+}
+
+/// Scans the node and classifies every container mount held where it is not needed.
+pub fn findings(scan: &Scan, daemon: &Daemon, containers: &[Container]) -> Vec<Finding> {
+    use std::os::unix::ffi::OsStrExt;
+    let by_layer = docker::layers_by_container(containers, &daemon.root);
+    let by_id: HashMap<&str, &Container> = containers.iter().map(|c| (c.id.as_str(), c)).collect();
+    let runtime = runtime_ns(scan, daemon);
+    let owner_of = |h: &Holder| {
+        docker::owner_of(
+            &daemon.root,
+            Path::new(std::ffi::OsStr::from_bytes(&h.mount_point)),
+            &by_layer,
+        )
+    };
+    // Copies at other paths belong to whoever owns a path holder of the same superblock.
+    let by_dev: HashMap<(u32, u32), Owner> = scan
+        .holders
+        .iter()
+        .filter_map(|h| Some((h.mount.dev, owner_of(h)?)))
+        .collect();
+    let mut out = Vec::new();
+    for (i, h) in scan.holders.iter().enumerate() {
+        let Some(owner) = owner_of(h).or_else(|| by_dev.get(&h.mount.dev).cloned()) else {
+            continue;
+        };
+        let inode = scan.namespaces[h.ns].ns.inode;
+        let (container, owner_id, gone) = match &owner {
+            Owner::Container(id) => match by_id.get(id.as_str()) {
+                Some(c) => ((*c).clone().into(), id.clone(), c.is_stuck()),
+                None => (None, id.clone(), true),
+            },
+            Owner::UnknownLayer(layer) => (None, layer.clone(), true),
+        };
+        let in_runtime = Some(inode) == runtime;
+        let own_root = container
+            .as_ref()
+            .and_then(|c: &Container| c.pid)
+            .and_then(ns_of_pid)
+            == Some(inode);
+        let (class, severity) = if gone {
+            ("orphaned", 3)
+        } else if in_runtime || own_root {
+            // The runtime's copy of a live container, or the container's own rootfs.
+            continue;
+        } else if h.in_use.is_some() {
+            ("in-use", 1)
+        } else {
+            ("leaked", 2)
+        };
+        out.push(Finding {
+            holder: i,
+            class,
+            severity,
+            container,
+            owner: owner_id,
+        });
+    }
+    out.sort_by_key(|f| (std::cmp::Reverse(f.severity), f.owner.clone(), f.holder));
+    out
+}
+
+/// `mntreap scan` with no target.
+pub(crate) fn command(e: &EngineArgs) -> Result<u8, Failure> {
+    let docker =
+        Docker::connect(&e.docker_options()).map_err(|err| Failure::Usage(err.to_string()))?;
+    let containers = docker
+        .list()
+        .map_err(|err| Failure::Usage(err.to_string()))?;
+    let roots = node_roots(&docker.daemon, &e.runtime_roots);
+    let req = e.request(&[], roots)?;
+    let scan = scan::scan(&req)?;
+    let found = findings(&scan, &docker.daemon, &containers);
+    if e.json {
+        let items: Vec<Value> = found
+            .iter()
+            .map(|f| {
+                let mut v = holder_json(&scan, &scan.holders[f.holder]);
+                v["class"] = json!(f.class);
+                v["severity"] = json!(f.severity);
+                v["owner"] = json!(f.owner);
+                v["container"] = match &f.container {
+                    Some(c) => json!({"id": c.id, "name": c.name, "state": c.state}),
+                    None => Value::Null,
+                };
+                v
+            })
+            .collect();
+        let count = |class: &str| found.iter().filter(|f| f.class == class).count();
+        let doc = json!({
+            "docker": docker.daemon,
+            "backend": scan.backend,
+            "roots": scan.targets,
+            "findings": items,
+            "summary": {
+                "orphaned": count("orphaned"),
+                "leaked": count("leaked"),
+                "in_use": count("in-use"),
+                "containers": containers.len(),
+                "namespaces_scanned": scan.namespaces.len(),
+            },
+            "notes": scan.notes,
+        });
+        print(&format!("{doc:#}\n"));
+    } else {
+        let mut out = String::new();
+        if found.is_empty() {
+            out.push_str(&format!(
+                "No leaked or orphaned container mounts ({} containers, {} namespaces).\n",
+                containers.len(),
+                scan.namespaces.len()
+            ));
+        } else {
+            out.push_str(&format!(
+                "{:<9} {:<14} {:<20} {:<11} {:>7}  {:<60} PIDS\n",
+                "CLASS", "CONTAINER", "NAME", "MNT_NS", "MOUNT", "MOUNT_POINT"
+            ));
+            for f in &found {
+                let h = &scan.holders[f.holder];
+                let (id, name) = match &f.container {
+                    Some(c) => (c.id[..12.min(c.id.len())].to_string(), c.name.clone()),
+                    None => (
+                        f.owner[..12.min(f.owner.len())].to_string(),
+                        "(gone)".into(),
+                    ),
+                };
+                out.push_str(&format!(
+                    "{:<9} {:<14} {:<20} {:<11} {:>7}  {:<60} {}\n",
+                    f.class,
+                    id,
+                    name,
+                    scan.namespaces[h.ns].ns.inode,
+                    h.mount.id,
+                    encode(&h.mount_point),
+                    pid_words(&scan, h.ns)
+                ));
+            }
+            out.push_str(
+                "Release with `mntreap release CONTAINER` (leaked) or `mntreap reap` (stuck \
+                 containers).\n",
+            );
+        }
+        for n in &scan.notes {
+            out.push_str(&format!("note: {n}\n"));
+        }
+        print(&out);
+    }
+    Ok(if found.is_empty() { 0 } else { 1 })
+}

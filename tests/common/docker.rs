@@ -1,0 +1,263 @@
+//! A private dockerd per test (NOTES.md §4): own data root, exec root and socket, started
+//! inside a sandbox's namespace, with a busybox image imported from busybox-static. Torn
+//! down by pid: dockerd, then the containerd, shims and container processes it started.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use super::Sandbox;
+
+pub struct DockerDaemon {
+    pub dir: PathBuf,
+    sandbox_pid: i32,
+    live_restore: bool,
+    /// `unshare` arguments to start dockerd in a namespace of its own (MountFlags=slave).
+    unshare: Vec<&'static str>,
+    child: Option<Child>,
+}
+
+impl DockerDaemon {
+    pub fn start(
+        sb: &Sandbox,
+        name: &str,
+        live_restore: bool,
+        unshare: &[&'static str],
+    ) -> DockerDaemon {
+        let dir = PathBuf::from(format!("/tmp/mntreap-docker-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut d = DockerDaemon {
+            dir,
+            sandbox_pid: sb.host_pid(),
+            live_restore,
+            unshare: unshare.to_vec(),
+            child: None,
+        };
+        d.spawn();
+        d.import_busybox();
+        d
+    }
+
+    pub fn d(&self) -> String {
+        self.dir.to_str().unwrap().to_string()
+    }
+
+    pub fn sock(&self) -> String {
+        format!("{}/docker.sock", self.d())
+    }
+
+    pub fn host(&self) -> String {
+        format!("unix://{}", self.sock())
+    }
+
+    pub fn root(&self) -> String {
+        format!("{}/root", self.d())
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().expect("dockerd running").id() as i32
+    }
+
+    /// Starts dockerd (again), and waits until it answers.
+    pub fn spawn(&mut self) {
+        let d = self.d();
+        // After a kill -9, a stale containerd pid file makes the new dockerd wait forever.
+        let _ = std::fs::remove_file(format!("{d}/exec/containerd/containerd.pid"));
+        let _ = std::fs::remove_file(self.sock());
+        let mut cmd = Command::new("nsenter");
+        cmd.args(["-t", &self.sandbox_pid.to_string(), "-m", "--"]);
+        if !self.unshare.is_empty() {
+            cmd.arg("unshare").args(&self.unshare).arg("--");
+        }
+        cmd.args([
+            "dockerd",
+            "--data-root",
+            &format!("{d}/root"),
+            "--exec-root",
+            &format!("{d}/exec"),
+            "-H",
+            &self.host(),
+            "--pidfile",
+            &format!("{d}/pid"),
+            "--iptables=false",
+            "--bridge=none",
+        ]);
+        if self.live_restore {
+            cmd.arg("--live-restore");
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(format!("{d}/dockerd.log"))
+            .unwrap();
+        cmd.stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        self.child = Some(cmd.spawn().expect("starting dockerd"));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if self
+                .docker(&["version", "--format", "{{.Server.Version}}"])
+                .status
+                .success()
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "dockerd did not come up: {}",
+                std::fs::read_to_string(format!("{d}/dockerd.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn docker(&self, args: &[&str]) -> Output {
+        Command::new("docker")
+            .arg("-H")
+            .arg(self.host())
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    pub fn docker_ok(&self, args: &[&str]) -> String {
+        let out = self.docker(args);
+        assert!(
+            out.status.success(),
+            "docker {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    fn import_busybox(&self) {
+        let rootfs = format!("{}/rootfs", self.d());
+        let busybox = super::which("busybox");
+        let script = format!(
+            "set -e; mkdir -p {rootfs}/bin; cp {busybox} {rootfs}/bin/busybox; \
+             for l in sh sleep cat ls touch echo true; do ln -sf busybox {rootfs}/bin/$l; done; \
+             tar -C {rootfs} -c . | docker -H {} import - bb >/dev/null",
+            self.host()
+        );
+        let out = Command::new("sh").args(["-c", &script]).output().unwrap();
+        assert!(
+            out.status.success(),
+            "import: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// `docker run -d --network none bb sleep 3600`; returns the full id.
+    pub fn run(&self, name: &str) -> String {
+        self.docker_ok(&[
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--network",
+            "none",
+            "bb",
+            "sleep",
+            "3600",
+        ])
+    }
+
+    pub fn merged(&self, container: &str) -> String {
+        self.docker_ok(&[
+            "inspect",
+            container,
+            "--format",
+            "{{.GraphDriver.Data.MergedDir}}",
+        ])
+    }
+
+    pub fn upper(&self, container: &str) -> String {
+        self.docker_ok(&[
+            "inspect",
+            container,
+            "--format",
+            "{{.GraphDriver.Data.UpperDir}}",
+        ])
+    }
+
+    /// The crash of the first write-up: SIGKILL, no cleanup.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Pids of the processes this daemon started (containerd, shims), found by our unique
+    /// directory in their command lines, and their descendants (the containers).
+    fn descendants(&self) -> Vec<i32> {
+        let d = self.d();
+        let procs: Vec<(i32, i32, String)> = std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+            .filter_map(|pid| {
+                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+                let ppid = stat
+                    .rsplit(')')
+                    .next()?
+                    .split_whitespace()
+                    .nth(1)?
+                    .parse()
+                    .ok()?;
+                let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+                Some((pid, ppid, String::from_utf8_lossy(&cmd).replace('\0', " ")))
+            })
+            .collect();
+        let mut ours: Vec<i32> = procs
+            .iter()
+            .filter(|(_, _, cmd)| cmd.contains(&d))
+            .map(|(pid, _, _)| *pid)
+            .collect();
+        let mut i = 0;
+        while i < ours.len() {
+            let parent = ours[i];
+            for (pid, ppid, _) in &procs {
+                if *ppid == parent && !ours.contains(pid) {
+                    ours.push(*pid);
+                }
+            }
+            i += 1;
+        }
+        ours
+    }
+}
+
+impl Drop for DockerDaemon {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            // Graceful: dockerd stops containers (no live-restore) and unmounts.
+            let _ = Command::new("kill").arg(child.id().to_string()).status();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        for pid in self.descendants() {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        }
+        // Immutable files from the stuck-removal test would survive rm -rf.
+        let _ = Command::new("chattr")
+            .args(["-R", "-i", &self.d()])
+            .stderr(Stdio::null())
+            .status();
+        // Mounts dockerd made live in the sandbox namespace, which goes with the sandbox.
+        let _ = Command::new("nsenter")
+            .args(["-t", &self.sandbox_pid.to_string(), "-m", "--", "sh", "-c"])
+            .arg(format!(
+                "grep -o ' {d}[^ ]*' /proc/self/mountinfo | sort -r | xargs -r -n1 umount -l",
+                d = self.d()
+            ))
+            .status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -1,0 +1,298 @@
+//! mntreap speaking Docker, against a real private dockerd (issue 3's scenarios).
+
+mod common;
+
+use common::docker::DockerDaemon;
+use common::*;
+use serde_json::Value;
+
+fn holders(doc: &Value) -> &Vec<Value> {
+    doc["holders"].as_array().unwrap()
+}
+
+fn roles(doc: &Value) -> Vec<(u64, String)> {
+    let mut r: Vec<(u64, String)> = holders(doc)
+        .iter()
+        .map(|h| {
+            (
+                h["mnt_ns"].as_u64().unwrap(),
+                h["role"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    r.sort();
+    r
+}
+
+#[test]
+fn privatetmp_leak_released_and_exec_still_works() {
+    let mut sb = Sandbox::new("dk-privatetmp");
+    let dk = DockerDaemon::start(&sb, "privatetmp", false, &[]);
+    let id = dk.run("web");
+    let merged = dk.merged("web");
+    // A service with PrivateTmp starts now: its namespace copies the container's layer.
+    let service = sb.holder(None, None);
+    assert!(has_mount_at(service, &merged));
+    let host = dk.host();
+
+    let (code, doc) = sb.mntreap_json(&["scan", "web", "--docker-host", &host], &[]);
+    assert_eq!(code, 1, "{doc:#}");
+    assert_eq!(doc["docker"]["via"], "api");
+    assert_eq!(doc["containers"][0]["id"], id.as_str());
+    assert_eq!(doc["containers"][0]["state"], "running");
+    let container_pid: i32 = dk
+        .docker_ok(&["inspect", "web", "--format", "{{.State.Pid}}"])
+        .parse()
+        .unwrap();
+    let expected = {
+        let mut v = vec![
+            (ns_inode(sb.host_pid()), "runtime".to_string()),
+            (ns_inode(service), "leaked".to_string()),
+            (ns_inode(container_pid), "container".to_string()),
+        ];
+        v.sort();
+        v
+    };
+    assert_eq!(roles(&doc), expected, "{doc:#}");
+    for h in holders(&doc) {
+        assert_eq!(h["container"]["name"], "web");
+    }
+
+    // Offline resolution from the data root agrees with the daemon's.
+    let (code_off, offline) = sb.mntreap_json(
+        &[
+            "scan",
+            "web",
+            "--offline",
+            "--docker-root",
+            &dk.root(),
+            "--docker-host",
+            &host,
+        ],
+        &[],
+    );
+    assert_eq!(code_off, code);
+    assert_eq!(offline["docker"]["via"], "data-root");
+    assert_eq!(offline["containers"], doc["containers"]);
+    assert_eq!(roles(&offline), roles(&doc));
+
+    let out = sb.mntreap(&["release", "web", "--docker-host", &host]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        !has_mount_at(service, &merged),
+        "the service's copy is released"
+    );
+    assert!(
+        has_mount_at(sb.host_pid(), &merged),
+        "dockerd's copy stays while web runs"
+    );
+    assert_eq!(
+        dk.docker_ok(&["exec", "web", "echo", "still-works"]),
+        "still-works"
+    );
+    let (code, _) = sb.mntreap_json(&["scan", "web", "--docker-host", &host], &[]);
+    assert_eq!(code, 0);
+}
+
+#[test]
+fn offline_when_dockerd_is_down() {
+    let mut sb = Sandbox::new("dk-offline");
+    let mut dk = DockerDaemon::start(&sb, "offline", true, &[]);
+    dk.run("db");
+    let merged = dk.merged("db");
+    let service = sb.holder(None, None);
+    dk.kill9();
+    let host = dk.host();
+    let root = dk.root();
+
+    let (code, doc) = sb.mntreap_json(
+        &["scan", "db", "--docker-host", &host, "--docker-root", &root],
+        &[],
+    );
+    assert_eq!(code, 1, "{doc:#}");
+    assert_eq!(
+        doc["docker"]["via"], "data-root",
+        "fell back to the data root: {doc:#}"
+    );
+    assert!(doc["docker"]["offline_reason"].as_str().is_some());
+    assert_eq!(
+        doc["containers"][0]["state"], "running",
+        "live-restore kept it"
+    );
+    assert!(
+        roles(&doc).contains(&(ns_inode(service), "leaked".to_string())),
+        "{doc:#}"
+    );
+
+    let out = sb.mntreap(&[
+        "release",
+        "db",
+        "--docker-host",
+        &host,
+        "--docker-root",
+        &root,
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(!has_mount_at(service, &merged));
+    assert!(
+        has_mount_at(sb.host_pid(), &merged),
+        "the running container's copy stays"
+    );
+}
+
+#[test]
+fn stuck_removal_is_reaped() {
+    let mut sb = Sandbox::new("dk-reap");
+    let dk = DockerDaemon::start(&sb, "reap", false, &[]);
+    dk.run("stuck");
+    let merged = dk.merged("stuck");
+    let upper = dk.upper("stuck");
+    dk.docker_ok(&["exec", "stuck", "touch", "/pinned-file"]);
+    // An agent that sees the layer at another path. (A copy at the layer's own path would
+    // be detached by the kernel (>= 3.18) when dockerd removes the merged directory.)
+    let view = format!("{}/agent-view", sb.d());
+    let service = sb.holder(
+        Some(&format!(
+            "mkdir -p {view} && mount --bind {merged} {view} && exec sleep 3600"
+        )),
+        None,
+    );
+    let pinned = format!("{upper}/pinned-file");
+    assert!(
+        std::process::Command::new("chattr")
+            .args(["+i", &pinned])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let rm = dk.docker(&["rm", "-f", "stuck"]);
+    assert!(!rm.status.success());
+    assert!(String::from_utf8_lossy(&rm.stderr).contains("operation not permitted"));
+    let state = dk.docker_ok(&["inspect", "stuck", "--format", "{{.State.Status}}"]);
+    assert!(state == "dead" || state == "removing", "{state}");
+    let host = dk.host();
+
+    let (code, doc) = sb.mntreap_json(&["reap", "--docker-host", &host], &[]);
+    assert_eq!(code, 1, "still stuck: {doc:#}");
+    let c = &doc["containers"][0];
+    assert_eq!(c["container"]["name"], "stuck");
+    assert!(
+        c["removal"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("operation not permitted"),
+        "{doc:#}"
+    );
+    let released: Vec<&Value> = c["release"]["namespaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["mnt_ns"].as_u64() == Some(ns_inode(service)))
+        .collect();
+    assert_eq!(released.len(), 1, "{doc:#}");
+    let action = released[0]["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["mount_point"] == view.as_str())
+        .unwrap_or_else(|| panic!("{doc:#}"));
+    assert_eq!(action["result"], "unmounted");
+    assert_eq!(action["match"], "identity");
+    assert!(!has_mount_at(service, &view));
+
+    assert!(
+        std::process::Command::new("chattr")
+            .args(["-i", &pinned])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let (code, doc) = sb.mntreap_json(&["reap", "--docker-host", &host], &[]);
+    assert_eq!(code, 0, "{doc:#}");
+    assert_eq!(doc["containers"][0]["removal"]["removed"], true);
+    assert!(dk.docker_ok(&["ps", "-aq"]).is_empty());
+}
+
+#[test]
+fn bad_container_input_is_refused() {
+    let sb = Sandbox::new("dk-bad");
+    let dk = DockerDaemon::start(&sb, "bad", false, &[]);
+    // 17 containers: two of them share a first id character.
+    let ids: Vec<String> = (0..17)
+        .map(|i| {
+            dk.docker_ok(&[
+                "create",
+                "--name",
+                &format!("c{i}"),
+                "--network",
+                "none",
+                "bb",
+                "true",
+            ])
+        })
+        .collect();
+    let prefix = (b'0'..=b'f')
+        .map(|c| (c as char).to_string())
+        .find(|p| ids.iter().filter(|id| id.starts_with(p.as_str())).count() >= 2)
+        .unwrap();
+    let host = dk.host();
+    let before = mounts_of(sb.host_pid());
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            vec![
+                "scan".into(),
+                "nosuch".into(),
+                "--docker-host".into(),
+                host.clone(),
+            ],
+            "no such container",
+        ),
+        (
+            vec![
+                "release".into(),
+                prefix.clone(),
+                "--docker-host".into(),
+                host.clone(),
+            ],
+            "ambiguous",
+        ),
+        (
+            vec![
+                "release".into(),
+                prefix.clone(),
+                "--offline".into(),
+                "--docker-root".into(),
+                dk.root(),
+            ],
+            "ambiguous",
+        ),
+        (
+            vec![
+                "scan".into(),
+                "c1".into(),
+                "--docker-host".into(),
+                "unix:///nonexistent/docker.sock".into(),
+                "--docker-root".into(),
+                "/nonexistent".into(),
+            ],
+            "cannot be read",
+        ),
+        (
+            vec![
+                "scan".into(),
+                "c1".into(),
+                "--docker-host".into(),
+                "tcp://10.0.0.1:2375".into(),
+            ],
+            "unix socket",
+        ),
+    ];
+    for (args, message) in cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = sb.mntreap(&args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains(message), "{args:?}: {}", stderr(&out));
+    }
+    assert_eq!(mounts_of(sb.host_pid()), before);
+    assert_eq!(dk.docker_ok(&["ps", "-aq"]).lines().count(), 17);
+}
