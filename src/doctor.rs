@@ -58,7 +58,11 @@ pub(crate) fn command(e: &EngineArgs) -> Result<u8, Failure> {
         data_root_binds(&docker.daemon, &containers),
     ];
     // Namespaces holding container mounts they do not need (PrivateTmp-style services).
-    let req = e.request(&[], vec![docker.daemon.root.clone()])?;
+    let mut req = e.request(&[], vec![docker.daemon.root.clone()])?;
+    req.layer_signatures = containers
+        .iter()
+        .filter_map(|c| c.upperdir.clone())
+        .collect();
     let scan = scan::scan(&req)?;
     checks.push(foreign_holders(&scan, &docker.daemon, &containers));
 

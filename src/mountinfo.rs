@@ -90,11 +90,13 @@ fn parse_line(line: &[u8], table: &mut MountTable, signatures: &[Vec<u8>]) -> Op
     }
     let fs_type = fields.next()?;
     let source = fields.next()?;
-    let layer_signature = !signatures.is_empty()
-        && fs_type == b"overlay"
-        && fields
+    let layer_signature = if !signatures.is_empty() && fs_type == b"overlay" {
+        fields
             .next()
-            .is_some_and(|options| has_upperdir(options, signatures));
+            .and_then(|options| upperdir_signature(options, signatures))
+    } else {
+        None
+    };
     let root = table.intern_escaped(root);
     let mount_point = table.intern_escaped(mount_point);
     let fs_type = table.intern_escaped(fs_type);
@@ -116,12 +118,13 @@ fn parse_line(line: &[u8], table: &mut MountTable, signatures: &[Vec<u8>]) -> Op
     Some(())
 }
 
-/// True when comma-separated mount `options` hold `upperdir=<one of signatures>`.
-pub fn has_upperdir(options: &[u8], signatures: &[Vec<u8>]) -> bool {
-    options.split(|&b| b == b',').any(|opt| {
-        opt.strip_prefix(b"upperdir=")
-            .is_some_and(|dir| signatures.iter().any(|s| decode(dir) == *s))
-    })
+/// Which of `signatures` the `upperdir=` of comma-separated mount `options` is, if any.
+pub fn upperdir_signature(options: &[u8], signatures: &[Vec<u8>]) -> Option<u32> {
+    let dir = options
+        .split(|&b| b == b',')
+        .find_map(|opt| opt.strip_prefix(b"upperdir="))?;
+    let dir = decode(dir);
+    signatures.iter().position(|s| *s == dir).map(|i| i as u32)
 }
 
 fn split_once(s: &[u8], sep: u8) -> Option<(&[u8], &[u8])> {
@@ -242,8 +245,8 @@ mod tests {
 42 27 0:47 / /z rw - tmpfs upperdir=/r/overlay2/L1/diff rw\n";
         let sig = vec![b"/r/overlay2/L1/diff".to_vec()];
         let t = parse_with_signatures(text, &sig).unwrap();
-        let flags: Vec<bool> = t.mounts.iter().map(|m| m.layer_signature).collect();
-        assert_eq!(flags, vec![true, false, false]);
+        let flags: Vec<Option<u32>> = t.mounts.iter().map(|m| m.layer_signature).collect();
+        assert_eq!(flags, vec![Some(0), None, None]);
     }
 
     #[test]

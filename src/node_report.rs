@@ -90,11 +90,23 @@ impl<'a> ContainerView<'a> {
             .zip(&by_path)
             .filter_map(|(h, c)| Some((h.mount.dev, (*c)?)))
             .collect();
+        // Overlays found by their upperdir signature belong to that layer's container.
+        let by_signature = |h: &Holder| {
+            let dir = scan
+                .layer_signatures
+                .get(h.mount.layer_signature? as usize)?;
+            containers
+                .iter()
+                .position(|c| c.upperdir.as_ref() == Some(dir))
+        };
         let owner = scan
             .holders
             .iter()
             .zip(by_path)
-            .map(|(h, c)| c.or_else(|| by_dev.get(&h.mount.dev).copied()))
+            .map(|(h, c)| {
+                c.or_else(|| by_signature(h))
+                    .or_else(|| by_dev.get(&h.mount.dev).copied())
+            })
             .collect();
         ContainerView {
             scan,
@@ -252,9 +264,22 @@ pub fn findings(scan: &Scan, daemon: &Daemon, containers: &[Container]) -> Vec<F
         .iter()
         .filter_map(|h| Some((h.mount.dev, owner_of(h)?)))
         .collect();
+    // Overlays found by their upperdir belong to the container whose layer that is.
+    let by_signature = |h: &Holder| {
+        let dir = scan
+            .layer_signatures
+            .get(h.mount.layer_signature? as usize)?;
+        containers
+            .iter()
+            .find(|c| c.upperdir.as_ref() == Some(dir))
+            .map(|c| Owner::Container(c.id.clone()))
+    };
     let mut out = Vec::new();
     for (i, h) in scan.holders.iter().enumerate() {
-        let Some(owner) = owner_of(h).or_else(|| by_dev.get(&h.mount.dev).cloned()) else {
+        let Some(owner) = owner_of(h)
+            .or_else(|| by_signature(h))
+            .or_else(|| by_dev.get(&h.mount.dev).cloned())
+        else {
             continue;
         };
         let inode = scan.namespaces[h.ns].ns.inode;
@@ -301,7 +326,11 @@ pub(crate) fn command(e: &EngineArgs) -> Result<u8, Failure> {
         .list()
         .map_err(|err| Failure::Usage(err.to_string()))?;
     let roots = node_roots(&docker.daemon, &e.runtime_roots);
-    let req = e.request(&[], roots)?;
+    let mut req = e.request(&[], roots)?;
+    req.layer_signatures = containers
+        .iter()
+        .filter_map(|c| c.upperdir.clone())
+        .collect();
     let scan = scan::scan(&req)?;
     let found = findings(&scan, &docker.daemon, &containers);
     if e.json {

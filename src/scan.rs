@@ -83,6 +83,8 @@ pub struct ScannedNamespace {
 pub struct Scan {
     pub backend: Backend,
     pub targets: Vec<PathBuf>,
+    /// The overlay upperdirs searched for ([`ScanRequest::layer_signatures`]).
+    pub layer_signatures: Vec<PathBuf>,
     /// Copies at other paths were not searched for (`--paths-only`).
     pub paths_only: bool,
     pub namespaces: Vec<ScannedNamespace>,
@@ -142,7 +144,7 @@ pub fn read_namespaces(
             let mut table = source::read_table(backend, worker, ns, &signatures)?;
             let mut seeds = source::mounts_under(worker, ns, &mut table, &targets)?;
             let signed: Vec<usize> = (0..table.mounts.len())
-                .filter(|&i| table.mounts[i].layer_signature && !seeds.contains(&i))
+                .filter(|&i| table.mounts[i].layer_signature.is_some() && !seeds.contains(&i))
                 .collect();
             source::hydrate(&mut table, signed.iter().copied());
             seeds.extend(signed);
@@ -183,6 +185,7 @@ pub fn scan(request: &ScanRequest) -> Result<Scan, ScanError> {
     let mut scan = Scan {
         backend: request.backend,
         targets: request.targets.clone(),
+        layer_signatures: request.layer_signatures.clone(),
         paths_only: request.paths_only,
         namespaces,
         holders: Vec::new(),

@@ -135,7 +135,7 @@ fn read_listmount(ns: &Namespace, signatures: &[Vec<u8>]) -> Result<MountTable, 
             m.layer_signature = sys::statmount(ns_id, id, sys::STATMOUNT_MNT_OPTS, &mut buf)
                 .ok()
                 .and_then(|o| o.options)
-                .is_some_and(|o| crate::mountinfo::has_upperdir(&o, signatures));
+                .and_then(|o| crate::mountinfo::upperdir_signature(&o, signatures));
         }
         table.mounts.push(m);
     }
@@ -225,7 +225,7 @@ fn basic_mount(
     has_strings: bool,
 ) -> Mount {
     Mount {
-        layer_signature: false,
+        layer_signature: None,
         id: u64::from(sm.mnt_id_old),
         parent_id: u64::from(sm.parent_id_old),
         unique_id: Some(sm.mnt_id),

@@ -65,8 +65,8 @@ pub struct Mount {
     /// Whether the strings (root, mount point, fs type, source) have been read. The
     /// listmount backend reads them only for mounts that can matter ([`crate::source`]).
     pub has_strings: bool,
-    /// An overlay whose `upperdir` is one of the scan's layer signatures.
-    pub layer_signature: bool,
+    /// For an overlay whose `upperdir` is one of the scan's layer signatures: which one.
+    pub layer_signature: Option<u32>,
 }
 
 /// The mounts of one namespace, in the order the kernel listed them (parents before
@@ -205,7 +205,7 @@ mod tests {
                 fs_type: s,
                 source: s,
                 has_strings: true,
-                layer_signature: false,
+                layer_signature: None,
             });
         }
         let idx = t.index();

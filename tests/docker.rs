@@ -123,6 +123,10 @@ fn offline_when_dockerd_is_down() {
         roles(&doc).contains(&(ns_inode(service), "leaked".to_string())),
         "{doc:#}"
     );
+    assert!(
+        holders(&doc).iter().all(|h| h["container"]["name"] == "db"),
+        "every holder attributed: {doc:#}"
+    );
 
     let out = sb.mntreap(&[
         "release",
@@ -171,6 +175,34 @@ fn stuck_removal_is_reaped() {
     let state = dk.docker_ok(&["inspect", "stuck", "--format", "{{.State.Status}}"]);
     assert!(state == "dead" || state == "removing", "{state}");
     let host = dk.host();
+    // Node-wide: the agent's copy of a Dead container's layer is orphaned; doctor agrees.
+    let (code, node) = sb.mntreap_json(&["scan", "--docker-host", &host], &[]);
+    assert_eq!(code, 1, "{node:#}");
+    let f = &node["findings"][0];
+    assert_eq!(
+        (f["class"].as_str(), f["mount_point"].as_str()),
+        (Some("orphaned"), Some(view.as_str())),
+        "{node:#}"
+    );
+    assert_eq!(f["container"]["name"], "stuck");
+    let (code, doctor) = sb.mntreap_json(&["doctor", "--docker-host", &host], &[]);
+    assert_eq!(code, 1);
+    let check = |id: &str| {
+        doctor["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["id"] == id)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(check("stuck-containers")["status"], "problem", "{doctor:#}");
+    assert_eq!(
+        check("foreign-namespace-holders")["status"],
+        "problem",
+        "{doctor:#}"
+    );
+    assert_eq!(check("kernel-lazy-detach")["status"], "ok");
 
     let (code, doc) = sb.mntreap_json(&["reap", "--docker-host", &host], &[]);
     assert_eq!(code, 1, "still stuck: {doc:#}");
@@ -295,4 +327,95 @@ fn bad_container_input_is_refused() {
     }
     assert_eq!(mounts_of(sb.host_pid()), before);
     assert_eq!(dk.docker_ok(&["ps", "-aq"]).lines().count(), 17);
+}
+
+#[test]
+fn mountflags_slave_with_live_restore_restart() {
+    let sb = Sandbox::new("dk-slave");
+    // systemd's MountFlags=slave: dockerd in its own namespace, a slave of the host's.
+    sb.sh("mount --make-rshared /");
+    let mut dk = DockerDaemon::start(&sb, "slave", true, &["-m", "--propagation", "slave"]);
+    // Shareable IPC: each container's shm is a mount in dockerd's namespace.
+    let app = dk.run_with("app", &["--ipc", "shareable"]);
+    dk.run_with("bpp", &["--ipc", "shareable"]);
+    let shm = format!("{}/containers/{app}/mounts/shm", dk.root());
+    let old_ns = ns_inode(dk.pid());
+    assert_ne!(old_ns, ns_inode(sb.host_pid()));
+    dk.kill9();
+    dk.spawn();
+    let new_ns = ns_inode(dk.pid());
+    assert_ne!(new_ns, old_ns, "the restart made a new namespace");
+    let host = dk.host();
+    assert_eq!(
+        dk.docker_ok(&["inspect", "app", "--format", "{{.State.Status}}"]),
+        "running"
+    );
+
+    let (code, doctor) = sb.mntreap_json(&["doctor", "--docker-host", &host], &[]);
+    assert_eq!(code, 1, "{doctor:#}");
+    let check = |id: &str| {
+        doctor["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["id"] == id)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(
+        check("mountflags-slave-live-restore")["status"],
+        "problem",
+        "{doctor:#}"
+    );
+    let split = check("split-namespaces");
+    assert_eq!(split["status"], "problem", "{doctor:#}");
+    assert_eq!(
+        split["evidence"].as_array().unwrap().len(),
+        2,
+        "two shims: {doctor:#}"
+    );
+    assert!(
+        split["evidence"][0]
+            .as_str()
+            .unwrap()
+            .contains(&old_ns.to_string())
+    );
+
+    // The old namespace, kept alive by the shims, still holds app's shm.
+    let (code, doc) = sb.mntreap_json(&["scan", "app", "--docker-host", &host], &[]);
+    assert_eq!(code, 1, "{doc:#}");
+    let old: Vec<&Value> = holders(&doc)
+        .iter()
+        .filter(|h| h["mnt_ns"].as_u64() == Some(old_ns))
+        .collect();
+    assert_eq!(old.len(), 1, "{doc:#}");
+    assert_eq!(old[0]["role"], "leaked");
+    assert_eq!(old[0]["mount_point"], shm.as_str());
+    let shim = old[0]["pids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["comm"].as_str().unwrap().starts_with("containerd-shim"))
+        .unwrap_or_else(|| panic!("held by the shims: {doc:#}"))["pid"]
+        .as_i64()
+        .unwrap() as i32;
+    let (code, node) = sb.mntreap_json(&["scan", "--docker-host", &host], &[]);
+    assert_eq!(code, 1);
+    assert_eq!(
+        node["summary"]["leaked"], 2,
+        "both containers' shm: {node:#}"
+    );
+
+    let out = sb.mntreap(&["release", "app", "bpp", "--docker-host", &host]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        !has_mount_at(shim, &shm),
+        "the old namespace's copy is gone"
+    );
+    assert_eq!(
+        dk.docker_ok(&["inspect", "app", "--format", "{{.State.Status}}"]),
+        "running"
+    );
+    let (code, node) = sb.mntreap_json(&["scan", "--docker-host", &host], &[]);
+    assert_eq!(code, 0, "{node:#}");
 }

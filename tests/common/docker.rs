@@ -62,8 +62,12 @@ impl DockerDaemon {
     /// Starts dockerd (again), and waits until it answers.
     pub fn spawn(&mut self) {
         let d = self.d();
-        // After a kill -9, a stale containerd pid file makes the new dockerd wait forever.
-        let _ = std::fs::remove_file(format!("{d}/exec/containerd/containerd.pid"));
+        // After a kill -9, a stale containerd pid file (its process gone or a zombie) makes
+        // the new dockerd wait forever; a live containerd is reused.
+        let pidfile = format!("{d}/exec/containerd/containerd.pid");
+        if containerd_state(&pidfile).is_none_or(|s| s == "Z") {
+            let _ = std::fs::remove_file(&pidfile);
+        }
         let _ = std::fs::remove_file(self.sock());
         let mut cmd = Command::new("nsenter");
         cmd.args(["-t", &self.sandbox_pid.to_string(), "-m", "--"]);
@@ -152,17 +156,14 @@ impl DockerDaemon {
 
     /// `docker run -d --network none bb sleep 3600`; returns the full id.
     pub fn run(&self, name: &str) -> String {
-        self.docker_ok(&[
-            "run",
-            "-d",
-            "--name",
-            name,
-            "--network",
-            "none",
-            "bb",
-            "sleep",
-            "3600",
-        ])
+        self.run_with(name, &[])
+    }
+
+    pub fn run_with(&self, name: &str, extra: &[&str]) -> String {
+        let mut args = vec!["run", "-d", "--name", name, "--network", "none"];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["bb", "sleep", "3600"]);
+        self.docker_ok(&args)
     }
 
     pub fn merged(&self, container: &str) -> String {
@@ -188,6 +189,13 @@ impl DockerDaemon {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
+        }
+        // The containerd dockerd started dies shortly after it: let it finish dying, so
+        // that `spawn` does not take it for a live one and make the new dockerd wait on it.
+        let pidfile = format!("{}/exec/containerd/containerd.pid", self.d());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline && containerd_state(&pidfile).is_some_and(|s| s != "Z") {
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 
@@ -260,4 +268,15 @@ impl Drop for DockerDaemon {
             .status();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// The process state letter (R, S, Z, ...) of the pid in a pid file; `None` if gone.
+fn containerd_state(pidfile: &str) -> Option<String> {
+    let pid = std::fs::read_to_string(pidfile).ok()?;
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid.trim())).ok()?;
+    stat.rsplit(')')
+        .next()?
+        .split_whitespace()
+        .next()
+        .map(String::from)
 }
