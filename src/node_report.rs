@@ -322,10 +322,28 @@ pub fn findings(scan: &Scan, daemon: &Daemon, containers: &[Container]) -> Vec<F
 pub(crate) fn command(e: &EngineArgs) -> Result<u8, Failure> {
     let docker =
         Docker::connect(&e.docker_options()).map_err(|err| Failure::Usage(err.to_string()))?;
-    let containers = docker
-        .list()
-        .map_err(|err| Failure::Usage(err.to_string()))?;
-    let roots = node_roots(&docker.daemon, &e.runtime_roots);
+    // A node without Docker (no daemon, no data root) still gets the other runtimes looked at.
+    let no_docker = !docker.online() && !docker.daemon.root.exists();
+    let containers = if no_docker {
+        Vec::new()
+    } else {
+        docker
+            .list()
+            .map_err(|err| Failure::Usage(err.to_string()))?
+    };
+    let roots: Vec<PathBuf> = node_roots(&docker.daemon, &e.runtime_roots)
+        .into_iter()
+        .filter(|r| r.exists())
+        .collect();
+    if roots.is_empty() {
+        print(&format!(
+            "No container runtime found on this node: no dockerd at {}, and none of {}, \
+             /var/lib/containerd, /run/containerd, /var/lib/kubelet exists.\n",
+            docker.daemon.socket.display(),
+            docker.daemon.root.display()
+        ));
+        return Ok(0);
+    }
     let mut req = e.request(&[], roots)?;
     req.layer_signatures = containers
         .iter()
