@@ -90,21 +90,12 @@ impl<'a> ContainerView<'a> {
             .zip(&by_path)
             .filter_map(|(h, c)| Some((h.mount.dev, (*c)?)))
             .collect();
-        // Overlays found by their upperdir signature belong to that layer's container.
-        let by_signature = |h: &Holder| {
-            let dir = scan
-                .layer_signatures
-                .get(h.mount.layer_signature? as usize)?;
-            containers
-                .iter()
-                .position(|c| c.upperdir.as_ref() == Some(dir))
-        };
         let owner = scan
             .holders
             .iter()
             .zip(by_path)
             .map(|(h, c)| {
-                c.or_else(|| by_signature(h))
+                c.or_else(|| signature_owner(scan, containers, h))
                     .or_else(|| by_dev.get(&h.mount.dev).copied())
             })
             .collect();
@@ -206,6 +197,16 @@ impl<'a> ContainerView<'a> {
     }
 }
 
+/// The container (index) whose layer an overlay found by its upperdir signature is.
+fn signature_owner(scan: &Scan, containers: &[Container], h: &Holder) -> Option<usize> {
+    let dir = scan
+        .layer_signatures
+        .get(h.mount.layer_signature? as usize)?;
+    containers
+        .iter()
+        .position(|c| c.upperdir.as_ref() == Some(dir))
+}
+
 fn pid_words(scan: &Scan, ns: usize) -> String {
     let procs = scan.processes(ns);
     let mut s: Vec<String> = procs
@@ -264,15 +265,8 @@ pub fn findings(scan: &Scan, daemon: &Daemon, containers: &[Container]) -> Vec<F
         .iter()
         .filter_map(|h| Some((h.mount.dev, owner_of(h)?)))
         .collect();
-    // Overlays found by their upperdir belong to the container whose layer that is.
     let by_signature = |h: &Holder| {
-        let dir = scan
-            .layer_signatures
-            .get(h.mount.layer_signature? as usize)?;
-        containers
-            .iter()
-            .find(|c| c.upperdir.as_ref() == Some(dir))
-            .map(|c| Owner::Container(c.id.clone()))
+        signature_owner(scan, containers, h).map(|c| Owner::Container(containers[c].id.clone()))
     };
     let mut out = Vec::new();
     for (i, h) in scan.holders.iter().enumerate() {

@@ -123,12 +123,7 @@ pub fn plan(scan: &Scan, scope: Scope) -> Vec<NamespacePlan> {
     }
     // A mount found only because it is inside a copy goes only if that copy goes.
     for p in &mut plans {
-        let kept_copies: Vec<u64> = p
-            .actions
-            .iter()
-            .filter(|a| matches!(a.step, Step::Keep { .. }))
-            .map(|a| scan.holders[a.holder].mount.id)
-            .collect();
+        let kept_copies = kept_mounts(scan, p);
         for a in &mut p.actions {
             let h = &scan.holders[a.holder];
             if h.matched != crate::scan::Match::InsideCopy || matches!(a.step, Step::Keep { .. }) {
@@ -146,12 +141,7 @@ pub fn plan(scan: &Scan, scope: Scope) -> Vec<NamespacePlan> {
     }
     // A parent whose child is kept cannot be unmounted without detaching that child too.
     for p in &mut plans {
-        let kept: Vec<u64> = p
-            .actions
-            .iter()
-            .filter(|a| matches!(a.step, Step::Keep { .. }))
-            .map(|a| scan.holders[a.holder].mount.id)
-            .collect();
+        let kept = kept_mounts(scan, p);
         for a in &mut p.actions {
             if matches!(a.step, Step::Keep { .. }) {
                 continue;
@@ -168,6 +158,15 @@ pub fn plan(scan: &Scan, scope: Scope) -> Vec<NamespacePlan> {
         }
     }
     plans
+}
+
+/// Mount ids the plan for one namespace keeps.
+fn kept_mounts(scan: &Scan, p: &NamespacePlan) -> Vec<u64> {
+    p.actions
+        .iter()
+        .filter(|a| matches!(a.step, Step::Keep { .. }))
+        .map(|a| scan.holders[a.holder].mount.id)
+        .collect()
 }
 
 fn first_step(scan: &Scan, h: &Holder, scope: &Scope) -> Step {

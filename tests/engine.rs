@@ -226,12 +226,7 @@ fn container_root_is_never_touched() {
 
     let (code, doc) = sb.mntreap_json(&["release", "--any-path", "--path", &target], &[]);
     assert_eq!(code, 1, "in-use copy remains => exit 1: {doc:#}");
-    let ns = doc["namespaces"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|n| n["mnt_ns"].as_u64() == Some(ns_inode(pid)))
-        .expect("container namespace planned");
+    let ns = namespace_entry(&doc, ns_inode(pid));
     let action = &ns["actions"][0];
     assert_eq!(action["result"], "kept", "{doc:#}");
     assert!(
@@ -455,12 +450,7 @@ fn shared_parent_propagation_is_refused() {
     let target = format!("{d}/l/pr/merged");
     let (code, doc) = sb.mntreap_json(&["release", "--any-path", "--path", &target], &[]);
     assert_eq!(code, 1, "{doc:#}");
-    let ns = doc["namespaces"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|n| n["mnt_ns"].as_u64() == Some(ns_inode(pid)))
-        .unwrap();
+    let ns = namespace_entry(&doc, ns_inode(pid));
     assert_eq!(ns["actions"][0]["result"], "kept", "{doc:#}");
     assert!(
         ns["actions"][0]["reason"]
@@ -561,12 +551,7 @@ fn paths_only_refuses_unmounts_under_shared_parents() {
         &[("MNTREAP_BACKEND", "listmount")],
     );
     assert_eq!(code, 1, "{doc:#}");
-    let ns = doc["namespaces"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|n| n["mnt_ns"].as_u64() == Some(ns_inode(pid)))
-        .unwrap();
+    let ns = namespace_entry(&doc, ns_inode(pid));
     assert_eq!(ns["actions"][0]["result"], "kept");
     assert!(
         ns["actions"][0]["reason"]

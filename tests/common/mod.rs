@@ -291,3 +291,14 @@ pub fn which(name: &str) -> String {
     assert!(!path.is_empty(), "{name} is needed (see .ci/run)");
     path
 }
+
+/// The entry of a release document's `namespaces` for mount namespace `inode`.
+pub fn namespace_entry(doc: &serde_json::Value, inode: u64) -> serde_json::Value {
+    doc["namespaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["mnt_ns"].as_u64() == Some(inode))
+        .unwrap_or_else(|| panic!("no entry for mount namespace {inode}: {doc:#}"))
+        .clone()
+}
