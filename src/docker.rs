@@ -219,15 +219,20 @@ impl Docker {
             &version,
         )
         .map_err(|e| e.to_string())?;
+        // Whichever deadline fires first (ours, or the client's own), say the same thing.
+        let why = |e: bollard::errors::Error| match e {
+            bollard::errors::Error::RequestTimeoutError => format!("no answer within {timeout:?}"),
+            other => other.to_string(),
+        };
         let (client, info) = rt.block_on(async {
             let client = tokio::time::timeout(timeout, client.negotiate_version())
                 .await
                 .map_err(|_| format!("no answer within {timeout:?}"))?
-                .map_err(|e| e.to_string())?;
+                .map_err(why)?;
             let info = tokio::time::timeout(timeout, client.info())
                 .await
                 .map_err(|_| format!("no answer within {timeout:?}"))?
-                .map_err(|e| e.to_string())?;
+                .map_err(why)?;
             Ok::<_, String>((client, info))
         })?;
         Ok((rt, client, info))

@@ -218,6 +218,32 @@ fn live_restore_configured(pid: i32) -> Option<bool> {
         .or(Some(false))
 }
 
+fn cmdline_args(pid: i32) -> Vec<String> {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .unwrap_or_default()
+        .split(|b| *b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect()
+}
+
+/// The containerd socket dockerd uses: `--containerd`, else the one it manages under its
+/// exec root.
+fn containerd_address(dockerd: i32) -> String {
+    let args = cmdline_args(dockerd);
+    let value = |flag: &str| {
+        args.iter().enumerate().find_map(|(i, a)| {
+            a.strip_prefix(&format!("{flag}="))
+                .map(String::from)
+                .or_else(|| (a == flag).then(|| args.get(i + 1).cloned()).flatten())
+        })
+    };
+    value("--containerd").unwrap_or_else(|| {
+        let exec_root = value("--exec-root").unwrap_or_else(|| "/var/run/docker".into());
+        format!("{exec_root}/containerd/containerd.sock")
+    })
+}
+
 /// containerd shims (and so their containers) living in a namespace that is not dockerd's.
 fn split_namespaces(daemon: &Daemon) -> Check {
     let c = Check::new(
@@ -225,9 +251,11 @@ fn split_namespaces(daemon: &Daemon) -> Check {
         "restart the affected containers (docker restart) so that their mounts are made in \
          dockerd's current namespace; `mntreap release CONTAINER` frees the stranded copies",
     );
-    let Some(dockerd_ns) = daemon.mnt_ns else {
+    let (Some(dockerd_ns), Some(pid)) = (daemon.mnt_ns, daemon.pid) else {
         return c.with(Status::Skipped, "dockerd not found (no peer on its socket)");
     };
+    // Only this dockerd's shims: docker's containerd namespace, on its containerd socket.
+    let address = containerd_address(pid);
     let mut stranded = Vec::new();
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let Some(pid) = entry
@@ -244,14 +272,20 @@ fn split_namespaces(daemon: &Daemon) -> Check {
         let ns = std::fs::metadata(format!("/proc/{pid}/ns/mnt"))
             .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
             .ok();
-        if ns.is_some_and(|ns| ns != dockerd_ns) {
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let id = String::from_utf8_lossy(&cmdline)
-                .split('\0')
-                .skip_while(|a| *a != "-id")
+        let args = cmdline_args(pid);
+        let arg = |flag: &str| {
+            args.iter()
+                .skip_while(|a| *a != flag)
                 .nth(1)
-                .map(|s| s[..12.min(s.len())].to_string())
-                .unwrap_or_default();
+                .cloned()
+                .unwrap_or_default()
+        };
+        if arg("-namespace") != "moby" || arg("-address") != address {
+            continue;
+        }
+        if ns.is_some_and(|ns| ns != dockerd_ns) {
+            let id = arg("-id");
+            let id = &id[..12.min(id.len())];
             stranded.push(format!(
                 "shim pid {pid} (container {id}) in mount namespace {} (dockerd's: {dockerd_ns})",
                 ns.unwrap_or_default()

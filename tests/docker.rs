@@ -76,6 +76,29 @@ fn privatetmp_leak_released_and_exec_still_works() {
     assert_eq!(offline["containers"], doc["containers"]);
     assert_eq!(roles(&offline), roles(&doc));
 
+    // --dry-run plans the release and changes nothing.
+    let (code, plan) = sb.mntreap_json(
+        &["release", "web", "--dry-run", "--docker-host", &host],
+        &[],
+    );
+    assert_eq!(code, 1, "{plan:#}");
+    let plan = &plan["releases"][0];
+    assert_eq!(
+        namespace_entry(plan, ns_inode(service))["actions"][0]["result"],
+        "would-unmount",
+        "{plan:#}"
+    );
+    assert!(has_mount_at(service, &merged));
+
+    // The node-wide report names the service's namespace.
+    let (code, node) = sb.mntreap_json(&["scan", "--docker-host", &host], &[]);
+    assert_eq!(code, 1, "{node:#}");
+    let findings = node["findings"].as_array().unwrap();
+    assert_eq!(findings.len(), 1, "{node:#}");
+    assert_eq!(findings[0]["class"], "leaked");
+    assert_eq!(findings[0]["mnt_ns"].as_u64(), Some(ns_inode(service)));
+    assert_eq!(findings[0]["container"]["name"], "web");
+
     let out = sb.mntreap(&["release", "web", "--docker-host", &host]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(
@@ -92,6 +115,12 @@ fn privatetmp_leak_released_and_exec_still_works() {
     );
     let (code, _) = sb.mntreap_json(&["scan", "web", "--docker-host", &host], &[]);
     assert_eq!(code, 0);
+    let (code, node) = sb.mntreap_json(&["scan", "--docker-host", &host], &[]);
+    assert_eq!(
+        (code, node["findings"].as_array().unwrap().len()),
+        (0, 0),
+        "{node:#}"
+    );
 }
 
 #[test]
@@ -418,4 +447,50 @@ fn mountflags_slave_with_live_restore_restart() {
     );
     let (code, node) = sb.mntreap_json(&["scan", "--docker-host", &host], &[]);
     assert_eq!(code, 0, "{node:#}");
+}
+
+#[test]
+fn a_hanging_daemon_means_offline_after_the_timeout() {
+    let mut sb = Sandbox::new("dk-hang");
+    let dk = DockerDaemon::start(&sb, "hang", false, &[]);
+    dk.run("slow");
+    let merged = dk.merged("slow");
+    let service = sb.holder(None, None);
+    // A socket that accepts connections and never answers, like a wedged dockerd.
+    let hung = format!("{}/hung.sock", dk.d());
+    let listener = std::os::unix::net::UnixListener::bind(&hung).unwrap();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for c in listener.incoming().take(8) {
+            held.push(c);
+        }
+        std::thread::sleep(std::time::Duration::from_secs(30));
+    });
+    let started = std::time::Instant::now();
+    let (code, doc) = sb.mntreap_json(
+        &[
+            "scan",
+            "slow",
+            "--docker-host",
+            &format!("unix://{hung}"),
+            "--docker-root",
+            &dk.root(),
+            "--docker-timeout",
+            "1",
+        ],
+        &[],
+    );
+    let took = started.elapsed();
+    assert_eq!(code, 1, "{doc:#}");
+    assert_eq!(doc["docker"]["via"], "data-root");
+    assert!(
+        doc["docker"]["offline_reason"]
+            .as_str()
+            .unwrap()
+            .contains("no answer"),
+        "{doc:#}"
+    );
+    assert!(took < std::time::Duration::from_secs(8), "took {took:?}");
+    assert!(roles(&doc).contains(&(ns_inode(service), "leaked".to_string())));
+    assert!(has_mount_at(service, &merged));
 }
