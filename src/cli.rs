@@ -60,6 +60,37 @@ enum Command {
     Reap(ReapArgs),
     /// Check the host for the configurations that leak mounts, with evidence and remedies.
     Doctor(DoctorArgs),
+    /// Serve the Docker authorization plugin (docker.authz/1.0) that releases a container's
+    /// leaked copies before Docker stops or removes it.
+    Plugin(PluginArgs),
+}
+
+#[derive(Args, Debug)]
+struct PluginArgs {
+    /// The unix socket to serve (inside a managed plugin: /run/docker/plugins/<name>.sock).
+    #[arg(
+        long,
+        env = "MNTREAP_PLUGIN_SOCKET",
+        default_value = "/run/docker/plugins/mntreap.sock"
+    )]
+    socket: PathBuf,
+    /// How long a cleanup may hold an API call (milliseconds); the call is allowed anyway.
+    #[arg(long, env = "MNTREAP_DEADLINE_MS", default_value_t = 2000)]
+    deadline_ms: u64,
+    /// Allow everything and do nothing else (measures Docker's own plugin plumbing).
+    #[arg(long, env = "MNTREAP_NOOP", default_value_t = false)]
+    noop: bool,
+    /// Seconds between backstop sweeps of stopped containers (0: off).
+    #[arg(long, env = "MNTREAP_SWEEP_INTERVAL", default_value_t = 30)]
+    sweep_interval: u64,
+    /// Do not follow the daemon's event stream.
+    #[arg(long, env = "MNTREAP_NO_EVENTS", default_value_t = false)]
+    no_events: bool,
+    /// Testing aid: `fail` makes every cleanup fail, `slow:<ms>` makes it take that long.
+    #[arg(long, env = "MNTREAP_FAULT", hide = true)]
+    fault: Option<crate::plugin::Fault>,
+    #[command(flatten)]
+    engine: EngineArgs,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -96,7 +127,7 @@ pub(crate) struct DockerArgs {
     #[arg(long, env = "DOCKER_HOST")]
     docker_host: Option<String>,
     /// Docker's data root, read offline (online, the daemon's own DockerRootDir wins).
-    #[arg(long, default_value = crate::docker::DEFAULT_ROOT)]
+    #[arg(long, env = "MNTREAP_DOCKER_ROOT", default_value = crate::docker::DEFAULT_ROOT)]
     docker_root: PathBuf,
     /// Resolve containers from the data root only; do not ask the daemon.
     #[arg(long)]
@@ -155,7 +186,11 @@ struct DoctorArgs {
 /// Runs the command line; returns the process exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format, cli.verbose);
+    if matches!(cli.command, Command::Plugin(_)) {
+        init_plugin_logging(cli.verbose);
+    } else {
+        init_logging(cli.log_format, cli.verbose);
+    }
     let code = match run(cli.command) {
         Ok(code) => code,
         Err(Failure::Usage(msg)) => {
@@ -199,6 +234,22 @@ fn init_logging(format: LogFormat, verbose: u8) {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
     }
+}
+
+/// The plugin logs JSON lines on stdout (the daemon copies them into its log), each with
+/// the call and container it is about, from the span.
+fn init_plugin_logging(verbose: u8) {
+    let default = if verbose > 0 { "debug" } else { "info" };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stdout)
+        .json()
+        .flatten_event(true)
+        .with_current_span(true)
+        .with_span_list(true)
+        .init();
 }
 
 impl EngineArgs {
@@ -260,9 +311,10 @@ impl EngineArgs {
         &self,
         c: &crate::docker::Container,
     ) -> Result<ScanRequest, Failure> {
-        let mut req = self.request(&[], c.paths.clone())?;
-        req.layer_signatures = c.upperdir.iter().cloned().collect();
-        Ok(req)
+        Ok(crate::docker::container_request(
+            &self.request(&[], Vec::new())?,
+            c,
+        ))
     }
 
     pub(crate) fn connect(&self) -> Result<Docker, Failure> {
@@ -295,6 +347,20 @@ fn run(command: Command) -> Result<u8, Failure> {
         Command::Release(args) => release_command(args),
         Command::Reap(args) => crate::reap::command(&args.engine, &args.containers, args.dry_run),
         Command::Doctor(args) => crate::doctor::command(&args.engine),
+        Command::Plugin(args) => {
+            let base = args.engine.request(&[], Vec::new())?;
+            crate::plugin::run(crate::plugin::PluginConfig {
+                socket: args.socket,
+                deadline: Duration::from_millis(args.deadline_ms),
+                noop: args.noop,
+                sweep: Duration::from_secs(args.sweep_interval),
+                events: !args.no_events,
+                docker: args.engine.docker_options(),
+                base,
+                fault: args.fault,
+            })?;
+            Ok(EXIT_CLEAN)
+        }
     }
 }
 
@@ -357,55 +423,6 @@ pub(crate) fn resolve_containers(
     Ok((Some(docker), containers))
 }
 
-/// The release scope for a container: its copies in dockerd's namespace stay while it runs.
-pub(crate) fn container_scope(
-    docker: &Docker,
-    container: &crate::docker::Container,
-    everywhere: bool,
-) -> Scope {
-    let protected = if !container.is_running() {
-        Vec::new()
-    } else if let Some(ns) = docker.daemon.mnt_ns {
-        vec![(
-            ns,
-            format!(
-                "dockerd's namespace (pid {}), and container {} is running",
-                docker.daemon.pid.unwrap_or_default(),
-                container.name
-            ),
-        )]
-    } else {
-        // dockerd is not there to ask: its namespace is most likely ours.
-        let own = std::fs::metadata("/proc/self/ns/mnt")
-            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
-            .unwrap_or_default();
-        vec![(
-            own,
-            format!(
-                "mntreap's own namespace: dockerd's is unknown (not running?) and container {} \
-                 is running",
-                container.name
-            ),
-        )]
-    };
-    // The container's own namespace has the layer as its root: in use, never touched.
-    let mut protected = protected;
-    if let Some(ns) = container.pid.and_then(|pid| {
-        std::fs::metadata(format!("/proc/{pid}/ns/mnt"))
-            .ok()
-            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
-    }) {
-        protected.push((
-            ns,
-            format!("container {}'s own namespace (its root)", container.name),
-        ));
-    }
-    Scope {
-        everywhere,
-        protected: Some(protected),
-    }
-}
-
 fn release_command(args: ReleaseArgs) -> Result<u8, Failure> {
     let e = &args.engine;
     if args.containers.is_empty() && args.paths.is_empty() {
@@ -430,7 +447,7 @@ fn release_command(args: ReleaseArgs) -> Result<u8, Failure> {
     for c in &containers {
         let docker = docker.as_ref().expect("containers come with a daemon");
         let req = e.container_request(c)?;
-        let scope = container_scope(docker, c, args.everywhere);
+        let scope = crate::docker::release_scope(&docker.daemon, c, args.everywhere);
         releases.push((Some(c), release::run(&req, scope, args.dry_run)?));
     }
     let remaining = releases

@@ -14,6 +14,9 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::release::Scope;
+use crate::scan::ScanRequest;
+
 /// Where to find the daemon, and how.
 #[derive(Debug, Clone)]
 pub struct DockerOptions {
@@ -386,6 +389,61 @@ impl Docker {
             Ok(Err(e)) => Err(e.to_string()),
             Ok(Ok(())) => Ok(()),
         }
+    }
+}
+
+/// The scan request for one container: `base`'s settings, the container's mount paths
+/// and its layer's upperdir signature.
+pub fn container_request(base: &ScanRequest, c: &Container) -> ScanRequest {
+    ScanRequest {
+        targets: c.paths.clone(),
+        layer_signatures: c.upperdir.iter().cloned().collect(),
+        ..base.clone()
+    }
+}
+
+/// The release scope for a container: its copies in dockerd's namespace stay while it runs.
+pub fn release_scope(daemon: &Daemon, container: &Container, everywhere: bool) -> Scope {
+    let protected = if !container.is_running() {
+        Vec::new()
+    } else if let Some(ns) = daemon.mnt_ns {
+        vec![(
+            ns,
+            format!(
+                "dockerd's namespace (pid {}), and container {} is running",
+                daemon.pid.unwrap_or_default(),
+                container.name
+            ),
+        )]
+    } else {
+        // dockerd is not there to ask: its namespace is most likely ours.
+        let own = std::fs::metadata("/proc/self/ns/mnt")
+            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+            .unwrap_or_default();
+        vec![(
+            own,
+            format!(
+                "mntreap's own namespace: dockerd's is unknown (not running?) and container {} \
+                 is running",
+                container.name
+            ),
+        )]
+    };
+    // The container's own namespace has the layer as its root: in use, never touched.
+    let mut protected = protected;
+    if let Some(ns) = container.pid.and_then(|pid| {
+        std::fs::metadata(format!("/proc/{pid}/ns/mnt"))
+            .ok()
+            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+    }) {
+        protected.push((
+            ns,
+            format!("container {}'s own namespace (its root)", container.name),
+        ));
+    }
+    Scope {
+        everywhere,
+        protected: Some(protected),
     }
 }
 

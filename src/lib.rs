@@ -13,6 +13,7 @@ pub mod mountinfo;
 pub mod namespace;
 pub mod node_report;
 pub mod nsexec;
+pub mod plugin;
 pub mod policy;
 pub mod reap;
 pub mod release;

@@ -55,10 +55,13 @@ pub fn with_worker<R: Send>(
         path: proc_root.to_path_buf(),
         source,
     })?;
+    // Events logged on the worker keep the caller's context (which call, which container).
+    let parent = tracing::Span::current();
     std::thread::scope(|scope| {
         let handle = std::thread::Builder::new()
             .name("mntreap-ns".into())
             .spawn_scoped(scope, move || -> Result<R, NsError> {
+                let _parent = parent.enter();
                 // From here on this thread's root, cwd and namespace are its own.
                 nix::sched::unshare(CloneFlags::CLONE_FS).map_err(NsError::UnshareFs)?;
                 let mut worker = NsWorker {

@@ -6,7 +6,7 @@
 
 use serde_json::{Value, json};
 
-use crate::cli::{EngineArgs, Failure, container_scope, print};
+use crate::cli::{EngineArgs, Failure, print};
 use crate::release;
 use crate::report;
 
@@ -30,7 +30,7 @@ pub(crate) fn command(e: &EngineArgs, names: &[String], dry_run: bool) -> Result
     let mut all_removed = true;
     for c in &containers {
         let req = e.container_request(c)?;
-        let scope = container_scope(&docker, c, false);
+        let scope = crate::docker::release_scope(&docker.daemon, c, false);
         let rel = release::run(&req, scope, dry_run)?;
         let removal: Result<(), String> = if dry_run {
             Ok(())

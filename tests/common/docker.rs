@@ -14,6 +14,8 @@ pub struct DockerDaemon {
     live_restore: bool,
     /// `unshare` arguments to start dockerd in a namespace of its own (MountFlags=slave).
     unshare: Vec<&'static str>,
+    /// More dockerd flags (an authorization plugin, ...).
+    extra: Vec<String>,
     child: Option<Child>,
 }
 
@@ -24,6 +26,16 @@ impl DockerDaemon {
         live_restore: bool,
         unshare: &[&'static str],
     ) -> DockerDaemon {
+        Self::start_with(sb, name, live_restore, unshare, &[])
+    }
+
+    pub fn start_with(
+        sb: &Sandbox,
+        name: &str,
+        live_restore: bool,
+        unshare: &[&'static str],
+        extra: &[String],
+    ) -> DockerDaemon {
         let dir = PathBuf::from(format!("/tmp/mntreap-docker-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
@@ -32,6 +44,7 @@ impl DockerDaemon {
             sandbox_pid: sb.host_pid(),
             live_restore,
             unshare: unshare.to_vec(),
+            extra: extra.to_vec(),
             child: None,
         };
         d.spawn();
@@ -90,6 +103,7 @@ impl DockerDaemon {
         if self.live_restore {
             cmd.arg("--live-restore");
         }
+        cmd.args(&self.extra);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)

@@ -1,0 +1,441 @@
+//! `mntreap plugin`: a Docker authorization plugin (`docker.authz/1.0`) that releases a
+//! container's leaked copies before Docker stops or removes it.
+//!
+//! An authz plugin sits on every API call, and a slow or absent one stalls the whole API
+//! (NOTES.md §3). So: it always allows and never denies; calls it does not care about are
+//! answered at once from pre-serialised bytes; cleanup runs on the blocking pool with its
+//! own deadline, after which the call is allowed anyway (the cleanup finishes in the
+//! background); connections are served concurrently, with keep-alive. Containers are
+//! resolved from the data root, so the hot path never calls back into the daemon.
+//!
+//! The same process runs the backstop: it follows the daemon's event stream (`die`: `docker
+//! run --rm` and prune never send a DELETE) and sweeps the node periodically. Every
+//! release is a JSON audit line on stdout, which the daemon copies into its log.
+
+use std::convert::Infallible;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use tracing::{Instrument, info, info_span, warn};
+
+use crate::docker::{self, DockerOptions};
+use crate::release;
+use crate::scan::ScanRequest;
+
+/// Everything the plugin is configured with (from flags, or plugin settings via env).
+#[derive(Debug, Clone)]
+pub struct PluginConfig {
+    pub socket: PathBuf,
+    /// How long a cleanup may hold an API call.
+    pub deadline: Duration,
+    /// Answer everything with allow and do nothing else (the benchmark's floor).
+    pub noop: bool,
+    /// Seconds between node sweeps; zero: no sweeping.
+    pub sweep: Duration,
+    /// Follow the daemon's event stream.
+    pub events: bool,
+    pub docker: DockerOptions,
+    /// Backend, threads and procfs for scans (targets filled per container).
+    pub base: ScanRequest,
+    /// Testing aid: make every cleanup fail, or take this long first.
+    pub fault: Option<Fault>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    Fail,
+    Slow(Duration),
+}
+
+impl std::str::FromStr for Fault {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Fault, String> {
+        match s.split_once(':') {
+            None if s == "fail" => Ok(Fault::Fail),
+            Some(("slow", ms)) => ms
+                .parse()
+                .map(|ms| Fault::Slow(Duration::from_millis(ms)))
+                .map_err(|e| format!("slow:<milliseconds>: {e}")),
+            _ => Err(format!("{s:?}: expected `fail` or `slow:<milliseconds>`")),
+        }
+    }
+}
+
+const ACTIVATE: &[u8] = br#"{"Implements":["authz"]}"#;
+const ALLOW: &[u8] = br#"{"Allow":true}"#;
+
+/// What an API call means for a container's layer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Trigger {
+    /// Stop, kill, restart or remove: the daemon will Put (and maybe Remove) its layer.
+    Container { id: String, action: &'static str },
+    /// `POST /containers/prune`: every stopped container goes.
+    Prune,
+}
+
+/// Which calls lead to a layer's Put/Remove: `DELETE /containers/{id}`,
+/// `POST /containers/{id}/stop|kill|restart`, `POST /containers/prune`, with or without
+/// an API version prefix and a query.
+pub fn trigger(method: &str, uri: &str) -> Option<Trigger> {
+    let path = uri.split('?').next().unwrap_or(uri);
+    let path = match path.strip_prefix("/v") {
+        Some(rest) if rest.starts_with(|c: char| c.is_ascii_digit()) => &rest[rest.find('/')?..],
+        _ => path,
+    };
+    let mut parts = path.strip_prefix("/containers/")?.split('/');
+    let first = parts.next()?;
+    let second = parts.next();
+    if parts.next().is_some() || first.is_empty() {
+        return None;
+    }
+    match (method, first, second) {
+        ("POST", "prune", None) => Some(Trigger::Prune),
+        ("DELETE", id, None) => Some(Trigger::Container {
+            id: id.into(),
+            action: "remove",
+        }),
+        ("POST", id, Some(action @ ("stop" | "kill" | "restart"))) => Some(Trigger::Container {
+            id: id.into(),
+            action: match action {
+                "stop" => "stop",
+                "kill" => "kill",
+                _ => "restart",
+            },
+        }),
+        _ => None,
+    }
+}
+
+/// The fields of an AuthZ request the plugin reads; the rest (body, headers) is skipped.
+#[derive(serde::Deserialize)]
+struct AuthZRequest<'a> {
+    #[serde(rename = "RequestMethod", borrow, default)]
+    method: Option<std::borrow::Cow<'a, str>>,
+    #[serde(rename = "RequestUri", borrow, default)]
+    uri: Option<std::borrow::Cow<'a, str>>,
+}
+
+struct State {
+    config: PluginConfig,
+    /// Bounds concurrent cleanups; a call that cannot get a permit in time is allowed.
+    permits: Arc<tokio::sync::Semaphore>,
+}
+
+/// Serves the plugin until SIGTERM or SIGINT.
+pub fn run(config: PluginConfig) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(serve(config))
+}
+
+async fn serve(config: PluginConfig) -> anyhow::Result<()> {
+    if let Some(dir) = config.socket.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let _ = std::fs::remove_file(&config.socket);
+    let listener = tokio::net::UnixListener::bind(&config.socket)
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.socket.display()))?;
+    info!(socket = %config.socket.display(), noop = config.noop, deadline_ms = config.deadline.as_millis() as u64, "plugin listening");
+    let state = Arc::new(State {
+        permits: Arc::new(tokio::sync::Semaphore::new(4)),
+        config,
+    });
+    if !state.config.noop {
+        if state.config.events {
+            tokio::spawn(follow_events(state.clone()));
+        }
+        if !state.config.sweep.is_zero() {
+            tokio::spawn(sweep_periodically(state.clone()));
+        }
+    }
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, _) = match accepted {
+                    Ok(c) => c,
+                    Err(e) => { warn!(error = %e, "accept failed"); continue; }
+                };
+                let state = state.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req| handle(state.clone(), req));
+                    let io = hyper_util::rt::TokioIo::new(stream);
+                    if let Err(e) = hyper::server::conn::http1::Builder::new()
+                        .keep_alive(true)
+                        .serve_connection(io, service)
+                        .await
+                    {
+                        tracing::debug!(error = %e, "connection ended");
+                    }
+                });
+            }
+            _ = term.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+        }
+    }
+    info!("plugin stopping");
+    let _ = std::fs::remove_file(&state.config.socket);
+    Ok(())
+}
+
+fn reply(status: u16, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header("Content-Type", "application/vnd.docker.plugins.v1+json")
+        .body(Full::new(body.into()))
+        .expect("a static response is valid")
+}
+
+async fn handle(
+    state: Arc<State>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let path = req.uri().path().to_owned();
+    match path.as_str() {
+        "/Plugin.Activate" => Ok(reply(200, Bytes::from_static(ACTIVATE))),
+        "/AuthZPlugin.AuthZRes" => Ok(reply(200, Bytes::from_static(ALLOW))),
+        "/AuthZPlugin.AuthZReq" => {
+            let body = match req.into_body().collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(e) => return Ok(error_reply(&format!("reading the request: {e}"))),
+            };
+            if state.config.noop {
+                return Ok(reply(200, Bytes::from_static(ALLOW)));
+            }
+            let parsed: AuthZRequest = match serde_json::from_slice(&body) {
+                Ok(p) => p,
+                Err(e) => return Ok(error_reply(&format!("malformed AuthZ request: {e}"))),
+            };
+            let (Some(method), Some(uri)) = (parsed.method, parsed.uri) else {
+                return Ok(error_reply(
+                    "malformed AuthZ request: no RequestMethod or RequestUri",
+                ));
+            };
+            if let Some(t) = trigger(&method, &uri) {
+                let call = format!("{method} {uri}");
+                cleanup_within_deadline(&state, t, call).await;
+            }
+            Ok(reply(200, Bytes::from_static(ALLOW)))
+        }
+        _ => Ok(error_reply(&format!("unknown plugin endpoint {path}"))),
+    }
+}
+
+/// An error for this call only (Docker fails the call; it never comes from a real daemon).
+fn error_reply(msg: &str) -> Response<Full<Bytes>> {
+    warn!(error = %msg, "bad plugin request");
+    let body = serde_json::json!({"Allow": false, "Err": msg}).to_string();
+    reply(200, body)
+}
+
+/// Runs the cleanup for `t`, waiting at most the deadline (permit included).
+async fn cleanup_within_deadline(state: &Arc<State>, t: Trigger, call: String) {
+    let deadline = state.config.deadline;
+    let started = tokio::time::Instant::now();
+    let permit = match tokio::time::timeout(deadline, state.permits.clone().acquire_owned()).await {
+        Ok(Ok(p)) => p,
+        _ => {
+            warn!(%call, "no cleanup slot within the deadline; allowed without cleanup");
+            return;
+        }
+    };
+    let worker_state = state.clone();
+    let span = info_span!("plugin", call = %call);
+    let job = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        let _g = span.enter();
+        cleanup(&worker_state.config, &t, true)
+    });
+    let left = deadline.saturating_sub(started.elapsed());
+    match tokio::time::timeout(left, job).await {
+        Ok(Ok(Ok(n))) => info!(%call, released = n, "cleanup done"),
+        Ok(Ok(Err(e))) => warn!(%call, error = %e, "cleanup failed; call allowed"),
+        Ok(Err(e)) => warn!(%call, error = %e, "cleanup panicked; call allowed"),
+        Err(_) => {
+            warn!(%call, deadline_ms = deadline.as_millis() as u64, "cleanup exceeded its deadline; call allowed, cleanup goes on in the background")
+        }
+    }
+}
+
+/// Releases the foreign copies of the trigger's containers; returns how many copies went.
+/// `before_daemon`: the daemon has not acted yet, so its own copy of a running container is
+/// kept (and, after a `die`, the daemon unmounts its copy itself).
+fn cleanup(config: &PluginConfig, t: &Trigger, before_daemon: bool) -> anyhow::Result<usize> {
+    match config.fault {
+        Some(Fault::Fail) => anyhow::bail!("injected failure (MNTREAP_FAULT=fail)"),
+        Some(Fault::Slow(d)) => std::thread::sleep(d),
+        None => {}
+    }
+    let offline = DockerOptions {
+        offline: true,
+        ..config.docker.clone()
+    };
+    let docker = docker::Docker::connect(&offline)?;
+    let containers = match t {
+        Trigger::Container { id, .. } => docker.resolve(std::slice::from_ref(id))?,
+        Trigger::Prune => docker
+            .list()?
+            .into_iter()
+            .filter(|c| !c.is_running())
+            .collect(),
+    };
+    let mut released = 0;
+    for c in &containers {
+        let span = info_span!("container", container = %c.name, id = %c.id);
+        let _g = span.enter();
+        let req = docker::container_request(&config.base, c);
+        let mut scope = docker::release_scope(&docker.daemon, c, false);
+        // dockerd's own copy is the daemon's to unmount in its Put.
+        if before_daemon
+            && let (Some(list), Some(ns)) = (scope.protected.as_mut(), docker.daemon.mnt_ns)
+            && !list.iter().any(|(i, _)| *i == ns)
+        {
+            list.push((
+                ns,
+                "dockerd's namespace: the daemon unmounts its own copy".into(),
+            ));
+        }
+        let rel = release::run(&req, scope, false)?;
+        released += rel
+            .results
+            .iter()
+            .filter(|r| {
+                matches!(
+                    r.outcome,
+                    release::Outcome::Unmounted | release::Outcome::Detached { .. }
+                )
+            })
+            .count();
+    }
+    Ok(released)
+}
+
+/// Backstop: `die` events lead to the same cleanup (for `run --rm`, prune, restarts).
+async fn follow_events(state: Arc<State>) {
+    use futures_util::StreamExt;
+    loop {
+        let socket = state
+            .config
+            .docker
+            .socket()
+            .unwrap_or_else(|_| PathBuf::from(docker::DEFAULT_SOCKET));
+        let client = match bollard::Docker::connect_with_unix(
+            &socket.to_string_lossy(),
+            120,
+            &bollard::ClientVersion {
+                major_version: 1,
+                minor_version: 38,
+            },
+        ) {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(error = %e, "cannot reach dockerd for events; retrying");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                continue;
+            }
+        };
+        let filters = std::collections::HashMap::from([
+            ("type".to_string(), vec!["container".to_string()]),
+            ("event".to_string(), vec!["die".to_string()]),
+        ]);
+        let options = bollard::query_parameters::EventsOptionsBuilder::new()
+            .filters(&filters)
+            .build();
+        let mut events = client.events(Some(options));
+        while let Some(event) = events.next().await {
+            let Ok(event) = event else { break };
+            let Some(id) = event.actor.and_then(|a| a.id) else {
+                continue;
+            };
+            let t = Trigger::Container {
+                id: id.clone(),
+                action: "die",
+            };
+            let worker = state.clone();
+            tokio::task::spawn_blocking(move || {
+                let span = info_span!("plugin", call = "event die", container_id = %id);
+                let _g = span.enter();
+                if let Err(e) = cleanup(&worker.config, &t, false) {
+                    warn!(error = %e, "backstop cleanup failed");
+                }
+            });
+        }
+        warn!("event stream ended; reconnecting");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Backstop: every few seconds, release foreign copies of stopped containers' mounts.
+async fn sweep_periodically(state: Arc<State>) {
+    loop {
+        tokio::time::sleep(state.config.sweep).await;
+        let worker = state.clone();
+        let job = tokio::task::spawn_blocking(move || {
+            let span = info_span!("plugin", call = "sweep");
+            let _g = span.enter();
+            cleanup(&worker.config, &Trigger::Prune, false)
+        })
+        .instrument(info_span!("sweep"));
+        match job.await {
+            Ok(Ok(n)) if n > 0 => info!(released = n, "sweep released copies"),
+            Ok(Err(e)) => warn!(error = %e, "sweep failed"),
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn triggers_are_the_calls_that_put_or_remove_layers() {
+        let c = |id: &str, action| {
+            Some(Trigger::Container {
+                id: id.into(),
+                action,
+            })
+        };
+        assert_eq!(
+            trigger("DELETE", "/v1.41/containers/web?force=1"),
+            c("web", "remove")
+        );
+        assert_eq!(trigger("DELETE", "/containers/abc"), c("abc", "remove"));
+        assert_eq!(
+            trigger("POST", "/v1.41/containers/web/stop?t=10"),
+            c("web", "stop")
+        );
+        assert_eq!(trigger("POST", "/containers/web/kill"), c("web", "kill"));
+        assert_eq!(
+            trigger("POST", "/v1.24/containers/web/restart"),
+            c("web", "restart")
+        );
+        assert_eq!(
+            trigger("POST", "/v1.41/containers/prune"),
+            Some(Trigger::Prune)
+        );
+        assert_eq!(trigger("GET", "/v1.41/containers/json"), None);
+        assert_eq!(trigger("POST", "/v1.41/containers/web/start"), None);
+        assert_eq!(trigger("GET", "/containers/web/json"), None);
+        assert_eq!(trigger("DELETE", "/v1.41/images/web"), None);
+        assert_eq!(trigger("DELETE", "/containers/"), None);
+        assert_eq!(trigger("POST", "/volumes/prune"), None);
+    }
+
+    #[test]
+    fn faults_parse() {
+        assert_eq!("fail".parse::<Fault>(), Ok(Fault::Fail));
+        assert_eq!(
+            "slow:1500".parse::<Fault>(),
+            Ok(Fault::Slow(Duration::from_millis(1500)))
+        );
+        assert!("slow".parse::<Fault>().is_err());
+    }
+}
