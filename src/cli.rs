@@ -135,6 +135,9 @@ pub(crate) struct DockerArgs {
     /// How long dockerd has to answer (seconds).
     #[arg(long, default_value_t = 3)]
     docker_timeout: u64,
+    /// Where the host's files are seen from here (`/proc/1/root` inside a managed plugin).
+    #[arg(long, env = "MNTREAP_HOST_ROOT", default_value = "/")]
+    host_root: PathBuf,
 }
 
 #[derive(Args, Debug)]
@@ -259,6 +262,7 @@ impl EngineArgs {
             root: self.docker.docker_root.clone(),
             offline: self.docker.offline,
             timeout: Duration::from_secs(self.docker.docker_timeout.max(1)),
+            host_root: self.docker.host_root.clone(),
         }
     }
 

@@ -29,6 +29,18 @@ pub struct DockerOptions {
     pub offline: bool,
     /// How long the daemon has to answer each call.
     pub timeout: Duration,
+    /// Where this process sees the host's files: `/`, or `/proc/1/root` inside a managed
+    /// plugin (which then needs no mount of the data root, and so holds no layer mount).
+    pub host_root: PathBuf,
+}
+
+/// A host path as this process can read it, through `host_root`.
+pub fn on_host(host_root: &Path, path: &Path) -> PathBuf {
+    if host_root == Path::new("/") {
+        path.to_path_buf()
+    } else {
+        host_root.join(path.strip_prefix("/").unwrap_or(path))
+    }
 }
 
 pub const DEFAULT_SOCKET: &str = "/var/run/docker.sock";
@@ -88,6 +100,8 @@ pub struct Daemon {
     pub live_restore: Option<bool>,
     /// Why the data root was used instead of the API.
     pub offline_reason: Option<String>,
+    #[serde(skip)]
+    pub host_root: PathBuf,
 }
 
 /// Docker resolution failed: nothing was done.
@@ -149,9 +163,10 @@ impl Docker {
             mnt_ns: None,
             live_restore: None,
             offline_reason: None,
+            host_root: opts.host_root.clone(),
         };
         // Who listens on the socket, whether or not it answers HTTP.
-        if let Ok(stream) = UnixStream::connect(&socket)
+        if let Ok(stream) = UnixStream::connect(on_host(&opts.host_root, &socket))
             && let Ok(cred) = nix::sys::socket::getsockopt(
                 &stream.as_fd(),
                 nix::sys::socket::sockopt::PeerCredentials,
@@ -170,7 +185,7 @@ impl Docker {
                 timeout: opts.timeout,
             });
         }
-        match Self::api(&socket, opts.timeout) {
+        match Self::api(&on_host(&opts.host_root, &socket), opts.timeout) {
             Ok((rt, client, info)) => {
                 daemon.via = Via::Api;
                 if let Some(root) = info.docker_root_dir {
@@ -325,19 +340,21 @@ impl Docker {
 
     fn list_offline(&self) -> Result<Vec<Container>, DockerError> {
         let dir = self.daemon.root.join("containers");
-        let entries = std::fs::read_dir(&dir).map_err(|e| DockerError::Unreachable {
-            socket: self.daemon.socket.display().to_string(),
-            reason: self
-                .daemon
-                .offline_reason
-                .clone()
-                .unwrap_or_else(|| "not asked".into()),
-            root: self.daemon.root.display().to_string(),
-            error: format!("{}: {e}", dir.display()),
+        let entries = std::fs::read_dir(on_host(&self.daemon.host_root, &dir)).map_err(|e| {
+            DockerError::Unreachable {
+                socket: self.daemon.socket.display().to_string(),
+                reason: self
+                    .daemon
+                    .offline_reason
+                    .clone()
+                    .unwrap_or_else(|| "not asked".into()),
+                root: self.daemon.root.display().to_string(),
+                error: format!("{}: {e}", dir.display()),
+            }
         })?;
         let mut out: Vec<Container> = entries
             .filter_map(|e| e.ok())
-            .filter_map(|e| read_config(&self.daemon.root, &e.path()))
+            .filter_map(|e| read_config(&self.daemon.root, &self.daemon.host_root, &e.path()))
             .collect();
         out.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(out)
@@ -354,6 +371,7 @@ impl Docker {
         let pid = state.pid.filter(|&p| p > 0).map(|p| p as i32);
         container(
             &self.daemon.root,
+            &self.daemon.host_root,
             id,
             c.name.unwrap_or_default(),
             status,
@@ -507,7 +525,8 @@ struct StateV2 {
     started_at: String,
 }
 
-fn read_config(root: &Path, dir: &Path) -> Option<Container> {
+/// Reads `dir/config.v2.json` (`dir` as this process sees it).
+fn read_config(root: &Path, host_root: &Path, dir: &Path) -> Option<Container> {
     let text = std::fs::read(dir.join("config.v2.json")).ok()?;
     let c: ConfigV2 = serde_json::from_slice(&text).ok()?;
     // The same status words the API derives from the same fields (container/state.go).
@@ -528,11 +547,20 @@ fn read_config(root: &Path, dir: &Path) -> Option<Container> {
         "exited"
     };
     let pid = (s.running && s.pid > 0).then_some(s.pid as i32);
-    Some(container(root, c.id, c.name, status.into(), pid, c.driver))
+    Some(container(
+        root,
+        host_root,
+        c.id,
+        c.name,
+        status.into(),
+        pid,
+        c.driver,
+    ))
 }
 
 fn container(
     root: &Path,
+    host_root: &Path,
     id: String,
     name: String,
     state: String,
@@ -545,7 +573,7 @@ fn container(
         .join("layerdb/mounts")
         .join(&id);
     let read_id = |f: &str| {
-        std::fs::read_to_string(layerdb.join(f))
+        std::fs::read_to_string(on_host(host_root, &layerdb.join(f)))
             .ok()
             .map(|s| s.trim().to_string())
             .filter(|s| !s.is_empty())

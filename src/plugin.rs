@@ -48,6 +48,8 @@ pub struct PluginConfig {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
+    /// No fault (an empty setting, as a managed plugin's declared default).
+    Off,
     Fail,
     Slow(Duration),
 }
@@ -56,6 +58,7 @@ impl std::str::FromStr for Fault {
     type Err = String;
     fn from_str(s: &str) -> Result<Fault, String> {
         match s.split_once(':') {
+            None if s.is_empty() || s == "off" => Ok(Fault::Off),
             None if s == "fail" => Ok(Fault::Fail),
             Some(("slow", ms)) => ms
                 .parse()
@@ -271,7 +274,7 @@ fn cleanup(config: &PluginConfig, t: &Trigger, before_daemon: bool) -> anyhow::R
     match config.fault {
         Some(Fault::Fail) => anyhow::bail!("injected failure (MNTREAP_FAULT=fail)"),
         Some(Fault::Slow(d)) => std::thread::sleep(d),
-        None => {}
+        Some(Fault::Off) | None => {}
     }
     let offline = DockerOptions {
         offline: true,
@@ -326,6 +329,7 @@ async fn follow_events(state: Arc<State>) {
             .docker
             .socket()
             .unwrap_or_else(|_| PathBuf::from(docker::DEFAULT_SOCKET));
+        let socket = docker::on_host(&state.config.docker.host_root, &socket);
         let client = match bollard::Docker::connect_with_unix(
             &socket.to_string_lossy(),
             120,
@@ -437,5 +441,6 @@ mod tests {
             Ok(Fault::Slow(Duration::from_millis(1500)))
         );
         assert!("slow".parse::<Fault>().is_err());
+        assert_eq!("".parse::<Fault>(), Ok(Fault::Off));
     }
 }

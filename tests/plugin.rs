@@ -268,3 +268,55 @@ fn a_thousand_concurrent_api_calls_through_the_plugin() {
     });
     assert_eq!(failures, 0);
 }
+
+#[test]
+fn managed_plugin_built_created_and_enabled() {
+    let mut sb = Sandbox::new("pl-managed");
+    let dk = DockerDaemon::start(&sb, "plmanaged", false, &[]);
+    let name = format!("mntreap-test-managed-{}", std::process::id());
+    let build = Command::new("bash")
+        .args([
+            concat!(env!("CARGO_MANIFEST_DIR"), "/docker-plugin/build.sh"),
+            &name,
+        ])
+        .env("DOCKER_HOST", dk.host())
+        .output()
+        .unwrap();
+    assert!(
+        build.status.success(),
+        "build.sh: {}",
+        String::from_utf8_lossy(&build.stderr)
+    );
+    dk.docker_ok(&[
+        "plugin",
+        "set",
+        &name,
+        &format!("MNTREAP_DOCKER_ROOT={}", dk.root()),
+        &format!("DOCKER_HOST={}", dk.host()),
+        // This machine's pid 1 refuses ptrace-mode access, so /proc/1/root (the default)
+        // is not readable here; dockerd's root shows the same files.
+        &format!("MNTREAP_HOST_ROOT=/proc/{}/root", dk.pid()),
+    ]);
+    dk.docker_ok(&["plugin", "enable", &name]);
+    dk.reconfigure(&format!(r#"{{"authorization-plugins": ["{name}"]}}"#));
+    dk.run("web");
+    let merged = dk.merged("web");
+    let service = sb.holder(None, None);
+    dk.docker_ok(&["rm", "-f", "web"]);
+    assert!(!has_mount_at(service, &merged));
+    // The daemon copies the plugin's output into its own log.
+    let log = dk.log();
+    let ns = ns_inode(service).to_string();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("mntreap::audit") && l.contains(&ns) && l.contains("unmounted")),
+        "no audit line for namespace {ns} in dockerd's log:\n{}",
+        log.lines()
+            .filter(|l| l.contains("plugin"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    dk.reconfigure("{}");
+    let _ = dk.docker(&["plugin", "disable", "-f", &name]);
+    let _ = dk.docker(&["plugin", "rm", "-f", &name]);
+}

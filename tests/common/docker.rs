@@ -75,6 +75,9 @@ impl DockerDaemon {
     /// Starts dockerd (again), and waits until it answers.
     pub fn spawn(&mut self) {
         let d = self.d();
+        if !std::path::Path::new(&format!("{d}/daemon.json")).exists() {
+            std::fs::write(format!("{d}/daemon.json"), "{}").unwrap();
+        }
         // After a kill -9, a stale containerd pid file (its process gone or a zombie) makes
         // the new dockerd wait forever; a live containerd is reused.
         let pidfile = format!("{d}/exec/containerd/containerd.pid");
@@ -99,6 +102,8 @@ impl DockerDaemon {
             &format!("{d}/pid"),
             "--iptables=false",
             "--bridge=none",
+            "--config-file",
+            &format!("{d}/daemon.json"),
         ]);
         if self.live_restore {
             cmd.arg("--live-restore");
@@ -196,6 +201,20 @@ impl DockerDaemon {
             "--format",
             "{{.GraphDriver.Data.UpperDir}}",
         ])
+    }
+
+    /// Rewrites daemon.json and makes dockerd reload it (SIGHUP).
+    pub fn reconfigure(&self, json: &str) {
+        std::fs::write(format!("{}/daemon.json", self.d()), json).unwrap();
+        let _ = Command::new("kill")
+            .args(["-HUP", &self.pid().to_string()])
+            .status();
+        // The reload is asynchronous; dockerd logs it.
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(format!("{}/dockerd.log", self.d())).unwrap_or_default()
     }
 
     /// The crash of the first write-up: SIGKILL, no cleanup.
