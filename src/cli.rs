@@ -63,6 +63,45 @@ enum Command {
     /// Serve the Docker authorization plugin (docker.authz/1.0) that releases a container's
     /// leaked copies before Docker stops or removes it.
     Plugin(PluginArgs),
+    /// Run the node agent: event-driven and periodic release, metrics, preStop hook socket.
+    Agent(AgentArgs),
+    /// Clients of the agent's hook socket.
+    #[command(subcommand)]
+    Hook(HookCommand),
+}
+
+#[derive(Args, Debug)]
+struct AgentArgs {
+    /// Seconds between sweeps over the node-wide report (0: off).
+    #[arg(long, default_value_t = 60)]
+    sweep_interval: u64,
+    /// Where to serve /metrics and /healthz ("off" to disable).
+    #[arg(long, default_value = "127.0.0.1:9477")]
+    metrics_addr: String,
+    /// The hook socket pods reach from their preStop hook.
+    #[arg(long, default_value = "/run/mntreap/hook.sock")]
+    hook_socket: PathBuf,
+    /// Leave a namespace or process alone: ns:<inode>, pid:<pid>, comm:<name> (repeatable).
+    #[arg(long, value_name = "WHAT")]
+    exclude: Vec<crate::agent::Exclude>,
+    /// Do not follow the daemon's event stream.
+    #[arg(long)]
+    no_events: bool,
+    #[command(flatten)]
+    engine: EngineArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum HookCommand {
+    /// Ask the agent to release this container's foreign copies (a pod's preStop hook).
+    PreStop {
+        /// The agent's hook socket (mounted into the pod).
+        #[arg(long, default_value = "/run/mntreap/hook.sock")]
+        socket: PathBuf,
+        /// Which container (default: the caller's own; any other is refused).
+        #[arg(long)]
+        container: Option<String>,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -189,7 +228,7 @@ struct DoctorArgs {
 /// Runs the command line; returns the process exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    if matches!(cli.command, Command::Plugin(_)) {
+    if matches!(cli.command, Command::Plugin(_) | Command::Agent(_)) {
         init_plugin_logging(cli.verbose);
     } else {
         init_logging(cli.log_format, cli.verbose);
@@ -351,6 +390,37 @@ fn run(command: Command) -> Result<u8, Failure> {
         Command::Release(args) => release_command(args),
         Command::Reap(args) => crate::reap::command(&args.engine, &args.containers, args.dry_run),
         Command::Doctor(args) => crate::doctor::command(&args.engine),
+        Command::Agent(args) => {
+            let base = args.engine.request(&[], Vec::new())?;
+            let metrics_addr = match args.metrics_addr.as_str() {
+                "off" => None,
+                a => Some(a.parse().map_err(|e| {
+                    Failure::Usage(format!("--metrics-addr {a:?}: {e} (host:port, or off)"))
+                })?),
+            };
+            crate::agent::run(crate::agent::AgentConfig {
+                sweep: Duration::from_secs(args.sweep_interval),
+                metrics_addr,
+                hook_socket: Some(args.hook_socket),
+                exclude: args.exclude,
+                events: !args.no_events,
+                docker: args.engine.docker_options(),
+                base,
+            })?;
+            Ok(EXIT_CLEAN)
+        }
+        Command::Hook(HookCommand::PreStop { socket, container }) => {
+            let (ok, reply) = crate::agent::hook_client(&socket, container.as_deref())?;
+            print(&reply);
+            if ok {
+                Ok(EXIT_CLEAN)
+            } else {
+                let v: serde_json::Value = serde_json::from_str(&reply).unwrap_or_default();
+                Err(Failure::Usage(
+                    v["error"].as_str().unwrap_or("refused").to_string(),
+                ))
+            }
+        }
         Command::Plugin(args) => {
             let base = args.engine.request(&[], Vec::new())?;
             crate::plugin::run(crate::plugin::PluginConfig {

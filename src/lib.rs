@@ -6,6 +6,7 @@
 //! holders; [`release`] turns a scan into a plan and executes it inside each namespace on a
 //! dedicated thread ([`nsexec`]). All raw system calls live in `sys`.
 
+pub mod agent;
 pub mod cli;
 pub mod docker;
 pub mod doctor;

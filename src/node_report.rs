@@ -232,7 +232,7 @@ pub struct Finding {
 
 /// Roots whose mounts the node-wide report looks at: docker's, and the other runtimes'
 /// that exist here.
-fn node_roots(daemon: &Daemon, extra: &[PathBuf]) -> Vec<PathBuf> {
+pub fn node_roots(daemon: &Daemon, extra: &[PathBuf]) -> Vec<PathBuf> {
     let mut roots = vec![daemon.root.clone()];
     for r in ["/var/lib/containerd", "/run/containerd", "/var/lib/kubelet"]
         .iter()

@@ -254,7 +254,13 @@ async fn cleanup_within_deadline(state: &Arc<State>, t: Trigger, call: String) {
     let job = tokio::task::spawn_blocking(move || {
         let _permit = permit;
         let _g = span.enter();
-        cleanup(&worker_state.config, &t, true)
+        cleanup(
+            &worker_state.config.docker,
+            &worker_state.config.base,
+            worker_state.config.fault,
+            &t,
+            true,
+        )
     });
     let left = deadline.saturating_sub(started.elapsed());
     match tokio::time::timeout(left, job).await {
@@ -270,15 +276,21 @@ async fn cleanup_within_deadline(state: &Arc<State>, t: Trigger, call: String) {
 /// Releases the foreign copies of the trigger's containers; returns how many copies went.
 /// `before_daemon`: the daemon has not acted yet, so its own copy of a running container is
 /// kept (and, after a `die`, the daemon unmounts its copy itself).
-fn cleanup(config: &PluginConfig, t: &Trigger, before_daemon: bool) -> anyhow::Result<usize> {
-    match config.fault {
+pub(crate) fn cleanup(
+    docker_options: &DockerOptions,
+    base: &ScanRequest,
+    fault: Option<Fault>,
+    t: &Trigger,
+    before_daemon: bool,
+) -> anyhow::Result<usize> {
+    match fault {
         Some(Fault::Fail) => anyhow::bail!("injected failure (MNTREAP_FAULT=fail)"),
         Some(Fault::Slow(d)) => std::thread::sleep(d),
         Some(Fault::Off) | None => {}
     }
     let offline = DockerOptions {
         offline: true,
-        ..config.docker.clone()
+        ..docker_options.clone()
     };
     let docker = docker::Docker::connect(&offline)?;
     let containers = match t {
@@ -293,7 +305,7 @@ fn cleanup(config: &PluginConfig, t: &Trigger, before_daemon: bool) -> anyhow::R
     for c in &containers {
         let span = info_span!("container", container = %c.name, id = %c.id);
         let _g = span.enter();
-        let req = docker::container_request(&config.base, c);
+        let req = docker::container_request(base, c);
         let mut scope = docker::release_scope(&docker.daemon, c, false);
         // dockerd's own copy is the daemon's to unmount in its Put.
         if before_daemon
@@ -322,14 +334,38 @@ fn cleanup(config: &PluginConfig, t: &Trigger, before_daemon: bool) -> anyhow::R
 
 /// Backstop: `die` events lead to the same cleanup (for `run --rm`, prune, restarts).
 async fn follow_events(state: Arc<State>) {
+    let (docker, base, fault) = (
+        state.config.docker.clone(),
+        state.config.base.clone(),
+        state.config.fault,
+    );
+    follow_die_events(docker.clone(), move |id| {
+        let t = Trigger::Container {
+            id: id.clone(),
+            action: "die",
+        };
+        let span = info_span!("plugin", call = "event die", container_id = %id);
+        let _g = span.enter();
+        if let Err(e) = cleanup(&docker, &base, fault, &t, false) {
+            warn!(error = %e, "backstop cleanup failed");
+        }
+    })
+    .await
+}
+
+/// Follows the daemon's `die` events forever (reconnecting), calling `on_die` with the
+/// container id on the blocking pool.
+pub(crate) async fn follow_die_events(
+    options: DockerOptions,
+    on_die: impl Fn(String) + Send + Sync + 'static,
+) {
     use futures_util::StreamExt;
+    let on_die = Arc::new(on_die);
     loop {
-        let socket = state
-            .config
-            .docker
+        let socket = options
             .socket()
             .unwrap_or_else(|_| PathBuf::from(docker::DEFAULT_SOCKET));
-        let socket = docker::on_host(&state.config.docker.host_root, &socket);
+        let socket = docker::on_host(&options.host_root, &socket);
         let client = match bollard::Docker::connect_with_unix(
             &socket.to_string_lossy(),
             120,
@@ -349,27 +385,18 @@ async fn follow_events(state: Arc<State>) {
             ("type".to_string(), vec!["container".to_string()]),
             ("event".to_string(), vec!["die".to_string()]),
         ]);
-        let options = bollard::query_parameters::EventsOptionsBuilder::new()
+        let events_options = bollard::query_parameters::EventsOptionsBuilder::new()
             .filters(&filters)
             .build();
-        let mut events = client.events(Some(options));
+        let mut events = client.events(Some(events_options));
         while let Some(event) = events.next().await {
+            // A malformed event or a vanished container is logged and skipped.
             let Ok(event) = event else { break };
             let Some(id) = event.actor.and_then(|a| a.id) else {
                 continue;
             };
-            let t = Trigger::Container {
-                id: id.clone(),
-                action: "die",
-            };
-            let worker = state.clone();
-            tokio::task::spawn_blocking(move || {
-                let span = info_span!("plugin", call = "event die", container_id = %id);
-                let _g = span.enter();
-                if let Err(e) = cleanup(&worker.config, &t, false) {
-                    warn!(error = %e, "backstop cleanup failed");
-                }
-            });
+            let on_die = on_die.clone();
+            tokio::task::spawn_blocking(move || on_die(id));
         }
         warn!("event stream ended; reconnecting");
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -384,7 +411,13 @@ async fn sweep_periodically(state: Arc<State>) {
         let job = tokio::task::spawn_blocking(move || {
             let span = info_span!("plugin", call = "sweep");
             let _g = span.enter();
-            cleanup(&worker.config, &Trigger::Prune, false)
+            cleanup(
+                &worker.config.docker,
+                &worker.config.base,
+                worker.config.fault,
+                &Trigger::Prune,
+                false,
+            )
         })
         .instrument(info_span!("sweep"));
         match job.await {

@@ -1,0 +1,290 @@
+//! The node agent against a real dockerd (issue 5's scenarios).
+
+mod common;
+
+use std::io::{Read, Write};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::docker::DockerDaemon;
+use common::*;
+
+/// `mntreap agent` inside a sandbox; killed by pid.
+struct Agent {
+    child: Option<Child>,
+    metrics: String,
+    args: Vec<String>,
+    sandbox: i32,
+}
+
+impl Agent {
+    fn start(sb: &Sandbox, dk: &DockerDaemon, hook_dir: &str, sweep: u64) -> Agent {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let metrics = format!("127.0.0.1:{port}");
+        let args: Vec<String> = [
+            "agent",
+            "--sweep-interval",
+            &sweep.to_string(),
+            "--metrics-addr",
+            &metrics,
+            "--hook-socket",
+            &format!("{hook_dir}/hook.sock"),
+            "--docker-host",
+            &dk.host(),
+            "--docker-root",
+            &dk.root(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let mut a = Agent {
+            child: None,
+            metrics,
+            args,
+            sandbox: sb.host_pid(),
+        };
+        a.spawn(&format!("{hook_dir}/hook.sock"));
+        a
+    }
+
+    fn spawn(&mut self, socket: &str) {
+        let _ = std::fs::remove_file(socket);
+        let child = Command::new("nsenter")
+            .args(["-t", &self.sandbox.to_string(), "-m", "--", BIN])
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::os::unix::net::UnixStream::connect(socket).is_err() {
+            assert!(Instant::now() < deadline, "agent did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn get(&self, path: &str) -> (u16, String) {
+        let mut s = std::net::TcpStream::connect(&self.metrics).unwrap();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: agent\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        let status = out
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        (
+            status,
+            out.split_once("\r\n\r\n")
+                .map(|(_, b)| b.to_string())
+                .unwrap_or_default(),
+        )
+    }
+
+    /// Prometheus text format: `name value` samples.
+    fn metric(&self, name: &str) -> f64 {
+        let (status, text) = self.get("/metrics");
+        assert_eq!(status, 200);
+        for line in text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+        {
+            let (key, value) = line
+                .rsplit_once(' ')
+                .unwrap_or_else(|| panic!("not prometheus text: {line:?}"));
+            let v: f64 = value
+                .parse()
+                .unwrap_or_else(|_| panic!("not a number: {line:?}"));
+            if key == name {
+                return v;
+            }
+        }
+        panic!("no metric {name} in:\n{text}");
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn static_binary() -> String {
+    let out = Command::new("bash")
+        .args([
+            concat!(env!("CARGO_MANIFEST_DIR"), "/docker-plugin/build.sh"),
+            "--binary",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn prestop_hook_releases_only_the_callers_container() {
+    let mut sb = Sandbox::new("ag-hook");
+    let dk = DockerDaemon::start(&sb, "aghook", false, &[]);
+    let hook_dir = format!("{}/hook", dk.d());
+    std::fs::create_dir_all(&hook_dir).unwrap();
+    let bin = static_binary();
+    let mounts = [
+        "-v",
+        &format!("{bin}:/mntreap:ro"),
+        "-v",
+        &format!("{hook_dir}:/run/mntreap"),
+    ];
+    dk.run_with("web", &mounts);
+    dk.run_with("other", &mounts);
+    let (web, other) = (dk.merged("web"), dk.merged("other"));
+    let service = sb.holder(None, None);
+    assert!(has_mount_at(service, &web) && has_mount_at(service, &other));
+    let _agent = Agent::start(&sb, &dk, &hook_dir, 0);
+
+    let refused = dk.docker(&[
+        "exec",
+        "web",
+        "/mntreap",
+        "hook",
+        "pre-stop",
+        "--container",
+        "other",
+    ]);
+    assert_eq!(
+        refused.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&refused.stdout)
+    );
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("only its own containers"));
+    assert!(
+        has_mount_at(service, &web) && has_mount_at(service, &other),
+        "nothing changed"
+    );
+
+    let ok = dk.docker(&["exec", "web", "/mntreap", "hook", "pre-stop"]);
+    assert_eq!(
+        ok.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let reply: serde_json::Value = serde_json::from_slice(&ok.stdout).unwrap();
+    assert_eq!(reply["container"]["name"], "web");
+    assert!(
+        !has_mount_at(service, &web),
+        "the caller's copy is released"
+    );
+    assert!(
+        has_mount_at(service, &other),
+        "another container's copy stays"
+    );
+    assert!(
+        has_mount_at(sb.host_pid(), &web),
+        "dockerd's copy of the running web stays"
+    );
+}
+
+#[test]
+fn sweeps_release_leaks_and_metrics_count_them() {
+    let mut sb = Sandbox::new("ag-sweep");
+    let dk = DockerDaemon::start(&sb, "agsweep", false, &[]);
+    dk.run("web");
+    let merged = dk.merged("web");
+    let service = sb.holder(None, None);
+    let agent = Agent::start(&sb, &dk, &format!("{}/hook", dk.d()), 1);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while has_mount_at(service, &merged) {
+        assert!(
+            Instant::now() < deadline,
+            "the sweep did not release the leak"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(has_mount_at(sb.host_pid(), &merged), "dockerd's copy stays");
+    assert_eq!(
+        dk.docker_ok(&["inspect", "web", "--format", "{{.State.Status}}"]),
+        "running"
+    );
+    assert_eq!(agent.get("/healthz"), (200, "ok\n".to_string()));
+    // Counters match what happened: one copy released, nothing failed.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while agent.metric("mntreap_sweeps_total") < 2.0 {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(agent.metric("mntreap_copies_released_total"), 1.0);
+    assert_eq!(agent.metric("mntreap_release_failures_total"), 0.0);
+    assert_eq!(agent.metric("mntreap_leaked_copies"), 0.0);
+    assert!(agent.metric("mntreap_sweep_duration_seconds_count") >= 2.0);
+}
+
+#[test]
+fn killed_mid_sweep_then_restarted_finishes_the_job() {
+    let mut sb = Sandbox::new("ag-kill");
+    let dk = DockerDaemon::start(&sb, "agkill", false, &[]);
+    let names = ["one", "two", "three"];
+    for n in names {
+        dk.run(n);
+    }
+    let merged: Vec<String> = names.iter().map(|n| dk.merged(n)).collect();
+    let decoy = format!("{}/decoy", sb.d());
+    sb.sh(&format!("mkdir -p {decoy} && mount -t tmpfs decoy {decoy}"));
+    let holders: Vec<i32> = (0..20).map(|_| sb.holder(None, None)).collect();
+    let hook_dir = format!("{}/hook", dk.d());
+    let mut agent = Agent::start(&sb, &dk, &hook_dir, 1);
+    std::thread::sleep(Duration::from_millis(150));
+    agent.kill9();
+    // Whatever was done, nothing that is not a target was touched.
+    for &h in &holders {
+        assert!(has_mount_at(h, &decoy), "decoy gone in {h}");
+    }
+    for m in &merged {
+        assert!(has_mount_at(sb.host_pid(), m), "dockerd's copy {m} gone");
+    }
+    agent.spawn(&format!("{hook_dir}/hook.sock"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = holders
+            .iter()
+            .filter(|&&h| merged.iter().any(|m| has_mount_at(h, m)))
+            .count();
+        if left == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{left} holders still hold a copy"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for &h in &holders {
+        assert!(has_mount_at(h, &decoy));
+    }
+    for n in names {
+        assert_eq!(
+            dk.docker_ok(&["inspect", n, "--format", "{{.State.Status}}"]),
+            "running"
+        );
+    }
+}
