@@ -16,6 +16,36 @@ use nix::sched::{CloneFlags, unshare};
 
 const BIN: &str = env!("CARGO_BIN_EXE_mntreap");
 
+/// A minimal allow-all authz plugin (thread per connection, keep-alive, no parsing), the
+/// reference the goal compares with: whatever Docker's plumbing costs, it costs it too.
+const MINIMAL_PLUGIN: &str = r#"
+import os, socket, sys, threading
+path = sys.argv[1]
+try: os.unlink(path)
+except FileNotFoundError: pass
+srv = socket.socket(socket.AF_UNIX); srv.bind(path); srv.listen(64)
+def serve(c):
+    buf = b""
+    while True:
+        while b"\r\n\r\n" not in buf:
+            d = c.recv(65536)
+            if not d: return
+            buf += d
+        head, buf = buf.split(b"\r\n\r\n", 1)
+        lines = head.split(b"\r\n"); n = 0
+        for l in lines[1:]:
+            if l.lower().startswith(b"content-length:"): n = int(l.split(b":")[1])
+        while len(buf) < n:
+            d = c.recv(65536)
+            if not d: return
+            buf += d
+        buf = buf[n:]
+        body = b'{"Implements":["authz"]}' if b"Activate" in lines[0] else b'{"Allow":true}'
+        c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+while True:
+    c, _ = srv.accept(); threading.Thread(target=serve, args=(c,), daemon=True).start()
+"#;
+
 /// Processes the benchmark started, stopped (by pid) when it ends.
 struct Procs(Vec<Child>, String);
 
@@ -150,6 +180,17 @@ fn main() {
         }
         (cmd.spawn().unwrap(), name.to_string())
     };
+    let minimal_name = format!("mntreap-bench-minimal-{pid}");
+    let minimal = Command::new("python3")
+        .args([
+            "-c",
+            MINIMAL_PLUGIN,
+            &format!("/run/docker/plugins/{minimal_name}.sock"),
+        ])
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("python3");
+    procs.0.push(minimal);
     let (real, real_name) = plugin(&format!("mntreap-bench-{pid}"), false);
     let (noop, noop_name) = plugin(&format!("mntreap-bench-noop-{pid}"), true);
     procs.0.push(real);
@@ -188,6 +229,10 @@ fn main() {
     let mut table: Vec<(&str, Duration)> = Vec::new();
     for (label, plugin) in [
         ("no plugin", None),
+        (
+            "minimal allow-all plugin (python, reference)",
+            Some(&minimal_name),
+        ),
         ("mntreap plugin, --noop (allow-all floor)", Some(&noop_name)),
         ("mntreap plugin", Some(&real_name)),
     ] {
@@ -227,15 +272,21 @@ fn main() {
             per(*d)
         );
     }
-    let (none, noop, real) = (table[0].1, table[1].1, table[2].1);
+    let (none, minimal, noop, real) = (table[0].1, table[1].1, table[2].1, table[3].1);
+    let r = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64();
     println!(
-        "mntreap / --noop: {:.3}x (goal <= 1.05)   mntreap / no plugin: {:.2}x (goal <= 1.6)   --noop / no plugin: {:.2}x",
-        real.as_secs_f64() / noop.as_secs_f64(),
-        real.as_secs_f64() / none.as_secs_f64(),
-        noop.as_secs_f64() / none.as_secs_f64()
+        "mntreap / --noop: {:.3}x (goal <= 1.05)   mntreap / no plugin: {:.2}x (goal <= 1.6)",
+        r(real, noop),
+        r(real, none)
+    );
+    println!(
+        "mntreap / minimal plugin: {:.2}x   minimal plugin / no plugin: {:.2}x (Docker's plumbing)",
+        r(real, minimal),
+        r(minimal, none)
     );
     std::fs::write(format!("{d}/daemon.json"), "{}").unwrap();
     drop(procs);
     let _ = std::fs::remove_file(format!("/run/docker/plugins/{real_name}.sock"));
     let _ = std::fs::remove_file(format!("/run/docker/plugins/{noop_name}.sock"));
+    let _ = std::fs::remove_file(format!("/run/docker/plugins/{minimal_name}.sock"));
 }
