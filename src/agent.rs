@@ -178,7 +178,8 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
                 let _g = span.enter();
                 let started = Instant::now();
                 let t = crate::plugin::Trigger::Container { id, action: "die" };
-                match crate::plugin::cleanup(&a.config.docker, &a.config.base, None, &t, false) {
+                // dockerd's copy is the daemon's (a restart mounts it again right after `die`).
+                match crate::plugin::cleanup(&a.config.docker, &a.config.base, None, &t, true) {
                     Ok(n) => {
                         a.metrics.released.inc_by(n as u64);
                         a.metrics

@@ -346,7 +346,9 @@ async fn follow_events(state: Arc<State>) {
         };
         let span = info_span!("plugin", call = "event die", container_id = %id);
         let _g = span.enter();
-        if let Err(e) = cleanup(&docker, &base, fault, &t, false) {
+        // dockerd's copy is the daemon's: after a `die` it unmounts it itself, and on a
+        // restart it is already mounting it again.
+        if let Err(e) = cleanup(&docker, &base, fault, &t, true) {
             warn!(error = %e, "backstop cleanup failed");
         }
     })
@@ -416,7 +418,8 @@ async fn sweep_periodically(state: Arc<State>) {
                 &worker.config.base,
                 worker.config.fault,
                 &Trigger::Prune,
-                false,
+                // A "stopped" container may be starting right now: dockerd's copy is its own.
+                true,
             )
         })
         .instrument(info_span!("sweep"));

@@ -258,7 +258,11 @@ fn a_thousand_concurrent_api_calls_through_the_plugin() {
                             } else {
                                 "/v1.41/containers/one/json"
                             };
-                            http(&sock, "GET", path, "").0 != 200
+                            let (status, body) = http(&sock, "GET", path, "");
+                            if status != 200 {
+                                eprintln!("call {t}/{i} {path}: {status} {body}");
+                            }
+                            status != 200
                         })
                         .count()
                 })
