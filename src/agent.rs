@@ -406,19 +406,28 @@ fn hook(agent: &Agent, peer: Option<i32>, line: &str) -> serde_json::Value {
         Ok(mut c) => c.remove(0),
         Err(e) => return refuse(format!("caller's container {own}: {e}")),
     };
-    if let Some(asked) = &req.container {
-        let asked_id = docker
-            .resolve(std::slice::from_ref(asked))
-            .ok()
-            .map(|mut c| c.remove(0).id);
-        if asked_id.as_deref() != Some(container.id.as_str()) {
-            return refuse(format!(
-                "container {asked:?} is not the caller's ({} {}): a pod may release only its own containers",
-                container.name,
-                &container.id[..12]
-            ));
+    // The caller may name its own container or a sibling in the same Kubernetes pod.
+    let container = match &req.container {
+        None => container,
+        Some(asked) => {
+            let target = docker
+                .resolve(std::slice::from_ref(asked))
+                .ok()
+                .map(|mut c| c.remove(0));
+            let same_pod =
+                |t: &docker::Container| t.pod_uid.is_some() && t.pod_uid == container.pod_uid;
+            match target {
+                Some(t) if t.id == container.id || same_pod(&t) => t,
+                _ => {
+                    return refuse(format!(
+                        "container {asked:?} is not the caller's ({} {}) nor in its pod: a pod may release only its own containers",
+                        container.name,
+                        &container.id[..12]
+                    ));
+                }
+            }
         }
-    }
+    };
     let span = info_span!("agent", trigger = "hook pre-stop", container = %container.name);
     let _g = span.enter();
     let started = Instant::now();

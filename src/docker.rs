@@ -72,6 +72,8 @@ pub struct Container {
     /// For overlay drivers: the RW layer's upper directory, which identifies its overlay
     /// mount wherever it is mounted.
     pub upperdir: Option<PathBuf>,
+    /// The Kubernetes pod it belongs to (kubelet's `io.kubernetes.pod.uid` label).
+    pub pod_uid: Option<String>,
 }
 
 impl Container {
@@ -369,7 +371,12 @@ impl Docker {
             .unwrap_or_else(|| "unknown".into());
         let driver = c.driver.unwrap_or_default();
         let pid = state.pid.filter(|&p| p > 0).map(|p| p as i32);
-        container(
+        let pod_uid = c
+            .config
+            .as_ref()
+            .and_then(|cfg| cfg.labels.as_ref())
+            .and_then(|l| l.get(POD_UID_LABEL).cloned());
+        let mut out = container(
             &self.daemon.root,
             &self.daemon.host_root,
             id,
@@ -377,7 +384,9 @@ impl Docker {
             status,
             pid,
             driver,
-        )
+        );
+        out.pod_uid = pod_uid;
+        out
     }
 
     /// `DELETE /containers/{id}?force=1`: the daemon's own error text when it fails.
@@ -504,7 +513,19 @@ struct ConfigV2 {
     driver: String,
     #[serde(default)]
     state: StateV2,
+    #[serde(default)]
+    config: ConfigSection,
 }
+
+#[derive(serde::Deserialize, Default)]
+#[serde(rename_all = "PascalCase")]
+struct ConfigSection {
+    #[serde(default)]
+    labels: Option<std::collections::HashMap<String, String>>,
+}
+
+/// kubelet's label naming a container's pod.
+pub const POD_UID_LABEL: &str = "io.kubernetes.pod.uid";
 
 #[derive(serde::Deserialize, Default)]
 #[serde(rename_all = "PascalCase")]
@@ -547,15 +568,14 @@ fn read_config(root: &Path, host_root: &Path, dir: &Path) -> Option<Container> {
         "exited"
     };
     let pid = (s.running && s.pid > 0).then_some(s.pid as i32);
-    Some(container(
-        root,
-        host_root,
-        c.id,
-        c.name,
-        status.into(),
-        pid,
-        c.driver,
-    ))
+    let pod_uid = c
+        .config
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(POD_UID_LABEL).cloned());
+    let mut out = container(root, host_root, c.id, c.name, status.into(), pid, c.driver);
+    out.pod_uid = pod_uid;
+    Some(out)
 }
 
 fn container(
@@ -603,6 +623,7 @@ fn container(
         mount_id,
         paths,
         upperdir,
+        pod_uid: None,
     }
 }
 
@@ -688,6 +709,7 @@ mod tests {
             mount_id: None,
             paths: Vec::new(),
             upperdir: None,
+            pod_uid: None,
         }
     }
 

@@ -148,15 +148,25 @@ fn prestop_hook_releases_only_the_callers_container() {
     let hook_dir = format!("{}/hook", dk.d());
     std::fs::create_dir_all(&hook_dir).unwrap();
     let bin = static_binary();
-    let mounts = [
-        "-v",
-        &format!("{bin}:/mntreap:ro"),
-        "-v",
-        &format!("{hook_dir}:/run/mntreap"),
-    ];
-    dk.run_with("web", &mounts);
-    dk.run_with("other", &mounts);
-    let (web, other) = (dk.merged("web"), dk.merged("other"));
+    let mounts = |pod: &str| {
+        vec![
+            "-v".to_string(),
+            format!("{bin}:/mntreap:ro"),
+            "-v".to_string(),
+            format!("{hook_dir}:/run/mntreap"),
+            "--label".to_string(),
+            format!("io.kubernetes.pod.uid={pod}"),
+        ]
+    };
+    let run = |name: &str, pod: &str| {
+        let args = mounts(pod);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        dk.run_with(name, &args);
+    };
+    run("web", "pod-a");
+    run("sidecar", "pod-a");
+    run("other", "pod-b");
+    let (web, sidecar, other) = (dk.merged("web"), dk.merged("sidecar"), dk.merged("other"));
     let service = sb.holder(None, None);
     assert!(has_mount_at(service, &web) && has_mount_at(service, &other));
     let _agent = Agent::start(&sb, &dk, &hook_dir, 0);
@@ -203,6 +213,25 @@ fn prestop_hook_releases_only_the_callers_container() {
         has_mount_at(sb.host_pid(), &web),
         "dockerd's copy of the running web stays"
     );
+    // A sibling in the same pod may be named; its copy goes, the other pod's stays.
+    assert!(has_mount_at(service, &sidecar));
+    let sib = dk.docker(&[
+        "exec",
+        "web",
+        "/mntreap",
+        "hook",
+        "pre-stop",
+        "--container",
+        "sidecar",
+    ]);
+    assert_eq!(
+        sib.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&sib.stderr)
+    );
+    assert!(!has_mount_at(service, &sidecar));
+    assert!(has_mount_at(service, &other));
 }
 
 #[test]
