@@ -318,16 +318,7 @@ pub(crate) fn cleanup(
             ));
         }
         let rel = release::run(&req, scope, false)?;
-        released += rel
-            .results
-            .iter()
-            .filter(|r| {
-                matches!(
-                    r.outcome,
-                    release::Outcome::Unmounted | release::Outcome::Detached { .. }
-                )
-            })
-            .count();
+        released += rel.released();
     }
     Ok(released)
 }

@@ -38,16 +38,7 @@ pub(crate) fn command(e: &EngineArgs, names: &[String], dry_run: bool) -> Result
             docker.remove_forced(&c.id)
         };
         all_removed &= removal.is_ok();
-        let released = rel
-            .results
-            .iter()
-            .filter(|r| {
-                matches!(
-                    r.outcome,
-                    release::Outcome::Unmounted | release::Outcome::Detached { .. }
-                )
-            })
-            .count();
+        let released = rel.released();
         text.push_str(&format!(
             "container {} ({}, {}): {} cop{} released; ",
             c.name,

@@ -558,6 +558,14 @@ impl Release {
             .collect()
     }
 
+    /// How many copies were removed from their namespaces (unmounted or detached).
+    pub fn released(&self) -> usize {
+        self.results
+            .iter()
+            .filter(|r| matches!(r.outcome, Outcome::Unmounted | Outcome::Detached { .. }))
+            .count()
+    }
+
     /// Whether a detached filesystem is still kept alive by processes.
     pub fn still_pinned(&self) -> bool {
         self.results

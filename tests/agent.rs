@@ -68,6 +68,20 @@ impl Agent {
         }
     }
 
+    /// SIGTERM, then waits (at most 30 s) for the exit status.
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("running");
+        let _ = Command::new("kill").arg(c.id().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = c.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "the agent ignored SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
@@ -84,17 +98,7 @@ impl Agent {
         .unwrap();
         let mut out = String::new();
         s.read_to_string(&mut out).unwrap();
-        let status = out
-            .split(' ')
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
-        (
-            status,
-            out.split_once("\r\n\r\n")
-                .map(|(_, b)| b.to_string())
-                .unwrap_or_default(),
-        )
+        parse_http_response(&out)
     }
 
     /// Prometheus text format: `name value` samples.
@@ -241,7 +245,7 @@ fn sweeps_release_leaks_and_metrics_count_them() {
     dk.run("web");
     let merged = dk.merged("web");
     let service = sb.holder(None, None);
-    let agent = Agent::start(&sb, &dk, &format!("{}/hook", dk.d()), 1);
+    let mut agent = Agent::start(&sb, &dk, &format!("{}/hook", dk.d()), 1);
     let deadline = Instant::now() + Duration::from_secs(15);
     while has_mount_at(service, &merged) {
         assert!(
@@ -266,6 +270,10 @@ fn sweeps_release_leaks_and_metrics_count_them() {
     assert_eq!(agent.metric("mntreap_release_failures_total"), 0.0);
     assert_eq!(agent.metric("mntreap_leaked_copies"), 0.0);
     assert!(agent.metric("mntreap_sweep_duration_seconds_count") >= 2.0);
+    // SIGTERM: a graceful exit, with the hook socket removed.
+    let status = agent.terminate();
+    assert!(status.success(), "{status:?}");
+    assert!(!std::path::Path::new(&format!("{}/hook/hook.sock", dk.d())).exists());
 }
 
 #[test]

@@ -92,16 +92,7 @@ fn http(socket: &str, method: &str, path: &str, body: &str) -> (u16, String) {
     .unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
-    let status = out
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = out
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
+    parse_http_response(&out)
 }
 
 fn daemon_with_plugin(sb: &Sandbox, tag: &str, env: &[(&str, &str)]) -> (DockerDaemon, Plugin) {

@@ -292,6 +292,20 @@ pub fn which(name: &str) -> String {
     path
 }
 
+/// Status and body of a raw HTTP/1.1 response read to its end.
+pub fn parse_http_response(out: &str) -> (u16, String) {
+    let status = out
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
 /// The entry of a release document's `namespaces` for mount namespace `inode`.
 pub fn namespace_entry(doc: &serde_json::Value, inode: u64) -> serde_json::Value {
     doc["namespaces"]
