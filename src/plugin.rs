@@ -200,15 +200,29 @@ async fn handle(
     state: Arc<State>,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
-    // Route on the borrowed path: the hot path allocates only the body it must read.
-    match req.uri().path() {
-        "/Plugin.Activate" => Ok(reply(200, Bytes::from_static(ACTIVATE))),
-        "/AuthZPlugin.AuthZRes" => Ok(reply(200, Bytes::from_static(ALLOW))),
-        "/AuthZPlugin.AuthZReq" => {
-            let body = match req.into_body().collect().await {
-                Ok(b) => b.to_bytes(),
-                Err(e) => return Ok(error_reply(&format!("reading the request: {e}"))),
-            };
+    enum Route {
+        Activate,
+        Res,
+        Req,
+        Unknown(String),
+    }
+    let route = match req.uri().path() {
+        "/Plugin.Activate" => Route::Activate,
+        "/AuthZPlugin.AuthZRes" => Route::Res,
+        "/AuthZPlugin.AuthZReq" => Route::Req,
+        other => Route::Unknown(other.to_owned()),
+    };
+    // Always read the whole request before answering: on a kept-alive connection, an
+    // unread body would be taken for the next request.
+    let body = match req.into_body().collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => return Ok(error_reply(&format!("reading the request: {e}"))),
+    };
+    match route {
+        Route::Activate => Ok(reply(200, Bytes::from_static(ACTIVATE))),
+        Route::Res => Ok(reply(200, Bytes::from_static(ALLOW))),
+        Route::Unknown(path) => Ok(error_reply(&format!("unknown plugin endpoint {path}"))),
+        Route::Req => {
             if state.config.noop {
                 return Ok(reply(200, Bytes::from_static(ALLOW)));
             }
@@ -227,7 +241,6 @@ async fn handle(
             }
             Ok(reply(200, Bytes::from_static(ALLOW)))
         }
-        other => Ok(error_reply(&format!("unknown plugin endpoint {other}"))),
     }
 }
 
