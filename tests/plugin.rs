@@ -164,11 +164,19 @@ fn run_rm_is_caught_by_the_backstop() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let audit = plugin.audit();
-    let line = audit
-        .iter()
-        .find(|a| a["path"] == view.as_str())
-        .expect("audited");
+    // The audit line follows the unmount: give it a moment to be written.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let line = loop {
+        if let Some(l) = plugin
+            .audit()
+            .into_iter()
+            .find(|a| a["path"] == view.as_str())
+        {
+            break l;
+        }
+        assert!(Instant::now() < deadline, "no audit line for {view}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
     assert_eq!(line["spans"][0]["call"], "event die", "{line}");
 }
 
@@ -234,7 +242,7 @@ fn malformed_requests_get_an_error_and_the_plugin_keeps_serving() {
 #[test]
 fn a_thousand_concurrent_api_calls_through_the_plugin() {
     let sb = Sandbox::new("pl-load");
-    let (dk, _plugin) = daemon_with_plugin(&sb, "plload", &[]);
+    let (dk, plugin) = daemon_with_plugin(&sb, "plload", &[]);
     dk.run("one");
     let sock = dk.sock();
     let failures: usize = std::thread::scope(|scope| {
@@ -261,6 +269,19 @@ fn a_thousand_concurrent_api_calls_through_the_plugin() {
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).sum()
     });
+    if failures > 0 {
+        let log = std::fs::read_to_string(&plugin.log).unwrap_or_default();
+        for l in log.lines().filter(|l| !l.contains("\"INFO\"")) {
+            eprintln!("plugin: {l}");
+        }
+        for l in dk
+            .log()
+            .lines()
+            .filter(|l| l.contains("level=error") || l.contains("level=warn"))
+        {
+            eprintln!("dockerd: {l}");
+        }
+    }
     assert_eq!(failures, 0);
 }
 
