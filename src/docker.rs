@@ -67,6 +67,8 @@ pub struct Container {
     pub driver: String,
     /// The storage driver's id of the container's RW layer.
     pub mount_id: Option<String>,
+    /// The storage driver's id of its init layer (`<mount-id>-init` for overlay2).
+    pub init_id: Option<String>,
     /// Mount points: the layer (and its `-init` layer), shm, secrets.
     pub paths: Vec<PathBuf>,
     /// For overlay drivers: the RW layer's upper directory, which identifies its overlay
@@ -621,6 +623,7 @@ fn container(
         pid,
         driver,
         mount_id,
+        init_id,
         paths,
         upperdir,
         pod_uid: None,
@@ -677,22 +680,18 @@ pub enum Owner {
     UnknownLayer(String),
 }
 
-/// Layer id -> container id, from the containers' mount and init ids.
-pub fn layers_by_container(containers: &[Container], root: &Path) -> HashMap<String, String> {
-    let mut map = HashMap::new();
-    for c in containers {
-        let layerdb = root
-            .join("image")
-            .join(&c.driver)
-            .join("layerdb/mounts")
-            .join(&c.id);
-        for f in ["mount-id", "init-id"] {
-            if let Ok(s) = std::fs::read_to_string(layerdb.join(f)) {
-                map.insert(s.trim().to_string(), c.id.clone());
-            }
-        }
-    }
-    map
+/// Layer id -> container id, from the containers' mount and init ids (as resolution read
+/// them, through the host root: nothing is read again here).
+pub fn layers_by_container(containers: &[Container]) -> HashMap<String, String> {
+    containers
+        .iter()
+        .flat_map(|c| {
+            c.mount_id
+                .iter()
+                .chain(c.init_id.iter())
+                .map(move |layer| (layer.clone(), c.id.clone()))
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -707,6 +706,7 @@ mod tests {
             pid: None,
             driver: "overlay2".into(),
             mount_id: None,
+            init_id: None,
             paths: Vec::new(),
             upperdir: None,
             pod_uid: None,
@@ -730,6 +730,18 @@ mod tests {
             pick("zzz", &all, root),
             Err(DockerError::NotFound(..))
         ));
+    }
+
+    #[test]
+    fn layers_map_to_their_containers() {
+        let mut a = c("A", "a");
+        a.mount_id = Some("L1".into());
+        a.init_id = Some("L1-init".into());
+        let b = c("B", "b");
+        let map = layers_by_container(&[a, b]);
+        assert_eq!(map.len(), 2);
+        assert_eq!(map["L1"], "A");
+        assert_eq!(map["L1-init"], "A");
     }
 
     #[test]

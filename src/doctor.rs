@@ -366,7 +366,7 @@ fn data_root_binds(daemon: &Daemon, containers: &[Container]) -> Check {
             .join("containers")
             .join(&ct.id)
             .join("config.v2.json");
-        let Ok(text) = std::fs::read(&path) else {
+        let Ok(text) = std::fs::read(crate::docker::on_host(&daemon.host_root, &path)) else {
             continue;
         };
         let Ok(config) = serde_json::from_slice::<Config>(&text) else {

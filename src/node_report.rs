@@ -249,7 +249,7 @@ pub fn node_roots(daemon: &Daemon, extra: &[PathBuf]) -> Vec<PathBuf> {
 /// Scans the node and classifies every container mount held where it is not needed.
 pub fn findings(scan: &Scan, daemon: &Daemon, containers: &[Container]) -> Vec<Finding> {
     use std::os::unix::ffi::OsStrExt;
-    let by_layer = docker::layers_by_container(containers, &daemon.root);
+    let by_layer = docker::layers_by_container(containers);
     let by_id: HashMap<&str, &Container> = containers.iter().map(|c| (c.id.as_str(), c)).collect();
     let runtime = runtime_ns(scan, daemon);
     let owner_of = |h: &Holder| {
