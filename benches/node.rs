@@ -16,8 +16,9 @@ use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+
 use nix::mount::{MsFlags, mount};
-use nix::sched::{CloneFlags, unshare};
 
 const BIN: &str = env!("CARGO_BIN_EXE_mntreap");
 
@@ -105,20 +106,7 @@ fn run_ok(cmd: &mut Command) -> Vec<u8> {
 
 fn main() {
     let cfg = parse_args();
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "the benchmark creates mount namespaces: run it as root"
-    );
-    // A private namespace of our own: every mount below disappears with us.
-    unshare(CloneFlags::CLONE_NEWNS).expect("unshare(CLONE_NEWNS)");
-    mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-        None::<&str>,
-    )
-    .expect("making / private");
+    common::enter_private_mount_namespace();
     let dir = format!("/tmp/mntreap-bench-{}", std::process::id());
     std::fs::create_dir_all(&dir).unwrap();
     let _dir_guard = DirGuard(dir.clone());

@@ -11,8 +11,7 @@ use std::os::unix::net::UnixStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use nix::mount::{MsFlags, mount};
-use nix::sched::{CloneFlags, unshare};
+mod common;
 
 const BIN: &str = env!("CARGO_BIN_EXE_mntreap");
 
@@ -144,16 +143,7 @@ fn main() {
             _ => {}
         }
     }
-    assert!(nix::unistd::geteuid().is_root(), "run as root");
-    unshare(CloneFlags::CLONE_NEWNS).unwrap();
-    mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-        None::<&str>,
-    )
-    .unwrap();
+    common::enter_private_mount_namespace();
     let pid = std::process::id();
     let d = format!("/tmp/mntreap-plugin-bench-{pid}");
     std::fs::create_dir_all(&d).unwrap();

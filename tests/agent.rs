@@ -129,6 +129,15 @@ impl Drop for Agent {
     }
 }
 
+/// `mntreap hook pre-stop` run inside `container` (the static binary is mounted at /mntreap).
+fn hook(dk: &DockerDaemon, container: &str, asked: Option<&str>) -> std::process::Output {
+    let mut args = vec!["exec", container, "/mntreap", "hook", "pre-stop"];
+    if let Some(other) = asked {
+        args.extend(["--container", other]);
+    }
+    dk.docker(&args)
+}
+
 fn static_binary() -> String {
     let out = Command::new("bash")
         .args([
@@ -175,15 +184,7 @@ fn prestop_hook_releases_only_the_callers_container() {
     assert!(has_mount_at(service, &web) && has_mount_at(service, &other));
     let _agent = Agent::start(&sb, &dk, &hook_dir, 0);
 
-    let refused = dk.docker(&[
-        "exec",
-        "web",
-        "/mntreap",
-        "hook",
-        "pre-stop",
-        "--container",
-        "other",
-    ]);
+    let refused = hook(&dk, "web", Some("other"));
     assert_eq!(
         refused.status.code(),
         Some(2),
@@ -196,7 +197,7 @@ fn prestop_hook_releases_only_the_callers_container() {
         "nothing changed"
     );
 
-    let ok = dk.docker(&["exec", "web", "/mntreap", "hook", "pre-stop"]);
+    let ok = hook(&dk, "web", None);
     assert_eq!(
         ok.status.code(),
         Some(0),
@@ -219,15 +220,7 @@ fn prestop_hook_releases_only_the_callers_container() {
     );
     // A sibling in the same pod may be named; its copy goes, the other pod's stays.
     assert!(has_mount_at(service, &sidecar));
-    let sib = dk.docker(&[
-        "exec",
-        "web",
-        "/mntreap",
-        "hook",
-        "pre-stop",
-        "--container",
-        "sidecar",
-    ]);
+    let sib = hook(&dk, "web", Some("sidecar"));
     assert_eq!(
         sib.status.code(),
         Some(0),

@@ -216,15 +216,7 @@ fn stuck_removal_is_reaped() {
     assert_eq!(f["container"]["name"], "stuck");
     let (code, doctor) = sb.mntreap_json(&["doctor", "--docker-host", &host], &[]);
     assert_eq!(code, 1);
-    let check = |id: &str| {
-        doctor["checks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["id"] == id)
-            .unwrap()
-            .clone()
-    };
+    let check = |id: &str| doctor_check(&doctor, id);
     assert_eq!(check("stuck-containers")["status"], "problem", "{doctor:#}");
     assert_eq!(
         check("foreign-namespace-holders")["status"],
@@ -382,15 +374,7 @@ fn mountflags_slave_with_live_restore_restart() {
 
     let (code, doctor) = sb.mntreap_json(&["doctor", "--docker-host", &host], &[]);
     assert_eq!(code, 1, "{doctor:#}");
-    let check = |id: &str| {
-        doctor["checks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["id"] == id)
-            .unwrap()
-            .clone()
-    };
+    let check = |id: &str| doctor_check(&doctor, id);
     assert_eq!(
         check("mountflags-slave-live-restore")["status"],
         "problem",

@@ -316,3 +316,14 @@ pub fn namespace_entry(doc: &serde_json::Value, inode: u64) -> serde_json::Value
         .unwrap_or_else(|| panic!("no entry for mount namespace {inode}: {doc:#}"))
         .clone()
 }
+
+/// One check of a `doctor --json` document, by id.
+pub fn doctor_check(doctor: &serde_json::Value, id: &str) -> serde_json::Value {
+    doctor["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == id)
+        .unwrap_or_else(|| panic!("no check {id}: {doctor:#}"))
+        .clone()
+}
