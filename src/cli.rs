@@ -4,7 +4,7 @@
 //! Exit codes: 0 nothing (in scope) holds the target; 1 some copies remain, or findings
 //! (listed); 2 bad input or refusal, with nothing changed.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -269,8 +269,10 @@ fn init_logging(format: LogFormat, verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    // Colour only on a terminal: a patched dockerd logs the helper's stderr verbatim.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
@@ -312,9 +314,13 @@ impl EngineArgs {
         raw_paths: &[String],
         trusted: Vec<PathBuf>,
     ) -> Result<ScanRequest, Failure> {
+        // The configured data root is a runtime root too: a patched dockerd with a
+        // non-default root calls `mntreap release --path` with MNTREAP_DOCKER_ROOT set.
+        let mut extra_roots = self.runtime_roots.clone();
+        extra_roots.push(self.docker.docker_root.clone());
         let policy = Policy {
             any_path: self.any_path,
-            extra_roots: self.runtime_roots.clone(),
+            extra_roots,
         };
         let mut targets = trusted;
         for raw in raw_paths {

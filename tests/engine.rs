@@ -55,8 +55,8 @@ fn scan_and_release_exactly_the_leaked_layer() {
     let out = sb.mntreap(&["release", "--any-path", "--path", &target]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(
-        stderr(&out).contains("mntreap::audit"),
-        "audit lines on stderr: {}",
+        stderr(&out).contains("mntreap::audit") && !stderr(&out).contains('\x1b'),
+        "audit lines on stderr, without colour codes on a pipe: {}",
         stderr(&out)
     );
     for &pid in &leaks {
@@ -365,6 +365,29 @@ fn bad_input_is_refused_and_changes_nothing() {
         assert!(out.stdout.is_empty(), "no report on refusal");
     }
     assert_eq!((mounts_of(leak), mounts_of(sb.host_pid())), before);
+}
+
+/// A patched dockerd (patches/) calls `mntreap release --path` on its layers; with a
+/// non-default data root it names it in MNTREAP_DOCKER_ROOT, which then counts as a
+/// runtime root. Without it the same call is refused.
+#[test]
+fn the_docker_data_root_counts_as_a_runtime_root() {
+    let mut sb = Sandbox::new("dataroot");
+    let d = sb.d().to_string();
+    layers(&sb, "dr");
+    let leak = sb.holder(None, None);
+    let target = format!("{d}/l/dr/merged");
+    let refused = sb.mntreap(&["release", "--dry-run", "--path", &target]);
+    assert_eq!(refused.status.code(), Some(2), "{}", stderr(&refused));
+    let (code, doc) = sb.mntreap_json(
+        &["release", "--path", &target],
+        &[("MNTREAP_DOCKER_ROOT", &d)],
+    );
+    assert_eq!(code, 0, "{doc:#}");
+    assert!(
+        !mounts_of(leak).iter().any(|(m, _)| *m == target),
+        "the leaked copy is released"
+    );
 }
 
 #[test]
