@@ -29,7 +29,7 @@ use tracing::{info, info_span, warn};
 
 use crate::docker::{self, Docker, DockerOptions};
 use crate::release::{self, Outcome, Scope};
-use crate::scan::{self, ScanRequest};
+use crate::scan::ScanRequest;
 
 /// What `--exclude` names: a namespace inode, a pid, or a command name.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,8 +77,8 @@ struct Metrics {
 
 impl Metrics {
     fn new() -> Metrics {
-        let mut registry = Registry::with_prefix("mntreap");
-        let m = Metrics {
+        let mut m = Metrics {
+            registry: Registry::with_prefix("mntreap"),
             sweeps: Counter::default(),
             leaks: Gauge::default(),
             in_use: Gauge::default(),
@@ -86,8 +86,8 @@ impl Metrics {
             failed: Counter::default(),
             sweep_seconds: Histogram::new(exponential_buckets(0.005, 2.0, 14)),
             release_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
-            registry: Registry::default(),
         };
+        let registry = &mut m.registry;
         registry.register("sweeps", "Sweeps completed", m.sweeps.clone());
         registry.register(
             "leaked_copies",
@@ -111,7 +111,7 @@ impl Metrics {
             "Time a release (events, hook, sweep) took",
             m.release_seconds.clone(),
         );
-        Metrics { registry, ..m }
+        m
     }
 
     fn count(&self, results: &[release::ActionResult], took: Duration) {
@@ -139,11 +139,7 @@ struct Agent {
 
 /// Runs the agent until SIGTERM or SIGINT.
 pub fn run(config: AgentConfig) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    rt.block_on(serve(config))
+    crate::serve::block_on(serve(config))
 }
 
 async fn serve(config: AgentConfig) -> anyhow::Result<()> {
@@ -158,15 +154,9 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
         tokio::spawn(serve_metrics(agent.clone(), listener));
     }
-    if let Some(path) = agent.config.hook_socket.clone() {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        let _ = std::fs::remove_file(&path);
-        let listener = tokio::net::UnixListener::bind(&path)
-            .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", path.display()))?;
+    if let Some(path) = &agent.config.hook_socket {
         // Pods reach it through a hostPath mount; identity comes from peer credentials.
-        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o666))?;
+        let listener = crate::serve::bind_unix(path, Some(0o666))?;
         tokio::spawn(serve_hook(agent.clone(), listener));
     }
     if agent.config.events {
@@ -178,8 +168,7 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
                 let _g = span.enter();
                 let started = Instant::now();
                 let t = crate::plugin::Trigger::Container { id, action: "die" };
-                // dockerd's copy is the daemon's (a restart mounts it again right after `die`).
-                match crate::plugin::cleanup(&a.config.docker, &a.config.base, None, &t, true) {
+                match crate::plugin::cleanup(&a.config.docker, &a.config.base, None, &t) {
                     Ok(n) => {
                         a.metrics.released.inc_by(n as u64);
                         a.metrics
@@ -195,11 +184,7 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
         tokio::spawn(sweep_loop(agent.clone()));
     }
     info!(sweep_s = agent.config.sweep.as_secs(), "agent running");
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = term.recv() => {},
-        _ = tokio::signal::ctrl_c() => {},
-    }
+    crate::serve::shutdown_signal()?.await;
     info!("agent stopping: waiting for a running sweep");
     let _done = tokio::time::timeout(Duration::from_secs(20), agent.sweeping.lock()).await;
     if let Some(path) = &agent.config.hook_socket {
@@ -247,20 +232,11 @@ fn sweep_once(agent: &Agent) -> anyhow::Result<()> {
     let _g = span.enter();
     let docker = Docker::connect(&agent.config.docker)?;
     let containers = docker.list()?;
-    let roots = crate::node_report::node_roots(&docker.daemon, &[]);
-    let roots: Vec<PathBuf> = roots.into_iter().filter(|r| r.exists()).collect();
-    if roots.is_empty() {
+    let base = &agent.config.base;
+    let Some(mut scan) = crate::node_report::node_scan(base, &docker.daemon, &containers, &[])?
+    else {
         return Ok(());
-    }
-    let req = ScanRequest {
-        targets: roots,
-        layer_signatures: containers
-            .iter()
-            .filter_map(|c| c.upperdir.clone())
-            .collect(),
-        ..agent.config.base.clone()
     };
-    let mut scan = scan::scan(&req)?;
     let findings = crate::node_report::findings(&scan, &docker.daemon, &containers);
     let in_use = findings.iter().filter(|f| f.class == "in-use").count();
     let release: Vec<usize> = findings
@@ -288,7 +264,7 @@ fn sweep_once(agent: &Agent) -> anyhow::Result<()> {
     };
     let started = Instant::now();
     let plans = release::plan(&scan, scope);
-    let results = release::execute(&scan, &plans, &req.proc_root, false)?;
+    let results = release::execute(&scan, &plans, &base.proc_root, false)?;
     agent.metrics.count(&results, started.elapsed());
     Ok(())
 }

@@ -355,17 +355,6 @@ impl EngineArgs {
         })
     }
 
-    /// The scan request for one container: its mount paths and its layer's signature.
-    pub(crate) fn container_request(
-        &self,
-        c: &crate::docker::Container,
-    ) -> Result<ScanRequest, Failure> {
-        Ok(crate::docker::container_request(
-            &self.request(&[], Vec::new())?,
-            c,
-        ))
-    }
-
     pub(crate) fn connect(&self) -> Result<Docker, Failure> {
         Docker::connect(&self.docker_options()).map_err(|e| Failure::Usage(e.to_string()))
     }
@@ -452,10 +441,7 @@ fn scan_command(args: ScanArgs) -> Result<u8, Failure> {
     let (docker, containers) = resolve_containers(e, &args.containers)?;
     let trusted: Vec<PathBuf> = containers.iter().flat_map(|c| c.paths.clone()).collect();
     let mut req = e.request(&args.paths, trusted)?;
-    req.layer_signatures = containers
-        .iter()
-        .filter_map(|c| c.upperdir.clone())
-        .collect();
+    req.layer_signatures = crate::docker::layer_signatures(&containers);
     let scan = scan::scan(&req)?;
     let checked: Vec<PathBuf> = req
         .targets
@@ -464,25 +450,23 @@ fn scan_command(args: ScanArgs) -> Result<u8, Failure> {
         .cloned()
         .collect();
     check_targets_exist(&scan, &checked)?;
-    let doc = report::scan_json(&scan);
-    let (text, leaks) = match &docker {
-        None => (
-            report::scan_text(&scan),
-            scan.foreign_holders().next().is_some(),
-        ),
-        Some(d) => {
-            let view = crate::node_report::ContainerView::new(&scan, d, &containers);
-            (view.text(), view.has_leaks())
-        }
+    let view = docker
+        .as_ref()
+        .map(|d| crate::node_report::ContainerView::new(&scan, d, &containers));
+    let leaks = match &view {
+        None => scan.foreign_holders().next().is_some(),
+        Some(v) => v.has_leaks(),
     };
-    let out = if e.json {
-        let mut doc = doc;
-        if let Some(d) = &docker {
-            crate::node_report::ContainerView::new(&scan, d, &containers).annotate(&mut doc);
+    let out = match (&view, e.json) {
+        (_, true) => {
+            let mut doc = report::scan_json(&scan);
+            if let Some(v) = &view {
+                v.annotate(&mut doc);
+            }
+            format!("{doc:#}\n")
         }
-        format!("{doc:#}\n")
-    } else {
-        text
+        (None, false) => report::scan_text(&scan),
+        (Some(v), false) => v.text(),
     };
     print(&out);
     Ok(if leaks { EXIT_REMAINING } else { EXIT_CLEAN })
@@ -524,11 +508,13 @@ fn release_command(args: ReleaseArgs) -> Result<u8, Failure> {
         };
         releases.push((None, release::run_on(scan, &req, scope, args.dry_run)?));
     }
-    for c in &containers {
-        let docker = docker.as_ref().expect("containers come with a daemon");
-        let req = e.container_request(c)?;
-        let scope = crate::docker::release_scope(&docker.daemon, c, args.everywhere);
-        releases.push((Some(c), release::run(&req, scope, args.dry_run)?));
+    if let Some(docker) = &docker {
+        let base = e.request(&[], Vec::new())?;
+        for c in &containers {
+            let req = crate::docker::container_request(&base, c);
+            let scope = crate::docker::release_scope(&docker.daemon, c, args.everywhere);
+            releases.push((Some(c), release::run(&req, scope, args.dry_run)?));
+        }
     }
     let remaining = releases
         .iter()

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::namespace::mnt_ns_inode;
 use crate::release::Scope;
 use crate::scan::ScanRequest;
 
@@ -147,6 +148,23 @@ impl DockerOptions {
     }
 }
 
+/// An Engine API client on a unix socket. It starts at an old API version (18.06 speaks
+/// 1.38); `negotiate_version` then picks the daemon's.
+pub(crate) fn engine_client(
+    socket: &Path,
+    timeout: Duration,
+) -> Result<bollard::Docker, bollard::errors::Error> {
+    let version = bollard::ClientVersion {
+        major_version: 1,
+        minor_version: 38,
+    };
+    bollard::Docker::connect_with_unix(
+        &socket.to_string_lossy(),
+        timeout.as_secs().max(1),
+        &version,
+    )
+}
+
 /// A connected (or not) daemon, able to resolve containers.
 pub struct Docker {
     pub daemon: Daemon,
@@ -177,42 +195,46 @@ impl Docker {
             )
         {
             daemon.pid = Some(cred.pid());
-            daemon.mnt_ns = std::fs::metadata(format!("/proc/{}/ns/mnt", cred.pid()))
-                .ok()
-                .map(|m| std::os::unix::fs::MetadataExt::ino(&m));
+            daemon.mnt_ns = mnt_ns_inode(Path::new("/proc"), cred.pid());
         }
-        if opts.offline {
+        let client = if opts.offline {
             daemon.offline_reason = Some("--offline".into());
-            return Ok(Docker {
-                daemon,
-                client: None,
-                timeout: opts.timeout,
-            });
-        }
-        match Self::api(&on_host(&opts.host_root, &socket), opts.timeout) {
-            Ok((rt, client, info)) => {
-                daemon.via = Via::Api;
-                if let Some(root) = info.docker_root_dir {
-                    daemon.root = PathBuf::from(root);
+            None
+        } else {
+            match Self::api(&on_host(&opts.host_root, &socket), opts.timeout) {
+                Ok((rt, client, info)) => {
+                    daemon.via = Via::Api;
+                    if let Some(root) = info.docker_root_dir {
+                        daemon.root = PathBuf::from(root);
+                    }
+                    daemon.driver = info.driver;
+                    daemon.live_restore = info.live_restore_enabled;
+                    Some((rt, client))
                 }
-                daemon.driver = info.driver;
-                daemon.live_restore = info.live_restore_enabled;
-                Ok(Docker {
-                    daemon,
-                    client: Some((rt, client)),
-                    timeout: opts.timeout,
-                })
+                Err(reason) => {
+                    tracing::warn!(socket = %socket.display(), %reason, "dockerd does not answer; resolving offline from the data root");
+                    daemon.offline_reason = Some(reason);
+                    None
+                }
             }
-            Err(reason) => {
-                tracing::warn!(socket = %socket.display(), %reason, "dockerd does not answer; resolving offline from the data root");
-                daemon.offline_reason = Some(reason);
-                Ok(Docker {
-                    daemon,
-                    client: None,
-                    timeout: opts.timeout,
-                })
-            }
+        };
+        Ok(Docker {
+            daemon,
+            client,
+            timeout: opts.timeout,
+        })
+    }
+
+    /// An error from (or a silence of) the daemon's API.
+    fn api_error(&self, message: String) -> DockerError {
+        DockerError::Api {
+            socket: self.daemon.socket.display().to_string(),
+            message,
         }
+    }
+
+    fn no_answer(&self) -> DockerError {
+        self.api_error(format!("no answer within {:?}", self.timeout))
     }
 
     fn api(
@@ -230,17 +252,7 @@ impl Docker {
             .enable_all()
             .build()
             .map_err(|e| e.to_string())?;
-        // An old version to start with (18.06 speaks 1.38); negotiation picks the daemon's.
-        let version = bollard::ClientVersion {
-            major_version: 1,
-            minor_version: 38,
-        };
-        let client = bollard::Docker::connect_with_unix(
-            &socket.to_string_lossy(),
-            timeout.as_secs().max(1),
-            &version,
-        )
-        .map_err(|e| e.to_string())?;
+        let client = engine_client(socket, timeout).map_err(|e| e.to_string())?;
         // Whichever deadline fires first (ours, or the client's own), say the same thing.
         let why = |e: bollard::errors::Error| match e {
             bollard::errors::Error::RequestTimeoutError => format!("no answer within {timeout:?}"),
@@ -276,10 +288,7 @@ impl Docker {
                     tokio::time::timeout(self.timeout, client.inspect_container(name, None)).await
                 });
                 match inspected {
-                    Err(_) => Err(DockerError::Api {
-                        socket: self.daemon.socket.display().to_string(),
-                        message: format!("no answer within {:?}", self.timeout),
-                    }),
+                    Err(_) => Err(self.no_answer()),
                     Ok(Err(bollard::errors::Error::DockerResponseServerError {
                         status_code,
                         message,
@@ -297,10 +306,7 @@ impl Docker {
                             ))
                         }
                     }
-                    Ok(Err(e)) => Err(DockerError::Api {
-                        socket: self.daemon.socket.display().to_string(),
-                        message: e.to_string(),
-                    }),
+                    Ok(Err(e)) => Err(self.api_error(e.to_string())),
                     Ok(Ok(c)) => Ok(self.container_from_inspect(c)),
                 }
             }
@@ -323,14 +329,8 @@ impl Docker {
                         tokio::time::timeout(self.timeout, client.list_containers(Some(options)))
                             .await
                     })
-                    .map_err(|_| DockerError::Api {
-                        socket: self.daemon.socket.display().to_string(),
-                        message: format!("no answer within {:?}", self.timeout),
-                    })?
-                    .map_err(|e| DockerError::Api {
-                        socket: self.daemon.socket.display().to_string(),
-                        message: e.to_string(),
-                    })?;
+                    .map_err(|_| self.no_answer())?
+                    .map_err(|e| self.api_error(e.to_string()))?;
                 let ids: Vec<String> = listed.into_iter().filter_map(|c| c.id).collect();
                 // Containers removed meanwhile are simply not listed.
                 Ok(ids
@@ -426,9 +426,17 @@ impl Docker {
 pub fn container_request(base: &ScanRequest, c: &Container) -> ScanRequest {
     ScanRequest {
         targets: c.paths.clone(),
-        layer_signatures: c.upperdir.iter().cloned().collect(),
+        layer_signatures: layer_signatures(std::slice::from_ref(c)),
         ..base.clone()
     }
+}
+
+/// The overlay upperdirs that identify these containers' layers wherever they are mounted.
+pub fn layer_signatures(containers: &[Container]) -> Vec<PathBuf> {
+    containers
+        .iter()
+        .filter_map(|c| c.upperdir.clone())
+        .collect()
 }
 
 /// The release scope for a container: its copies in dockerd's namespace stay while it runs.
@@ -446,9 +454,7 @@ pub fn release_scope(daemon: &Daemon, container: &Container, everywhere: bool) -
         )]
     } else {
         // dockerd is not there to ask: its namespace is most likely ours.
-        let own = std::fs::metadata("/proc/self/ns/mnt")
-            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
-            .unwrap_or_default();
+        let own = mnt_ns_inode(Path::new("/proc"), "self").unwrap_or_default();
         vec![(
             own,
             format!(
@@ -460,11 +466,10 @@ pub fn release_scope(daemon: &Daemon, container: &Container, everywhere: bool) -
     };
     // The container's own namespace has the layer as its root: in use, never touched.
     let mut protected = protected;
-    if let Some(ns) = container.pid.and_then(|pid| {
-        std::fs::metadata(format!("/proc/{pid}/ns/mnt"))
-            .ok()
-            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
-    }) {
+    if let Some(ns) = container
+        .pid
+        .and_then(|pid| mnt_ns_inode(Path::new("/proc"), pid))
+    {
         protected.push((
             ns,
             format!("container {}'s own namespace (its root)", container.name),
@@ -630,22 +635,30 @@ fn container(
     }
 }
 
-/// Where a storage driver mounts layer `id`, for every layout Docker has used.
+/// Where each storage driver mounts layer `<id>`: `<root>/<dir>/<id>[/<leaf>]`, for every
+/// layout Docker has used (vfs copies instead of mounting).
+const LAYER_MOUNTS: &[(&str, &[&str], Option<&str>)] = &[
+    ("overlay2", &["overlay2"], Some("merged")),
+    ("overlay", &["overlay"], Some("merged")),
+    ("fuse-overlayfs", &["fuse-overlayfs"], Some("merged")),
+    ("aufs", &["aufs", "mnt"], None),
+    ("devicemapper", &["devicemapper", "mnt"], None),
+    ("zfs", &["zfs", "graph"], None),
+    ("btrfs", &["btrfs", "subvolumes"], None),
+];
+
+/// Where a storage driver mounts layer `id`.
 pub fn layer_mount(root: &Path, driver: &str, id: &str) -> Option<PathBuf> {
-    let p = match driver {
-        "overlay2" | "overlay" | "fuse-overlayfs" => root.join(driver).join(id).join("merged"),
-        "aufs" => root.join("aufs/mnt").join(id),
-        "devicemapper" => root.join("devicemapper/mnt").join(id),
-        "zfs" => root.join("zfs/graph").join(id),
-        "btrfs" => root.join("btrfs/subvolumes").join(id),
-        // vfs copies instead of mounting.
-        _ => return None,
-    };
+    let (_, dir, leaf) = LAYER_MOUNTS.iter().find(|(d, ..)| *d == driver)?;
+    let mut p: PathBuf = dir.iter().fold(root.to_path_buf(), |p, c| p.join(c));
+    p.push(id);
+    p.extend(leaf);
     Some(p)
 }
 
-/// Which container owns a mount point under the data root: by layer id or by
-/// `containers/<id>/`. `by_layer` maps layer (mount/init) ids to container ids.
+/// Which container owns a mount point under the data root: by layer id (the reverse of
+/// [`layer_mount`]) or by `containers/<id>/`. `by_layer` maps layer (mount/init) ids to
+/// container ids.
 pub fn owner_of(
     root: &Path,
     mount_point: &Path,
@@ -653,16 +666,16 @@ pub fn owner_of(
 ) -> Option<Owner> {
     let rel = mount_point.strip_prefix(root).ok()?;
     let parts: Vec<&str> = rel.iter().filter_map(|c| c.to_str()).collect();
-    match parts.as_slice() {
-        ["containers", id, ..] => Some(Owner::Container((*id).to_string())),
-        [driver, id, "merged", ..] if matches!(*driver, "overlay2" | "overlay") => {
-            Some(layer_owner(id, by_layer))
-        }
-        ["aufs", "mnt", id, ..] | ["devicemapper", "mnt", id, ..] | ["zfs", "graph", id, ..] => {
-            Some(layer_owner(id, by_layer))
-        }
-        _ => None,
+    if let ["containers", id, ..] = parts.as_slice() {
+        return Some(Owner::Container((*id).to_string()));
     }
+    LAYER_MOUNTS.iter().find_map(|(_, dir, leaf)| {
+        let (id, after) = parts.strip_prefix(*dir)?.split_first()?;
+        if leaf.is_some_and(|l| after.first() != Some(&l)) {
+            return None;
+        }
+        Some(layer_owner(id, by_layer))
+    })
 }
 
 fn layer_owner(id: &str, by_layer: &HashMap<String, String>) -> Owner {
@@ -766,6 +779,19 @@ mod tests {
             Some(Owner::Container("C1".into()))
         );
         assert_eq!(own("/var/lib/docker/overlay2"), None);
+        assert_eq!(own("/var/lib/docker/overlay2/L1/diff"), None);
+        assert_eq!(
+            own("/var/lib/docker/btrfs/subvolumes/L1"),
+            Some(Owner::Container("C1".into()))
+        );
+        // Every layer mount path maps back to its layer.
+        for (driver, ..) in LAYER_MOUNTS {
+            let p = layer_mount(root, driver, "L1").unwrap();
+            assert_eq!(
+                own(p.to_str().unwrap()),
+                Some(Owner::Container("C1".into()))
+            );
+        }
         assert_eq!(own("/srv/other"), None);
     }
 }

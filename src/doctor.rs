@@ -59,10 +59,7 @@ pub(crate) fn command(e: &EngineArgs) -> Result<u8, Failure> {
     ];
     // Namespaces holding container mounts they do not need (PrivateTmp-style services).
     let mut req = e.request(&[], vec![docker.daemon.root.clone()])?;
-    req.layer_signatures = containers
-        .iter()
-        .filter_map(|c| c.upperdir.clone())
-        .collect();
+    req.layer_signatures = crate::docker::layer_signatures(&containers);
     let scan = scan::scan(&req)?;
     checks.push(foreign_holders(&scan, &docker.daemon, &containers));
 
@@ -190,26 +187,15 @@ fn mountflags_slave_live_restore(daemon: &Daemon) -> Check {
 
 /// live-restore from dockerd's command line or its daemon.json.
 fn live_restore_configured(pid: i32) -> Option<bool> {
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    let args: Vec<String> = cmdline
-        .split(|b| *b == 0)
-        .map(|a| String::from_utf8_lossy(a).into_owned())
-        .collect();
+    let args = cmdline_args(pid);
     if args
         .iter()
         .any(|a| a == "--live-restore" || a == "--live-restore=true")
     {
         return Some(true);
     }
-    let config = args
-        .iter()
-        .position(|a| a == "--config-file")
-        .and_then(|i| args.get(i + 1).cloned())
-        .or_else(|| {
-            args.iter()
-                .find_map(|a| a.strip_prefix("--config-file=").map(String::from))
-        })
-        .unwrap_or_else(|| "/etc/docker/daemon.json".into());
+    let config =
+        flag_value(&args, "--config-file").unwrap_or_else(|| "/etc/docker/daemon.json".into());
     let root = format!("/proc/{pid}/root");
     let text = std::fs::read(Path::new(&root).join(config.trim_start_matches('/'))).ok()?;
     let doc: serde_json::Value = serde_json::from_slice(&text).ok()?;
@@ -227,19 +213,23 @@ fn cmdline_args(pid: i32) -> Vec<String> {
         .collect()
 }
 
+/// The value of `flag` on a command line, given as `flag=value` or `flag value`.
+fn flag_value(args: &[String], flag: &str) -> Option<String> {
+    args.iter().enumerate().find_map(|(i, a)| {
+        a.strip_prefix(flag)
+            .and_then(|rest| rest.strip_prefix('='))
+            .map(String::from)
+            .or_else(|| (a == flag).then(|| args.get(i + 1).cloned()).flatten())
+    })
+}
+
 /// The containerd socket dockerd uses: `--containerd`, else the one it manages under its
 /// exec root.
 fn containerd_address(dockerd: i32) -> String {
     let args = cmdline_args(dockerd);
-    let value = |flag: &str| {
-        args.iter().enumerate().find_map(|(i, a)| {
-            a.strip_prefix(&format!("{flag}="))
-                .map(String::from)
-                .or_else(|| (a == flag).then(|| args.get(i + 1).cloned()).flatten())
-        })
-    };
-    value("--containerd").unwrap_or_else(|| {
-        let exec_root = value("--exec-root").unwrap_or_else(|| "/var/run/docker".into());
+    flag_value(&args, "--containerd").unwrap_or_else(|| {
+        let exec_root =
+            flag_value(&args, "--exec-root").unwrap_or_else(|| "/var/run/docker".into());
         format!("{exec_root}/containerd/containerd.sock")
     })
 }
@@ -269,17 +259,9 @@ fn split_namespaces(daemon: &Daemon) -> Check {
         if !comm.starts_with("containerd-shim") && !comm.starts_with("docker-containerd") {
             continue;
         }
-        let ns = std::fs::metadata(format!("/proc/{pid}/ns/mnt"))
-            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
-            .ok();
+        let ns = crate::namespace::mnt_ns_inode(Path::new("/proc"), pid);
         let args = cmdline_args(pid);
-        let arg = |flag: &str| {
-            args.iter()
-                .skip_while(|a| *a != flag)
-                .nth(1)
-                .cloned()
-                .unwrap_or_default()
-        };
+        let arg = |flag: &str| flag_value(&args, flag).unwrap_or_default();
         if arg("-namespace") != "moby" || arg("-address") != address {
             continue;
         }
@@ -451,4 +433,33 @@ fn foreign_holders(scan: &scan::Scan, daemon: &Daemon, containers: &[Container])
         .map(|(ns, (n, who))| format!("mount namespace {ns} ({who}): {n} mount(s)"))
         .collect();
     c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flag_values_in_both_forms() {
+        let args: Vec<String> = [
+            "dockerd",
+            "--config-file=/etc/d.json",
+            "--exec-root",
+            "/run/x",
+            "-id",
+            "abc",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        assert_eq!(
+            flag_value(&args, "--config-file").as_deref(),
+            Some("/etc/d.json")
+        );
+        assert_eq!(flag_value(&args, "--exec-root").as_deref(), Some("/run/x"));
+        assert_eq!(flag_value(&args, "-id").as_deref(), Some("abc"));
+        // A flag that is only a prefix of another is not that flag.
+        assert_eq!(flag_value(&args, "--exec"), None);
+        assert_eq!(flag_value(&args, "--containerd"), None);
+    }
 }

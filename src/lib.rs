@@ -20,6 +20,7 @@ pub mod reap;
 pub mod release;
 pub mod report;
 pub mod scan;
+pub mod serve;
 pub mod source;
 mod sys;
 pub mod table;

@@ -72,6 +72,14 @@ pub enum NamespaceError {
     OwnNamespace { path: PathBuf, source: io::Error },
 }
 
+/// The mount namespace id (the inode of `PROC/<pid>/ns/mnt`) of `pid`, which may be
+/// `"self"`; `None` when the process is gone or may not be inspected.
+pub fn mnt_ns_inode(proc_root: &Path, pid: impl std::fmt::Display) -> Option<u64> {
+    fs::metadata(proc_root.join(format!("{pid}/ns/mnt")))
+        .ok()
+        .map(|m| m.ino())
+}
+
 /// Every mount namespace that has at least one process, found through `proc_root`.
 pub fn enumerate(proc_root: &Path) -> Result<Vec<Namespace>, NamespaceError> {
     let own_path = proc_root.join("self/ns/mnt");

@@ -21,7 +21,7 @@ use crate::cli::{EngineArgs, Failure, print};
 use crate::docker::{self, Container, Daemon, Docker, Owner};
 use crate::mountinfo::encode;
 use crate::report::holder_json;
-use crate::scan::{self, Holder, Scan};
+use crate::scan::{self, Holder, Scan, ScanRequest};
 
 /// Holders of a scan seen through the containers they belong to.
 pub struct ContainerView<'a> {
@@ -30,6 +30,9 @@ pub struct ContainerView<'a> {
     containers: &'a [Container],
     /// Per holder: index into `containers`.
     owner: Vec<Option<usize>>,
+    /// dockerd's namespace (or ours), and per container its own namespace (its root).
+    runtime: Option<u64>,
+    container_ns: Vec<Option<u64>>,
 }
 
 /// What a holder is to its container.
@@ -64,10 +67,15 @@ pub fn runtime_ns(scan: &Scan, daemon: &Daemon) -> Option<u64> {
     })
 }
 
-fn ns_of_pid(pid: i32) -> Option<u64> {
-    std::fs::metadata(format!("/proc/{pid}/ns/mnt"))
-        .ok()
-        .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+/// Each container's own mount namespace (its init process's), read once per report.
+fn container_namespaces(containers: &[Container]) -> Vec<Option<u64>> {
+    containers
+        .iter()
+        .map(|c| {
+            c.pid
+                .and_then(|pid| crate::namespace::mnt_ns_inode(Path::new("/proc"), pid))
+        })
+        .collect()
 }
 
 impl<'a> ContainerView<'a> {
@@ -104,19 +112,18 @@ impl<'a> ContainerView<'a> {
             daemon: &docker.daemon,
             containers,
             owner,
+            runtime: runtime_ns(scan, &docker.daemon),
+            container_ns: container_namespaces(containers),
         }
     }
 
     pub fn role(&self, i: usize) -> Role {
         let h = &self.scan.holders[i];
         let inode = self.scan.namespaces[h.ns].ns.inode;
-        if Some(inode) == runtime_ns(self.scan, self.daemon) {
+        if Some(inode) == self.runtime {
             return Role::Runtime;
         }
-        let own_ns = self.owner[i]
-            .and_then(|c| self.containers[c].pid)
-            .and_then(ns_of_pid);
-        if Some(inode) == own_ns {
+        if self.owner[i].and_then(|c| self.container_ns[c]) == Some(inode) {
             Role::Container
         } else if h.in_use.is_some() {
             Role::InUse
@@ -230,13 +237,16 @@ pub struct Finding {
     pub owner: String,
 }
 
-/// Roots whose mounts the node-wide report looks at: docker's, and the other runtimes'
-/// that exist here.
+/// Roots whose mounts the node-wide report looks at: docker's data root and the other
+/// runtimes' directories, those that exist here.
 pub fn node_roots(daemon: &Daemon, extra: &[PathBuf]) -> Vec<PathBuf> {
-    let mut roots = vec![daemon.root.clone()];
-    for r in ["/var/lib/containerd", "/run/containerd", "/var/lib/kubelet"]
-        .iter()
-        .map(PathBuf::from)
+    let mut roots: Vec<PathBuf> = Vec::new();
+    for r in std::iter::once(daemon.root.clone())
+        .chain(
+            ["/var/lib/containerd", "/run/containerd", "/var/lib/kubelet"]
+                .iter()
+                .map(PathBuf::from),
+        )
         .chain(extra.iter().cloned())
     {
         if r.exists() && !roots.iter().any(|x| r.starts_with(x)) {
@@ -246,11 +256,36 @@ pub fn node_roots(daemon: &Daemon, extra: &[PathBuf]) -> Vec<PathBuf> {
     roots
 }
 
+/// The node-wide scan: every runtime root, with the containers' layer signatures (copies of
+/// their layers at other paths). `None`: no runtime root exists on this node.
+pub fn node_scan(
+    base: &ScanRequest,
+    daemon: &Daemon,
+    containers: &[Container],
+    extra_roots: &[PathBuf],
+) -> Result<Option<Scan>, scan::ScanError> {
+    let roots = node_roots(daemon, extra_roots);
+    if roots.is_empty() {
+        return Ok(None);
+    }
+    let req = ScanRequest {
+        targets: roots,
+        layer_signatures: docker::layer_signatures(containers),
+        ..base.clone()
+    };
+    scan::scan(&req).map(Some)
+}
+
 /// Scans the node and classifies every container mount held where it is not needed.
 pub fn findings(scan: &Scan, daemon: &Daemon, containers: &[Container]) -> Vec<Finding> {
     use std::os::unix::ffi::OsStrExt;
     let by_layer = docker::layers_by_container(containers);
-    let by_id: HashMap<&str, &Container> = containers.iter().map(|c| (c.id.as_str(), c)).collect();
+    let own_ns = container_namespaces(containers);
+    let by_id: HashMap<&str, (&Container, Option<u64>)> = containers
+        .iter()
+        .zip(&own_ns)
+        .map(|(c, &ns)| (c.id.as_str(), (c, ns)))
+        .collect();
     let runtime = runtime_ns(scan, daemon);
     let owner_of = |h: &Holder| {
         docker::owner_of(
@@ -277,19 +312,15 @@ pub fn findings(scan: &Scan, daemon: &Daemon, containers: &[Container]) -> Vec<F
             continue;
         };
         let inode = scan.namespaces[h.ns].ns.inode;
-        let (container, owner_id, gone) = match &owner {
+        let (container, owner_id, gone, container_ns) = match &owner {
             Owner::Container(id) => match by_id.get(id.as_str()) {
-                Some(c) => ((*c).clone().into(), id.clone(), c.is_stuck()),
-                None => (None, id.clone(), true),
+                Some(&(c, ns)) => (Some(c.clone()), id.clone(), c.is_stuck(), ns),
+                None => (None, id.clone(), true, None),
             },
-            Owner::UnknownLayer(layer) => (None, layer.clone(), true),
+            Owner::UnknownLayer(layer) => (None, layer.clone(), true, None),
         };
         let in_runtime = Some(inode) == runtime;
-        let own_root = container
-            .as_ref()
-            .and_then(|c: &Container| c.pid)
-            .and_then(ns_of_pid)
-            == Some(inode);
+        let own_root = container_ns == Some(inode);
         let (class, severity) = if gone {
             ("orphaned", 3)
         } else if in_runtime || own_root {
@@ -325,11 +356,8 @@ pub(crate) fn command(e: &EngineArgs) -> Result<u8, Failure> {
             .list()
             .map_err(|err| Failure::Usage(err.to_string()))?
     };
-    let roots: Vec<PathBuf> = node_roots(&docker.daemon, &e.runtime_roots)
-        .into_iter()
-        .filter(|r| r.exists())
-        .collect();
-    if roots.is_empty() {
+    let base = e.request(&[], Vec::new())?;
+    let Some(scan) = node_scan(&base, &docker.daemon, &containers, &e.runtime_roots)? else {
         print(&format!(
             "No container runtime found on this node: no dockerd at {}, and none of {}, \
              /var/lib/containerd, /run/containerd, /var/lib/kubelet exists.\n",
@@ -337,13 +365,7 @@ pub(crate) fn command(e: &EngineArgs) -> Result<u8, Failure> {
             docker.daemon.root.display()
         ));
         return Ok(0);
-    }
-    let mut req = e.request(&[], roots)?;
-    req.layer_signatures = containers
-        .iter()
-        .filter_map(|c| c.upperdir.clone())
-        .collect();
-    let scan = scan::scan(&req)?;
+    };
     let found = findings(&scan, &docker.daemon, &containers);
     if e.json {
         let items: Vec<Value> = found

@@ -131,20 +131,11 @@ struct State {
 
 /// Serves the plugin until SIGTERM or SIGINT.
 pub fn run(config: PluginConfig) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    rt.block_on(serve(config))
+    crate::serve::block_on(serve(config))
 }
 
 async fn serve(config: PluginConfig) -> anyhow::Result<()> {
-    if let Some(dir) = config.socket.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let _ = std::fs::remove_file(&config.socket);
-    let listener = tokio::net::UnixListener::bind(&config.socket)
-        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.socket.display()))?;
+    let listener = crate::serve::bind_unix(&config.socket, None)?;
     info!(socket = %config.socket.display(), noop = config.noop, deadline_ms = config.deadline.as_millis() as u64, "plugin listening");
     let state = Arc::new(State {
         permits: Arc::new(tokio::sync::Semaphore::new(4)),
@@ -158,7 +149,8 @@ async fn serve(config: PluginConfig) -> anyhow::Result<()> {
             tokio::spawn(sweep_periodically(state.clone()));
         }
     }
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let shutdown = crate::serve::shutdown_signal()?;
+    tokio::pin!(shutdown);
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -179,8 +171,7 @@ async fn serve(config: PluginConfig) -> anyhow::Result<()> {
                     }
                 });
             }
-            _ = term.recv() => break,
-            _ = tokio::signal::ctrl_c() => break,
+            _ = &mut shutdown => break,
         }
     }
     info!("plugin stopping");
@@ -272,7 +263,6 @@ async fn cleanup_within_deadline(state: &Arc<State>, t: Trigger, call: String) {
             &worker_state.config.base,
             worker_state.config.fault,
             &t,
-            true,
         )
     });
     let left = deadline.saturating_sub(started.elapsed());
@@ -287,14 +277,13 @@ async fn cleanup_within_deadline(state: &Arc<State>, t: Trigger, call: String) {
 }
 
 /// Releases the foreign copies of the trigger's containers; returns how many copies went.
-/// `before_daemon`: the daemon has not acted yet, so its own copy of a running container is
-/// kept (and, after a `die`, the daemon unmounts its copy itself).
+/// dockerd's own copy is always kept: before a stop or removal the daemon unmounts it in
+/// its Put, after a `die` it has done so already, and on a restart it mounts it again.
 pub(crate) fn cleanup(
     docker_options: &DockerOptions,
     base: &ScanRequest,
     fault: Option<Fault>,
     t: &Trigger,
-    before_daemon: bool,
 ) -> anyhow::Result<usize> {
     match fault {
         Some(Fault::Fail) => anyhow::bail!("injected failure (MNTREAP_FAULT=fail)"),
@@ -320,9 +309,7 @@ pub(crate) fn cleanup(
         let _g = span.enter();
         let req = docker::container_request(base, c);
         let mut scope = docker::release_scope(&docker.daemon, c, false);
-        // dockerd's own copy is the daemon's to unmount in its Put.
-        if before_daemon
-            && let (Some(list), Some(ns)) = (scope.protected.as_mut(), docker.daemon.mnt_ns)
+        if let (Some(list), Some(ns)) = (scope.protected.as_mut(), docker.daemon.mnt_ns)
             && !list.iter().any(|(i, _)| *i == ns)
         {
             list.push((
@@ -350,9 +337,7 @@ async fn follow_events(state: Arc<State>) {
         };
         let span = info_span!("plugin", call = "event die", container_id = %id);
         let _g = span.enter();
-        // dockerd's copy is the daemon's: after a `die` it unmounts it itself, and on a
-        // restart it is already mounting it again.
-        if let Err(e) = cleanup(&docker, &base, fault, &t, true) {
+        if let Err(e) = cleanup(&docker, &base, fault, &t) {
             warn!(error = %e, "backstop cleanup failed");
         }
     })
@@ -372,14 +357,7 @@ pub(crate) async fn follow_die_events(
             .socket()
             .unwrap_or_else(|_| PathBuf::from(docker::DEFAULT_SOCKET));
         let socket = docker::on_host(&options.host_root, &socket);
-        let client = match bollard::Docker::connect_with_unix(
-            &socket.to_string_lossy(),
-            120,
-            &bollard::ClientVersion {
-                major_version: 1,
-                minor_version: 38,
-            },
-        ) {
+        let client = match docker::engine_client(&socket, Duration::from_secs(120)) {
             Ok(c) => c,
             Err(e) => {
                 warn!(error = %e, "cannot reach dockerd for events; retrying");
@@ -421,9 +399,8 @@ async fn sweep_periodically(state: Arc<State>) {
                 &worker.config.docker,
                 &worker.config.base,
                 worker.config.fault,
-                &Trigger::Prune,
                 // A "stopped" container may be starting right now: dockerd's copy is its own.
-                true,
+                &Trigger::Prune,
             )
         })
         .instrument(info_span!("sweep"));

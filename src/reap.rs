@@ -28,8 +28,9 @@ pub(crate) fn command(e: &EngineArgs, names: &[String], dry_run: bool) -> Result
     let mut docs = Vec::new();
     let mut text = String::new();
     let mut all_removed = true;
+    let base = e.request(&[], Vec::new())?;
     for c in &containers {
-        let req = e.container_request(c)?;
+        let req = crate::docker::container_request(&base, c);
         let scope = crate::docker::release_scope(&docker.daemon, c, false);
         let rel = release::run(&req, scope, dry_run)?;
         let removal: Result<(), String> = if dry_run {

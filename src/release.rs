@@ -693,10 +693,11 @@ fn recheck(
                 "mount namespace {inode} could not be re-read after the release"
             )),
         }
-        let alive = scan.namespaces[ns].ns.pids.iter().any(|pid| {
-            std::fs::metadata(request.proc_root.join(format!("{pid}/ns/mnt")))
-                .is_ok_and(|m| std::os::unix::fs::MetadataExt::ino(&m) == inode)
-        });
+        let alive = scan.namespaces[ns]
+            .ns
+            .pids
+            .iter()
+            .any(|&pid| crate::namespace::mnt_ns_inode(&request.proc_root, pid) == Some(inode));
         if !alive {
             notes.push(format!(
                 "mount namespace {inode} has no process left (its last one exited after the \
