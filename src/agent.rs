@@ -24,7 +24,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tracing::{info, info_span, warn};
 
 use crate::docker::{self, Docker, DockerOptions};
@@ -318,6 +318,10 @@ struct HookRequest {
     container: Option<String>,
 }
 
+/// A hook request is one JSON line; anything longer or slower is refused.
+const HOOK_REQUEST_MAX: u64 = 4096;
+const HOOK_READ_TIMEOUT: Duration = Duration::from_secs(5);
+
 async fn serve_hook(agent: Arc<Agent>, listener: tokio::net::UnixListener) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
@@ -328,9 +332,18 @@ async fn serve_hook(agent: Arc<Agent>, listener: tokio::net::UnixListener) {
             let peer = stream.peer_cred().ok().and_then(|c| c.pid());
             let (read, mut write) = stream.into_split();
             let mut line = String::new();
-            let mut reader = BufReader::new(read);
-            if reader.read_line(&mut line).await.is_err() {
-                return;
+            // One short line, soon: the socket is world-connectable.
+            let mut reader = BufReader::new(read.take(HOOK_REQUEST_MAX));
+            match tokio::time::timeout(HOOK_READ_TIMEOUT, reader.read_line(&mut line)).await {
+                Ok(Ok(_)) if line.ends_with('\n') => {}
+                _ => {
+                    let _ = write
+                        .write_all(
+                            b"{\"ok\":false,\"error\":\"no request line within 4 KiB and 5 s\"}\n",
+                        )
+                        .await;
+                    return;
+                }
             }
             let a = agent.clone();
             let reply = tokio::task::spawn_blocking(move || hook(&a, peer, &line))
@@ -341,15 +354,41 @@ async fn serve_hook(agent: Arc<Agent>, listener: tokio::net::UnixListener) {
     }
 }
 
-/// The 64-hex container id in a process's cgroup paths (docker and kubepods layouts).
-pub fn container_of_pid(proc_root: &Path, pid: i32) -> Option<String> {
-    let text = std::fs::read_to_string(proc_root.join(format!("{pid}/cgroup"))).ok()?;
-    text.lines().find_map(|l| {
-        let path = l.splitn(3, ':').nth(2)?;
-        path.split(['/', '-', '.'])
-            .find(|part| part.len() == 64 && part.bytes().all(|b| b.is_ascii_hexdigit()))
-            .map(String::from)
-    })
+/// The container `pid` is a process of, as the kernel and the runtime's records say
+/// together (see [`crate::caller`]): the cgroup names only which containers to check.
+fn caller_container(
+    proc_root: &Path,
+    docker: &Docker,
+    pid: i32,
+) -> Result<docker::Container, String> {
+    let facts = crate::caller::facts(proc_root, pid)
+        .ok_or_else(|| crate::caller::CallerError::Gone(pid).to_string())?;
+    let candidates = crate::caller::candidate_ids(&facts.cgroup);
+    let mut why = crate::caller::CallerError::NoContainer {
+        pid,
+        cgroup: facts.cgroup.trim().replace('\n', " "),
+    }
+    .to_string();
+    for id in candidates {
+        let Some(c) = docker
+            .resolve(std::slice::from_ref(&id))
+            .ok()
+            .and_then(|v| v.into_iter().next())
+        else {
+            why = format!(
+                "caller pid {pid}: its cgroup names container {id}, which the runtime does not know"
+            );
+            continue;
+        };
+        match crate::caller::verify(proc_root, &facts, &c.name, &c.id, c.pid) {
+            Ok(()) => {
+                crate::caller::still_the_same(proc_root, &facts).map_err(|e| e.to_string())?;
+                return Ok(c);
+            }
+            Err(e) => why = e.to_string(),
+        }
+    }
+    Err(why)
 }
 
 fn hook(agent: &Agent, peer: Option<i32>, line: &str) -> serde_json::Value {
@@ -367,9 +406,6 @@ fn hook(agent: &Agent, peer: Option<i32>, line: &str) -> serde_json::Value {
     let Some(pid) = peer else {
         return refuse("no peer credentials on the hook socket".into());
     };
-    let Some(own) = container_of_pid(&agent.config.base.proc_root, pid) else {
-        return refuse(format!("caller pid {pid} is not in a container"));
-    };
     let offline = DockerOptions {
         offline: true,
         ..agent.config.docker.clone()
@@ -378,9 +414,9 @@ fn hook(agent: &Agent, peer: Option<i32>, line: &str) -> serde_json::Value {
         Ok(d) => d,
         Err(e) => return refuse(e.to_string()),
     };
-    let container = match docker.resolve(std::slice::from_ref(&own)) {
-        Ok(mut c) => c.remove(0),
-        Err(e) => return refuse(format!("caller's container {own}: {e}")),
+    let container = match caller_container(&agent.config.base.proc_root, &docker, pid) {
+        Ok(c) => c,
+        Err(e) => return refuse(e),
     };
     // The caller may name its own container or a sibling in the same Kubernetes pod.
     let container = match &req.container {
@@ -389,7 +425,7 @@ fn hook(agent: &Agent, peer: Option<i32>, line: &str) -> serde_json::Value {
             let target = docker
                 .resolve(std::slice::from_ref(asked))
                 .ok()
-                .map(|mut c| c.remove(0));
+                .and_then(|c| c.into_iter().next());
             let same_pod =
                 |t: &docker::Container| t.pod_uid.is_some() && t.pod_uid == container.pod_uid;
             match target {
@@ -398,7 +434,7 @@ fn hook(agent: &Agent, peer: Option<i32>, line: &str) -> serde_json::Value {
                     return refuse(format!(
                         "container {asked:?} is not the caller's ({} {}) nor in its pod: a pod may release only its own containers",
                         container.name,
-                        &container.id[..12]
+                        crate::docker::short_id(&container.id)
                     ));
                 }
             }
@@ -407,7 +443,7 @@ fn hook(agent: &Agent, peer: Option<i32>, line: &str) -> serde_json::Value {
     let span = info_span!("agent", trigger = "hook pre-stop", container = %container.name);
     let _g = span.enter();
     let started = Instant::now();
-    let req = docker::container_request(&agent.config.base, &container);
+    let req = docker::container_request(&agent.config.base, &docker.daemon, &container);
     let scope = docker::release_scope(&docker.daemon, &container, false);
     match release::run(&req, scope, false) {
         Ok(rel) => {

@@ -344,6 +344,7 @@ impl EngineArgs {
             pid_used: std::process::id() as i32,
             pids: Vec::new(),
             own: true,
+            host_userns: true,
         };
         Ok(ScanRequest {
             targets,
@@ -352,6 +353,7 @@ impl EngineArgs {
             threads: self.threads.unwrap_or_else(scan::default_threads).max(1),
             paths_only: self.paths_only,
             layer_signatures: Vec::new(),
+            trusted_namespaces: Vec::new(),
         })
     }
 
@@ -442,6 +444,9 @@ fn scan_command(args: ScanArgs) -> Result<u8, Failure> {
     let trusted: Vec<PathBuf> = containers.iter().flat_map(|c| c.paths.clone()).collect();
     let mut req = e.request(&args.paths, trusted)?;
     req.layer_signatures = crate::docker::layer_signatures(&containers);
+    if let Some(d) = &docker {
+        req.trusted_namespaces = d.daemon.trusted_namespaces();
+    }
     let scan = scan::scan(&req)?;
     let checked: Vec<PathBuf> = req
         .targets
@@ -511,7 +516,7 @@ fn release_command(args: ReleaseArgs) -> Result<u8, Failure> {
     if let Some(docker) = &docker {
         let base = e.request(&[], Vec::new())?;
         for c in &containers {
-            let req = crate::docker::container_request(&base, c);
+            let req = crate::docker::container_request(&base, &docker.daemon, c);
             let scope = crate::docker::release_scope(&docker.daemon, c, args.everywhere);
             releases.push((Some(c), release::run(&req, scope, args.dry_run)?));
         }
@@ -545,7 +550,7 @@ fn release_command(args: ReleaseArgs) -> Result<u8, Failure> {
                 text.push_str(&format!(
                     "container {} ({}, {}):\n",
                     c.name,
-                    &c.id[..12.min(c.id.len())],
+                    crate::docker::short_id(&c.id),
                     c.state
                 ));
             }

@@ -130,6 +130,33 @@ pub enum DockerError {
     Api { socket: String, message: String },
     #[error("{0}")]
     Usage(String),
+    #[error(transparent)]
+    BadRecord(#[from] BadRecord),
+}
+
+/// A runtime record that fails the path rails (an id that is no single hex component, a
+/// symlink on the way): reported with the file it came from, and the container skipped.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {problem}; container record skipped")]
+pub struct BadRecord {
+    pub file: String,
+    pub problem: String,
+}
+
+impl BadRecord {
+    fn new(file: &Path, problem: impl std::fmt::Display) -> BadRecord {
+        BadRecord {
+            file: file.display().to_string(),
+            problem: problem.to_string(),
+        }
+    }
+}
+
+impl Daemon {
+    /// The namespaces whose mounts say what a container's mounts are: the daemon's.
+    pub fn trusted_namespaces(&self) -> Vec<u64> {
+        self.mnt_ns.into_iter().collect()
+    }
 }
 
 impl DockerOptions {
@@ -307,7 +334,7 @@ impl Docker {
                         }
                     }
                     Ok(Err(e)) => Err(self.api_error(e.to_string())),
-                    Ok(Ok(c)) => Ok(self.container_from_inspect(c)),
+                    Ok(Ok(c)) => Ok(self.container_from_inspect(c)?),
                 }
             }
             None => {
@@ -332,10 +359,17 @@ impl Docker {
                     .map_err(|_| self.no_answer())?
                     .map_err(|e| self.api_error(e.to_string()))?;
                 let ids: Vec<String> = listed.into_iter().filter_map(|c| c.id).collect();
-                // Containers removed meanwhile are simply not listed.
+                // Containers removed meanwhile are simply not listed; bad records are named.
                 Ok(ids
                     .iter()
-                    .filter_map(|id| self.resolve_one(id).ok())
+                    .filter_map(|id| match self.resolve_one(id) {
+                        Ok(c) => Some(c),
+                        Err(DockerError::BadRecord(bad)) => {
+                            tracing::warn!(file = %bad.file, problem = %bad.problem, "container record skipped");
+                            None
+                        }
+                        Err(_) => None,
+                    })
                     .collect())
             }
             None => self.list_offline(),
@@ -358,14 +392,29 @@ impl Docker {
         })?;
         let mut out: Vec<Container> = entries
             .filter_map(|e| e.ok())
-            .filter_map(|e| read_config(&self.daemon.root, &self.daemon.host_root, &e.path()))
+            .filter_map(
+                |e| match read_config(&self.daemon.root, &self.daemon.host_root, &e.path())? {
+                    Ok(c) => Some(c),
+                    Err(bad) => {
+                        tracing::warn!(file = %bad.file, problem = %bad.problem, "container record skipped");
+                        None
+                    }
+                },
+            )
             .collect();
         out.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(out)
     }
 
-    fn container_from_inspect(&self, c: bollard::models::ContainerInspectResponse) -> Container {
+    fn container_from_inspect(
+        &self,
+        c: bollard::models::ContainerInspectResponse,
+    ) -> Result<Container, BadRecord> {
         let id = c.id.unwrap_or_default();
+        let record = PathBuf::from(format!(
+            "dockerd at {}: GET /containers/{id}/json",
+            self.daemon.socket.display()
+        ));
         let state = c.state.unwrap_or_default();
         let status = state
             .status
@@ -381,14 +430,15 @@ impl Docker {
         let mut out = container(
             &self.daemon.root,
             &self.daemon.host_root,
+            &record,
             id,
             c.name.unwrap_or_default(),
             status,
             pid,
             driver,
-        );
+        )?;
         out.pod_uid = pod_uid;
-        out
+        Ok(out)
     }
 
     /// `DELETE /containers/{id}?force=1`: the daemon's own error text when it fails.
@@ -421,12 +471,19 @@ impl Docker {
     }
 }
 
-/// The scan request for one container: `base`'s settings, the container's mount paths
-/// and its layer's upperdir signature.
-pub fn container_request(base: &ScanRequest, c: &Container) -> ScanRequest {
+/// The 12-character short form of an id, as the docker CLI shows it. Never panics: an id
+/// that is short or not ASCII (read from a record or a mount path) is shown whole.
+pub fn short_id(id: &str) -> &str {
+    id.get(..12).unwrap_or(id)
+}
+
+/// The scan request for one container: `base`'s settings, the container's mount paths,
+/// its layer's upperdir signature, and the runtime's namespace as a trusted view.
+pub fn container_request(base: &ScanRequest, daemon: &Daemon, c: &Container) -> ScanRequest {
     ScanRequest {
         targets: c.paths.clone(),
         layer_signatures: layer_signatures(std::slice::from_ref(c)),
+        trusted_namespaces: daemon.trusted_namespaces(),
         ..base.clone()
     }
 }
@@ -501,7 +558,7 @@ fn pick(name: &str, all: &[Container], root: &Path) -> Result<Container, DockerE
             name: name.into(),
             ids: many
                 .iter()
-                .map(|c| c.id[..12.min(c.id.len())].to_string())
+                .map(|c| short_id(&c.id).to_string())
                 .collect::<Vec<_>>()
                 .join(", "),
         }),
@@ -553,10 +610,34 @@ struct StateV2 {
     started_at: String,
 }
 
-/// Reads `dir/config.v2.json` (`dir` as this process sees it).
-fn read_config(root: &Path, host_root: &Path, dir: &Path) -> Option<Container> {
-    let text = std::fs::read(dir.join("config.v2.json")).ok()?;
-    let c: ConfigV2 = serde_json::from_slice(&text).ok()?;
+/// Reads `dir/config.v2.json` (`dir` as this process sees it): `None` where there is no
+/// readable config (a directory being created or removed), an error for a bad record.
+fn read_config(root: &Path, host_root: &Path, dir: &Path) -> Option<Result<Container, BadRecord>> {
+    let file = dir.join("config.v2.json");
+    let text = std::fs::read(&file).ok()?;
+    Some(config_to_container(root, host_root, dir, &file, &text))
+}
+
+fn config_to_container(
+    root: &Path,
+    host_root: &Path,
+    dir: &Path,
+    file: &Path,
+    text: &[u8],
+) -> Result<Container, BadRecord> {
+    let c: ConfigV2 = serde_json::from_slice(text).map_err(|e| BadRecord::new(file, e))?;
+    // The id becomes a path: it must be one hex component, and the directory it lives in.
+    crate::policy::container_id(&c.id).map_err(|e| BadRecord::new(file, e))?;
+    if dir.file_name() != Some(std::ffi::OsStr::new(&c.id)) {
+        return Err(BadRecord::new(
+            file,
+            crate::policy::RecordError::NotItsDirectory {
+                what: "container id",
+                value: c.id.clone(),
+                dir: dir.display().to_string(),
+            },
+        ));
+    }
     // The same status words the API derives from the same fields (container/state.go).
     let s = &c.state;
     let status = if s.removal_in_progress {
@@ -580,33 +661,68 @@ fn read_config(root: &Path, host_root: &Path, dir: &Path) -> Option<Container> {
         .labels
         .as_ref()
         .and_then(|l| l.get(POD_UID_LABEL).cloned());
-    let mut out = container(root, host_root, c.id, c.name, status.into(), pid, c.driver);
+    let mut out = container(
+        root,
+        host_root,
+        file,
+        c.id,
+        c.name,
+        status.into(),
+        pid,
+        c.driver,
+    )?;
     out.pod_uid = pod_uid;
-    Some(out)
+    Ok(out)
 }
 
+/// A storage driver's name: one plain path component (it names a directory).
+fn valid_driver(driver: &str) -> bool {
+    !driver.is_empty()
+        && driver
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// Builds a container from a record (`record` names where it came from). Every id that
+/// becomes a path component passes the same rails as `--path`: one hex component, no
+/// symlink on the way below the data root.
+#[allow(clippy::too_many_arguments)]
 fn container(
     root: &Path,
     host_root: &Path,
+    record: &Path,
     id: String,
     name: String,
     state: String,
     pid: Option<i32>,
     driver: String,
-) -> Container {
+) -> Result<Container, BadRecord> {
+    crate::policy::container_id(&id).map_err(|e| BadRecord::new(record, e))?;
+    if !valid_driver(&driver) {
+        return Err(BadRecord::new(
+            record,
+            format!("storage driver {driver:?} is not a plain name"),
+        ));
+    }
     let layerdb = root
         .join("image")
         .join(&driver)
         .join("layerdb/mounts")
         .join(&id);
-    let read_id = |f: &str| {
-        std::fs::read_to_string(on_host(host_root, &layerdb.join(f)))
-            .ok()
-            .map(|s| s.trim().to_string())
-            .filter(|s| !s.is_empty())
+    let read_id = |f: &str| -> Result<Option<String>, BadRecord> {
+        let file = layerdb.join(f);
+        let Ok(text) = std::fs::read_to_string(on_host(host_root, &file)) else {
+            return Ok(None);
+        };
+        let value = text.trim();
+        if value.is_empty() {
+            return Ok(None);
+        }
+        crate::policy::layer_id(value).map_err(|e| BadRecord::new(&file, e))?;
+        Ok(Some(value.to_string()))
     };
-    let mount_id = read_id("mount-id");
-    let init_id = read_id("init-id");
+    let mount_id = read_id("mount-id")?;
+    let init_id = read_id("init-id")?;
     let mut paths = Vec::new();
     for layer in mount_id.iter().chain(init_id.iter()) {
         if let Some(p) = layer_mount(root, &driver, layer) {
@@ -621,7 +737,12 @@ fn container(
     paths.push(cdir.join("mounts/shm"));
     paths.push(cdir.join("shm"));
     paths.push(cdir.join("mounts/secrets"));
-    Container {
+    let host_data_root = on_host(host_root, root);
+    for p in paths.iter().chain(upperdir.iter()) {
+        crate::policy::no_symlink_below(&host_data_root, &on_host(host_root, p))
+            .map_err(|e| BadRecord::new(record, e))?;
+    }
+    Ok(Container {
         id,
         name: name.trim_start_matches('/').to_string(),
         state,
@@ -632,7 +753,7 @@ fn container(
         paths,
         upperdir,
         pod_uid: None,
-    }
+    })
 }
 
 /// Where each storage driver mounts layer `<id>`: `<root>/<dir>/<id>[/<leaf>]`, for every

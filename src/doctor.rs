@@ -60,6 +60,7 @@ pub(crate) fn command(e: &EngineArgs) -> Result<u8, Failure> {
     // Namespaces holding container mounts they do not need (PrivateTmp-style services).
     let mut req = e.request(&[], vec![docker.daemon.root.clone()])?;
     req.layer_signatures = crate::docker::layer_signatures(&containers);
+    req.trusted_namespaces = docker.daemon.trusted_namespaces();
     let scan = scan::scan(&req)?;
     checks.push(foreign_holders(&scan, &docker.daemon, &containers));
 
@@ -267,7 +268,7 @@ fn split_namespaces(daemon: &Daemon) -> Check {
         }
         if ns.is_some_and(|ns| ns != dockerd_ns) {
             let id = arg("-id");
-            let id = &id[..12.min(id.len())];
+            let id = crate::docker::short_id(&id);
             stranded.push(format!(
                 "shim pid {pid} (container {id}) in mount namespace {} (dockerd's: {dockerd_ns})",
                 ns.unwrap_or_default()
@@ -302,7 +303,7 @@ fn stuck_containers(containers: &[Container]) -> Check {
             format!(
                 "{} ({}) is {}",
                 c.name,
-                &c.id[..12.min(c.id.len())],
+                crate::docker::short_id(&c.id),
                 c.state
             )
         })

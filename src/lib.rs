@@ -7,6 +7,7 @@
 //! dedicated thread ([`nsexec`]). All raw system calls live in `sys`.
 
 pub mod agent;
+pub mod caller;
 pub mod cli;
 pub mod docker;
 pub mod doctor;

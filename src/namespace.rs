@@ -58,6 +58,10 @@ pub struct Namespace {
     pub pids: Vec<i32>,
     /// True for mntreap's own namespace (the runtime's view on a host).
     pub own: bool,
+    /// Owned by mntreap's own user namespace: only a process with `CAP_SYS_ADMIN` there
+    /// (root on a host) can mount in it. A namespace owned by another user namespace may
+    /// be an unprivileged user's, whose mounts and mount options say what that user chose.
+    pub host_userns: bool,
 }
 
 /// Errors reading /proc that make a scan impossible (per-process failures are not errors:
@@ -89,6 +93,9 @@ pub fn enumerate(proc_root: &Path) -> Result<Vec<Namespace>, NamespaceError> {
             source,
         })?
         .ino();
+    let own_userns = fs::metadata(proc_root.join("self/ns/user"))
+        .ok()
+        .map(|m| m.ino());
     let entries = fs::read_dir(proc_root).map_err(|source| NamespaceError::ListProc {
         path: proc_root.to_path_buf(),
         source,
@@ -127,12 +134,15 @@ pub fn enumerate(proc_root: &Path) -> Result<Vec<Namespace>, NamespaceError> {
             continue;
         }
         by_inode.insert(inode, namespaces.len());
+        let host_userns =
+            own_userns.is_some() && sys::owner_userns_inode(fd.as_fd()).ok() == own_userns;
         namespaces.push(Namespace {
             inode,
             fd,
             pid_used: pid,
             pids: member(pid),
             own: inode == own_inode,
+            host_userns,
         });
     }
     Ok(namespaces)

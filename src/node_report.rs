@@ -176,7 +176,7 @@ impl<'a> ContainerView<'a> {
             out.push_str(&format!(
                 "container {} ({}) {}:\n",
                 c.name,
-                &c.id[..12.min(c.id.len())],
+                crate::docker::short_id(&c.id),
                 c.state
             ));
             let mine: Vec<usize> = (0..self.scan.holders.len())
@@ -271,6 +271,7 @@ pub fn node_scan(
     let req = ScanRequest {
         targets: roots,
         layer_signatures: docker::layer_signatures(containers),
+        trusted_namespaces: daemon.trusted_namespaces(),
         ..base.clone()
     };
     scan::scan(&req).map(Some)
@@ -414,9 +415,9 @@ pub(crate) fn command(e: &EngineArgs) -> Result<u8, Failure> {
             for f in &found {
                 let h = &scan.holders[f.holder];
                 let (id, name) = match &f.container {
-                    Some(c) => (c.id[..12.min(c.id.len())].to_string(), c.name.clone()),
+                    Some(c) => (crate::docker::short_id(&c.id).to_string(), c.name.clone()),
                     None => (
-                        f.owner[..12.min(f.owner.len())].to_string(),
+                        crate::docker::short_id(&f.owner).to_string(),
                         "(gone)".into(),
                     ),
                 };

@@ -307,7 +307,7 @@ pub(crate) fn cleanup(
     for c in &containers {
         let span = info_span!("container", container = %c.name, id = %c.id);
         let _g = span.enter();
-        let req = docker::container_request(base, c);
+        let req = docker::container_request(base, &docker.daemon, c);
         let mut scope = docker::release_scope(&docker.daemon, c, false);
         if let (Some(list), Some(ns)) = (scope.protected.as_mut(), docker.daemon.mnt_ns)
             && !list.iter().any(|(i, _)| *i == ns)

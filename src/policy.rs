@@ -124,9 +124,105 @@ impl Policy {
     }
 }
 
+/// Why a name read from a runtime's records may not become a path component.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RecordError {
+    #[error("{what} {value:?} is not {expected}")]
+    Malformed {
+        what: &'static str,
+        value: String,
+        expected: &'static str,
+    },
+    #[error("{what} {value:?} is not the directory it was read from ({dir:?})")]
+    NotItsDirectory {
+        what: &'static str,
+        value: String,
+        dir: String,
+    },
+    #[error("{path:?} goes through a symlink at {link:?}: runtimes never put one there")]
+    Symlink { path: String, link: String },
+}
+
+/// A runtime's 64-hex-digit id (Docker's container and layer ids).
+pub fn is_hex_id(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Checks a container id read from a record: 64 hex digits.
+pub fn container_id(value: &str) -> Result<&str, RecordError> {
+    if is_hex_id(value) {
+        Ok(value)
+    } else {
+        Err(RecordError::Malformed {
+            what: "container id",
+            value: value.into(),
+            expected: "64 hex digits",
+        })
+    }
+}
+
+/// Checks a storage driver's layer id read from a record (`mount-id`, `init-id`): 64 hex
+/// digits, optionally `-init`, so that it is one path component and nothing else.
+pub fn layer_id(value: &str) -> Result<&str, RecordError> {
+    let bare = value.strip_suffix("-init").unwrap_or(value);
+    if is_hex_id(bare) {
+        Ok(value)
+    } else {
+        Err(RecordError::Malformed {
+            what: "layer id",
+            value: value.into(),
+            expected: "64 hex digits, optionally with -init",
+        })
+    }
+}
+
+/// Checks that no directory between `root` and `path` (both as this process reads them)
+/// is a symlink: derived paths must be the ones the kernel shows in mountinfo. Components
+/// that do not exist end the walk (a layer may be unmounted and removed already).
+pub fn no_symlink_below(root: &Path, path: &Path) -> Result<(), RecordError> {
+    let Ok(rel) = path.strip_prefix(root) else {
+        return Ok(());
+    };
+    let mut at = root.to_path_buf();
+    for c in rel.components() {
+        at.push(c);
+        match std::fs::symlink_metadata(&at) {
+            Ok(m) if m.file_type().is_symlink() => {
+                return Err(RecordError::Symlink {
+                    path: path.to_string_lossy().into_owned(),
+                    link: at.to_string_lossy().into_owned(),
+                });
+            }
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn record_ids_are_single_hex_components() {
+        let id = "a".repeat(64);
+        assert!(container_id(&id).is_ok());
+        assert!(layer_id(&format!("{id}-init")).is_ok());
+        for bad in [
+            "",
+            "/etc",
+            "../../../../etc",
+            "abc",
+            &format!("{id}/x"),
+            &format!("/{}", &id[1..]),
+            &format!("{}é", &id[..62]),
+            &format!("{id}-initx"),
+        ] {
+            assert!(container_id(bad).is_err(), "{bad:?}");
+            assert!(layer_id(bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn refuses_dangerous_and_relative_paths() {

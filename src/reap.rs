@@ -30,7 +30,7 @@ pub(crate) fn command(e: &EngineArgs, names: &[String], dry_run: bool) -> Result
     let mut all_removed = true;
     let base = e.request(&[], Vec::new())?;
     for c in &containers {
-        let req = crate::docker::container_request(&base, c);
+        let req = crate::docker::container_request(&base, &docker.daemon, c);
         let scope = crate::docker::release_scope(&docker.daemon, c, false);
         let rel = release::run(&req, scope, dry_run)?;
         let removal: Result<(), String> = if dry_run {
@@ -43,7 +43,7 @@ pub(crate) fn command(e: &EngineArgs, names: &[String], dry_run: bool) -> Result
         text.push_str(&format!(
             "container {} ({}, {}): {} cop{} released; ",
             c.name,
-            &c.id[..12.min(c.id.len())],
+            crate::docker::short_id(&c.id),
             c.state,
             released,
             if released == 1 { "y" } else { "ies" }

@@ -87,6 +87,8 @@ pub struct Scan {
     pub layer_signatures: Vec<PathBuf>,
     /// Copies at other paths were not searched for (`--paths-only`).
     pub paths_only: bool,
+    /// See [`ScanRequest::trusted_namespaces`].
+    pub trusted_namespaces: Vec<u64>,
     pub namespaces: Vec<ScannedNamespace>,
     pub holders: Vec<Holder>,
     pub notes: Vec<String>,
@@ -106,6 +108,12 @@ pub struct ScanRequest {
     /// layer wherever it is mounted, even when no namespace has it at its own path any more
     /// (after dockerd's Put and rmdir, an agent's `/host/...` copy is all that is left).
     pub layer_signatures: Vec<PathBuf>,
+    /// Mount namespaces (by inode), besides mntreap's own, whose mounts at a target path
+    /// say what the target *is*: the runtime's. Only their mounts (and the runtime's
+    /// records, as `layer_signatures`) seed identity matches; a mount at a target path in
+    /// any other namespace holds that path and nothing else, since whoever owns that
+    /// namespace may have put it there.
+    pub trusted_namespaces: Vec<u64>,
 }
 
 /// The default worker count: the machine's cores, at most 4.
@@ -141,7 +149,11 @@ pub fn read_namespaces(
             if targeted {
                 return source::read_targeted(worker, ns, &targets);
             }
-            let mut table = source::read_table(backend, worker, ns, &signatures)?;
+            // An overlay's `upperdir` option is whatever its mounter wrote: only root on the
+            // host (CAP_SYS_ADMIN in mntreap's user namespace) can mount in a namespace that
+            // user namespace owns, so only there does the signature name the runtime's layer.
+            let signatures: &[Vec<u8>] = if ns.host_userns { &signatures } else { &[] };
+            let mut table = source::read_table(backend, worker, ns, signatures)?;
             let mut seeds = source::mounts_under(worker, ns, &mut table, &targets)?;
             let signed: Vec<usize> = (0..table.mounts.len())
                 .filter(|&i| table.mounts[i].layer_signature.is_some() && !seeds.contains(&i))
@@ -187,6 +199,7 @@ pub fn scan(request: &ScanRequest) -> Result<Scan, ScanError> {
         targets: request.targets.clone(),
         layer_signatures: request.layer_signatures.clone(),
         paths_only: request.paths_only,
+        trusted_namespaces: request.trusted_namespaces.clone(),
         namespaces,
         holders: Vec::new(),
         notes,
@@ -247,14 +260,21 @@ fn match_holders(scan: &mut Scan) {
     }
 
     // Identities whose copies elsewhere are the same layer, not a shared host filesystem.
+    // Seeded only from trusted views: mntreap's own namespace, the runtime's, and overlays
+    // carrying the runtime's layer signature in a namespace only host root can mount in.
     let mut identities: HashSet<Identity> = HashSet::new();
     let mut refused: HashSet<Identity> = HashSet::new();
     for n in &scan.namespaces {
         let Some(table) = n.table.as_ref() else {
             continue;
         };
+        let trusted = n.ns.own || scan.trusted_namespaces.contains(&n.ns.inode);
         for &i in &n.seeds {
             let seed = &table.mounts[i];
+            let signed = seed.layer_signature.is_some() && n.ns.host_userns;
+            if !trusted && !signed {
+                continue;
+            }
             let key = (seed.dev, table.root(seed).to_vec());
             if identities.contains(&key) || refused.contains(&key) {
                 continue;

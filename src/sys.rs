@@ -139,6 +139,24 @@ pub(crate) fn mntns_id(ns_fd: BorrowedFd<'_>) -> io::Result<u64> {
     Ok(id)
 }
 
+/// `_IO(0xb7, 0x1)`: a descriptor of the user namespace that owns the namespace behind an
+/// nsfs fd (Linux 4.9+).
+const NS_GET_USERNS: libc::c_ulong = 0xb701;
+
+/// The inode of the user namespace owning the namespace behind `ns_fd`: whoever mounts in
+/// that namespace needs `CAP_SYS_ADMIN` there, so it says who can have planted its mounts.
+pub(crate) fn owner_userns_inode(ns_fd: BorrowedFd<'_>) -> io::Result<u64> {
+    // SAFETY: NS_GET_USERNS takes no argument and returns a new descriptor or -1.
+    let fd = unsafe { libc::ioctl(ns_fd.as_raw_fd(), NS_GET_USERNS) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned `fd` as a new descriptor that nothing else owns.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    let meta = std::fs::File::from(owned).metadata()?;
+    Ok(std::os::unix::fs::MetadataExt::ino(&meta))
+}
+
 /// `struct mnt_id_req`, version 1 (with `mnt_ns_id`, Linux 6.10+).
 #[repr(C)]
 struct MntIdReq {

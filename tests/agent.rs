@@ -138,6 +138,31 @@ fn hook(dk: &DockerDaemon, container: &str, asked: Option<&str>) -> std::process
     dk.docker(&args)
 }
 
+/// `mntreap hook pre-stop` from a process in no container that first moves itself into a
+/// cgroup it creates, named `forged-<id>` (what cgroup delegation lets a user do). The
+/// cgroup is removed afterwards.
+fn hook_from_forged_cgroup(id: &str, socket: &str) -> std::process::Output {
+    let base = [
+        "/sys/fs/cgroup/unified",
+        "/sys/fs/cgroup",
+        "/sys/fs/cgroup/pids",
+    ]
+    .into_iter()
+    .find(|b| std::path::Path::new(&format!("{b}/cgroup.procs")).exists())
+    .expect("a cgroup hierarchy to create a cgroup in");
+    let cg = format!("{base}/forged-{id}");
+    std::fs::create_dir_all(&cg).unwrap();
+    let out = Command::new("sh")
+        .args([
+            "-c",
+            &format!("echo $$ > {cg}/cgroup.procs && exec {BIN} hook pre-stop --socket {socket}"),
+        ])
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir(&cg);
+    out
+}
+
 fn static_binary() -> String {
     let out = Command::new("bash")
         .args([
@@ -183,6 +208,22 @@ fn prestop_hook_releases_only_the_callers_container() {
     let service = sb.holder(None, None);
     assert!(has_mount_at(service, &web) && has_mount_at(service, &other));
     let _agent = Agent::start(&sb, &dk, &hook_dir, 0);
+
+    // A process in no container, in a cgroup named after web: refused, nothing changes.
+    let web_id = dk.docker_ok(&["inspect", "-f", "{{.Id}}", "web"]);
+    let forged = hook_from_forged_cgroup(web_id.trim(), &format!("{hook_dir}/hook.sock"));
+    assert_eq!(
+        forged.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&forged.stdout)
+    );
+    assert!(
+        String::from_utf8_lossy(&forged.stderr).contains("is not a process of container web"),
+        "{}",
+        String::from_utf8_lossy(&forged.stderr)
+    );
+    assert!(has_mount_at(service, &web), "web's copy stays");
 
     let refused = hook(&dk, "web", Some("other"));
     assert_eq!(

@@ -259,6 +259,7 @@ fn namespace_vanishing_between_scan_and_release() {
         threads: 2,
         paths_only: false,
         layer_signatures: Vec::new(),
+        trusted_namespaces: Vec::new(),
     };
     let scan = mntreap::scan::scan(&request).unwrap();
     let in_scan: BTreeSet<u64> = scan

@@ -1,0 +1,183 @@
+//! Which container a calling process belongs to, from what the kernel says about the
+//! process and what the runtime's records say about the container, never from a name.
+//!
+//! A cgroup path is only a hint: on nodes with cgroup delegation an unprivileged user can
+//! create a cgroup called `forged-<id>` and move into it. A caller is a process of a
+//! container when it shares the cgroups, the pid namespace and the user namespace of the
+//! container's init process, whose pid comes from the runtime's record; and it must still
+//! be the same process (same start time) once all that was read.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+/// What the kernel says about one process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessFacts {
+    pub pid: i32,
+    /// Start time in clock ticks since boot (`/proc/PID/stat` field 22): a reused pid has
+    /// another one.
+    pub start: u64,
+    /// `/proc/PID/cgroup`, whole: every hierarchy on cgroup v1, the one line on v2.
+    pub cgroup: String,
+    pub pid_ns: u64,
+    pub user_ns: u64,
+}
+
+/// Why a caller is not (or no longer) who it seems.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CallerError {
+    #[error("caller pid {0} is gone, or may not be inspected")]
+    Gone(i32),
+    #[error("caller pid {pid} is in no container: its cgroup names none ({cgroup})")]
+    NoContainer { pid: i32, cgroup: String },
+    #[error("caller pid {pid} is not a process of container {name} ({id}): {why}")]
+    NotOfContainer {
+        pid: i32,
+        name: String,
+        id: String,
+        why: String,
+    },
+    #[error("caller pid {0} exited or was replaced while it was being checked")]
+    Replaced(i32),
+}
+
+/// Reads the facts about `pid`; `None` when it is gone or may not be inspected.
+pub fn facts(proc_root: &Path, pid: i32) -> Option<ProcessFacts> {
+    let dir = proc_root.join(pid.to_string());
+    let start = start_time(&std::fs::read_to_string(dir.join("stat")).ok()?)?;
+    let cgroup = std::fs::read_to_string(dir.join("cgroup")).ok()?;
+    let pid_ns = std::fs::metadata(dir.join("ns/pid")).ok()?.ino();
+    let user_ns = std::fs::metadata(dir.join("ns/user")).ok()?.ino();
+    Some(ProcessFacts {
+        pid,
+        start,
+        cgroup,
+        pid_ns,
+        user_ns,
+    })
+}
+
+/// Field 22 of `/proc/PID/stat`; the command name (field 2) may hold spaces and
+/// parentheses, so fields are counted after its last `)`.
+fn start_time(stat: &str) -> Option<u64> {
+    let after = &stat[stat.rfind(')')? + 1..];
+    after.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Container ids a cgroup file mentions (64 hex digits between `/`, `-` or `.`): hints
+/// of which container to check, never proof.
+pub fn candidate_ids(cgroup: &str) -> Vec<String> {
+    let mut ids: Vec<String> = cgroup
+        .lines()
+        .filter_map(|l| l.splitn(3, ':').nth(2))
+        .flat_map(|path| path.split(['/', '-', '.']))
+        .filter(|part| crate::policy::is_hex_id(part))
+        .map(String::from)
+        .collect();
+    ids.sort();
+    ids.dedup();
+    ids
+}
+
+/// Checks that `caller` is a process of the container whose init is `init_pid` (from the
+/// runtime's record): same cgroups, same pid namespace, same user namespace.
+pub fn verify(
+    proc_root: &Path,
+    caller: &ProcessFacts,
+    container_name: &str,
+    container_id: &str,
+    init_pid: Option<i32>,
+) -> Result<(), CallerError> {
+    let not_of = |why: String| CallerError::NotOfContainer {
+        pid: caller.pid,
+        name: container_name.into(),
+        id: container_id.into(),
+        why,
+    };
+    let Some(init_pid) = init_pid else {
+        return Err(not_of("the container is not running".into()));
+    };
+    let Some(init) = facts(proc_root, init_pid) else {
+        return Err(not_of(format!("its init pid {init_pid} is gone")));
+    };
+    if init.cgroup != caller.cgroup {
+        return Err(not_of(format!(
+            "its cgroup ({}) is not the container's ({})",
+            caller.cgroup.trim().replace('\n', " "),
+            init.cgroup.trim().replace('\n', " ")
+        )));
+    }
+    if init.pid_ns != caller.pid_ns {
+        return Err(not_of(format!(
+            "its pid namespace {} is not the container's {}",
+            caller.pid_ns, init.pid_ns
+        )));
+    }
+    if init.user_ns != caller.user_ns {
+        return Err(not_of(format!(
+            "its user namespace {} is not the container's {}",
+            caller.user_ns, init.user_ns
+        )));
+    }
+    Ok(())
+}
+
+/// Checks that the caller is still the process whose facts were read.
+pub fn still_the_same(proc_root: &Path, caller: &ProcessFacts) -> Result<(), CallerError> {
+    match facts(proc_root, caller.pid) {
+        Some(now) if now == *caller => Ok(()),
+        _ => Err(CallerError::Replaced(caller.pid)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_time_survives_odd_command_names() {
+        let stat = "42 (a) b (c)) S 1 42 42 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 1 0 98765 0 0";
+        assert_eq!(start_time(stat), Some(98765));
+        assert_eq!(start_time("42 (x"), None);
+    }
+
+    #[test]
+    fn candidates_are_hints_from_every_layout() {
+        let id = "a".repeat(64);
+        let other = "b".repeat(64);
+        let text = format!(
+            "12:pids:/docker/{id}\n0::/kubepods.slice/kubepods-pod1.slice/docker-{other}.scope\n"
+        );
+        assert_eq!(candidate_ids(&text), vec![id.clone(), other]);
+        // A forged name still yields a candidate: verification, not parsing, refuses it.
+        assert_eq!(candidate_ids(&format!("0::/forged-{id}\n")), vec![id]);
+        assert!(candidate_ids("0::/user.slice\n").is_empty());
+    }
+
+    #[test]
+    fn verify_compares_with_the_init_process() {
+        let me = facts(Path::new("/proc"), std::process::id() as i32).unwrap();
+        // This process as its own "init": everything matches.
+        assert_eq!(
+            verify(Path::new("/proc"), &me, "c", "id", Some(me.pid)),
+            Ok(())
+        );
+        assert!(still_the_same(Path::new("/proc"), &me).is_ok());
+        let mut forged = me.clone();
+        forged.cgroup = "0::/forged\n".into();
+        assert!(matches!(
+            verify(Path::new("/proc"), &forged, "c", "id", Some(me.pid)),
+            Err(CallerError::NotOfContainer { .. })
+        ));
+        assert!(matches!(
+            verify(Path::new("/proc"), &me, "c", "id", None),
+            Err(CallerError::NotOfContainer { .. })
+        ));
+        let mut replaced = me.clone();
+        replaced.start += 1;
+        assert_eq!(
+            still_the_same(Path::new("/proc"), &replaced),
+            Err(CallerError::Replaced(me.pid))
+        );
+    }
+}

@@ -1,0 +1,107 @@
+//! Trust boundaries: nothing an unprivileged holder, a data-root file, a cgroup name or a
+//! request can forge may steer an unmount (issue 11's reproductions, and what held).
+
+mod common;
+
+use common::*;
+
+/// The first reproduction: after the layer left the host, an unprivileged user binds an
+/// unrelated filesystem at the target path in its own user+mount namespace. That bind is
+/// a holder of the path in the user's namespace, never the target's identity: the victims'
+/// copies of the unrelated filesystem stay.
+#[test]
+fn a_bind_at_the_target_path_in_an_untrusted_namespace_is_no_identity() {
+    let mut sb = Sandbox::new("forged-bind");
+    let d = sb.d();
+    let target = format!("{d}/l/abc/merged");
+    sb.sh(&format!(
+        "set -e; mkdir -p {target} {d}/vol; mount -t tmpfs target {target}; \
+         mount -t tmpfs precious {d}/vol; echo keep > {d}/vol/file"
+    ));
+    let victims: Vec<i32> = (0..2).map(|_| sb.holder(None, None)).collect();
+    sb.sh(&format!("umount {target}"));
+    let attacker = sb.holder(
+        Some(&format!(
+            "exec setpriv --reuid=65534 --regid=65534 --clear-groups unshare -Urm sh -c \
+             'mount --bind {d}/vol {target} && exec sleep 3600'"
+        )),
+        None,
+    );
+    assert!(
+        has_mount_at(attacker, &target),
+        "the attacker's bind is in place"
+    );
+
+    let (code, doc) = sb.mntreap_json(&["scan", "--any-path", "--path", &target], &[]);
+    assert_eq!(code, 1, "{doc:#}");
+    for h in doc["holders"].as_array().unwrap() {
+        assert_eq!(
+            h["mount_point"],
+            target.as_str(),
+            "only holders of the target path itself: {doc:#}"
+        );
+    }
+    let out = sb.mntreap(&["release", "--any-path", "--path", &target]);
+    assert!(out.status.code().is_some(), "{}", stderr(&out));
+    for &v in &victims {
+        assert!(
+            !has_mount_at(v, &target),
+            "victim {v} still holds the target"
+        );
+        assert!(
+            has_mount_at(v, &format!("{d}/vol")),
+            "the unrelated filesystem was unmounted in victim {v}: {}",
+            stderr(&out)
+        );
+    }
+    assert!(has_mount_at(sb.host_pid(), &format!("{d}/vol")));
+}
+
+/// The second reproduction: a `config.v2.json` whose `ID` is an absolute path, and a
+/// layerdb `mount-id` holding one, once made `release NAME` unmount outside the data root.
+/// Now such records are named and skipped, and nothing outside the data root is touched.
+#[test]
+fn data_root_records_cannot_point_outside_the_data_root() {
+    let mut sb = Sandbox::new("records");
+    let d = sb.d();
+    let root = format!("{d}/docker");
+    let good = "b".repeat(64);
+    let evil = "c".repeat(64);
+    sb.sh(&format!(
+        "set -e; mkdir -p {d}/outside/mounts/shm {d}/outside2/merged \
+         {root}/containers/byid {root}/containers/{good} {root}/containers/{evil} \
+         {root}/image/overlay2/layerdb/mounts/{evil}; \
+         mount -t tmpfs precious1 {d}/outside/mounts/shm; \
+         mount -t tmpfs precious2 {d}/outside2/merged; \
+         echo '{{\"ID\":\"{d}/outside\",\"Name\":\"/absid\",\"Driver\":\"overlay2\"}}' \
+           > {root}/containers/byid/config.v2.json; \
+         echo '{{\"ID\":\"{evil}\",\"Name\":\"/absmount\",\"Driver\":\"overlay2\"}}' \
+           > {root}/containers/{evil}/config.v2.json; \
+         echo -n {d}/outside2 > {root}/image/overlay2/layerdb/mounts/{evil}/mount-id; \
+         echo '{{\"ID\":\"{good}\",\"Name\":\"/fine\",\"Driver\":\"overlay2\"}}' \
+           > {root}/containers/{good}/config.v2.json"
+    ));
+    let victim = sb.holder(None, None);
+    let offline = ["--offline", "--docker-root", root.as_str(), "--any-path"];
+    for name in ["absid", "absmount", &evil] {
+        let mut args = vec!["release", name];
+        args.extend(offline);
+        let out = sb.mntreap(&args);
+        assert_eq!(out.status.code(), Some(2), "{name}: {}", stderr(&out));
+    }
+    // Listing the data root names each bad record with its file and goes on.
+    let mut args = vec!["release", "fine", "--dry-run"];
+    args.extend(offline);
+    let out = sb.mntreap(&args);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!("{root}/containers/byid/config.v2.json"))
+            && err.contains(&format!("{evil}/mount-id")),
+        "bad records are named: {err}"
+    );
+    for pid in [victim, sb.host_pid()] {
+        assert!(has_mount_at(pid, &format!("{d}/outside/mounts/shm")));
+        assert!(has_mount_at(pid, &format!("{d}/outside2/merged")));
+    }
+}
