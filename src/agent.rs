@@ -161,8 +161,9 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
     }
     if agent.config.events {
         let a = agent.clone();
+        let options = a.config.docker.clone();
         tokio::spawn(crate::plugin::follow_die_events(
-            a.config.docker.clone(),
+            move || options.clone(),
             move |id| {
                 let span = info_span!("agent", trigger = "event die", container_id = %id);
                 let _g = span.enter();
@@ -255,9 +256,9 @@ fn sweep_once(agent: &Agent) -> anyhow::Result<()> {
     }
     scan.holders = release.iter().map(|&h| scan.holders[h].clone()).collect();
     // dockerd's own copies are never a sweep's business.
-    let protected = crate::node_report::runtime_ns(&scan, &docker.daemon)
-        .map(|ns| vec![(ns, "the runtime's namespace".to_string())])
-        .unwrap_or_default();
+    let protected = docker
+        .daemon
+        .runtime_protection(": the runtime's own copies");
     let scope = Scope {
         everywhere: false,
         protected: Some(protected),

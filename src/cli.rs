@@ -166,17 +166,19 @@ pub(crate) struct DockerArgs {
     #[arg(long, env = "DOCKER_HOST")]
     docker_host: Option<String>,
     /// Docker's data root, read offline (online, the daemon's own DockerRootDir wins).
-    #[arg(long, env = "MNTREAP_DOCKER_ROOT", default_value = crate::docker::DEFAULT_ROOT)]
-    docker_root: PathBuf,
+    /// Default: the running dockerd's own, else /var/lib/docker.
+    #[arg(long, env = "MNTREAP_DOCKER_ROOT")]
+    docker_root: Option<PathBuf>,
     /// Resolve containers from the data root only; do not ask the daemon.
     #[arg(long)]
     offline: bool,
     /// How long dockerd has to answer (seconds).
     #[arg(long, default_value_t = 3)]
     docker_timeout: u64,
-    /// Where the host's files are seen from here (`/proc/1/root` inside a managed plugin).
-    #[arg(long, env = "MNTREAP_HOST_ROOT", default_value = "/")]
-    host_root: PathBuf,
+    /// Where the host's files are seen from here. Default: `/`; inside the managed plugin,
+    /// the root of the dockerd that connects to it (`/proc/<pid>/root`).
+    #[arg(long, env = "MNTREAP_HOST_ROOT")]
+    host_root: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -299,11 +301,21 @@ fn init_plugin_logging(verbose: u8) {
 impl EngineArgs {
     pub(crate) fn docker_options(&self) -> DockerOptions {
         DockerOptions {
-            host: self.docker.docker_host.clone(),
-            root: self.docker.docker_root.clone(),
+            host: self.docker.docker_host.clone().filter(|h| !h.is_empty()),
+            // An empty setting (a managed plugin's declared default) means "not set".
+            root: self
+                .docker
+                .docker_root
+                .clone()
+                .filter(|p| !p.as_os_str().is_empty()),
             offline: self.docker.offline,
             timeout: Duration::from_secs(self.docker.docker_timeout.max(1)),
-            host_root: self.docker.host_root.clone(),
+            host_root: self
+                .docker
+                .host_root
+                .clone()
+                .filter(|p| !p.as_os_str().is_empty()),
+            daemon_pid: None,
         }
     }
 
@@ -317,7 +329,11 @@ impl EngineArgs {
         // The configured data root is a runtime root too: a patched dockerd with a
         // non-default root calls `mntreap release --path` with MNTREAP_DOCKER_ROOT set.
         let mut extra_roots = self.runtime_roots.clone();
-        extra_roots.push(self.docker.docker_root.clone());
+        extra_roots.push(
+            self.docker_options()
+                .root
+                .unwrap_or_else(|| PathBuf::from(crate::docker::DEFAULT_ROOT)),
+        );
         let policy = Policy {
             any_path: self.any_path,
             extra_roots,
@@ -474,7 +490,15 @@ fn scan_command(args: ScanArgs) -> Result<u8, Failure> {
         (Some(v), false) => v.text(),
     };
     print(&out);
-    Ok(if leaks { EXIT_REMAINING } else { EXIT_CLEAN })
+    let unsure = docker.as_ref().and_then(|d| d.daemon.unsure_note());
+    if let Some(n) = &unsure {
+        eprintln!("note: {n}");
+    }
+    Ok(if leaks || unsure.is_some() {
+        EXIT_REMAINING
+    } else {
+        EXIT_CLEAN
+    })
 }
 
 /// Resolves named containers (if any) through the daemon or the data root.
@@ -559,7 +583,11 @@ fn release_command(args: ReleaseArgs) -> Result<u8, Failure> {
         text
     };
     print(&out);
-    Ok(if remaining {
+    let unsure = docker.as_ref().and_then(|d| d.daemon.unsure_note());
+    if let Some(n) = &unsure {
+        eprintln!("note: {n}");
+    }
+    Ok(if remaining || unsure.is_some() {
         EXIT_REMAINING
     } else {
         EXIT_CLEAN

@@ -21,18 +21,24 @@ use crate::scan::ScanRequest;
 /// Where to find the daemon, and how.
 #[derive(Debug, Clone)]
 pub struct DockerOptions {
-    /// `unix:///path` (from `--docker-host` or `DOCKER_HOST`); `None`: the default socket.
+    /// `unix:///path` (from `--docker-host` or `DOCKER_HOST`); `None`: the daemon's own
+    /// socket when its pid is known ([`DockerOptions::daemon_pid`]), else the default.
     pub host: Option<String>,
-    /// The data root, used offline and to find layer ids (`--docker-root`). Online, the
-    /// daemon's own `DockerRootDir` wins.
-    pub root: PathBuf,
+    /// The data root, used offline and to find layer ids (`--docker-root`); `None`: the
+    /// daemon's own (its command line or daemon.json) when its pid is known, else the
+    /// default. Online, the daemon's own `DockerRootDir` wins.
+    pub root: Option<PathBuf>,
     /// Do not ask the daemon at all.
     pub offline: bool,
     /// How long the daemon has to answer each call.
     pub timeout: Duration,
-    /// Where this process sees the host's files: `/`, or `/proc/1/root` inside a managed
-    /// plugin (which then needs no mount of the data root, and so holds no layer mount).
-    pub host_root: PathBuf,
+    /// Where this process sees the host's files: `/`, or `/proc/<dockerd>/root` inside a
+    /// managed plugin (which then needs no mount of the data root, and so holds no layer
+    /// mount); `None`: the daemon's root when its pid is known, else `/`.
+    pub host_root: Option<PathBuf>,
+    /// dockerd's pid as a source that cannot be forged names it: the peer of a connection
+    /// dockerd made to the plugin's socket. Then its identity needs no other evidence.
+    pub daemon_pid: Option<i32>,
 }
 
 /// A host path as this process can read it, through `host_root`.
@@ -98,10 +104,12 @@ pub struct Daemon {
     pub socket: PathBuf,
     pub root: PathBuf,
     pub driver: Option<String>,
-    /// dockerd's pid, from the socket's peer credentials.
+    /// dockerd's pid, when its identity is established.
     pub pid: Option<i32>,
-    /// Inode of dockerd's mount namespace.
+    /// Inode of dockerd's mount namespace, when its identity is established.
     pub mnt_ns: Option<u64>,
+    /// How dockerd was identified, or why it could not be.
+    pub identity: crate::identity::Identity,
     pub live_restore: Option<bool>,
     /// Why the data root was used instead of the API.
     pub offline_reason: Option<String>,
@@ -153,13 +161,115 @@ impl BadRecord {
 }
 
 impl Daemon {
-    /// The namespaces whose mounts say what a container's mounts are: the daemon's.
+    /// The namespaces whose mounts say what a container's mounts are: the daemon's, once
+    /// established.
     pub fn trusted_namespaces(&self) -> Vec<u64> {
         self.mnt_ns.into_iter().collect()
+    }
+
+    /// Cross-checks the daemon's own word on its data root (`/info`) with what its
+    /// command line and daemon.json say; a disagreement makes the identity unsure.
+    fn check_data_root(&mut self, said: &Path) {
+        let Some(pid) = self.pid else {
+            return;
+        };
+        let configured = crate::identity::daemon_settings(Path::new("/proc"), pid).data_root;
+        let real = |p: &Path| std::fs::canonicalize(on_host(&self.host_root, p)).ok();
+        if configured != said && real(&configured) != real(said) {
+            self.identity.unsure = Some(format!(
+                "dockerd pid {pid} is configured with data root {} but the daemon at {} \
+                 answers {}: another daemon?",
+                configured.display(),
+                self.socket.display(),
+                said.display()
+            ));
+            self.pid = None;
+            self.mnt_ns = None;
+        } else {
+            self.identity.evidence.push(format!(
+                "its /info data root {} matches its configuration",
+                said.display()
+            ));
+        }
+    }
+
+    /// The line every report prints while the identity is unsure.
+    pub fn unsure_note(&self) -> Option<String> {
+        self.unsure().map(|why| {
+            format!(
+                "dockerd's identity is unsure ({why}): nothing was released in any namespace \
+                 that may be the runtime's (namespaces {:?}); fix the cause, then run again",
+                self.runtime_namespaces()
+            )
+        })
+    }
+
+    /// Why the runtime's identity is unsure, if it is.
+    pub fn unsure(&self) -> Option<&str> {
+        self.identity.unsure.as_deref()
+    }
+
+    /// Namespaces whose copies are the runtime's: dockerd's when established; while unsure,
+    /// every namespace that may be its (any runtime daemon's, and mntreap's own).
+    pub fn runtime_namespaces(&self) -> Vec<u64> {
+        match self.mnt_ns {
+            Some(ns) if self.unsure().is_none() => vec![ns],
+            _ => self
+                .identity
+                .possible_runtime_namespaces(Path::new("/proc")),
+        }
+    }
+
+    /// The protection list for the runtime's namespaces, with the reason shown.
+    pub fn runtime_protection(&self, why: &str) -> Vec<(u64, String)> {
+        match (self.mnt_ns, self.unsure()) {
+            (Some(ns), None) => vec![(
+                ns,
+                format!(
+                    "dockerd's namespace (pid {}){why}",
+                    self.pid.unwrap_or_default()
+                ),
+            )],
+            (_, unsure) => {
+                let why = match unsure {
+                    Some(u) => format!("dockerd's identity is unsure ({u})"),
+                    None => "no dockerd is running".to_string(),
+                };
+                self.runtime_namespaces()
+                    .into_iter()
+                    .map(|ns| (ns, format!("may be the runtime's namespace: {why}")))
+                    .collect()
+            }
+        }
     }
 }
 
 impl DockerOptions {
+    /// The socket, data root and host root to use: explicit settings first, then what
+    /// the known daemon pid says of itself, then the defaults.
+    pub fn resolve(&self) -> Result<(PathBuf, PathBuf, PathBuf), DockerError> {
+        let proc_root = Path::new("/proc");
+        let learned = self
+            .daemon_pid
+            .filter(|&pid| crate::identity::is_dockerd(proc_root, pid))
+            .map(|pid| crate::identity::daemon_settings(proc_root, pid));
+        let socket = match (&self.host, &learned) {
+            (None, Some(l)) => l.socket.clone(),
+            _ => self.socket()?,
+        };
+        let root = self
+            .root
+            .clone()
+            .or_else(|| learned.as_ref().map(|l| l.data_root.clone()))
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_ROOT));
+        let host_root = self
+            .host_root
+            .clone()
+            .or_else(|| learned.map(|l| l.host_root))
+            .unwrap_or_else(|| PathBuf::from("/"));
+        Ok((socket, root, host_root))
+    }
+
     /// The socket path from `--docker-host`/`DOCKER_HOST`.
     pub fn socket(&self) -> Result<PathBuf, DockerError> {
         match &self.host {
@@ -202,36 +312,61 @@ pub struct Docker {
 impl Docker {
     /// Connects, or falls back to the data root when the daemon does not answer.
     pub fn connect(opts: &DockerOptions) -> Result<Docker, DockerError> {
-        let socket = opts.socket()?;
+        let proc_root = Path::new("/proc");
+        let (socket, root, host_root) = opts.resolve()?;
+        let identity = match opts
+            .daemon_pid
+            .filter(|&pid| crate::identity::is_dockerd(proc_root, pid))
+        {
+            Some(pid) => crate::identity::Identity {
+                pid: Some(pid),
+                mnt_ns: mnt_ns_inode(proc_root, pid),
+                evidence: vec![format!(
+                    "dockerd pid {pid} connected to the plugin's socket (peer credentials of \
+                     a connection the daemon made)"
+                )],
+                unsure: mnt_ns_inode(proc_root, pid)
+                    .is_none()
+                    .then(|| format!("the mount namespace of dockerd pid {pid} cannot be read")),
+                runtime_processes: crate::identity::runtime_processes(proc_root),
+            },
+            None => {
+                // The socket's peer is one piece of evidence: under socket activation it
+                // is systemd, not dockerd.
+                let peer = UnixStream::connect(on_host(&host_root, &socket))
+                    .ok()
+                    .and_then(|stream| {
+                        nix::sys::socket::getsockopt(
+                            &stream.as_fd(),
+                            nix::sys::socket::sockopt::PeerCredentials,
+                        )
+                        .ok()
+                    })
+                    .map(|cred| cred.pid());
+                crate::identity::establish_dockerd(proc_root, &socket, peer)
+            }
+        };
         let mut daemon = Daemon {
             via: Via::DataRoot,
             socket: socket.clone(),
-            root: opts.root.clone(),
+            root,
             driver: None,
-            pid: None,
-            mnt_ns: None,
+            pid: identity.pid.filter(|_| identity.unsure.is_none()),
+            mnt_ns: identity.mnt_ns.filter(|_| identity.unsure.is_none()),
+            identity,
             live_restore: None,
             offline_reason: None,
-            host_root: opts.host_root.clone(),
+            host_root: host_root.clone(),
         };
-        // Who listens on the socket, whether or not it answers HTTP.
-        if let Ok(stream) = UnixStream::connect(on_host(&opts.host_root, &socket))
-            && let Ok(cred) = nix::sys::socket::getsockopt(
-                &stream.as_fd(),
-                nix::sys::socket::sockopt::PeerCredentials,
-            )
-        {
-            daemon.pid = Some(cred.pid());
-            daemon.mnt_ns = mnt_ns_inode(Path::new("/proc"), cred.pid());
-        }
         let client = if opts.offline {
             daemon.offline_reason = Some("--offline".into());
             None
         } else {
-            match Self::api(&on_host(&opts.host_root, &socket), opts.timeout) {
+            match Self::api(&on_host(&host_root, &socket), opts.timeout) {
                 Ok((rt, client, info)) => {
                     daemon.via = Via::Api;
                     if let Some(root) = info.docker_root_dir {
+                        daemon.check_data_root(Path::new(&root));
                         daemon.root = PathBuf::from(root);
                     }
                     daemon.driver = info.driver;
@@ -498,28 +633,14 @@ pub fn layer_signatures(containers: &[Container]) -> Vec<PathBuf> {
 
 /// The release scope for a container: its copies in dockerd's namespace stay while it runs.
 pub fn release_scope(daemon: &Daemon, container: &Container, everywhere: bool) -> Scope {
-    let protected = if !container.is_running() {
+    // An unsure identity protects every namespace that may be the runtime's, whatever the
+    // container's state: a wrong guess must never lead to an unmount.
+    let protected = if daemon.unsure().is_some() {
+        daemon.runtime_protection("")
+    } else if !container.is_running() {
         Vec::new()
-    } else if let Some(ns) = daemon.mnt_ns {
-        vec![(
-            ns,
-            format!(
-                "dockerd's namespace (pid {}), and container {} is running",
-                daemon.pid.unwrap_or_default(),
-                container.name
-            ),
-        )]
     } else {
-        // dockerd is not there to ask: its namespace is most likely ours.
-        let own = mnt_ns_inode(Path::new("/proc"), "self").unwrap_or_default();
-        vec![(
-            own,
-            format!(
-                "mntreap's own namespace: dockerd's is unknown (not running?) and container {} \
-                 is running",
-                container.name
-            ),
-        )]
+        daemon.runtime_protection(&format!(", and container {} is running", container.name))
     };
     // The container's own namespace has the layer as its root: in use, never touched.
     let mut protected = protected;

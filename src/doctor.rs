@@ -51,6 +51,7 @@ pub(crate) fn command(e: &EngineArgs) -> Result<u8, Failure> {
     let docker = e.connect()?;
     let containers = docker.list().unwrap_or_default();
     let mut checks = vec![
+        runtime_identity(&docker.daemon),
         kernel_lazy_detach(),
         mountflags_slave_live_restore(&docker.daemon),
         split_namespaces(&docker.daemon),
@@ -103,7 +104,7 @@ fn kernel_lazy_detach() -> Check {
     let minor: u32 = nums.next().and_then(|n| n.parse().ok()).unwrap_or(0);
     let sysctl = std::fs::read_to_string("/proc/sys/fs/may_detach_mounts").ok();
     let detach = sysctl.as_deref().map(str::trim);
-    let mut c = if (major, minor) >= (3, 18) || detach == Some("1") {
+    let mut c = if lazy_detach_status((major, minor), detach) == Status::Ok {
         c.with(
             Status::Ok,
             format!(
@@ -128,6 +129,72 @@ fn kernel_lazy_detach() -> Check {
     c
 }
 
+/// Whether a removed directory's mounts in other namespaces are detached: on mainline
+/// since 3.18 (no knob); on kernels with RHEL's backport only with `fs.may_detach_mounts=1`
+/// (Docker before 28 set it; Docker 28+, containerd and CRI-O do not).
+fn lazy_detach_status(kernel: (u32, u32), may_detach_mounts: Option<&str>) -> Status {
+    match may_detach_mounts {
+        Some("1") => Status::Ok,
+        Some(_) => Status::Problem,
+        None if kernel >= (3, 18) => Status::Ok,
+        None => Status::Problem,
+    }
+}
+
+/// `MountFlags=` of docker.service as systemd would load it (unit file, then drop-ins in
+/// name order; the last assignment wins), read under `root`, and the file that set it.
+fn unit_mount_flags(root: &Path) -> Option<(String, std::path::PathBuf)> {
+    let mut files = Vec::new();
+    for dir in [
+        "lib/systemd/system",
+        "usr/lib/systemd/system",
+        "etc/systemd/system",
+        "run/systemd/system",
+    ] {
+        let unit = root.join(dir).join("docker.service");
+        if unit.exists() {
+            files.push(unit);
+        }
+    }
+    let mut dropins: Vec<std::path::PathBuf> = [
+        "usr/lib/systemd/system",
+        "lib/systemd/system",
+        "etc/systemd/system",
+        "run/systemd/system",
+    ]
+    .iter()
+    .flat_map(|dir| {
+        std::fs::read_dir(root.join(dir).join("docker.service.d"))
+            .into_iter()
+            .flatten()
+            .flatten()
+    })
+    .map(|e| e.path())
+    .filter(|p| p.extension().is_some_and(|x| x == "conf"))
+    .collect();
+    dropins.sort_by(|a, b| a.file_name().cmp(&b.file_name()));
+    files.extend(dropins);
+    let mut found = None;
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap_or_default();
+        for line in text.lines() {
+            if let Some(v) = line.trim().strip_prefix("MountFlags=") {
+                found = Some((v.trim().to_string(), f.clone()));
+            }
+        }
+    }
+    found
+}
+
+/// Describes live-restore for people: on, off, or unknown.
+fn on_off(v: Option<bool>) -> &'static str {
+    match v {
+        Some(true) => "on",
+        Some(false) => "off",
+        None => "unknown",
+    }
+}
+
 /// The first write-up: dockerd in a slave mount namespace (systemd MountFlags=slave) with
 /// live-restore: after a restart, running containers' mounts stay in the old namespace.
 fn mountflags_slave_live_restore(daemon: &Daemon) -> Check {
@@ -137,7 +204,7 @@ fn mountflags_slave_live_restore(daemon: &Daemon) -> Check {
          then restart dockerd (and release the old namespace's copies: `mntreap scan`)",
     );
     let Some(pid) = daemon.pid else {
-        return c.with(Status::Skipped, "dockerd not found (no peer on its socket)");
+        return c.with(Status::Skipped, not_established(daemon));
     };
     let root_line = std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))
         .ok()
@@ -177,26 +244,44 @@ fn mountflags_slave_live_restore(daemon: &Daemon) -> Check {
         ),
         _ => c.with(
             Status::Ok,
-            format!("dockerd (pid {pid}): slave namespace {slave}, live-restore {live_restore:?}"),
+            format!(
+                "dockerd (pid {pid}): {} mount namespace, live-restore {}",
+                if slave { "slave" } else { "not a slave" },
+                on_off(live_restore)
+            ),
         ),
     };
     c.evidence
         .push(format!("dockerd's / in mountinfo: {root_line}"));
-    c.evidence.push(format!("live-restore: {live_restore:?}"));
+    c.evidence
+        .push(format!("live-restore: {}", on_off(live_restore)));
+    // The unit's own word, where systemd runs the daemon.
+    let root = Path::new("/proc").join(pid.to_string()).join("root");
+    if root.join("run/systemd/system").exists() {
+        match unit_mount_flags(&root) {
+            Some((v, file)) => c.evidence.push(format!(
+                "docker.service: MountFlags={v} (set in {})",
+                file.display()
+            )),
+            None => c
+                .evidence
+                .push("docker.service: no MountFlags= (systemd's default: shared)".into()),
+        }
+    }
     c
 }
 
 /// live-restore from dockerd's command line or its daemon.json.
 fn live_restore_configured(pid: i32) -> Option<bool> {
-    let args = cmdline_args(pid);
+    let args = crate::identity::cmdline(Path::new("/proc"), pid);
     if args
         .iter()
         .any(|a| a == "--live-restore" || a == "--live-restore=true")
     {
         return Some(true);
     }
-    let config =
-        flag_value(&args, "--config-file").unwrap_or_else(|| "/etc/docker/daemon.json".into());
+    let config = crate::identity::flag_value(&args, "--config-file", None)
+        .unwrap_or_else(|| "/etc/docker/daemon.json".into());
     let root = format!("/proc/{pid}/root");
     let text = std::fs::read(Path::new(&root).join(config.trim_start_matches('/'))).ok()?;
     let doc: serde_json::Value = serde_json::from_slice(&text).ok()?;
@@ -205,34 +290,59 @@ fn live_restore_configured(pid: i32) -> Option<bool> {
         .or(Some(false))
 }
 
-fn cmdline_args(pid: i32) -> Vec<String> {
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .unwrap_or_default()
-        .split(|b| *b == 0)
-        .filter(|a| !a.is_empty())
-        .map(|a| String::from_utf8_lossy(a).into_owned())
-        .collect()
-}
-
-/// The value of `flag` on a command line, given as `flag=value` or `flag value`.
-fn flag_value(args: &[String], flag: &str) -> Option<String> {
-    args.iter().enumerate().find_map(|(i, a)| {
-        a.strip_prefix(flag)
-            .and_then(|rest| rest.strip_prefix('='))
-            .map(String::from)
-            .or_else(|| (a == flag).then(|| args.get(i + 1).cloned()).flatten())
-    })
-}
-
 /// The containerd socket dockerd uses: `--containerd`, else the one it manages under its
 /// exec root.
 fn containerd_address(dockerd: i32) -> String {
-    let args = cmdline_args(dockerd);
-    flag_value(&args, "--containerd").unwrap_or_else(|| {
-        let exec_root =
-            flag_value(&args, "--exec-root").unwrap_or_else(|| "/var/run/docker".into());
+    let args = crate::identity::cmdline(Path::new("/proc"), dockerd);
+    crate::identity::flag_value(&args, "--containerd", None).unwrap_or_else(|| {
+        let exec_root = crate::identity::flag_value(&args, "--exec-root", None)
+            .unwrap_or_else(|| "/var/run/docker".into());
         format!("{exec_root}/containerd/containerd.sock")
     })
+}
+
+/// Why dockerd's pid is not known, for a skipped check.
+fn not_established(daemon: &Daemon) -> String {
+    format!(
+        "dockerd's identity is not established ({})",
+        daemon.unsure().unwrap_or("no daemon found")
+    )
+}
+
+/// Which process is dockerd, and on what evidence (see `identity`).
+fn runtime_identity(daemon: &Daemon) -> Check {
+    let mut c = Check::new(
+        "runtime-identity",
+        "make sure exactly one dockerd serves the socket (--docker-host) and that its pidfile \
+         and data root agree; until then mntreap releases nothing in any runtime namespace",
+    );
+    c = match (daemon.pid, daemon.unsure()) {
+        (Some(pid), None) => c.with(
+            Status::Ok,
+            format!(
+                "dockerd is pid {pid}, mount namespace {}",
+                daemon.mnt_ns.unwrap_or_default()
+            ),
+        ),
+        (_, why) => c.with(
+            Status::Warning,
+            format!(
+                "dockerd's identity is unsure ({}): every runtime namespace is protected",
+                why.unwrap_or("no daemon found")
+            ),
+        ),
+    };
+    c.evidence = daemon.identity.evidence.clone();
+    c.evidence
+        .extend(daemon.identity.runtime_processes.iter().map(|p| {
+            format!(
+                "{} pid {} in mount namespace {}",
+                p.exe,
+                p.pid,
+                p.mnt_ns.unwrap_or_default()
+            )
+        }));
+    c
 }
 
 /// containerd shims (and so their containers) living in a namespace that is not dockerd's.
@@ -243,10 +353,24 @@ fn split_namespaces(daemon: &Daemon) -> Check {
          dockerd's current namespace; `mntreap release CONTAINER` frees the stranded copies",
     );
     let (Some(dockerd_ns), Some(pid)) = (daemon.mnt_ns, daemon.pid) else {
-        return c.with(Status::Skipped, "dockerd not found (no peer on its socket)");
+        return c.with(Status::Skipped, not_established(daemon));
     };
     // Only this dockerd's shims: docker's containerd namespace, on its containerd socket.
     let address = containerd_address(pid);
+    // Shims live where the containerd that started them lives: dockerd's own, or the
+    // system containerd's (containerd.service), which listens on that socket.
+    let proc_root = Path::new("/proc");
+    let home: Vec<u64> = daemon
+        .identity
+        .runtime_processes
+        .iter()
+        .filter(|p| {
+            p.pid == pid
+                || crate::identity::listening_unix_paths(proc_root, p.pid).contains(&address)
+        })
+        .filter_map(|p| p.mnt_ns)
+        .chain(std::iter::once(dockerd_ns))
+        .collect();
     let mut stranded = Vec::new();
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let Some(pid) = entry
@@ -261,12 +385,12 @@ fn split_namespaces(daemon: &Daemon) -> Check {
             continue;
         }
         let ns = crate::namespace::mnt_ns_inode(Path::new("/proc"), pid);
-        let args = cmdline_args(pid);
-        let arg = |flag: &str| flag_value(&args, flag).unwrap_or_default();
+        let args = crate::identity::cmdline(Path::new("/proc"), pid);
+        let arg = |flag: &str| crate::identity::flag_value(&args, flag, None).unwrap_or_default();
         if arg("-namespace") != "moby" || arg("-address") != address {
             continue;
         }
-        if ns.is_some_and(|ns| ns != dockerd_ns) {
+        if ns.is_some_and(|ns| !home.contains(&ns)) {
             let id = arg("-id");
             let id = crate::docker::short_id(&id);
             stranded.push(format!(
@@ -441,26 +565,40 @@ mod tests {
     use super::*;
 
     #[test]
-    fn flag_values_in_both_forms() {
-        let args: Vec<String> = [
-            "dockerd",
-            "--config-file=/etc/d.json",
-            "--exec-root",
-            "/run/x",
-            "-id",
-            "abc",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        assert_eq!(
-            flag_value(&args, "--config-file").as_deref(),
-            Some("/etc/d.json")
-        );
-        assert_eq!(flag_value(&args, "--exec-root").as_deref(), Some("/run/x"));
-        assert_eq!(flag_value(&args, "-id").as_deref(), Some("abc"));
-        // A flag that is only a prefix of another is not that flag.
-        assert_eq!(flag_value(&args, "--exec"), None);
-        assert_eq!(flag_value(&args, "--containerd"), None);
+    fn lazy_detach_verdicts() {
+        assert_eq!(lazy_detach_status((6, 1), None), Status::Ok);
+        assert_eq!(lazy_detach_status((3, 18), None), Status::Ok);
+        assert_eq!(lazy_detach_status((3, 10), None), Status::Problem);
+        assert_eq!(lazy_detach_status((3, 10), Some("1")), Status::Ok);
+        // EL7's backport: the knob exists and is off (Docker 28+, containerd and CRI-O
+        // never set it).
+        assert_eq!(lazy_detach_status((3, 10), Some("0")), Status::Problem);
+        assert_eq!(lazy_detach_status((4, 18), Some("0")), Status::Problem);
+    }
+
+    #[test]
+    fn unit_mount_flags_last_assignment_wins() {
+        let dir = std::env::temp_dir().join(format!("mntreap-unit-{}", std::process::id()));
+        let unit = dir.join("lib/systemd/system");
+        let dropin = dir.join("etc/systemd/system/docker.service.d");
+        std::fs::create_dir_all(&unit).unwrap();
+        std::fs::create_dir_all(&dropin).unwrap();
+        std::fs::write(
+            unit.join("docker.service"),
+            "[Service]\nExecStart=/usr/sbin/dockerd\n",
+        )
+        .unwrap();
+        assert_eq!(unit_mount_flags(&dir), None);
+        std::fs::write(
+            dropin.join("10-slave.conf"),
+            "[Service]\nMountFlags=slave\n",
+        )
+        .unwrap();
+        let (value, file) = unit_mount_flags(&dir).unwrap();
+        assert_eq!(value, "slave");
+        assert!(file.ends_with("10-slave.conf"));
+        std::fs::write(dropin.join("20-reset.conf"), "[Service]\nMountFlags=\n").unwrap();
+        assert_eq!(unit_mount_flags(&dir).map(|v| v.0).as_deref(), Some(""));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

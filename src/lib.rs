@@ -11,6 +11,7 @@ pub mod caller;
 pub mod cli;
 pub mod docker;
 pub mod doctor;
+pub mod identity;
 pub mod mountinfo;
 pub mod namespace;
 pub mod node_report;

@@ -31,7 +31,7 @@ pub struct ContainerView<'a> {
     /// Per holder: index into `containers`.
     owner: Vec<Option<usize>>,
     /// dockerd's namespace (or ours), and per container its own namespace (its root).
-    runtime: Option<u64>,
+    runtime: Vec<u64>,
     container_ns: Vec<Option<u64>>,
 }
 
@@ -55,16 +55,6 @@ impl Role {
             Role::Leaked => "leaked",
         }
     }
-}
-
-/// dockerd's namespace, or mntreap's own when dockerd's is unknown.
-pub fn runtime_ns(scan: &Scan, daemon: &Daemon) -> Option<u64> {
-    daemon.mnt_ns.or_else(|| {
-        scan.namespaces
-            .iter()
-            .find(|n| n.ns.own)
-            .map(|n| n.ns.inode)
-    })
 }
 
 /// Each container's own mount namespace (its init process's), read once per report.
@@ -112,7 +102,7 @@ impl<'a> ContainerView<'a> {
             daemon: &docker.daemon,
             containers,
             owner,
-            runtime: runtime_ns(scan, &docker.daemon),
+            runtime: docker.daemon.runtime_namespaces(),
             container_ns: container_namespaces(containers),
         }
     }
@@ -120,7 +110,7 @@ impl<'a> ContainerView<'a> {
     pub fn role(&self, i: usize) -> Role {
         let h = &self.scan.holders[i];
         let inode = self.scan.namespaces[h.ns].ns.inode;
-        if Some(inode) == self.runtime {
+        if self.runtime.contains(&inode) {
             return Role::Runtime;
         }
         if self.owner[i].and_then(|c| self.container_ns[c]) == Some(inode) {
@@ -287,7 +277,7 @@ pub fn findings(scan: &Scan, daemon: &Daemon, containers: &[Container]) -> Vec<F
         .zip(&own_ns)
         .map(|(c, &ns)| (c.id.as_str(), (c, ns)))
         .collect();
-    let runtime = runtime_ns(scan, daemon);
+    let runtime = daemon.runtime_namespaces();
     let owner_of = |h: &Holder| {
         docker::owner_of(
             &daemon.root,
@@ -320,7 +310,7 @@ pub fn findings(scan: &Scan, daemon: &Daemon, containers: &[Container]) -> Vec<F
             },
             Owner::UnknownLayer(layer) => (None, layer.clone(), true, None),
         };
-        let in_runtime = Some(inode) == runtime;
+        let in_runtime = runtime.contains(&inode);
         let own_root = container_ns == Some(inode);
         let (class, severity) = if gone {
             ("orphaned", 3)
@@ -368,6 +358,7 @@ pub(crate) fn command(e: &EngineArgs) -> Result<u8, Failure> {
         return Ok(0);
     };
     let found = findings(&scan, &docker.daemon, &containers);
+    let unsure = docker.daemon.unsure_note();
     if e.json {
         let items: Vec<Value> = found
             .iter()
@@ -396,7 +387,7 @@ pub(crate) fn command(e: &EngineArgs) -> Result<u8, Failure> {
                 "containers": containers.len(),
                 "namespaces_scanned": scan.namespaces.len(),
             },
-            "notes": scan.notes,
+            "notes": scan.all_notes(),
         });
         print(&format!("{doc:#}\n"));
     } else {
@@ -437,10 +428,14 @@ pub(crate) fn command(e: &EngineArgs) -> Result<u8, Failure> {
                  containers).\n",
             );
         }
-        for n in &scan.notes {
+        for n in unsure.iter().chain(&scan.notes) {
             out.push_str(&format!("note: {n}\n"));
         }
         print(&out);
     }
-    Ok(if found.is_empty() { 0 } else { 1 })
+    Ok(if found.is_empty() && unsure.is_none() {
+        0
+    } else {
+        1
+    })
 }

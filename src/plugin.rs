@@ -127,7 +127,45 @@ struct State {
     config: PluginConfig,
     /// Bounds concurrent cleanups; a call that cannot get a permit in time is allowed.
     permits: Arc<tokio::sync::Semaphore>,
+    /// Bounds connections from anything but the daemon (see [`MAX_OTHER_CONNECTIONS`]).
+    others: Arc<tokio::sync::Semaphore>,
+    /// dockerd's pid, learned from the peer of a connection it made: 0 until then.
+    daemon_pid: std::sync::atomic::AtomicI32,
+    /// Lines that outside input can cause (bad requests, refused connections, accept
+    /// errors) share this budget.
+    log_budget: crate::serve::LogBudget,
 }
+
+impl State {
+    /// The Docker settings, with the daemon's pid once learned.
+    fn docker_options(&self) -> DockerOptions {
+        let pid = self.daemon_pid.load(std::sync::atomic::Ordering::Relaxed);
+        DockerOptions {
+            daemon_pid: (pid > 0).then_some(pid),
+            ..self.config.docker.clone()
+        }
+    }
+
+    /// Logs a warning about outside input within the log budget.
+    fn warn_limited(&self, what: &str, detail: &str) {
+        if let Some(suppressed) = self.log_budget.take() {
+            warn!(
+                detail = crate::serve::clip(detail, 256),
+                suppressed_since_last = suppressed,
+                "{what}"
+            );
+        }
+    }
+}
+
+/// Connections from processes other than dockerd are capped well below a managed
+/// plugin's descriptor limit (1024): past the cap they are closed at once, so held
+/// connections can neither exhaust descriptors nor crowd out the daemon's.
+const MAX_OTHER_CONNECTIONS: usize = 128;
+/// A connection not from dockerd must send each request's headers within this time.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// Warnings that outside input can cause, per minute.
+const LOG_LINES_PER_MINUTE: u32 = 60;
 
 /// Serves the plugin until SIGTERM or SIGINT.
 pub fn run(config: PluginConfig) -> anyhow::Result<()> {
@@ -139,6 +177,9 @@ async fn serve(config: PluginConfig) -> anyhow::Result<()> {
     info!(socket = %config.socket.display(), noop = config.noop, deadline_ms = config.deadline.as_millis() as u64, "plugin listening");
     let state = Arc::new(State {
         permits: Arc::new(tokio::sync::Semaphore::new(4)),
+        others: Arc::new(tokio::sync::Semaphore::new(MAX_OTHER_CONNECTIONS)),
+        daemon_pid: std::sync::atomic::AtomicI32::new(0),
+        log_budget: crate::serve::LogBudget::new(LOG_LINES_PER_MINUTE),
         config,
     });
     if !state.config.noop {
@@ -151,25 +192,20 @@ async fn serve(config: PluginConfig) -> anyhow::Result<()> {
     }
     let shutdown = crate::serve::shutdown_signal()?;
     tokio::pin!(shutdown);
+    let mut backoff = crate::serve::AcceptBackoff::default();
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let (stream, _) = match accepted {
-                    Ok(c) => c,
-                    Err(e) => { warn!(error = %e, "accept failed"); continue; }
-                };
-                let state = state.clone();
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |req| handle(state.clone(), req));
-                    let io = hyper_util::rt::TokioIo::new(stream);
-                    if let Err(e) = hyper::server::conn::http1::Builder::new()
-                        .keep_alive(true)
-                        .serve_connection(io, service)
-                        .await
-                    {
-                        tracing::debug!(error = %e, "connection ended");
+                let stream = match accepted {
+                    Ok((stream, _)) => { backoff.succeeded(); stream }
+                    Err(e) => {
+                        // EMFILE and friends: wait instead of spinning (and logging) hot.
+                        state.warn_limited("accept failed; backing off", &e.to_string());
+                        tokio::time::sleep(backoff.failed()).await;
+                        continue;
                     }
-                });
+                };
+                accept_connection(&state, stream);
             }
             _ = &mut shutdown => break,
         }
@@ -177,6 +213,53 @@ async fn serve(config: PluginConfig) -> anyhow::Result<()> {
     info!("plugin stopping");
     let _ = std::fs::remove_file(&state.config.socket);
     Ok(())
+}
+
+/// Serves one accepted connection. dockerd's connections (its pid is the peer's, and the
+/// kernel's `exe` link says dockerd) are always served, without a header deadline, since
+/// it keeps one connection alive between calls; anything else is capped and timed.
+fn accept_connection(state: &Arc<State>, stream: tokio::net::UnixStream) {
+    let peer = stream.peer_cred().ok().and_then(|c| c.pid());
+    let proc_root = &state.config.base.proc_root;
+    let from_daemon = peer.filter(|&pid| crate::identity::is_dockerd(proc_root, pid));
+    if let Some(pid) = from_daemon {
+        let before = state
+            .daemon_pid
+            .swap(pid, std::sync::atomic::Ordering::Relaxed);
+        if before != pid {
+            info!(
+                pid,
+                "dockerd connected: its root, data root and socket are learned from it"
+            );
+        }
+    }
+    let permit = match from_daemon {
+        Some(_) => None,
+        None => match state.others.clone().try_acquire_owned() {
+            Ok(p) => Some(p),
+            Err(_) => {
+                state.warn_limited(
+                    "connection refused: too many open connections from processes other than dockerd",
+                    &format!("peer pid {peer:?}"),
+                );
+                return;
+            }
+        },
+    };
+    let state = state.clone();
+    tokio::spawn(async move {
+        let _permit = permit;
+        let service = hyper::service::service_fn(move |req| handle(state.clone(), req));
+        let io = hyper_util::rt::TokioIo::new(stream);
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .keep_alive(true)
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(from_daemon.is_none().then_some(HEADER_READ_TIMEOUT));
+        if let Err(e) = builder.serve_connection(io, service).await {
+            tracing::debug!(error = %e, "connection ended");
+        }
+    });
 }
 
 fn reply(status: u16, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
@@ -207,27 +290,45 @@ async fn handle(
     // unread body would be taken for the next request.
     let body = match req.into_body().collect().await {
         Ok(b) => b.to_bytes(),
-        Err(e) => return Ok(error_reply(&format!("reading the request: {e}"))),
+        Err(e) => {
+            return Ok(allow_bad_input(
+                &state,
+                &format!("reading the request: {e}"),
+            ));
+        }
     };
     match route {
         Route::Activate => Ok(reply(200, Bytes::from_static(ACTIVATE))),
         Route::Res => Ok(reply(200, Bytes::from_static(ALLOW))),
-        Route::Unknown(path) => Ok(error_reply(&format!("unknown plugin endpoint {path}"))),
+        Route::Unknown(path) => Ok(allow_bad_input(
+            &state,
+            &format!("unknown plugin endpoint {path}"),
+        )),
         Route::Req => {
             if state.config.noop {
                 return Ok(reply(200, Bytes::from_static(ALLOW)));
             }
             let parsed: AuthZRequest = match serde_json::from_slice(&body) {
                 Ok(p) => p,
-                Err(e) => return Ok(error_reply(&format!("malformed AuthZ request: {e}"))),
+                Err(e) => {
+                    return Ok(allow_bad_input(
+                        &state,
+                        &format!("malformed AuthZ request: {e}"),
+                    ));
+                }
             };
             let (Some(method), Some(uri)) = (parsed.method, parsed.uri) else {
-                return Ok(error_reply(
+                return Ok(allow_bad_input(
+                    &state,
                     "malformed AuthZ request: no RequestMethod or RequestUri",
                 ));
             };
             if let Some(t) = trigger(&method, &uri) {
-                let call = format!("{method} {uri}");
+                let call = format!(
+                    "{} {}",
+                    crate::serve::clip(&method, 16),
+                    crate::serve::clip(&uri, 256)
+                );
                 cleanup_within_deadline(&state, t, call).await;
             }
             Ok(reply(200, Bytes::from_static(ALLOW)))
@@ -235,11 +336,11 @@ async fn handle(
     }
 }
 
-/// An error for this call only (Docker fails the call; it never comes from a real daemon).
-fn error_reply(msg: &str) -> Response<Full<Bytes>> {
-    warn!(error = %msg, "bad plugin request");
-    let body = serde_json::json!({"Allow": false, "Err": msg}).to_string();
-    reply(200, body)
+/// Bad input is logged (within the log budget) and allowed: an authorization plugin that
+/// denies fails the user's API call, and mntreap's promise is never to.
+fn allow_bad_input(state: &State, msg: &str) -> Response<Full<Bytes>> {
+    state.warn_limited("bad plugin request; allowed", msg);
+    reply(200, Bytes::from_static(ALLOW))
 }
 
 /// Runs the cleanup for `t`, waiting at most the deadline (permit included).
@@ -259,7 +360,7 @@ async fn cleanup_within_deadline(state: &Arc<State>, t: Trigger, call: String) {
         let _permit = permit;
         let _g = span.enter();
         cleanup(
-            &worker_state.config.docker,
+            &worker_state.docker_options(),
             &worker_state.config.base,
             worker_state.config.fault,
             &t,
@@ -309,13 +410,15 @@ pub(crate) fn cleanup(
         let _g = span.enter();
         let req = docker::container_request(base, &docker.daemon, c);
         let mut scope = docker::release_scope(&docker.daemon, c, false);
-        if let (Some(list), Some(ns)) = (scope.protected.as_mut(), docker.daemon.mnt_ns)
-            && !list.iter().any(|(i, _)| *i == ns)
-        {
-            list.push((
-                ns,
-                "dockerd's namespace: the daemon unmounts its own copy".into(),
-            ));
+        if let Some(list) = scope.protected.as_mut() {
+            for (ns, why) in docker
+                .daemon
+                .runtime_protection(": the daemon unmounts its own copy")
+            {
+                if !list.iter().any(|(i, _)| *i == ns) {
+                    list.push((ns, why));
+                }
+            }
         }
         let rel = release::run(&req, scope, false)?;
         released += rel.released();
@@ -325,38 +428,44 @@ pub(crate) fn cleanup(
 
 /// Backstop: `die` events lead to the same cleanup (for `run --rm`, prune, restarts).
 async fn follow_events(state: Arc<State>) {
-    let (docker, base, fault) = (
-        state.config.docker.clone(),
-        state.config.base.clone(),
-        state.config.fault,
-    );
-    follow_die_events(docker.clone(), move |id| {
-        let t = Trigger::Container {
-            id: id.clone(),
-            action: "die",
-        };
-        let span = info_span!("plugin", call = "event die", container_id = %id);
-        let _g = span.enter();
-        if let Err(e) = cleanup(&docker, &base, fault, &t) {
-            warn!(error = %e, "backstop cleanup failed");
-        }
-    })
+    let options = state.clone();
+    follow_die_events(
+        move || options.docker_options(),
+        move |id| {
+            let t = Trigger::Container {
+                id: id.clone(),
+                action: "die",
+            };
+            let span = info_span!("plugin", call = "event die", container_id = %id);
+            let _g = span.enter();
+            let docker = state.docker_options();
+            if let Err(e) = cleanup(&docker, &state.config.base, state.config.fault, &t) {
+                warn!(error = %e, "backstop cleanup failed");
+            }
+        },
+    )
     .await
 }
 
 /// Follows the daemon's `die` events forever (reconnecting), calling `on_die` with the
 /// container id on the blocking pool.
 pub(crate) async fn follow_die_events(
-    options: DockerOptions,
+    options: impl Fn() -> DockerOptions,
     on_die: impl Fn(String) + Send + Sync + 'static,
 ) {
     use futures_util::StreamExt;
     let on_die = Arc::new(on_die);
     loop {
-        let socket = options
-            .socket()
-            .unwrap_or_else(|_| PathBuf::from(docker::DEFAULT_SOCKET));
-        let socket = docker::on_host(&options.host_root, &socket);
+        // Asked anew at each connection: the plugin may have learned the daemon since.
+        let (socket, _, host_root) = match options().resolve() {
+            Ok(r) => r,
+            Err(e) => {
+                warn!(error = %e, "no daemon socket for events; retrying");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                continue;
+            }
+        };
+        let socket = docker::on_host(&host_root, &socket);
         let client = match docker::engine_client(&socket, Duration::from_secs(120)) {
             Ok(c) => c,
             Err(e) => {
@@ -396,7 +505,7 @@ async fn sweep_periodically(state: Arc<State>) {
             let span = info_span!("plugin", call = "sweep");
             let _g = span.enter();
             cleanup(
-                &worker.config.docker,
+                &worker.docker_options(),
                 &worker.config.base,
                 worker.config.fault,
                 // A "stopped" container may be starting right now: dockerd's copy is its own.

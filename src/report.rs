@@ -86,7 +86,7 @@ pub fn scan_json(scan: &Scan) -> Value {
             "foreign_holders": scan.foreign_holders().count(),
             "namespaces_scanned": scan.namespaces.len(),
         },
-        "notes": scan.notes,
+        "notes": scan.all_notes(),
     })
 }
 
@@ -217,7 +217,7 @@ pub fn release_json(release: &crate::release::Release) -> Value {
         })
         .collect();
     let remaining: Vec<Value> = remaining.iter().map(|h| holder_json(scan, h)).collect();
-    let notes = all_notes(release);
+    let notes = all_notes(release, true);
     json!({
         "dry_run": release.dry_run,
         "paths_only": scan.paths_only,
@@ -283,16 +283,28 @@ pub fn release_text(release: &crate::release::Release) -> String {
             }
         }
     }
-    for n in all_notes(release) {
+    for n in all_notes(release, false) {
         out.push_str(&format!("note: {n}\n"));
     }
     out
 }
 
-/// Notes of the scan and of the re-check after a release, each once.
-fn all_notes(release: &crate::release::Release) -> Vec<String> {
+/// Notes of the scan and of the re-check after a release, each once; the scan's detail
+/// notes only when `details` (JSON).
+fn all_notes(release: &crate::release::Release, details: bool) -> Vec<String> {
     let mut notes: Vec<String> = Vec::new();
-    for n in release.scan.notes.iter().chain(&release.notes) {
+    let detail: &[String] = if details {
+        &release.scan.detail_notes
+    } else {
+        &[]
+    };
+    for n in release
+        .scan
+        .notes
+        .iter()
+        .chain(&release.notes)
+        .chain(detail)
+    {
         if !notes.contains(n) {
             notes.push(n.clone());
         }

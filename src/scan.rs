@@ -92,6 +92,16 @@ pub struct Scan {
     pub namespaces: Vec<ScannedNamespace>,
     pub holders: Vec<Holder>,
     pub notes: Vec<String>,
+    /// Notes that every healthy node has (identity matching limited because a layer's
+    /// filesystem is also mounted at `/`): in JSON, and at debug level (`-v`), not in text.
+    pub detail_notes: Vec<String>,
+}
+
+impl Scan {
+    /// Every note, details included (for JSON).
+    pub fn all_notes(&self) -> Vec<&String> {
+        self.notes.iter().chain(&self.detail_notes).collect()
+    }
 }
 
 /// What to scan for, and how.
@@ -108,11 +118,12 @@ pub struct ScanRequest {
     /// layer wherever it is mounted, even when no namespace has it at its own path any more
     /// (after dockerd's Put and rmdir, an agent's `/host/...` copy is all that is left).
     pub layer_signatures: Vec<PathBuf>,
-    /// Mount namespaces (by inode), besides mntreap's own, whose mounts at a target path
-    /// say what the target *is*: the runtime's. Only their mounts (and the runtime's
-    /// records, as `layer_signatures`) seed identity matches; a mount at a target path in
-    /// any other namespace holds that path and nothing else, since whoever owns that
-    /// namespace may have put it there.
+    /// Mount namespaces (by inode) whose mounts at a target path say what the target *is*,
+    /// besides mntreap's own and those owned by the host's user namespace: the runtime's
+    /// (which matters for a runtime in a user namespace of its own). Only such views (and
+    /// the runtime's records, as `layer_signatures`) seed identity matches; a mount at a
+    /// target path in any other namespace holds that path and nothing else, since whoever
+    /// owns that namespace may have put it there.
     pub trusted_namespaces: Vec<u64>,
 }
 
@@ -203,6 +214,7 @@ pub fn scan(request: &ScanRequest) -> Result<Scan, ScanError> {
         namespaces,
         holders: Vec::new(),
         notes,
+        detail_notes: Vec::new(),
     };
     match_holders(&mut scan);
     let matched = started.elapsed();
@@ -260,21 +272,22 @@ fn match_holders(scan: &mut Scan) {
     }
 
     // Identities whose copies elsewhere are the same layer, not a shared host filesystem.
-    // Seeded only from trusted views: mntreap's own namespace, the runtime's, and overlays
-    // carrying the runtime's layer signature in a namespace only host root can mount in.
+    // Seeded only from views nobody but host root can write: mntreap's own namespace, the
+    // runtime's, and namespaces owned by the host's user namespace (mounting there takes
+    // CAP_SYS_ADMIN on the host). A namespace of another user namespace may be an
+    // unprivileged user's, who can bind anything at a target path there: its mounts hold
+    // that path, and say nothing about what the target is.
     let mut identities: HashSet<Identity> = HashSet::new();
     let mut refused: HashSet<Identity> = HashSet::new();
     for n in &scan.namespaces {
         let Some(table) = n.table.as_ref() else {
             continue;
         };
-        let trusted = n.ns.own || scan.trusted_namespaces.contains(&n.ns.inode);
+        if !(n.ns.own || n.ns.host_userns || scan.trusted_namespaces.contains(&n.ns.inode)) {
+            continue;
+        }
         for &i in &n.seeds {
             let seed = &table.mounts[i];
-            let signed = seed.layer_signature.is_some() && n.ns.host_userns;
-            if !trusted && !signed {
-                continue;
-            }
             let key = (seed.dev, table.root(seed).to_vec());
             if identities.contains(&key) || refused.contains(&key) {
                 continue;
@@ -284,7 +297,8 @@ fn match_holders(scan: &mut Scan) {
                     identities.insert(key);
                 }
                 Some(why) => {
-                    scan.notes.push(why);
+                    debug!(note = %why, "identity matching limited");
+                    scan.detail_notes.push(why);
                     refused.insert(key);
                 }
             }

@@ -38,3 +38,105 @@ pub fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
         }
     })
 }
+
+/// A budget of log lines per minute, for lines that input from outside can cause: past
+/// it, lines are counted instead of written, and the count rides on the next line let
+/// through. No input can then make a daemon write more than a bounded amount.
+pub struct LogBudget {
+    per_minute: u32,
+    state: std::sync::Mutex<(std::time::Instant, u32, u64)>,
+}
+
+impl LogBudget {
+    pub fn new(per_minute: u32) -> LogBudget {
+        LogBudget {
+            per_minute,
+            state: std::sync::Mutex::new((std::time::Instant::now(), 0, 0)),
+        }
+    }
+
+    /// `Some(lines suppressed since the last one let through)` when a line may be written.
+    pub fn take(&self) -> Option<u64> {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let (window, used, suppressed) = &mut *s;
+        if window.elapsed() >= std::time::Duration::from_secs(60) {
+            *window = std::time::Instant::now();
+            *used = 0;
+        }
+        if *used < self.per_minute {
+            *used += 1;
+            Some(std::mem::take(suppressed))
+        } else {
+            *suppressed += 1;
+            None
+        }
+    }
+}
+
+/// At most `max` bytes of `s`, cut at a character boundary: what outside input may put
+/// into one log field.
+pub fn clip(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// The pause after a failed `accept` (EMFILE, ENFILE, ENOBUFS): doubling from 5 ms to 1 s,
+/// so that a full descriptor table costs no CPU while it lasts.
+#[derive(Debug, Default)]
+pub struct AcceptBackoff(u32);
+
+impl AcceptBackoff {
+    pub fn failed(&mut self) -> std::time::Duration {
+        let ms = 5u64 << self.0.min(8);
+        self.0 += 1;
+        std::time::Duration::from_millis(ms.min(1000))
+    }
+
+    pub fn succeeded(&mut self) {
+        self.0 = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_log_budget_counts_what_it_suppresses() {
+        let b = LogBudget::new(2);
+        assert_eq!(b.take(), Some(0));
+        assert_eq!(b.take(), Some(0));
+        assert_eq!(b.take(), None);
+        assert_eq!(b.take(), None);
+        // A new window lets lines through again, with the count.
+        b.state.lock().unwrap().0 -= std::time::Duration::from_secs(61);
+        assert_eq!(b.take(), Some(2));
+    }
+
+    #[test]
+    fn clip_cuts_at_a_character_boundary() {
+        assert_eq!(clip("abc", 10), "abc");
+        assert_eq!(clip("aé", 2), "a");
+        assert_eq!(clip("abcdef", 3), "abc");
+    }
+
+    #[test]
+    fn accept_backoff_doubles_to_a_second() {
+        let mut b = AcceptBackoff::default();
+        let first = b.failed();
+        assert_eq!(first, std::time::Duration::from_millis(5));
+        assert_eq!(b.failed(), std::time::Duration::from_millis(10));
+        for _ in 0..20 {
+            b.failed();
+        }
+        assert_eq!(b.failed(), std::time::Duration::from_secs(1));
+        b.succeeded();
+        assert_eq!(b.failed(), first);
+    }
+}

@@ -16,8 +16,36 @@ pub struct DockerDaemon {
     unshare: Vec<&'static str>,
     /// More dockerd flags (an authorization plugin, ...).
     extra: Vec<String>,
+    /// Socket activation as systemd does it: another process creates and listens on the
+    /// socket, and dockerd gets it as fd 3 (`-H fd://`).
+    activated: bool,
     child: Option<Child>,
 }
+
+/// A socket activator in the manner of systemd's `docker.socket`: it binds and listens on
+/// the socket (so `SO_PEERCRED` names *it*), keeps it open, and execs the command in a
+/// child with `LISTEN_FDS=1` and `LISTEN_PID` set; SIGTERM is forwarded.
+const ACTIVATOR: &str = r#"
+import os, signal, socket, sys
+path = sys.argv[1]
+s = socket.socket(socket.AF_UNIX)
+s.bind(path)
+s.listen(128)
+pid = os.fork()
+if pid == 0:
+    os.dup2(s.fileno(), 3)
+    os.set_inheritable(3, True)
+    os.environ["LISTEN_FDS"] = "1"
+    os.environ["LISTEN_PID"] = str(os.getpid())
+    os.execvp(sys.argv[2], sys.argv[2:])
+signal.signal(signal.SIGTERM, lambda *_: os.kill(pid, signal.SIGTERM))
+while True:
+    try:
+        _, status = os.waitpid(pid, 0)
+        sys.exit(os.waitstatus_to_exitcode(status))
+    except InterruptedError:
+        pass
+"#;
 
 impl DockerDaemon {
     pub fn start(
@@ -45,11 +73,41 @@ impl DockerDaemon {
             live_restore,
             unshare: unshare.to_vec(),
             extra: extra.to_vec(),
+            activated: false,
             child: None,
         };
         d.spawn();
         d.import_busybox();
         d
+    }
+
+    /// dockerd under socket activation (see [`ACTIVATOR`]).
+    pub fn start_activated(
+        sb: &Sandbox,
+        name: &str,
+        live_restore: bool,
+        unshare: &[&'static str],
+    ) -> DockerDaemon {
+        let dir = PathBuf::from(format!("/tmp/mntreap-docker-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut d = DockerDaemon {
+            dir,
+            sandbox_pid: sb.host_pid(),
+            live_restore,
+            unshare: unshare.to_vec(),
+            extra: Vec::new(),
+            activated: true,
+            child: None,
+        };
+        d.spawn();
+        d.import_busybox();
+        d
+    }
+
+    /// The activator's pid (the socket's creator) when activated, else dockerd's.
+    pub fn socket_creator(&self) -> i32 {
+        self.child.as_ref().expect("dockerd running").id() as i32
     }
 
     pub fn d(&self) -> String {
@@ -68,8 +126,31 @@ impl DockerDaemon {
         format!("{}/root", self.d())
     }
 
+    /// dockerd's pid (under activation, the activator's child).
     pub fn pid(&self) -> i32 {
-        self.child.as_ref().expect("dockerd running").id() as i32
+        let top = self.socket_creator();
+        if !self.activated {
+            return top;
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let child = std::fs::read_to_string(format!("/proc/{top}/task/{top}/children"))
+                .unwrap_or_default()
+                .split_whitespace()
+                .filter_map(|p| p.parse::<i32>().ok())
+                .find(|p| {
+                    std::fs::read_link(format!("/proc/{p}/exe"))
+                        .is_ok_and(|e| e.ends_with("dockerd"))
+                });
+            if let Some(p) = child {
+                return p;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no dockerd under activator {top}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Starts dockerd (again), and waits until it answers.
@@ -87,6 +168,11 @@ impl DockerDaemon {
         let _ = std::fs::remove_file(self.sock());
         let mut cmd = Command::new("nsenter");
         cmd.args(["-t", &self.sandbox_pid.to_string(), "-m", "--"]);
+        if self.activated {
+            let script = format!("{d}/activate.py");
+            std::fs::write(&script, ACTIVATOR).unwrap();
+            cmd.args(["python3", &script, &self.sock()]);
+        }
         if !self.unshare.is_empty() {
             cmd.arg("unshare").args(&self.unshare).arg("--");
         }
@@ -97,7 +183,11 @@ impl DockerDaemon {
             "--exec-root",
             &format!("{d}/exec"),
             "-H",
-            &self.host(),
+            &if self.activated {
+                "fd://".to_string()
+            } else {
+                self.host()
+            },
             "--pidfile",
             &format!("{d}/pid"),
             "--iptables=false",
