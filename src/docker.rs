@@ -968,6 +968,53 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(128))]
+        /// Whatever a data root holds (ids, drivers, mount ids, JSON), a record either is
+        /// refused or yields only paths inside the data root, with no `..` and no
+        /// absolute component, and hex ids.
+        #[test]
+        fn data_root_records_stay_inside_the_root(
+            id in "(/|\\.\\./|[0-9a-f]{64}|[0-9a-f]{0,70}|[ -~]{0,70})",
+            use_dir_as_id in proptest::bool::ANY,
+            driver in "(overlay2|devicemapper|aufs|\\.\\.|/etc|[ -~]{0,12})",
+            mount_id in "([0-9a-f]{64}(-init)?|/[ -~]{0,20}|\\.\\./[ -~]{0,10}|[ -~]{0,70})",
+            raw in proptest::collection::vec(proptest::num::u8::ANY, 0..64),
+        ) {
+            let base = std::env::temp_dir().join(format!(
+                "mntreap-prop-{}-{:?}",
+                std::process::id(),
+                std::thread::current().id()
+            ));
+            let root = base.join("root");
+            let dir_name = "d".repeat(64);
+            let dir = root.join("containers").join(&dir_name);
+            std::fs::create_dir_all(&dir).unwrap();
+            let id = if use_dir_as_id { dir_name.clone() } else { id };
+            if let Some(layerdb) = Some(root.join("image").join(&driver).join("layerdb/mounts").join(&id))
+                .filter(|_| valid_driver(&driver) && crate::policy::is_hex_id(&id))
+            {
+                std::fs::create_dir_all(&layerdb).unwrap();
+                std::fs::write(layerdb.join("mount-id"), &mount_id).unwrap();
+            }
+            let text = serde_json::json!({"ID": id, "Name": "/n", "Driver": driver}).to_string();
+            let file = dir.join("config.v2.json");
+            for bytes in [text.as_bytes(), raw.as_slice()] {
+                if let Ok(c) = config_to_container(&root, Path::new("/"), &dir, &file, bytes) {
+                    proptest::prop_assert!(crate::policy::is_hex_id(&c.id));
+                    for p in c.paths.iter().chain(c.upperdir.iter()) {
+                        proptest::prop_assert!(p.starts_with(&root), "{p:?}");
+                        proptest::prop_assert!(
+                            p.strip_prefix(&root).unwrap().components().all(|c| matches!(c, std::path::Component::Normal(_))),
+                            "{p:?}"
+                        );
+                    }
+                }
+            }
+            let _ = std::fs::remove_dir_all(&base);
+        }
+    }
+
     #[test]
     fn picks_like_the_docker_cli() {
         let all = vec![c("abc123", "web"), c("abd456", "db"), c("fff", "abc")];

@@ -308,32 +308,32 @@ async fn handle(
             if state.config.noop {
                 return Ok(reply(200, Bytes::from_static(ALLOW)));
             }
-            let parsed: AuthZRequest = match serde_json::from_slice(&body) {
-                Ok(p) => p,
-                Err(e) => {
-                    return Ok(allow_bad_input(
-                        &state,
-                        &format!("malformed AuthZ request: {e}"),
-                    ));
-                }
-            };
-            let (Some(method), Some(uri)) = (parsed.method, parsed.uri) else {
-                return Ok(allow_bad_input(
-                    &state,
-                    "malformed AuthZ request: no RequestMethod or RequestUri",
-                ));
-            };
-            if let Some(t) = trigger(&method, &uri) {
-                let call = format!(
-                    "{} {}",
-                    crate::serve::clip(&method, 16),
-                    crate::serve::clip(&uri, 256)
-                );
-                cleanup_within_deadline(&state, t, call).await;
+            match authz_request(&body) {
+                Err(e) => return Ok(allow_bad_input(&state, &e)),
+                Ok(Some((t, call))) => cleanup_within_deadline(&state, t, call).await,
+                Ok(None) => {}
             }
             Ok(reply(200, Bytes::from_static(ALLOW)))
         }
     }
+}
+
+/// What an AuthZ request body asks mntreap to do: a trigger and the call it came from (for
+/// logs, clipped), nothing, or why the body is malformed. Never panics, whatever the bytes.
+pub fn authz_request(body: &[u8]) -> Result<Option<(Trigger, String)>, String> {
+    let parsed: AuthZRequest =
+        serde_json::from_slice(body).map_err(|e| format!("malformed AuthZ request: {e}"))?;
+    let (Some(method), Some(uri)) = (parsed.method, parsed.uri) else {
+        return Err("malformed AuthZ request: no RequestMethod or RequestUri".into());
+    };
+    Ok(trigger(&method, &uri).map(|t| {
+        let call = format!(
+            "{} {}",
+            crate::serve::clip(&method, 16),
+            crate::serve::clip(&uri, 256)
+        );
+        (t, call)
+    }))
 }
 
 /// Bad input is logged (within the log budget) and allowed: an authorization plugin that
@@ -557,6 +557,28 @@ mod tests {
         assert_eq!(trigger("DELETE", "/v1.41/images/web"), None);
         assert_eq!(trigger("DELETE", "/containers/"), None);
         assert_eq!(trigger("POST", "/volumes/prune"), None);
+    }
+
+    proptest::proptest! {
+        /// Whatever the body, parsing never panics, and a trigger names a container by one
+        /// non-empty path segment (it is resolved, never joined into a path).
+        #[test]
+        fn authz_bodies_never_panic(body in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
+            let _ = authz_request(&body);
+        }
+
+        #[test]
+        fn authz_requests_pick_one_segment(method in "(GET|POST|DELETE|PUT|[A-Z]{0,8})", uri in "(/v1\\.[0-9]{1,2})?/[a-z]{0,12}/[^?]{0,40}(\\?.{0,20})?") {
+            let body = serde_json::json!({"RequestMethod": method, "RequestUri": uri}).to_string();
+            match authz_request(body.as_bytes()) {
+                Ok(Some((Trigger::Container { id, .. }, call))) => {
+                    proptest::prop_assert!(!id.is_empty() && !id.contains('/') && !id.contains('?'));
+                    proptest::prop_assert!(call.len() <= 16 + 1 + 256);
+                }
+                Ok(_) => {}
+                Err(e) => proptest::prop_assert!(false, "valid JSON refused: {e}"),
+            }
+        }
     }
 
     #[test]
