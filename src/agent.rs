@@ -135,6 +135,23 @@ struct Agent {
     metrics: Metrics,
     /// One sweep at a time; SIGTERM waits for the running one.
     sweeping: tokio::sync::Mutex<()>,
+    /// Hook requests served at once (the socket is world-connectable).
+    hook_slots: Arc<tokio::sync::Semaphore>,
+    /// Lines that hook clients can cause share this budget.
+    log_budget: crate::serve::LogBudget,
+}
+
+impl Agent {
+    /// Logs a warning a client can cause, within the budget and clipped.
+    fn warn_limited(&self, what: &str, detail: &str) {
+        if let Some(suppressed) = self.log_budget.take() {
+            warn!(
+                detail = crate::serve::clip(detail, 256),
+                suppressed_since_last = suppressed,
+                "{what}"
+            );
+        }
+    }
 }
 
 /// Runs the agent until SIGTERM or SIGINT.
@@ -147,6 +164,8 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
         config,
         metrics: Metrics::new(),
         sweeping: tokio::sync::Mutex::new(()),
+        hook_slots: Arc::new(tokio::sync::Semaphore::new(16)),
+        log_budget: crate::serve::LogBudget::new(60),
     });
     if let Some(addr) = agent.config.metrics_addr {
         let listener = tokio::net::TcpListener::bind(addr)
@@ -324,12 +343,28 @@ const HOOK_REQUEST_MAX: u64 = 4096;
 const HOOK_READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 async fn serve_hook(agent: Arc<Agent>, listener: tokio::net::UnixListener) {
+    let mut backoff = crate::serve::AcceptBackoff::default();
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => {
+                backoff.succeeded();
+                stream
+            }
+            Err(e) => {
+                agent.warn_limited("hook socket accept failed; backing off", &e.to_string());
+                tokio::time::sleep(backoff.failed()).await;
+                continue;
+            }
+        };
+        // World-connectable: a bounded number of requests at once; past it, closed.
+        let Ok(permit) = agent.hook_slots.clone().try_acquire_owned() else {
+            agent.warn_limited("hook request refused: too many at once", "");
             continue;
         };
+        let accepted_at = crate::caller::boot_ticks(&agent.config.base.proc_root);
         let agent = agent.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let peer = stream.peer_cred().ok().and_then(|c| c.pid());
             let (read, mut write) = stream.into_split();
             let mut line = String::new();
@@ -347,7 +382,7 @@ async fn serve_hook(agent: Arc<Agent>, listener: tokio::net::UnixListener) {
                 }
             }
             let a = agent.clone();
-            let reply = tokio::task::spawn_blocking(move || hook(&a, peer, &line))
+            let reply = tokio::task::spawn_blocking(move || hook(&a, peer, accepted_at, &line))
                 .await
                 .unwrap_or_else(|e| serde_json::json!({"ok": false, "error": e.to_string()}));
             let _ = write.write_all(format!("{reply}\n").as_bytes()).await;
@@ -361,9 +396,14 @@ fn caller_container(
     proc_root: &Path,
     docker: &Docker,
     pid: i32,
+    accepted_at: Option<u64>,
 ) -> Result<docker::Container, String> {
     let facts = crate::caller::facts(proc_root, pid)
         .ok_or_else(|| crate::caller::CallerError::Gone(pid).to_string())?;
+    // The pid is the connector's only if that process existed when it connected.
+    if accepted_at.is_some_and(|t| facts.start > t + 1) {
+        return Err(crate::caller::CallerError::Replaced(pid).to_string());
+    }
     let candidates = crate::caller::candidate_ids(&facts.cgroup);
     let mut why = crate::caller::CallerError::NoContainer {
         pid,
@@ -392,10 +432,15 @@ fn caller_container(
     Err(why)
 }
 
-fn hook(agent: &Agent, peer: Option<i32>, line: &str) -> serde_json::Value {
+fn hook(
+    agent: &Agent,
+    peer: Option<i32>,
+    accepted_at: Option<u64>,
+    line: &str,
+) -> serde_json::Value {
     let refuse = |msg: String| {
-        warn!(peer = ?peer, error = %msg, "hook request refused");
-        serde_json::json!({"ok": false, "error": msg})
+        agent.warn_limited("hook request refused", &format!("peer {peer:?}: {msg}"));
+        serde_json::json!({"ok": false, "error": crate::serve::clip(&msg, 1024)})
     };
     let req: HookRequest = match serde_json::from_str(line) {
         Ok(r) => r,
@@ -415,7 +460,8 @@ fn hook(agent: &Agent, peer: Option<i32>, line: &str) -> serde_json::Value {
         Ok(d) => d,
         Err(e) => return refuse(e.to_string()),
     };
-    let container = match caller_container(&agent.config.base.proc_root, &docker, pid) {
+    let container = match caller_container(&agent.config.base.proc_root, &docker, pid, accepted_at)
+    {
         Ok(c) => c,
         Err(e) => return refuse(e),
     };

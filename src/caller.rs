@@ -41,10 +41,29 @@ pub enum CallerError {
     Replaced(i32),
 }
 
+/// Now, in the unit of process start times (clock ticks since boot): a caller that
+/// started after its connection was accepted is not the process that connected (its pid
+/// was reused).
+pub fn boot_ticks(proc_root: &Path) -> Option<u64> {
+    let uptime = std::fs::read_to_string(proc_root.join("uptime")).ok()?;
+    let seconds: f64 = uptime.split_whitespace().next()?.parse().ok()?;
+    Some((seconds * crate::sys::clock_ticks_per_second() as f64) as u64)
+}
+
+/// The parent pid of `pid` (`/proc/PID/stat` field 4).
+fn parent_of(proc_root: &Path, pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(proc_root.join(format!("{pid}/stat"))).ok()?;
+    stat[stat.rfind(')')? + 1..]
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
 /// Reads the facts about `pid`; `None` when it is gone or may not be inspected.
 pub fn facts(proc_root: &Path, pid: i32) -> Option<ProcessFacts> {
     let dir = proc_root.join(pid.to_string());
-    let start = start_time(&std::fs::read_to_string(dir.join("stat")).ok()?)?;
+    let start = crate::namespace::start_time(proc_root, pid)?;
     let cgroup = std::fs::read_to_string(dir.join("cgroup")).ok()?;
     let pid_ns = std::fs::metadata(dir.join("ns/pid")).ok()?.ino();
     let user_ns = std::fs::metadata(dir.join("ns/user")).ok()?.ino();
@@ -55,13 +74,6 @@ pub fn facts(proc_root: &Path, pid: i32) -> Option<ProcessFacts> {
         pid_ns,
         user_ns,
     })
-}
-
-/// Field 22 of `/proc/PID/stat`; the command name (field 2) may hold spaces and
-/// parentheses, so fields are counted after its last `)`.
-fn start_time(stat: &str) -> Option<u64> {
-    let after = &stat[stat.rfind(')')? + 1..];
-    after.split_whitespace().nth(19)?.parse().ok()
 }
 
 /// Container ids a cgroup file mentions (64 hex digits between `/`, `-` or `.`): hints
@@ -100,6 +112,17 @@ pub fn verify(
     let Some(init) = facts(proc_root, init_pid) else {
         return Err(not_of(format!("its init pid {init_pid} is gone")));
     };
+    // A stale record's pid may have been reused: the init of a running container is the
+    // child of its runtime shim.
+    let parent = parent_of(proc_root, init_pid)
+        .and_then(|p| crate::identity::exe_name(proc_root, p))
+        .unwrap_or_default();
+    if !parent.contains("shim") {
+        return Err(not_of(format!(
+            "the record's init pid {init_pid} is no child of a runtime shim (its parent runs \
+             {parent:?}): a stale record?"
+        )));
+    }
     if init.cgroup != caller.cgroup {
         return Err(not_of(format!(
             "its cgroup ({}) is not the container's ({})",
@@ -137,8 +160,8 @@ mod tests {
     #[test]
     fn start_time_survives_odd_command_names() {
         let stat = "42 (a) b (c)) S 1 42 42 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 1 0 98765 0 0";
-        assert_eq!(start_time(stat), Some(98765));
-        assert_eq!(start_time("42 (x"), None);
+        assert_eq!(crate::namespace::parse_start_time(stat), Some(98765));
+        assert_eq!(crate::namespace::parse_start_time("42 (x"), None);
     }
 
     #[test]
@@ -157,12 +180,13 @@ mod tests {
     #[test]
     fn verify_compares_with_the_init_process() {
         let me = facts(Path::new("/proc"), std::process::id() as i32).unwrap();
-        // This process as its own "init": everything matches.
-        assert_eq!(
+        // This process as its own "init": everything matches but its parent, no shim.
+        assert!(matches!(
             verify(Path::new("/proc"), &me, "c", "id", Some(me.pid)),
-            Ok(())
-        );
+            Err(CallerError::NotOfContainer { why, .. }) if why.contains("shim")
+        ));
         assert!(still_the_same(Path::new("/proc"), &me).is_ok());
+        assert!(boot_ticks(Path::new("/proc")).unwrap() >= me.start);
         let mut forged = me.clone();
         forged.cgroup = "0::/forged\n".into();
         assert!(matches!(

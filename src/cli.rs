@@ -167,8 +167,9 @@ pub(crate) struct DockerArgs {
     docker_host: Option<String>,
     /// Docker's data root, read offline (online, the daemon's own DockerRootDir wins).
     /// Default: the running dockerd's own, else /var/lib/docker.
+    /// (A string: an empty setting, a managed plugin's declared default, means unset.)
     #[arg(long, env = "MNTREAP_DOCKER_ROOT")]
-    docker_root: Option<PathBuf>,
+    docker_root: Option<String>,
     /// Resolve containers from the data root only; do not ask the daemon.
     #[arg(long)]
     offline: bool,
@@ -178,7 +179,7 @@ pub(crate) struct DockerArgs {
     /// Where the host's files are seen from here. Default: `/`; inside the managed plugin,
     /// the root of the dockerd that connects to it (`/proc/<pid>/root`).
     #[arg(long, env = "MNTREAP_HOST_ROOT")]
-    host_root: Option<PathBuf>,
+    host_root: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -307,14 +308,16 @@ impl EngineArgs {
                 .docker
                 .docker_root
                 .clone()
-                .filter(|p| !p.as_os_str().is_empty()),
+                .filter(|p| !p.is_empty())
+                .map(PathBuf::from),
             offline: self.docker.offline,
             timeout: Duration::from_secs(self.docker.docker_timeout.max(1)),
             host_root: self
                 .docker
                 .host_root
                 .clone()
-                .filter(|p| !p.as_os_str().is_empty()),
+                .filter(|p| !p.is_empty())
+                .map(PathBuf::from),
             daemon_pid: None,
         }
     }

@@ -209,38 +209,40 @@ impl Daemon {
         self.identity.unsure.as_deref()
     }
 
-    /// Namespaces whose copies are the runtime's: dockerd's when established; while unsure,
-    /// every namespace that may be its (any runtime daemon's, and mntreap's own).
+    /// Namespaces whose copies are the runtime's: dockerd's when established and, always,
+    /// every namespace that may be a runtime's (any runtime daemon's, an unexplained socket
+    /// peer's, and mntreap's own). A wrong guess then never exposes a daemon's copies.
     pub fn runtime_namespaces(&self) -> Vec<u64> {
-        match self.mnt_ns {
-            Some(ns) if self.unsure().is_none() => vec![ns],
-            _ => self
-                .identity
-                .possible_runtime_namespaces(Path::new("/proc")),
-        }
+        let mut v = self
+            .identity
+            .possible_runtime_namespaces(Path::new("/proc"));
+        v.extend(self.mnt_ns);
+        v.sort_unstable();
+        v.dedup();
+        v
     }
 
     /// The protection list for the runtime's namespaces, with the reason shown.
     pub fn runtime_protection(&self, why: &str) -> Vec<(u64, String)> {
-        match (self.mnt_ns, self.unsure()) {
-            (Some(ns), None) => vec![(
-                ns,
-                format!(
-                    "dockerd's namespace (pid {}){why}",
-                    self.pid.unwrap_or_default()
-                ),
-            )],
-            (_, unsure) => {
-                let why = match unsure {
-                    Some(u) => format!("dockerd's identity is unsure ({u})"),
-                    None => "no dockerd is running".to_string(),
+        let doubt = match (self.unsure(), self.mnt_ns) {
+            (Some(u), _) => Some(format!("dockerd's identity is unsure ({u})")),
+            (None, None) => Some("no dockerd is running".to_string()),
+            (None, Some(_)) => None,
+        };
+        self.runtime_namespaces()
+            .into_iter()
+            .map(|ns| {
+                let reason = match &doubt {
+                    None if Some(ns) == self.mnt_ns => format!(
+                        "dockerd's namespace (pid {}){why}",
+                        self.pid.unwrap_or_default()
+                    ),
+                    None => format!("a runtime daemon's namespace, or mntreap's own{why}"),
+                    Some(d) => format!("may be the runtime's namespace: {d}"),
                 };
-                self.runtime_namespaces()
-                    .into_iter()
-                    .map(|ns| (ns, format!("may be the runtime's namespace: {why}")))
-                    .collect()
-            }
-        }
+                (ns, reason)
+            })
+            .collect()
     }
 }
 
@@ -318,18 +320,7 @@ impl Docker {
             .daemon_pid
             .filter(|&pid| crate::identity::is_dockerd(proc_root, pid))
         {
-            Some(pid) => crate::identity::Identity {
-                pid: Some(pid),
-                mnt_ns: mnt_ns_inode(proc_root, pid),
-                evidence: vec![format!(
-                    "dockerd pid {pid} connected to the plugin's socket (peer credentials of \
-                     a connection the daemon made)"
-                )],
-                unsure: mnt_ns_inode(proc_root, pid)
-                    .is_none()
-                    .then(|| format!("the mount namespace of dockerd pid {pid} cannot be read")),
-                runtime_processes: crate::identity::runtime_processes(proc_root),
-            },
+            Some(pid) => crate::identity::from_connecting_daemon(proc_root, pid),
             None => {
                 // The socket's peer is one piece of evidence: under socket activation it
                 // is systemd, not dockerd.
@@ -343,8 +334,16 @@ impl Docker {
                         .ok()
                     })
                     .map(|cred| cred.pid());
-                crate::identity::establish_dockerd(proc_root, &socket, peer)
+                crate::identity::establish_dockerd(proc_root, &host_root, &socket, peer)
             }
+        };
+        // Without a setting, the data root is the established daemon's own: offline
+        // resolution (hook, events, plugin) then needs no --docker-root either.
+        let root = match (&opts.root, identity.pid, &identity.unsure) {
+            (None, Some(pid), None) if opts.daemon_pid.is_none() => {
+                crate::identity::daemon_settings(proc_root, pid).data_root
+            }
+            _ => root,
         };
         let mut daemon = Daemon {
             via: Via::DataRoot,
@@ -662,7 +661,13 @@ pub fn release_scope(daemon: &Daemon, container: &Container, everywhere: bool) -
 /// Picks one container by full id, exact name, or unique id prefix (docker's order).
 fn pick(name: &str, all: &[Container], root: &Path) -> Result<Container, DockerError> {
     let bare = name.strip_prefix('/').unwrap_or(name);
-    if let Some(c) = all.iter().find(|c| c.id == name || c.name == bare) {
+    // A full id first, then an exact name: a container *named* like another's id never
+    // stands in for it.
+    if let Some(c) = all
+        .iter()
+        .find(|c| c.id == name)
+        .or_else(|| all.iter().find(|c| c.name == bare))
+    {
         return Ok(c.clone());
     }
     let prefixed: Vec<&Container> = all
@@ -1020,6 +1025,9 @@ mod tests {
         let all = vec![c("abc123", "web"), c("abd456", "db"), c("fff", "abc")];
         let root = Path::new("/r");
         assert_eq!(pick("abc123", &all, root).unwrap().name, "web");
+        // A container named like another one's id does not win over that id.
+        let named_like_an_id = vec![c("zzz", "abc123"), c("abc123", "web")];
+        assert_eq!(pick("abc123", &named_like_an_id, root).unwrap().name, "web");
         // A name wins over an id prefix.
         assert_eq!(pick("abc", &all, root).unwrap().id, "fff");
         assert_eq!(pick("/db", &all, root).unwrap().id, "abd456");

@@ -366,7 +366,8 @@ fn split_namespaces(daemon: &Daemon) -> Check {
         .iter()
         .filter(|p| {
             p.pid == pid
-                || crate::identity::listening_unix_paths(proc_root, p.pid).contains(&address)
+                || crate::unix_sockets::listening_paths(proc_root, p.pid)
+                    .contains(&std::path::PathBuf::from(&address))
         })
         .filter_map(|p| p.mnt_ns)
         .chain(std::iter::once(dockerd_ns))

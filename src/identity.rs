@@ -1,19 +1,30 @@
 //! Which process is the container runtime, established from what the kernel says about
-//! processes (their executable, the sockets they listen on, their namespaces) and
+//! processes (their executable, the listening socket they hold, their namespaces) and
 //! cross-checked with the daemon's own pidfile: never taken from a socket's peer alone.
 //!
 //! Under systemd socket activation (`docker.socket`, dockerd `-H fd://`), `SO_PEERCRED` on a
 //! connection to `docker.sock` names the socket's creator, **systemd (pid 1)**, not dockerd.
-//! So the peer is one piece of evidence among others: the dockerd that listens on the socket
-//! is found by the socket inodes it holds. When the evidence disagrees or is missing, the
-//! identity is *unsure*, and every namespace that may be the runtime's is protected.
+//! So the peer is one piece of evidence among others: dockerd is the dockerd process that
+//! holds the listening socket *bound to the very file* at the socket path (device and inode,
+//! from `sock_diag`; see [`crate::unix_sockets`]), which no other process can fake. When the
+//! evidence disagrees or is missing, the identity is *unsure*, and every namespace that may
+//! be the runtime's is protected.
 
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-/// Executables that are a container runtime's daemon (not its shims).
-const RUNTIME_DAEMONS: &[&str] = &["dockerd", "containerd", "docker-containerd"];
+/// dockerd's executables: `dockerd`, and distribution builds such as RHEL's
+/// `dockerd-current`.
+pub fn is_dockerd_name(exe: &str) -> bool {
+    exe.starts_with("dockerd")
+}
+
+/// A container runtime's daemon (dockerd, containerd and their distribution names), not
+/// a shim.
+fn is_runtime_daemon_name(exe: &str) -> bool {
+    is_dockerd_name(exe) || (exe.contains("containerd") && !exe.contains("shim"))
+}
 
 /// A process whose executable is a runtime daemon.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -21,6 +32,21 @@ pub struct RuntimeProcess {
     pub pid: i32,
     pub exe: String,
     pub mnt_ns: Option<u64>,
+}
+
+impl RuntimeProcess {
+    /// Reads `pid`'s executable and mount namespace, pinned by its start time: a pid that
+    /// is reused between the reads gives `None`.
+    fn read(proc_root: &Path, pid: i32) -> Option<RuntimeProcess> {
+        let start = crate::namespace::start_time(proc_root, pid)?;
+        let exe = exe_name(proc_root, pid)?;
+        let mnt_ns = crate::namespace::mnt_ns_inode(proc_root, pid);
+        (crate::namespace::start_time(proc_root, pid)? == start).then_some(RuntimeProcess {
+            pid,
+            exe,
+            mnt_ns,
+        })
+    }
 }
 
 /// The established (or not) identity of dockerd.
@@ -34,8 +60,8 @@ pub struct Identity {
     pub evidence: Vec<String>,
     /// Why it could not be established; then nothing that may be the runtime's is touched.
     pub unsure: Option<String>,
-    /// Every runtime daemon process found (dockerd, containerd): their namespaces are
-    /// protected while the identity is unsure.
+    /// Every runtime daemon process found (dockerd, containerd), and an unexplained peer
+    /// of the socket: their namespaces are always spared for running containers.
     pub runtime_processes: Vec<RuntimeProcess>,
 }
 
@@ -48,7 +74,7 @@ pub fn exe_name(proc_root: &Path, pid: i32) -> Option<String> {
 
 /// Whether `pid` runs a dockerd executable.
 pub fn is_dockerd(proc_root: &Path, pid: i32) -> bool {
-    exe_name(proc_root, pid).as_deref() == Some("dockerd")
+    exe_name(proc_root, pid).is_some_and(|e| is_dockerd_name(&e))
 }
 
 /// Every process whose executable is a runtime daemon, in pid order.
@@ -58,16 +84,8 @@ pub fn runtime_processes(proc_root: &Path) -> Vec<RuntimeProcess> {
     };
     let mut out: Vec<RuntimeProcess> = entries
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter_map(|pid| {
-            let exe = exe_name(proc_root, pid)?;
-            RUNTIME_DAEMONS
-                .contains(&exe.as_str())
-                .then(|| RuntimeProcess {
-                    pid,
-                    mnt_ns: crate::namespace::mnt_ns_inode(proc_root, pid),
-                    exe,
-                })
-        })
+        .filter(|&pid| exe_name(proc_root, pid).is_some_and(|e| is_runtime_daemon_name(&e)))
+        .filter_map(|pid| RuntimeProcess::read(proc_root, pid))
         .collect();
     out.sort_by_key(|p| p.pid);
     out
@@ -85,72 +103,41 @@ pub fn cmdline(proc_root: &Path, pid: i32) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// The value of a command-line flag given as `--flag V`, `--flag=V` or (short) `-f V`.
-pub fn flag_value(args: &[String], long: &str, short: Option<&str>) -> Option<String> {
+/// Every value of a command-line flag, as Go's pflag accepts them: `--flag V`,
+/// `--flag=V`, and for a one-letter short flag `-f V`, `-f=V` and `-fV`. Parsing stops at
+/// `--`. Single-dash long flags (`-namespace x`, as containerd shims take them) are given
+/// as `long`.
+pub fn flag_values(args: &[String], long: &str, short: Option<&str>) -> Vec<String> {
+    let mut values = Vec::new();
     let mut it = args.iter();
-    let mut found = None;
     while let Some(a) = it.next() {
-        if let Some(v) = a.strip_prefix(&format!("{long}=")) {
-            found = Some(v.to_string());
-        } else if a == long || short.is_some_and(|s| a == s) {
-            found = it.next().cloned();
+        if a == "--" {
+            break;
+        }
+        if a == long || short.is_some_and(|s| a == s) {
+            values.extend(it.next().cloned());
+        } else if let Some(v) = a.strip_prefix(long).and_then(|r| r.strip_prefix('=')) {
+            values.push(v.to_string());
+        } else if let Some(v) = short
+            .and_then(|s| a.strip_prefix(s))
+            .filter(|v| !v.is_empty())
+        {
+            values.push(v.strip_prefix('=').unwrap_or(v).to_string());
         }
     }
-    found
+    values
 }
 
-/// Paths of the unix sockets `pid` holds in the listening state, from its own network
-/// namespace's `/proc/PID/net/unix` and its descriptors.
-pub fn listening_unix_paths(proc_root: &Path, pid: i32) -> Vec<String> {
-    let Ok(table) = std::fs::read_to_string(proc_root.join(format!("{pid}/net/unix"))) else {
-        return Vec::new();
-    };
-    // Num RefCount Protocol Flags Type St Inode Path; Flags has __SO_ACCEPTCON (1<<16).
-    let listening: std::collections::HashMap<u64, String> = table
-        .lines()
-        .skip(1)
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            let flags = u64::from_str_radix(f.get(3)?, 16).ok()?;
-            let inode: u64 = f.get(6)?.parse().ok()?;
-            let path = f.get(7)?;
-            (flags & 0x1_0000 != 0).then(|| (inode, path.to_string()))
-        })
-        .collect();
-    let Ok(fds) = std::fs::read_dir(proc_root.join(format!("{pid}/fd"))) else {
-        return Vec::new();
-    };
-    let mut paths: Vec<String> = fds
-        .filter_map(|e| {
-            let link = std::fs::read_link(e.ok()?.path()).ok()?;
-            let inode: u64 = link
-                .to_str()?
-                .strip_prefix("socket:[")?
-                .strip_suffix(']')?
-                .parse()
-                .ok()?;
-            listening.get(&inode).cloned()
-        })
-        .collect();
-    paths.sort();
-    paths.dedup();
-    paths
-}
-
-/// `/var/run` is `/run` on every current distribution: compare socket paths without it.
-fn same_socket(a: &str, b: &Path) -> bool {
-    let norm = |s: &str| {
-        s.strip_prefix("/var/run/")
-            .map(|r| format!("/run/{r}"))
-            .unwrap_or_else(|| s.to_string())
-    };
-    norm(a) == norm(&b.to_string_lossy())
+/// The last value of a flag (the one that wins), see [`flag_values`].
+pub fn flag_value(args: &[String], long: &str, short: Option<&str>) -> Option<String> {
+    flag_values(args, long, short).pop()
 }
 
 /// The pid in dockerd's pidfile, read through dockerd's own root (`/proc/PID/root`).
 fn pidfile_pid(proc_root: &Path, dockerd: i32) -> Option<(PathBuf, Option<i32>)> {
     let args = cmdline(proc_root, dockerd);
     let file = flag_value(&args, "--pidfile", Some("-p"))
+        .filter(|f| !f.is_empty())
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/var/run/docker.pid"));
     let through = proc_root
@@ -161,89 +148,96 @@ fn pidfile_pid(proc_root: &Path, dockerd: i32) -> Option<(PathBuf, Option<i32>)>
     Some((file, text.trim().parse().ok()))
 }
 
-/// Establishes which dockerd serves `socket`. `peer` is the socket's `SO_PEERCRED` pid
-/// (the creator of the listening socket: dockerd, or systemd under socket activation).
-pub fn establish_dockerd(proc_root: &Path, socket: &Path, peer: Option<i32>) -> Identity {
+/// Establishes which dockerd serves `socket` (a host path, read through `host_root`).
+/// `peer` is the socket's `SO_PEERCRED` pid (the creator of the listening socket: dockerd,
+/// or systemd under socket activation).
+pub fn establish_dockerd(
+    proc_root: &Path,
+    host_root: &Path,
+    socket: &Path,
+    peer: Option<i32>,
+) -> Identity {
     let runtime = runtime_processes(proc_root);
     let mut id = Identity {
         runtime_processes: runtime.clone(),
         ..Identity::default()
     };
-    let listeners: Vec<i32> = runtime
+    let dockerds: Vec<i32> = runtime
         .iter()
-        .filter(|p| p.exe == "dockerd")
-        .filter(|p| {
-            listening_unix_paths(proc_root, p.pid)
-                .iter()
-                .any(|path| same_socket(path, socket))
-        })
+        .filter(|p| is_dockerd_name(&p.exe))
         .map(|p| p.pid)
         .collect();
-    let peer_desc = |pid: i32| match exe_name(proc_root, pid) {
+    let file = crate::unix_sockets::file_id(&crate::docker::on_host(host_root, socket)).ok();
+    let listeners = match file {
+        Some(f) => crate::unix_sockets::holders_of(proc_root, &dockerds, f),
+        None => Vec::new(),
+    };
+    let desc = |pid: i32| match exe_name(proc_root, pid) {
         Some(exe) => format!("pid {pid} ({exe})"),
         None => format!("pid {pid}"),
     };
     let chosen = match (listeners.as_slice(), peer) {
-        ([one], Some(p)) if *one == p => {
-            id.evidence.push(format!(
-                "the socket's peer, pid {p}, runs dockerd and listens on {}",
+        ([one], Some(p)) if p != *one && dockerds.contains(&p) => {
+            id.unsure = Some(format!(
+                "the socket's creator is dockerd {}, but dockerd pid {one} holds {}",
+                desc(p),
                 socket.display()
             ));
-            Some(*one)
+            None
         }
         ([one], _) => {
             id.evidence.push(format!(
-                "dockerd pid {one} listens on {}{}",
+                "dockerd pid {one} holds the listening socket bound to {}{}",
                 socket.display(),
                 match peer {
-                    Some(p) => format!(
-                        " (the socket's creator is {}: socket activation)",
-                        peer_desc(p)
-                    ),
+                    Some(p) if p == *one => " (it is also the socket's peer)".to_string(),
+                    Some(p) => format!(" (the socket's creator is {}: socket activation)", desc(p)),
                     None => String::new(),
                 }
             ));
             Some(*one)
         }
-        ([], _) => {
-            let dockerds: Vec<String> = runtime
-                .iter()
-                .filter(|p| p.exe == "dockerd")
-                .map(|p| p.pid.to_string())
-                .collect();
-            if dockerds.is_empty() || peer.is_none() {
-                // Nothing to mistake: no dockerd serves this socket (nothing listens on it,
-                // or no dockerd runs at all), so there is no daemon namespace to find. The
-                // namespaces that may be a runtime's (every runtime daemon's, mntreap's
-                // own) stay protected for running containers.
-                id.evidence.push(match peer {
-                    Some(p) => format!(
-                        "no dockerd process is running ({} holds {}: socket activation, \
-                         daemon not started)",
-                        peer_desc(p),
-                        socket.display()
-                    ),
-                    None if dockerds.is_empty() => "no dockerd process is running".into(),
-                    None => format!(
-                        "nothing listens on {} (other dockerd pids: {})",
-                        socket.display(),
-                        dockerds.join(", ")
-                    ),
-                });
+        ([], None) => {
+            id.evidence.push(if dockerds.is_empty() {
+                "no dockerd process is running".to_string()
+            } else {
+                format!(
+                    "nothing listens on {} (other dockerd pids: {dockerds:?})",
+                    socket.display()
+                )
+            });
+            None
+        }
+        ([], Some(p)) => {
+            let init = p == 1 || exe_name(proc_root, p).as_deref() == Some("systemd");
+            if init && dockerds.is_empty() {
+                // Nothing to mistake: no daemon yet, so no daemon namespace.
+                id.evidence.push(format!(
+                    "no dockerd process is running ({} holds {}: socket activation, daemon \
+                     not started)",
+                    desc(p),
+                    socket.display()
+                ));
             } else {
                 id.unsure = Some(format!(
-                    "no dockerd listens on {} (dockerd pids: {})",
-                    socket.display(),
-                    dockerds.join(", ")
+                    "the socket's peer is {}, and no dockerd holds {} (dockerd pids: \
+                     {dockerds:?})",
+                    desc(p),
+                    socket.display()
                 ));
+                // Whatever serves the socket may be the runtime: its namespace is spared.
+                if !runtime.iter().any(|r| r.pid == p)
+                    && let Some(r) = RuntimeProcess::read(proc_root, p)
+                {
+                    id.runtime_processes.push(r);
+                }
             }
             None
         }
         (many, _) => {
             id.unsure = Some(format!(
-                "several dockerd processes listen on {}: pids {:?}",
-                socket.display(),
-                many
+                "several dockerd processes hold {}: pids {many:?}",
+                socket.display()
             ));
             None
         }
@@ -259,7 +253,7 @@ pub fn establish_dockerd(proc_root: &Path, socket: &Path, peer: Option<i32>) -> 
                 .push(format!("its pidfile {} names pid {pid}", file.display())),
             Some(n) if proc_root.join(n.to_string()).exists() => {
                 id.unsure = Some(format!(
-                    "dockerd pid {pid} listens on {}, but its pidfile {} names live pid {n}",
+                    "dockerd pid {pid} holds {}, but its pidfile {} names live pid {n}",
                     socket.display(),
                     file.display()
                 ));
@@ -271,20 +265,43 @@ pub fn establish_dockerd(proc_root: &Path, socket: &Path, peer: Option<i32>) -> 
             )),
         }
     }
-    id.pid = Some(pid);
-    id.mnt_ns = crate::namespace::mnt_ns_inode(proc_root, pid);
-    if id.mnt_ns.is_none() {
-        id.unsure = Some(format!(
-            "the mount namespace of dockerd pid {pid} cannot be read"
-        ));
-        id.pid = None;
+    match runtime.iter().find(|r| r.pid == pid).and_then(|r| r.mnt_ns) {
+        Some(ns) => {
+            id.pid = Some(pid);
+            id.mnt_ns = Some(ns);
+        }
+        None => {
+            id.unsure = Some(format!(
+                "the mount namespace of dockerd pid {pid} cannot be read"
+            ))
+        }
     }
     id
 }
 
+/// The identity the plugin learns from dockerd's own connection to it.
+pub fn from_connecting_daemon(proc_root: &Path, pid: i32) -> Identity {
+    let runtime = runtime_processes(proc_root);
+    let me = runtime.iter().find(|r| r.pid == pid).cloned();
+    Identity {
+        pid: me.as_ref().map(|r| r.pid),
+        mnt_ns: me.as_ref().and_then(|r| r.mnt_ns),
+        evidence: vec![format!(
+            "dockerd pid {pid} connected to the plugin's socket (the kernel's credentials of \
+             the connecting process)"
+        )],
+        unsure: me
+            .as_ref()
+            .and_then(|r| r.mnt_ns)
+            .is_none()
+            .then(|| format!("dockerd pid {pid} is gone, or its mount namespace is unreadable")),
+        runtime_processes: runtime,
+    }
+}
+
 impl Identity {
-    /// The namespaces that may be the runtime's while the identity is unsure: every
-    /// runtime daemon's, and mntreap's own.
+    /// The namespaces that may be a runtime's: every runtime daemon's (and an unexplained
+    /// socket peer's), and mntreap's own.
     pub fn possible_runtime_namespaces(&self, proc_root: &Path) -> Vec<u64> {
         let mut v: Vec<u64> = self
             .runtime_processes
@@ -322,21 +339,27 @@ pub fn daemon_settings(proc_root: &Path, pid: i32) -> DaemonSettings {
             .unwrap_or_default();
     let data_root = flag_value(&args, "--data-root", None)
         .or_else(|| flag_value(&args, "--graph", Some("-g")))
+        .filter(|r| !r.is_empty())
         .or_else(|| config["data-root"].as_str().map(String::from))
         .or_else(|| config["graph"].as_str().map(String::from))
         .unwrap_or_else(|| crate::docker::DEFAULT_ROOT.into());
-    let socket = flag_value(&args, "--host", Some("-H"))
-        .and_then(|h| h.strip_prefix("unix://").map(String::from))
+    let socket = flag_values(&args, "--host", Some("-H"))
+        .into_iter()
+        .find_map(|h| h.strip_prefix("unix://").map(PathBuf::from))
         .or_else(|| {
-            // `fd://` (socket activation) or no -H: the unix socket it listens on.
-            listening_unix_paths(proc_root, pid)
+            // `fd://` (socket activation) or no -H: the unix socket it listens on, as the
+            // kernel recorded it at bind.
+            crate::unix_sockets::listening_paths(proc_root, pid)
                 .into_iter()
-                .find(|p| p.ends_with(".sock") && !p.contains("/plugins/"))
+                .find(|p| {
+                    p.extension().is_some_and(|e| e == "sock")
+                        && !p.starts_with("/run/docker/plugins")
+                })
         })
-        .unwrap_or_else(|| crate::docker::DEFAULT_SOCKET.into());
+        .unwrap_or_else(|| PathBuf::from(crate::docker::DEFAULT_SOCKET));
     DaemonSettings {
         data_root: PathBuf::from(data_root),
-        socket: PathBuf::from(socket),
+        socket,
         host_root,
     }
 }
@@ -346,53 +369,60 @@ mod tests {
     use super::*;
 
     #[test]
-    fn flags_in_every_form() {
-        let args: Vec<String> = ["dockerd", "-H", "fd://", "--data-root=/d", "-p", "/x.pid"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+    fn flags_in_every_pflag_form() {
+        let args: Vec<String> = [
+            "dockerd",
+            "-g=/g",
+            "-p/x.pid",
+            "-H",
+            "unix:///a.sock",
+            "-H",
+            "tcp://0:1",
+            "--data-root=/d",
+            "--pidfile=",
+            "--",
+            "--data-root=/no",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
         assert_eq!(
-            flag_value(&args, "--data-root", Some("-g")).as_deref(),
+            flag_value(&args, "--graph", Some("-g")).as_deref(),
+            Some("/g")
+        );
+        assert_eq!(
+            flag_value(&args, "--data-root", None).as_deref(),
             Some("/d")
         );
         assert_eq!(
             flag_value(&args, "--pidfile", Some("-p")).as_deref(),
-            Some("/x.pid")
+            Some("")
         );
         assert_eq!(
-            flag_value(&args, "--host", Some("-H")).as_deref(),
-            Some("fd://")
+            flag_values(&args, "--host", Some("-H")),
+            vec!["unix:///a.sock".to_string(), "tcp://0:1".to_string()]
         );
         assert_eq!(flag_value(&args, "--exec-root", None), None);
-    }
-
-    #[test]
-    fn var_run_is_run() {
-        assert!(same_socket(
-            "/run/docker.sock",
-            Path::new("/var/run/docker.sock")
-        ));
-        assert!(same_socket(
-            "/tmp/d/docker.sock",
-            Path::new("/tmp/d/docker.sock")
-        ));
-        assert!(!same_socket(
-            "/run/docker.sock",
-            Path::new("/run/docker.sock2")
-        ));
-    }
-
-    #[test]
-    fn this_process_listening_is_seen() {
-        let dir = std::env::temp_dir().join(format!("mntreap-ident-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("s.sock");
-        let _l = std::os::unix::net::UnixListener::bind(&path).unwrap();
-        let seen = listening_unix_paths(Path::new("/proc"), std::process::id() as i32);
-        let _ = std::fs::remove_dir_all(&dir);
-        assert!(
-            seen.contains(&path.to_string_lossy().into_owned()),
-            "{seen:?}"
+        // A flag that is only a prefix of another is not that flag.
+        assert_eq!(flag_value(&args, "--data", None), None);
+        let shim: Vec<String> = ["shim", "-namespace", "moby", "-id", "abc"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(
+            flag_value(&shim, "-namespace", None).as_deref(),
+            Some("moby")
         );
+        assert_eq!(flag_value(&shim, "-id", None).as_deref(), Some("abc"));
+    }
+
+    #[test]
+    fn runtime_names() {
+        assert!(is_dockerd_name("dockerd") && is_dockerd_name("dockerd-current"));
+        assert!(is_runtime_daemon_name("containerd"));
+        assert!(is_runtime_daemon_name("docker-containerd-current"));
+        assert!(!is_runtime_daemon_name("containerd-shim-runc-v2"));
+        assert!(!is_runtime_daemon_name("docker-containerd-shim"));
+        assert!(!is_dockerd_name("sh"));
     }
 }

@@ -26,3 +26,4 @@ pub mod serve;
 pub mod source;
 mod sys;
 pub mod table;
+pub mod unix_sockets;

@@ -84,6 +84,18 @@ pub fn mnt_ns_inode(proc_root: &Path, pid: impl std::fmt::Display) -> Option<u64
         .map(|m| m.ino())
 }
 
+/// The start time of `pid` in clock ticks since boot (`/proc/PID/stat` field 22): a pid
+/// that is reused has another one. The command name (field 2) may hold spaces and
+/// parentheses, so fields are counted after its last `)`.
+pub fn start_time(proc_root: &Path, pid: impl std::fmt::Display) -> Option<u64> {
+    parse_start_time(&fs::read_to_string(proc_root.join(format!("{pid}/stat"))).ok()?)
+}
+
+pub(crate) fn parse_start_time(stat: &str) -> Option<u64> {
+    let after = &stat[stat.rfind(')')? + 1..];
+    after.split_whitespace().nth(19)?.parse().ok()
+}
+
 /// Every mount namespace that has at least one process, found through `proc_root`.
 pub fn enumerate(proc_root: &Path) -> Result<Vec<Namespace>, NamespaceError> {
     let own_path = proc_root.join("self/ns/mnt");

@@ -88,6 +88,15 @@ impl<'a> ContainerView<'a> {
             .zip(&by_path)
             .filter_map(|(h, c)| Some((h.mount.dev, (*c)?)))
             .collect();
+        let container_ns = container_namespaces(containers);
+        // What is mounted inside a container's own root (its /proc, /etc/hosts, ...) is
+        // that container's.
+        let own_root_of = |h: &Holder| {
+            let inode = scan.namespaces[h.ns].ns.inode;
+            (h.matched == crate::scan::Match::InsideCopy)
+                .then(|| container_ns.iter().position(|ns| *ns == Some(inode)))
+                .flatten()
+        };
         let owner = scan
             .holders
             .iter()
@@ -95,6 +104,7 @@ impl<'a> ContainerView<'a> {
             .map(|(h, c)| {
                 c.or_else(|| signature_owner(scan, containers, h))
                     .or_else(|| by_dev.get(&h.mount.dev).copied())
+                    .or_else(|| own_root_of(h))
             })
             .collect();
         ContainerView {
@@ -103,7 +113,7 @@ impl<'a> ContainerView<'a> {
             containers,
             owner,
             runtime: docker.daemon.runtime_namespaces(),
-            container_ns: container_namespaces(containers),
+            container_ns,
         }
     }
 

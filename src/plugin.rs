@@ -129,8 +129,11 @@ struct State {
     permits: Arc<tokio::sync::Semaphore>,
     /// Bounds connections from anything but the daemon (see [`MAX_OTHER_CONNECTIONS`]).
     others: Arc<tokio::sync::Semaphore>,
-    /// dockerd's pid, learned from the peer of a connection it made: 0 until then.
-    daemon_pid: std::sync::atomic::AtomicI32,
+    /// Bounds the daemon's own connections (generous: it keeps a few alive).
+    daemons: Arc<tokio::sync::Semaphore>,
+    /// dockerd, learned from the peer of a connection it made: its pid and start time (a
+    /// pid that is reused later is not taken for it).
+    daemon: std::sync::Mutex<Option<(i32, u64)>>,
     /// Lines that outside input can cause (bad requests, refused connections, accept
     /// errors) share this budget.
     log_budget: crate::serve::LogBudget,
@@ -139,14 +142,34 @@ struct State {
 impl State {
     /// The Docker settings, with the daemon's pid once learned.
     fn docker_options(&self) -> DockerOptions {
-        let pid = self.daemon_pid.load(std::sync::atomic::Ordering::Relaxed);
+        let known = *self.daemon.lock().unwrap_or_else(|p| p.into_inner());
+        let proc_root = &self.config.base.proc_root;
+        let pid = known
+            .filter(|&(pid, start)| crate::namespace::start_time(proc_root, pid) == Some(start))
+            .map(|(pid, _)| pid);
         DockerOptions {
-            daemon_pid: (pid > 0).then_some(pid),
+            daemon_pid: pid,
             ..self.config.docker.clone()
         }
     }
 
-    /// Logs a warning about outside input within the log budget.
+    /// Learns the daemon from a connection it made.
+    fn learn_daemon(&self, pid: i32) {
+        let Some(start) = crate::namespace::start_time(&self.config.base.proc_root, pid) else {
+            return;
+        };
+        let mut known = self.daemon.lock().unwrap_or_else(|p| p.into_inner());
+        if *known != Some((pid, start)) {
+            *known = Some((pid, start));
+            info!(
+                pid,
+                "dockerd connected: its root, data root and socket are learned from it"
+            );
+        }
+    }
+
+    /// Logs a warning that a request or a client can cause, within the log budget and
+    /// with the detail clipped.
     fn warn_limited(&self, what: &str, detail: &str) {
         if let Some(suppressed) = self.log_budget.take() {
             warn!(
@@ -162,6 +185,13 @@ impl State {
 /// plugin's descriptor limit (1024): past the cap they are closed at once, so held
 /// connections can neither exhaust descriptors nor crowd out the daemon's.
 const MAX_OTHER_CONNECTIONS: usize = 128;
+/// dockerd keeps a handful of connections; a bound all the same.
+const MAX_DAEMON_CONNECTIONS: usize = 512;
+/// An AuthZ body is at most about 1 MiB of JSON (the daemon sends bodies under 1 MiB,
+/// base64 encoded): anything larger is not read, and the call is allowed.
+const MAX_BODY: usize = 4 << 20;
+/// A connection not from dockerd must deliver each whole request within this time.
+const REQUEST_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// A connection not from dockerd must send each request's headers within this time.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// Warnings that outside input can cause, per minute.
@@ -173,12 +203,14 @@ pub fn run(config: PluginConfig) -> anyhow::Result<()> {
 }
 
 async fn serve(config: PluginConfig) -> anyhow::Result<()> {
-    let listener = crate::serve::bind_unix(&config.socket, None)?;
+    // Only root (dockerd) connects to an authorization plugin.
+    let listener = crate::serve::bind_unix(&config.socket, Some(0o600))?;
     info!(socket = %config.socket.display(), noop = config.noop, deadline_ms = config.deadline.as_millis() as u64, "plugin listening");
     let state = Arc::new(State {
         permits: Arc::new(tokio::sync::Semaphore::new(4)),
         others: Arc::new(tokio::sync::Semaphore::new(MAX_OTHER_CONNECTIONS)),
-        daemon_pid: std::sync::atomic::AtomicI32::new(0),
+        daemons: Arc::new(tokio::sync::Semaphore::new(MAX_DAEMON_CONNECTIONS)),
+        daemon: std::sync::Mutex::new(None),
         log_budget: crate::serve::LogBudget::new(LOG_LINES_PER_MINUTE),
         config,
     });
@@ -223,33 +255,27 @@ fn accept_connection(state: &Arc<State>, stream: tokio::net::UnixStream) {
     let proc_root = &state.config.base.proc_root;
     let from_daemon = peer.filter(|&pid| crate::identity::is_dockerd(proc_root, pid));
     if let Some(pid) = from_daemon {
-        let before = state
-            .daemon_pid
-            .swap(pid, std::sync::atomic::Ordering::Relaxed);
-        if before != pid {
-            info!(
-                pid,
-                "dockerd connected: its root, data root and socket are learned from it"
-            );
-        }
+        state.learn_daemon(pid);
     }
-    let permit = match from_daemon {
-        Some(_) => None,
-        None => match state.others.clone().try_acquire_owned() {
-            Ok(p) => Some(p),
-            Err(_) => {
-                state.warn_limited(
-                    "connection refused: too many open connections from processes other than dockerd",
-                    &format!("peer pid {peer:?}"),
-                );
-                return;
-            }
-        },
+    let pool = match from_daemon {
+        Some(_) => &state.daemons,
+        None => &state.others,
+    };
+    let permit = match pool.clone().try_acquire_owned() {
+        Ok(p) => p,
+        Err(_) => {
+            state.warn_limited(
+                "connection refused: too many open connections",
+                &format!("peer pid {peer:?}, from dockerd: {}", from_daemon.is_some()),
+            );
+            return;
+        }
     };
     let state = state.clone();
+    let timed = from_daemon.is_none();
     tokio::spawn(async move {
         let _permit = permit;
-        let service = hyper::service::service_fn(move |req| handle(state.clone(), req));
+        let service = hyper::service::service_fn(move |req| handle(state.clone(), req, timed));
         let io = hyper_util::rt::TokioIo::new(stream);
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder
@@ -273,6 +299,7 @@ fn reply(status: u16, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
 async fn handle(
     state: Arc<State>,
     req: Request<Incoming>,
+    timed: bool,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     enum Route {
         Activate,
@@ -287,8 +314,18 @@ async fn handle(
         other => Route::Unknown(other.to_owned()),
     };
     // Always read the whole request before answering: on a kept-alive connection, an
-    // unread body would be taken for the next request.
-    let body = match req.into_body().collect().await {
+    // unread body would be taken for the next request. A body over the limit (or, from
+    // anything but dockerd, one that takes too long) ends the connection: allowed.
+    let read = http_body_util::Limited::new(req.into_body(), MAX_BODY).collect();
+    let read = if timed {
+        match tokio::time::timeout(REQUEST_READ_TIMEOUT, read).await {
+            Ok(r) => r,
+            Err(_) => return Ok(allow_bad_input(&state, "request body too slow")),
+        }
+    } else {
+        read.await
+    };
+    let body = match read {
         Ok(b) => b.to_bytes(),
         Err(e) => {
             return Ok(allow_bad_input(
@@ -350,7 +387,10 @@ async fn cleanup_within_deadline(state: &Arc<State>, t: Trigger, call: String) {
     let permit = match tokio::time::timeout(deadline, state.permits.clone().acquire_owned()).await {
         Ok(Ok(p)) => p,
         _ => {
-            warn!(%call, "no cleanup slot within the deadline; allowed without cleanup");
+            state.warn_limited(
+                "no cleanup slot within the deadline; allowed without cleanup",
+                &call,
+            );
             return;
         }
     };
@@ -367,13 +407,18 @@ async fn cleanup_within_deadline(state: &Arc<State>, t: Trigger, call: String) {
         )
     });
     let left = deadline.saturating_sub(started.elapsed());
+    // Every line here can be caused by any API client: all within the budget, clipped.
     match tokio::time::timeout(left, job).await {
-        Ok(Ok(Ok(n))) => info!(%call, released = n, "cleanup done"),
-        Ok(Ok(Err(e))) => warn!(%call, error = %e, "cleanup failed; call allowed"),
-        Ok(Err(e)) => warn!(%call, error = %e, "cleanup panicked; call allowed"),
-        Err(_) => {
-            warn!(%call, deadline_ms = deadline.as_millis() as u64, "cleanup exceeded its deadline; call allowed, cleanup goes on in the background")
+        Ok(Ok(Ok(0))) => {}
+        Ok(Ok(Ok(n))) => state.warn_limited("cleanup released copies", &format!("{call}: {n}")),
+        Ok(Ok(Err(e))) => {
+            state.warn_limited("cleanup failed; call allowed", &format!("{call}: {e}"))
         }
+        Ok(Err(e)) => state.warn_limited("cleanup panicked; call allowed", &format!("{call}: {e}")),
+        Err(_) => state.warn_limited(
+            "cleanup exceeded its deadline; call allowed, cleanup goes on in the background",
+            &call,
+        ),
     }
 }
 

@@ -119,11 +119,11 @@ pub struct ScanRequest {
     /// (after dockerd's Put and rmdir, an agent's `/host/...` copy is all that is left).
     pub layer_signatures: Vec<PathBuf>,
     /// Mount namespaces (by inode) whose mounts at a target path say what the target *is*,
-    /// besides mntreap's own and those owned by the host's user namespace: the runtime's
-    /// (which matters for a runtime in a user namespace of its own). Only such views (and
-    /// the runtime's records, as `layer_signatures`) seed identity matches; a mount at a
-    /// target path in any other namespace holds that path and nothing else, since whoever
-    /// owns that namespace may have put it there.
+    /// besides mntreap's own: the established runtime's (honoured only when the host's
+    /// user namespace owns it). Only these views (and the runtime's records, as
+    /// `layer_signatures`) seed identity matches; a mount at a target path in any other
+    /// namespace holds that path and nothing else, since whoever set that namespace up may
+    /// have put it there.
     pub trusted_namespaces: Vec<u64>,
 }
 
@@ -272,22 +272,26 @@ fn match_holders(scan: &mut Scan) {
     }
 
     // Identities whose copies elsewhere are the same layer, not a shared host filesystem.
-    // Seeded only from views nobody but host root can write: mntreap's own namespace, the
-    // runtime's, and namespaces owned by the host's user namespace (mounting there takes
-    // CAP_SYS_ADMIN on the host). A namespace of another user namespace may be an
-    // unprivileged user's, who can bind anything at a target path there: its mounts hold
-    // that path, and say nothing about what the target is.
+    // Seeded only from trusted views: mntreap's own namespace and the established
+    // runtime's (when the host's user namespace owns it), plus overlays that carry the
+    // layer's signature from the runtime's records. Any other namespace may have been
+    // set up by someone else (an unprivileged user in its own user namespace, a setuid
+    // sandbox helper binding what its user asks for): its mounts hold that path, and say
+    // nothing about what the target is.
     let mut identities: HashSet<Identity> = HashSet::new();
     let mut refused: HashSet<Identity> = HashSet::new();
     for n in &scan.namespaces {
         let Some(table) = n.table.as_ref() else {
             continue;
         };
-        if !(n.ns.own || n.ns.host_userns || scan.trusted_namespaces.contains(&n.ns.inode)) {
-            continue;
-        }
+        let trusted =
+            n.ns.own || (n.ns.host_userns && scan.trusted_namespaces.contains(&n.ns.inode));
         for &i in &n.seeds {
             let seed = &table.mounts[i];
+            // Signatures were only read where the host's user namespace owns the table.
+            if !trusted && seed.layer_signature.is_none() {
+                continue;
+            }
             let key = (seed.dev, table.root(seed).to_vec());
             if identities.contains(&key) || refused.contains(&key) {
                 continue;
@@ -373,8 +377,17 @@ fn match_holders(scan: &mut Scan) {
             .filter_map(|&i| index.get(&table.mounts[i].parent_id).copied())
             .collect();
         source::hydrate(table, picked.iter().copied().chain(parents));
+        let mut unreachable = 0;
         for i in picked {
             let m = &table.mounts[i];
+            // listmount also lists mounts no path of the namespace reaches (left under a
+            // root that systemd moved away from for a PrivateTmp service): statmount gives
+            // them no mount point. mountinfo does not list them, nothing can unmount them
+            // by path, and they go when the mount they were copied from goes.
+            if table.mount_point(m).is_empty() {
+                unreachable += 1;
+                continue;
+            }
             scan.holders.push(Holder {
                 ns,
                 mount: *m,
@@ -388,6 +401,14 @@ fn match_holders(scan: &mut Scan) {
                 in_use: None,
                 pins: Vec::new(),
             });
+        }
+        if unreachable > 0 {
+            scan.detail_notes.push(format!(
+                "{unreachable} cop{} in mount namespace {} not reachable by any path there \
+                 (under a root moved away from): not listed, as with the mountinfo backend",
+                if unreachable == 1 { "y" } else { "ies" },
+                scan.namespaces[ns].ns.inode
+            ));
         }
     }
 }

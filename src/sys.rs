@@ -139,6 +139,13 @@ pub(crate) fn mntns_id(ns_fd: BorrowedFd<'_>) -> io::Result<u64> {
     Ok(id)
 }
 
+/// The kernel's clock ticks per second (`USER_HZ`), the unit of `/proc/PID/stat` times.
+pub(crate) fn clock_ticks_per_second() -> u64 {
+    // SAFETY: sysconf only reads a configuration value; it has no memory arguments.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if hz > 0 { hz as u64 } else { 100 }
+}
+
 /// `_IO(0xb7, 0x1)`: a descriptor of the user namespace that owns the namespace behind an
 /// nsfs fd (Linux 4.9+).
 const NS_GET_USERNS: libc::c_ulong = 0xb701;

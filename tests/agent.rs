@@ -33,10 +33,10 @@ impl Agent {
             &metrics,
             "--hook-socket",
             &format!("{hook_dir}/hook.sock"),
+            // No --docker-root: the agent takes the data root from the dockerd it
+            // identifies (its --data-root here is not the default).
             "--docker-host",
             &dk.host(),
-            "--docker-root",
-            &dk.root(),
         ]
         .iter()
         .map(|s| s.to_string())

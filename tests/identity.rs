@@ -73,9 +73,18 @@ fn socket_activated_dockerd_in_a_slave_namespace_is_found_and_its_copy_kept() {
         "{doc:#}"
     );
     assert_eq!(doc["docker"]["mnt_ns"].as_u64(), Some(ns_inode(dockerd)));
+    let web_pid: i32 = dk
+        .docker_ok(&["inspect", "-f", "{{.State.Pid}}", "web"])
+        .parse()
+        .unwrap();
     for h in doc["holders"].as_array().unwrap() {
         if h["mnt_ns"].as_u64() == Some(ns_inode(dockerd)) {
             assert_eq!(h["role"], "runtime", "{h:#}");
+        }
+        // Everything in the container's own namespace is the container's.
+        if h["mnt_ns"].as_u64() == Some(ns_inode(web_pid)) {
+            assert_eq!(h["role"], "container", "{h:#}");
+            assert_eq!(h["container"]["name"], "web", "{h:#}");
         }
     }
 

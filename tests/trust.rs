@@ -105,3 +105,35 @@ fn data_root_records_cannot_point_outside_the_data_root() {
         assert!(has_mount_at(pid, &format!("{d}/outside2/merged")));
     }
 }
+
+/// The same bind made in a namespace the host's user namespace owns (what a setuid sandbox
+/// helper sets up for its user): still no identity. Only mntreap's own namespace and the
+/// established runtime's say what a target is.
+#[test]
+fn a_bind_at_the_target_path_in_a_sandbox_helpers_namespace_is_no_identity_either() {
+    let mut sb = Sandbox::new("forged-sandbox");
+    let d = sb.d();
+    let target = format!("{d}/l/abc/merged");
+    sb.sh(&format!(
+        "set -e; mkdir -p {target} {d}/vol; mount -t tmpfs target {target}; \
+         mount -t tmpfs precious {d}/vol"
+    ));
+    let victim = sb.holder(None, None);
+    sb.sh(&format!("umount {target}"));
+    let sandbox = sb.holder(
+        Some(&format!("mount --bind {d}/vol {target} && exec sleep 3600")),
+        None,
+    );
+    assert!(has_mount_at(sandbox, &target));
+    let out = sb.mntreap(&["release", "--any-path", "--path", &target]);
+    assert!(out.status.code().is_some(), "{}", stderr(&out));
+    assert!(
+        !has_mount_at(victim, &target),
+        "the victim's copy of the target goes"
+    );
+    assert!(
+        has_mount_at(victim, &format!("{d}/vol")),
+        "the unrelated filesystem was unmounted in the victim: {}",
+        stderr(&out)
+    );
+}
