@@ -1,0 +1,281 @@
+#!/usr/bin/env bash
+# A real Debian 12 systemd host for mntreap's real-host tests (tests/realhost.rs): systemd as
+# PID 1 and Debian's own docker.io / containerd / nginx units, booted in systemd-nspawn on
+# this machine's kernel.
+#
+#   host.sh build                    build the rootfs once (mmdebstrap, ~45 s) and cache it in
+#                                    $MNTREAP_REALHOST_CACHE (default /var/cache/mntreap-realhost),
+#                                    outside the repository; rebuilt when the package list changes
+#   host.sh up NAME [OPTION...] [-- NSPAWN-ARG...]
+#                                    copy the rootfs, configure it, boot it in the background,
+#                                    wait for `systemctl is-system-running --wait`; prints the
+#                                    host pid of the guest's PID 1
+#       --live-restore               daemon.json "live-restore": true
+#       --mountflags-slave           docker.service drop-in MountFlags=slave, dockerd supervising
+#                                    its own containerd (ExecStart=/usr/sbin/dockerd -H fd://,
+#                                    containerd.service masked): the first write-up's setup
+#       --bin PATH                   static mntreap, bound read-only at /usr/local/bin/mntreap
+#                                    (default: $MNTREAP_REALHOST_BIN)
+#   host.sh exec NAME CMD...         run CMD inside (all namespaces of the guest's PID 1)
+#   host.sh run NAME CMD...          run CMD inside as a transient unit (systemd-run --pipe --wait)
+#   host.sh leader NAME              host pid of the guest's PID 1
+#   host.sh console NAME             the guest's console log
+#   host.sh down NAME [--kill]       stop it (poweroff, or SIGKILL to its PID 1 with --kill), kill
+#                                    what is left in the cgroups this script created, remove them
+#                                    and the run directory
+#
+# The repository's docker-plugin/ directory is bound read-only at /opt/mntreap/docker-plugin.
+# Debian's units stay as shipped; scenarios change only configuration and drop-ins.
+#
+# This machine: PID 1 is not systemd and cgroups are hybrid v1, so nspawn runs with
+# --register=no --keep-unit (no machined, no host systemd), and the launcher first moves
+# itself into cgroups of its own (one per hierarchy, below its current ones). Docker in the
+# guest needs no nspawn seccomp filter (SYSTEMD_SECCOMP=0; else runc fails "unable to join
+# session keyring") and writable v1 controllers (nspawn mounts them read-only; the unit
+# mntreap-cgroup-rw.service remounts them rw). The guest has only lo (--private-network):
+# containers run with --network none.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+CACHE=${MNTREAP_REALHOST_CACHE:-/var/cache/mntreap-realhost}
+ROOTFS=$CACHE/rootfs
+RUNBASE=$CACHE/run
+SOURCES=${MNTREAP_REALHOST_SOURCES:-}
+PKGS=systemd,systemd-sysv,dbus,docker.io,containerd,nginx,busybox-static,iproute2,procps,util-linux
+STAMP="bookworm minbase $PKGS"
+BOOT_TIMEOUT=${BOOT_TIMEOUT:-120}
+
+log() { echo "[$(date +%T)] host.sh: $*" >&2; }
+
+cmd_build() {
+    mkdir -p "$CACHE"
+    exec 9>"$CACHE/build.lock"
+    flock 9 # concurrent tests: one builds, the others wait and reuse
+    if [ -e "$ROOTFS/usr/sbin/dockerd" ] && [ "$(cat "$ROOTFS/.mntreap-stamp" 2>/dev/null)" = "$STAMP" ]; then
+        exec 9>&-
+        return
+    fi
+    rm -rf --one-file-system "$ROOTFS.tmp" "$ROOTFS"
+    local t0=$SECONDS mirrors=()
+    # the package archive the host is configured with (a deb822 file or list), if any
+    if [ -n "$SOURCES" ]; then mirrors=("$SOURCES")
+    elif [ -e /etc/apt/sources.list.d/debian.sources ]; then mirrors=(/etc/apt/sources.list.d/debian.sources)
+    fi
+    log "mmdebstrap bookworm -> $ROOTFS"
+    if ! nice -n 10 mmdebstrap --quiet --variant=minbase --include="$PKGS" bookworm "$ROOTFS.tmp" "${mirrors[@]}" \
+            > "$CACHE/build.log" 2>&1; then
+        cat "$CACHE/build.log" >&2
+        exit 1
+    fi
+    echo "$STAMP" > "$ROOTFS.tmp/.mntreap-stamp"
+    mv "$ROOTFS.tmp" "$ROOTFS"
+    log "rootfs built in $((SECONDS - t0))s"
+    exec 9>&-
+}
+
+# Configuration of a guest's copy: only config files and drop-ins, Debian's units as shipped.
+configure() {
+    local r=$1 live_restore=$2 slave=$3
+    echo "$(basename "$(dirname "$r")")" > "$r/etc/hostname"
+    : > "$r/etc/machine-id"
+    mkdir -p "$r/etc/docker"
+    # no bridge / iptables: the guest has only lo
+    cat > "$r/etc/docker/daemon.json" <<EOF
+{
+  "bridge": "none",
+  "iptables": false,
+  "ip-masq": false,
+  "storage-driver": "overlay2",
+  "live-restore": $live_restore
+}
+EOF
+    # a busybox rootfs for `docker import`
+    rm -rf "$r/opt/bbroot"; mkdir -p "$r/opt/bbroot/bin" "$r/opt/bbroot/tmp"
+    cp "$r/bin/busybox" "$r/opt/bbroot/bin/busybox"
+    for a in sh sleep cat ls echo; do ln -sf busybox "$r/opt/bbroot/bin/$a"; done
+    # nspawn mounts the v1 controllers read-only; docker (runc, cgroupfs driver) must
+    # mkdir /sys/fs/cgroup/<ctrl>/docker: remount them rw (the per-mount flag only)
+    cat > "$r/etc/systemd/system/mntreap-cgroup-rw.service" <<'EOF'
+[Unit]
+Description=Make nspawn's read-only cgroup v1 controller mounts writable (for docker)
+DefaultDependencies=no
+Before=sysinit.target containerd.service docker.service
+ConditionVirtualization=systemd-nspawn
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/bin/sh -c 'for d in /sys/fs/cgroup/*/; do mount -o remount,bind,rw "$d"; done'
+
+[Install]
+WantedBy=sysinit.target
+EOF
+    mkdir -p "$r/etc/systemd/system/sysinit.target.wants"
+    ln -sf ../mntreap-cgroup-rw.service "$r/etc/systemd/system/sysinit.target.wants/"
+    # bookworm's nginx.service has no PrivateTmp; the second write-up's services do
+    mkdir -p "$r/etc/systemd/system/nginx.service.d"
+    printf '[Service]\nPrivateTmp=true\n' > "$r/etc/systemd/system/nginx.service.d/private-tmp.conf"
+    # nothing asks for a login on the console
+    ln -sf /dev/null "$r/etc/systemd/system/console-getty.service"
+    if [ "$slave" = 1 ]; then
+        # the first write-up: dockerd in a slave mount namespace, supervising its own
+        # containerd (as 18.06 did)
+        ln -sf /dev/null "$r/etc/systemd/system/containerd.service"
+        mkdir -p "$r/etc/systemd/system/docker.service.d"
+        printf '[Service]\nMountFlags=slave\nExecStart=\nExecStart=/usr/sbin/dockerd -H fd://\n' \
+            > "$r/etc/systemd/system/docker.service.d/mountflags.conf"
+    fi
+}
+
+rundir() { echo "$RUNBASE/$1"; }
+
+# one sub-cgroup (below the launcher's current one) in every hierarchy
+cg_paths() {
+    local name=$1 hid ctrl path mnt opts
+    while IFS=: read -r hid ctrl path; do
+        if [ -z "$ctrl" ]; then mnt=$(findmnt -rn -t cgroup2 -o TARGET | head -1)
+        else
+            mnt=""
+            while read -r m opts; do
+                case ",$opts," in *",${ctrl},"*) mnt=$m; break;; esac
+            done < <(findmnt -rn -t cgroup -o TARGET,OPTIONS)
+        fi
+        [ -n "$mnt" ] || continue
+        echo "$mnt${path%/}/mntreap-realhost-$name"
+    done < /proc/self/cgroup
+}
+
+find_leader() { # the child of nspawn that is PID 1 in its pid namespace
+    local npid=$1 p ppid ns
+    for p in /proc/[0-9]*; do
+        read -r _ _ _ ppid _ 2>/dev/null < "$p/stat" || continue
+        [ "$ppid" = "$npid" ] || continue
+        ns=$(awk '/^NSpid:/{print $NF}' "$p/status" 2>/dev/null)
+        [ "$ns" = 1 ] && { echo "${p#/proc/}"; return 0; }
+    done
+    return 1
+}
+
+cmd_up() {
+    local name=${1:?usage: host.sh up NAME [OPTION...]}; shift
+    local live_restore=false slave=0 bin=${MNTREAP_REALHOST_BIN:-} nspawn_args=()
+    while [ $# -gt 0 ]; do
+        case "$1" in
+            --live-restore) live_restore=true;;
+            --mountflags-slave) slave=1;;
+            --bin) bin=$2; shift;;
+            --) shift; nspawn_args=("$@"); break;;
+            *) echo "unknown option $1" >&2; exit 2;;
+        esac
+        shift
+    done
+    cmd_build
+    local d; d=$(rundir "$name")
+    if [ -e "$d/nspawn.pid" ] && kill -0 "$(cat "$d/nspawn.pid")" 2>/dev/null; then
+        echo "$name is already running" >&2; exit 1; fi
+    [ -e "$d" ] && cmd_down "$name" --kill # stale run directory
+    local t0=$SECONDS
+    mkdir -p "$d"
+    # a plain copy: / is one ext4 tree like a real host's (overlay2 cannot use an overlayfs
+    # upper directory), /var/lib/docker is not a separate mount
+    cp -a --reflink=auto "$ROOTFS" "$d/root"
+    configure "$d/root" "$live_restore" "$slave"
+    local binds=(--bind-ro="$repo/docker-plugin:/opt/mntreap/docker-plugin")
+    if [ -n "$bin" ]; then binds+=(--bind-ro="$bin:/usr/local/bin/mntreap"); fi
+    cg_paths "$name" > "$d/cgroups"
+    (
+        while read -r cg; do
+            mkdir -p "$cg"
+            if [ -e "$cg/cpuset.cpus" ]; then # v1 cpuset starts empty: inherit
+                cat "$cg/../cpuset.cpus" > "$cg/cpuset.cpus"; cat "$cg/../cpuset.mems" > "$cg/cpuset.mems"
+            fi
+            echo $BASHPID > "$cg/cgroup.procs"
+        done < "$d/cgroups"
+        export SYSTEMD_SECCOMP=0
+        exec systemd-nspawn --quiet --boot --directory="$d/root" --machine="$name" \
+            --register=no --keep-unit --capability=all --private-network \
+            --console=passive "${binds[@]}" "${nspawn_args[@]}" > "$d/console.log" 2>&1 < /dev/null
+    ) &
+    local npid=$!
+    echo "$npid" > "$d/nspawn.pid"
+    local leader="" i
+    for i in $(seq 1 200); do
+        leader=$(find_leader "$npid") && [ -n "$leader" ] && break
+        kill -0 "$npid" 2>/dev/null || { cat "$d/console.log" >&2; exit 1; }
+        sleep 0.05
+    done
+    [ -n "$leader" ] || { log "$name: no leader"; cat "$d/console.log" >&2; exit 1; }
+    echo "$leader" > "$d/leader.pid"
+    # wait for systemd inside (its bus may not exist for the first fraction of a second)
+    local state=""
+    for i in $(seq 1 "$BOOT_TIMEOUT"); do
+        state=$(timeout "$BOOT_TIMEOUT" nsenter -t "$leader" -a systemctl is-system-running --wait 2>/dev/null) && break
+        case "$state" in degraded|running|maintenance|stopping) break;; esac
+        kill -0 "$npid" 2>/dev/null || { cat "$d/console.log" >&2; exit 1; }
+        sleep 1
+    done
+    log "booted $name in $((SECONDS - t0))s: state=$state nspawn=$npid leader=$leader"
+    echo "$leader"
+}
+
+leader() {
+    local f; f="$(rundir "$1")/leader.pid"
+    [ -e "$f" ] || { echo "$1 is not up" >&2; exit 1; }
+    cat "$f"
+}
+
+cmd_exec() { local name=$1; shift
+    exec nsenter -t "$(leader "$name")" -a env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+        HOME=/root TERM=dumb LANG=C.UTF-8 "$@"; }
+
+cmd_run() { local name=$1; shift
+    cmd_exec "$name" systemd-run --quiet --pipe --wait --collect --service-type=exec "$@"; }
+
+cmd_down() {
+    local name=${1:?usage: host.sh down NAME [--kill]} d; d=$(rundir "$name")
+    [ -d "$d" ] || return 0
+    local npid="" i; [ -e "$d/nspawn.pid" ] && npid=$(cat "$d/nspawn.pid")
+    # only a pid that is still our systemd-nspawn (pids are reused)
+    if [ -n "$npid" ] && [ "$(cat "/proc/$npid/comm" 2>/dev/null)" = systemd-nspawn ]; then
+        if [ "${2:-}" = --kill ] && [ -e "$d/leader.pid" ]; then
+            # SIGKILL to the guest's PID 1 ends its whole pid namespace
+            local l; l=$(cat "$d/leader.pid")
+            grep -qx "PPid:[[:space:]]*$npid" "/proc/$l/status" 2>/dev/null && kill -KILL "$l" 2>/dev/null || true
+        else
+            kill -TERM "$npid" 2>/dev/null || true # nspawn -> SIGRTMIN+3 to PID 1 -> poweroff
+        fi
+        for i in $(seq 1 150); do kill -0 "$npid" 2>/dev/null || break; sleep 0.1; done
+        kill -0 "$npid" 2>/dev/null && kill -KILL "$npid" 2>/dev/null || true
+    fi
+    # anything left in the cgroups this script created (only what it started lives there)
+    if [ -e "$d/cgroups" ]; then
+        local cg p
+        for i in 1 2 3 4 5; do
+            local left=0
+            while read -r cg; do
+                [ -d "$cg" ] || continue
+                while read -r p; do left=1; kill -KILL "$p" 2>/dev/null || true
+                done < <(find "$cg" -name cgroup.procs -exec cat {} + 2>/dev/null)
+            done < "$d/cgroups"
+            [ "$left" = 0 ] && break
+            sleep 0.2
+        done
+        while read -r cg; do
+            [ -d "$cg" ] && { find "$cg" -depth -type d -exec rmdir {} + 2>/dev/null || true; }
+        done < "$d/cgroups"
+    fi
+    rm -rf --one-file-system "$d"
+    log "down $name"
+}
+
+case "${1:-}" in
+    build) cmd_build; echo "$ROOTFS";;
+    up) shift; cmd_up "$@";;
+    exec) shift; cmd_exec "$@";;
+    run) shift; cmd_run "$@";;
+    leader) leader "$2";;
+    console) cat "$(rundir "$2")/console.log";;
+    down) shift; cmd_down "$@";;
+    *) sed -n '2,29p' "$0"; exit 2;;
+esac
