@@ -1,29 +1,17 @@
 //! mntreap: find every mount namespace that holds a container layer's mount, and release
 //! those copies there, safely.
 //!
-//! The pipeline is plan-then-execute: [`scan`] reads every namespace's mount table
-//! ([`source`], through [`namespace`] descriptors held from scan to action) and matches
-//! holders; [`release`] turns a scan into a plan and executes it inside each namespace on a
-//! dedicated thread ([`nsexec`]). All raw system calls live in `sys`.
+//! Layers import one way, each a folder:
+//! [`cli`] (arguments, logging) → [`commands`] (scan, release, reap, doctor, the node
+//! report, the hook client) → [`daemon`] (the plugin and the agent) and [`report`] (JSON and
+//! text) → [`runtime`] (Docker: resolution, records, identity; which container a caller is)
+//! → [`engine`] (namespaces, mount tables, matching, plan-then-execute releases; all raw
+//! system calls, and the only `unsafe`, in `engine::sys`). The engine knows no runtime.
+#![deny(unsafe_code)]
 
-pub mod agent;
-pub mod caller;
 pub mod cli;
-pub mod docker;
-pub mod doctor;
-pub mod identity;
-pub mod mountinfo;
-pub mod namespace;
-pub mod node_report;
-pub mod nsexec;
-pub mod plugin;
-pub mod policy;
-pub mod reap;
-pub mod release;
+pub mod commands;
+pub mod daemon;
+pub mod engine;
 pub mod report;
-pub mod scan;
-pub mod serve;
-pub mod source;
-mod sys;
-pub mod table;
-pub mod unix_sockets;
+pub mod runtime;

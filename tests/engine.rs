@@ -252,16 +252,16 @@ fn namespace_vanishing_between_scan_and_release() {
     let target = std::path::PathBuf::from(format!("{d}/l/vn/merged"));
     // Library-level: scan from this process (the sandbox is a foreign namespace here),
     // then the holder exits, then release acts on the held namespace descriptors.
-    let request = mntreap::scan::ScanRequest {
+    let request = mntreap::engine::scan::ScanRequest {
         targets: vec![target.clone()],
-        backend: mntreap::source::Backend::Mountinfo,
+        backend: mntreap::engine::source::Backend::Mountinfo,
         proc_root: "/proc".into(),
         threads: 2,
         paths_only: false,
         layer_signatures: Vec::new(),
         trusted_namespaces: Vec::new(),
     };
-    let scan = mntreap::scan::scan(&request).unwrap();
+    let scan = mntreap::engine::scan::scan(&request).unwrap();
     let in_scan: BTreeSet<u64> = scan
         .holders
         .iter()
@@ -272,12 +272,13 @@ fn namespace_vanishing_between_scan_and_release() {
     sb.kill_holder(vanish);
 
     // Only the two leak namespaces are in scope here: the sandbox's own copy is gone.
-    let rel = mntreap::release::run_on(scan, &request, Default::default(), false).unwrap();
+    let rel = mntreap::engine::release::run_on(scan, &request, Default::default(), false).unwrap();
     for r in &rel.results {
         assert!(
             matches!(
                 r.outcome,
-                mntreap::release::Outcome::Unmounted | mntreap::release::Outcome::Gone
+                mntreap::engine::release::Outcome::Unmounted
+                    | mntreap::engine::release::Outcome::Gone
             ),
             "{:?}",
             r.outcome

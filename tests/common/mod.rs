@@ -250,7 +250,7 @@ pub fn comm(pid: i32) -> Option<String> {
 /// Mount points (decoded) and fs sources in `pid`'s mountinfo, as (mount_point, source).
 pub fn mounts_of(pid: i32) -> Vec<(String, String)> {
     let text = std::fs::read(format!("/proc/{pid}/mountinfo")).unwrap();
-    let table = mntreap::mountinfo::parse(&text).unwrap();
+    let table = mntreap::engine::mountinfo::parse(&text).unwrap();
     table
         .mounts
         .iter()

@@ -3,12 +3,14 @@
 //! Paths appear decoded (a space is a space). Paths that are not UTF-8 are written with
 //! mountinfo's octal escapes for the offending bytes, so nothing is lost or altered.
 
+pub mod containers;
+
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::mountinfo::encode;
-use crate::release::Outcome;
-use crate::scan::{Holder, Scan};
+use crate::engine::mountinfo::encode;
+use crate::engine::release::Outcome;
+use crate::engine::scan::{Holder, Scan};
 
 /// A path for JSON: the real string when it is UTF-8, escaped bytes otherwise.
 pub fn path_json(bytes: &[u8]) -> String {
@@ -140,22 +142,24 @@ pub fn scan_text(scan: &Scan) -> String {
     out
 }
 
-fn in_use_text(in_use: &crate::scan::InUse) -> String {
+fn in_use_text(in_use: &crate::engine::scan::InUse) -> String {
     match in_use {
-        crate::scan::InUse::NamespaceRoot => "root of its mount namespace (never touched)".into(),
-        crate::scan::InUse::ProcessRoot { pids } => {
+        crate::engine::scan::InUse::NamespaceRoot => {
+            "root of its mount namespace (never touched)".into()
+        }
+        crate::engine::scan::InUse::ProcessRoot { pids } => {
             format!("root directory of pid(s) {} (never touched)", join(pids))
         }
     }
 }
 
-fn pins_text(pins: &[crate::scan::Pin]) -> String {
+fn pins_text(pins: &[crate::engine::scan::Pin]) -> String {
     pins.iter()
         .map(|p| {
             let via = match p.via {
-                crate::namespace::PinVia::Cwd => "cwd",
-                crate::namespace::PinVia::Exe => "exe",
-                crate::namespace::PinVia::OpenFile => "open file",
+                crate::engine::namespace::PinVia::Cwd => "cwd",
+                crate::engine::namespace::PinVia::Exe => "exe",
+                crate::engine::namespace::PinVia::OpenFile => "open file",
             };
             format!("pid {} ({via})", p.pid)
         })
@@ -185,7 +189,7 @@ fn pids_text(scan: &Scan, ns: usize, max: usize) -> String {
 }
 
 /// The `release --json` document.
-pub fn release_json(release: &crate::release::Release) -> Value {
+pub fn release_json(release: &crate::engine::release::Release) -> Value {
     let (scan, plans, results) = (&release.scan, &release.plans, &release.results);
     let remaining = release.remaining();
     let namespaces: Vec<Value> = plans
@@ -236,7 +240,7 @@ fn merge(into: &mut Value, from: Value) {
 }
 
 /// The human report for a release.
-pub fn release_text(release: &crate::release::Release) -> String {
+pub fn release_text(release: &crate::engine::release::Release) -> String {
     let (scan, plans, results) = (&release.scan, &release.plans, &release.results);
     let remaining = release.remaining();
     let mut out = String::new();
@@ -291,7 +295,7 @@ pub fn release_text(release: &crate::release::Release) -> String {
 
 /// Notes of the scan and of the re-check after a release, each once; the scan's detail
 /// notes only when `details` (JSON).
-fn all_notes(release: &crate::release::Release, details: bool) -> Vec<String> {
+fn all_notes(release: &crate::engine::release::Release, details: bool) -> Vec<String> {
     let mut notes: Vec<String> = Vec::new();
     let detail: &[String] = if details {
         &release.scan.detail_notes

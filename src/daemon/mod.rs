@@ -1,6 +1,9 @@
 //! Plumbing shared by the long-running modes (`plugin`, `agent`): their runtime, their
 //! unix sockets, and the signals that stop them.
 
+pub mod agent;
+pub mod plugin;
+
 use std::future::Future;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;

@@ -18,10 +18,10 @@ use std::path::{Path, PathBuf};
 
 use tracing::{debug, info_span};
 
-use crate::namespace::{self, MountRef, Namespace, PinVia, Process};
-use crate::nsexec;
-use crate::source::{self, Backend};
-use crate::table::{IdMap, Mount, MountTable, path_is_under};
+use crate::engine::namespace::{self, MountRef, Namespace, PinVia, Process};
+use crate::engine::nsexec;
+use crate::engine::source::{self, Backend};
+use crate::engine::table::{IdMap, Mount, MountTable, path_is_under};
 
 /// A process that keeps a holder busy, and how.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
@@ -478,9 +478,9 @@ fn broader_mount_elsewhere(
                      to the target",
                     dev.0,
                     dev.1,
-                    crate::mountinfo::encode(root),
-                    crate::mountinfo::encode(table.mount_point(m)),
-                    crate::mountinfo::encode(other_root),
+                    crate::engine::mountinfo::encode(root),
+                    crate::engine::mountinfo::encode(table.mount_point(m)),
+                    crate::engine::mountinfo::encode(other_root),
                     n.ns.inode,
                 ));
             }

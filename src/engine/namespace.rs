@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use nix::fcntl::{OFlag, open};
 use nix::sys::stat::Mode;
 
-use crate::sys;
+use crate::engine::sys;
 
 /// A mount as a process refers to it: the mount id where the kernel reports one (statx
 /// since 5.8, fdinfo since 3.15), and the filesystem's device.

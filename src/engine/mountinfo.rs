@@ -5,7 +5,7 @@
 //! few percent of the kernel's cost of producing the text (one arena per table, no
 //! per-field allocation).
 
-use crate::table::{Mount, MountTable};
+use crate::engine::table::{Mount, MountTable};
 
 /// A line of mountinfo that does not have the documented shape.
 #[derive(Debug, thiserror::Error)]

@@ -6,6 +6,8 @@
 //! is what an operator has when dockerd hangs. Both give the same [`Container`]s (a test
 //! checks it); the report says which one was used.
 
+pub mod identity;
+
 use std::collections::HashMap;
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
@@ -14,9 +16,9 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::namespace::mnt_ns_inode;
-use crate::release::Scope;
-use crate::scan::ScanRequest;
+use crate::engine::namespace::mnt_ns_inode;
+use crate::engine::release::Scope;
+use crate::engine::scan::ScanRequest;
 
 /// Where to find the daemon, and how.
 #[derive(Debug, Clone)]
@@ -109,7 +111,7 @@ pub struct Daemon {
     /// Inode of dockerd's mount namespace, when its identity is established.
     pub mnt_ns: Option<u64>,
     /// How dockerd was identified, or why it could not be.
-    pub identity: crate::identity::Identity,
+    pub identity: crate::runtime::docker::identity::Identity,
     pub live_restore: Option<bool>,
     /// Why the data root was used instead of the API.
     pub offline_reason: Option<String>,
@@ -173,7 +175,8 @@ impl Daemon {
         let Some(pid) = self.pid else {
             return;
         };
-        let configured = crate::identity::daemon_settings(Path::new("/proc"), pid).data_root;
+        let configured =
+            crate::runtime::docker::identity::daemon_settings(Path::new("/proc"), pid).data_root;
         let real = |p: &Path| std::fs::canonicalize(on_host(&self.host_root, p)).ok();
         if configured != said && real(&configured) != real(said) {
             self.identity.unsure = Some(format!(
@@ -253,8 +256,8 @@ impl DockerOptions {
         let proc_root = Path::new("/proc");
         let learned = self
             .daemon_pid
-            .filter(|&pid| crate::identity::is_dockerd(proc_root, pid))
-            .map(|pid| crate::identity::daemon_settings(proc_root, pid));
+            .filter(|&pid| crate::runtime::docker::identity::is_dockerd(proc_root, pid))
+            .map(|pid| crate::runtime::docker::identity::daemon_settings(proc_root, pid));
         let socket = match (&self.host, &learned) {
             (None, Some(l)) => l.socket.clone(),
             _ => self.socket()?,
@@ -318,9 +321,9 @@ impl Docker {
         let (socket, root, host_root) = opts.resolve()?;
         let identity = match opts
             .daemon_pid
-            .filter(|&pid| crate::identity::is_dockerd(proc_root, pid))
+            .filter(|&pid| crate::runtime::docker::identity::is_dockerd(proc_root, pid))
         {
-            Some(pid) => crate::identity::from_connecting_daemon(proc_root, pid),
+            Some(pid) => crate::runtime::docker::identity::from_connecting_daemon(proc_root, pid),
             None => {
                 // The socket's peer is one piece of evidence: under socket activation it
                 // is systemd, not dockerd.
@@ -334,14 +337,16 @@ impl Docker {
                         .ok()
                     })
                     .map(|cred| cred.pid());
-                crate::identity::establish_dockerd(proc_root, &host_root, &socket, peer)
+                crate::runtime::docker::identity::establish_dockerd(
+                    proc_root, &host_root, &socket, peer,
+                )
             }
         };
         // Without a setting, the data root is the established daemon's own: offline
         // resolution (hook, events, plugin) then needs no --docker-root either.
         let root = match (&opts.root, identity.pid, &identity.unsure) {
             (None, Some(pid), None) if opts.daemon_pid.is_none() => {
-                crate::identity::daemon_settings(proc_root, pid).data_root
+                crate::runtime::docker::identity::daemon_settings(proc_root, pid).data_root
             }
             _ => root,
         };
@@ -753,11 +758,11 @@ fn config_to_container(
 ) -> Result<Container, BadRecord> {
     let c: ConfigV2 = serde_json::from_slice(text).map_err(|e| BadRecord::new(file, e))?;
     // The id becomes a path: it must be one hex component, and the directory it lives in.
-    crate::policy::container_id(&c.id).map_err(|e| BadRecord::new(file, e))?;
+    crate::engine::policy::container_id(&c.id).map_err(|e| BadRecord::new(file, e))?;
     if dir.file_name() != Some(std::ffi::OsStr::new(&c.id)) {
         return Err(BadRecord::new(
             file,
-            crate::policy::RecordError::NotItsDirectory {
+            crate::engine::policy::RecordError::NotItsDirectory {
                 what: "container id",
                 value: c.id.clone(),
                 dir: dir.display().to_string(),
@@ -823,7 +828,7 @@ fn container(
     pid: Option<i32>,
     driver: String,
 ) -> Result<Container, BadRecord> {
-    crate::policy::container_id(&id).map_err(|e| BadRecord::new(record, e))?;
+    crate::engine::policy::container_id(&id).map_err(|e| BadRecord::new(record, e))?;
     if !valid_driver(&driver) {
         return Err(BadRecord::new(
             record,
@@ -844,7 +849,7 @@ fn container(
         if value.is_empty() {
             return Ok(None);
         }
-        crate::policy::layer_id(value).map_err(|e| BadRecord::new(&file, e))?;
+        crate::engine::policy::layer_id(value).map_err(|e| BadRecord::new(&file, e))?;
         Ok(Some(value.to_string()))
     };
     let mount_id = read_id("mount-id")?;
@@ -865,7 +870,7 @@ fn container(
     paths.push(cdir.join("mounts/secrets"));
     let host_data_root = on_host(host_root, root);
     for p in paths.iter().chain(upperdir.iter()) {
-        crate::policy::no_symlink_below(&host_data_root, &on_host(host_root, p))
+        crate::engine::policy::no_symlink_below(&host_data_root, &on_host(host_root, p))
             .map_err(|e| BadRecord::new(record, e))?;
     }
     Ok(Container {
@@ -997,7 +1002,7 @@ mod tests {
             std::fs::create_dir_all(&dir).unwrap();
             let id = if use_dir_as_id { dir_name.clone() } else { id };
             if let Some(layerdb) = Some(root.join("image").join(&driver).join("layerdb/mounts").join(&id))
-                .filter(|_| valid_driver(&driver) && crate::policy::is_hex_id(&id))
+                .filter(|_| valid_driver(&driver) && crate::engine::policy::is_hex_id(&id))
             {
                 std::fs::create_dir_all(&layerdb).unwrap();
                 std::fs::write(layerdb.join("mount-id"), &mount_id).unwrap();
@@ -1006,7 +1011,7 @@ mod tests {
             let file = dir.join("config.v2.json");
             for bytes in [text.as_bytes(), raw.as_slice()] {
                 if let Ok(c) = config_to_container(&root, Path::new("/"), &dir, &file, bytes) {
-                    proptest::prop_assert!(crate::policy::is_hex_id(&c.id));
+                    proptest::prop_assert!(crate::engine::policy::is_hex_id(&c.id));
                     for p in c.paths.iter().chain(c.upperdir.iter()) {
                         proptest::prop_assert!(p.starts_with(&root), "{p:?}");
                         proptest::prop_assert!(

@@ -6,7 +6,7 @@
 //! connection to `docker.sock` names the socket's creator, **systemd (pid 1)**, not dockerd.
 //! So the peer is one piece of evidence among others: dockerd is the dockerd process that
 //! holds the listening socket *bound to the very file* at the socket path (device and inode,
-//! from `sock_diag`; see [`crate::unix_sockets`]), which no other process can fake. When the
+//! from `sock_diag`; see [`crate::engine::unix_sockets`]), which no other process can fake. When the
 //! evidence disagrees or is missing, the identity is *unsure*, and every namespace that may
 //! be the runtime's is protected.
 
@@ -38,10 +38,10 @@ impl RuntimeProcess {
     /// Reads `pid`'s executable and mount namespace, pinned by its start time: a pid that
     /// is reused between the reads gives `None`.
     fn read(proc_root: &Path, pid: i32) -> Option<RuntimeProcess> {
-        let start = crate::namespace::start_time(proc_root, pid)?;
+        let start = crate::engine::namespace::start_time(proc_root, pid)?;
         let exe = exe_name(proc_root, pid)?;
-        let mnt_ns = crate::namespace::mnt_ns_inode(proc_root, pid);
-        (crate::namespace::start_time(proc_root, pid)? == start).then_some(RuntimeProcess {
+        let mnt_ns = crate::engine::namespace::mnt_ns_inode(proc_root, pid);
+        (crate::engine::namespace::start_time(proc_root, pid)? == start).then_some(RuntimeProcess {
             pid,
             exe,
             mnt_ns,
@@ -167,9 +167,11 @@ pub fn establish_dockerd(
         .filter(|p| is_dockerd_name(&p.exe))
         .map(|p| p.pid)
         .collect();
-    let file = crate::unix_sockets::file_id(&crate::docker::on_host(host_root, socket)).ok();
+    let file =
+        crate::engine::unix_sockets::file_id(&crate::runtime::docker::on_host(host_root, socket))
+            .ok();
     let listeners = match file {
-        Some(f) => crate::unix_sockets::holders_of(proc_root, &dockerds, f),
+        Some(f) => crate::engine::unix_sockets::holders_of(proc_root, &dockerds, f),
         None => Vec::new(),
     };
     let desc = |pid: i32| match exe_name(proc_root, pid) {
@@ -307,7 +309,7 @@ impl Identity {
             .runtime_processes
             .iter()
             .filter_map(|p| p.mnt_ns)
-            .chain(crate::namespace::mnt_ns_inode(proc_root, "self"))
+            .chain(crate::engine::namespace::mnt_ns_inode(proc_root, "self"))
             .collect();
         v.sort_unstable();
         v.dedup();
@@ -342,21 +344,21 @@ pub fn daemon_settings(proc_root: &Path, pid: i32) -> DaemonSettings {
         .filter(|r| !r.is_empty())
         .or_else(|| config["data-root"].as_str().map(String::from))
         .or_else(|| config["graph"].as_str().map(String::from))
-        .unwrap_or_else(|| crate::docker::DEFAULT_ROOT.into());
+        .unwrap_or_else(|| crate::runtime::docker::DEFAULT_ROOT.into());
     let socket = flag_values(&args, "--host", Some("-H"))
         .into_iter()
         .find_map(|h| h.strip_prefix("unix://").map(PathBuf::from))
         .or_else(|| {
             // `fd://` (socket activation) or no -H: the unix socket it listens on, as the
             // kernel recorded it at bind.
-            crate::unix_sockets::listening_paths(proc_root, pid)
+            crate::engine::unix_sockets::listening_paths(proc_root, pid)
                 .into_iter()
                 .find(|p| {
                     p.extension().is_some_and(|e| e == "sock")
                         && !p.starts_with("/run/docker/plugins")
                 })
         })
-        .unwrap_or_else(|| PathBuf::from(crate::docker::DEFAULT_SOCKET));
+        .unwrap_or_else(|| PathBuf::from(crate::runtime::docker::DEFAULT_SOCKET));
     DaemonSettings {
         data_root: PathBuf::from(data_root),
         socket,

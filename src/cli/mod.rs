@@ -1,29 +1,24 @@
-//! The `mntreap` command line: flags are parsed, then validated into requests before any
-//! work; stdout carries the report, stderr the logs.
+//! The `mntreap` command line: flags are parsed, validated once into a
+//! [`commands::Config`], and handed to a command or a daemon; logging is set up here.
 //!
-//! Exit codes: 0 nothing (in scope) holds the target; 1 some copies remain, or findings
-//! (listed); 2 bad input or refusal, with nothing changed.
+//! Exit codes ([`commands::Exit`]): 0 nothing (in scope) holds the target; 1 some copies
+//! remain, findings (listed), or work that stopped part way; 2 bad input or refusal, with
+//! nothing changed.
 
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::docker::{Docker, DockerOptions};
-use crate::policy::Policy;
-use crate::release::{self, Scope};
-use crate::report;
-use crate::scan::{self, ScanRequest};
-use crate::source::BackendChoice;
+use std::os::fd::AsFd;
 
-/// Exit status: nothing holds the target (any more).
-pub const EXIT_CLEAN: u8 = 0;
-/// Exit status: copies remain (in use, failed, or found by a scan), or findings.
-pub const EXIT_REMAINING: u8 = 1;
-/// Exit status: bad input or refusal; nothing was changed.
-pub const EXIT_USAGE: u8 = 2;
+use crate::commands::{self, Config, Exit, Failure};
+use crate::engine::policy::Policy;
+use crate::engine::scan::{self, ScanRequest};
+use crate::engine::source::BackendChoice;
+use crate::runtime::docker::DockerOptions;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -83,7 +78,7 @@ struct AgentArgs {
     hook_socket: PathBuf,
     /// Leave a namespace or process alone: ns:<inode>, pid:<pid>, comm:<name> (repeatable).
     #[arg(long, value_name = "WHAT")]
-    exclude: Vec<crate::agent::Exclude>,
+    exclude: Vec<crate::daemon::agent::Exclude>,
     /// Do not follow the daemon's event stream.
     #[arg(long)]
     no_events: bool,
@@ -127,7 +122,7 @@ struct PluginArgs {
     no_events: bool,
     /// Testing aid: `fail` makes every cleanup fail, `slow:<ms>` makes it take that long.
     #[arg(long, env = "MNTREAP_FAULT", hide = true)]
-    fault: Option<crate::plugin::Fault>,
+    fault: Option<crate::daemon::plugin::Fault>,
     #[command(flatten)]
     engine: EngineArgs,
 }
@@ -236,31 +231,12 @@ pub fn main() -> ExitCode {
     } else {
         init_logging(cli.log_format, cli.verbose);
     }
-    let code = match run(cli.command) {
-        Ok(code) => code,
-        Err(Failure::Usage(msg)) => {
-            eprintln!("mntreap: error: {msg}");
-            EXIT_USAGE
+    match run(cli.command) {
+        Ok(exit) => exit.into(),
+        Err(failure) => {
+            eprintln!("mntreap: error: {failure}");
+            Exit::Usage.into()
         }
-        Err(Failure::Runtime(err)) => {
-            eprintln!("mntreap: error: {err:#}");
-            EXIT_USAGE
-        }
-    };
-    ExitCode::from(code)
-}
-
-/// Why a command did nothing.
-pub(crate) enum Failure {
-    /// Bad input: nothing was done.
-    Usage(String),
-    /// The scan could not run (no permission for /proc, ...): nothing was done.
-    Runtime(anyhow::Error),
-}
-
-impl<E: Into<anyhow::Error>> From<E> for Failure {
-    fn from(e: E) -> Self {
-        Failure::Runtime(e.into())
     }
 }
 
@@ -300,7 +276,7 @@ fn init_plugin_logging(verbose: u8) {
 }
 
 impl EngineArgs {
-    pub(crate) fn docker_options(&self) -> DockerOptions {
+    fn docker_options(&self) -> DockerOptions {
         DockerOptions {
             host: self.docker.docker_host.clone().filter(|h| !h.is_empty()),
             // An empty setting (a managed plugin's declared default) means "not set".
@@ -322,284 +298,102 @@ impl EngineArgs {
         }
     }
 
-    /// Validates path targets and builds a scan request (no side effects). Container
-    /// paths come from the data root and skip the path rails.
-    pub(crate) fn request(
-        &self,
-        raw_paths: &[String],
-        trusted: Vec<PathBuf>,
-    ) -> Result<ScanRequest, Failure> {
+    /// Validates the settings once: the path rails, the backend (probed on mntreap's own
+    /// namespace), the scan template and Docker's options.
+    fn config(&self) -> Result<Config, Failure> {
+        let docker = self.docker_options();
         // The configured data root is a runtime root too: a patched dockerd with a
         // non-default root calls `mntreap release --path` with MNTREAP_DOCKER_ROOT set.
         let mut extra_roots = self.runtime_roots.clone();
         extra_roots.push(
-            self.docker_options()
+            docker
                 .root
-                .unwrap_or_else(|| PathBuf::from(crate::docker::DEFAULT_ROOT)),
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(crate::runtime::docker::DEFAULT_ROOT)),
         );
-        let policy = Policy {
-            any_path: self.any_path,
-            extra_roots,
-        };
-        let mut targets = trusted;
-        for raw in raw_paths {
-            let t = policy
-                .check(raw)
-                .map_err(|e| Failure::Usage(e.to_string()))?;
-            targets.push(t);
-        }
-        targets.dedup();
-        let own =
-            crate::namespace::open_ns(self.proc.join("self/ns/mnt").as_os_str()).map_err(|e| {
-                Failure::Usage(format!(
-                    "cannot open {}/self/ns/mnt: {e}; mntreap needs root (CAP_SYS_ADMIN and \
-                     CAP_SYS_PTRACE)",
-                    self.proc.display()
-                ))
-            })?;
-        let probe = crate::namespace::Namespace {
-            inode: 0,
-            fd: own,
-            pid_used: std::process::id() as i32,
-            pids: Vec::new(),
-            own: true,
-            host_userns: true,
-        };
-        Ok(ScanRequest {
-            targets,
-            backend: self.backend.resolve(&probe),
-            proc_root: self.proc.clone(),
-            threads: self.threads.unwrap_or_else(scan::default_threads).max(1),
-            paths_only: self.paths_only,
-            layer_signatures: Vec::new(),
-            trusted_namespaces: Vec::new(),
+        let own_path = self.proc.join("self/ns/mnt");
+        let own = crate::engine::namespace::open_ns(own_path.as_os_str()).map_err(|e| {
+            Failure::Usage(format!(
+                "cannot open {}: {e}; mntreap needs root (CAP_SYS_ADMIN and CAP_SYS_PTRACE)",
+                own_path.display()
+            ))
+        })?;
+        Ok(Config {
+            json: self.json,
+            policy: Policy {
+                any_path: self.any_path,
+                extra_roots,
+            },
+            runtime_roots: self.runtime_roots.clone(),
+            base: ScanRequest {
+                targets: Vec::new(),
+                backend: self.backend.resolve(own.as_fd()),
+                proc_root: self.proc.clone(),
+                threads: self.threads.unwrap_or_else(scan::default_threads).max(1),
+                paths_only: self.paths_only,
+                layer_signatures: Vec::new(),
+                trusted_namespaces: Vec::new(),
+            },
+            docker,
         })
     }
-
-    pub(crate) fn connect(&self) -> Result<Docker, Failure> {
-        Docker::connect(&self.docker_options()).map_err(|e| Failure::Usage(e.to_string()))
-    }
 }
 
-/// A target that does not exist here and that no namespace holds is a typo, not a leak.
-fn check_targets_exist(scan: &scan::Scan, checked: &[PathBuf]) -> Result<(), Failure> {
-    use std::os::unix::ffi::OsStrExt;
-    for t in checked {
-        let held = scan
-            .holders
-            .iter()
-            .any(|h| crate::table::path_is_under(&h.mount_point, t.as_os_str().as_bytes()));
-        if !held && std::fs::symlink_metadata(t).is_err() {
-            return Err(Failure::Usage(format!(
-                "{} does not exist and no mount namespace holds a mount there; check the path \
-                 (for a container, pass its name or id instead)",
-                t.display()
-            )));
-        }
-    }
-    Ok(())
-}
-
-fn run(command: Command) -> Result<u8, Failure> {
+fn run(command: Command) -> Result<Exit, Failure> {
     match command {
-        Command::Scan(args) => scan_command(args),
-        Command::Release(args) => release_command(args),
-        Command::Reap(args) => crate::reap::command(&args.engine, &args.containers, args.dry_run),
-        Command::Doctor(args) => crate::doctor::command(&args.engine),
+        Command::Scan(args) => {
+            commands::scan::command(&args.engine.config()?, &args.containers, &args.paths)
+        }
+        Command::Release(args) => commands::release::command(
+            &args.engine.config()?,
+            commands::release::ReleaseArgs {
+                containers: &args.containers,
+                paths: &args.paths,
+                dry_run: args.dry_run,
+                everywhere: args.everywhere,
+            },
+        ),
+        Command::Reap(args) => {
+            commands::reap::command(&args.engine.config()?, &args.containers, args.dry_run)
+        }
+        Command::Doctor(args) => commands::doctor::command(&args.engine.config()?),
+        Command::Hook(HookCommand::PreStop { socket, container }) => {
+            commands::hook::pre_stop(&socket, container.as_deref())
+        }
         Command::Agent(args) => {
-            let base = args.engine.request(&[], Vec::new())?;
+            let config = args.engine.config()?;
             let metrics_addr = match args.metrics_addr.as_str() {
                 "off" => None,
                 a => Some(a.parse().map_err(|e| {
                     Failure::Usage(format!("--metrics-addr {a:?}: {e} (host:port, or off)"))
                 })?),
             };
-            crate::agent::run(crate::agent::AgentConfig {
+            crate::daemon::agent::run(crate::daemon::agent::AgentConfig {
                 sweep: Duration::from_secs(args.sweep_interval),
                 metrics_addr,
                 hook_socket: Some(args.hook_socket),
                 exclude: args.exclude,
                 events: !args.no_events,
-                docker: args.engine.docker_options(),
-                base,
-            })?;
-            Ok(EXIT_CLEAN)
-        }
-        Command::Hook(HookCommand::PreStop { socket, container }) => {
-            let (ok, reply) = crate::agent::hook_client(&socket, container.as_deref())?;
-            print(&reply);
-            if ok {
-                Ok(EXIT_CLEAN)
-            } else {
-                let v: serde_json::Value = serde_json::from_str(&reply).unwrap_or_default();
-                Err(Failure::Usage(
-                    v["error"].as_str().unwrap_or("refused").to_string(),
-                ))
-            }
+                docker: config.docker,
+                base: config.base,
+            })
+            .map_err(Failure::Runtime)?;
+            Ok(Exit::Clean)
         }
         Command::Plugin(args) => {
-            let base = args.engine.request(&[], Vec::new())?;
-            crate::plugin::run(crate::plugin::PluginConfig {
+            let config = args.engine.config()?;
+            crate::daemon::plugin::run(crate::daemon::plugin::PluginConfig {
                 socket: args.socket,
                 deadline: Duration::from_millis(args.deadline_ms),
                 noop: args.noop,
                 sweep: Duration::from_secs(args.sweep_interval),
                 events: !args.no_events,
-                docker: args.engine.docker_options(),
-                base,
+                docker: config.docker,
+                base: config.base,
                 fault: args.fault,
-            })?;
-            Ok(EXIT_CLEAN)
-        }
-    }
-}
-
-fn scan_command(args: ScanArgs) -> Result<u8, Failure> {
-    let e = &args.engine;
-    if args.containers.is_empty() && args.paths.is_empty() {
-        return crate::node_report::command(e);
-    }
-    let (docker, containers) = resolve_containers(e, &args.containers)?;
-    let trusted: Vec<PathBuf> = containers.iter().flat_map(|c| c.paths.clone()).collect();
-    let mut req = e.request(&args.paths, trusted)?;
-    req.layer_signatures = crate::docker::layer_signatures(&containers);
-    if let Some(d) = &docker {
-        req.trusted_namespaces = d.daemon.trusted_namespaces();
-    }
-    let scan = scan::scan(&req)?;
-    let checked: Vec<PathBuf> = req
-        .targets
-        .iter()
-        .filter(|t| !containers.iter().any(|c| c.paths.contains(t)))
-        .cloned()
-        .collect();
-    check_targets_exist(&scan, &checked)?;
-    let view = docker
-        .as_ref()
-        .map(|d| crate::node_report::ContainerView::new(&scan, d, &containers));
-    let leaks = match &view {
-        None => scan.foreign_holders().next().is_some(),
-        Some(v) => v.has_leaks(),
-    };
-    let out = match (&view, e.json) {
-        (_, true) => {
-            let mut doc = report::scan_json(&scan);
-            if let Some(v) = &view {
-                v.annotate(&mut doc);
-            }
-            format!("{doc:#}\n")
-        }
-        (None, false) => report::scan_text(&scan),
-        (Some(v), false) => v.text(),
-    };
-    print(&out);
-    let unsure = docker.as_ref().and_then(|d| d.daemon.unsure_note());
-    if let Some(n) = &unsure {
-        eprintln!("note: {n}");
-    }
-    Ok(if leaks || unsure.is_some() {
-        EXIT_REMAINING
-    } else {
-        EXIT_CLEAN
-    })
-}
-
-/// Resolves named containers (if any) through the daemon or the data root.
-pub(crate) fn resolve_containers(
-    e: &EngineArgs,
-    names: &[String],
-) -> Result<(Option<Docker>, Vec<crate::docker::Container>), Failure> {
-    if names.is_empty() {
-        return Ok((None, Vec::new()));
-    }
-    let docker = e.connect()?;
-    let containers = docker
-        .resolve(names)
-        .map_err(|err| Failure::Usage(err.to_string()))?;
-    Ok((Some(docker), containers))
-}
-
-fn release_command(args: ReleaseArgs) -> Result<u8, Failure> {
-    let e = &args.engine;
-    if args.containers.is_empty() && args.paths.is_empty() {
-        return Err(Failure::Usage(
-            "name the containers or --path mount points to release (`mntreap scan` with no \
-             target shows the node's leaks)"
-                .into(),
-        ));
-    }
-    let (docker, containers) = resolve_containers(e, &args.containers)?;
-    let mut releases = Vec::new();
-    if !args.paths.is_empty() {
-        let req = e.request(&args.paths, Vec::new())?;
-        let scan = scan::scan(&req)?;
-        check_targets_exist(&scan, &req.targets)?;
-        let scope = Scope {
-            everywhere: args.everywhere,
-            protected: None,
-        };
-        releases.push((None, release::run_on(scan, &req, scope, args.dry_run)?));
-    }
-    if let Some(docker) = &docker {
-        let base = e.request(&[], Vec::new())?;
-        for c in &containers {
-            let req = crate::docker::container_request(&base, &docker.daemon, c);
-            let scope = crate::docker::release_scope(&docker.daemon, c, args.everywhere);
-            releases.push((Some(c), release::run(&req, scope, args.dry_run)?));
-        }
-    }
-    let remaining = releases
-        .iter()
-        .any(|(_, r)| !r.remaining().is_empty() || r.still_pinned());
-    let out = if e.json {
-        let docs: Vec<serde_json::Value> = releases
-            .iter()
-            .map(|(c, r)| {
-                let mut doc = report::release_json(r);
-                if let Some(c) = c {
-                    doc["container"] = serde_json::to_value(c).unwrap_or_default();
-                }
-                doc
             })
-            .collect();
-        let doc = match (&docker, docs.len()) {
-            (None, 1) => docs.into_iter().next().expect("one"),
-            _ => serde_json::json!({
-                "docker": docker.as_ref().map(|d| &d.daemon),
-                "releases": docs,
-            }),
-        };
-        format!("{doc:#}\n")
-    } else {
-        let mut text = String::new();
-        for (c, r) in &releases {
-            if let Some(c) = c {
-                text.push_str(&format!(
-                    "container {} ({}, {}):\n",
-                    c.name,
-                    crate::docker::short_id(&c.id),
-                    c.state
-                ));
-            }
-            text.push_str(&report::release_text(r));
+            .map_err(Failure::Runtime)?;
+            Ok(Exit::Clean)
         }
-        text
-    };
-    print(&out);
-    let unsure = docker.as_ref().and_then(|d| d.daemon.unsure_note());
-    if let Some(n) = &unsure {
-        eprintln!("note: {n}");
     }
-    Ok(if remaining || unsure.is_some() {
-        EXIT_REMAINING
-    } else {
-        EXIT_CLEAN
-    })
-}
-
-pub(crate) fn print(text: &str) {
-    let mut out = std::io::stdout().lock();
-    // A closed pipe (`| head`) is not an error worth a panic.
-    let _ = out.write_all(text.as_bytes());
-    let _ = out.flush();
 }

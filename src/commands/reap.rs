@@ -6,33 +6,50 @@
 
 use serde_json::{Value, json};
 
-use crate::cli::{EngineArgs, Failure, print};
-use crate::release;
+use super::{Config, Exit, Failure, print};
+use crate::engine::release;
 use crate::report;
+use crate::runtime::docker::{container_request, release_scope, short_id};
 
-/// Runs `reap`; returns the exit code (0: everything reaped or nothing to reap).
-pub(crate) fn command(e: &EngineArgs, names: &[String], dry_run: bool) -> Result<u8, Failure> {
+/// Runs `reap`. One result per container: a release that cannot run is reported for that
+/// container and the others go on. Exit 0 when every container was removed (or none was
+/// stuck); 1 otherwise, with what was done.
+pub fn command(e: &Config, names: &[String], dry_run: bool) -> Result<Exit, Failure> {
     let docker = e.connect()?;
     let containers = if names.is_empty() {
         docker
-            .list()
-            .map_err(|err| Failure::Usage(err.to_string()))?
+            .list()?
             .into_iter()
             .filter(|c| c.is_stuck())
             .collect()
     } else {
-        docker
-            .resolve(names)
-            .map_err(|err| Failure::Usage(err.to_string()))?
+        docker.resolve(names)?
     };
     let mut docs = Vec::new();
     let mut text = String::new();
     let mut all_removed = true;
-    let base = e.request(&[], Vec::new())?;
     for c in &containers {
-        let req = crate::docker::container_request(&base, &docker.daemon, c);
-        let scope = crate::docker::release_scope(&docker.daemon, c, false);
-        let rel = release::run(&req, scope, dry_run)?;
+        let req = container_request(&e.base, &docker.daemon, c);
+        let scope = release_scope(&docker.daemon, c, false);
+        let rel = match release::run(&req, scope, dry_run) {
+            Ok(rel) => rel,
+            Err(err) => {
+                // Not removed: its copies may still hold it, and removal would fail.
+                all_removed = false;
+                text.push_str(&format!(
+                    "container {} ({}, {}): release failed: {err}; not removed\n",
+                    c.name,
+                    short_id(&c.id),
+                    c.state
+                ));
+                docs.push(json!({
+                    "container": c,
+                    "release": {"error": err.to_string()},
+                    "removal": {"removed": false, "error": "not attempted: the release failed"},
+                }));
+                continue;
+            }
+        };
         let removal: Result<(), String> = if dry_run {
             Ok(())
         } else {
@@ -43,7 +60,7 @@ pub(crate) fn command(e: &EngineArgs, names: &[String], dry_run: bool) -> Result
         text.push_str(&format!(
             "container {} ({}, {}): {} cop{} released; ",
             c.name,
-            crate::docker::short_id(&c.id),
+            short_id(&c.id),
             c.state,
             released,
             if released == 1 { "y" } else { "ies" }
@@ -73,7 +90,11 @@ pub(crate) fn command(e: &EngineArgs, names: &[String], dry_run: bool) -> Result
     } else {
         print(&text);
     }
-    Ok(if all_removed { 0 } else { 1 })
+    Ok(if all_removed {
+        Exit::Clean
+    } else {
+        Exit::Remaining
+    })
 }
 
 fn indent(text: &str) -> String {

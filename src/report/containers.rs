@@ -17,11 +17,9 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
 
-use crate::cli::{EngineArgs, Failure, print};
-use crate::docker::{self, Container, Daemon, Docker, Owner};
-use crate::mountinfo::encode;
-use crate::report::holder_json;
-use crate::scan::{self, Holder, Scan, ScanRequest};
+use crate::engine::mountinfo::encode;
+use crate::engine::scan::{self, Holder, Scan, ScanRequest};
+use crate::runtime::docker::{self, Container, Daemon, Docker, Owner};
 
 /// Holders of a scan seen through the containers they belong to.
 pub struct ContainerView<'a> {
@@ -63,7 +61,7 @@ fn container_namespaces(containers: &[Container]) -> Vec<Option<u64>> {
         .iter()
         .map(|c| {
             c.pid
-                .and_then(|pid| crate::namespace::mnt_ns_inode(Path::new("/proc"), pid))
+                .and_then(|pid| crate::engine::namespace::mnt_ns_inode(Path::new("/proc"), pid))
         })
         .collect()
 }
@@ -77,7 +75,10 @@ impl<'a> ContainerView<'a> {
             .map(|h| {
                 containers.iter().position(|c| {
                     c.paths.iter().any(|p| {
-                        crate::table::path_is_under(&h.mount_point, p.as_os_str().as_bytes())
+                        crate::engine::table::path_is_under(
+                            &h.mount_point,
+                            p.as_os_str().as_bytes(),
+                        )
                     })
                 })
             })
@@ -93,7 +94,7 @@ impl<'a> ContainerView<'a> {
         // that container's.
         let own_root_of = |h: &Holder| {
             let inode = scan.namespaces[h.ns].ns.inode;
-            (h.matched == crate::scan::Match::InsideCopy)
+            (h.matched == crate::engine::scan::Match::InsideCopy)
                 .then(|| container_ns.iter().position(|ns| *ns == Some(inode)))
                 .flatten()
         };
@@ -176,7 +177,7 @@ impl<'a> ContainerView<'a> {
             out.push_str(&format!(
                 "container {} ({}) {}:\n",
                 c.name,
-                crate::docker::short_id(&c.id),
+                crate::runtime::docker::short_id(&c.id),
                 c.state
             ));
             let mine: Vec<usize> = (0..self.scan.holders.len())
@@ -214,7 +215,7 @@ fn signature_owner(scan: &Scan, containers: &[Container], h: &Holder) -> Option<
         .position(|c| c.upperdir.as_ref() == Some(dir))
 }
 
-fn pid_words(scan: &Scan, ns: usize) -> String {
+pub fn pid_words(scan: &Scan, ns: usize) -> String {
     let procs = scan.processes(ns);
     let mut s: Vec<String> = procs
         .iter()
@@ -342,110 +343,4 @@ pub fn findings(scan: &Scan, daemon: &Daemon, containers: &[Container]) -> Vec<F
     }
     out.sort_by_key(|f| (std::cmp::Reverse(f.severity), f.owner.clone(), f.holder));
     out
-}
-
-/// `mntreap scan` with no target.
-pub(crate) fn command(e: &EngineArgs) -> Result<u8, Failure> {
-    let docker =
-        Docker::connect(&e.docker_options()).map_err(|err| Failure::Usage(err.to_string()))?;
-    // A node without Docker (no daemon, no data root) still gets the other runtimes looked at.
-    let no_docker = !docker.online() && !docker.daemon.root.exists();
-    let containers = if no_docker {
-        Vec::new()
-    } else {
-        docker
-            .list()
-            .map_err(|err| Failure::Usage(err.to_string()))?
-    };
-    let base = e.request(&[], Vec::new())?;
-    let Some(scan) = node_scan(&base, &docker.daemon, &containers, &e.runtime_roots)? else {
-        print(&format!(
-            "No container runtime found on this node: no dockerd at {}, and none of {}, \
-             /var/lib/containerd, /run/containerd, /var/lib/kubelet exists.\n",
-            docker.daemon.socket.display(),
-            docker.daemon.root.display()
-        ));
-        return Ok(0);
-    };
-    let found = findings(&scan, &docker.daemon, &containers);
-    let unsure = docker.daemon.unsure_note();
-    if e.json {
-        let items: Vec<Value> = found
-            .iter()
-            .map(|f| {
-                let mut v = holder_json(&scan, &scan.holders[f.holder]);
-                v["class"] = json!(f.class);
-                v["severity"] = json!(f.severity);
-                v["owner"] = json!(f.owner);
-                v["container"] = match &f.container {
-                    Some(c) => json!({"id": c.id, "name": c.name, "state": c.state}),
-                    None => Value::Null,
-                };
-                v
-            })
-            .collect();
-        let count = |class: &str| found.iter().filter(|f| f.class == class).count();
-        let doc = json!({
-            "docker": docker.daemon,
-            "backend": scan.backend,
-            "roots": scan.targets,
-            "findings": items,
-            "summary": {
-                "orphaned": count("orphaned"),
-                "leaked": count("leaked"),
-                "in_use": count("in-use"),
-                "containers": containers.len(),
-                "namespaces_scanned": scan.namespaces.len(),
-            },
-            "notes": scan.all_notes(),
-        });
-        print(&format!("{doc:#}\n"));
-    } else {
-        let mut out = String::new();
-        if found.is_empty() {
-            out.push_str(&format!(
-                "No leaked or orphaned container mounts ({} containers, {} namespaces).\n",
-                containers.len(),
-                scan.namespaces.len()
-            ));
-        } else {
-            out.push_str(&format!(
-                "{:<9} {:<14} {:<20} {:<11} {:>7}  {:<60} PIDS\n",
-                "CLASS", "CONTAINER", "NAME", "MNT_NS", "MOUNT", "MOUNT_POINT"
-            ));
-            for f in &found {
-                let h = &scan.holders[f.holder];
-                let (id, name) = match &f.container {
-                    Some(c) => (crate::docker::short_id(&c.id).to_string(), c.name.clone()),
-                    None => (
-                        crate::docker::short_id(&f.owner).to_string(),
-                        "(gone)".into(),
-                    ),
-                };
-                out.push_str(&format!(
-                    "{:<9} {:<14} {:<20} {:<11} {:>7}  {:<60} {}\n",
-                    f.class,
-                    id,
-                    name,
-                    scan.namespaces[h.ns].ns.inode,
-                    h.mount.id,
-                    encode(&h.mount_point),
-                    pid_words(&scan, h.ns)
-                ));
-            }
-            out.push_str(
-                "Release with `mntreap release CONTAINER` (leaked) or `mntreap reap` (stuck \
-                 containers).\n",
-            );
-        }
-        for n in unsure.iter().chain(&scan.notes) {
-            out.push_str(&format!("note: {n}\n"));
-        }
-        print(&out);
-    }
-    Ok(if found.is_empty() && unsure.is_none() {
-        0
-    } else {
-        1
-    })
 }

@@ -63,7 +63,7 @@ pub struct Mount {
     pub fs_type: Span,
     pub source: Span,
     /// Whether the strings (root, mount point, fs type, source) have been read. The
-    /// listmount backend reads them only for mounts that can matter ([`crate::source`]).
+    /// listmount backend reads them only for mounts that can matter ([`crate::engine::source`]).
     pub has_strings: bool,
     /// For an overlay whose `upperdir` is one of the scan's layer signatures: which one.
     pub layer_signature: Option<u32>,
@@ -105,7 +105,7 @@ impl MountTable {
     /// Appends a mountinfo field to the arena, decoding its octal escapes.
     pub(crate) fn intern_escaped(&mut self, field: &[u8]) -> Span {
         let start = self.arena.len() as u32;
-        crate::mountinfo::decode_into(field, &mut self.arena);
+        crate::engine::mountinfo::decode_into(field, &mut self.arena);
         Span {
             start,
             end: self.arena.len() as u32,

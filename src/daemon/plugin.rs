@@ -23,9 +23,9 @@ use hyper::body::Incoming;
 use hyper::{Request, Response};
 use tracing::{Instrument, info, info_span, warn};
 
-use crate::docker::{self, DockerOptions};
-use crate::release;
-use crate::scan::ScanRequest;
+use crate::engine::release;
+use crate::engine::scan::ScanRequest;
+use crate::runtime::docker::{self, DockerOptions};
 
 /// Everything the plugin is configured with (from flags, or plugin settings via env).
 #[derive(Debug, Clone)]
@@ -136,7 +136,7 @@ struct State {
     daemon: std::sync::Mutex<Option<(i32, u64)>>,
     /// Lines that outside input can cause (bad requests, refused connections, accept
     /// errors) share this budget.
-    log_budget: crate::serve::LogBudget,
+    log_budget: crate::daemon::LogBudget,
 }
 
 impl State {
@@ -145,7 +145,9 @@ impl State {
         let known = *self.daemon.lock().unwrap_or_else(|p| p.into_inner());
         let proc_root = &self.config.base.proc_root;
         let pid = known
-            .filter(|&(pid, start)| crate::namespace::start_time(proc_root, pid) == Some(start))
+            .filter(|&(pid, start)| {
+                crate::engine::namespace::start_time(proc_root, pid) == Some(start)
+            })
             .map(|(pid, _)| pid);
         DockerOptions {
             daemon_pid: pid,
@@ -155,7 +157,8 @@ impl State {
 
     /// Learns the daemon from a connection it made.
     fn learn_daemon(&self, pid: i32) {
-        let Some(start) = crate::namespace::start_time(&self.config.base.proc_root, pid) else {
+        let Some(start) = crate::engine::namespace::start_time(&self.config.base.proc_root, pid)
+        else {
             return;
         };
         let mut known = self.daemon.lock().unwrap_or_else(|p| p.into_inner());
@@ -173,7 +176,7 @@ impl State {
     fn warn_limited(&self, what: &str, detail: &str) {
         if let Some(suppressed) = self.log_budget.take() {
             warn!(
-                detail = crate::serve::clip(detail, 256),
+                detail = crate::daemon::clip(detail, 256),
                 suppressed_since_last = suppressed,
                 "{what}"
             );
@@ -199,19 +202,19 @@ const LOG_LINES_PER_MINUTE: u32 = 60;
 
 /// Serves the plugin until SIGTERM or SIGINT.
 pub fn run(config: PluginConfig) -> anyhow::Result<()> {
-    crate::serve::block_on(serve(config))
+    crate::daemon::block_on(serve(config))
 }
 
 async fn serve(config: PluginConfig) -> anyhow::Result<()> {
     // Only root (dockerd) connects to an authorization plugin.
-    let listener = crate::serve::bind_unix(&config.socket, Some(0o600))?;
+    let listener = crate::daemon::bind_unix(&config.socket, Some(0o600))?;
     info!(socket = %config.socket.display(), noop = config.noop, deadline_ms = config.deadline.as_millis() as u64, "plugin listening");
     let state = Arc::new(State {
         permits: Arc::new(tokio::sync::Semaphore::new(4)),
         others: Arc::new(tokio::sync::Semaphore::new(MAX_OTHER_CONNECTIONS)),
         daemons: Arc::new(tokio::sync::Semaphore::new(MAX_DAEMON_CONNECTIONS)),
         daemon: std::sync::Mutex::new(None),
-        log_budget: crate::serve::LogBudget::new(LOG_LINES_PER_MINUTE),
+        log_budget: crate::daemon::LogBudget::new(LOG_LINES_PER_MINUTE),
         config,
     });
     if !state.config.noop {
@@ -222,9 +225,9 @@ async fn serve(config: PluginConfig) -> anyhow::Result<()> {
             tokio::spawn(sweep_periodically(state.clone()));
         }
     }
-    let shutdown = crate::serve::shutdown_signal()?;
+    let shutdown = crate::daemon::shutdown_signal()?;
     tokio::pin!(shutdown);
-    let mut backoff = crate::serve::AcceptBackoff::default();
+    let mut backoff = crate::daemon::AcceptBackoff::default();
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -253,7 +256,8 @@ async fn serve(config: PluginConfig) -> anyhow::Result<()> {
 fn accept_connection(state: &Arc<State>, stream: tokio::net::UnixStream) {
     let peer = stream.peer_cred().ok().and_then(|c| c.pid());
     let proc_root = &state.config.base.proc_root;
-    let from_daemon = peer.filter(|&pid| crate::identity::is_dockerd(proc_root, pid));
+    let from_daemon =
+        peer.filter(|&pid| crate::runtime::docker::identity::is_dockerd(proc_root, pid));
     if let Some(pid) = from_daemon {
         state.learn_daemon(pid);
     }
@@ -366,8 +370,8 @@ pub fn authz_request(body: &[u8]) -> Result<Option<(Trigger, String)>, String> {
     Ok(trigger(&method, &uri).map(|t| {
         let call = format!(
             "{} {}",
-            crate::serve::clip(&method, 16),
-            crate::serve::clip(&uri, 256)
+            crate::daemon::clip(&method, 16),
+            crate::daemon::clip(&uri, 256)
         );
         (t, call)
     }))

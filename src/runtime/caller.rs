@@ -47,7 +47,7 @@ pub enum CallerError {
 pub fn boot_ticks(proc_root: &Path) -> Option<u64> {
     let uptime = std::fs::read_to_string(proc_root.join("uptime")).ok()?;
     let seconds: f64 = uptime.split_whitespace().next()?.parse().ok()?;
-    Some((seconds * crate::sys::clock_ticks_per_second() as f64) as u64)
+    Some((seconds * crate::engine::sys::clock_ticks_per_second() as f64) as u64)
 }
 
 /// The parent pid of `pid` (`/proc/PID/stat` field 4).
@@ -63,7 +63,7 @@ fn parent_of(proc_root: &Path, pid: i32) -> Option<i32> {
 /// Reads the facts about `pid`; `None` when it is gone or may not be inspected.
 pub fn facts(proc_root: &Path, pid: i32) -> Option<ProcessFacts> {
     let dir = proc_root.join(pid.to_string());
-    let start = crate::namespace::start_time(proc_root, pid)?;
+    let start = crate::engine::namespace::start_time(proc_root, pid)?;
     let cgroup = std::fs::read_to_string(dir.join("cgroup")).ok()?;
     let pid_ns = std::fs::metadata(dir.join("ns/pid")).ok()?.ino();
     let user_ns = std::fs::metadata(dir.join("ns/user")).ok()?.ino();
@@ -83,7 +83,7 @@ pub fn candidate_ids(cgroup: &str) -> Vec<String> {
         .lines()
         .filter_map(|l| l.splitn(3, ':').nth(2))
         .flat_map(|path| path.split(['/', '-', '.']))
-        .filter(|part| crate::policy::is_hex_id(part))
+        .filter(|part| crate::engine::policy::is_hex_id(part))
         .map(String::from)
         .collect();
     ids.sort();
@@ -115,7 +115,7 @@ pub fn verify(
     // A stale record's pid may have been reused: the init of a running container is the
     // child of its runtime shim.
     let parent = parent_of(proc_root, init_pid)
-        .and_then(|p| crate::identity::exe_name(proc_root, p))
+        .and_then(|p| crate::runtime::docker::identity::exe_name(proc_root, p))
         .unwrap_or_default();
     if !parent.contains("shim") {
         return Err(not_of(format!(
@@ -160,8 +160,11 @@ mod tests {
     #[test]
     fn start_time_survives_odd_command_names() {
         let stat = "42 (a) b (c)) S 1 42 42 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 1 0 98765 0 0";
-        assert_eq!(crate::namespace::parse_start_time(stat), Some(98765));
-        assert_eq!(crate::namespace::parse_start_time("42 (x"), None);
+        assert_eq!(
+            crate::engine::namespace::parse_start_time(stat),
+            Some(98765)
+        );
+        assert_eq!(crate::engine::namespace::parse_start_time("42 (x"), None);
     }
 
     #[test]

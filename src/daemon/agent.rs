@@ -27,9 +27,9 @@ use prometheus_client::registry::Registry;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tracing::{info, info_span, warn};
 
-use crate::docker::{self, Docker, DockerOptions};
-use crate::release::{self, Outcome, Scope};
-use crate::scan::ScanRequest;
+use crate::engine::release::{self, Outcome, Scope};
+use crate::engine::scan::ScanRequest;
+use crate::runtime::docker::{self, Docker, DockerOptions};
 
 /// What `--exclude` names: a namespace inode, a pid, or a command name.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -138,7 +138,7 @@ struct Agent {
     /// Hook requests served at once (the socket is world-connectable).
     hook_slots: Arc<tokio::sync::Semaphore>,
     /// Lines that hook clients can cause share this budget.
-    log_budget: crate::serve::LogBudget,
+    log_budget: crate::daemon::LogBudget,
 }
 
 impl Agent {
@@ -146,7 +146,7 @@ impl Agent {
     fn warn_limited(&self, what: &str, detail: &str) {
         if let Some(suppressed) = self.log_budget.take() {
             warn!(
-                detail = crate::serve::clip(detail, 256),
+                detail = crate::daemon::clip(detail, 256),
                 suppressed_since_last = suppressed,
                 "{what}"
             );
@@ -156,7 +156,7 @@ impl Agent {
 
 /// Runs the agent until SIGTERM or SIGINT.
 pub fn run(config: AgentConfig) -> anyhow::Result<()> {
-    crate::serve::block_on(serve(config))
+    crate::daemon::block_on(serve(config))
 }
 
 async fn serve(config: AgentConfig) -> anyhow::Result<()> {
@@ -165,7 +165,7 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
         metrics: Metrics::new(),
         sweeping: tokio::sync::Mutex::new(()),
         hook_slots: Arc::new(tokio::sync::Semaphore::new(16)),
-        log_budget: crate::serve::LogBudget::new(60),
+        log_budget: crate::daemon::LogBudget::new(60),
     });
     if let Some(addr) = agent.config.metrics_addr {
         let listener = tokio::net::TcpListener::bind(addr)
@@ -175,20 +175,20 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
     }
     if let Some(path) = &agent.config.hook_socket {
         // Pods reach it through a hostPath mount; identity comes from peer credentials.
-        let listener = crate::serve::bind_unix(path, Some(0o666))?;
+        let listener = crate::daemon::bind_unix(path, Some(0o666))?;
         tokio::spawn(serve_hook(agent.clone(), listener));
     }
     if agent.config.events {
         let a = agent.clone();
         let options = a.config.docker.clone();
-        tokio::spawn(crate::plugin::follow_die_events(
+        tokio::spawn(crate::daemon::plugin::follow_die_events(
             move || options.clone(),
             move |id| {
                 let span = info_span!("agent", trigger = "event die", container_id = %id);
                 let _g = span.enter();
                 let started = Instant::now();
-                let t = crate::plugin::Trigger::Container { id, action: "die" };
-                match crate::plugin::cleanup(&a.config.docker, &a.config.base, None, &t) {
+                let t = crate::daemon::plugin::Trigger::Container { id, action: "die" };
+                match crate::daemon::plugin::cleanup(&a.config.docker, &a.config.base, None, &t) {
                     Ok(n) => {
                         a.metrics.released.inc_by(n as u64);
                         a.metrics
@@ -204,7 +204,7 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
         tokio::spawn(sweep_loop(agent.clone()));
     }
     info!(sweep_s = agent.config.sweep.as_secs(), "agent running");
-    crate::serve::shutdown_signal()?.await;
+    crate::daemon::shutdown_signal()?.await;
     info!("agent stopping: waiting for a running sweep");
     let _done = tokio::time::timeout(Duration::from_secs(20), agent.sweeping.lock()).await;
     if let Some(path) = &agent.config.hook_socket {
@@ -235,8 +235,8 @@ async fn sweep_loop(agent: Arc<Agent>) {
 
 fn excluded(
     agent: &Agent,
-    ns: &crate::namespace::Namespace,
-    procs: &[crate::namespace::Process],
+    ns: &crate::engine::namespace::Namespace,
+    procs: &[crate::engine::namespace::Process],
 ) -> bool {
     agent.config.exclude.iter().any(|e| match e {
         Exclude::Namespace(inode) => *inode == ns.inode,
@@ -253,11 +253,12 @@ fn sweep_once(agent: &Agent) -> anyhow::Result<()> {
     let docker = Docker::connect(&agent.config.docker)?;
     let containers = docker.list()?;
     let base = &agent.config.base;
-    let Some(mut scan) = crate::node_report::node_scan(base, &docker.daemon, &containers, &[])?
+    let Some(mut scan) =
+        crate::report::containers::node_scan(base, &docker.daemon, &containers, &[])?
     else {
         return Ok(());
     };
-    let findings = crate::node_report::findings(&scan, &docker.daemon, &containers);
+    let findings = crate::report::containers::findings(&scan, &docker.daemon, &containers);
     let in_use = findings.iter().filter(|f| f.class == "in-use").count();
     let release: Vec<usize> = findings
         .iter()
@@ -343,7 +344,7 @@ const HOOK_REQUEST_MAX: u64 = 4096;
 const HOOK_READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 async fn serve_hook(agent: Arc<Agent>, listener: tokio::net::UnixListener) {
-    let mut backoff = crate::serve::AcceptBackoff::default();
+    let mut backoff = crate::daemon::AcceptBackoff::default();
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _)) => {
@@ -361,7 +362,7 @@ async fn serve_hook(agent: Arc<Agent>, listener: tokio::net::UnixListener) {
             agent.warn_limited("hook request refused: too many at once", "");
             continue;
         };
-        let accepted_at = crate::caller::boot_ticks(&agent.config.base.proc_root);
+        let accepted_at = crate::runtime::caller::boot_ticks(&agent.config.base.proc_root);
         let agent = agent.clone();
         tokio::spawn(async move {
             let _permit = permit;
@@ -391,21 +392,21 @@ async fn serve_hook(agent: Arc<Agent>, listener: tokio::net::UnixListener) {
 }
 
 /// The container `pid` is a process of, as the kernel and the runtime's records say
-/// together (see [`crate::caller`]): the cgroup names only which containers to check.
+/// together (see [`crate::runtime::caller`]): the cgroup names only which containers to check.
 fn caller_container(
     proc_root: &Path,
     docker: &Docker,
     pid: i32,
     accepted_at: Option<u64>,
 ) -> Result<docker::Container, String> {
-    let facts = crate::caller::facts(proc_root, pid)
-        .ok_or_else(|| crate::caller::CallerError::Gone(pid).to_string())?;
+    let facts = crate::runtime::caller::facts(proc_root, pid)
+        .ok_or_else(|| crate::runtime::caller::CallerError::Gone(pid).to_string())?;
     // The pid is the connector's only if that process existed when it connected.
     if accepted_at.is_some_and(|t| facts.start > t + 1) {
-        return Err(crate::caller::CallerError::Replaced(pid).to_string());
+        return Err(crate::runtime::caller::CallerError::Replaced(pid).to_string());
     }
-    let candidates = crate::caller::candidate_ids(&facts.cgroup);
-    let mut why = crate::caller::CallerError::NoContainer {
+    let candidates = crate::runtime::caller::candidate_ids(&facts.cgroup);
+    let mut why = crate::runtime::caller::CallerError::NoContainer {
         pid,
         cgroup: facts.cgroup.trim().replace('\n', " "),
     }
@@ -421,9 +422,10 @@ fn caller_container(
             );
             continue;
         };
-        match crate::caller::verify(proc_root, &facts, &c.name, &c.id, c.pid) {
+        match crate::runtime::caller::verify(proc_root, &facts, &c.name, &c.id, c.pid) {
             Ok(()) => {
-                crate::caller::still_the_same(proc_root, &facts).map_err(|e| e.to_string())?;
+                crate::runtime::caller::still_the_same(proc_root, &facts)
+                    .map_err(|e| e.to_string())?;
                 return Ok(c);
             }
             Err(e) => why = e.to_string(),
@@ -440,7 +442,7 @@ fn hook(
 ) -> serde_json::Value {
     let refuse = |msg: String| {
         agent.warn_limited("hook request refused", &format!("peer {peer:?}: {msg}"));
-        serde_json::json!({"ok": false, "error": crate::serve::clip(&msg, 1024)})
+        serde_json::json!({"ok": false, "error": crate::daemon::clip(&msg, 1024)})
     };
     let req: HookRequest = match serde_json::from_str(line) {
         Ok(r) => r,
@@ -481,7 +483,7 @@ fn hook(
                     return refuse(format!(
                         "container {asked:?} is not the caller's ({} {}) nor in its pod: a pod may release only its own containers",
                         container.name,
-                        crate::docker::short_id(&container.id)
+                        crate::runtime::docker::short_id(&container.id)
                     ));
                 }
             }
@@ -502,20 +504,6 @@ fn hook(
         }
         Err(e) => refuse(e.to_string()),
     }
-}
-
-/// `mntreap hook pre-stop`: the client a pod runs from its preStop hook.
-pub fn hook_client(socket: &Path, container: Option<&str>) -> anyhow::Result<(bool, String)> {
-    use std::io::{BufRead, Write};
-    let mut stream = std::os::unix::net::UnixStream::connect(socket)
-        .map_err(|e| anyhow::anyhow!("cannot reach the agent at {}: {e}", socket.display()))?;
-    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let req = serde_json::json!({"op": "pre-stop", "container": container});
-    stream.write_all(format!("{req}\n").as_bytes())?;
-    let mut reply = String::new();
-    std::io::BufReader::new(stream).read_line(&mut reply)?;
-    let v: serde_json::Value = serde_json::from_str(&reply)?;
-    Ok((v["ok"] == true, reply))
 }
 
 #[cfg(test)]

@@ -8,10 +8,10 @@ use std::io;
 use std::os::fd::AsFd;
 use std::str::FromStr;
 
-use crate::namespace::Namespace;
-use crate::nsexec::NsWorker;
-use crate::sys;
-use crate::table::{Mount, MountTable, Span, path_is_under};
+use crate::engine::namespace::Namespace;
+use crate::engine::nsexec::NsWorker;
+use crate::engine::sys;
+use crate::engine::table::{Mount, MountTable, Span, path_is_under};
 
 /// Which way mount tables are read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
@@ -50,22 +50,20 @@ pub enum SourceError {
     #[error("mount namespace {inode}: {source}")]
     Parse {
         inode: u64,
-        source: crate::mountinfo::ParseError,
+        source: crate::engine::mountinfo::ParseError,
     },
     #[error(transparent)]
-    Enter(#[from] crate::nsexec::NsError),
+    Enter(#[from] crate::engine::nsexec::NsError),
 }
 
 impl BackendChoice {
     /// Resolves `Auto` by probing the kernel on our own namespace.
-    pub fn resolve(self, any_ns: &Namespace) -> Backend {
+    pub fn resolve(self, any_ns: std::os::fd::BorrowedFd<'_>) -> Backend {
         match self {
             BackendChoice::Listmount => Backend::Listmount,
             BackendChoice::Mountinfo => Backend::Mountinfo,
             BackendChoice::Auto => {
-                let works = sys::mntns_id(any_ns.fd.as_fd())
-                    .and_then(sys::listmount_all)
-                    .is_ok();
+                let works = sys::mntns_id(any_ns).and_then(sys::listmount_all).is_ok();
                 if works {
                     Backend::Listmount
                 } else {
@@ -100,7 +98,7 @@ pub fn read_table(
                 op: "reading mountinfo",
                 source,
             })?;
-            crate::mountinfo::parse_with_signatures(text, signatures).map_err(|source| {
+            crate::engine::mountinfo::parse_with_signatures(text, signatures).map_err(|source| {
                 SourceError::Parse {
                     inode: ns.inode,
                     source,
@@ -135,7 +133,7 @@ fn read_listmount(ns: &Namespace, signatures: &[Vec<u8>]) -> Result<MountTable, 
             m.layer_signature = sys::statmount(ns_id, id, sys::STATMOUNT_MNT_OPTS, &mut buf)
                 .ok()
                 .and_then(|o| o.options)
-                .and_then(|o| crate::mountinfo::upperdir_signature(&o, signatures));
+                .and_then(|o| crate::engine::mountinfo::upperdir_signature(&o, signatures));
         }
         table.mounts.push(m);
     }

@@ -6,10 +6,10 @@ use std::path::Path;
 use serde::Serialize;
 use serde_json::json;
 
-use crate::cli::{EngineArgs, Failure, print};
-use crate::docker::{Container, Daemon};
-use crate::node_report;
-use crate::scan;
+use super::{Config, Exit, Failure, print};
+use crate::engine::scan;
+use crate::report::containers;
+use crate::runtime::docker::{Container, Daemon};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -46,8 +46,8 @@ impl Check {
     }
 }
 
-/// Runs every check; returns the exit code (0 all well, 1 warnings or problems).
-pub(crate) fn command(e: &EngineArgs) -> Result<u8, Failure> {
+/// Runs every check; exit 0 when all are ok or skipped, 1 on warnings or problems.
+pub fn command(e: &Config) -> Result<Exit, Failure> {
     let docker = e.connect()?;
     let containers = docker.list().unwrap_or_default();
     let mut checks = vec![
@@ -60,7 +60,7 @@ pub(crate) fn command(e: &EngineArgs) -> Result<u8, Failure> {
     ];
     // Namespaces holding container mounts they do not need (PrivateTmp-style services).
     let mut req = e.request(&[], vec![docker.daemon.root.clone()])?;
-    req.layer_signatures = crate::docker::layer_signatures(&containers);
+    req.layer_signatures = crate::runtime::docker::layer_signatures(&containers);
     req.trusted_namespaces = docker.daemon.trusted_namespaces();
     let scan = scan::scan(&req)?;
     checks.push(foreign_holders(&scan, &docker.daemon, &containers));
@@ -88,7 +88,11 @@ pub(crate) fn command(e: &EngineArgs) -> Result<u8, Failure> {
         }
         print(&out);
     }
-    Ok(if worst >= Status::Warning { 1 } else { 0 })
+    Ok(if worst >= Status::Warning {
+        Exit::Remaining
+    } else {
+        Exit::Clean
+    })
 }
 
 /// Kernels before 3.18 cannot remove a directory that is a mount point in another
@@ -273,14 +277,14 @@ fn mountflags_slave_live_restore(daemon: &Daemon) -> Check {
 
 /// live-restore from dockerd's command line or its daemon.json.
 fn live_restore_configured(pid: i32) -> Option<bool> {
-    let args = crate::identity::cmdline(Path::new("/proc"), pid);
+    let args = crate::runtime::docker::identity::cmdline(Path::new("/proc"), pid);
     if args
         .iter()
         .any(|a| a == "--live-restore" || a == "--live-restore=true")
     {
         return Some(true);
     }
-    let config = crate::identity::flag_value(&args, "--config-file", None)
+    let config = crate::runtime::docker::identity::flag_value(&args, "--config-file", None)
         .unwrap_or_else(|| "/etc/docker/daemon.json".into());
     let root = format!("/proc/{pid}/root");
     let text = std::fs::read(Path::new(&root).join(config.trim_start_matches('/'))).ok()?;
@@ -293,9 +297,9 @@ fn live_restore_configured(pid: i32) -> Option<bool> {
 /// The containerd socket dockerd uses: `--containerd`, else the one it manages under its
 /// exec root.
 fn containerd_address(dockerd: i32) -> String {
-    let args = crate::identity::cmdline(Path::new("/proc"), dockerd);
-    crate::identity::flag_value(&args, "--containerd", None).unwrap_or_else(|| {
-        let exec_root = crate::identity::flag_value(&args, "--exec-root", None)
+    let args = crate::runtime::docker::identity::cmdline(Path::new("/proc"), dockerd);
+    crate::runtime::docker::identity::flag_value(&args, "--containerd", None).unwrap_or_else(|| {
+        let exec_root = crate::runtime::docker::identity::flag_value(&args, "--exec-root", None)
             .unwrap_or_else(|| "/var/run/docker".into());
         format!("{exec_root}/containerd/containerd.sock")
     })
@@ -366,7 +370,7 @@ fn split_namespaces(daemon: &Daemon) -> Check {
         .iter()
         .filter(|p| {
             p.pid == pid
-                || crate::unix_sockets::listening_paths(proc_root, p.pid)
+                || crate::engine::unix_sockets::listening_paths(proc_root, p.pid)
                     .contains(&std::path::PathBuf::from(&address))
         })
         .filter_map(|p| p.mnt_ns)
@@ -385,15 +389,17 @@ fn split_namespaces(daemon: &Daemon) -> Check {
         if !comm.starts_with("containerd-shim") && !comm.starts_with("docker-containerd") {
             continue;
         }
-        let ns = crate::namespace::mnt_ns_inode(Path::new("/proc"), pid);
-        let args = crate::identity::cmdline(Path::new("/proc"), pid);
-        let arg = |flag: &str| crate::identity::flag_value(&args, flag, None).unwrap_or_default();
+        let ns = crate::engine::namespace::mnt_ns_inode(Path::new("/proc"), pid);
+        let args = crate::runtime::docker::identity::cmdline(Path::new("/proc"), pid);
+        let arg = |flag: &str| {
+            crate::runtime::docker::identity::flag_value(&args, flag, None).unwrap_or_default()
+        };
         if arg("-namespace") != "moby" || arg("-address") != address {
             continue;
         }
         if ns.is_some_and(|ns| !home.contains(&ns)) {
             let id = arg("-id");
-            let id = crate::docker::short_id(&id);
+            let id = crate::runtime::docker::short_id(&id);
             stranded.push(format!(
                 "shim pid {pid} (container {id}) in mount namespace {} (dockerd's: {dockerd_ns})",
                 ns.unwrap_or_default()
@@ -428,7 +434,7 @@ fn stuck_containers(containers: &[Container]) -> Check {
             format!(
                 "{} ({}) is {}",
                 c.name,
-                crate::docker::short_id(&c.id),
+                crate::runtime::docker::short_id(&c.id),
                 c.state
             )
         })
@@ -474,7 +480,8 @@ fn data_root_binds(daemon: &Daemon, containers: &[Container]) -> Check {
             .join("containers")
             .join(&ct.id)
             .join("config.v2.json");
-        let Ok(text) = std::fs::read(crate::docker::on_host(&daemon.host_root, &path)) else {
+        let Ok(text) = std::fs::read(crate::runtime::docker::on_host(&daemon.host_root, &path))
+        else {
             continue;
         };
         let Ok(config) = serde_json::from_slice::<Config>(&text) else {
@@ -524,7 +531,7 @@ fn foreign_holders(scan: &scan::Scan, daemon: &Daemon, containers: &[Container])
         "release them now (`mntreap release CONTAINER`, `mntreap reap`); to prevent it, run \
          `mntreap agent`, which releases copies when containers stop",
     );
-    let findings = node_report::findings(scan, daemon, containers);
+    let findings = containers::findings(scan, daemon, containers);
     let mut by_ns: std::collections::BTreeMap<u64, (usize, String)> = Default::default();
     for f in &findings {
         let h = &scan.holders[f.holder];

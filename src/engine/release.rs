@@ -14,10 +14,10 @@ use std::os::unix::ffi::OsStrExt;
 use nix::mount::MntFlags;
 use tracing::{info, info_span, warn};
 
-use crate::nsexec::{self, NsWorker};
-use crate::scan::{Holder, InUse, Pin, Scan};
-use crate::sys;
-use crate::table::path_is_under;
+use crate::engine::nsexec::{self, NsWorker};
+use crate::engine::scan::{Holder, InUse, Pin, Scan};
+use crate::engine::sys;
+use crate::engine::table::path_is_under;
 
 /// Which holders a release may touch.
 #[derive(Debug, Clone, Default)]
@@ -126,7 +126,9 @@ pub fn plan(scan: &Scan, scope: Scope) -> Vec<NamespacePlan> {
         let kept_copies = kept_mounts(scan, p);
         for a in &mut p.actions {
             let h = &scan.holders[a.holder];
-            if h.matched != crate::scan::Match::InsideCopy || matches!(a.step, Step::Keep { .. }) {
+            if h.matched != crate::engine::scan::Match::InsideCopy
+                || matches!(a.step, Step::Keep { .. })
+            {
                 continue;
             }
             if let Some(copy) = kept_copies
@@ -275,7 +277,7 @@ fn propagation_hazard(
                          being released",
                         parent.id,
                         child.id,
-                        crate::mountinfo::encode(table.mount_point(child)),
+                        crate::engine::mountinfo::encode(table.mount_point(child)),
                         scanned.ns.inode
                     ));
                 }
@@ -458,7 +460,7 @@ fn unmount_one(worker: &mut NsWorker, h: &Holder, step: &Step) -> Outcome {
         let still_there = worker
             .read_mountinfo()
             .ok()
-            .and_then(|t| crate::mountinfo::parse(t).ok())
+            .and_then(|t| crate::engine::mountinfo::parse(t).ok())
             .is_some_and(|t| t.mounts.iter().any(|m| m.id == h.mount.id));
         if !still_there {
             return Outcome::Gone;
@@ -493,7 +495,7 @@ fn unmount_one(worker: &mut NsWorker, h: &Holder, step: &Step) -> Outcome {
 /// The id of the last (topmost) mount at `point` in the worker's namespace.
 fn topmost_id_at(worker: &mut NsWorker, point: &[u8]) -> Option<u64> {
     let text = worker.read_mountinfo().ok()?;
-    let table = crate::mountinfo::parse(text).ok()?;
+    let table = crate::engine::mountinfo::parse(text).ok()?;
     table
         .mounts
         .iter()
@@ -505,7 +507,7 @@ fn topmost_id_at(worker: &mut NsWorker, point: &[u8]) -> Option<u64> {
 fn audit(scan: &Scan, h: &Holder, outcome: &Outcome) {
     let ns = &scan.namespaces[h.ns].ns;
     let result = serde_json::to_string(outcome).unwrap_or_default();
-    let path = crate::mountinfo::encode(&h.mount_point);
+    let path = crate::engine::mountinfo::encode(&h.mount_point);
     match outcome {
         Outcome::Failed { .. } => warn!(
             target: "mntreap::audit",
@@ -576,21 +578,21 @@ impl Release {
 
 /// Scans, plans and releases `request`'s targets within `scope`, then re-checks.
 pub fn run(
-    request: &crate::scan::ScanRequest,
+    request: &crate::engine::scan::ScanRequest,
     scope: Scope,
     dry_run: bool,
-) -> Result<Release, crate::scan::ScanError> {
-    let scan = crate::scan::scan(request)?;
+) -> Result<Release, crate::engine::scan::ScanError> {
+    let scan = crate::engine::scan::scan(request)?;
     run_on(scan, request, scope, dry_run)
 }
 
 /// Like [`run`], on a scan already made (its namespace descriptors are still held).
 pub fn run_on(
     scan: Scan,
-    request: &crate::scan::ScanRequest,
+    request: &crate::engine::scan::ScanRequest,
     scope: Scope,
     dry_run: bool,
-) -> Result<Release, crate::scan::ScanError> {
+) -> Result<Release, crate::engine::scan::ScanError> {
     let started = std::time::Instant::now();
     let plans = plan(&scan, scope.clone());
     let planned = started.elapsed();
@@ -599,8 +601,18 @@ pub fn run_on(
     let (still_mounted, notes) = if dry_run {
         (None, Vec::new())
     } else {
-        let (still, notes) = recheck(&scan, &plans, request)?;
-        (Some(still), notes)
+        match recheck(&scan, &plans, request) {
+            Ok((still, notes)) => (Some(still), notes),
+            // The unmounts are done: report them. What remains is then what the actions
+            // did not remove, as they themselves saw it.
+            Err(e) => (
+                Some(not_removed_ids(&scan, &results)),
+                vec![format!(
+                    "the re-check after the release could not run ({e}): what remains is \
+                     what the actions did not remove"
+                )],
+            ),
+        }
     };
     tracing::debug!(
         plan_ms = planned.as_secs_f64() * 1e3,
@@ -622,13 +634,30 @@ pub fn run_on(
 /// `(namespace index, mount id)` pairs.
 type MountSet = HashSet<(usize, u64)>;
 
+/// Holders the actions did not remove from their namespace, by (namespace, mount id).
+fn not_removed_ids(scan: &Scan, results: &[ActionResult]) -> MountSet {
+    results
+        .iter()
+        .filter(|r| {
+            !matches!(
+                r.outcome,
+                Outcome::Unmounted | Outcome::Detached { .. } | Outcome::Gone
+            )
+        })
+        .map(|r| {
+            let h = &scan.holders[r.holder];
+            (h.ns, h.mount.id)
+        })
+        .collect()
+}
+
 /// Re-reads the namespaces that were acted in (one listmount, or one mountinfo read, each)
 /// and returns which scanned holders are still mounted. Holders in namespaces left alone
 /// are still there by definition.
 fn recheck(
     scan: &Scan,
     plans: &[NamespacePlan],
-    request: &crate::scan::ScanRequest,
+    request: &crate::engine::scan::ScanRequest,
 ) -> Result<(MountSet, Vec<String>), nsexec::NsError> {
     let acted: Vec<usize> = plans
         .iter()
@@ -662,7 +691,8 @@ fn recheck(
                 }
                 None => {
                     worker.enter(scanned.ns.fd.as_fd(), scanned.ns.inode).ok()?;
-                    let now = crate::mountinfo::parse(worker.read_mountinfo().ok()?).ok()?;
+                    let now =
+                        crate::engine::mountinfo::parse(worker.read_mountinfo().ok()?).ok()?;
                     Some(
                         now.mounts
                             .iter()
@@ -693,11 +723,9 @@ fn recheck(
                 "mount namespace {inode} could not be re-read after the release"
             )),
         }
-        let alive = scan.namespaces[ns]
-            .ns
-            .pids
-            .iter()
-            .any(|&pid| crate::namespace::mnt_ns_inode(&request.proc_root, pid) == Some(inode));
+        let alive = scan.namespaces[ns].ns.pids.iter().any(|&pid| {
+            crate::engine::namespace::mnt_ns_inode(&request.proc_root, pid) == Some(inode)
+        });
         if !alive {
             notes.push(format!(
                 "mount namespace {inode} has no process left (its last one exited after the \

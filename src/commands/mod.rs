@@ -1,0 +1,148 @@
+//! The commands an operator runs. Each takes the [`Config`] validated once from the
+//! command line and returns an [`Exit`]; stdout carries the report, stderr the logs.
+
+pub mod doctor;
+pub mod hook;
+pub mod node_report;
+pub mod reap;
+pub mod release;
+pub mod scan;
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use crate::engine::policy::Policy;
+use crate::engine::scan::{Scan, ScanRequest};
+use crate::runtime::docker::{Container, Docker, DockerOptions};
+
+/// A command's exit status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum Exit {
+    /// Nothing (in scope) holds the target any more, or nothing did; no findings.
+    Clean = 0,
+    /// Copies remain (in use, refused, failed, found by a scan), findings, or work that
+    /// stopped part way (the report says what was done).
+    Remaining = 1,
+    /// Bad input, a refusal, or a failure before anything changed.
+    Usage = 2,
+}
+
+impl From<Exit> for std::process::ExitCode {
+    fn from(e: Exit) -> Self {
+        std::process::ExitCode::from(e as u8)
+    }
+}
+
+/// Why a command did nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    /// Bad input: nothing was done.
+    #[error("{0}")]
+    Usage(String),
+    /// The work could not start (no permission for /proc, ...): nothing was done.
+    #[error("{0:#}")]
+    Runtime(anyhow::Error),
+}
+
+impl From<crate::engine::scan::ScanError> for Failure {
+    fn from(e: crate::engine::scan::ScanError) -> Self {
+        Failure::Runtime(e.into())
+    }
+}
+
+impl From<crate::runtime::docker::DockerError> for Failure {
+    fn from(e: crate::runtime::docker::DockerError) -> Self {
+        Failure::Usage(e.to_string())
+    }
+}
+
+/// Everything a command needs, validated once from the command line.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Print JSON documents instead of text.
+    pub json: bool,
+    /// The rails for `--path` targets.
+    pub policy: Policy,
+    /// Extra runtime roots (`--runtime-root`), for the node-wide report.
+    pub runtime_roots: Vec<PathBuf>,
+    /// The scan settings (backend resolved, threads, procfs); targets filled per command.
+    pub base: ScanRequest,
+    /// Where and how to reach Docker.
+    pub docker: DockerOptions,
+}
+
+impl Config {
+    /// The scan request for `raw_paths` (through the rails) plus `trusted` paths (a
+    /// runtime's records, validated when they were read).
+    pub fn request(
+        &self,
+        raw_paths: &[String],
+        trusted: Vec<PathBuf>,
+    ) -> Result<ScanRequest, Failure> {
+        let mut targets = trusted;
+        for raw in raw_paths {
+            targets.push(
+                self.policy
+                    .check(raw)
+                    .map_err(|e| Failure::Usage(e.to_string()))?,
+            );
+        }
+        targets.dedup();
+        Ok(ScanRequest {
+            targets,
+            ..self.base.clone()
+        })
+    }
+
+    pub fn connect(&self) -> Result<Docker, Failure> {
+        Ok(Docker::connect(&self.docker)?)
+    }
+}
+
+/// Writes a report on stdout. A closed pipe (`| head`) is not an error worth a panic.
+pub fn print(text: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes());
+    let _ = out.flush();
+}
+
+/// Resolves named containers (if any) through the daemon or the data root.
+pub fn resolve_containers(
+    config: &Config,
+    names: &[String],
+) -> Result<(Option<Docker>, Vec<Container>), Failure> {
+    if names.is_empty() {
+        return Ok((None, Vec::new()));
+    }
+    let docker = config.connect()?;
+    let containers = docker.resolve(names)?;
+    Ok((Some(docker), containers))
+}
+
+/// A target that does not exist here and that no namespace holds is a typo, not a leak.
+pub fn check_targets_exist(scan: &Scan, checked: &[PathBuf]) -> Result<(), Failure> {
+    use std::os::unix::ffi::OsStrExt;
+    for t in checked {
+        let held = scan
+            .holders
+            .iter()
+            .any(|h| crate::engine::table::path_is_under(&h.mount_point, t.as_os_str().as_bytes()));
+        if !held && std::fs::symlink_metadata(t).is_err() {
+            return Err(Failure::Usage(format!(
+                "{} does not exist and no mount namespace holds a mount there; check the path \
+                 (for a container, pass its name or id instead)",
+                t.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The note every report prints while dockerd's identity is unsure, also on stderr.
+pub(crate) fn unsure_note(docker: Option<&Docker>) -> Option<String> {
+    let note = docker.and_then(|d| d.daemon.unsure_note());
+    if let Some(n) = &note {
+        eprintln!("note: {n}");
+    }
+    note
+}

@@ -1,0 +1,115 @@
+//! `mntreap scan` with no target: the node-wide report of leaked and orphaned container
+//! mounts.
+
+use serde_json::{Value, json};
+
+use super::{Config, Exit, Failure, print};
+use crate::engine::mountinfo::encode;
+use crate::report::containers::{findings, node_scan, pid_words};
+use crate::report::holder_json;
+
+/// `mntreap scan` with no target.
+pub fn command(e: &Config) -> Result<Exit, Failure> {
+    let docker = e.connect()?;
+    // A node without Docker (no daemon, no data root) still gets the other runtimes looked at.
+    let no_docker = !docker.online() && !docker.daemon.root.exists();
+    let containers = if no_docker {
+        Vec::new()
+    } else {
+        docker.list()?
+    };
+    let base = e.request(&[], Vec::new())?;
+    let Some(scan) = node_scan(&base, &docker.daemon, &containers, &e.runtime_roots)? else {
+        print(&format!(
+            "No container runtime found on this node: no dockerd at {}, and none of {}, \
+             /var/lib/containerd, /run/containerd, /var/lib/kubelet exists.\n",
+            docker.daemon.socket.display(),
+            docker.daemon.root.display()
+        ));
+        return Ok(Exit::Clean);
+    };
+    let found = findings(&scan, &docker.daemon, &containers);
+    let unsure = docker.daemon.unsure_note();
+    if e.json {
+        let items: Vec<Value> = found
+            .iter()
+            .map(|f| {
+                let mut v = holder_json(&scan, &scan.holders[f.holder]);
+                v["class"] = json!(f.class);
+                v["severity"] = json!(f.severity);
+                v["owner"] = json!(f.owner);
+                v["container"] = match &f.container {
+                    Some(c) => json!({"id": c.id, "name": c.name, "state": c.state}),
+                    None => Value::Null,
+                };
+                v
+            })
+            .collect();
+        let count = |class: &str| found.iter().filter(|f| f.class == class).count();
+        let doc = json!({
+            "docker": docker.daemon,
+            "backend": scan.backend,
+            "roots": scan.targets,
+            "findings": items,
+            "summary": {
+                "orphaned": count("orphaned"),
+                "leaked": count("leaked"),
+                "in_use": count("in-use"),
+                "containers": containers.len(),
+                "namespaces_scanned": scan.namespaces.len(),
+            },
+            "notes": scan.all_notes(),
+        });
+        print(&format!("{doc:#}\n"));
+    } else {
+        let mut out = String::new();
+        if found.is_empty() {
+            out.push_str(&format!(
+                "No leaked or orphaned container mounts ({} containers, {} namespaces).\n",
+                containers.len(),
+                scan.namespaces.len()
+            ));
+        } else {
+            out.push_str(&format!(
+                "{:<9} {:<14} {:<20} {:<11} {:>7}  {:<60} PIDS\n",
+                "CLASS", "CONTAINER", "NAME", "MNT_NS", "MOUNT", "MOUNT_POINT"
+            ));
+            for f in &found {
+                let h = &scan.holders[f.holder];
+                let (id, name) = match &f.container {
+                    Some(c) => (
+                        crate::runtime::docker::short_id(&c.id).to_string(),
+                        c.name.clone(),
+                    ),
+                    None => (
+                        crate::runtime::docker::short_id(&f.owner).to_string(),
+                        "(gone)".into(),
+                    ),
+                };
+                out.push_str(&format!(
+                    "{:<9} {:<14} {:<20} {:<11} {:>7}  {:<60} {}\n",
+                    f.class,
+                    id,
+                    name,
+                    scan.namespaces[h.ns].ns.inode,
+                    h.mount.id,
+                    encode(&h.mount_point),
+                    pid_words(&scan, h.ns)
+                ));
+            }
+            out.push_str(
+                "Release with `mntreap release CONTAINER` (leaked) or `mntreap reap` (stuck \
+                 containers).\n",
+            );
+        }
+        for n in unsure.iter().chain(&scan.notes) {
+            out.push_str(&format!("note: {n}\n"));
+        }
+        print(&out);
+    }
+    Ok(if found.is_empty() && unsure.is_none() {
+        Exit::Clean
+    } else {
+        Exit::Remaining
+    })
+}

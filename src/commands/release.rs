@@ -1,0 +1,107 @@
+//! `mntreap release CONTAINER... | --path P...`: unmount the copies scan finds.
+
+use super::{Config, Exit, Failure, check_targets_exist, print, resolve_containers, unsure_note};
+use crate::engine::release::{self, Release, Scope};
+use crate::report;
+use crate::runtime::docker::{Container, container_request, release_scope, short_id};
+
+/// What `mntreap release` was asked to do.
+pub struct ReleaseArgs<'a> {
+    pub containers: &'a [String],
+    pub paths: &'a [String],
+    pub dry_run: bool,
+    pub everywhere: bool,
+}
+
+/// `mntreap release`: unmount the copies scan finds. One result per target; a failure
+/// after some work reports that work and exits 1, 2 only when nothing changed.
+pub fn command(config: &Config, args: ReleaseArgs) -> Result<Exit, Failure> {
+    let e = config;
+    if args.containers.is_empty() && args.paths.is_empty() {
+        return Err(Failure::Usage(
+            "name the containers or --path mount points to release (`mntreap scan` with no \
+             target shows the node's leaks)"
+                .into(),
+        ));
+    }
+    let (docker, containers) = resolve_containers(e, args.containers)?;
+    // One outcome per target: a release, or why it could not run.
+    let mut releases: Vec<(Option<&Container>, Result<Release, String>)> = Vec::new();
+    if !args.paths.is_empty() {
+        let req = e.request(args.paths, Vec::new())?;
+        let scan = crate::engine::scan::scan(&req)?;
+        check_targets_exist(&scan, &req.targets)?;
+        let scope = Scope {
+            everywhere: args.everywhere,
+            protected: None,
+        };
+        releases.push((None, Ok(release::run_on(scan, &req, scope, args.dry_run)?)));
+    }
+    if let Some(docker) = &docker {
+        for c in &containers {
+            let req = container_request(&e.base, &docker.daemon, c);
+            let scope = release_scope(&docker.daemon, c, args.everywhere);
+            let outcome = release::run(&req, scope, args.dry_run).map_err(|err| err.to_string());
+            releases.push((Some(c), outcome));
+        }
+    }
+    let changed: usize = releases
+        .iter()
+        .filter_map(|(_, r)| r.as_ref().ok())
+        .map(|r| r.released())
+        .sum();
+    let failed = releases.iter().any(|(_, r)| r.is_err());
+    let remaining = releases.iter().any(|(_, r)| {
+        r.as_ref()
+            .is_ok_and(|r| !r.remaining().is_empty() || r.still_pinned())
+    });
+    let out = if e.json {
+        let docs: Vec<serde_json::Value> = releases
+            .iter()
+            .map(|(c, r)| {
+                let mut doc = match r {
+                    Ok(r) => report::release_json(r),
+                    Err(err) => serde_json::json!({"error": err}),
+                };
+                if let Some(c) = c {
+                    doc["container"] = serde_json::to_value(c).unwrap_or_default();
+                }
+                doc
+            })
+            .collect();
+        let doc = match (&docker, docs.len()) {
+            (None, 1) => docs.into_iter().next().unwrap_or_default(),
+            _ => serde_json::json!({
+                "docker": docker.as_ref().map(|d| &d.daemon),
+                "releases": docs,
+            }),
+        };
+        format!("{doc:#}\n")
+    } else {
+        let mut text = String::new();
+        for (c, r) in &releases {
+            if let Some(c) = c {
+                text.push_str(&format!(
+                    "container {} ({}, {}):\n",
+                    c.name,
+                    short_id(&c.id),
+                    c.state
+                ));
+            }
+            match r {
+                Ok(r) => text.push_str(&report::release_text(r)),
+                Err(err) => text.push_str(&format!("  failed: {err}\n")),
+            }
+        }
+        text
+    };
+    print(&out);
+    let unsure = unsure_note(docker.as_ref());
+    Ok(match (failed, changed) {
+        // Nothing changed and something failed: the failure is the answer.
+        (true, 0) => Exit::Usage,
+        (true, _) => Exit::Remaining,
+        _ if remaining || unsure.is_some() => Exit::Remaining,
+        _ => Exit::Clean,
+    })
+}

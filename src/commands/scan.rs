@@ -1,0 +1,54 @@
+//! `mntreap scan CONTAINER... | --path P...`: who holds these mounts, in every namespace.
+
+use std::path::PathBuf;
+
+use super::{Config, Exit, Failure, check_targets_exist, print, resolve_containers, unsure_note};
+use crate::report;
+
+/// `mntreap scan`: containers or paths; with neither, the node-wide report.
+pub fn command(config: &Config, names: &[String], paths: &[String]) -> Result<Exit, Failure> {
+    let e = config;
+    if names.is_empty() && paths.is_empty() {
+        return super::node_report::command(e);
+    }
+    let (docker, containers) = resolve_containers(e, names)?;
+    let trusted: Vec<PathBuf> = containers.iter().flat_map(|c| c.paths.clone()).collect();
+    let mut req = e.request(paths, trusted)?;
+    req.layer_signatures = crate::runtime::docker::layer_signatures(&containers);
+    if let Some(d) = &docker {
+        req.trusted_namespaces = d.daemon.trusted_namespaces();
+    }
+    let scan = crate::engine::scan::scan(&req)?;
+    let checked: Vec<PathBuf> = req
+        .targets
+        .iter()
+        .filter(|t| !containers.iter().any(|c| c.paths.contains(t)))
+        .cloned()
+        .collect();
+    check_targets_exist(&scan, &checked)?;
+    let view = docker
+        .as_ref()
+        .map(|d| crate::report::containers::ContainerView::new(&scan, d, &containers));
+    let leaks = match &view {
+        None => scan.foreign_holders().next().is_some(),
+        Some(v) => v.has_leaks(),
+    };
+    let out = match (&view, e.json) {
+        (_, true) => {
+            let mut doc = report::scan_json(&scan);
+            if let Some(v) = &view {
+                v.annotate(&mut doc);
+            }
+            format!("{doc:#}\n")
+        }
+        (None, false) => report::scan_text(&scan),
+        (Some(v), false) => v.text(),
+    };
+    print(&out);
+    let unsure = unsure_note(docker.as_ref());
+    Ok(if leaks || unsure.is_some() {
+        Exit::Remaining
+    } else {
+        Exit::Clean
+    })
+}
