@@ -8,7 +8,6 @@
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -370,18 +369,20 @@ fn copy_tree_subset(from: &Path, to: &Path, paths: &BTreeSet<String>) {
     }
 }
 
+/// Needs a docker/docker-ce checkout at v18.06.3-ce, which no CI machine has: run it with
+/// `MNTREAP_DOCKER_CE_TREE=/path cargo test --test patches -- --ignored`. Ignored rather
+/// than passing silently when the tree is absent.
 #[test]
+#[ignore = "needs MNTREAP_DOCKER_CE_TREE: a docker-ce checkout at v18.06.3-ce"]
 fn the_patches_apply_in_order_and_are_gofmt_clean() {
-    let Some(tree) = std::env::var_os(TREE_ENV).map(PathBuf::from) else {
-        // Straight to fd 2: libtest captures eprintln! of passing tests, and the reason for
-        // a skip must show in CI's log.
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIPPED: {TREE_ENV} is not set; set it to a docker/docker-ce checkout at \
-             v18.06.3-ce (d7080c17a580...) to apply the patches to it"
-        );
-        return;
-    };
+    let tree = std::env::var_os(TREE_ENV)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            panic!(
+                "{TREE_ENV} is not set; set it to a docker/docker-ce checkout at v18.06.3-ce \
+             (d7080c17a580...) to apply the patches to it"
+            )
+        });
     let engine = if tree.join("components/engine").is_dir() {
         tree.join("components/engine")
     } else {

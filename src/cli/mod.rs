@@ -295,6 +295,7 @@ impl EngineArgs {
                 .filter(|p| !p.is_empty())
                 .map(PathBuf::from),
             daemon_pid: None,
+            proc_root: self.proc.clone(),
         }
     }
 

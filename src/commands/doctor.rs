@@ -52,7 +52,7 @@ pub fn command(e: &Config) -> Result<Exit, Failure> {
     let containers = docker.list().unwrap_or_default();
     let mut checks = vec![
         runtime_identity(&docker.daemon),
-        kernel_lazy_detach(),
+        kernel_lazy_detach(&docker.daemon.proc_root),
         mountflags_slave_live_restore(&docker.daemon),
         split_namespaces(&docker.daemon),
         stuck_containers(&containers),
@@ -97,16 +97,17 @@ pub fn command(e: &Config) -> Result<Exit, Failure> {
 
 /// Kernels before 3.18 cannot remove a directory that is a mount point in another
 /// namespace, unless RHEL's backport is switched on.
-fn kernel_lazy_detach() -> Check {
+fn kernel_lazy_detach(proc_root: &Path) -> Check {
     let c = Check::new(
         "kernel-lazy-detach",
         "set fs.may_detach_mounts=1 (RHEL/CentOS 7.4+ kernels), or run a kernel >= 3.18",
     );
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let release =
+        std::fs::read_to_string(proc_root.join("sys/kernel/osrelease")).unwrap_or_default();
     let mut nums = release.trim().split(|ch: char| !ch.is_ascii_digit());
     let major: u32 = nums.next().and_then(|n| n.parse().ok()).unwrap_or(0);
     let minor: u32 = nums.next().and_then(|n| n.parse().ok()).unwrap_or(0);
-    let sysctl = std::fs::read_to_string("/proc/sys/fs/may_detach_mounts").ok();
+    let sysctl = std::fs::read_to_string(proc_root.join("sys/fs/may_detach_mounts")).ok();
     let detach = sysctl.as_deref().map(str::trim);
     let mut c = if lazy_detach_status((major, minor), detach) == Status::Ok {
         c.with(
@@ -148,6 +149,9 @@ fn lazy_detach_status(kernel: (u32, u32), may_detach_mounts: Option<&str>) -> St
 /// `MountFlags=` of docker.service as systemd would load it (unit file, then drop-ins in
 /// name order; the last assignment wins), read under `root`, and the file that set it.
 fn unit_mount_flags(root: &Path) -> Option<(String, std::path::PathBuf)> {
+    // Through the daemon's root, symlinks (/lib -> usr/lib, units linked to /lib/...)
+    // resolve inside it.
+    let host = |rel: &str| crate::runtime::docker::on_host(root, Path::new(rel));
     let mut files = Vec::new();
     for dir in [
         "lib/systemd/system",
@@ -155,7 +159,7 @@ fn unit_mount_flags(root: &Path) -> Option<(String, std::path::PathBuf)> {
         "etc/systemd/system",
         "run/systemd/system",
     ] {
-        let unit = root.join(dir).join("docker.service");
+        let unit = host(&format!("{dir}/docker.service"));
         if unit.exists() {
             files.push(unit);
         }
@@ -168,7 +172,7 @@ fn unit_mount_flags(root: &Path) -> Option<(String, std::path::PathBuf)> {
     ]
     .iter()
     .flat_map(|dir| {
-        std::fs::read_dir(root.join(dir).join("docker.service.d"))
+        std::fs::read_dir(host(&format!("{dir}/docker.service.d")))
             .into_iter()
             .flatten()
             .flatten()
@@ -180,7 +184,7 @@ fn unit_mount_flags(root: &Path) -> Option<(String, std::path::PathBuf)> {
     files.extend(dropins);
     let mut found = None;
     for f in files {
-        let text = std::fs::read_to_string(&f).unwrap_or_default();
+        let text = std::fs::read_to_string(host_file(root, &f)).unwrap_or_default();
         for line in text.lines() {
             if let Some(v) = line.trim().strip_prefix("MountFlags=") {
                 found = Some((v.trim().to_string(), f.clone()));
@@ -188,6 +192,14 @@ fn unit_mount_flags(root: &Path) -> Option<(String, std::path::PathBuf)> {
         }
     }
     found
+}
+
+/// A file found under `root` (a drop-in may itself be a link to an absolute path).
+fn host_file(root: &Path, found: &Path) -> std::path::PathBuf {
+    match found.strip_prefix(root) {
+        Ok(rel) => crate::runtime::docker::on_host(root, &Path::new("/").join(rel)),
+        Err(_) => found.to_path_buf(),
+    }
 }
 
 /// Describes live-restore for people: on, off, or unknown.
@@ -210,7 +222,7 @@ fn mountflags_slave_live_restore(daemon: &Daemon) -> Check {
     let Some(pid) = daemon.pid else {
         return c.with(Status::Skipped, not_established(daemon));
     };
-    let root_line = std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))
+    let root_line = std::fs::read_to_string(daemon.proc_root.join(format!("{pid}/mountinfo")))
         .ok()
         .and_then(|t| {
             t.lines()
@@ -232,7 +244,9 @@ fn mountflags_slave_live_restore(daemon: &Daemon) -> Check {
         .collect::<Vec<_>>();
     let slave = optional.iter().any(|f| f.starts_with("master:"))
         && !optional.iter().any(|f| f.starts_with("shared:"));
-    let live_restore = daemon.live_restore.or_else(|| live_restore_configured(pid));
+    let live_restore = daemon
+        .live_restore
+        .or_else(|| live_restore_configured(&daemon.proc_root, pid));
     let mut c = match (slave, live_restore) {
         (true, Some(true)) => c.with(
             Status::Problem,
@@ -260,7 +274,7 @@ fn mountflags_slave_live_restore(daemon: &Daemon) -> Check {
     c.evidence
         .push(format!("live-restore: {}", on_off(live_restore)));
     // The unit's own word, where systemd runs the daemon.
-    let root = Path::new("/proc").join(pid.to_string()).join("root");
+    let root = daemon.proc_root.join(pid.to_string()).join("root");
     if root.join("run/systemd/system").exists() {
         match unit_mount_flags(&root) {
             Some((v, file)) => c.evidence.push(format!(
@@ -276,8 +290,8 @@ fn mountflags_slave_live_restore(daemon: &Daemon) -> Check {
 }
 
 /// live-restore from dockerd's command line or its daemon.json.
-fn live_restore_configured(pid: i32) -> Option<bool> {
-    let args = crate::runtime::docker::identity::cmdline(Path::new("/proc"), pid);
+fn live_restore_configured(proc_root: &Path, pid: i32) -> Option<bool> {
+    let args = crate::runtime::docker::identity::cmdline(proc_root, pid);
     if args
         .iter()
         .any(|a| a == "--live-restore" || a == "--live-restore=true")
@@ -286,8 +300,8 @@ fn live_restore_configured(pid: i32) -> Option<bool> {
     }
     let config = crate::runtime::docker::identity::flag_value(&args, "--config-file", None)
         .unwrap_or_else(|| "/etc/docker/daemon.json".into());
-    let root = format!("/proc/{pid}/root");
-    let text = std::fs::read(Path::new(&root).join(config.trim_start_matches('/'))).ok()?;
+    let root = proc_root.join(format!("{pid}/root"));
+    let text = std::fs::read(crate::runtime::docker::on_host(&root, Path::new(&config))).ok()?;
     let doc: serde_json::Value = serde_json::from_slice(&text).ok()?;
     doc.get("live-restore")
         .and_then(|v| v.as_bool())
@@ -296,8 +310,8 @@ fn live_restore_configured(pid: i32) -> Option<bool> {
 
 /// The containerd socket dockerd uses: `--containerd`, else the one it manages under its
 /// exec root.
-fn containerd_address(dockerd: i32) -> String {
-    let args = crate::runtime::docker::identity::cmdline(Path::new("/proc"), dockerd);
+fn containerd_address(proc_root: &Path, dockerd: i32) -> String {
+    let args = crate::runtime::docker::identity::cmdline(proc_root, dockerd);
     crate::runtime::docker::identity::flag_value(&args, "--containerd", None).unwrap_or_else(|| {
         let exec_root = crate::runtime::docker::identity::flag_value(&args, "--exec-root", None)
             .unwrap_or_else(|| "/var/run/docker".into());
@@ -360,10 +374,10 @@ fn split_namespaces(daemon: &Daemon) -> Check {
         return c.with(Status::Skipped, not_established(daemon));
     };
     // Only this dockerd's shims: docker's containerd namespace, on its containerd socket.
-    let address = containerd_address(pid);
+    let address = containerd_address(&daemon.proc_root, pid);
     // Shims live where the containerd that started them lives: dockerd's own, or the
     // system containerd's (containerd.service), which listens on that socket.
-    let proc_root = Path::new("/proc");
+    let proc_root = daemon.proc_root.as_path();
     let home: Vec<u64> = daemon
         .identity
         .runtime_processes
@@ -377,7 +391,7 @@ fn split_namespaces(daemon: &Daemon) -> Check {
         .chain(std::iter::once(dockerd_ns))
         .collect();
     let mut stranded = Vec::new();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+    for entry in std::fs::read_dir(proc_root).into_iter().flatten().flatten() {
         let Some(pid) = entry
             .file_name()
             .to_str()
@@ -385,12 +399,13 @@ fn split_namespaces(daemon: &Daemon) -> Check {
         else {
             continue;
         };
-        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        let comm =
+            std::fs::read_to_string(proc_root.join(format!("{pid}/comm"))).unwrap_or_default();
         if !comm.starts_with("containerd-shim") && !comm.starts_with("docker-containerd") {
             continue;
         }
-        let ns = crate::engine::namespace::mnt_ns_inode(Path::new("/proc"), pid);
-        let args = crate::runtime::docker::identity::cmdline(Path::new("/proc"), pid);
+        let ns = crate::engine::namespace::mnt_ns_inode(proc_root, pid);
+        let args = crate::runtime::docker::identity::cmdline(proc_root, pid);
         let arg = |flag: &str| {
             crate::runtime::docker::identity::flag_value(&args, flag, None).unwrap_or_default()
         };

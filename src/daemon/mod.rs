@@ -2,6 +2,9 @@
 //! unix sockets, and the signals that stop them.
 
 pub mod agent;
+pub mod cleanup;
+mod hook;
+mod metrics;
 pub mod plugin;
 
 use std::future::Future;

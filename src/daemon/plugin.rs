@@ -2,7 +2,7 @@
 //! container's leaked copies before Docker stops or removes it.
 //!
 //! An authz plugin sits on every API call, and a slow or absent one stalls the whole API
-//! (NOTES.md §3). So: it always allows and never denies; calls it does not care about are
+//! (measured on dockerd 20.10: README, "Docker plugin"). So: it always allows and never denies; calls it does not care about are
 //! answered at once from pre-serialised bytes; cleanup runs on the blocking pool with its
 //! own deadline, after which the call is allowed anyway (the cleanup finishes in the
 //! background); connections are served concurrently, with keep-alive. Containers are
@@ -23,9 +23,10 @@ use hyper::body::Incoming;
 use hyper::{Request, Response};
 use tracing::{Instrument, info, info_span, warn};
 
-use crate::engine::release;
+use super::cleanup::{Trigger, cleanup, trigger};
 use crate::engine::scan::ScanRequest;
-use crate::runtime::docker::{self, DockerOptions};
+use crate::runtime::docker::DockerOptions;
+use crate::runtime::docker::events::follow_die_events;
 
 /// Everything the plugin is configured with (from flags, or plugin settings via env).
 #[derive(Debug, Clone)]
@@ -71,48 +72,6 @@ impl std::str::FromStr for Fault {
 
 const ACTIVATE: &[u8] = br#"{"Implements":["authz"]}"#;
 const ALLOW: &[u8] = br#"{"Allow":true}"#;
-
-/// What an API call means for a container's layer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Trigger {
-    /// Stop, kill, restart or remove: the daemon will Put (and maybe Remove) its layer.
-    Container { id: String, action: &'static str },
-    /// `POST /containers/prune`: every stopped container goes.
-    Prune,
-}
-
-/// Which calls lead to a layer's Put/Remove: `DELETE /containers/{id}`,
-/// `POST /containers/{id}/stop|kill|restart`, `POST /containers/prune`, with or without
-/// an API version prefix and a query.
-pub fn trigger(method: &str, uri: &str) -> Option<Trigger> {
-    let path = uri.split('?').next().unwrap_or(uri);
-    let path = match path.strip_prefix("/v") {
-        Some(rest) if rest.starts_with(|c: char| c.is_ascii_digit()) => &rest[rest.find('/')?..],
-        _ => path,
-    };
-    let mut parts = path.strip_prefix("/containers/")?.split('/');
-    let first = parts.next()?;
-    let second = parts.next();
-    if parts.next().is_some() || first.is_empty() {
-        return None;
-    }
-    match (method, first, second) {
-        ("POST", "prune", None) => Some(Trigger::Prune),
-        ("DELETE", id, None) => Some(Trigger::Container {
-            id: id.into(),
-            action: "remove",
-        }),
-        ("POST", id, Some(action @ ("stop" | "kill" | "restart"))) => Some(Trigger::Container {
-            id: id.into(),
-            action: match action {
-                "stop" => "stop",
-                "kill" => "kill",
-                _ => "restart",
-            },
-        }),
-        _ => None,
-    }
-}
 
 /// The fields of an AuthZ request the plugin reads; the rest (body, headers) is skipped.
 #[derive(serde::Deserialize)]
@@ -426,55 +385,6 @@ async fn cleanup_within_deadline(state: &Arc<State>, t: Trigger, call: String) {
     }
 }
 
-/// Releases the foreign copies of the trigger's containers; returns how many copies went.
-/// dockerd's own copy is always kept: before a stop or removal the daemon unmounts it in
-/// its Put, after a `die` it has done so already, and on a restart it mounts it again.
-pub(crate) fn cleanup(
-    docker_options: &DockerOptions,
-    base: &ScanRequest,
-    fault: Option<Fault>,
-    t: &Trigger,
-) -> anyhow::Result<usize> {
-    match fault {
-        Some(Fault::Fail) => anyhow::bail!("injected failure (MNTREAP_FAULT=fail)"),
-        Some(Fault::Slow(d)) => std::thread::sleep(d),
-        Some(Fault::Off) | None => {}
-    }
-    let offline = DockerOptions {
-        offline: true,
-        ..docker_options.clone()
-    };
-    let docker = docker::Docker::connect(&offline)?;
-    let containers = match t {
-        Trigger::Container { id, .. } => docker.resolve(std::slice::from_ref(id))?,
-        Trigger::Prune => docker
-            .list()?
-            .into_iter()
-            .filter(|c| !c.is_running())
-            .collect(),
-    };
-    let mut released = 0;
-    for c in &containers {
-        let span = info_span!("container", container = %c.name, id = %c.id);
-        let _g = span.enter();
-        let req = docker::container_request(base, &docker.daemon, c);
-        let mut scope = docker::release_scope(&docker.daemon, c, false);
-        if let Some(list) = scope.protected.as_mut() {
-            for (ns, why) in docker
-                .daemon
-                .runtime_protection(": the daemon unmounts its own copy")
-            {
-                if !list.iter().any(|(i, _)| *i == ns) {
-                    list.push((ns, why));
-                }
-            }
-        }
-        let rel = release::run(&req, scope, false)?;
-        released += rel.released();
-    }
-    Ok(released)
-}
-
 /// Backstop: `die` events lead to the same cleanup (for `run --rm`, prune, restarts).
 async fn follow_events(state: Arc<State>) {
     let options = state.clone();
@@ -494,55 +404,6 @@ async fn follow_events(state: Arc<State>) {
         },
     )
     .await
-}
-
-/// Follows the daemon's `die` events forever (reconnecting), calling `on_die` with the
-/// container id on the blocking pool.
-pub(crate) async fn follow_die_events(
-    options: impl Fn() -> DockerOptions,
-    on_die: impl Fn(String) + Send + Sync + 'static,
-) {
-    use futures_util::StreamExt;
-    let on_die = Arc::new(on_die);
-    loop {
-        // Asked anew at each connection: the plugin may have learned the daemon since.
-        let (socket, _, host_root) = match options().resolve() {
-            Ok(r) => r,
-            Err(e) => {
-                warn!(error = %e, "no daemon socket for events; retrying");
-                tokio::time::sleep(Duration::from_secs(2)).await;
-                continue;
-            }
-        };
-        let socket = docker::on_host(&host_root, &socket);
-        let client = match docker::engine_client(&socket, Duration::from_secs(120)) {
-            Ok(c) => c,
-            Err(e) => {
-                warn!(error = %e, "cannot reach dockerd for events; retrying");
-                tokio::time::sleep(Duration::from_secs(2)).await;
-                continue;
-            }
-        };
-        let filters = std::collections::HashMap::from([
-            ("type".to_string(), vec!["container".to_string()]),
-            ("event".to_string(), vec!["die".to_string()]),
-        ]);
-        let events_options = bollard::query_parameters::EventsOptionsBuilder::new()
-            .filters(&filters)
-            .build();
-        let mut events = client.events(Some(events_options));
-        while let Some(event) = events.next().await {
-            // A malformed event or a vanished container is logged and skipped.
-            let Ok(event) = event else { break };
-            let Some(id) = event.actor.and_then(|a| a.id) else {
-                continue;
-            };
-            let on_die = on_die.clone();
-            tokio::task::spawn_blocking(move || on_die(id));
-        }
-        warn!("event stream ended; reconnecting");
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
 }
 
 /// Backstop: every few seconds, release foreign copies of stopped containers' mounts.
@@ -573,40 +434,6 @@ async fn sweep_periodically(state: Arc<State>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn triggers_are_the_calls_that_put_or_remove_layers() {
-        let c = |id: &str, action| {
-            Some(Trigger::Container {
-                id: id.into(),
-                action,
-            })
-        };
-        assert_eq!(
-            trigger("DELETE", "/v1.41/containers/web?force=1"),
-            c("web", "remove")
-        );
-        assert_eq!(trigger("DELETE", "/containers/abc"), c("abc", "remove"));
-        assert_eq!(
-            trigger("POST", "/v1.41/containers/web/stop?t=10"),
-            c("web", "stop")
-        );
-        assert_eq!(trigger("POST", "/containers/web/kill"), c("web", "kill"));
-        assert_eq!(
-            trigger("POST", "/v1.24/containers/web/restart"),
-            c("web", "restart")
-        );
-        assert_eq!(
-            trigger("POST", "/v1.41/containers/prune"),
-            Some(Trigger::Prune)
-        );
-        assert_eq!(trigger("GET", "/v1.41/containers/json"), None);
-        assert_eq!(trigger("POST", "/v1.41/containers/web/start"), None);
-        assert_eq!(trigger("GET", "/containers/web/json"), None);
-        assert_eq!(trigger("DELETE", "/v1.41/images/web"), None);
-        assert_eq!(trigger("DELETE", "/containers/"), None);
-        assert_eq!(trigger("POST", "/volumes/prune"), None);
-    }
 
     proptest::proptest! {
         /// Whatever the body, parsing never panics, and a trigger names a container by one

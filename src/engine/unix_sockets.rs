@@ -7,15 +7,13 @@
 //! namespace is another file. The bound file's identity is what a client connecting to
 //! the path reaches.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::io;
 use std::os::fd::AsFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use netlink_packet_core::{
-    NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
-};
+use netlink_packet_core::{NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload};
 use netlink_packet_sock_diag::SockDiagMessage;
 use netlink_packet_sock_diag::unix::nlas::{Nla, UnixDiagName};
 use netlink_packet_sock_diag::unix::{ShowFlags, StateFlags, UnixRequest};
@@ -30,6 +28,26 @@ pub fn file_id(path: &Path) -> io::Result<FileId> {
     Ok((m.dev(), m.ino()))
 }
 
+/// The pid in the credentials of the listening socket at `path` (`SO_PEERCRED` of a
+/// connection to it: the process that called `listen`). The connect does not wait: a
+/// full backlog (a stuck daemon) gives `None` at once.
+pub fn listener_creator(path: &Path) -> Option<i32> {
+    use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, UnixAddr, sockopt};
+    use std::os::fd::AsRawFd;
+    let fd = socket::socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .ok()?;
+    let addr = UnixAddr::new(path).ok()?;
+    socket::connect(fd.as_raw_fd(), &addr).ok()?;
+    socket::getsockopt(&fd, sockopt::PeerCredentials)
+        .ok()
+        .map(|c| c.pid())
+}
+
 /// A listening unix socket as `sock_diag` reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Listener {
@@ -41,34 +59,45 @@ pub struct Listener {
     pub path: Option<std::path::PathBuf>,
 }
 
-/// The listening unix sockets of `pid`'s network namespace. The query runs on a
-/// short-lived thread that enters that namespace.
-pub fn listeners_in_netns_of(proc_root: &Path, pid: i32) -> io::Result<Vec<Listener>> {
-    let ns = std::fs::File::open(proc_root.join(format!("{pid}/ns/net")))?;
+/// The listening unix sockets among `inodes`, asked of the kernel one by one (an exact
+/// lookup, not a dump: a dump resumes by position and can skip a socket when others close
+/// meanwhile) in the network namespace of `netns_pid`, on a short-lived thread that enters
+/// that namespace.
+fn query_listeners(proc_root: &Path, netns_pid: i32, inodes: &[u32]) -> io::Result<Vec<Listener>> {
+    let ns = std::fs::File::open(proc_root.join(format!("{netns_pid}/ns/net")))?;
     std::thread::scope(|s| {
-        s.spawn(|| {
-            // Only this thread changes network namespace, and it ends with the query.
-            nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
-                .map_err(io::Error::from)?;
-            dump_listeners()
-        })
-        .join()
-        .unwrap_or_else(|_| Err(io::Error::other("sock_diag worker panicked")))
+        std::thread::Builder::new()
+            .name("mntreap-sockdiag".into())
+            .spawn_scoped(s, || {
+                // Only this thread changes network namespace, and it ends with the query.
+                nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+                    .map_err(io::Error::from)?;
+                let mut socket = Socket::new(NETLINK_SOCK_DIAG)?;
+                socket.bind_auto()?;
+                socket.connect(&SocketAddr::new(0, 0))?;
+                let mut found = Vec::new();
+                for &inode in inodes {
+                    if let Some(l) = query_one(&mut socket, inode)? {
+                        found.push(l);
+                    }
+                }
+                Ok(found)
+            })?
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("sock_diag worker panicked")))
     })
 }
 
-/// `sock_diag` dump of the listening unix sockets of the current network namespace.
-fn dump_listeners() -> io::Result<Vec<Listener>> {
-    let mut socket = Socket::new(NETLINK_SOCK_DIAG)?;
-    socket.bind_auto()?;
-    socket.connect(&SocketAddr::new(0, 0))?;
+/// One exact `sock_diag` lookup: the socket with this inode, if it is a listening unix
+/// socket of the current network namespace.
+fn query_one(socket: &mut Socket, inode: u32) -> io::Result<Option<Listener>> {
     let mut header = NetlinkHeader::default();
-    header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+    header.flags = NLM_F_REQUEST;
     let mut packet = NetlinkMessage::new(
         header,
         SockDiagMessage::UnixRequest(UnixRequest {
             state_flags: StateFlags::LISTEN,
-            inode: 0,
+            inode,
             show_flags: ShowFlags::VFS | ShowFlags::NAME,
             cookie: [0xff; 8],
         })
@@ -78,45 +107,34 @@ fn dump_listeners() -> io::Result<Vec<Listener>> {
     let mut buf = vec![0; packet.buffer_len()];
     packet.serialize(&mut buf[..]);
     socket.send(&buf, 0)?;
-
-    let mut found = Vec::new();
-    let mut receive = vec![0u8; 64 * 1024];
-    loop {
-        let size = socket.recv(&mut &mut receive[..], 0)?;
-        let mut offset = 0;
-        while offset < size {
-            let message = <NetlinkMessage<SockDiagMessage>>::deserialize(&receive[offset..size])
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-            let length = message.header.length as usize;
-            match message.payload {
-                NetlinkPayload::Done(_) => return Ok(found),
-                NetlinkPayload::Error(e) => {
-                    return Err(io::Error::other(format!("sock_diag: {e:?}")));
-                }
-                NetlinkPayload::InnerMessage(SockDiagMessage::UnixResponse(r)) => {
-                    let mut l = Listener {
-                        inode: r.header.inode,
-                        file: None,
-                        path: None,
-                    };
-                    for nla in &r.nlas {
-                        match nla {
-                            Nla::Vfs(vfs) => l.file = Some(vfs_fields(vfs)),
-                            Nla::Name(UnixDiagName::Pathname(p)) => l.path = Some(p.into()),
-                            _ => {}
-                        }
-                    }
-                    found.push(l);
-                }
-                _ => {}
-            }
-            if length == 0 {
-                break;
-            }
-            offset += length;
+    let mut receive = vec![0u8; 8192];
+    let size = socket.recv(&mut &mut receive[..], 0)?;
+    let message = <NetlinkMessage<SockDiagMessage>>::deserialize(&receive[..size])
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+    let NetlinkPayload::InnerMessage(SockDiagMessage::UnixResponse(r)) = message.payload else {
+        // Not a unix socket of this namespace (ENOENT), or gone meanwhile.
+        return Ok(None);
+    };
+    if r.header.state != TCP_LISTEN {
+        return Ok(None);
+    }
+    let mut l = Listener {
+        inode: r.header.inode,
+        file: None,
+        path: None,
+    };
+    for nla in &r.nlas {
+        match nla {
+            Nla::Vfs(vfs) => l.file = Some(vfs_fields(vfs)),
+            Nla::Name(UnixDiagName::Pathname(p)) => l.path = Some(p.into()),
+            _ => {}
         }
     }
+    Ok(Some(l))
 }
+
+/// The TCP state number the kernel uses for listening sockets (`TCP_LISTEN`).
+const TCP_LISTEN: u8 = 10;
 
 /// `(device, inode)` of a `UNIX_DIAG_VFS` attribute, through its wire form (the crate
 /// keeps the fields private): two native-endian u32, inode first.
@@ -156,50 +174,63 @@ pub fn socket_inodes(proc_root: &Path, pid: i32) -> HashSet<u32> {
     .collect()
 }
 
-/// Of `candidates`, those that hold a listening socket bound to `file`. Processes are
-/// grouped by network namespace: one `sock_diag` dump each.
-pub fn holders_of(proc_root: &Path, candidates: &[i32], file: FileId) -> Vec<i32> {
+/// Of `candidates`, those that hold a listening socket bound to `file`. A socket belongs to
+/// the network namespace of whoever created it (systemd under socket activation), so each
+/// candidate's sockets are looked up in its own namespace and in those of `also_in` (the
+/// socket's peer, pid 1). An error only when the kernel could not be asked at all.
+pub fn holders_of(
+    proc_root: &Path,
+    candidates: &[i32],
+    also_in: &[i32],
+    file: FileId,
+) -> io::Result<Vec<i32>> {
     let wanted = (kernel_dev(file.0), file.1 as u32);
-    let mut by_netns: HashMap<u64, Vec<i32>> = HashMap::new();
-    for &pid in candidates {
-        if let Ok(m) = std::fs::metadata(proc_root.join(format!("{pid}/ns/net"))) {
-            by_netns.entry(m.ino()).or_default().push(pid);
-        }
-    }
+    let netns_of = |pid: i32| {
+        std::fs::metadata(proc_root.join(format!("{pid}/ns/net")))
+            .ok()
+            .map(|m| m.ino())
+    };
     let mut holders = Vec::new();
-    for pids in by_netns.values() {
-        let Some(listeners) = pids
-            .iter()
-            .find_map(|&pid| listeners_in_netns_of(proc_root, pid).ok())
-        else {
-            continue;
-        };
-        let bound: HashSet<u32> = listeners
-            .iter()
-            .filter(|l| l.file == Some(wanted))
-            .map(|l| l.inode)
-            .collect();
-        if bound.is_empty() {
+    let mut asked = false;
+    let mut last_error = None;
+    for &pid in candidates {
+        let inodes: Vec<u32> = socket_inodes(proc_root, pid).into_iter().collect();
+        if inodes.is_empty() {
             continue;
         }
-        holders.extend(
-            pids.iter()
-                .copied()
-                .filter(|&pid| !socket_inodes(proc_root, pid).is_disjoint(&bound)),
-        );
+        let mut seen = HashSet::new();
+        for netns_pid in std::iter::once(pid).chain(also_in.iter().copied()) {
+            if !netns_of(netns_pid).is_some_and(|ns| seen.insert(ns)) {
+                continue;
+            }
+            match query_listeners(proc_root, netns_pid, &inodes) {
+                Ok(listeners) => {
+                    asked = true;
+                    if listeners.iter().any(|l| l.file == Some(wanted)) {
+                        holders.push(pid);
+                        break;
+                    }
+                }
+                Err(e) => last_error = Some(e),
+            }
+        }
     }
-    holders.sort_unstable();
-    holders
+    match (asked, last_error) {
+        (false, Some(e)) => Err(e),
+        _ => {
+            holders.sort_unstable();
+            Ok(holders)
+        }
+    }
 }
 
 /// The paths of the listening sockets `pid` holds (abstract names left out), as the
 /// kernel recorded them at `bind`.
 pub fn listening_paths(proc_root: &Path, pid: i32) -> Vec<std::path::PathBuf> {
-    let held = socket_inodes(proc_root, pid);
-    let mut paths: Vec<std::path::PathBuf> = listeners_in_netns_of(proc_root, pid)
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|l| held.contains(&l.inode))
+    let inodes: Vec<u32> = socket_inodes(proc_root, pid).into_iter().collect();
+    let mut paths: Vec<std::path::PathBuf> = [pid, 1]
+        .iter()
+        .flat_map(|&ns| query_listeners(proc_root, ns, &inodes).unwrap_or_default())
         .filter_map(|l| l.path)
         .collect();
     paths.sort();
@@ -231,11 +262,18 @@ mod tests {
         let _other = std::os::unix::net::UnixListener::bind(&other_path).unwrap();
         let me = std::process::id() as i32;
         let id = file_id(&path).unwrap();
-        assert_eq!(holders_of(Path::new("/proc"), &[me], id), vec![me]);
+        assert_eq!(
+            holders_of(Path::new("/proc"), &[me], &[], id).unwrap(),
+            vec![me]
+        );
         assert!(listening_paths(Path::new("/proc"), me).contains(&path));
         // Closed: the file stays, but nobody listens on it any more.
         drop(listener);
-        assert!(holders_of(Path::new("/proc"), &[me], id).is_empty());
+        assert!(
+            holders_of(Path::new("/proc"), &[me], &[], id)
+                .unwrap()
+                .is_empty()
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -56,12 +56,12 @@ impl Role {
 }
 
 /// Each container's own mount namespace (its init process's), read once per report.
-fn container_namespaces(containers: &[Container]) -> Vec<Option<u64>> {
+fn container_namespaces(proc_root: &Path, containers: &[Container]) -> Vec<Option<u64>> {
     containers
         .iter()
         .map(|c| {
             c.pid
-                .and_then(|pid| crate::engine::namespace::mnt_ns_inode(Path::new("/proc"), pid))
+                .and_then(|pid| crate::engine::namespace::mnt_ns_inode(proc_root, pid))
         })
         .collect()
 }
@@ -89,7 +89,7 @@ impl<'a> ContainerView<'a> {
             .zip(&by_path)
             .filter_map(|(h, c)| Some((h.mount.dev, (*c)?)))
             .collect();
-        let container_ns = container_namespaces(containers);
+        let container_ns = container_namespaces(&docker.daemon.proc_root, containers);
         // What is mounted inside a container's own root (its /proc, /etc/hosts, ...) is
         // that container's.
         let own_root_of = |h: &Holder| {
@@ -282,7 +282,7 @@ pub fn node_scan(
 pub fn findings(scan: &Scan, daemon: &Daemon, containers: &[Container]) -> Vec<Finding> {
     use std::os::unix::ffi::OsStrExt;
     let by_layer = docker::layers_by_container(containers);
-    let own_ns = container_namespaces(containers);
+    let own_ns = container_namespaces(&daemon.proc_root, containers);
     let by_id: HashMap<&str, (&Container, Option<u64>)> = containers
         .iter()
         .zip(&own_ns)

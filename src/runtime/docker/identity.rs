@@ -140,10 +140,8 @@ fn pidfile_pid(proc_root: &Path, dockerd: i32) -> Option<(PathBuf, Option<i32>)>
         .filter(|f| !f.is_empty())
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/var/run/docker.pid"));
-    let through = proc_root
-        .join(dockerd.to_string())
-        .join("root")
-        .join(file.strip_prefix("/").unwrap_or(&file));
+    let through =
+        crate::runtime::docker::on_host(&proc_root.join(dockerd.to_string()).join("root"), &file);
     let text = std::fs::read_to_string(through).ok()?;
     Some((file, text.trim().parse().ok()))
 }
@@ -170,21 +168,50 @@ pub fn establish_dockerd(
     let file =
         crate::engine::unix_sockets::file_id(&crate::runtime::docker::on_host(host_root, socket))
             .ok();
+    // The listener may live in the network namespace of its creator (the peer; systemd).
+    let also_in: Vec<i32> = peer.into_iter().chain([1]).collect();
     let listeners = match file {
-        Some(f) => crate::engine::unix_sockets::holders_of(proc_root, &dockerds, f),
+        Some(f) => {
+            match crate::engine::unix_sockets::holders_of(proc_root, &dockerds, &also_in, f) {
+                Ok(h) => h,
+                Err(e) => {
+                    id.unsure = Some(format!(
+                        "the kernel's socket diagnostics (sock_diag, unix_diag) could not be \
+                         asked which process holds {}: {e}",
+                        socket.display()
+                    ));
+                    return id;
+                }
+            }
+        }
         None => Vec::new(),
     };
     let desc = |pid: i32| match exe_name(proc_root, pid) {
         Some(exe) => format!("pid {pid} ({exe})"),
         None => format!("pid {pid}"),
     };
+    // A peer other than the holder is fine only as the socket's creator under activation:
+    // pid 1 / systemd, or a process that holds that very listener too.
+    let activator = |p: i32| {
+        p == 1
+            || exe_name(proc_root, p).as_deref() == Some("systemd")
+            || file.is_some_and(|f| {
+                crate::engine::unix_sockets::holders_of(proc_root, &[p], &also_in, f)
+                    .is_ok_and(|h| h == [p])
+            })
+    };
     let chosen = match (listeners.as_slice(), peer) {
-        ([one], Some(p)) if p != *one && dockerds.contains(&p) => {
+        ([one], Some(p)) if p != *one && (dockerds.contains(&p) || !activator(p)) => {
             id.unsure = Some(format!(
-                "the socket's creator is dockerd {}, but dockerd pid {one} holds {}",
+                "the socket's peer is {}, but dockerd pid {one} holds {}",
                 desc(p),
                 socket.display()
             ));
+            if !runtime.iter().any(|r| r.pid == p)
+                && let Some(r) = RuntimeProcess::read(proc_root, p)
+            {
+                id.runtime_processes.push(r);
+            }
             None
         }
         ([one], _) => {
@@ -334,11 +361,13 @@ pub fn daemon_settings(proc_root: &Path, pid: i32) -> DaemonSettings {
     let host_root = proc_root.join(pid.to_string()).join("root");
     let config_file = flag_value(&args, "--config-file", None)
         .unwrap_or_else(|| "/etc/docker/daemon.json".into());
-    let config: serde_json::Value =
-        std::fs::read(host_root.join(config_file.trim_start_matches('/')))
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default();
+    let config: serde_json::Value = std::fs::read(crate::runtime::docker::on_host(
+        &host_root,
+        Path::new(&config_file),
+    ))
+    .ok()
+    .and_then(|b| serde_json::from_slice(&b).ok())
+    .unwrap_or_default();
     let data_root = flag_value(&args, "--data-root", None)
         .or_else(|| flag_value(&args, "--graph", Some("-g")))
         .filter(|r| !r.is_empty())

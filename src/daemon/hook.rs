@@ -1,0 +1,189 @@
+//! The preStop hook's server side: a world-connectable unix socket where a pod asks the
+//! agent to release its own container's copies. The caller is identified by the kernel and
+//! the runtime's records together (see [`crate::runtime::caller`]), never by its request.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tracing::info_span;
+
+use super::agent::Agent;
+use crate::engine::release;
+use crate::runtime::docker::{self, Docker, DockerOptions};
+
+/// The hook protocol: one JSON request line, one JSON reply line.
+#[derive(serde::Deserialize)]
+struct HookRequest {
+    op: String,
+    #[serde(default)]
+    container: Option<String>,
+}
+
+/// A hook request is one JSON line; anything longer or slower is refused.
+const HOOK_REQUEST_MAX: u64 = 4096;
+const HOOK_READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub(super) async fn serve(agent: Arc<Agent>, listener: tokio::net::UnixListener) {
+    let mut backoff = crate::daemon::AcceptBackoff::default();
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => {
+                backoff.succeeded();
+                stream
+            }
+            Err(e) => {
+                agent.warn_limited("hook socket accept failed; backing off", &e.to_string());
+                tokio::time::sleep(backoff.failed()).await;
+                continue;
+            }
+        };
+        // World-connectable: a bounded number of requests at once; past it, closed.
+        let Ok(permit) = agent.hook_slots.clone().try_acquire_owned() else {
+            agent.warn_limited("hook request refused: too many at once", "");
+            continue;
+        };
+        let accepted_at = crate::runtime::caller::boot_ticks(&agent.config.base.proc_root);
+        let agent = agent.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let peer = stream.peer_cred().ok().and_then(|c| c.pid());
+            let (read, mut write) = stream.into_split();
+            let mut line = String::new();
+            // One short line, soon: the socket is world-connectable.
+            let mut reader = BufReader::new(read.take(HOOK_REQUEST_MAX));
+            match tokio::time::timeout(HOOK_READ_TIMEOUT, reader.read_line(&mut line)).await {
+                Ok(Ok(_)) if line.ends_with('\n') => {}
+                _ => {
+                    let _ = write
+                        .write_all(
+                            b"{\"ok\":false,\"error\":\"no request line within 4 KiB and 5 s\"}\n",
+                        )
+                        .await;
+                    return;
+                }
+            }
+            let a = agent.clone();
+            let reply = tokio::task::spawn_blocking(move || hook(&a, peer, accepted_at, &line))
+                .await
+                .unwrap_or_else(|e| serde_json::json!({"ok": false, "error": e.to_string()}));
+            let _ = write.write_all(format!("{reply}\n").as_bytes()).await;
+        });
+    }
+}
+
+/// The container `pid` is a process of, as the kernel and the runtime's records say
+/// together (see [`crate::runtime::caller`]): the cgroup names only which containers to check.
+fn caller_container(
+    proc_root: &Path,
+    docker: &Docker,
+    pid: i32,
+    accepted_at: Option<u64>,
+) -> Result<docker::Container, String> {
+    let facts = crate::runtime::caller::facts(proc_root, pid)
+        .ok_or_else(|| crate::runtime::caller::CallerError::Gone(pid).to_string())?;
+    // The pid is the connector's only if that process existed when it connected.
+    if accepted_at.is_some_and(|t| facts.start > t + 1) {
+        return Err(crate::runtime::caller::CallerError::Replaced(pid).to_string());
+    }
+    let candidates = crate::runtime::caller::candidate_ids(&facts.cgroup);
+    let mut why = crate::runtime::caller::CallerError::NoContainer {
+        pid,
+        cgroup: facts.cgroup.trim().replace('\n', " "),
+    }
+    .to_string();
+    for id in candidates {
+        let Some(c) = docker
+            .resolve(std::slice::from_ref(&id))
+            .ok()
+            .and_then(|v| v.into_iter().next())
+        else {
+            why = format!(
+                "caller pid {pid}: its cgroup names container {id}, which the runtime does not know"
+            );
+            continue;
+        };
+        match crate::runtime::caller::verify(proc_root, &facts, &c.name, &c.id, c.pid) {
+            Ok(()) => {
+                crate::runtime::caller::still_the_same(proc_root, &facts)
+                    .map_err(|e| e.to_string())?;
+                return Ok(c);
+            }
+            Err(e) => why = e.to_string(),
+        }
+    }
+    Err(why)
+}
+
+fn hook(
+    agent: &Agent,
+    peer: Option<i32>,
+    accepted_at: Option<u64>,
+    line: &str,
+) -> serde_json::Value {
+    let refuse = |msg: String| {
+        agent.warn_limited("hook request refused", &format!("peer {peer:?}: {msg}"));
+        serde_json::json!({"ok": false, "error": crate::daemon::clip(&msg, 1024)})
+    };
+    let req: HookRequest = match serde_json::from_str(line) {
+        Ok(r) => r,
+        Err(e) => return refuse(format!("malformed hook request: {e}")),
+    };
+    if req.op != "pre-stop" {
+        return refuse(format!("unknown hook operation {:?}", req.op));
+    }
+    let Some(pid) = peer else {
+        return refuse("no peer credentials on the hook socket".into());
+    };
+    let offline = DockerOptions {
+        offline: true,
+        ..agent.config.docker.clone()
+    };
+    let docker = match Docker::connect(&offline) {
+        Ok(d) => d,
+        Err(e) => return refuse(e.to_string()),
+    };
+    let container = match caller_container(&agent.config.base.proc_root, &docker, pid, accepted_at)
+    {
+        Ok(c) => c,
+        Err(e) => return refuse(e),
+    };
+    // The caller may name its own container or a sibling in the same Kubernetes pod.
+    let container = match &req.container {
+        None => container,
+        Some(asked) => {
+            let target = docker
+                .resolve(std::slice::from_ref(asked))
+                .ok()
+                .and_then(|c| c.into_iter().next());
+            let same_pod =
+                |t: &docker::Container| t.pod_uid.is_some() && t.pod_uid == container.pod_uid;
+            match target {
+                Some(t) if t.id == container.id || same_pod(&t) => t,
+                _ => {
+                    return refuse(format!(
+                        "container {asked:?} is not the caller's ({} {}) nor in its pod: a pod may release only its own containers",
+                        container.name,
+                        crate::runtime::docker::short_id(&container.id)
+                    ));
+                }
+            }
+        }
+    };
+    let span = info_span!("agent", trigger = "hook pre-stop", container = %container.name);
+    let _g = span.enter();
+    let started = Instant::now();
+    let req = docker::container_request(&agent.config.base, &docker.daemon, &container);
+    let scope = docker::release_scope(&docker.daemon, &container, false);
+    match release::run(&req, scope, false) {
+        Ok(rel) => {
+            agent.metrics.count(&rel.results, started.elapsed());
+            let mut doc = crate::report::release_json(&rel);
+            doc["ok"] = serde_json::json!(true);
+            doc["container"] = serde_json::json!({"id": container.id, "name": container.name});
+            doc
+        }
+        Err(e) => refuse(e.to_string()),
+    }
+}

@@ -1,0 +1,316 @@
+//! Releasing holders: plan which copies to unmount, then unmount them in their namespaces.
+//!
+//! The plan says, per namespace and children first, what happens to each holder and why.
+//! Execution enters each namespace through the descriptor held since the scan, re-opens the
+//! mount point without following symlinks, checks that the mount found there is the very
+//! mount scanned (mount id and device), and only then unmounts it through that descriptor.
+//! Each unmount is an audit event (`target: "mntreap::audit"`).
+
+use std::collections::HashSet;
+use std::os::fd::AsFd;
+
+use crate::engine::nsexec::{self};
+use crate::engine::scan::{Holder, Pin, Scan};
+use crate::engine::sys;
+
+mod execute;
+mod plan;
+
+pub use execute::execute;
+pub use plan::plan;
+
+/// Which holders a release may touch.
+#[derive(Debug, Clone, Default)]
+pub struct Scope {
+    /// Release in every namespace, protected ones included.
+    pub everywhere: bool,
+    /// Namespaces (by inode) whose copies are the runtime's own view and stay, with the
+    /// reason shown. `None`: mntreap's own namespace.
+    pub protected: Option<Vec<(u64, String)>>,
+}
+
+impl Scope {
+    /// Why a namespace's copies stay, if they do.
+    pub fn protects(&self, scan: &Scan, ns: usize) -> Option<String> {
+        if self.everywhere {
+            return None;
+        }
+        let n = &scan.namespaces[ns].ns;
+        match &self.protected {
+            None => n.own.then(|| {
+                "mntreap's own namespace (the host's view); use --everywhere to include it"
+                    .to_string()
+            }),
+            Some(list) => list
+                .iter()
+                .find(|(inode, _)| *inode == n.inode)
+                .map(|(_, why)| why.clone()),
+        }
+    }
+}
+
+/// What the plan does with one holder.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Step {
+    /// Unmount: nothing known uses it.
+    Unmount,
+    /// Unmount, but these processes use it (cwd, executable, open files): the mount leaves
+    /// the namespace and the filesystem stays alive until they let go.
+    Detach { pins: Vec<Pin> },
+    /// Leave it: the reason says why.
+    Keep { reason: String },
+}
+
+/// One holder's planned step.
+#[derive(Debug, Clone)]
+pub struct Action {
+    /// Index into [`Scan::holders`].
+    pub holder: usize,
+    pub step: Step,
+}
+
+/// The actions for one namespace, children before parents.
+#[derive(Debug, Clone)]
+pub struct NamespacePlan {
+    /// Index into [`Scan::namespaces`].
+    pub ns: usize,
+    pub actions: Vec<Action>,
+}
+
+/// What happened to one holder.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "result", rename_all = "kebab-case")]
+pub enum Outcome {
+    Unmounted,
+    /// Removed from the namespace; these processes still keep the filesystem alive.
+    Detached {
+        pins: Vec<Pin>,
+    },
+    Kept {
+        reason: String,
+    },
+    /// Already gone when we came to it.
+    Gone,
+    Failed {
+        error: String,
+    },
+    /// `--dry-run`: what would be done.
+    WouldUnmount,
+    WouldDetach {
+        pins: Vec<Pin>,
+    },
+}
+
+/// A holder's outcome.
+#[derive(Debug, Clone)]
+pub struct ActionResult {
+    pub holder: usize,
+    pub outcome: Outcome,
+}
+
+/// A whole release: the scan it acted on, the plan, what happened, and what is left.
+#[derive(Debug)]
+pub struct Release {
+    pub scan: Scan,
+    pub plans: Vec<NamespacePlan>,
+    pub results: Vec<ActionResult>,
+    /// `(namespace index, mount id)` of the scanned holders still mounted after acting;
+    /// `None` for a dry run.
+    pub still_mounted: Option<HashSet<(usize, u64)>>,
+    /// What the re-check noticed (namespaces whose processes are all gone).
+    pub notes: Vec<String>,
+    pub dry_run: bool,
+    pub scope: Scope,
+}
+
+impl Release {
+    /// Holders that are still there and in scope (foreign ones; all with `--everywhere`).
+    pub fn remaining(&self) -> Vec<&Holder> {
+        self.scan
+            .holders
+            .iter()
+            .filter(|h| self.scope.protects(&self.scan, h.ns).is_none())
+            .filter(|h| {
+                self.still_mounted
+                    .as_ref()
+                    .is_none_or(|s| s.contains(&(h.ns, h.mount.id)))
+            })
+            .collect()
+    }
+
+    /// How many copies were removed from their namespaces (unmounted or detached).
+    pub fn released(&self) -> usize {
+        self.results
+            .iter()
+            .filter(|r| matches!(r.outcome, Outcome::Unmounted | Outcome::Detached { .. }))
+            .count()
+    }
+
+    /// Whether a detached filesystem is still kept alive by processes.
+    pub fn still_pinned(&self) -> bool {
+        self.results
+            .iter()
+            .any(|r| matches!(&r.outcome, Outcome::Detached { .. }))
+    }
+}
+
+/// Scans, plans and releases `request`'s targets within `scope`, then re-checks.
+pub fn run(
+    request: &crate::engine::scan::ScanRequest,
+    scope: Scope,
+    dry_run: bool,
+) -> Result<Release, crate::engine::scan::ScanError> {
+    let scan = crate::engine::scan::scan(request)?;
+    run_on(scan, request, scope, dry_run)
+}
+
+/// Like [`run`], on a scan already made (its namespace descriptors are still held).
+pub fn run_on(
+    scan: Scan,
+    request: &crate::engine::scan::ScanRequest,
+    scope: Scope,
+    dry_run: bool,
+) -> Result<Release, crate::engine::scan::ScanError> {
+    let started = std::time::Instant::now();
+    let plans = plan(&scan, scope.clone());
+    let planned = started.elapsed();
+    let results = execute(&scan, &plans, &request.proc_root, dry_run)?;
+    let executed = started.elapsed();
+    let (still_mounted, notes) = if dry_run {
+        (None, Vec::new())
+    } else {
+        match recheck(&scan, &plans, request) {
+            Ok((still, notes)) => (Some(still), notes),
+            // The unmounts are done: report them. What remains is then what the actions
+            // did not remove, as they themselves saw it.
+            Err(e) => (
+                Some(not_removed_ids(&scan, &results)),
+                vec![format!(
+                    "the re-check after the release could not run ({e}): what remains is \
+                     what the actions did not remove"
+                )],
+            ),
+        }
+    };
+    tracing::debug!(
+        plan_ms = planned.as_secs_f64() * 1e3,
+        execute_ms = (executed - planned).as_secs_f64() * 1e3,
+        recheck_ms = (started.elapsed() - executed).as_secs_f64() * 1e3,
+        "release done"
+    );
+    Ok(Release {
+        scan,
+        plans,
+        results,
+        still_mounted,
+        notes,
+        dry_run,
+        scope,
+    })
+}
+
+/// `(namespace index, mount id)` pairs.
+type MountSet = HashSet<(usize, u64)>;
+
+/// Holders the actions did not remove from their namespace, by (namespace, mount id).
+fn not_removed_ids(scan: &Scan, results: &[ActionResult]) -> MountSet {
+    results
+        .iter()
+        .filter(|r| {
+            !matches!(
+                r.outcome,
+                Outcome::Unmounted | Outcome::Detached { .. } | Outcome::Gone
+            )
+        })
+        .map(|r| {
+            let h = &scan.holders[r.holder];
+            (h.ns, h.mount.id)
+        })
+        .collect()
+}
+
+/// Re-reads the namespaces that were acted in (one listmount, or one mountinfo read, each)
+/// and returns which scanned holders are still mounted. Holders in namespaces left alone
+/// are still there by definition.
+fn recheck(
+    scan: &Scan,
+    plans: &[NamespacePlan],
+    request: &crate::engine::scan::ScanRequest,
+) -> Result<(MountSet, Vec<String>), nsexec::NsError> {
+    let acted: Vec<usize> = plans
+        .iter()
+        .filter(|p| {
+            p.actions
+                .iter()
+                .any(|a| !matches!(a.step, Step::Keep { .. }))
+        })
+        .map(|p| p.ns)
+        .collect();
+    let present = nsexec::map_with_workers(
+        &request.proc_root,
+        request.threads,
+        &acted,
+        |worker, &ns| -> Option<HashSet<u64>> {
+            let scanned = &scan.namespaces[ns];
+            let table = scanned.table.as_ref()?;
+            match table.ns_id {
+                // listmount: the 64-bit ids never repeat, so presence is exact.
+                Some(ns_id) => {
+                    let unique: HashSet<u64> =
+                        sys::listmount_all(ns_id).ok()?.into_iter().collect();
+                    Some(
+                        scan.holders
+                            .iter()
+                            .filter(|h| h.ns == ns)
+                            .filter(|h| h.mount.unique_id.is_some_and(|u| unique.contains(&u)))
+                            .map(|h| h.mount.id)
+                            .collect(),
+                    )
+                }
+                None => {
+                    worker.enter(scanned.ns.fd.as_fd(), scanned.ns.inode).ok()?;
+                    let now =
+                        crate::engine::mountinfo::parse(worker.read_mountinfo().ok()?).ok()?;
+                    Some(
+                        now.mounts
+                            .iter()
+                            .filter(|m| {
+                                scan.holders.iter().any(|h| {
+                                    h.ns == ns && h.mount.id == m.id && h.mount.dev == m.dev
+                                })
+                            })
+                            .map(|m| m.id)
+                            .collect(),
+                    )
+                }
+            }
+        },
+    )?;
+    let mut still: HashSet<(usize, u64)> = scan
+        .holders
+        .iter()
+        .filter(|h| !acted.contains(&h.ns))
+        .map(|h| (h.ns, h.mount.id))
+        .collect();
+    let mut notes = Vec::new();
+    for (&ns, ids) in acted.iter().zip(present) {
+        let inode = scan.namespaces[ns].ns.inode;
+        match ids {
+            Some(ids) => still.extend(ids.into_iter().map(|id| (ns, id))),
+            None => notes.push(format!(
+                "mount namespace {inode} could not be re-read after the release"
+            )),
+        }
+        let alive = scan.namespaces[ns].ns.pids.iter().any(|&pid| {
+            crate::engine::namespace::mnt_ns_inode(&request.proc_root, pid) == Some(inode)
+        });
+        if !alive {
+            notes.push(format!(
+                "mount namespace {inode} has no process left (its last one exited after the \
+                 scan); it goes away with its mounts when mntreap lets go of it"
+            ));
+        }
+    }
+    Ok((still, notes))
+}

@@ -1,0 +1,141 @@
+//! Classification: which holders are a namespace's root, contain a process's root, or are
+//! kept busy by processes (cwd, executable, open files).
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+
+use super::{InUse, Pin, Scan};
+use crate::engine::namespace::{self, MountRef, Process};
+use crate::engine::table::{IdMap, MountTable};
+
+/// Reads member processes of holder namespaces and marks holders that are a namespace's
+/// root, contain a process's root, or contain a process's working directory.
+pub(super) fn classify(scan: &mut Scan, proc_root: &Path, threads: usize) {
+    let holder_ns: HashSet<usize> = scan.holders.iter().map(|h| h.ns).collect();
+    let members: Vec<(usize, i32)> = holder_ns
+        .iter()
+        .flat_map(|&ns| {
+            scan.namespaces[ns]
+                .ns
+                .pids
+                .iter()
+                .map(move |&pid| (ns, pid))
+        })
+        .collect();
+    // A few syscalls per process, but thousands of processes on a busy node: in parallel.
+    let threads = threads.clamp(1, members.len().max(1));
+    let details: Vec<Option<Process>> = std::thread::scope(|scope| {
+        let chunk = members.len().div_ceil(threads).max(1);
+        let handles: Vec<_> = members
+            .chunks(chunk)
+            .map(|part| {
+                scope.spawn(move || {
+                    part.iter()
+                        .map(|&(_, pid)| namespace::process(proc_root, pid))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_default())
+            .collect()
+    });
+    for (&(ns, pid), detail) in members.iter().zip(details) {
+        let scanned = &mut scan.namespaces[ns];
+        match detail {
+            Some(p) => scanned.processes.push(p),
+            None => scan.notes.push(format!(
+                "pid {pid} of mount namespace {} exited during the scan",
+                scanned.ns.inode
+            )),
+        }
+    }
+    for &ns in &holder_ns {
+        let scanned = &scan.namespaces[ns];
+        if scanned.processes.is_empty() && !scanned.ns.own {
+            scan.notes.push(format!(
+                "mount namespace {} has no live process any more; mntreap holds it open \
+                 until it exits",
+                scanned.ns.inode
+            ));
+        }
+    }
+
+    // Per namespace: mount id -> processes whose root is in / that use that mount's subtree.
+    let mut root_pins: HashMap<(usize, u64), Vec<i32>> = HashMap::new();
+    let mut ns_sorted: Vec<usize> = holder_ns.into_iter().collect();
+    ns_sorted.sort_unstable();
+    let mut use_pins: HashMap<(usize, u64), Vec<Pin>> = HashMap::new();
+    let mut ns_roots: HashSet<(usize, u64)> = HashSet::new();
+    for &ns in &ns_sorted {
+        let scanned = &scan.namespaces[ns];
+        let Some(table) = scanned.table.as_ref() else {
+            continue;
+        };
+        let index = table.index();
+        if let Some(r) = table.root_mount(&index) {
+            ns_roots.insert((ns, table.mounts[r].id));
+        }
+        for p in &scanned.processes {
+            if let Some(root) = p.root {
+                for id in containing_mounts(table, &index, root) {
+                    root_pins.entry((ns, id)).or_default().push(p.pid);
+                }
+            }
+            for &(via, used) in &p.uses {
+                for id in containing_mounts(table, &index, used) {
+                    use_pins
+                        .entry((ns, id))
+                        .or_default()
+                        .push(Pin { pid: p.pid, via });
+                }
+            }
+        }
+    }
+    for h in &mut scan.holders {
+        let key = (h.ns, h.mount.id);
+        if ns_roots.contains(&key) {
+            h.in_use = Some(InUse::NamespaceRoot);
+        } else if let Some(pids) = root_pins.get(&key) {
+            h.in_use = Some(InUse::ProcessRoot { pids: dedup(pids) });
+        }
+        if let Some(pins) = use_pins.get(&key) {
+            let mut pins = pins.clone();
+            pins.sort_unstable();
+            pins.dedup();
+            h.pins = pins;
+        }
+    }
+}
+
+/// The mount a process refers to and all its ancestors (they all contain it). Without a
+/// mount id (kernel < 5.8) every mount of the same filesystem counts: conservative.
+fn containing_mounts(table: &MountTable, index: &IdMap<usize>, what: MountRef) -> Vec<u64> {
+    let Some(id) = what.id else {
+        return table
+            .mounts
+            .iter()
+            .filter(|m| Some(m.dev) == what.dev)
+            .map(|m| m.id)
+            .collect();
+    };
+    let mut ids = Vec::new();
+    let mut at = index.get(&id).copied();
+    while let Some(i) = at {
+        let m = &table.mounts[i];
+        ids.push(m.id);
+        at = index
+            .get(&m.parent_id)
+            .copied()
+            .filter(|&q| q != i && ids.len() <= table.mounts.len());
+    }
+    ids
+}
+
+fn dedup(pids: &[i32]) -> Vec<i32> {
+    let mut v = pids.to_vec();
+    v.sort_unstable();
+    v.dedup();
+    v
+}

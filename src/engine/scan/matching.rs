@@ -1,0 +1,256 @@
+//! Matching: which mounts of which namespaces hold the targets (path, identity from
+//! trusted views only, inside-copy).
+
+use std::collections::HashSet;
+
+use tracing::debug;
+
+use super::{Holder, Match, Scan, target_bytes, under_any};
+use crate::engine::source;
+use crate::engine::table::path_is_under;
+
+type Identity = ((u32, u32), Vec<u8>);
+
+/// Fills `scan.holders` with every path, identity and inside-copy match.
+pub(super) fn match_holders(scan: &mut Scan) {
+    let targets = target_bytes(&scan.targets);
+    // Every mount of a seed's superblock, anywhere, needs its strings: they decide both
+    // the identity matches and whether identity may be used at all.
+    let seed_devs: HashSet<(u32, u32)> = if scan.paths_only {
+        HashSet::new()
+    } else {
+        scan.namespaces
+            .iter()
+            .filter_map(|n| {
+                let table = n.table.as_ref()?;
+                Some(n.seeds.iter().map(move |&i| table.mounts[i].dev))
+            })
+            .flatten()
+            .collect()
+    };
+    for n in &mut scan.namespaces {
+        if let Some(table) = n.table.as_mut() {
+            let same_dev: Vec<usize> = (0..table.mounts.len())
+                .filter(|&i| seed_devs.contains(&table.mounts[i].dev))
+                .collect();
+            source::hydrate(table, same_dev);
+        }
+    }
+
+    // Identities whose copies elsewhere are the same layer, not a shared host filesystem.
+    // Seeded only from trusted views: mntreap's own namespace and the established
+    // runtime's (when the host's user namespace owns it), plus overlays that carry the
+    // layer's signature from the runtime's records. Any other namespace may have been
+    // set up by someone else (an unprivileged user in its own user namespace, a setuid
+    // sandbox helper binding what its user asks for): its mounts hold that path, and say
+    // nothing about what the target is.
+    let mut identities: HashSet<Identity> = HashSet::new();
+    let mut refused: HashSet<Identity> = HashSet::new();
+    for n in &scan.namespaces {
+        let Some(table) = n.table.as_ref() else {
+            continue;
+        };
+        let trusted =
+            n.ns.own || (n.ns.host_userns && scan.trusted_namespaces.contains(&n.ns.inode));
+        for &i in &n.seeds {
+            let seed = &table.mounts[i];
+            // Signatures were only read where the host's user namespace owns the table.
+            if !trusted && seed.layer_signature.is_none() {
+                continue;
+            }
+            let key = (seed.dev, table.root(seed).to_vec());
+            if identities.contains(&key) || refused.contains(&key) {
+                continue;
+            }
+            match broader_mount_elsewhere(scan, &targets, key.0, &key.1) {
+                None => {
+                    identities.insert(key);
+                }
+                Some(why) => {
+                    debug!(note = %why, "identity matching limited");
+                    scan.detail_notes.push(why);
+                    refused.insert(key);
+                }
+            }
+        }
+    }
+
+    for ns in 0..scan.namespaces.len() {
+        let scanned = &scan.namespaces[ns];
+        let Some(table) = scanned.table.as_ref() else {
+            continue;
+        };
+        let mut matched: Vec<Option<Match>> = vec![None; table.mounts.len()];
+        for &i in &scanned.seeds {
+            // Seeds found by their overlay signature elsewhere are copies, not path matches.
+            matched[i] = Some(
+                if under_any(table.mount_point(&table.mounts[i]), &targets) {
+                    Match::Path
+                } else {
+                    Match::Identity
+                },
+            );
+        }
+        let mut index = None;
+        for (i, m) in table.mounts.iter().enumerate() {
+            if matched[i].is_some() || !m.has_strings || !seed_devs.contains(&m.dev) {
+                continue;
+            }
+            let key = (m.dev, table.root(m).to_vec());
+            if identities.contains(&key) {
+                matched[i] = Some(Match::Identity);
+            } else if refused.contains(&key) {
+                // A container running on the layer: always kept, but worth reporting.
+                let index = index.get_or_insert_with(|| table.index());
+                if table.root_mount(index) == Some(i) {
+                    matched[i] = Some(Match::Identity);
+                }
+            }
+        }
+        if matched.iter().all(Option::is_none) {
+            continue;
+        }
+        let index = index.unwrap_or_else(|| table.index());
+        let ns_root = table.root_mount(&index);
+        // Whatever is mounted inside a matched copy must go first: close over children.
+        // Not below a namespace's root mount, though: that copy is a container's rootfs,
+        // never released, and everything in its namespace is "inside" it. The kernel lists
+        // parents before children, but a later mount can land on an earlier parent, so
+        // iterate to a fixed point.
+        loop {
+            let mut changed = false;
+            for i in 0..table.mounts.len() {
+                if matched[i].is_none()
+                    && index
+                        .get(&table.mounts[i].parent_id)
+                        .is_some_and(|&p| p != i && matched[p].is_some() && Some(p) != ns_root)
+                {
+                    matched[i] = Some(Match::InsideCopy);
+                    changed = true;
+                }
+            }
+            if !changed {
+                break;
+            }
+        }
+        let picked: Vec<usize> = (0..matched.len())
+            .filter(|&i| matched[i].is_some())
+            .collect();
+        let table = scan.namespaces[ns].table.as_mut().expect("checked above");
+        // Inside-copy mounts and the parents of holders may still lack their strings.
+        let parents: Vec<usize> = picked
+            .iter()
+            .filter_map(|&i| index.get(&table.mounts[i].parent_id).copied())
+            .collect();
+        source::hydrate(table, picked.iter().copied().chain(parents));
+        let mut unreachable = 0;
+        for i in picked {
+            let m = &table.mounts[i];
+            // listmount also lists mounts no path of the namespace reaches (left under a
+            // root that systemd moved away from for a PrivateTmp service): statmount gives
+            // them no mount point. mountinfo does not list them, nothing can unmount them
+            // by path, and they go when the mount they were copied from goes.
+            if table.mount_point(m).is_empty() {
+                unreachable += 1;
+                continue;
+            }
+            scan.holders.push(Holder {
+                ns,
+                mount: *m,
+                mount_point: table.mount_point(m).to_vec(),
+                root: table.root(m).to_vec(),
+                fs_type: String::from_utf8_lossy(table.str(m.fs_type)).into_owned(),
+                source: table.str(m.source).to_vec(),
+                matched: matched[i].expect("picked"),
+                parent: index.get(&m.parent_id).map(|&p| table.mounts[p]),
+                depth: table.depth(&index, i),
+                in_use: None,
+                pins: Vec::new(),
+            });
+        }
+        if unreachable > 0 {
+            scan.detail_notes.push(format!(
+                "{unreachable} cop{} in mount namespace {} not reachable by any path there \
+                 (under a root moved away from): not listed, as with the mountinfo backend",
+                if unreachable == 1 { "y" } else { "ies" },
+                scan.namespaces[ns].ns.inode
+            ));
+        }
+    }
+}
+
+/// Reads the strings the propagation check of a release needs: for holders whose parent
+/// is shared, every member and slave of that peer group and their children.
+pub(super) fn hydrate_propagation_context(scan: &mut Scan) {
+    let groups: HashSet<u64> = scan
+        .holders
+        .iter()
+        .filter_map(|h| h.parent?.peer_group)
+        .collect();
+    if groups.is_empty() {
+        return;
+    }
+    for n in &mut scan.namespaces {
+        let Some(table) = n.table.as_mut() else {
+            continue;
+        };
+        let related: HashSet<u64> = table
+            .mounts
+            .iter()
+            .filter(|m| {
+                m.peer_group.is_some_and(|g| groups.contains(&g))
+                    || m.master.is_some_and(|g| groups.contains(&g))
+            })
+            .map(|m| m.id)
+            .collect();
+        let wanted: Vec<usize> = (0..table.mounts.len())
+            .filter(|&i| {
+                let m = &table.mounts[i];
+                related.contains(&m.id) || related.contains(&m.parent_id)
+            })
+            .collect();
+        source::hydrate(table, wanted);
+    }
+}
+
+/// Why copies of `(dev, root)` at other paths must not count as the target, if they must
+/// not: the same filesystem is mounted outside the targets with a broader root (a bind of
+/// `/var` from the root filesystem), or with the same root as some namespace's root mount
+/// (a bind of a host's or container's `/`). Then "same superblock and root" no longer
+/// means "the same layer" but "the same system filesystem".
+fn broader_mount_elsewhere(
+    scan: &Scan,
+    targets: &[Vec<u8>],
+    dev: (u32, u32),
+    root: &[u8],
+) -> Option<String> {
+    for n in &scan.namespaces {
+        let Some(table) = n.table.as_ref() else {
+            continue;
+        };
+        let mut ns_root = None;
+        for (i, m) in table.mounts.iter().enumerate() {
+            if m.dev != dev || !m.has_strings || under_any(table.mount_point(m), targets) {
+                continue;
+            }
+            let other_root = table.root(m);
+            let broader = path_is_under(root, other_root) && other_root != root;
+            let same_as_ns_root = other_root == root
+                && *ns_root.get_or_insert_with(|| table.root_mount(&table.index())) == Some(i);
+            if broader || same_as_ns_root {
+                return Some(format!(
+                    "copies of {}:{} {} at other paths were not searched: that filesystem is \
+                     also mounted at {} (root {}) in mount namespace {}, so it is not private \
+                     to the target",
+                    dev.0,
+                    dev.1,
+                    crate::engine::mountinfo::encode(root),
+                    crate::engine::mountinfo::encode(table.mount_point(m)),
+                    crate::engine::mountinfo::encode(other_root),
+                    n.ns.inode,
+                ));
+            }
+        }
+    }
+    None
+}

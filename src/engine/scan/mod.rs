@@ -1,0 +1,265 @@
+//! Which mounts, in which namespaces, hold a target: the matching rules.
+//!
+//! A mount *holds* a target path `P` when, in some namespace:
+//! - its mount point is `P` or lies below `P` (by whole components: `<id>` never matches
+//!   `<id>-init` or `<id>0`), a **path** match; or
+//! - it is a copy of such a mount at another path: same superblock (`major:minor`) and same
+//!   root within it, an **identity** match (an agent's `/host/var/lib/docker/...`, a bind
+//!   into a chroot); or
+//! - it is mounted inside such a copy, **inside-copy** (it must go before the copy can).
+//!
+//! Identity only says "same mount" for filesystems private to the targets: when the
+//! superblock is also mounted, with a root at or above the seed's, outside the targets (a
+//! bind of `/var` from the root filesystem), copies elsewhere are not the layer but the
+//! host's own filesystem, so they are not matched and the report says so.
+
+use std::path::PathBuf;
+
+use tracing::{debug, info_span};
+
+use crate::engine::namespace::{self, Namespace, PinVia, Process};
+use crate::engine::nsexec;
+use crate::engine::source::{self, Backend};
+use crate::engine::table::{Mount, MountTable, path_is_under};
+
+mod classify;
+mod matching;
+#[cfg(test)]
+mod tests;
+
+use classify::classify;
+use matching::{hydrate_propagation_context, match_holders};
+
+/// A process that keeps a holder busy, and how.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+pub struct Pin {
+    pub pid: i32,
+    pub via: PinVia,
+}
+
+/// How a holder matched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Match {
+    Path,
+    Identity,
+    InsideCopy,
+}
+
+/// Why a holder must not simply be unmounted.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum InUse {
+    /// The mount is its namespace's root (a container's rootfs after pivot_root).
+    NamespaceRoot,
+    /// The root directory of these processes is in it or below it (a container, a chroot).
+    ProcessRoot { pids: Vec<i32> },
+}
+
+/// One mount of one namespace that holds a target.
+#[derive(Debug, Clone)]
+pub struct Holder {
+    /// Index into [`Scan::namespaces`].
+    pub ns: usize,
+    pub mount: Mount,
+    pub mount_point: Vec<u8>,
+    pub root: Vec<u8>,
+    pub fs_type: String,
+    pub source: Vec<u8>,
+    pub matched: Match,
+    pub parent: Option<Mount>,
+    pub depth: u32,
+    pub in_use: Option<InUse>,
+    /// Processes that keep this mount (or one below it) busy, and how.
+    pub pins: Vec<Pin>,
+}
+
+/// A namespace as scanned.
+#[derive(Debug)]
+pub struct ScannedNamespace {
+    pub ns: Namespace,
+    pub table: Option<MountTable>,
+    /// Indices (into the table) of the mounts at or below a target.
+    pub seeds: Vec<usize>,
+    /// Member processes with details, filled for namespaces that hold a target.
+    pub processes: Vec<Process>,
+}
+
+/// The result of a scan: holders, and everything that was odd along the way.
+#[derive(Debug)]
+pub struct Scan {
+    pub backend: Backend,
+    pub targets: Vec<PathBuf>,
+    /// The overlay upperdirs searched for ([`ScanRequest::layer_signatures`]).
+    pub layer_signatures: Vec<PathBuf>,
+    /// Copies at other paths were not searched for (`--paths-only`).
+    pub paths_only: bool,
+    /// See [`ScanRequest::trusted_namespaces`].
+    pub trusted_namespaces: Vec<u64>,
+    pub namespaces: Vec<ScannedNamespace>,
+    pub holders: Vec<Holder>,
+    pub notes: Vec<String>,
+    /// Notes that every healthy node has (identity matching limited because a layer's
+    /// filesystem is also mounted at `/`): in JSON, and at debug level (`-v`), not in text.
+    pub detail_notes: Vec<String>,
+}
+
+impl Scan {
+    /// Every note, details included (for JSON).
+    pub fn all_notes(&self) -> Vec<&String> {
+        self.notes.iter().chain(&self.detail_notes).collect()
+    }
+}
+
+/// What to scan for, and how.
+#[derive(Debug, Clone)]
+pub struct ScanRequest {
+    pub targets: Vec<PathBuf>,
+    pub backend: Backend,
+    pub proc_root: PathBuf,
+    /// Worker threads reading namespaces in parallel.
+    pub threads: usize,
+    /// Match only mounts at or below the targets; do not search for copies elsewhere.
+    pub paths_only: bool,
+    /// Overlay `upperdir`s of the targeted layers: an overlay with one of them is that
+    /// layer wherever it is mounted, even when no namespace has it at its own path any more
+    /// (after dockerd's Put and rmdir, an agent's `/host/...` copy is all that is left).
+    pub layer_signatures: Vec<PathBuf>,
+    /// Mount namespaces (by inode) whose mounts at a target path say what the target *is*,
+    /// besides mntreap's own: the established runtime's (honoured only when the host's
+    /// user namespace owns it). Only these views (and the runtime's records, as
+    /// `layer_signatures`) seed identity matches; a mount at a target path in any other
+    /// namespace holds that path and nothing else, since whoever set that namespace up may
+    /// have put it there.
+    pub trusted_namespaces: Vec<u64>,
+}
+
+/// The default worker count: the machine's cores, at most 4.
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
+}
+
+/// A scan that could not run at all.
+#[derive(Debug, thiserror::Error)]
+pub enum ScanError {
+    #[error(transparent)]
+    Namespaces(#[from] namespace::NamespaceError),
+    #[error(transparent)]
+    Worker(#[from] nsexec::NsError),
+}
+
+/// Reads every namespace's table with the request's backend, on `request.threads`
+/// workers, and finds in each the mounts at or below the targets (the seeds).
+pub fn read_namespaces(
+    request: &ScanRequest,
+    notes: &mut Vec<String>,
+) -> Result<Vec<ScannedNamespace>, ScanError> {
+    let namespaces = namespace::enumerate(&request.proc_root)?;
+    let targets = target_bytes(&request.targets);
+    let signatures = target_bytes(&request.layer_signatures);
+    let backend = request.backend;
+    let targeted = request.paths_only && backend == Backend::Listmount;
+    let results = nsexec::map_with_workers(
+        &request.proc_root,
+        request.threads,
+        &namespaces,
+        |worker, ns| {
+            if targeted {
+                return source::read_targeted(worker, ns, &targets);
+            }
+            // An overlay's `upperdir` option is whatever its mounter wrote: only root on the
+            // host (CAP_SYS_ADMIN in mntreap's user namespace) can mount in a namespace that
+            // user namespace owns, so only there does the signature name the runtime's layer.
+            let signatures: &[Vec<u8>] = if ns.host_userns { &signatures } else { &[] };
+            let mut table = source::read_table(backend, worker, ns, signatures)?;
+            let mut seeds = source::mounts_under(worker, ns, &mut table, &targets)?;
+            let signed: Vec<usize> = (0..table.mounts.len())
+                .filter(|&i| table.mounts[i].layer_signature.is_some() && !seeds.contains(&i))
+                .collect();
+            source::hydrate(&mut table, signed.iter().copied());
+            seeds.extend(signed);
+            Ok::<_, source::SourceError>((table, seeds))
+        },
+    )?;
+    Ok(namespaces
+        .into_iter()
+        .zip(results)
+        .map(|(ns, read)| {
+            let (table, seeds) = match read {
+                Ok((table, seeds)) => (Some(table), seeds),
+                Err(e) => {
+                    // A namespace whose last process exited mid-scan can no longer be read
+                    // by pid, and one we may not enter is not ours to touch: note it.
+                    notes.push(format!("skipped {e}"));
+                    (None, Vec::new())
+                }
+            };
+            ScannedNamespace {
+                ns,
+                table,
+                seeds,
+                processes: Vec::new(),
+            }
+        })
+        .collect())
+}
+
+/// Scans the host for every holder of the request's targets.
+pub fn scan(request: &ScanRequest) -> Result<Scan, ScanError> {
+    let span = info_span!("scan", targets = ?request.targets, backend = ?request.backend);
+    let _guard = span.enter();
+    let started = std::time::Instant::now();
+    let mut notes = Vec::new();
+    let namespaces = read_namespaces(request, &mut notes)?;
+    let read = started.elapsed();
+    let mut scan = Scan {
+        backend: request.backend,
+        targets: request.targets.clone(),
+        layer_signatures: request.layer_signatures.clone(),
+        paths_only: request.paths_only,
+        trusted_namespaces: request.trusted_namespaces.clone(),
+        namespaces,
+        holders: Vec::new(),
+        notes,
+        detail_notes: Vec::new(),
+    };
+    match_holders(&mut scan);
+    let matched = started.elapsed();
+    classify(&mut scan, &request.proc_root, request.threads);
+    hydrate_propagation_context(&mut scan);
+    debug!(
+        namespaces = scan.namespaces.len(),
+        holders = scan.holders.len(),
+        read_ms = read.as_secs_f64() * 1e3,
+        match_ms = (matched - read).as_secs_f64() * 1e3,
+        classify_ms = (started.elapsed() - matched).as_secs_f64() * 1e3,
+        "scan done"
+    );
+    Ok(scan)
+}
+
+fn under_any(point: &[u8], targets: &[Vec<u8>]) -> bool {
+    targets.iter().any(|t| path_is_under(point, t))
+}
+
+fn target_bytes(targets: &[PathBuf]) -> Vec<Vec<u8>> {
+    use std::os::unix::ffi::OsStrExt;
+    targets
+        .iter()
+        .map(|t| t.as_os_str().as_bytes().to_vec())
+        .collect()
+}
+
+impl Scan {
+    /// Holders in namespaces other than mntreap's own.
+    pub fn foreign_holders(&self) -> impl Iterator<Item = &Holder> {
+        self.holders
+            .iter()
+            .filter(|h| !self.namespaces[h.ns].ns.own)
+    }
+
+    /// The processes of a namespace, for reports.
+    pub fn processes(&self, ns: usize) -> &[Process] {
+        &self.namespaces[ns].processes
+    }
+}

@@ -1,0 +1,275 @@
+//! The safety rules of matching and planning, table-driven over plain data: mount tables
+//! written as mountinfo text, namespaces that are descriptors of `/dev/null`. No root, no
+//! real namespaces: what the end-to-end tests show on a real host, these show rule by rule.
+
+use std::path::PathBuf;
+
+use super::matching::match_holders;
+use super::*;
+use crate::engine::namespace::Namespace;
+use crate::engine::release::{self, Scope, Step};
+
+/// A namespace of the fixture: its inode, whether it is mntreap's own, whether the host's
+/// user namespace owns it, and its mount table as mountinfo.
+struct Ns(u64, bool, bool, &'static str);
+
+fn scan_of(targets: &[&str], trusted: &[u64], namespaces: &[Ns]) -> Scan {
+    let targets: Vec<PathBuf> = targets.iter().map(PathBuf::from).collect();
+    let target_bytes = target_bytes(&targets);
+    let namespaces = namespaces
+        .iter()
+        .map(|Ns(inode, own, host_userns, text)| {
+            let table = crate::engine::mountinfo::parse(text.as_bytes()).unwrap();
+            let seeds = (0..table.mounts.len())
+                .filter(|&i| under_any(table.mount_point(&table.mounts[i]), &target_bytes))
+                .collect();
+            ScannedNamespace {
+                ns: Namespace {
+                    inode: *inode,
+                    fd: std::fs::File::open("/dev/null").unwrap().into(),
+                    pid_used: 0,
+                    pids: Vec::new(),
+                    own: *own,
+                    host_userns: *host_userns,
+                },
+                table: Some(table),
+                seeds,
+                processes: Vec::new(),
+            }
+        })
+        .collect();
+    let mut scan = Scan {
+        backend: crate::engine::source::Backend::Mountinfo,
+        targets,
+        layer_signatures: Vec::new(),
+        paths_only: false,
+        trusted_namespaces: trusted.to_vec(),
+        namespaces,
+        holders: Vec::new(),
+        notes: Vec::new(),
+        detail_notes: Vec::new(),
+    };
+    match_holders(&mut scan);
+    scan
+}
+
+/// `(namespace inode, mount point, how)` of every holder, sorted.
+fn matched(scan: &Scan) -> Vec<(u64, String, Match)> {
+    let mut v: Vec<_> = scan
+        .holders
+        .iter()
+        .map(|h| {
+            (
+                scan.namespaces[h.ns].ns.inode,
+                String::from_utf8_lossy(&h.mount_point).into_owned(),
+                h.matched,
+            )
+        })
+        .collect();
+    v.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+    v
+}
+
+const T: &str = "/d/l/abc/merged";
+
+#[test]
+fn whole_components_only_prefix_decoys_never_match() {
+    let text = "1 0 254:0 / / rw - ext4 /dev/vda rw\n\
+                2 1 0:50 / /d/l/abc/merged rw - overlay overlay rw\n\
+                3 1 0:51 / /d/l/abc-init/merged rw - overlay overlay rw\n\
+                4 1 0:52 / /d/l/abc0/merged rw - tmpfs decoy rw\n\
+                5 1 0:53 / /d/l/abc/merged2 rw - tmpfs decoy rw\n";
+    let scan = scan_of(&[T], &[], &[Ns(10, false, true, text)]);
+    assert_eq!(matched(&scan), vec![(10, T.into(), Match::Path)]);
+}
+
+#[test]
+fn copies_at_other_paths_match_through_trusted_views_only() {
+    let own = "1 0 254:0 / / rw - ext4 /dev/vda rw\n\
+               2 1 0:50 / /d/l/abc/merged rw - overlay overlay rw\n";
+    let agent = "1 0 254:0 / / rw - ext4 /dev/vda rw\n\
+                 7 1 0:50 / /host/d/l/abc/merged rw - overlay overlay rw\n";
+    // An unprivileged user's namespace binds another filesystem at the target path.
+    let forger = "1 0 254:0 / / rw - ext4 /dev/vda rw\n\
+                  9 1 0:60 / /d/l/abc/merged rw - tmpfs precious rw\n";
+    let victim = "1 0 254:0 / / rw - ext4 /dev/vda rw\n\
+                  8 1 0:60 / /vol rw - tmpfs precious rw\n";
+    let namespaces = [
+        Ns(1, true, true, own),
+        Ns(2, false, true, agent),
+        Ns(3, false, false, forger),
+        Ns(4, false, true, victim),
+    ];
+    let scan = scan_of(&[T], &[], &namespaces);
+    assert_eq!(
+        matched(&scan),
+        vec![
+            (1, T.into(), Match::Path),
+            (2, "/host/d/l/abc/merged".into(), Match::Identity),
+            (3, T.into(), Match::Path),
+        ]
+    );
+    // The same bind in a namespace the host's user namespace owns (a setuid helper's):
+    // still no identity, only the own and the runtime's namespaces seed.
+    let mut namespaces = namespaces;
+    namespaces[2].2 = true;
+    let scan = scan_of(&[T], &[], &namespaces);
+    assert!(
+        !matched(&scan).iter().any(|(ns, ..)| *ns == 4),
+        "{:?}",
+        matched(&scan)
+    );
+    // The runtime's namespace seeds like mntreap's own, once it is established.
+    let runtime = "1 0 254:0 / / rw - ext4 /dev/vda rw\n\
+                   2 1 0:50 / /d/l/abc/merged rw - overlay overlay rw\n";
+    let scan = scan_of(
+        &[T],
+        &[5],
+        &[Ns(5, false, true, runtime), Ns(2, false, true, agent)],
+    );
+    assert!(matched(&scan).contains(&(2, "/host/d/l/abc/merged".into(), Match::Identity)));
+    let scan = scan_of(
+        &[T],
+        &[],
+        &[Ns(5, false, true, runtime), Ns(2, false, true, agent)],
+    );
+    assert!(!matched(&scan).iter().any(|(ns, ..)| *ns == 2));
+}
+
+#[test]
+fn a_filesystem_also_mounted_with_a_broader_root_is_no_identity() {
+    // The target is a bind of /data/x from the root filesystem, which is also at /.
+    let own = "1 0 8:1 / / rw - ext4 /dev/sda1 rw\n\
+               2 1 8:1 /data/x /d/l/abc/merged rw - ext4 /dev/sda1 rw\n";
+    let other = "1 0 8:1 / / rw - ext4 /dev/sda1 rw\n\
+                 3 1 8:1 /data/x /elsewhere rw - ext4 /dev/sda1 rw\n";
+    let scan = scan_of(
+        &[T],
+        &[],
+        &[Ns(1, true, true, own), Ns(2, false, true, other)],
+    );
+    assert_eq!(matched(&scan), vec![(1, T.into(), Match::Path)]);
+    assert!(
+        scan.detail_notes.iter().any(|n| n.contains("not private")),
+        "{:?}",
+        scan.detail_notes
+    );
+}
+
+#[test]
+fn mounts_inside_a_copy_go_with_it_but_not_inside_a_namespace_root() {
+    let own = "1 0 254:0 / / rw - ext4 /dev/vda rw\n\
+               2 1 0:50 / /d/l/abc/merged rw - overlay overlay rw\n";
+    let holder = "1 0 254:0 / / rw - ext4 /dev/vda rw\n\
+                  2 1 0:50 / /d/l/abc/merged rw - overlay overlay rw\n\
+                  3 2 0:70 / /d/l/abc/merged/proc rw - proc proc rw\n";
+    // A container running on the layer: its root is the layer, and everything in its
+    // namespace is "inside" it.
+    let container = "20 19 0:50 / / rw - overlay overlay rw\n\
+                     21 20 0:71 / /proc rw - proc proc rw\n";
+    let scan = scan_of(
+        &[T],
+        &[],
+        &[
+            Ns(1, true, true, own),
+            Ns(2, false, true, holder),
+            Ns(3, false, true, container),
+        ],
+    );
+    let m = matched(&scan);
+    assert!(m.contains(&(2, "/d/l/abc/merged/proc".into(), Match::Path)));
+    assert!(m.contains(&(3, "/".into(), Match::Identity)));
+    assert!(
+        !m.contains(&(3, "/proc".into(), Match::InsideCopy)),
+        "{m:?}"
+    );
+}
+
+/// The plan's steps as `(namespace inode, mount id, kept?)`.
+fn steps(scan: &Scan, scope: Scope) -> Vec<(u64, u64, bool)> {
+    let mut v: Vec<_> = release::plan(scan, scope)
+        .iter()
+        .flat_map(|p| p.actions.iter())
+        .map(|a| {
+            let h = &scan.holders[a.holder];
+            (
+                scan.namespaces[h.ns].ns.inode,
+                h.mount.id,
+                matches!(a.step, Step::Keep { .. }),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn planning_keeps_what_it_must() {
+    let own = "1 0 254:0 / / rw - ext4 /dev/vda rw\n\
+               2 1 0:50 / /d/l/abc/merged rw - overlay overlay rw\n";
+    let holder = "1 0 254:0 / / rw - ext4 /dev/vda rw\n\
+                  2 1 0:50 / /d/l/abc/merged rw - overlay overlay rw\n\
+                  3 2 0:70 / /d/l/abc/merged/sub rw - tmpfs t rw\n";
+    let mut scan = scan_of(
+        &[T],
+        &[],
+        &[Ns(1, true, true, own), Ns(2, false, true, holder)],
+    );
+    // mntreap's own namespace is kept by default; the foreign copy and its child go.
+    assert_eq!(
+        steps(&scan, Scope::default()),
+        vec![(1, 2, true), (2, 2, false), (2, 3, false)]
+    );
+    // A kept child keeps its parents: the child is some process's root.
+    let child = scan.holders.iter().position(|h| h.mount.id == 3).unwrap();
+    scan.holders[child].in_use = Some(InUse::ProcessRoot { pids: vec![42] });
+    assert_eq!(
+        steps(&scan, Scope::default()),
+        vec![(1, 2, true), (2, 2, true), (2, 3, true)]
+    );
+    // A protected namespace keeps its copies, --everywhere releases them.
+    scan.holders[child].in_use = None;
+    let protect = Scope {
+        everywhere: false,
+        protected: Some(vec![(2, "runtime".into())]),
+    };
+    assert_eq!(
+        steps(&scan, protect),
+        vec![(1, 2, false), (2, 2, true), (2, 3, true)]
+    );
+    let everywhere = Scope {
+        everywhere: true,
+        protected: None,
+    };
+    assert!(steps(&scan, everywhere).iter().all(|s| !s.2));
+    // Pins detach instead of unmounting.
+    scan.holders[child].pins = vec![Pin {
+        pid: 7,
+        via: crate::engine::namespace::PinVia::Cwd,
+    }];
+    let plan = release::plan(&scan, Scope::default());
+    assert!(plan.iter().flat_map(|p| &p.actions).any(|a| {
+        scan.holders[a.holder].mount.id == 3 && matches!(a.step, Step::Detach { .. })
+    }));
+}
+
+#[test]
+fn an_unmount_that_would_propagate_to_a_copy_kept_elsewhere_is_refused() {
+    // Both namespaces share /d (peer group 5): unmounting under it in one propagates to
+    // the other, where the copy is mntreap's own and kept.
+    let own = "1 0 254:0 / / rw - ext4 /dev/vda rw\n\
+               2 1 0:40 / /d rw shared:5 - tmpfs d rw\n\
+               3 2 0:50 / /d/l/abc/merged rw - overlay overlay rw\n";
+    let holder = "1 0 254:0 / / rw - ext4 /dev/vda rw\n\
+                  12 1 0:40 / /d rw shared:5 - tmpfs d rw\n\
+                  13 12 0:50 / /d/l/abc/merged rw - overlay overlay rw\n";
+    let scan = scan_of(
+        &[T],
+        &[],
+        &[Ns(1, true, true, own), Ns(2, false, true, holder)],
+    );
+    assert_eq!(
+        steps(&scan, Scope::default()),
+        vec![(1, 3, true), (2, 13, true)]
+    );
+}

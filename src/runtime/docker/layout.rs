@@ -1,0 +1,149 @@
+//! Where Docker's storage drivers mount a container's layers, and the reverse: which
+//! container owns a mount point under the data root.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use super::Container;
+
+/// Where each storage driver mounts layer `<id>`: `<root>/<dir>/<id>[/<leaf>]`, for every
+/// layout Docker has used (vfs copies instead of mounting).
+pub(super) const LAYER_MOUNTS: &[(&str, &[&str], Option<&str>)] = &[
+    ("overlay2", &["overlay2"], Some("merged")),
+    ("overlay", &["overlay"], Some("merged")),
+    ("fuse-overlayfs", &["fuse-overlayfs"], Some("merged")),
+    ("aufs", &["aufs", "mnt"], None),
+    ("devicemapper", &["devicemapper", "mnt"], None),
+    ("zfs", &["zfs", "graph"], None),
+    ("btrfs", &["btrfs", "subvolumes"], None),
+];
+
+/// Where a storage driver mounts layer `id`.
+pub fn layer_mount(root: &Path, driver: &str, id: &str) -> Option<PathBuf> {
+    let (_, dir, leaf) = LAYER_MOUNTS.iter().find(|(d, ..)| *d == driver)?;
+    let mut p: PathBuf = dir.iter().fold(root.to_path_buf(), |p, c| p.join(c));
+    p.push(id);
+    p.extend(leaf);
+    Some(p)
+}
+
+/// Which container owns a mount point under the data root: by layer id (the reverse of
+/// [`layer_mount`]) or by `containers/<id>/`. `by_layer` maps layer (mount/init) ids to
+/// container ids.
+pub fn owner_of(
+    root: &Path,
+    mount_point: &Path,
+    by_layer: &HashMap<String, String>,
+) -> Option<Owner> {
+    let rel = mount_point.strip_prefix(root).ok()?;
+    let parts: Vec<&str> = rel.iter().filter_map(|c| c.to_str()).collect();
+    if let ["containers", id, ..] = parts.as_slice() {
+        return Some(Owner::Container((*id).to_string()));
+    }
+    LAYER_MOUNTS.iter().find_map(|(_, dir, leaf)| {
+        let (id, after) = parts.strip_prefix(*dir)?.split_first()?;
+        if leaf.is_some_and(|l| after.first() != Some(&l)) {
+            return None;
+        }
+        Some(layer_owner(id, by_layer))
+    })
+}
+
+fn layer_owner(id: &str, by_layer: &HashMap<String, String>) -> Owner {
+    match by_layer.get(id) {
+        Some(c) => Owner::Container(c.clone()),
+        None => Owner::UnknownLayer(id.to_string()),
+    }
+}
+
+/// The owner of a mount under the data root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Owner {
+    Container(String),
+    /// A layer mount no container claims (its container is gone).
+    UnknownLayer(String),
+}
+
+/// Layer id -> container id, from the containers' mount and init ids (as resolution read
+/// them, through the host root: nothing is read again here).
+pub fn layers_by_container(containers: &[Container]) -> HashMap<String, String> {
+    containers
+        .iter()
+        .flat_map(|c| {
+            c.mount_id
+                .iter()
+                .chain(c.init_id.iter())
+                .map(move |layer| (layer.clone(), c.id.clone()))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn c(id: &str, name: &str) -> Container {
+        Container {
+            id: id.into(),
+            name: name.into(),
+            state: "running".into(),
+            pid: None,
+            driver: "overlay2".into(),
+            mount_id: None,
+            init_id: None,
+            paths: Vec::new(),
+            upperdir: None,
+            pod_uid: None,
+        }
+    }
+
+    #[test]
+    fn layers_map_to_their_containers() {
+        let mut a = c("A", "a");
+        a.mount_id = Some("L1".into());
+        a.init_id = Some("L1-init".into());
+        let b = c("B", "b");
+        let map = layers_by_container(&[a, b]);
+        assert_eq!(map.len(), 2);
+        assert_eq!(map["L1"], "A");
+        assert_eq!(map["L1-init"], "A");
+    }
+
+    #[test]
+    fn owners_by_layer_and_container_dir() {
+        let root = Path::new("/var/lib/docker");
+        let by_layer = HashMap::from([("L1".to_string(), "C1".to_string())]);
+        let own = |p: &str| owner_of(root, Path::new(p), &by_layer);
+        assert_eq!(
+            own("/var/lib/docker/overlay2/L1/merged"),
+            Some(Owner::Container("C1".into()))
+        );
+        assert_eq!(
+            own("/var/lib/docker/overlay2/L2/merged"),
+            Some(Owner::UnknownLayer("L2".into()))
+        );
+        assert_eq!(
+            own("/var/lib/docker/containers/C9/mounts/shm"),
+            Some(Owner::Container("C9".into()))
+        );
+        assert_eq!(
+            own("/var/lib/docker/devicemapper/mnt/L1"),
+            Some(Owner::Container("C1".into()))
+        );
+        assert_eq!(own("/var/lib/docker/overlay2"), None);
+        assert_eq!(own("/var/lib/docker/overlay2/L1/diff"), None);
+        assert_eq!(
+            own("/var/lib/docker/btrfs/subvolumes/L1"),
+            Some(Owner::Container("C1".into()))
+        );
+        // Every layer mount path maps back to its layer.
+        for (driver, ..) in LAYER_MOUNTS {
+            let p = layer_mount(root, driver, "L1").unwrap();
+            assert_eq!(
+                own(p.to_str().unwrap()),
+                Some(Owner::Container("C1".into()))
+            );
+        }
+        assert_eq!(own("/srv/other"), None);
+    }
+}
