@@ -5,7 +5,7 @@ use serde_json::{Value, json};
 
 use super::{Config, Exit, Failure, print};
 use crate::engine::mountinfo::encode;
-use crate::report::containers::{findings, node_scan, pid_words};
+use crate::report::containers::{Class, findings, node_scan, pid_words};
 use crate::report::holder_json;
 
 /// `mntreap scan` with no target.
@@ -36,7 +36,7 @@ pub fn command(e: &Config) -> Result<Exit, Failure> {
             .map(|f| {
                 let mut v = holder_json(&scan, &scan.holders[f.holder]);
                 v["class"] = json!(f.class);
-                v["severity"] = json!(f.severity);
+                v["severity"] = json!(f.class.severity());
                 v["owner"] = json!(f.owner);
                 v["container"] = match &f.container {
                     Some(c) => json!({"id": c.id, "name": c.name, "state": c.state}),
@@ -45,16 +45,16 @@ pub fn command(e: &Config) -> Result<Exit, Failure> {
                 v
             })
             .collect();
-        let count = |class: &str| found.iter().filter(|f| f.class == class).count();
+        let count = |class: Class| found.iter().filter(|f| f.class == class).count();
         let doc = json!({
             "docker": docker.daemon,
             "backend": scan.backend,
             "roots": scan.targets,
             "findings": items,
             "summary": {
-                "orphaned": count("orphaned"),
-                "leaked": count("leaked"),
-                "in_use": count("in-use"),
+                "orphaned": count(Class::Orphaned),
+                "leaked": count(Class::Leaked),
+                "in_use": count(Class::InUse),
                 "containers": containers.len(),
                 "namespaces_scanned": scan.namespaces.len(),
             },
@@ -88,7 +88,7 @@ pub fn command(e: &Config) -> Result<Exit, Failure> {
                 };
                 out.push_str(&format!(
                     "{:<9} {:<14} {:<20} {:<11} {:>7}  {:<60} {}\n",
-                    f.class,
+                    f.class.word(),
                     id,
                     name,
                     scan.namespaces[h.ns].ns.inode,

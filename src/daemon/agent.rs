@@ -23,6 +23,7 @@ use tracing::{info, info_span, warn};
 use super::metrics::Metrics;
 use crate::engine::release::{self, Scope};
 use crate::engine::scan::ScanRequest;
+use crate::report::containers::Class;
 use crate::runtime::docker::{Docker, DockerOptions};
 
 /// What `--exclude` names: a namespace inode, a pid, or a command name.
@@ -186,10 +187,10 @@ fn sweep_once(agent: &Agent) -> anyhow::Result<()> {
         return Ok(());
     };
     let findings = crate::report::containers::findings(&scan, &docker.daemon, &containers);
-    let in_use = findings.iter().filter(|f| f.class == "in-use").count();
+    let in_use = findings.iter().filter(|f| f.class == Class::InUse).count();
     let release: Vec<usize> = findings
         .iter()
-        .filter(|f| f.class != "in-use")
+        .filter(|f| f.class != Class::InUse)
         .map(|f| f.holder)
         .filter(|&h| {
             let n = &scan.namespaces[scan.holders[h].ns];

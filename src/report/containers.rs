@@ -228,11 +228,41 @@ pub fn pid_words(scan: &Scan, ns: usize) -> String {
     s.join(",")
 }
 
+/// What a node-wide finding is, most severe first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Class {
+    /// Its container is gone, Dead or Removal In Progress, or no container owns the layer.
+    Orphaned,
+    /// A copy in a foreign namespace (not the runtime's, not the container's own).
+    Leaked,
+    /// A foreign copy that processes use as their root.
+    InUse,
+}
+
+impl Class {
+    /// The severity the report sorts by and prints: 3 orphaned, 2 leaked, 1 in use.
+    pub fn severity(self) -> u8 {
+        match self {
+            Class::Orphaned => 3,
+            Class::Leaked => 2,
+            Class::InUse => 1,
+        }
+    }
+
+    pub fn word(self) -> &'static str {
+        match self {
+            Class::Orphaned => "orphaned",
+            Class::Leaked => "leaked",
+            Class::InUse => "in-use",
+        }
+    }
+}
+
 /// One node-wide finding.
 pub struct Finding {
     pub holder: usize,
-    pub class: &'static str,
-    pub severity: u8,
+    pub class: Class,
     pub container: Option<Container>,
     /// The container id or layer id the mount belongs to, when its container is gone.
     pub owner: String,
@@ -323,24 +353,23 @@ pub fn findings(scan: &Scan, daemon: &Daemon, containers: &[Container]) -> Vec<F
         };
         let in_runtime = runtime.contains(&inode);
         let own_root = container_ns == Some(inode);
-        let (class, severity) = if gone {
-            ("orphaned", 3)
+        let class = if gone {
+            Class::Orphaned
         } else if in_runtime || own_root {
             // The runtime's copy of a live container, or the container's own rootfs.
             continue;
         } else if h.in_use.is_some() {
-            ("in-use", 1)
+            Class::InUse
         } else {
-            ("leaked", 2)
+            Class::Leaked
         };
         out.push(Finding {
             holder: i,
             class,
-            severity,
             container,
             owner: owner_id,
         });
     }
-    out.sort_by_key(|f| (std::cmp::Reverse(f.severity), f.owner.clone(), f.holder));
+    out.sort_by_key(|f| (f.class, f.owner.clone(), f.holder));
     out
 }

@@ -6,15 +6,19 @@
 //! is what an operator has when dockerd hangs. Both give the same [`Container`]s (a test
 //! checks it); the report says which one was used.
 
+mod api;
 pub mod events;
+mod host;
 pub mod identity;
 mod layout;
 mod records;
 mod scope;
 
+pub use api::engine_client;
+pub use host::on_host;
 pub use layout::{Owner, layer_mount, layers_by_container, owner_of};
+use records::read_config;
 pub use records::{BadRecord, POD_UID_LABEL};
-use records::{container, read_config};
 pub use scope::{container_request, layer_signatures, release_scope, short_id};
 
 use std::path::{Path, PathBuf};
@@ -45,61 +49,6 @@ pub struct DockerOptions {
     pub daemon_pid: Option<i32>,
     /// Where procfs is (`--proc`): every fact about a process is read there.
     pub proc_root: PathBuf,
-}
-
-/// A host path as this process can read it, through `host_root` (`/`, or a process's
-/// `/proc/PID/root`). Symlinks on the way are resolved inside `host_root`: the kernel
-/// would resolve an absolute one (`/var/run -> /run`) in *this* process's root, which in a
-/// plugin or a pod is not the host's.
-pub fn on_host(host_root: &Path, path: &Path) -> PathBuf {
-    if host_root == Path::new("/") {
-        return path.to_path_buf();
-    }
-    host_root.join(resolve_in_root(host_root, path))
-}
-
-/// `path` with every symlink resolved as if `root` were `/`, relative to `root` (no
-/// leading `/`); a component that does not exist ends the resolution, the rest is kept.
-fn resolve_in_root(root: &Path, path: &Path) -> PathBuf {
-    use std::path::Component;
-    let mut pending: Vec<std::ffi::OsString> = path
-        .components()
-        .filter_map(|c| match c {
-            Component::Normal(s) => Some(s.to_os_string()),
-            Component::ParentDir => Some("..".into()),
-            _ => None,
-        })
-        .rev()
-        .collect();
-    let mut done = PathBuf::new();
-    let mut hops = 0;
-    while let Some(c) = pending.pop() {
-        if c == ".." {
-            done.pop();
-            continue;
-        }
-        let next = done.join(&c);
-        match std::fs::read_link(root.join(&next)) {
-            Ok(target) if hops < 40 => {
-                hops += 1;
-                if target.is_absolute() {
-                    done = PathBuf::new();
-                }
-                pending.extend(
-                    target
-                        .components()
-                        .filter_map(|t| match t {
-                            Component::Normal(s) => Some(s.to_os_string()),
-                            Component::ParentDir => Some("..".into()),
-                            _ => None,
-                        })
-                        .rev(),
-                );
-            }
-            _ => done = next,
-        }
-    }
-    done
 }
 
 pub const DEFAULT_SOCKET: &str = "/var/run/docker.sock";
@@ -196,91 +145,6 @@ pub enum DockerError {
     BadRecord(#[from] BadRecord),
 }
 
-impl Daemon {
-    /// The namespaces whose mounts say what a container's mounts are: the daemon's, once
-    /// established.
-    pub fn trusted_namespaces(&self) -> Vec<u64> {
-        self.mnt_ns.into_iter().collect()
-    }
-
-    /// Cross-checks the daemon's own word on its data root (`/info`) with what its
-    /// command line and daemon.json say; a disagreement makes the identity unsure.
-    fn check_data_root(&mut self, said: &Path) {
-        let Some(pid) = self.pid else {
-            return;
-        };
-        let configured =
-            crate::runtime::docker::identity::daemon_settings(&self.proc_root, pid).data_root;
-        let real = |p: &Path| std::fs::canonicalize(on_host(&self.host_root, p)).ok();
-        if configured != said && real(&configured) != real(said) {
-            self.identity.unsure = Some(format!(
-                "dockerd pid {pid} is configured with data root {} but the daemon at {} \
-                 answers {}: another daemon?",
-                configured.display(),
-                self.socket.display(),
-                said.display()
-            ));
-            self.pid = None;
-            self.mnt_ns = None;
-        } else {
-            self.identity.evidence.push(format!(
-                "its /info data root {} matches its configuration",
-                said.display()
-            ));
-        }
-    }
-
-    /// The line every report prints while the identity is unsure.
-    pub fn unsure_note(&self) -> Option<String> {
-        self.unsure().map(|why| {
-            format!(
-                "dockerd's identity is unsure ({why}): nothing was released in any namespace \
-                 that may be the runtime's (namespaces {:?}); fix the cause, then run again",
-                self.runtime_namespaces()
-            )
-        })
-    }
-
-    /// Why the runtime's identity is unsure, if it is.
-    pub fn unsure(&self) -> Option<&str> {
-        self.identity.unsure.as_deref()
-    }
-
-    /// Namespaces whose copies are the runtime's: dockerd's when established and, always,
-    /// every namespace that may be a runtime's (any runtime daemon's, an unexplained socket
-    /// peer's, and mntreap's own). A wrong guess then never exposes a daemon's copies.
-    pub fn runtime_namespaces(&self) -> Vec<u64> {
-        let mut v = self.identity.possible_runtime_namespaces(&self.proc_root);
-        v.extend(self.mnt_ns);
-        v.sort_unstable();
-        v.dedup();
-        v
-    }
-
-    /// The protection list for the runtime's namespaces, with the reason shown.
-    pub fn runtime_protection(&self, why: &str) -> Vec<(u64, String)> {
-        let doubt = match (self.unsure(), self.mnt_ns) {
-            (Some(u), _) => Some(format!("dockerd's identity is unsure ({u})")),
-            (None, None) => Some("no dockerd is running".to_string()),
-            (None, Some(_)) => None,
-        };
-        self.runtime_namespaces()
-            .into_iter()
-            .map(|ns| {
-                let reason = match &doubt {
-                    None if Some(ns) == self.mnt_ns => format!(
-                        "dockerd's namespace (pid {}){why}",
-                        self.pid.unwrap_or_default()
-                    ),
-                    None => format!("a runtime daemon's namespace, or mntreap's own{why}"),
-                    Some(d) => format!("may be the runtime's namespace: {d}"),
-                };
-                (ns, reason)
-            })
-            .collect()
-    }
-}
-
 impl DockerOptions {
     /// The socket, data root and host root to use: explicit settings first, then what
     /// the known daemon pid says of itself, then the defaults.
@@ -320,23 +184,6 @@ impl DockerOptions {
             },
         }
     }
-}
-
-/// An Engine API client on a unix socket. It starts at an old API version (18.06 speaks
-/// 1.38); `negotiate_version` then picks the daemon's.
-pub(crate) fn engine_client(
-    socket: &Path,
-    timeout: Duration,
-) -> Result<bollard::Docker, bollard::errors::Error> {
-    let version = bollard::ClientVersion {
-        major_version: 1,
-        minor_version: 38,
-    };
-    bollard::Docker::connect_with_unix(
-        &socket.to_string_lossy(),
-        timeout.as_secs().max(1),
-        &version,
-    )
 }
 
 /// A connected (or not) daemon, able to resolve containers.
@@ -426,41 +273,6 @@ impl Docker {
 
     fn no_answer(&self) -> DockerError {
         self.api_error(format!("no answer within {:?}", self.timeout))
-    }
-
-    fn api(
-        socket: &Path,
-        timeout: Duration,
-    ) -> Result<
-        (
-            tokio::runtime::Runtime,
-            bollard::Docker,
-            bollard::models::SystemInfo,
-        ),
-        String,
-    > {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| e.to_string())?;
-        let client = engine_client(socket, timeout).map_err(|e| e.to_string())?;
-        // Whichever deadline fires first (ours, or the client's own), say the same thing.
-        let why = |e: bollard::errors::Error| match e {
-            bollard::errors::Error::RequestTimeoutError => format!("no answer within {timeout:?}"),
-            other => other.to_string(),
-        };
-        let (client, info) = rt.block_on(async {
-            let client = tokio::time::timeout(timeout, client.negotiate_version())
-                .await
-                .map_err(|_| format!("no answer within {timeout:?}"))?
-                .map_err(why)?;
-            let info = tokio::time::timeout(timeout, client.info())
-                .await
-                .map_err(|_| format!("no answer within {timeout:?}"))?
-                .map_err(why)?;
-            Ok::<_, String>((client, info))
-        })?;
-        Ok((rt, client, info))
     }
 
     pub fn online(&self) -> bool {
@@ -569,70 +381,6 @@ impl Docker {
         out.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(out)
     }
-
-    fn container_from_inspect(
-        &self,
-        c: bollard::models::ContainerInspectResponse,
-    ) -> Result<Container, BadRecord> {
-        let id = c.id.unwrap_or_default();
-        let record = PathBuf::from(format!(
-            "dockerd at {}: GET /containers/{id}/json",
-            self.daemon.socket.display()
-        ));
-        let state = c.state.unwrap_or_default();
-        let status = state
-            .status
-            .map(|s| s.to_string())
-            .unwrap_or_else(|| "unknown".into());
-        let driver = c.driver.unwrap_or_default();
-        let pid = state.pid.filter(|&p| p > 0).map(|p| p as i32);
-        let pod_uid = c
-            .config
-            .as_ref()
-            .and_then(|cfg| cfg.labels.as_ref())
-            .and_then(|l| l.get(POD_UID_LABEL).cloned());
-        let mut out = container(
-            &self.daemon.root,
-            &self.daemon.host_root,
-            &record,
-            id,
-            c.name.unwrap_or_default(),
-            status,
-            pid,
-            driver,
-        )?;
-        out.pod_uid = pod_uid;
-        Ok(out)
-    }
-
-    /// `DELETE /containers/{id}?force=1`: the daemon's own error text when it fails.
-    pub fn remove_forced(&self, id: &str) -> Result<(), String> {
-        let Some((rt, client)) = &self.client else {
-            return Err(format!(
-                "dockerd does not answer at {} ({}); the container cannot be removed now",
-                self.daemon.socket.display(),
-                self.daemon
-                    .offline_reason
-                    .as_deref()
-                    .unwrap_or("not connected")
-            ));
-        };
-        let options = bollard::query_parameters::RemoveContainerOptionsBuilder::new()
-            .force(true)
-            .build();
-        // Removal can take a while (the daemon's own unmount retries): a longer deadline.
-        let deadline = self.timeout.max(Duration::from_secs(30));
-        match rt.block_on(async {
-            tokio::time::timeout(deadline, client.remove_container(id, Some(options))).await
-        }) {
-            Err(_) => Err(format!("no answer within {deadline:?}")),
-            Ok(Err(bollard::errors::Error::DockerResponseServerError { message, .. })) => {
-                Err(message)
-            }
-            Ok(Err(e)) => Err(e.to_string()),
-            Ok(Ok(())) => Ok(()),
-        }
-    }
 }
 
 /// Picks one container by full id, exact name, or unique id prefix (docker's order).
@@ -671,28 +419,6 @@ fn pick(name: &str, all: &[Container], root: &Path) -> Result<Container, DockerE
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn host_paths_resolve_symlinks_inside_the_host_root() {
-        let root = std::env::temp_dir().join(format!("mntreap-hostroot-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&root);
-        std::fs::create_dir_all(root.join("run/sub")).unwrap();
-        std::fs::create_dir_all(root.join("var")).unwrap();
-        std::os::unix::fs::symlink("/run", root.join("var/run")).unwrap();
-        std::os::unix::fs::symlink("../run/sub", root.join("var/rel")).unwrap();
-        let on = |p: &str| on_host(&root, Path::new(p));
-        assert_eq!(on("/var/run/docker.sock"), root.join("run/docker.sock"));
-        assert_eq!(on("/var/rel/x"), root.join("run/sub/x"));
-        assert_eq!(on("/var/lib/docker"), root.join("var/lib/docker"));
-        // An absolute link never leaves the root.
-        std::os::unix::fs::symlink("/../../../etc", root.join("escape")).unwrap();
-        assert_eq!(on("/escape/passwd"), root.join("etc/passwd"));
-        assert_eq!(
-            on_host(Path::new("/"), Path::new("/var/run")),
-            PathBuf::from("/var/run")
-        );
-        let _ = std::fs::remove_dir_all(&root);
-    }
 
     fn c(id: &str, name: &str) -> Container {
         Container {

@@ -1,9 +1,9 @@
 //! What a release of a container may touch: its targets, its layer signature, the
 //! runtime's namespaces it must spare.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use super::{Container, Daemon};
+use super::{Container, Daemon, on_host};
 use crate::engine::namespace::mnt_ns_inode;
 use crate::engine::release::Scope;
 use crate::engine::scan::ScanRequest;
@@ -58,5 +58,90 @@ pub fn release_scope(daemon: &Daemon, container: &Container, everywhere: bool) -
     Scope {
         everywhere,
         protected: Some(protected),
+    }
+}
+
+impl Daemon {
+    /// The namespaces whose mounts say what a container's mounts are: the daemon's, once
+    /// established.
+    pub fn trusted_namespaces(&self) -> Vec<u64> {
+        self.mnt_ns.into_iter().collect()
+    }
+
+    /// Cross-checks the daemon's own word on its data root (`/info`) with what its
+    /// command line and daemon.json say; a disagreement makes the identity unsure.
+    pub(super) fn check_data_root(&mut self, said: &Path) {
+        let Some(pid) = self.pid else {
+            return;
+        };
+        let configured =
+            crate::runtime::docker::identity::daemon_settings(&self.proc_root, pid).data_root;
+        let real = |p: &Path| std::fs::canonicalize(on_host(&self.host_root, p)).ok();
+        if configured != said && real(&configured) != real(said) {
+            self.identity.unsure = Some(format!(
+                "dockerd pid {pid} is configured with data root {} but the daemon at {} \
+                 answers {}: another daemon?",
+                configured.display(),
+                self.socket.display(),
+                said.display()
+            ));
+            self.pid = None;
+            self.mnt_ns = None;
+        } else {
+            self.identity.evidence.push(format!(
+                "its /info data root {} matches its configuration",
+                said.display()
+            ));
+        }
+    }
+
+    /// The line every report prints while the identity is unsure.
+    pub fn unsure_note(&self) -> Option<String> {
+        self.unsure().map(|why| {
+            format!(
+                "dockerd's identity is unsure ({why}): nothing was released in any namespace \
+                 that may be the runtime's (namespaces {:?}); fix the cause, then run again",
+                self.runtime_namespaces()
+            )
+        })
+    }
+
+    /// Why the runtime's identity is unsure, if it is.
+    pub fn unsure(&self) -> Option<&str> {
+        self.identity.unsure.as_deref()
+    }
+
+    /// Namespaces whose copies are the runtime's: dockerd's when established and, always,
+    /// every namespace that may be a runtime's (any runtime daemon's, an unexplained socket
+    /// peer's, and mntreap's own). A wrong guess then never exposes a daemon's copies.
+    pub fn runtime_namespaces(&self) -> Vec<u64> {
+        let mut v = self.identity.possible_runtime_namespaces(&self.proc_root);
+        v.extend(self.mnt_ns);
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+
+    /// The protection list for the runtime's namespaces, with the reason shown.
+    pub fn runtime_protection(&self, why: &str) -> Vec<(u64, String)> {
+        let doubt = match (self.unsure(), self.mnt_ns) {
+            (Some(u), _) => Some(format!("dockerd's identity is unsure ({u})")),
+            (None, None) => Some("no dockerd is running".to_string()),
+            (None, Some(_)) => None,
+        };
+        self.runtime_namespaces()
+            .into_iter()
+            .map(|ns| {
+                let reason = match &doubt {
+                    None if Some(ns) == self.mnt_ns => format!(
+                        "dockerd's namespace (pid {}){why}",
+                        self.pid.unwrap_or_default()
+                    ),
+                    None => format!("a runtime daemon's namespace, or mntreap's own{why}"),
+                    Some(d) => format!("may be the runtime's namespace: {d}"),
+                };
+                (ns, reason)
+            })
+            .collect()
     }
 }

@@ -1,0 +1,314 @@
+//! `mntreap doctor`: host checks for the configurations that leak container mounts, each
+//! with a stable id, evidence and a remedy (the list is in README.md, "doctor").
+
+use std::path::Path;
+
+use serde::Serialize;
+use serde_json::json;
+
+use super::{Config, Exit, Failure, print};
+use crate::engine::scan;
+use crate::report::containers;
+use crate::runtime::docker::{Container, Daemon};
+
+mod daemon;
+
+use daemon::{mountflags_slave_live_restore, runtime_identity, split_namespaces};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Ok,
+    Skipped,
+    Warning,
+    Problem,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Check {
+    pub id: &'static str,
+    pub status: Status,
+    pub summary: String,
+    pub evidence: Vec<String>,
+    pub remedy: &'static str,
+}
+
+impl Check {
+    fn new(id: &'static str, remedy: &'static str) -> Check {
+        Check {
+            id,
+            status: Status::Ok,
+            summary: String::new(),
+            evidence: Vec::new(),
+            remedy,
+        }
+    }
+    fn with(mut self, status: Status, summary: impl Into<String>) -> Check {
+        self.status = status;
+        self.summary = summary.into();
+        self
+    }
+}
+
+/// Runs every check; exit 0 when all are ok or skipped, 1 on warnings or problems.
+pub fn command(e: &Config) -> Result<Exit, Failure> {
+    let docker = e.connect()?;
+    let containers = docker.list().unwrap_or_default();
+    let mut checks = vec![
+        runtime_identity(&docker.daemon),
+        kernel_lazy_detach(&docker.daemon.proc_root),
+        mountflags_slave_live_restore(&docker.daemon),
+        split_namespaces(&docker.daemon),
+        stuck_containers(&containers),
+        data_root_binds(&docker.daemon, &containers),
+    ];
+    // Namespaces holding container mounts they do not need (PrivateTmp-style services).
+    let mut req = e.request(&[], vec![docker.daemon.root.clone()])?;
+    req.layer_signatures = crate::runtime::docker::layer_signatures(&containers);
+    req.trusted_namespaces = docker.daemon.trusted_namespaces();
+    let scan = scan::scan(&req)?;
+    checks.push(foreign_holders(&scan, &docker.daemon, &containers));
+
+    let worst = checks.iter().map(|c| c.status).max().unwrap_or(Status::Ok);
+    if e.json {
+        let doc = json!({"docker": docker.daemon, "checks": checks, "worst": worst});
+        print(&format!("{doc:#}\n"));
+    } else {
+        let mut out = String::new();
+        for c in &checks {
+            let word = match c.status {
+                Status::Ok => "ok",
+                Status::Skipped => "skipped",
+                Status::Warning => "WARNING",
+                Status::Problem => "PROBLEM",
+            };
+            out.push_str(&format!("[{word:<7}] {}: {}\n", c.id, c.summary));
+            for ev in &c.evidence {
+                out.push_str(&format!("          - {ev}\n"));
+            }
+            if c.status >= Status::Warning {
+                out.push_str(&format!("          remedy: {}\n", c.remedy));
+            }
+        }
+        print(&out);
+    }
+    Ok(if worst >= Status::Warning {
+        Exit::Remaining
+    } else {
+        Exit::Clean
+    })
+}
+
+/// Kernels before 3.18 cannot remove a directory that is a mount point in another
+/// namespace, unless RHEL's backport is switched on.
+fn kernel_lazy_detach(proc_root: &Path) -> Check {
+    let c = Check::new(
+        "kernel-lazy-detach",
+        "set fs.may_detach_mounts=1 (RHEL/CentOS 7.4+ kernels), or run a kernel >= 3.18",
+    );
+    let release =
+        std::fs::read_to_string(proc_root.join("sys/kernel/osrelease")).unwrap_or_default();
+    let mut nums = release.trim().split(|ch: char| !ch.is_ascii_digit());
+    let major: u32 = nums.next().and_then(|n| n.parse().ok()).unwrap_or(0);
+    let minor: u32 = nums.next().and_then(|n| n.parse().ok()).unwrap_or(0);
+    let sysctl = std::fs::read_to_string(proc_root.join("sys/fs/may_detach_mounts")).ok();
+    let detach = sysctl.as_deref().map(str::trim);
+    let mut c = if lazy_detach_status((major, minor), detach) == Status::Ok {
+        c.with(
+            Status::Ok,
+            format!(
+                "kernel {} detaches mounts of removed directories in other namespaces",
+                release.trim()
+            ),
+        )
+    } else {
+        c.with(
+            Status::Problem,
+            format!(
+                "kernel {} keeps a directory busy while another namespace mounts it: leaked \
+                 copies make `docker rm` fail",
+                release.trim()
+            ),
+        )
+    };
+    c.evidence.push(format!(
+        "fs.may_detach_mounts: {}",
+        detach.unwrap_or("absent")
+    ));
+    c
+}
+
+/// Whether a removed directory's mounts in other namespaces are detached: on mainline
+/// since 3.18 (no knob); on kernels with RHEL's backport only with `fs.may_detach_mounts=1`
+/// (Docker before 28 set it; Docker 28+, containerd and CRI-O do not).
+fn lazy_detach_status(kernel: (u32, u32), may_detach_mounts: Option<&str>) -> Status {
+    match may_detach_mounts {
+        Some("1") => Status::Ok,
+        Some(_) => Status::Problem,
+        None if kernel >= (3, 18) => Status::Ok,
+        None => Status::Problem,
+    }
+}
+
+fn stuck_containers(containers: &[Container]) -> Check {
+    let c = Check::new(
+        "stuck-containers",
+        "`mntreap reap` releases what holds them and removes them",
+    );
+    let stuck: Vec<String> = containers
+        .iter()
+        .filter(|c| c.is_stuck())
+        .map(|c| {
+            format!(
+                "{} ({}) is {}",
+                c.name,
+                crate::runtime::docker::short_id(&c.id),
+                c.state
+            )
+        })
+        .collect();
+    let mut c = if stuck.is_empty() {
+        c.with(Status::Ok, "no container is Dead or Removal In Progress")
+    } else {
+        c.with(
+            Status::Problem,
+            format!("{} container(s) stuck in removal", stuck.len()),
+        )
+    };
+    c.evidence = stuck;
+    c
+}
+
+/// Containers that bind the data root (or a directory above it) with private propagation:
+/// the bind copies every layer mounted at that moment, and host unmounts never reach them.
+fn data_root_binds(daemon: &Daemon, containers: &[Container]) -> Check {
+    let c = Check::new(
+        "data-root-bind-propagation",
+        "bind the data root with rslave propagation (-v /var/lib/docker:/var/lib/docker:rslave) \
+         so that the host's unmounts propagate into the container",
+    );
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "PascalCase")]
+    struct MountPoint {
+        #[serde(default)]
+        source: String,
+        #[serde(default)]
+        propagation: String,
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "PascalCase")]
+    struct Config {
+        #[serde(default)]
+        mount_points: std::collections::HashMap<String, MountPoint>,
+    }
+    let mut found = Vec::new();
+    for ct in containers.iter().filter(|c| c.is_running()) {
+        let path = daemon
+            .root
+            .join("containers")
+            .join(&ct.id)
+            .join("config.v2.json");
+        let Ok(text) = std::fs::read(crate::runtime::docker::on_host(&daemon.host_root, &path))
+        else {
+            continue;
+        };
+        let Ok(config) = serde_json::from_slice::<Config>(&text) else {
+            continue;
+        };
+        for (dest, mp) in config.mount_points {
+            let covers = !mp.source.is_empty() && daemon.root.starts_with(&mp.source);
+            let private = matches!(mp.propagation.as_str(), "" | "private" | "rprivate");
+            if covers && private {
+                found.push(format!(
+                    "{} binds {} at {} with propagation {:?}",
+                    ct.name,
+                    mp.source,
+                    dest,
+                    if mp.propagation.is_empty() {
+                        "rprivate (default)"
+                    } else {
+                        &mp.propagation
+                    }
+                ));
+            }
+        }
+    }
+    let mut c = if found.is_empty() {
+        c.with(
+            Status::Ok,
+            "no running container binds the data root privately",
+        )
+    } else {
+        c.with(
+            Status::Warning,
+            format!(
+                "{} container bind(s) of the data root copy layer mounts",
+                found.len()
+            ),
+        )
+    };
+    c.evidence = found;
+    c
+}
+
+/// The second write-up: namespaces (PrivateTmp services and the like) created after
+/// docker's mounts, holding container mounts they do not need.
+fn foreign_holders(scan: &scan::Scan, daemon: &Daemon, containers: &[Container]) -> Check {
+    let c = Check::new(
+        "foreign-namespace-holders",
+        "release them now (`mntreap release CONTAINER`, `mntreap reap`); to prevent it, run \
+         `mntreap agent`, which releases copies when containers stop",
+    );
+    let findings = containers::findings(scan, daemon, containers);
+    let mut by_ns: std::collections::BTreeMap<u64, (usize, String)> = Default::default();
+    for f in &findings {
+        let h = &scan.holders[f.holder];
+        let n = &scan.namespaces[h.ns];
+        let who = n
+            .processes
+            .iter()
+            .take(3)
+            .map(|p| format!("{} ({})", p.pid, p.comm))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let entry = by_ns.entry(n.ns.inode).or_insert((0, who));
+        entry.0 += 1;
+    }
+    let mut c = if by_ns.is_empty() {
+        c.with(
+            Status::Ok,
+            "no namespace holds container mounts it does not need",
+        )
+    } else {
+        c.with(
+            Status::Problem,
+            format!(
+                "{} mount namespace(s) hold {} container mount(s) they do not need",
+                by_ns.len(),
+                findings.len()
+            ),
+        )
+    };
+    c.evidence = by_ns
+        .into_iter()
+        .map(|(ns, (n, who))| format!("mount namespace {ns} ({who}): {n} mount(s)"))
+        .collect();
+    c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lazy_detach_verdicts() {
+        assert_eq!(lazy_detach_status((6, 1), None), Status::Ok);
+        assert_eq!(lazy_detach_status((3, 18), None), Status::Ok);
+        assert_eq!(lazy_detach_status((3, 10), None), Status::Problem);
+        assert_eq!(lazy_detach_status((3, 10), Some("1")), Status::Ok);
+        // EL7's backport: the knob exists and is off (Docker 28+, containerd and CRI-O
+        // never set it).
+        assert_eq!(lazy_detach_status((3, 10), Some("0")), Status::Problem);
+        assert_eq!(lazy_detach_status((4, 18), Some("0")), Status::Problem);
+    }
+}
