@@ -65,6 +65,8 @@ pub(super) struct Agent {
     sweeping: tokio::sync::Mutex<()>,
     /// Hook requests served at once (the socket is world-connectable).
     pub(super) hook_slots: Arc<tokio::sync::Semaphore>,
+    /// Sweeps, event releases and hook requests run through this bridge, 2 at once.
+    pub(super) blocking: super::Blocking,
     /// Lines that hook clients can cause share this budget.
     log_budget: crate::daemon::LogBudget,
 }
@@ -93,6 +95,7 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
         metrics: Metrics::new(),
         sweeping: tokio::sync::Mutex::new(()),
         hook_slots: Arc::new(tokio::sync::Semaphore::new(16)),
+        blocking: super::Blocking::new(2),
         log_budget: crate::daemon::LogBudget::new(60),
     });
     if let Some(addr) = agent.config.metrics_addr {
@@ -107,26 +110,7 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
         tokio::spawn(super::hook::serve(agent.clone(), listener));
     }
     if agent.config.events {
-        let a = agent.clone();
-        let options = a.config.docker.clone();
-        tokio::spawn(crate::runtime::docker::events::follow_die_events(
-            move || options.clone(),
-            move |id| {
-                let span = info_span!("agent", trigger = "event die", container_id = %id);
-                let _g = span.enter();
-                let started = Instant::now();
-                let t = crate::daemon::cleanup::Trigger::Container { id, action: "die" };
-                match crate::daemon::cleanup::cleanup(&a.config.docker, &a.config.base, None, &t) {
-                    Ok(n) => {
-                        a.metrics.released.inc_by(n as u64);
-                        a.metrics
-                            .release_seconds
-                            .observe(started.elapsed().as_secs_f64());
-                    }
-                    Err(e) => warn!(error = %e, "release after die failed"),
-                }
-            },
-        ));
+        tokio::spawn(follow_events(agent.clone()));
     }
     if !agent.config.sweep.is_zero() {
         tokio::spawn(sweep_loop(agent.clone()));
@@ -141,15 +125,46 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `die` events: that container's foreign copies go, one event at a time.
+async fn follow_events(agent: Arc<Agent>) {
+    let (dead, mut died) = tokio::sync::mpsc::channel::<String>(64);
+    let options = agent.config.docker.clone();
+    tokio::spawn(crate::runtime::docker::events::follow_die_events(
+        move || options.clone(),
+        dead,
+    ));
+    while let Some(id) = died.recv().await {
+        let a = agent.clone();
+        let job = agent.blocking.run(move || {
+            let span = info_span!("agent", trigger = "event die", container_id = %id);
+            let _g = span.enter();
+            let started = Instant::now();
+            let t = crate::daemon::cleanup::Trigger::Container { id, action: "die" };
+            match crate::daemon::cleanup::cleanup(&a.config.docker, &a.config.base, None, &t) {
+                Ok(n) => {
+                    a.metrics.released.inc_by(n as u64);
+                    a.metrics
+                        .release_seconds
+                        .observe(started.elapsed().as_secs_f64());
+                }
+                Err(e) => warn!(error = %e, "release after die failed"),
+            }
+        });
+        if let Err(e) = job.await {
+            warn!(error = %e, "release after die did not run");
+        }
+    }
+}
+
 async fn sweep_loop(agent: Arc<Agent>) {
     loop {
         let guard = agent.sweeping.lock().await;
         let a = agent.clone();
         let started = Instant::now();
-        match tokio::task::spawn_blocking(move || sweep_once(&a)).await {
+        match agent.blocking.run(move || sweep_once(&a)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => warn!(error = %e, "sweep failed"),
-            Err(e) => warn!(error = %e, "sweep panicked"),
+            Err(e) => warn!(error = %e, "sweep did not run"),
         }
         agent.metrics.sweeps.inc();
         agent

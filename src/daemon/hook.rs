@@ -65,7 +65,9 @@ pub(super) async fn serve(agent: Arc<Agent>, listener: tokio::net::UnixListener)
                 }
             }
             let a = agent.clone();
-            let reply = tokio::task::spawn_blocking(move || hook(&a, peer, accepted_at, &line))
+            let reply = agent
+                .blocking
+                .run(move || hook(&a, peer, accepted_at, &line))
                 .await
                 .unwrap_or_else(|e| serde_json::json!({"ok": false, "error": e.to_string()}));
             let _ = write.write_all(format!("{reply}\n").as_bytes()).await;

@@ -11,6 +11,48 @@ use std::future::Future;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
+/// The one bridge from the daemons' async tasks to blocking work (scans and releases):
+/// at most `slots` jobs run at once, and the others wait for a slot, so no burst of calls
+/// or events can start unbounded work.
+#[derive(Clone)]
+pub struct Blocking(std::sync::Arc<tokio::sync::Semaphore>);
+
+impl Blocking {
+    pub fn new(slots: usize) -> Blocking {
+        Blocking(std::sync::Arc::new(tokio::sync::Semaphore::new(slots)))
+    }
+
+    /// Runs `job` on the blocking pool once a slot is free.
+    pub async fn run<T: Send + 'static>(
+        &self,
+        job: impl FnOnce() -> T + Send + 'static,
+    ) -> anyhow::Result<T> {
+        let permit = self.0.clone().acquire_owned().await?;
+        Ok(tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            job()
+        })
+        .await?)
+    }
+
+    /// Starts `job` if a slot frees within `wait`: the handle lets the caller stop waiting
+    /// while the job goes on. `None`: no slot in time, nothing started.
+    pub async fn start_within<T: Send + 'static>(
+        &self,
+        wait: std::time::Duration,
+        job: impl FnOnce() -> T + Send + 'static,
+    ) -> Option<tokio::task::JoinHandle<T>> {
+        let permit = tokio::time::timeout(wait, self.0.clone().acquire_owned())
+            .await
+            .ok()?
+            .ok()?;
+        Some(tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            job()
+        }))
+    }
+}
+
 /// Runs `main` on a small multi-threaded runtime (blocking work goes to its own pool).
 pub fn block_on(main: impl Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
     tokio::runtime::Builder::new_multi_thread()

@@ -84,8 +84,9 @@ struct AuthZRequest<'a> {
 
 struct State {
     config: PluginConfig,
-    /// Bounds concurrent cleanups; a call that cannot get a permit in time is allowed.
-    permits: Arc<tokio::sync::Semaphore>,
+    /// Cleanups run through this bridge, 4 at once; a call that cannot get a slot in time
+    /// is allowed without one.
+    blocking: super::Blocking,
     /// Bounds connections from anything but the daemon (see [`MAX_OTHER_CONNECTIONS`]).
     others: Arc<tokio::sync::Semaphore>,
     /// Bounds the daemon's own connections (generous: it keeps a few alive).
@@ -169,7 +170,7 @@ async fn serve(config: PluginConfig) -> anyhow::Result<()> {
     let listener = crate::daemon::bind_unix(&config.socket, Some(0o600))?;
     info!(socket = %config.socket.display(), noop = config.noop, deadline_ms = config.deadline.as_millis() as u64, "plugin listening");
     let state = Arc::new(State {
-        permits: Arc::new(tokio::sync::Semaphore::new(4)),
+        blocking: super::Blocking::new(4),
         others: Arc::new(tokio::sync::Semaphore::new(MAX_OTHER_CONNECTIONS)),
         daemons: Arc::new(tokio::sync::Semaphore::new(MAX_DAEMON_CONNECTIONS)),
         daemon: std::sync::Mutex::new(None),
@@ -347,20 +348,9 @@ fn allow_bad_input(state: &State, msg: &str) -> Response<Full<Bytes>> {
 async fn cleanup_within_deadline(state: &Arc<State>, t: Trigger, call: String) {
     let deadline = state.config.deadline;
     let started = tokio::time::Instant::now();
-    let permit = match tokio::time::timeout(deadline, state.permits.clone().acquire_owned()).await {
-        Ok(Ok(p)) => p,
-        _ => {
-            state.warn_limited(
-                "no cleanup slot within the deadline; allowed without cleanup",
-                &call,
-            );
-            return;
-        }
-    };
     let worker_state = state.clone();
     let span = info_span!("plugin", call = %call);
-    let job = tokio::task::spawn_blocking(move || {
-        let _permit = permit;
+    let job = state.blocking.start_within(deadline, move || {
         let _g = span.enter();
         cleanup(
             &worker_state.docker_options(),
@@ -369,6 +359,13 @@ async fn cleanup_within_deadline(state: &Arc<State>, t: Trigger, call: String) {
             &t,
         )
     });
+    let Some(job) = job.await else {
+        state.warn_limited(
+            "no cleanup slot within the deadline; allowed without cleanup",
+            &call,
+        );
+        return;
+    };
     let left = deadline.saturating_sub(started.elapsed());
     // Every line here can be caused by any API client: all within the budget, clipped.
     match tokio::time::timeout(left, job).await {
@@ -387,23 +384,31 @@ async fn cleanup_within_deadline(state: &Arc<State>, t: Trigger, call: String) {
 
 /// Backstop: `die` events lead to the same cleanup (for `run --rm`, prune, restarts).
 async fn follow_events(state: Arc<State>) {
+    let (dead, mut died) = tokio::sync::mpsc::channel::<String>(64);
     let options = state.clone();
-    follow_die_events(
-        move || options.docker_options(),
-        move |id| {
+    tokio::spawn(follow_die_events(move || options.docker_options(), dead));
+    while let Some(id) = died.recv().await {
+        let worker = state.clone();
+        let job = state.blocking.run(move || {
             let t = Trigger::Container {
                 id: id.clone(),
                 action: "die",
             };
             let span = info_span!("plugin", call = "event die", container_id = %id);
             let _g = span.enter();
-            let docker = state.docker_options();
-            if let Err(e) = cleanup(&docker, &state.config.base, state.config.fault, &t) {
-                warn!(error = %e, "backstop cleanup failed");
-            }
-        },
-    )
-    .await
+            cleanup(
+                &worker.docker_options(),
+                &worker.config.base,
+                worker.config.fault,
+                &t,
+            )
+        });
+        match job.await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => warn!(error = %e, "backstop cleanup failed"),
+            Err(e) => warn!(error = %e, "backstop cleanup did not run"),
+        }
+    }
 }
 
 /// Backstop: every few seconds, release foreign copies of stopped containers' mounts.
@@ -411,18 +416,20 @@ async fn sweep_periodically(state: Arc<State>) {
     loop {
         tokio::time::sleep(state.config.sweep).await;
         let worker = state.clone();
-        let job = tokio::task::spawn_blocking(move || {
-            let span = info_span!("plugin", call = "sweep");
-            let _g = span.enter();
-            cleanup(
-                &worker.docker_options(),
-                &worker.config.base,
-                worker.config.fault,
-                // A "stopped" container may be starting right now: dockerd's copy is its own.
-                &Trigger::Prune,
-            )
-        })
-        .instrument(info_span!("sweep"));
+        let job = state
+            .blocking
+            .run(move || {
+                let span = info_span!("plugin", call = "sweep");
+                let _g = span.enter();
+                cleanup(
+                    &worker.docker_options(),
+                    &worker.config.base,
+                    worker.config.fault,
+                    // A "stopped" container may be starting right now: dockerd's copy is its own.
+                    &Trigger::Prune,
+                )
+            })
+            .instrument(info_span!("sweep"));
         match job.await {
             Ok(Ok(n)) if n > 0 => info!(released = n, "sweep released copies"),
             Ok(Err(e)) => warn!(error = %e, "sweep failed"),

@@ -7,6 +7,24 @@ use std::time::Duration;
 use super::records::{BadRecord, container};
 use super::{Container, Docker, POD_UID_LABEL};
 
+/// The one runtime every blocking Engine API call runs on (built once, not per connect).
+/// Called from plain threads only: the CLI's, and the daemons' blocking bridge.
+pub(super) fn runtime() -> Result<&'static tokio::runtime::Runtime, String> {
+    static RUNTIME: std::sync::OnceLock<Option<tokio::runtime::Runtime>> =
+        std::sync::OnceLock::new();
+    RUNTIME
+        .get_or_init(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .thread_name("mntreap-engine-api")
+                .enable_all()
+                .build()
+                .ok()
+        })
+        .as_ref()
+        .ok_or_else(|| "cannot start the Engine API client's runtime".to_string())
+}
+
 /// An Engine API client on a unix socket. It starts at an old API version (18.06 speaks
 /// 1.38); `negotiate_version` then picks the daemon's.
 pub fn engine_client(
@@ -28,18 +46,8 @@ impl Docker {
     pub(super) fn api(
         socket: &Path,
         timeout: Duration,
-    ) -> Result<
-        (
-            tokio::runtime::Runtime,
-            bollard::Docker,
-            bollard::models::SystemInfo,
-        ),
-        String,
-    > {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| e.to_string())?;
+    ) -> Result<(bollard::Docker, bollard::models::SystemInfo), String> {
+        let rt = runtime()?;
         let client = engine_client(socket, timeout).map_err(|e| e.to_string())?;
         // Whichever deadline fires first (ours, or the client's own), say the same thing.
         let why = |e: bollard::errors::Error| match e {
@@ -57,7 +65,7 @@ impl Docker {
                 .map_err(why)?;
             Ok::<_, String>((client, info))
         })?;
-        Ok((rt, client, info))
+        Ok((client, info))
     }
 
     pub(super) fn container_from_inspect(
@@ -97,7 +105,7 @@ impl Docker {
 
     /// `DELETE /containers/{id}?force=1`: the daemon's own error text when it fails.
     pub fn remove_forced(&self, id: &str) -> Result<(), String> {
-        let Some((rt, client)) = &self.client else {
+        let Some(client) = &self.client else {
             return Err(format!(
                 "dockerd does not answer at {} ({}); the container cannot be removed now",
                 self.daemon.socket.display(),
@@ -112,6 +120,7 @@ impl Docker {
             .build();
         // Removal can take a while (the daemon's own unmount retries): a longer deadline.
         let deadline = self.timeout.max(Duration::from_secs(30));
+        let rt = runtime()?;
         match rt.block_on(async {
             tokio::time::timeout(deadline, client.remove_container(id, Some(options))).await
         }) {

@@ -1,20 +1,18 @@
 //! The daemon's event stream: container `die` events, followed forever.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use tracing::warn;
 
 use super::DockerOptions;
 
-/// Follows the daemon's `die` events forever (reconnecting), calling `on_die` with the
-/// container id on the blocking pool.
+/// Follows the daemon's `die` events forever (reconnecting), sending each container id to
+/// `dead`, a bounded channel: the daemon that consumes it decides how the work runs.
 pub async fn follow_die_events(
     options: impl Fn() -> DockerOptions,
-    on_die: impl Fn(String) + Send + Sync + 'static,
+    dead: tokio::sync::mpsc::Sender<String>,
 ) {
     use futures_util::StreamExt;
-    let on_die = Arc::new(on_die);
     loop {
         // Asked anew at each connection: the plugin may have learned the daemon since.
         let (socket, _, host_root) = match options().resolve() {
@@ -48,8 +46,10 @@ pub async fn follow_die_events(
             let Some(id) = event.actor.and_then(|a| a.id) else {
                 continue;
             };
-            let on_die = on_die.clone();
-            tokio::task::spawn_blocking(move || on_die(id));
+            // Bounded: while the consumer is busy, the stream waits.
+            if dead.send(id).await.is_err() {
+                return;
+            }
         }
         warn!("event stream ended; reconnecting");
         tokio::time::sleep(Duration::from_secs(1)).await;

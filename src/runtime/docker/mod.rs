@@ -189,7 +189,7 @@ impl DockerOptions {
 /// A connected (or not) daemon, able to resolve containers.
 pub struct Docker {
     pub daemon: Daemon,
-    client: Option<(tokio::runtime::Runtime, bollard::Docker)>,
+    client: Option<bollard::Docker>,
     timeout: Duration,
 }
 
@@ -239,7 +239,7 @@ impl Docker {
             None
         } else {
             match Self::api(&on_host(&host_root, &socket), opts.timeout) {
-                Ok((rt, client, info)) => {
+                Ok((client, info)) => {
                     daemon.via = Via::Api;
                     if let Some(root) = info.docker_root_dir {
                         daemon.check_data_root(Path::new(&root));
@@ -247,7 +247,7 @@ impl Docker {
                     }
                     daemon.driver = info.driver;
                     daemon.live_restore = info.live_restore_enabled;
-                    Some((rt, client))
+                    Some(client)
                 }
                 Err(reason) => {
                     tracing::warn!(socket = %socket.display(), %reason, "dockerd does not answer; resolving offline from the data root");
@@ -286,7 +286,8 @@ impl Docker {
 
     fn resolve_one(&self, name: &str) -> Result<Container, DockerError> {
         match &self.client {
-            Some((rt, client)) => {
+            Some(client) => {
+                let rt = api::runtime().map_err(|e| self.api_error(e))?;
                 let inspected = rt.block_on(async {
                     tokio::time::timeout(self.timeout, client.inspect_container(name, None)).await
                 });
@@ -323,7 +324,8 @@ impl Docker {
     /// Every container the daemon (or data root) knows.
     pub fn list(&self) -> Result<Vec<Container>, DockerError> {
         match &self.client {
-            Some((rt, client)) => {
+            Some(client) => {
+                let rt = api::runtime().map_err(|e| self.api_error(e))?;
                 let options = bollard::query_parameters::ListContainersOptionsBuilder::new()
                     .all(true)
                     .build();
