@@ -61,11 +61,12 @@ impl Agent {
             .spawn()
             .unwrap();
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::os::unix::net::UnixStream::connect(socket).is_err() {
-            assert!(Instant::now() < deadline, "agent did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_until(
+            Duration::from_secs(10),
+            Duration::from_millis(20),
+            || std::os::unix::net::UnixStream::connect(socket).is_ok(),
+            || "agent did not start".to_string(),
+        );
     }
 
     /// SIGTERM, then waits (at most 30 s) for the exit status.
@@ -246,6 +247,7 @@ fn prestop_hook_releases_only_the_callers_container() {
         String::from_utf8_lossy(&ok.stderr)
     );
     let reply: serde_json::Value = serde_json::from_slice(&ok.stdout).unwrap();
+    assert_documented(&ok.stdout);
     assert_eq!(reply["container"]["name"], "web");
     assert!(
         !has_mount_at(service, &web),
@@ -280,14 +282,12 @@ fn sweeps_release_leaks_and_metrics_count_them() {
     let merged = dk.merged("web");
     let service = sb.holder(None, None);
     let mut agent = Agent::start(&sb, &dk, &format!("{}/hook", dk.d()), 1);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while has_mount_at(service, &merged) {
-        assert!(
-            Instant::now() < deadline,
-            "the sweep did not release the leak"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_until(
+        Duration::from_secs(15),
+        Duration::from_millis(100),
+        || !has_mount_at(service, &merged),
+        || "the sweep did not release the leak".to_string(),
+    );
     assert!(has_mount_at(sb.host_pid(), &merged), "dockerd's copy stays");
     assert_eq!(
         dk.docker_ok(&["inspect", "web", "--format", "{{.State.Status}}"]),
@@ -295,11 +295,12 @@ fn sweeps_release_leaks_and_metrics_count_them() {
     );
     assert_eq!(agent.get("/healthz"), (200, "ok\n".to_string()));
     // Counters match what happened: one copy released, nothing failed.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while agent.metric("mntreap_sweeps_total") < 2.0 {
-        assert!(Instant::now() < deadline);
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_until(
+        Duration::from_secs(5),
+        Duration::from_millis(100),
+        || agent.metric("mntreap_sweeps_total") >= 2.0,
+        || "the agent did not sweep twice".to_string(),
+    );
     assert_eq!(agent.metric("mntreap_copies_released_total"), 1.0);
     assert_eq!(agent.metric("mntreap_release_failures_total"), 0.0);
     assert_eq!(agent.metric("mntreap_leaked_copies"), 0.0);

@@ -6,10 +6,6 @@ use common::docker::DockerDaemon;
 use common::*;
 use serde_json::Value;
 
-fn holders(doc: &Value) -> &Vec<Value> {
-    doc["holders"].as_array().unwrap()
-}
-
 fn roles(doc: &Value) -> Vec<(u64, String)> {
     let mut r: Vec<(u64, String)> = holders(doc)
         .iter()

@@ -20,10 +20,6 @@ fn layers(sb: &Sandbox, id: &str) {
     ));
 }
 
-fn holders(doc: &Value) -> &Vec<Value> {
-    doc["holders"].as_array().unwrap()
-}
-
 #[test]
 fn scan_and_release_exactly_the_leaked_layer() {
     let mut sb = Sandbox::new("basic");

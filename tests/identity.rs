@@ -4,7 +4,7 @@
 mod common;
 
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::docker::DockerDaemon;
 use common::*;
@@ -22,11 +22,12 @@ impl ServiceInDockerdNamespace {
             .spawn()
             .unwrap();
         let pid = child.id() as i32;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while comm(pid).as_deref() != Some("sleep") || ns_inode(pid) == ns_inode(dockerd) {
-            assert!(Instant::now() < deadline, "service {pid} never started");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait_until(
+            Duration::from_secs(10),
+            Duration::from_millis(10),
+            || comm(pid).as_deref() == Some("sleep") && ns_inode(pid) != ns_inode(dockerd),
+            || format!("service {pid} never started"),
+        );
         ServiceInDockerdNamespace(child)
     }
 
@@ -186,6 +187,7 @@ fn disagreeing_evidence_protects_every_runtime_namespace() {
         &[],
     );
     let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_documented(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{doc:#}");
     assert!(
         doc["docker"]["identity"]["unsure"]

@@ -49,11 +49,12 @@ impl Plugin {
             cmd.env(k, v);
         }
         let child = cmd.spawn().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while UnixStream::connect(&socket).is_err() {
-            assert!(Instant::now() < deadline, "plugin did not listen");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_until(
+            Duration::from_secs(10),
+            Duration::from_millis(20),
+            || UnixStream::connect(&socket).is_ok(),
+            || "plugin did not listen".to_string(),
+        );
         Plugin { name, child, log }
     }
 
@@ -155,15 +156,12 @@ fn run_rm_is_caught_by_the_backstop() {
         )),
         None,
     );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while has_mount_at(service, &view) {
-        assert!(
-            Instant::now() < deadline,
-            "the backstop did not release {view}: {:#?}",
-            plugin.audit()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_until(
+        Duration::from_secs(20),
+        Duration::from_millis(100),
+        || !has_mount_at(service, &view),
+        || format!("the backstop did not release {view}: {:#?}", plugin.audit()),
+    );
     // The audit line follows the unmount: give it a moment to be written.
     let deadline = Instant::now() + Duration::from_secs(5);
     let line = loop {

@@ -12,6 +12,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use common::wait_until;
 use serde_json::Value;
 
 const HOST_SH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/realhost/host.sh");
@@ -143,6 +144,7 @@ impl Guest {
                 String::from_utf8_lossy(&out.stderr)
             )
         });
+        common::assert_documented(&out.stdout);
         (out.status.code().unwrap_or(-1), doc)
     }
 
@@ -198,15 +200,12 @@ impl Guest {
         };
         let before = count(self);
         self.sh("systemctl reload docker");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while count(self) <= before {
-            assert!(
-                Instant::now() < deadline,
-                "dockerd never reloaded\n{}",
-                self.diag()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        wait_until(
+            Duration::from_secs(20),
+            Duration::from_millis(100),
+            || count(self) > before,
+            || format!("dockerd never reloaded\n{}", self.diag()),
+        );
     }
 
     /// The guest's warnings and dockerd's last journal lines, for failure messages.
@@ -633,15 +632,17 @@ fn writeup2_private_tmp_nginx_release_plugin_agent() {
         pretty(&node)
     );
     g.sh("systemd-run --unit=mntreap-agent mntreap agent --sweep-interval 2 --metrics-addr off --hook-socket /run/mntreap/hook.sock");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while g.has_mount(holder, &shm4) {
-        assert!(
-            Instant::now() < deadline,
-            "the agent did not release w4's shm:\n{}",
-            g.sh("journalctl -u mntreap-agent --no-pager -o cat")
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
+    wait_until(
+        Duration::from_secs(30),
+        Duration::from_millis(250),
+        || !g.has_mount(holder, &shm4),
+        || {
+            format!(
+                "the agent did not release w4's shm:\n{}",
+                g.sh("journalctl -u mntreap-agent --no-pager -o cat")
+            )
+        },
+    );
     let journal = g.sh("journalctl -u mntreap-agent --no-pager -o cat");
     assert!(
         journal.lines().any(|l| l.contains("mntreap::audit")

@@ -1,12 +1,11 @@
 //! `mntreap scan` with no target: the node-wide report of leaked and orphaned container
 //! mounts.
 
-use serde_json::{Value, json};
-
 use super::{Config, Exit, Failure, print};
 use crate::engine::mountinfo::encode;
-use crate::report::containers::{Class, findings, node_scan, pid_words};
-use crate::report::holder_json;
+use crate::report::containers::{Class, container_ref, findings, node_scan, pid_words};
+use crate::report::doc::{HolderDoc, NodeReportDoc, NodeSummary, to_text};
+use crate::report::holder_doc;
 
 /// `mntreap scan` with no target.
 pub fn command(e: &Config) -> Result<Exit, Failure> {
@@ -31,36 +30,36 @@ pub fn command(e: &Config) -> Result<Exit, Failure> {
     let found = findings(&scan, &docker.daemon, &containers);
     let unsure = docker.daemon.unsure_note();
     if e.json {
-        let items: Vec<Value> = found
+        let items: Vec<HolderDoc> = found
             .iter()
             .map(|f| {
-                let mut v = holder_json(&scan, &scan.holders[f.holder]);
-                v["class"] = json!(f.class);
-                v["severity"] = json!(f.class.severity());
-                v["owner"] = json!(f.owner);
-                v["container"] = match &f.container {
-                    Some(c) => json!({"id": c.id, "name": c.name, "state": c.state}),
-                    None => Value::Null,
-                };
+                let mut v = holder_doc(&scan, &scan.holders[f.holder]);
+                v.class = Some(f.class);
+                v.severity = Some(f.class.severity());
+                v.owner = Some(f.owner.clone());
+                v.container = f.container.as_ref().map(container_ref);
                 v
             })
             .collect();
         let count = |class: Class| found.iter().filter(|f| f.class == class).count();
-        let doc = json!({
-            "docker": docker.daemon,
-            "backend": scan.backend,
-            "roots": scan.targets,
-            "findings": items,
-            "summary": {
-                "orphaned": count(Class::Orphaned),
-                "leaked": count(Class::Leaked),
-                "in_use": count(Class::InUse),
-                "containers": containers.len(),
-                "namespaces_scanned": scan.namespaces.len(),
+        print(&to_text(&NodeReportDoc {
+            docker: docker.daemon.clone(),
+            backend: scan.backend,
+            roots: scan
+                .targets
+                .iter()
+                .map(|t| t.to_string_lossy().into_owned())
+                .collect(),
+            findings: items,
+            summary: NodeSummary {
+                orphaned: count(Class::Orphaned),
+                leaked: count(Class::Leaked),
+                in_use: count(Class::InUse),
+                containers: containers.len(),
+                namespaces_scanned: scan.namespaces.len(),
             },
-            "notes": scan.all_notes(),
-        });
-        print(&format!("{doc:#}\n"));
+            notes: scan.all_notes().into_iter().cloned().collect(),
+        }));
     } else {
         let mut out = String::new();
         if found.is_empty() {

@@ -4,11 +4,10 @@
 //! (`DELETE /containers/{id}?force=1`), and report what held it, what was released, and the
 //! removal's outcome in the daemon's own words.
 
-use serde_json::{Value, json};
-
 use super::{Config, Exit, Failure, print};
 use crate::engine::release;
 use crate::report;
+use crate::report::doc::{FailedDoc, ReapDoc, ReapEntry, ReleaseOutcome, RemovalDoc};
 use crate::runtime::docker::{container_request, release_scope, short_id};
 
 /// Runs `reap`. One result per container: a release that cannot run is reported for that
@@ -42,11 +41,18 @@ pub fn command(e: &Config, names: &[String], dry_run: bool) -> Result<Exit, Fail
                     short_id(&c.id),
                     c.state
                 ));
-                docs.push(json!({
-                    "container": c,
-                    "release": {"error": err.to_string()},
-                    "removal": {"removed": false, "error": "not attempted: the release failed"},
-                }));
+                docs.push(ReapEntry {
+                    container: c.clone(),
+                    release: ReleaseOutcome::Failed(FailedDoc {
+                        error: err.to_string(),
+                        container: None,
+                    }),
+                    removal: RemovalDoc {
+                        removed: false,
+                        dry_run,
+                        error: Some("not attempted: the release failed".into()),
+                    },
+                });
                 continue;
             }
         };
@@ -71,22 +77,25 @@ pub fn command(e: &Config, names: &[String], dry_run: bool) -> Result<Exit, Fail
             (Err(err), false) => text.push_str(&format!("removal failed: {err}\n")),
         }
         text.push_str(&indent(&report::release_text(&rel)));
-        docs.push(json!({
-            "container": c,
-            "release": report::release_json(&rel),
-            "removal": match (&removal, dry_run) {
-                (_, true) => json!({"removed": false, "dry_run": true}),
-                (Ok(()), false) => json!({"removed": true}),
-                (Err(err), false) => json!({"removed": false, "error": err}),
+        docs.push(ReapEntry {
+            container: c.clone(),
+            release: ReleaseOutcome::Released(report::release_doc(&rel)),
+            removal: RemovalDoc {
+                removed: removal.is_ok() && !dry_run,
+                dry_run,
+                error: removal.err(),
             },
-        }));
+        });
     }
     if containers.is_empty() {
         text.push_str("No container is stuck in removal.\n");
     }
     if e.json {
-        let doc: Value = json!({"docker": docker.daemon, "dry_run": dry_run, "containers": docs});
-        print(&format!("{doc:#}\n"));
+        print(&report::doc::to_text(&ReapDoc {
+            docker: docker.daemon.clone(),
+            dry_run,
+            containers: docs,
+        }));
     } else {
         print(&text);
     }

@@ -3,6 +3,7 @@
 use super::{Config, Exit, Failure, check_targets_exist, print, resolve_containers, unsure_note};
 use crate::engine::release::{self, Release, Scope};
 use crate::report;
+use crate::report::doc::{FailedDoc, ReleaseOutcome, ReleasesDoc};
 use crate::runtime::docker::{Container, container_request, release_scope, short_id};
 
 /// What `mntreap release` was asked to do.
@@ -56,27 +57,30 @@ pub fn command(config: &Config, args: ReleaseArgs) -> Result<Exit, Failure> {
             .is_ok_and(|r| !r.remaining().is_empty() || r.still_pinned())
     });
     let out = if e.json {
-        let docs: Vec<serde_json::Value> = releases
+        let mut docs: Vec<ReleaseOutcome> = releases
             .iter()
-            .map(|(c, r)| {
-                let mut doc = match r {
-                    Ok(r) => report::release_json(r),
-                    Err(err) => serde_json::json!({"error": err}),
-                };
-                if let Some(c) = c {
-                    doc["container"] = serde_json::to_value(c).unwrap_or_default();
+            .map(|(c, r)| match r {
+                Ok(r) => {
+                    let mut doc = report::release_doc(r);
+                    doc.container = c.cloned();
+                    ReleaseOutcome::Released(doc)
                 }
-                doc
+                Err(err) => ReleaseOutcome::Failed(FailedDoc {
+                    error: err.clone(),
+                    container: c.cloned(),
+                }),
             })
             .collect();
-        let doc = match (&docker, docs.len()) {
-            (None, 1) => docs.into_iter().next().unwrap_or_default(),
-            _ => serde_json::json!({
-                "docker": docker.as_ref().map(|d| &d.daemon),
-                "releases": docs,
+        match (&docker, docs.len()) {
+            (None, 1) => match docs.remove(0) {
+                ReleaseOutcome::Released(doc) => report::doc::to_text(&doc),
+                ReleaseOutcome::Failed(doc) => report::doc::to_text(&doc),
+            },
+            _ => report::doc::to_text(&ReleasesDoc {
+                docker: docker.as_ref().map(|d| d.daemon.clone()),
+                releases: docs,
             }),
-        };
-        format!("{doc:#}\n")
+        }
     } else {
         let mut text = String::new();
         for (c, r) in &releases {

@@ -35,11 +35,11 @@ pub fn command(config: &Config, names: &[String], paths: &[String]) -> Result<Ex
     };
     let out = match (&view, e.json) {
         (_, true) => {
-            let mut doc = report::scan_json(&scan);
+            let mut doc = report::scan_doc(&scan);
             if let Some(v) = &view {
                 v.annotate(&mut doc);
             }
-            format!("{doc:#}\n")
+            report::doc::to_text(&doc)
         }
         (None, false) => report::scan_text(&scan),
         (Some(v), false) => v.text(),

@@ -11,6 +11,7 @@ use tracing::info_span;
 
 use super::agent::Agent;
 use crate::engine::release;
+use crate::report::doc::HookReply;
 use crate::runtime::docker::{self, Docker, DockerOptions};
 
 /// The hook protocol: one JSON request line, one JSON reply line.
@@ -58,7 +59,14 @@ pub(super) async fn serve(agent: Arc<Agent>, listener: tokio::net::UnixListener)
                 _ => {
                     let _ = write
                         .write_all(
-                            b"{\"ok\":false,\"error\":\"no request line within 4 KiB and 5 s\"}\n",
+                            format!(
+                                "{}\n",
+                                serde_json::to_string(&HookReply::refused(
+                                    "no request line within 4 KiB and 5 s"
+                                ))
+                                .unwrap_or_default()
+                            )
+                            .as_bytes(),
                         )
                         .await;
                     return;
@@ -69,8 +77,9 @@ pub(super) async fn serve(agent: Arc<Agent>, listener: tokio::net::UnixListener)
                 .blocking
                 .run(move || hook(&a, peer, accepted_at, &line))
                 .await
-                .unwrap_or_else(|e| serde_json::json!({"ok": false, "error": e.to_string()}));
-            let _ = write.write_all(format!("{reply}\n").as_bytes()).await;
+                .unwrap_or_else(|e| HookReply::refused(e.to_string()));
+            let line = serde_json::to_string(&reply).unwrap_or_default();
+            let _ = write.write_all(format!("{line}\n").as_bytes()).await;
         });
     }
 }
@@ -118,15 +127,10 @@ fn caller_container(
     Err(why)
 }
 
-fn hook(
-    agent: &Agent,
-    peer: Option<i32>,
-    accepted_at: Option<u64>,
-    line: &str,
-) -> serde_json::Value {
+fn hook(agent: &Agent, peer: Option<i32>, accepted_at: Option<u64>, line: &str) -> HookReply {
     let refuse = |msg: String| {
         agent.warn_limited("hook request refused", &format!("peer {peer:?}: {msg}"));
-        serde_json::json!({"ok": false, "error": crate::daemon::clip(&msg, 1024)})
+        HookReply::refused(crate::daemon::clip(&msg, 1024))
     };
     let req: HookRequest = match serde_json::from_str(line) {
         Ok(r) => r,
@@ -181,10 +185,12 @@ fn hook(
     match release::run(&req, scope, false) {
         Ok(rel) => {
             agent.metrics.count(&rel.results, started.elapsed());
-            let mut doc = crate::report::release_json(&rel);
-            doc["ok"] = serde_json::json!(true);
-            doc["container"] = serde_json::json!({"id": container.id, "name": container.name});
-            doc
+            HookReply {
+                ok: true,
+                error: None,
+                container: Some(crate::report::containers::container_ref(&container)),
+                release: Some(Box::new(crate::report::release_doc(&rel))),
+            }
         }
         Err(e) => refuse(e.to_string()),
     }

@@ -14,7 +14,9 @@ use crate::engine::sys;
 use crate::engine::table::{Mount, MountTable, Span, path_is_under};
 
 /// Which way mount tables are read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Backend {
     /// listmount/statmount: no text formatting, 64-bit never-reused mount ids.

@@ -15,7 +15,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use serde_json::{Value, json};
+use super::doc::{ContainerRef, ScanDoc};
 
 use crate::engine::mountinfo::encode;
 use crate::engine::scan::{self, Holder, Scan, ScanRequest};
@@ -34,7 +34,8 @@ pub struct ContainerView<'a> {
 }
 
 /// What a holder is to its container.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Role {
     Runtime,
     Container,
@@ -142,20 +143,14 @@ impl<'a> ContainerView<'a> {
     }
 
     /// Adds docker, containers, and per-holder container and role to a scan document.
-    pub fn annotate(&self, doc: &mut Value) {
-        doc["docker"] = serde_json::to_value(self.daemon).unwrap_or_default();
-        doc["containers"] = serde_json::to_value(self.containers).unwrap_or_default();
-        if let Some(holders) = doc["holders"].as_array_mut() {
-            for (i, h) in holders.iter_mut().enumerate() {
-                h["role"] = json!(self.role(i).word());
-                h["container"] = match self.owner[i] {
-                    Some(c) => {
-                        let c = &self.containers[c];
-                        json!({"id": c.id, "name": c.name, "state": c.state})
-                    }
-                    None => Value::Null,
-                };
-            }
+    /// The scan document with the daemon, the containers, and each holder's role and
+    /// container.
+    pub fn annotate(&self, doc: &mut ScanDoc) {
+        doc.docker = Some(self.daemon.clone());
+        doc.containers = Some(self.containers.to_vec());
+        for (i, h) in doc.holders.iter_mut().enumerate() {
+            h.role = Some(self.role(i));
+            h.container = self.owner[i].map(|c| container_ref(&self.containers[c]));
         }
     }
 
@@ -229,7 +224,9 @@ pub fn pid_words(scan: &Scan, ns: usize) -> String {
 }
 
 /// What a node-wide finding is, most severe first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum Class {
     /// Its container is gone, Dead or Removal In Progress, or no container owns the layer.
@@ -256,6 +253,15 @@ impl Class {
             Class::Leaked => "leaked",
             Class::InUse => "in-use",
         }
+    }
+}
+
+/// A container as holders and findings name it.
+pub fn container_ref(c: &Container) -> ContainerRef {
+    ContainerRef {
+        id: c.id.clone(),
+        name: c.name.clone(),
+        state: c.state.clone(),
     }
 }
 

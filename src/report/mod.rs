@@ -4,9 +4,12 @@
 //! mountinfo's octal escapes for the offending bytes, so nothing is lost or altered.
 
 pub mod containers;
+pub mod doc;
 
-use serde::Serialize;
-use serde_json::{Value, json};
+use doc::{
+    ActionDoc, ActionResult, HolderDoc, HolderState, NamespaceDoc, PidDoc, ReleaseDoc, ScanDoc,
+    ScanSummary,
+};
 
 use crate::engine::mountinfo::encode;
 use crate::engine::release::Outcome;
@@ -20,76 +23,91 @@ pub fn path_json(bytes: &[u8]) -> String {
     }
 }
 
-#[derive(Serialize)]
-struct Pid<'a> {
-    pid: i32,
-    comm: &'a str,
-}
-
-/// The state word shown for a holder.
-pub fn state(scan: &Scan, h: &Holder) -> &'static str {
+/// What a holder is, in a path scan.
+pub fn state(scan: &Scan, h: &Holder) -> HolderState {
     if h.in_use.is_some() {
-        "in-use"
+        HolderState::InUse
     } else if scan.namespaces[h.ns].ns.own {
-        "host"
+        HolderState::Host
     } else if !h.pins.is_empty() {
-        "pinned"
+        HolderState::Pinned
     } else {
-        "leaked"
+        HolderState::Leaked
     }
 }
 
-/// One holder as a JSON object.
-pub fn holder_json(scan: &Scan, h: &Holder) -> Value {
+fn state_word(s: HolderState) -> &'static str {
+    match s {
+        HolderState::InUse => "in-use",
+        HolderState::Host => "host",
+        HolderState::Pinned => "pinned",
+        HolderState::Leaked => "leaked",
+    }
+}
+
+/// One holder's document.
+pub fn holder_doc(scan: &Scan, h: &Holder) -> HolderDoc {
     let ns = &scan.namespaces[h.ns];
-    let pids: Vec<Pid> = ns
-        .processes
+    HolderDoc {
+        mnt_ns: ns.ns.inode,
+        own_namespace: ns.ns.own,
+        mount_id: h.mount.id,
+        mount_id_unique: h.mount.unique_id,
+        parent_id: h.mount.parent_id,
+        mount_point: path_json(&h.mount_point),
+        root: path_json(&h.root),
+        dev: format!("{}:{}", h.mount.dev.0, h.mount.dev.1),
+        fs_type: h.fs_type.clone(),
+        source: path_json(&h.source),
+        matched: h.matched,
+        state: state(scan, h),
+        in_use: h.in_use.clone(),
+        pins: h.pins.clone(),
+        pids: ns
+            .processes
+            .iter()
+            .map(|p| PidDoc {
+                pid: p.pid,
+                comm: p.comm.clone(),
+            })
+            .collect(),
+        role: None,
+        container: None,
+        class: None,
+        severity: None,
+        owner: None,
+    }
+}
+
+fn targets_doc(scan: &Scan) -> Vec<String> {
+    scan.targets
         .iter()
-        .map(|p| Pid {
-            pid: p.pid,
-            comm: &p.comm,
-        })
-        .collect();
-    json!({
-        "mnt_ns": ns.ns.inode,
-        "own_namespace": ns.ns.own,
-        "mount_id": h.mount.id,
-        "mount_id_unique": h.mount.unique_id,
-        "parent_id": h.mount.parent_id,
-        "mount_point": path_json(&h.mount_point),
-        "root": path_json(&h.root),
-        "dev": format!("{}:{}", h.mount.dev.0, h.mount.dev.1),
-        "fs_type": h.fs_type,
-        "source": path_json(&h.source),
-        "match": h.matched,
-        "state": state(scan, h),
-        "in_use": h.in_use,
-        "pins": h.pins,
-        "pids": pids,
-    })
+        .map(|t| t.to_string_lossy().into_owned())
+        .collect()
 }
 
 /// The `scan --json` document.
-pub fn scan_json(scan: &Scan) -> Value {
-    let holders: Vec<Value> = scan.holders.iter().map(|h| holder_json(scan, h)).collect();
+pub fn scan_doc(scan: &Scan) -> ScanDoc {
     let namespaces: std::collections::BTreeSet<u64> = scan
         .holders
         .iter()
         .map(|h| scan.namespaces[h.ns].ns.inode)
         .collect();
-    json!({
-        "backend": scan.backend,
-        "paths_only": scan.paths_only,
-        "targets": scan.targets.iter().map(|t| t.to_string_lossy()).collect::<Vec<_>>(),
-        "holders": holders,
-        "summary": {
-            "holders": scan.holders.len(),
-            "namespaces": namespaces.len(),
-            "foreign_holders": scan.foreign_holders().count(),
-            "namespaces_scanned": scan.namespaces.len(),
+    ScanDoc {
+        backend: scan.backend,
+        paths_only: scan.paths_only,
+        targets: targets_doc(scan),
+        holders: scan.holders.iter().map(|h| holder_doc(scan, h)).collect(),
+        summary: ScanSummary {
+            holders: scan.holders.len(),
+            namespaces: namespaces.len(),
+            foreign_holders: scan.foreign_holders().count(),
+            namespaces_scanned: scan.namespaces.len(),
         },
-        "notes": scan.all_notes(),
-    })
+        notes: scan.all_notes().into_iter().cloned().collect(),
+        docker: None,
+        containers: None,
+    }
 }
 
 /// The human table for a scan.
@@ -104,16 +122,17 @@ pub fn scan_text(scan: &Scan) -> String {
         ));
         for h in &scan.holders {
             let ns = &scan.namespaces[h.ns];
-            let matched = serde_json::to_value(h.matched)
-                .ok()
-                .and_then(|v| v.as_str().map(String::from))
-                .unwrap_or_default();
+            let matched = match h.matched {
+                crate::engine::scan::Match::Path => "path",
+                crate::engine::scan::Match::Identity => "identity",
+                crate::engine::scan::Match::InsideCopy => "inside-copy",
+            };
             out.push_str(&format!(
                 "{:<12} {:>8}  {:<11} {:<8} {:<10} {:<40} {}\n",
                 ns.ns.inode,
                 h.mount.id,
                 matched,
-                state(scan, h),
+                state_word(state(scan, h)),
                 h.fs_type,
                 encode(&h.mount_point),
                 pids_text(scan, h.ns, 4),
@@ -130,10 +149,13 @@ pub fn scan_text(scan: &Scan) -> String {
         }
         let foreign = scan.foreign_holders().count();
         out.push_str(&format!(
-            "{} holder(s), {} in other namespaces; backend {:?}.\n",
+            "{} holder(s), {} in other namespaces; backend {}.\n",
             scan.holders.len(),
             foreign,
-            scan.backend
+            match scan.backend {
+                crate::engine::source::Backend::Listmount => "listmount",
+                crate::engine::source::Backend::Mountinfo => "mountinfo",
+            }
         ));
     }
     for n in &scan.notes {
@@ -155,14 +177,7 @@ fn in_use_text(in_use: &crate::engine::scan::InUse) -> String {
 
 fn pins_text(pins: &[crate::engine::scan::Pin]) -> String {
     pins.iter()
-        .map(|p| {
-            let via = match p.via {
-                crate::engine::namespace::PinVia::Cwd => "cwd",
-                crate::engine::namespace::PinVia::Exe => "exe",
-                crate::engine::namespace::PinVia::OpenFile => "open file",
-            };
-            format!("pid {} ({via})", p.pid)
-        })
+        .map(|p| format!("pid {} ({})", p.pid, doc::pin_word(p.via)))
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -189,53 +204,63 @@ fn pids_text(scan: &Scan, ns: usize, max: usize) -> String {
 }
 
 /// The `release --json` document.
-pub fn release_json(release: &crate::engine::release::Release) -> Value {
+pub fn release_doc(release: &crate::engine::release::Release) -> ReleaseDoc {
     let (scan, plans, results) = (&release.scan, &release.plans, &release.results);
-    let remaining = release.remaining();
-    let namespaces: Vec<Value> = plans
+    let namespaces = plans
         .iter()
         .map(|p| {
             let ns = &scan.namespaces[p.ns].ns;
-            let actions: Vec<Value> = p
+            let actions = p
                 .actions
                 .iter()
                 .filter_map(|a| results.iter().find(|r| r.holder == a.holder))
-                .map(|r| {
-                    let h = &scan.holders[r.holder];
-                    let mut v = json!({
-                        "mount_id": h.mount.id,
-                        "mount_point": path_json(&h.mount_point),
-                        "fs_type": h.fs_type,
-                        "match": h.matched,
-                    });
-                    merge(&mut v, serde_json::to_value(&r.outcome).unwrap_or_default());
-                    v
-                })
+                .map(|r| action_doc(&scan.holders[r.holder], &r.outcome))
                 .collect();
-            json!({
-                "mnt_ns": ns.inode,
-                "own_namespace": ns.own,
-                "pid_used": ns.pid_used,
-                "actions": actions,
-            })
+            NamespaceDoc {
+                mnt_ns: ns.inode,
+                own_namespace: ns.own,
+                pid_used: ns.pid_used,
+                actions,
+            }
         })
         .collect();
-    let remaining: Vec<Value> = remaining.iter().map(|h| holder_json(scan, h)).collect();
-    let notes = all_notes(release, true);
-    json!({
-        "dry_run": release.dry_run,
-        "paths_only": scan.paths_only,
-        "backend": scan.backend,
-        "targets": scan.targets.iter().map(|t| t.to_string_lossy()).collect::<Vec<_>>(),
-        "namespaces": namespaces,
-        "remaining": remaining,
-        "notes": notes,
-    })
+    ReleaseDoc {
+        dry_run: release.dry_run,
+        paths_only: scan.paths_only,
+        backend: scan.backend,
+        targets: targets_doc(scan),
+        namespaces,
+        remaining: release
+            .remaining()
+            .into_iter()
+            .map(|h| holder_doc(scan, h))
+            .collect(),
+        notes: all_notes(release, true),
+        container: None,
+    }
 }
 
-fn merge(into: &mut Value, from: Value) {
-    if let (Value::Object(a), Value::Object(b)) = (into, from) {
-        a.extend(b);
+fn action_doc(h: &Holder, outcome: &Outcome) -> ActionDoc {
+    let (result, pins, reason, error) = match outcome {
+        Outcome::Unmounted => (ActionResult::Unmounted, None, None, None),
+        Outcome::Detached { pins } => (ActionResult::Detached, Some(pins.clone()), None, None),
+        Outcome::Kept { reason } => (ActionResult::Kept, None, Some(reason.clone()), None),
+        Outcome::Gone => (ActionResult::Gone, None, None, None),
+        Outcome::Failed { error } => (ActionResult::Failed, None, None, Some(error.to_string())),
+        Outcome::WouldUnmount => (ActionResult::WouldUnmount, None, None, None),
+        Outcome::WouldDetach { pins } => {
+            (ActionResult::WouldDetach, Some(pins.clone()), None, None)
+        }
+    };
+    ActionDoc {
+        mount_id: h.mount.id,
+        mount_point: path_json(&h.mount_point),
+        fs_type: h.fs_type.clone(),
+        matched: h.matched,
+        result,
+        pins,
+        reason,
+        error,
     }
 }
 
@@ -282,7 +307,7 @@ pub fn release_text(release: &crate::engine::release::Release) -> String {
                     scan.namespaces[h.ns].ns.inode,
                     h.mount.id,
                     encode(&h.mount_point),
-                    state(scan, h)
+                    state_word(state(scan, h))
                 ));
             }
         }
@@ -335,7 +360,7 @@ fn outcome_detail(o: &Outcome) -> Option<String> {
             pins_text(pins)
         )),
         Outcome::Kept { reason } => Some(reason.clone()),
-        Outcome::Failed { error } => Some(error.clone()),
+        Outcome::Failed { error } => Some(error.to_string()),
         Outcome::WouldDetach { pins } => Some(format!(
             "used by {}; the filesystem would stay alive until they let go",
             pins_text(pins)

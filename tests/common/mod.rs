@@ -57,21 +57,20 @@ impl Sandbox {
     /// Waits until `pid` has left our namespace (unshare has run), so its copy is complete.
     fn wait_own_ns(&self, pid: i32) {
         let ours = ns_inode(std::process::id() as i32);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
-            let theirs = std::fs::metadata(format!("/proc/{pid}/ns/mnt"))
-                .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
-                .ok();
-            if theirs.is_some()
-                && theirs != Some(ours)
-                && exe.is_some_and(|e| !e.ends_with("unshare"))
-            {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        panic!("process {pid} did not enter a new mount namespace");
+        wait_until(
+            Duration::from_secs(10),
+            Duration::from_millis(10),
+            || {
+                let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
+                let theirs = std::fs::metadata(format!("/proc/{pid}/ns/mnt"))
+                    .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+                    .ok();
+                theirs.is_some()
+                    && theirs != Some(ours)
+                    && exe.is_some_and(|e| !e.ends_with("unshare"))
+            },
+            || format!("process {pid} did not enter a new mount namespace"),
+        );
     }
 
     /// Runs a shell script inside the sandbox namespace; panics with its output on failure.
@@ -126,24 +125,20 @@ impl Sandbox {
         self.children.push(child);
         self.wait_own_ns(pid);
         if let Some(f) = ready_file {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while !Path::new(f).exists() {
-                assert!(
-                    Instant::now() < deadline,
-                    "holder {pid} never became ready ({f})"
-                );
-                std::thread::sleep(Duration::from_millis(10));
-            }
+            wait_until(
+                Duration::from_secs(10),
+                Duration::from_millis(10),
+                || Path::new(f).exists(),
+                || format!("holder {pid} never became ready ({f})"),
+            );
         }
         // Wait for the final exec (sleep) so that the process's identity is stable.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while comm(pid).as_deref() != Some("sleep") && comm(pid).as_deref() != Some("busybox") {
-            assert!(
-                Instant::now() < deadline,
-                "holder {pid} never reached its sleep"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait_until(
+            Duration::from_secs(10),
+            Duration::from_millis(10),
+            || matches!(comm(pid).as_deref(), Some("sleep" | "busybox")),
+            || format!("holder {pid} never reached its sleep"),
+        );
         pid
     }
 
@@ -163,7 +158,8 @@ impl Sandbox {
         cmd.output().unwrap()
     }
 
-    /// mntreap with `--json`; returns the exit code and the parsed document.
+    /// mntreap with `--json`; returns the exit code and the parsed document, which must
+    /// also read back as one of the documented types with unknown fields denied.
     pub fn mntreap_json(&self, args: &[&str], env: &[(&str, &str)]) -> (i32, serde_json::Value) {
         let mut all: Vec<&str> = args.to_vec();
         all.push("--json");
@@ -176,6 +172,7 @@ impl Sandbox {
                 String::from_utf8_lossy(&out.stderr)
             )
         });
+        assert_documented(&out.stdout);
         (out.status.code().unwrap_or(-1), doc)
     }
 
@@ -217,6 +214,56 @@ impl Drop for Sandbox {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Every JSON document a command prints is one of the typed documents of
+/// `mntreap::report::doc`, read back with unknown fields denied: the schema is the code's,
+/// and nothing undocumented slips out.
+pub fn assert_documented(bytes: &[u8]) {
+    use mntreap::report::doc::*;
+    fn attempt<T: serde::de::DeserializeOwned>(bytes: &[u8], name: &str) -> Result<(), String> {
+        serde_json::from_slice::<T>(bytes)
+            .map(|_| ())
+            .map_err(|e| format!("{name}: {e}"))
+    }
+    let tries = [
+        attempt::<ScanDoc>(bytes, "ScanDoc"),
+        attempt::<ReleaseDoc>(bytes, "ReleaseDoc"),
+        attempt::<ReleasesDoc>(bytes, "ReleasesDoc"),
+        attempt::<FailedDoc>(bytes, "FailedDoc"),
+        attempt::<NodeReportDoc>(bytes, "NodeReportDoc"),
+        attempt::<ReapDoc>(bytes, "ReapDoc"),
+        attempt::<DoctorDoc>(bytes, "DoctorDoc"),
+        attempt::<HookReply>(bytes, "HookReply"),
+    ];
+    if tries.iter().all(|t| t.is_err()) {
+        let why: Vec<String> = tries.into_iter().filter_map(|t| t.err()).collect();
+        panic!(
+            "output is none of the documented JSON documents:\n{}\n{}",
+            why.join("\n"),
+            String::from_utf8_lossy(bytes)
+        );
+    }
+}
+
+/// Polls `ready` every `every` until it holds; after `within`, fails with `what()`. The
+/// one deadline loop of the tests.
+pub fn wait_until(
+    within: Duration,
+    every: Duration,
+    mut ready: impl FnMut() -> bool,
+    what: impl Fn() -> String,
+) {
+    let deadline = Instant::now() + within;
+    while !ready() {
+        assert!(Instant::now() < deadline, "{}", what());
+        std::thread::sleep(every);
+    }
+}
+
+/// The `holders` array of a scan document.
+pub fn holders(doc: &serde_json::Value) -> &Vec<serde_json::Value> {
+    doc["holders"].as_array().expect("a document with holders")
 }
 
 pub fn require_root() {

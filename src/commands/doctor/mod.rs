@@ -3,9 +3,6 @@
 
 use std::path::Path;
 
-use serde::Serialize;
-use serde_json::json;
-
 use super::{Config, Exit, Failure, print};
 use crate::engine::scan;
 use crate::report::containers;
@@ -15,32 +12,16 @@ mod daemon;
 
 use daemon::{mountflags_slave_live_restore, runtime_identity, split_namespaces};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Status {
-    Ok,
-    Skipped,
-    Warning,
-    Problem,
-}
-
-#[derive(Debug, Serialize)]
-pub struct Check {
-    pub id: &'static str,
-    pub status: Status,
-    pub summary: String,
-    pub evidence: Vec<String>,
-    pub remedy: &'static str,
-}
+pub use crate::report::doc::{Check, DoctorDoc, Status};
 
 impl Check {
     fn new(id: &'static str, remedy: &'static str) -> Check {
         Check {
-            id,
+            id: id.into(),
             status: Status::Ok,
             summary: String::new(),
             evidence: Vec::new(),
-            remedy,
+            remedy: remedy.into(),
         }
     }
     fn with(mut self, status: Status, summary: impl Into<String>) -> Check {
@@ -71,8 +52,11 @@ pub fn command(e: &Config) -> Result<Exit, Failure> {
 
     let worst = checks.iter().map(|c| c.status).max().unwrap_or(Status::Ok);
     if e.json {
-        let doc = json!({"docker": docker.daemon, "checks": checks, "worst": worst});
-        print(&format!("{doc:#}\n"));
+        print(&crate::report::doc::to_text(&DoctorDoc {
+            docker: docker.daemon.clone(),
+            checks,
+            worst,
+        }));
     } else {
         let mut out = String::new();
         for c in &checks {

@@ -10,7 +10,7 @@ use nix::mount::MntFlags;
 use tracing::{info, info_span, warn};
 
 use super::plan::Parents;
-use super::{ActionResult, NamespacePlan, Outcome, Step};
+use super::{ActionResult, NamespacePlan, Outcome, Step, UnmountError};
 use crate::engine::nsexec::{self, NsWorker};
 use crate::engine::scan::{Holder, Scan};
 use crate::engine::sys;
@@ -75,7 +75,7 @@ pub fn execute(
                         ),
                     },
                     (_, Err(e)) => Outcome::Failed {
-                        error: e.to_string(),
+                        error: UnmountError::EnterNamespace(e.to_string()),
                     },
                     (step, Ok(())) => unmount_one(worker, &scan.holders[a.holder], step),
                 };
@@ -103,7 +103,10 @@ fn unmount_one(worker: &mut NsWorker, h: &Holder, step: &Step) -> Outcome {
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Outcome::Gone,
         Err(e) => {
             return Outcome::Failed {
-                error: format!("opening {}: {e}", path.to_string_lossy()),
+                error: UnmountError::Open {
+                    path: path.to_string_lossy().into_owned(),
+                    errno: errno_of(&e),
+                },
             };
         }
     };
@@ -111,7 +114,10 @@ fn unmount_one(worker: &mut NsWorker, h: &Holder, step: &Step) -> Outcome {
         Ok(s) => s,
         Err(e) => {
             return Outcome::Failed {
-                error: format!("statx {}: {e}", path.to_string_lossy()),
+                error: UnmountError::Stat {
+                    path: path.to_string_lossy().into_owned(),
+                    errno: errno_of(&e),
+                },
             };
         }
     };
@@ -131,15 +137,12 @@ fn unmount_one(worker: &mut NsWorker, h: &Holder, step: &Step) -> Outcome {
             return Outcome::Gone;
         }
         return Outcome::Failed {
-            error: format!(
-                "{} now leads to mount {:?} (dev {}:{}), not the scanned mount {}: it is \
-                 covered by another mount; nothing was unmounted",
-                path.to_string_lossy(),
-                stat.mnt_id,
-                stat.dev.0,
-                stat.dev.1,
-                h.mount.id
-            ),
+            error: UnmountError::Covered {
+                path: path.to_string_lossy().into_owned(),
+                found: stat.mnt_id,
+                dev: format!("{}:{}", stat.dev.0, stat.dev.1),
+                scanned: h.mount.id,
+            },
         };
     }
     // Always MNT_DETACH: our descriptor is itself a reference to the mount, so a plain
@@ -151,10 +154,17 @@ fn unmount_one(worker: &mut NsWorker, h: &Holder, step: &Step) -> Outcome {
             Step::Detach { pins } => Outcome::Detached { pins: pins.clone() },
             _ => Outcome::Unmounted,
         },
-        Err(e) => Outcome::Failed {
-            error: format!("umount2({}, MNT_DETACH): {e}", path.to_string_lossy()),
+        Err(errno) => Outcome::Failed {
+            error: UnmountError::Umount {
+                path: path.to_string_lossy().into_owned(),
+                errno,
+            },
         },
     }
+}
+
+fn errno_of(e: &std::io::Error) -> nix::Error {
+    nix::Error::from_raw(e.raw_os_error().unwrap_or(0))
 }
 
 /// The id of the last (topmost) mount at `point` in the worker's namespace.

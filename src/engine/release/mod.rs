@@ -78,6 +78,36 @@ pub struct NamespacePlan {
     pub actions: Vec<Action>,
 }
 
+/// Why one holder could not be released (nothing was unmounted for it).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UnmountError {
+    #[error("{0}")]
+    EnterNamespace(String),
+    #[error("opening {path}: {errno}")]
+    Open { path: String, errno: nix::Error },
+    #[error("statx {path}: {errno}")]
+    Stat { path: String, errno: nix::Error },
+    #[error(
+        "{path} now leads to mount {found:?} (dev {dev}), not the scanned mount {scanned}: it \
+         is covered by another mount; nothing was unmounted"
+    )]
+    Covered {
+        path: String,
+        found: Option<u64>,
+        dev: String,
+        scanned: u64,
+    },
+    #[error("umount2({path}, MNT_DETACH): {errno}")]
+    Umount { path: String, errno: nix::Error },
+}
+
+/// In documents and audit lines, an error is its message.
+impl serde::Serialize for UnmountError {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 /// What happened to one holder.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[serde(tag = "result", rename_all = "kebab-case")]
@@ -93,7 +123,7 @@ pub enum Outcome {
     /// Already gone when we came to it.
     Gone,
     Failed {
-        error: String,
+        error: UnmountError,
     },
     /// `--dry-run`: what would be done.
     WouldUnmount,

@@ -31,14 +31,16 @@ use classify::classify;
 use matching::{hydrate_propagation_context, match_holders};
 
 /// A process that keeps a holder busy, and how.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct Pin {
     pub pid: i32,
     pub via: PinVia,
 }
 
 /// How a holder matched.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Match {
     Path,
@@ -47,7 +49,7 @@ pub enum Match {
 }
 
 /// Why a holder must not simply be unmounted.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum InUse {
     /// The mount is its namespace's root (a container's rootfs after pivot_root).

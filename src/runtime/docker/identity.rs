@@ -12,7 +12,7 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// dockerd's executables: `dockerd`, and distribution builds such as RHEL's
 /// `dockerd-current`.
@@ -27,7 +27,8 @@ fn is_runtime_daemon_name(exe: &str) -> bool {
 }
 
 /// A process whose executable is a runtime daemon.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RuntimeProcess {
     pub pid: i32,
     pub exe: String,
@@ -50,7 +51,8 @@ impl RuntimeProcess {
 }
 
 /// The established (or not) identity of dockerd.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Identity {
     /// dockerd's pid, when established.
     pub pid: Option<i32>,

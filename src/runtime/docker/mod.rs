@@ -24,7 +24,7 @@ pub use scope::{container_request, layer_signatures, release_scope, short_id};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Where to find the daemon, and how.
 #[derive(Debug, Clone)]
@@ -55,7 +55,7 @@ pub const DEFAULT_SOCKET: &str = "/var/run/docker.sock";
 pub const DEFAULT_ROOT: &str = "/var/lib/docker";
 
 /// How containers were resolved.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Via {
     Api,
@@ -63,7 +63,8 @@ pub enum Via {
 }
 
 /// One container and the mount points that belong to it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Container {
     pub id: String,
     /// Without the leading `/`.
@@ -99,7 +100,8 @@ impl Container {
 }
 
 /// The daemon as found.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Daemon {
     pub via: Via,
     pub socket: PathBuf,
@@ -139,8 +141,11 @@ pub enum DockerError {
     },
     #[error("dockerd at {socket}: {message}")]
     Api { socket: String, message: String },
-    #[error("{0}")]
-    Usage(String),
+    #[error(
+        "docker host {0:?} is not a unix socket (unix:///path): mntreap must run on the node \
+         itself"
+    )]
+    NotUnixSocket(String),
     #[error(transparent)]
     BadRecord(#[from] BadRecord),
 }
@@ -177,10 +182,7 @@ impl DockerOptions {
             None => Ok(PathBuf::from(DEFAULT_SOCKET)),
             Some(h) => match h.strip_prefix("unix://") {
                 Some(path) => Ok(PathBuf::from(path)),
-                None => Err(DockerError::Usage(format!(
-                    "docker host {h:?} is not a unix socket (unix:///path): mntreap must run on \
-                     the node itself"
-                ))),
+                None => Err(DockerError::NotUnixSocket(h.clone())),
             },
         }
     }

@@ -1,0 +1,307 @@
+//! The JSON documents every command prints, as types: the one schema (README, "JSON
+//! output", says it in words). Every document denies unknown fields when read back, which
+//! the tests do with each command's real output.
+
+use serde::{Deserialize, Serialize};
+
+use super::containers::{Class, Role};
+use crate::engine::namespace::PinVia;
+use crate::engine::scan::{InUse, Match, Pin};
+use crate::engine::source::Backend;
+use crate::runtime::docker::{Container, Daemon};
+
+/// A member process of a namespace.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PidDoc {
+    pub pid: i32,
+    pub comm: String,
+}
+
+/// What a holder is, in a path scan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HolderState {
+    InUse,
+    Host,
+    Pinned,
+    Leaked,
+}
+
+/// A container, as a holder or a finding names it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContainerRef {
+    pub id: String,
+    pub name: String,
+    pub state: String,
+}
+
+/// One mount of one namespace that holds a target. Container scans add `role` and
+/// `container`; the node-wide report adds `class`, `severity`, `owner` and `container`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HolderDoc {
+    /// Inode of `/proc/PID/ns/mnt`.
+    pub mnt_ns: u64,
+    pub own_namespace: bool,
+    pub mount_id: u64,
+    /// 64-bit never-reused id (listmount backend).
+    pub mount_id_unique: Option<u64>,
+    pub parent_id: u64,
+    /// As that namespace sees it.
+    pub mount_point: String,
+    pub root: String,
+    /// Superblock `major:minor`.
+    pub dev: String,
+    pub fs_type: String,
+    pub source: String,
+    #[serde(rename = "match")]
+    pub matched: Match,
+    pub state: HolderState,
+    pub in_use: Option<InUse>,
+    pub pins: Vec<Pin>,
+    pub pids: Vec<PidDoc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<Role>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<ContainerRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class: Option<Class>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub severity: Option<u8>,
+    /// The container id or layer id a finding's mount belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScanSummary {
+    pub holders: usize,
+    pub namespaces: usize,
+    pub foreign_holders: usize,
+    pub namespaces_scanned: usize,
+}
+
+/// `scan --path ... --json` and `scan CONTAINER... --json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScanDoc {
+    pub backend: Backend,
+    pub paths_only: bool,
+    pub targets: Vec<String>,
+    pub holders: Vec<HolderDoc>,
+    pub summary: ScanSummary,
+    pub notes: Vec<String>,
+    /// Container scans: the daemon and the containers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub docker: Option<Daemon>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub containers: Option<Vec<Container>>,
+}
+
+/// What happened to one holder (`result`), with its details.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ActionResult {
+    Unmounted,
+    Detached,
+    Kept,
+    Gone,
+    Failed,
+    WouldUnmount,
+    WouldDetach,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActionDoc {
+    pub mount_id: u64,
+    pub mount_point: String,
+    pub fs_type: String,
+    #[serde(rename = "match")]
+    pub matched: Match,
+    pub result: ActionResult,
+    /// `detached`, `would-detach`: who keeps the filesystem alive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pins: Option<Vec<Pin>>,
+    /// `kept`: why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// `failed`: the error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NamespaceDoc {
+    pub mnt_ns: u64,
+    pub own_namespace: bool,
+    pub pid_used: i32,
+    pub actions: Vec<ActionDoc>,
+}
+
+/// `release --path ... --json`, and each container's release.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseDoc {
+    pub dry_run: bool,
+    pub paths_only: bool,
+    pub backend: Backend,
+    pub targets: Vec<String>,
+    pub namespaces: Vec<NamespaceDoc>,
+    /// In scope and still mounted after acting (or kept).
+    pub remaining: Vec<HolderDoc>,
+    pub notes: Vec<String>,
+    /// The container released, in `releases`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<Container>,
+}
+
+/// A container whose release could not run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FailedDoc {
+    pub error: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<Container>,
+}
+
+/// One target's outcome.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ReleaseOutcome {
+    Released(ReleaseDoc),
+    Failed(FailedDoc),
+}
+
+/// `release CONTAINER... --json`: one outcome per target.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReleasesDoc {
+    pub docker: Option<Daemon>,
+    pub releases: Vec<ReleaseOutcome>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSummary {
+    pub orphaned: usize,
+    pub leaked: usize,
+    pub in_use: usize,
+    pub containers: usize,
+    pub namespaces_scanned: usize,
+}
+
+/// `scan --json` with no target: the node-wide report.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeReportDoc {
+    pub docker: Daemon,
+    pub backend: Backend,
+    pub roots: Vec<String>,
+    pub findings: Vec<HolderDoc>,
+    pub summary: NodeSummary,
+    pub notes: Vec<String>,
+}
+
+/// A forced removal's outcome.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemovalDoc {
+    pub removed: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReapEntry {
+    pub container: Container,
+    pub release: ReleaseOutcome,
+    pub removal: RemovalDoc,
+}
+
+/// `reap --json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReapDoc {
+    pub docker: Daemon,
+    pub dry_run: bool,
+    pub containers: Vec<ReapEntry>,
+}
+
+/// The agent's answer on the hook socket, printed by `mntreap hook pre-stop`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HookReply {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<ContainerRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release: Option<Box<ReleaseDoc>>,
+}
+
+impl HookReply {
+    pub fn refused(error: impl Into<String>) -> HookReply {
+        HookReply {
+            ok: false,
+            error: Some(error.into()),
+            container: None,
+            release: None,
+        }
+    }
+}
+
+/// A doctor check's verdict, worst last.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Ok,
+    Skipped,
+    Warning,
+    Problem,
+}
+
+/// One doctor check: a stable id, a verdict, a summary, evidence and a remedy.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Check {
+    pub id: String,
+    pub status: Status,
+    pub summary: String,
+    pub evidence: Vec<String>,
+    pub remedy: String,
+}
+
+/// `doctor --json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DoctorDoc {
+    pub docker: Daemon,
+    pub checks: Vec<Check>,
+    pub worst: Status,
+}
+
+/// A document as one JSON text with a trailing newline, as the commands print it.
+pub fn to_text(doc: &impl Serialize) -> String {
+    match serde_json::to_string_pretty(doc) {
+        Ok(s) => s + "\n",
+        Err(e) => format!("{{\"error\": \"cannot write the report: {e}\"}}\n"),
+    }
+}
+
+/// The word of a pin's kind, for text reports.
+pub fn pin_word(via: PinVia) -> &'static str {
+    match via {
+        PinVia::Cwd => "cwd",
+        PinVia::Exe => "exe",
+        PinVia::OpenFile => "open file",
+    }
+}
