@@ -12,13 +12,12 @@ use super::{Exit, Failure, print};
 pub fn pre_stop(socket: &Path, container: Option<&str>) -> Result<Exit, Failure> {
     let reply = ask(socket, container).map_err(Failure::Runtime)?;
     print(&reply);
-    let v: serde_json::Value = serde_json::from_str(&reply).unwrap_or_default();
-    if v["ok"] == true {
-        Ok(Exit::Clean)
-    } else {
-        Err(Failure::Usage(
-            v["error"].as_str().unwrap_or("refused").to_string(),
-        ))
+    match serde_json::from_str::<crate::report::doc::HookReply>(&reply) {
+        Ok(r) if r.ok => Ok(Exit::Clean),
+        Ok(r) => Err(Failure::Usage(r.error.unwrap_or_else(|| "refused".into()))),
+        Err(e) => Err(Failure::Usage(format!(
+            "the agent's reply is not a hook reply: {e}"
+        ))),
     }
 }
 
@@ -26,7 +25,10 @@ fn ask(socket: &Path, container: Option<&str>) -> anyhow::Result<String> {
     let mut stream = std::os::unix::net::UnixStream::connect(socket)
         .map_err(|e| anyhow::anyhow!("cannot reach the agent at {}: {e}", socket.display()))?;
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let req = serde_json::json!({"op": "pre-stop", "container": container});
+    let req = serde_json::to_string(&crate::report::doc::HookRequest {
+        op: "pre-stop".into(),
+        container: container.map(String::from),
+    })?;
     stream.write_all(format!("{req}\n").as_bytes())?;
     let mut reply = String::new();
     std::io::BufReader::new(stream).read_line(&mut reply)?;

@@ -3,32 +3,38 @@
 
 use super::{Config, Exit, Failure, print};
 use crate::engine::mountinfo::encode;
-use crate::report::containers::{Class, container_ref, findings, node_scan, pid_words};
+use crate::report::containers::{Class, container_ref, findings, node_scan};
 use crate::report::doc::{HolderDoc, NodeReportDoc, NodeSummary, to_text};
 use crate::report::holder_doc;
+use crate::runtime::ContainerRuntime;
 
 /// `mntreap scan` with no target.
 pub fn command(e: &Config) -> Result<Exit, Failure> {
-    let docker = e.connect()?;
+    report(e, &e.connect()?)
+}
+
+/// The node-wide report for one runtime.
+fn report(e: &Config, runtime: &dyn ContainerRuntime) -> Result<Exit, Failure> {
+    let daemon = runtime.daemon();
     // A node without Docker (no daemon, no data root) still gets the other runtimes looked at.
-    let no_docker = !docker.online() && !docker.daemon.root.exists();
+    let no_docker = !runtime.online() && !daemon.root.exists();
     let containers = if no_docker {
         Vec::new()
     } else {
-        docker.list()?
+        runtime.list()?
     };
     let base = e.request(&[], Vec::new())?;
-    let Some(scan) = node_scan(&base, &docker.daemon, &containers, &e.runtime_roots)? else {
+    let Some(scan) = node_scan(&base, daemon, &containers, &e.runtime_roots)? else {
         print(&format!(
             "No container runtime found on this node: no dockerd at {}, and none of {}, \
              /var/lib/containerd, /run/containerd, /var/lib/kubelet exists.\n",
-            docker.daemon.socket.display(),
-            docker.daemon.root.display()
+            daemon.socket.display(),
+            daemon.root.display()
         ));
         return Ok(Exit::Clean);
     };
-    let found = findings(&scan, &docker.daemon, &containers);
-    let unsure = docker.daemon.unsure_note();
+    let found = findings(&scan, daemon, &containers);
+    let unsure = daemon.unsure_note();
     if e.json {
         let items: Vec<HolderDoc> = found
             .iter()
@@ -43,7 +49,7 @@ pub fn command(e: &Config) -> Result<Exit, Failure> {
             .collect();
         let count = |class: Class| found.iter().filter(|f| f.class == class).count();
         print(&to_text(&NodeReportDoc {
-            docker: docker.daemon.clone(),
+            docker: daemon.clone(),
             backend: scan.backend,
             roots: scan
                 .targets
@@ -93,7 +99,7 @@ pub fn command(e: &Config) -> Result<Exit, Failure> {
                     scan.namespaces[h.ns].ns.inode,
                     h.mount.id,
                     encode(&h.mount_point),
-                    pid_words(&scan, h.ns)
+                    crate::report::pids_text(&scan, h.ns, 4)
                 ));
             }
             out.push_str(

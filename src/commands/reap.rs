@@ -8,28 +8,38 @@ use super::{Config, Exit, Failure, print};
 use crate::engine::release;
 use crate::report;
 use crate::report::doc::{FailedDoc, ReapDoc, ReapEntry, ReleaseOutcome, RemovalDoc};
+use crate::runtime::ContainerRuntime;
 use crate::runtime::docker::{container_request, release_scope, short_id};
 
 /// Runs `reap`. One result per container: a release that cannot run is reported for that
 /// container and the others go on. Exit 0 when every container was removed (or none was
 /// stuck); 1 otherwise, with what was done.
 pub fn command(e: &Config, names: &[String], dry_run: bool) -> Result<Exit, Failure> {
-    let docker = e.connect()?;
+    reap(e, &e.connect()?, names, dry_run)
+}
+
+fn reap(
+    e: &Config,
+    runtime: &dyn ContainerRuntime,
+    names: &[String],
+    dry_run: bool,
+) -> Result<Exit, Failure> {
+    let daemon = runtime.daemon();
     let containers = if names.is_empty() {
-        docker
+        runtime
             .list()?
             .into_iter()
             .filter(|c| c.is_stuck())
             .collect()
     } else {
-        docker.resolve(names)?
+        runtime.resolve(names)?
     };
     let mut docs = Vec::new();
     let mut text = String::new();
     let mut all_removed = true;
     for c in &containers {
-        let req = container_request(&e.base, &docker.daemon, c);
-        let scope = release_scope(&docker.daemon, c, false);
+        let req = container_request(&e.base, daemon, c);
+        let scope = release_scope(daemon, c, false);
         let rel = match release::run(&req, scope, dry_run) {
             Ok(rel) => rel,
             Err(err) => {
@@ -59,7 +69,7 @@ pub fn command(e: &Config, names: &[String], dry_run: bool) -> Result<Exit, Fail
         let removal: Result<(), String> = if dry_run {
             Ok(())
         } else {
-            docker.remove_forced(&c.id)
+            runtime.remove_forced(&c.id)
         };
         all_removed &= removal.is_ok();
         let released = rel.released();
@@ -92,7 +102,7 @@ pub fn command(e: &Config, names: &[String], dry_run: bool) -> Result<Exit, Fail
     }
     if e.json {
         print(&report::doc::to_text(&ReapDoc {
-            docker: docker.daemon.clone(),
+            docker: daemon.clone(),
             dry_run,
             containers: docs,
         }));

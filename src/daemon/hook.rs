@@ -11,16 +11,8 @@ use tracing::info_span;
 
 use super::agent::Agent;
 use crate::engine::release;
-use crate::report::doc::HookReply;
+use crate::report::doc::{HookReply, HookRequest};
 use crate::runtime::docker::{self, Docker, DockerOptions};
-
-/// The hook protocol: one JSON request line, one JSON reply line.
-#[derive(serde::Deserialize)]
-struct HookRequest {
-    op: String,
-    #[serde(default)]
-    container: Option<String>,
-}
 
 /// A hook request is one JSON line; anything longer or slower is refused.
 const HOOK_REQUEST_MAX: u64 = 4096;

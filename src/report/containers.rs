@@ -189,7 +189,7 @@ impl<'a> ContainerView<'a> {
                     self.scan.namespaces[h.ns].ns.inode,
                     h.mount.id,
                     encode(&h.mount_point),
-                    pid_words(self.scan, h.ns),
+                    super::pids_text(self.scan, h.ns, 4),
                 ));
             }
         }
@@ -208,19 +208,6 @@ fn signature_owner(scan: &Scan, containers: &[Container], h: &Holder) -> Option<
     containers
         .iter()
         .position(|c| c.upperdir.as_ref() == Some(dir))
-}
-
-pub fn pid_words(scan: &Scan, ns: usize) -> String {
-    let procs = scan.processes(ns);
-    let mut s: Vec<String> = procs
-        .iter()
-        .take(4)
-        .map(|p| format!("{}({})", p.pid, p.comm))
-        .collect();
-    if procs.len() > 4 {
-        s.push(format!("+{}", procs.len() - 4));
-    }
-    s.join(",")
 }
 
 /// What a node-wide finding is, most severe first.

@@ -235,6 +235,15 @@ pub struct ReapDoc {
     pub containers: Vec<ReapEntry>,
 }
 
+/// A request on the hook socket (one JSON line): `op` is `pre-stop`; `container` names a
+/// sibling in the caller's pod, else the caller's own container is meant.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HookRequest {
+    pub op: String,
+    #[serde(default)]
+    pub container: Option<String>,
+}
+
 /// The agent's answer on the hook socket, printed by `mntreap hook pre-stop`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -189,7 +189,8 @@ fn join(pids: &[i32]) -> String {
         .join(",")
 }
 
-fn pids_text(scan: &Scan, ns: usize, max: usize) -> String {
+/// A namespace's member processes for text reports: `pid(comm)`, at most `max`, then `+N`.
+pub fn pids_text(scan: &Scan, ns: usize, max: usize) -> String {
     let procs = scan.processes(ns);
     let mut s = procs
         .iter()
