@@ -33,6 +33,20 @@ impl From<Exit> for std::process::ExitCode {
     }
 }
 
+impl Exit {
+    /// The status of work done target by target: a failure after some copies were
+    /// released is partial work, reported (1); a failure that changed nothing is 2;
+    /// otherwise copies remaining or an unsure runtime identity make it 1.
+    pub fn for_targets(failed: bool, released: usize, remaining: bool, unsure: bool) -> Exit {
+        match (failed, released) {
+            (true, 0) => Exit::Usage,
+            (true, _) => Exit::Remaining,
+            _ if remaining || unsure => Exit::Remaining,
+            _ => Exit::Clean,
+        }
+    }
+}
+
 /// Why a command did nothing.
 #[derive(Debug, thiserror::Error)]
 pub enum Failure {
@@ -145,4 +159,33 @@ pub(crate) fn unsure_note(docker: Option<&Docker>) -> Option<String> {
         eprintln!("note: {n}");
     }
     note
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partial_work_is_never_reported_as_nothing_changed() {
+        // (failed, released, remaining, unsure) -> exit
+        let table = [
+            ((false, 0, false, false), Exit::Clean),
+            ((false, 3, false, false), Exit::Clean),
+            ((false, 3, true, false), Exit::Remaining),
+            ((false, 0, false, true), Exit::Remaining),
+            // A target failed after others released copies: report the work, exit 1.
+            ((true, 2, false, false), Exit::Remaining),
+            ((true, 2, true, true), Exit::Remaining),
+            // A failure that changed nothing: 2.
+            ((true, 0, false, false), Exit::Usage),
+            ((true, 0, true, false), Exit::Usage),
+        ];
+        for ((failed, released, remaining, unsure), want) in table {
+            assert_eq!(
+                Exit::for_targets(failed, released, remaining, unsure),
+                want,
+                "failed {failed}, released {released}, remaining {remaining}, unsure {unsure}"
+            );
+        }
+    }
 }

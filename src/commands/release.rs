@@ -101,11 +101,10 @@ pub fn command(config: &Config, args: ReleaseArgs) -> Result<Exit, Failure> {
     };
     print(&out);
     let unsure = unsure_note(docker.as_ref());
-    Ok(match (failed, changed) {
-        // Nothing changed and something failed: the failure is the answer.
-        (true, 0) => Exit::Usage,
-        (true, _) => Exit::Remaining,
-        _ if remaining || unsure.is_some() => Exit::Remaining,
-        _ => Exit::Clean,
-    })
+    Ok(Exit::for_targets(
+        failed,
+        changed,
+        remaining,
+        unsure.is_some(),
+    ))
 }

@@ -241,10 +241,10 @@ pub fn run_on(
 }
 
 /// `(namespace index, mount id)` pairs.
-type MountSet = HashSet<(usize, u64)>;
+pub(crate) type MountSet = HashSet<(usize, u64)>;
 
 /// Holders the actions did not remove from their namespace, by (namespace, mount id).
-fn not_removed_ids(scan: &Scan, results: &[ActionResult]) -> MountSet {
+pub(crate) fn not_removed_ids(scan: &Scan, results: &[ActionResult]) -> MountSet {
     results
         .iter()
         .filter(|r| {

@@ -29,16 +29,20 @@ pub(super) fn classify(scan: &mut Scan, proc_root: &Path, threads: usize) {
         let handles: Vec<_> = members
             .chunks(chunk)
             .map(|part| {
-                scope.spawn(move || {
+                let len = part.len();
+                let handle = scope.spawn(move || {
                     part.iter()
                         .map(|&(_, pid)| namespace::process(proc_root, pid))
                         .collect::<Vec<_>>()
-                })
+                });
+                (len, handle)
             })
             .collect();
+        // Position for position: a worker that panicked yields "unknown" for each of its
+        // processes, so the zip below never files a process under another namespace.
         handles
             .into_iter()
-            .flat_map(|h| h.join().unwrap_or_default())
+            .flat_map(|(len, h)| h.join().unwrap_or_else(|_| vec![None; len]))
             .collect()
     });
     for (&(ns, pid), detail) in members.iter().zip(details) {

@@ -273,3 +273,32 @@ fn an_unmount_that_would_propagate_to_a_copy_kept_elsewhere_is_refused() {
         vec![(1, 3, true), (2, 13, true)]
     );
 }
+
+#[test]
+fn a_failed_recheck_reports_what_the_actions_did_not_remove() {
+    let own = "1 0 254:0 / / rw - ext4 /dev/vda rw\n\
+               2 1 0:50 / /d/l/abc/merged rw - overlay overlay rw\n";
+    let holder = "1 0 254:0 / / rw - ext4 /dev/vda rw\n\
+                  2 1 0:50 / /d/l/abc/merged rw - overlay overlay rw\n";
+    let scan = scan_of(
+        &[T],
+        &[],
+        &[Ns(1, true, true, own), Ns(2, false, true, holder)],
+    );
+    let results = vec![
+        release::ActionResult {
+            holder: 0,
+            outcome: release::Outcome::Kept {
+                reason: "own".into(),
+            },
+        },
+        release::ActionResult {
+            holder: 1,
+            outcome: release::Outcome::Unmounted,
+        },
+    ];
+    let left = release::not_removed_ids(&scan, &results);
+    let h0 = &scan.holders[0];
+    assert_eq!(left.len(), 1);
+    assert!(left.contains(&(h0.ns, h0.mount.id)));
+}
