@@ -366,3 +366,79 @@ pub fn findings(scan: &Scan, daemon: &Daemon, containers: &[Container]) -> Vec<F
     out.sort_by_key(|f| (f.class, f.owner.clone(), f.holder));
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::scan::InUse;
+    use crate::engine::scan::fixture::{Ns, scan_of};
+    use crate::runtime::docker::tests::c;
+
+    fn daemon(mnt_ns: u64) -> Daemon {
+        Daemon {
+            via: docker::Via::DataRoot,
+            socket: "/run/docker.sock".into(),
+            root: "/d".into(),
+            driver: Some("overlay2".into()),
+            pid: Some(42),
+            mnt_ns: Some(mnt_ns),
+            identity: Default::default(),
+            live_restore: None,
+            offline_reason: None,
+            host_root: "/".into(),
+            proc_root: "/proc".into(),
+        }
+    }
+
+    #[test]
+    fn node_report_classes() {
+        // The runtime's namespace (5) holds the running container A's layer; a service
+        // (6) holds A's layer and the layer of a container that is gone; another (7)
+        // runs a process on a copy of A's layer.
+        let runtime = "1 0 254:0 / / rw - ext4 /dev/vda rw\n\
+                       2 1 0:50 / /d/overlay2/L1/merged rw - overlay overlay rw\n";
+        let service = "1 0 254:0 / / rw - ext4 /dev/vda rw\n\
+                       2 1 0:50 / /d/overlay2/L1/merged rw - overlay overlay rw\n\
+                       3 1 0:51 / /d/overlay2/L2/merged rw - overlay overlay rw\n";
+        let chroot = "1 0 254:0 / / rw - ext4 /dev/vda rw\n\
+                      2 1 0:50 / /d/overlay2/L1/merged rw - overlay overlay rw\n";
+        let mut scan = scan_of(
+            &["/d"],
+            &[5],
+            &[
+                Ns(5, false, true, runtime),
+                Ns(6, false, true, service),
+                Ns(7, false, true, chroot),
+            ],
+        );
+        let chrooted = scan
+            .holders
+            .iter()
+            .position(|h| scan.namespaces[h.ns].ns.inode == 7)
+            .unwrap();
+        scan.holders[chrooted].in_use = Some(InUse::ProcessRoot { pids: vec![9] });
+        let mut a = c(&"a".repeat(64), "a");
+        a.mount_id = Some("L1".into());
+        let found: Vec<(u64, String, Class)> = findings(&scan, &daemon(5), &[a])
+            .iter()
+            .map(|f| {
+                let h = &scan.holders[f.holder];
+                (
+                    scan.namespaces[h.ns].ns.inode,
+                    String::from_utf8_lossy(&h.mount_point).into_owned(),
+                    f.class,
+                )
+            })
+            .collect();
+        assert_eq!(
+            found,
+            vec![
+                // Most severe first: the gone container's layer.
+                (6, "/d/overlay2/L2/merged".into(), Class::Orphaned),
+                (6, "/d/overlay2/L1/merged".into(), Class::Leaked),
+                (7, "/d/overlay2/L1/merged".into(), Class::InUse),
+            ],
+            "the runtime's copy of running a is no finding"
+        );
+    }
+}

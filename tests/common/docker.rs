@@ -64,21 +64,7 @@ impl DockerDaemon {
         unshare: &[&'static str],
         extra: &[String],
     ) -> DockerDaemon {
-        let dir = PathBuf::from(format!("/tmp/mntreap-docker-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut d = DockerDaemon {
-            dir,
-            sandbox_pid: sb.host_pid(),
-            live_restore,
-            unshare: unshare.to_vec(),
-            extra: extra.to_vec(),
-            activated: false,
-            child: None,
-        };
-        d.spawn();
-        d.import_busybox();
-        d
+        Self::create(sb, name, live_restore, unshare, extra, false)
     }
 
     /// dockerd under socket activation (see [`ACTIVATOR`]).
@@ -88,6 +74,17 @@ impl DockerDaemon {
         live_restore: bool,
         unshare: &[&'static str],
     ) -> DockerDaemon {
+        Self::create(sb, name, live_restore, unshare, &[], true)
+    }
+
+    fn create(
+        sb: &Sandbox,
+        name: &str,
+        live_restore: bool,
+        unshare: &[&'static str],
+        extra: &[String],
+        activated: bool,
+    ) -> DockerDaemon {
         let dir = PathBuf::from(format!("/tmp/mntreap-docker-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
@@ -96,8 +93,8 @@ impl DockerDaemon {
             sandbox_pid: sb.host_pid(),
             live_restore,
             unshare: unshare.to_vec(),
-            extra: Vec::new(),
-            activated: true,
+            extra: extra.to_vec(),
+            activated,
             child: None,
         };
         d.spawn();

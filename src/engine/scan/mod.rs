@@ -23,6 +23,8 @@ use crate::engine::source::{self, Backend};
 use crate::engine::table::{Mount, MountTable, path_is_under};
 
 mod classify;
+#[cfg(test)]
+pub(crate) mod fixture;
 mod matching;
 #[cfg(test)]
 mod tests;

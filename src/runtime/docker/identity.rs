@@ -188,6 +188,14 @@ pub fn establish_dockerd(
         }
         None => Vec::new(),
     };
+    // Whatever serves the socket may be the runtime: its namespace is spared too.
+    let spare = |id: &mut Identity, pid: i32| {
+        if !id.runtime_processes.iter().any(|r| r.pid == pid)
+            && let Some(r) = RuntimeProcess::read(proc_root, pid)
+        {
+            id.runtime_processes.push(r);
+        }
+    };
     let desc = |pid: i32| match exe_name(proc_root, pid) {
         Some(exe) => format!("pid {pid} ({exe})"),
         None => format!("pid {pid}"),
@@ -209,11 +217,7 @@ pub fn establish_dockerd(
                 desc(p),
                 socket.display()
             ));
-            if !runtime.iter().any(|r| r.pid == p)
-                && let Some(r) = RuntimeProcess::read(proc_root, p)
-            {
-                id.runtime_processes.push(r);
-            }
+            spare(&mut id, p);
             None
         }
         ([one], _) => {
@@ -256,12 +260,7 @@ pub fn establish_dockerd(
                     desc(p),
                     socket.display()
                 ));
-                // Whatever serves the socket may be the runtime: its namespace is spared.
-                if !runtime.iter().any(|r| r.pid == p)
-                    && let Some(r) = RuntimeProcess::read(proc_root, p)
-                {
-                    id.runtime_processes.push(r);
-                }
+                spare(&mut id, p);
             }
             None
         }

@@ -82,20 +82,7 @@ pub fn layers_by_container(containers: &[Container]) -> HashMap<String, String> 
 mod tests {
     use super::*;
 
-    fn c(id: &str, name: &str) -> Container {
-        Container {
-            id: id.into(),
-            name: name.into(),
-            state: "running".into(),
-            pid: None,
-            driver: "overlay2".into(),
-            mount_id: None,
-            init_id: None,
-            paths: Vec::new(),
-            upperdir: None,
-            pod_uid: None,
-        }
-    }
+    use crate::runtime::docker::tests::c;
 
     #[test]
     fn layers_map_to_their_containers() {

@@ -421,10 +421,11 @@ fn pick(name: &str, all: &[Container], root: &Path) -> Result<Container, DockerE
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn c(id: &str, name: &str) -> Container {
+    /// A running overlay2 container with nothing resolved: for tests of plain logic.
+    pub(crate) fn c(id: &str, name: &str) -> Container {
         Container {
             id: id.into(),
             name: name.into(),

@@ -1,0 +1,52 @@
+//! Scans over plain data, for tests of the rules: mount tables written as mountinfo text,
+//! namespaces that are descriptors of `/dev/null`. No root, no real namespaces.
+
+use std::path::PathBuf;
+
+use super::matching::match_holders;
+use super::*;
+use crate::engine::namespace::Namespace;
+
+/// A namespace of the fixture: its inode, whether it is mntreap's own, whether the host's
+/// user namespace owns it, and its mount table as mountinfo.
+pub(crate) struct Ns(pub u64, pub bool, pub bool, pub &'static str);
+
+pub(crate) fn scan_of(targets: &[&str], trusted: &[u64], namespaces: &[Ns]) -> Scan {
+    let targets: Vec<PathBuf> = targets.iter().map(PathBuf::from).collect();
+    let target_bytes = target_bytes(&targets);
+    let namespaces = namespaces
+        .iter()
+        .map(|Ns(inode, own, host_userns, text)| {
+            let table = crate::engine::mountinfo::parse(text.as_bytes()).unwrap();
+            let seeds = (0..table.mounts.len())
+                .filter(|&i| under_any(table.mount_point(&table.mounts[i]), &target_bytes))
+                .collect();
+            ScannedNamespace {
+                ns: Namespace {
+                    inode: *inode,
+                    fd: std::fs::File::open("/dev/null").unwrap().into(),
+                    pid_used: 0,
+                    pids: Vec::new(),
+                    own: *own,
+                    host_userns: *host_userns,
+                },
+                table: Some(table),
+                seeds,
+                processes: Vec::new(),
+            }
+        })
+        .collect();
+    let mut scan = Scan {
+        backend: crate::engine::source::Backend::Mountinfo,
+        targets,
+        layer_signatures: Vec::new(),
+        paths_only: false,
+        trusted_namespaces: trusted.to_vec(),
+        namespaces,
+        holders: Vec::new(),
+        notes: Vec::new(),
+        detail_notes: Vec::new(),
+    };
+    match_holders(&mut scan);
+    scan
+}
