@@ -12,9 +12,16 @@ use super::{Exit, Failure, print};
 pub fn pre_stop(socket: &Path, container: Option<&str>) -> Result<Exit, Failure> {
     let reply = ask(socket, container).map_err(Failure::Runtime)?;
     print(&reply);
-    match serde_json::from_str::<crate::report::doc::HookReply>(&reply) {
-        Ok(r) if r.ok => Ok(Exit::Clean),
-        Ok(r) => Err(Failure::Usage(r.error.unwrap_or_else(|| "refused".into()))),
+    // Only the verdict: an agent of another version may say more than this client knows.
+    #[derive(serde::Deserialize)]
+    struct Verdict {
+        ok: bool,
+        #[serde(default)]
+        error: Option<String>,
+    }
+    match serde_json::from_str::<Verdict>(&reply) {
+        Ok(v) if v.ok => Ok(Exit::Clean),
+        Ok(v) => Err(Failure::Usage(v.error.unwrap_or_else(|| "refused".into()))),
         Err(e) => Err(Failure::Usage(format!(
             "the agent's reply is not a hook reply: {e}"
         ))),

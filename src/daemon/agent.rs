@@ -65,8 +65,10 @@ pub(super) struct Agent {
     sweeping: tokio::sync::Mutex<()>,
     /// Hook requests served at once (the socket is world-connectable).
     pub(super) hook_slots: Arc<tokio::sync::Semaphore>,
-    /// Sweeps, event releases and hook requests run through this bridge, 2 at once.
+    /// Sweeps and event releases run through this bridge, 2 at once.
     pub(super) blocking: super::Blocking,
+    /// Hook requests have a bridge of their own: a pod's preStop never waits for a sweep.
+    pub(super) hook_blocking: super::Blocking,
     /// Lines that hook clients can cause share this budget.
     log_budget: crate::daemon::LogBudget,
 }
@@ -96,6 +98,7 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
         sweeping: tokio::sync::Mutex::new(()),
         hook_slots: Arc::new(tokio::sync::Semaphore::new(16)),
         blocking: super::Blocking::new(2),
+        hook_blocking: super::Blocking::new(4),
         log_budget: crate::daemon::LogBudget::new(60),
     });
     if let Some(addr) = agent.config.metrics_addr {

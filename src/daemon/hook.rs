@@ -66,7 +66,7 @@ pub(super) async fn serve(agent: Arc<Agent>, listener: tokio::net::UnixListener)
             }
             let a = agent.clone();
             let reply = agent
-                .blocking
+                .hook_blocking
                 .run(move || hook(&a, peer, accepted_at, &line))
                 .await
                 .unwrap_or_else(|e| HookReply::refused(e.to_string()));
