@@ -27,6 +27,20 @@ pub fn layer_mount(root: &Path, driver: &str, id: &str) -> Option<PathBuf> {
     Some(p)
 }
 
+/// containerd snapshotters Docker 24+ can use instead of a graph driver (the containerd
+/// image store, the default on fresh installs of 29): a container's root filesystem is
+/// then mounted at `<root>/rootfs/<snapshotter>/<container id>` (containerd namespace
+/// `moby`), and there is no layerdb mount id.
+const SNAPSHOTTERS: &[&str] = &["overlayfs", "native", "stargz"];
+
+/// Where the containerd image store mounts a container's root filesystem, if `driver` is
+/// one of its snapshotters.
+pub fn snapshot_mount(root: &Path, driver: &str, container_id: &str) -> Option<PathBuf> {
+    SNAPSHOTTERS
+        .contains(&driver)
+        .then(|| root.join("rootfs").join(driver).join(container_id))
+}
+
 /// Which container owns a mount point under the data root: by layer id (the reverse of
 /// [`layer_mount`]) or by `containers/<id>/`. `by_layer` maps layer (mount/init) ids to
 /// container ids.
@@ -37,8 +51,12 @@ pub fn owner_of(
 ) -> Option<Owner> {
     let rel = mount_point.strip_prefix(root).ok()?;
     let parts: Vec<&str> = rel.iter().filter_map(|c| c.to_str()).collect();
-    if let ["containers", id, ..] = parts.as_slice() {
-        return Some(Owner::Container((*id).to_string()));
+    match parts.as_slice() {
+        ["containers", id, ..] => return Some(Owner::Container((*id).to_string())),
+        ["rootfs", snapshotter, id, ..] if SNAPSHOTTERS.contains(snapshotter) => {
+            return Some(Owner::Container((*id).to_string()));
+        }
+        _ => {}
     }
     LAYER_MOUNTS.iter().find_map(|(_, dir, leaf)| {
         let (id, after) = parts.strip_prefix(*dir)?.split_first()?;
@@ -132,5 +150,15 @@ mod tests {
             );
         }
         assert_eq!(own("/srv/other"), None);
+        // Docker 29's containerd image store: by container id.
+        assert_eq!(
+            own("/var/lib/docker/rootfs/overlayfs/C7"),
+            Some(Owner::Container("C7".into()))
+        );
+        assert_eq!(
+            snapshot_mount(root, "overlayfs", "C7"),
+            Some(PathBuf::from("/var/lib/docker/rootfs/overlayfs/C7"))
+        );
+        assert_eq!(snapshot_mount(root, "overlay2", "C7"), None);
     }
 }

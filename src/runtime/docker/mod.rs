@@ -16,7 +16,7 @@ mod scope;
 
 pub use api::engine_client;
 pub use host::on_host;
-pub use layout::{Owner, layer_mount, layers_by_container, owner_of};
+pub use layout::{Owner, layer_mount, layers_by_container, owner_of, snapshot_mount};
 use records::read_config;
 pub use records::{BadRecord, POD_UID_LABEL};
 pub use scope::{container_request, layer_signatures, release_scope, short_id};

@@ -193,6 +193,7 @@ pub(super) fn container(
             paths.push(p);
         }
     }
+    paths.extend(super::layout::snapshot_mount(root, &driver, &id));
     let upperdir = mount_id
         .as_ref()
         .filter(|_| matches!(driver.as_str(), "overlay2" | "overlay"))
