@@ -168,9 +168,15 @@ fn stuck_containers(containers: &[Container]) -> Check {
 fn data_root_binds(daemon: &Daemon, containers: &[Container]) -> Check {
     let c = Check::new(
         "data-root-bind-propagation",
-        "bind the data root with rslave propagation (-v /var/lib/docker:/var/lib/docker:rslave) \
-         so that the host's unmounts propagate into the container",
+        "bind the data root (and /var/lib/kubelet, or /) with rslave propagation \
+         (-v /var/lib/docker:/var/lib/docker:rslave; Kubernetes: mountPropagation: \
+         HostToContainer) so that the host's unmounts propagate into the container",
     );
+    // What a private bind copies: the layers, and kubelet's pod volumes.
+    let roots = [
+        daemon.root.as_path(),
+        std::path::Path::new("/var/lib/kubelet"),
+    ];
     #[derive(serde::Deserialize)]
     #[serde(rename_all = "PascalCase")]
     struct MountPoint {
@@ -200,11 +206,11 @@ fn data_root_binds(daemon: &Daemon, containers: &[Container]) -> Check {
             continue;
         };
         for (dest, mp) in config.mount_points {
-            let covers = !mp.source.is_empty() && daemon.root.starts_with(&mp.source);
+            let covers = !mp.source.is_empty() && roots.iter().any(|r| r.starts_with(&mp.source));
             let private = matches!(mp.propagation.as_str(), "" | "private" | "rprivate");
             if covers && private {
                 found.push(format!(
-                    "{} binds {} at {} with propagation {:?}",
+                    "{} binds {} at {} with propagation {}",
                     ct.name,
                     mp.source,
                     dest,
@@ -220,13 +226,14 @@ fn data_root_binds(daemon: &Daemon, containers: &[Container]) -> Check {
     let mut c = if found.is_empty() {
         c.with(
             Status::Ok,
-            "no running container binds the data root privately",
+            "no running container binds the data root or kubelet's directory privately",
         )
     } else {
         c.with(
             Status::Warning,
             format!(
-                "{} container bind(s) of the data root copy layer mounts",
+                "{} private container bind(s) of the data root or kubelet's directory copy \
+                 container mounts",
                 found.len()
             ),
         )
