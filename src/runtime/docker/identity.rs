@@ -39,8 +39,18 @@ impl RuntimeProcess {
     /// Reads `pid`'s executable and mount namespace, pinned by its start time: a pid that
     /// is reused between the reads gives `None`.
     fn read(proc_root: &Path, pid: i32) -> Option<RuntimeProcess> {
+        Self::read_if(proc_root, pid, |_| true)
+    }
+
+    /// [`RuntimeProcess::read`], for a process whose executable passes `wanted` (the
+    /// executable is read once, first: most processes are not wanted).
+    fn read_if(
+        proc_root: &Path,
+        pid: i32,
+        wanted: impl Fn(&str) -> bool,
+    ) -> Option<RuntimeProcess> {
         let start = crate::engine::namespace::start_time(proc_root, pid)?;
-        let exe = exe_name(proc_root, pid)?;
+        let exe = exe_name(proc_root, pid).filter(|e| wanted(e))?;
         let mnt_ns = crate::engine::namespace::mnt_ns_inode(proc_root, pid);
         (crate::engine::namespace::start_time(proc_root, pid)? == start).then_some(RuntimeProcess {
             pid,
@@ -86,8 +96,7 @@ pub fn runtime_processes(proc_root: &Path) -> Vec<RuntimeProcess> {
     };
     let mut out: Vec<RuntimeProcess> = entries
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|&pid| exe_name(proc_root, pid).is_some_and(|e| is_runtime_daemon_name(&e)))
-        .filter_map(|pid| RuntimeProcess::read(proc_root, pid))
+        .filter_map(|pid| RuntimeProcess::read_if(proc_root, pid, is_runtime_daemon_name))
         .collect();
     out.sort_by_key(|p| p.pid);
     out
@@ -360,21 +369,7 @@ pub struct DaemonSettings {
 pub fn daemon_settings(proc_root: &Path, pid: i32) -> DaemonSettings {
     let args = cmdline(proc_root, pid);
     let host_root = proc_root.join(pid.to_string()).join("root");
-    let config_file = flag_value(&args, "--config-file", None)
-        .unwrap_or_else(|| "/etc/docker/daemon.json".into());
-    let config: serde_json::Value = std::fs::read(crate::runtime::docker::on_host(
-        &host_root,
-        Path::new(&config_file),
-    ))
-    .ok()
-    .and_then(|b| serde_json::from_slice(&b).ok())
-    .unwrap_or_default();
-    let data_root = flag_value(&args, "--data-root", None)
-        .or_else(|| flag_value(&args, "--graph", Some("-g")))
-        .filter(|r| !r.is_empty())
-        .or_else(|| config["data-root"].as_str().map(String::from))
-        .or_else(|| config["graph"].as_str().map(String::from))
-        .unwrap_or_else(|| crate::runtime::docker::DEFAULT_ROOT.into());
+    let data_root = data_root_from(&args, &host_root);
     let socket = flag_values(&args, "--host", Some("-H"))
         .into_iter()
         .find_map(|h| h.strip_prefix("unix://").map(PathBuf::from))
@@ -390,10 +385,40 @@ pub fn daemon_settings(proc_root: &Path, pid: i32) -> DaemonSettings {
         })
         .unwrap_or_else(|| PathBuf::from(crate::runtime::docker::DEFAULT_SOCKET));
     DaemonSettings {
-        data_root: PathBuf::from(data_root),
+        data_root,
         socket,
         host_root,
     }
+}
+
+/// Where dockerd `pid` keeps its data by its own configuration (`--data-root`, `-g`,
+/// daemon.json), without the socket look-up [`daemon_settings`] also makes.
+pub fn configured_data_root(proc_root: &Path, pid: i32) -> PathBuf {
+    data_root_from(
+        &cmdline(proc_root, pid),
+        &proc_root.join(pid.to_string()).join("root"),
+    )
+}
+
+/// The data root a dockerd command line says, or its daemon.json (read through the
+/// daemon's own root), or the default.
+fn data_root_from(args: &[String], daemon_root: &Path) -> PathBuf {
+    let config_file =
+        flag_value(args, "--config-file", None).unwrap_or_else(|| "/etc/docker/daemon.json".into());
+    let config: serde_json::Value = std::fs::read(crate::runtime::docker::on_host(
+        daemon_root,
+        Path::new(&config_file),
+    ))
+    .ok()
+    .and_then(|b| serde_json::from_slice(&b).ok())
+    .unwrap_or_default();
+    let root = flag_value(args, "--data-root", None)
+        .or_else(|| flag_value(args, "--graph", Some("-g")))
+        .filter(|r| !r.is_empty())
+        .or_else(|| config["data-root"].as_str().map(String::from))
+        .or_else(|| config["graph"].as_str().map(String::from))
+        .unwrap_or_else(|| crate::runtime::docker::DEFAULT_ROOT.into());
+    PathBuf::from(root)
 }
 
 #[cfg(test)]

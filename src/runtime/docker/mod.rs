@@ -215,12 +215,15 @@ impl Docker {
                 )
             }
         };
-        // Without a setting, the data root is the established daemon's own: offline
-        // resolution (hook, events, plugin) then needs no --docker-root either.
-        let root = match (&opts.root, identity.pid, &identity.unsure) {
-            (None, Some(pid), None) if opts.daemon_pid.is_none() => {
-                crate::runtime::docker::identity::daemon_settings(proc_root, pid).data_root
-            }
+        // The established daemon's configured data root: the default one when nothing
+        // is set (offline resolution then needs no --docker-root), and the cross-check of
+        // its /info answer below. Read once.
+        let configured = identity
+            .pid
+            .filter(|_| identity.unsure.is_none())
+            .map(|pid| crate::runtime::docker::identity::configured_data_root(proc_root, pid));
+        let root = match (&opts.root, &configured) {
+            (None, Some(c)) if opts.daemon_pid.is_none() => c.clone(),
             _ => root,
         };
         let mut daemon = Daemon {
@@ -244,7 +247,9 @@ impl Docker {
                 Ok((client, info)) => {
                     daemon.via = Via::Api;
                     if let Some(root) = info.docker_root_dir {
-                        daemon.check_data_root(Path::new(&root));
+                        if let Some(configured) = &configured {
+                            daemon.check_data_root(Path::new(&root), configured);
+                        }
                         daemon.root = PathBuf::from(root);
                     }
                     daemon.driver = info.driver;

@@ -70,14 +70,12 @@ impl Daemon {
 
     /// Cross-checks the daemon's own word on its data root (`/info`) with what its
     /// command line and daemon.json say; a disagreement makes the identity unsure.
-    pub(super) fn check_data_root(&mut self, said: &Path) {
+    pub(super) fn check_data_root(&mut self, said: &Path, configured: &Path) {
         let Some(pid) = self.pid else {
             return;
         };
-        let configured =
-            crate::runtime::docker::identity::daemon_settings(&self.proc_root, pid).data_root;
         let real = |p: &Path| std::fs::canonicalize(on_host(&self.host_root, p)).ok();
-        if configured != said && real(&configured) != real(said) {
+        if configured != said && real(configured) != real(said) {
             self.identity.unsure = Some(format!(
                 "dockerd pid {pid} is configured with data root {} but the daemon at {} \
                  answers {}: another daemon?",
