@@ -210,6 +210,22 @@ fn prestop_hook_releases_only_the_callers_container() {
     assert!(has_mount_at(service, &web) && has_mount_at(service, &other));
     let _agent = Agent::start(&sb, &dk, &hook_dir, 0);
 
+    // A request line over 4 KiB is refused without being read further.
+    let mut conn =
+        std::os::unix::net::UnixStream::connect(format!("{hook_dir}/hook.sock")).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let _ = conn.write_all(&[b'x'; 5000]);
+    let mut answer = String::new();
+    let _ = conn.read_to_string(&mut answer);
+    let reply: serde_json::Value = serde_json::from_str(answer.trim()).unwrap();
+    assert_eq!(reply["ok"], false, "{answer}");
+    assert!(
+        reply["error"].as_str().unwrap().contains("4 KiB"),
+        "{answer}"
+    );
+    assert_documented(answer.trim().as_bytes());
+
     // A process in no container, in a cgroup named after web: refused, nothing changes.
     let web_id = dk.docker_ok(&["inspect", "-f", "{{.Id}}", "web"]);
     let forged = hook_from_forged_cgroup(web_id.trim(), &format!("{hook_dir}/hook.sock"));

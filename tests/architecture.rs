@@ -58,7 +58,8 @@ fn unsafe_only_in_the_engines_syscall_module() {
             .filter(|l| !l.trim_start().starts_with("//"))
             .collect::<Vec<_>>()
             .join("\n");
-        if file != sys && code.contains("unsafe ") && !code.contains("deny(unsafe_code)") {
+        // `unsafe {`, `unsafe fn`, `unsafe impl`; the lints (`unsafe_code`) do not match.
+        if file != sys && code.contains("unsafe ") {
             wrong.push(file.display().to_string());
         }
     }

@@ -240,8 +240,37 @@ fn bad_input_is_always_allowed_and_the_plugin_keeps_serving() {
     }
     let (status, body) = http(&s, "POST", "/AuthZPlugin.Unknown", "{}");
     assert_eq!((status, body.as_str()), (200, r#"{"Allow":true}"#));
+    // A body over the 4 MiB limit is not read: allowed all the same. The writer may be
+    // cut off once the plugin has answered; only the answer counts.
+    let mut conn = UnixStream::connect(&s).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut writer = conn.try_clone().unwrap();
+    let big = 5usize << 20;
+    let feeder = std::thread::spawn(move || {
+        let head = format!(
+            "POST /AuthZPlugin.AuthZReq HTTP/1.1\r\nHost: docker\r\nContent-Length: {big}\r\n\r\n"
+        );
+        let _ = writer.write_all(head.as_bytes());
+        let _ = writer.write_all(&vec![b'x'; big]);
+    });
+    let mut answer = String::new();
+    let _ = conn.read_to_string(&mut answer);
+    let _ = feeder.join();
+    assert_eq!(
+        parse_http_response(&answer),
+        (200, r#"{"Allow":true}"#.to_string())
+    );
     let log = std::fs::read_to_string(&plugin.log).unwrap_or_default();
     assert!(log.contains("bad plugin request; allowed"), "{log}");
+    assert!(
+        log.contains("length limit exceeded"),
+        "the 5 MiB body was read whole: {log}"
+    );
+    // Only root (dockerd) may connect.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&s).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "plugin socket mode {mode:o}");
     let ok = r#"{"User":"","RequestMethod":"GET","RequestUri":"/v1.41/containers/json","RequestBody":null}"#;
     let (_, body) = http(&s, "POST", "/AuthZPlugin.AuthZReq", ok);
     assert_eq!(body, r#"{"Allow":true}"#);
