@@ -33,7 +33,7 @@ fn privatetmp_leak_released_and_exec_still_works() {
 
     let (code, doc) = sb.mntreap_json(&["scan", "web", "--docker-host", &host], &[]);
     assert_eq!(code, 1, "{doc:#}");
-    assert_eq!(doc["docker"]["via"], "api");
+    assert_eq!(doc["runtime"]["via"], "api");
     assert_eq!(doc["containers"][0]["id"], id.as_str());
     assert_eq!(doc["containers"][0]["state"], "running");
     let container_pid: i32 = dk
@@ -68,7 +68,7 @@ fn privatetmp_leak_released_and_exec_still_works() {
         &[],
     );
     assert_eq!(code_off, code);
-    assert_eq!(offline["docker"]["via"], "data-root");
+    assert_eq!(offline["runtime"]["via"], "data-root");
     assert_eq!(offline["containers"], doc["containers"]);
     assert_eq!(roles(&offline), roles(&doc));
 
@@ -136,10 +136,10 @@ fn offline_when_dockerd_is_down() {
     );
     assert_eq!(code, 1, "{doc:#}");
     assert_eq!(
-        doc["docker"]["via"], "data-root",
+        doc["runtime"]["via"], "data-root",
         "fell back to the data root: {doc:#}"
     );
-    assert!(doc["docker"]["offline_reason"].as_str().is_some());
+    assert!(doc["runtime"]["offline_reason"].as_str().is_some());
     assert_eq!(
         doc["containers"][0]["state"], "running",
         "live-restore kept it"
@@ -462,9 +462,9 @@ fn a_hanging_daemon_means_offline_after_the_timeout() {
     );
     let took = started.elapsed();
     assert_eq!(code, 1, "{doc:#}");
-    assert_eq!(doc["docker"]["via"], "data-root");
+    assert_eq!(doc["runtime"]["via"], "data-root");
     assert!(
-        doc["docker"]["offline_reason"]
+        doc["runtime"]["offline_reason"]
             .as_str()
             .unwrap()
             .contains("no answer"),

@@ -69,11 +69,11 @@ fn socket_activated_dockerd_in_a_slave_namespace_is_found_and_its_copy_kept() {
     let (code, doc) = sb.mntreap_json(&args, &[]);
     assert_eq!(code, 1, "{doc:#}");
     assert_eq!(
-        doc["docker"]["pid"].as_i64(),
+        doc["runtime"]["pid"].as_i64(),
         Some(dockerd as i64),
         "{doc:#}"
     );
-    assert_eq!(doc["docker"]["mnt_ns"].as_u64(), Some(ns_inode(dockerd)));
+    assert_eq!(doc["runtime"]["mnt_ns"].as_u64(), Some(ns_inode(dockerd)));
     let web_pid: i32 = dk
         .docker_ok(&["inspect", "-f", "{{.State.Pid}}", "web"])
         .parse()
@@ -190,7 +190,7 @@ fn disagreeing_evidence_protects_every_runtime_namespace() {
     assert_documented(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{doc:#}");
     assert!(
-        doc["docker"]["identity"]["unsure"]
+        doc["runtime"]["identity"]["unsure"]
             .as_str()
             .is_some_and(|u| u.contains("pidfile")),
         "{doc:#}"

@@ -325,7 +325,7 @@ fn writeup1_mountflags_slave_live_restore_restart() {
     let (code, doctor) = g.mntreap("doctor");
     let doc = pretty(&doctor);
     assert_eq!(code, 1, "{doc}");
-    assert_eq!(doctor["docker"]["pid"], dockerd, "docker.pid: {doc}");
+    assert_eq!(doctor["runtime"]["pid"], dockerd, "docker.pid: {doc}");
     let identity = common::doctor_check(&doctor, "runtime-identity");
     assert_eq!(identity["status"], "ok", "{doc}");
     assert!(
@@ -435,14 +435,18 @@ fn writeup1_variant_system_containerd_socket_activation() {
         let (_, doctor) = g.mntreap("doctor");
         let doc = pretty(&doctor);
         assert_eq!(
-            doctor["docker"]["pid"], dockerd,
+            doctor["runtime"]["pid"], dockerd,
             "{round}: docker.pid: {doc}"
         );
         assert_eq!(
-            doctor["docker"]["identity"]["pid"], dockerd,
+            doctor["runtime"]["identity"]["pid"], dockerd,
             "{round}: {doc}"
         );
-        assert_eq!(doctor["docker"]["identity"]["unsure"], Value::Null, "{doc}");
+        assert_eq!(
+            doctor["runtime"]["identity"]["unsure"],
+            Value::Null,
+            "{doc}"
+        );
         let identity = common::doctor_check(&doctor, "runtime-identity");
         assert_eq!(identity["status"], "ok", "{round}: {doc}");
         assert!(
@@ -514,7 +518,7 @@ fn writeup2_private_tmp_nginx_release_plugin_agent() {
     let (code, scan) = g.mntreap("scan w1");
     let doc = pretty(&scan);
     assert_eq!(code, 1, "{doc}");
-    assert_eq!(scan["docker"]["pid"], dockerd, "{doc}");
+    assert_eq!(scan["runtime"]["pid"], dockerd, "{doc}");
     let holders = array(&scan, "holders");
     assert!(
         holders.iter().any(|h| h["mnt_ns"] == nginx_ns

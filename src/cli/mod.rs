@@ -18,6 +18,8 @@ use crate::commands::{self, Config, Exit, Failure};
 use crate::engine::policy::Policy;
 use crate::engine::scan::{self, ScanRequest};
 use crate::engine::source::BackendChoice;
+use crate::runtime::RuntimeChoice;
+use crate::runtime::cri::CriOptions;
 use crate::runtime::docker::DockerOptions;
 
 #[derive(Parser, Debug)]
@@ -155,6 +157,16 @@ pub(crate) struct EngineArgs {
     docker: DockerArgs,
 }
 
+/// `--runtime`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum RuntimeArg {
+    /// Docker when its socket or data root exists here, else a CRI runtime's socket.
+    Auto,
+    Docker,
+    /// containerd's CRI plugin or CRI-O, through the CRI socket.
+    Cri,
+}
+
 #[derive(Args, Debug, Clone)]
 pub(crate) struct DockerArgs {
     /// The daemon's socket (unix:///path), like the docker CLI's DOCKER_HOST.
@@ -168,9 +180,21 @@ pub(crate) struct DockerArgs {
     /// Resolve containers from the data root only; do not ask the daemon.
     #[arg(long)]
     offline: bool,
-    /// How long dockerd has to answer (seconds).
+    /// How long the runtime (dockerd, or the CRI runtime) has to answer each call (seconds).
     #[arg(long, default_value_t = 3)]
     docker_timeout: u64,
+    /// Which runtime's containers are meant: docker, cri (containerd's CRI plugin, CRI-O),
+    /// or auto (Docker when its socket or data root exists, else a CRI socket).
+    #[arg(long, value_enum, env = "MNTREAP_RUNTIME", default_value = "auto")]
+    runtime: RuntimeArg,
+    /// The CRI socket (unix:///path), like crictl's --runtime-endpoint. Default: the
+    /// first of /run/containerd/containerd.sock, /var/run/crio/crio.sock,
+    /// /run/k3s/containerd/containerd.sock that exists. Implies --runtime cri.
+    #[arg(long, env = "CONTAINER_RUNTIME_ENDPOINT")]
+    cri_endpoint: Option<String>,
+    /// kubelet's root directory (pods' volumes).
+    #[arg(long, env = "MNTREAP_KUBELET_ROOT", default_value = "/var/lib/kubelet")]
+    kubelet_root: PathBuf,
     /// Where the host's files are seen from here. Default: `/`; inside the managed plugin,
     /// the root of the dockerd that connects to it (`/proc/<pid>/root`).
     #[arg(long, env = "MNTREAP_HOST_ROOT")]
@@ -276,6 +300,16 @@ fn init_plugin_logging(verbose: u8) {
 }
 
 impl EngineArgs {
+    fn cri_options(&self) -> CriOptions {
+        CriOptions {
+            endpoint: self.docker.cri_endpoint.clone().filter(|e| !e.is_empty()),
+            kubelet_root: self.docker.kubelet_root.clone(),
+            offline: self.docker.offline,
+            timeout: Duration::from_secs(self.docker.docker_timeout.max(1)),
+            proc_root: self.proc.clone(),
+        }
+    }
+
     fn docker_options(&self) -> DockerOptions {
         DockerOptions {
             host: self.docker.docker_host.clone().filter(|h| !h.is_empty()),
@@ -312,6 +346,8 @@ impl EngineArgs {
                 .clone()
                 .unwrap_or_else(|| PathBuf::from(crate::runtime::docker::DEFAULT_ROOT)),
         );
+        let cri = self.cri_options();
+        extra_roots.push(cri.kubelet_root.clone());
         let own_path = self.proc.join("self/ns/mnt");
         let own = crate::engine::namespace::open_ns(own_path.as_os_str()).map_err(|e| {
             Failure::Usage(format!(
@@ -336,6 +372,12 @@ impl EngineArgs {
                 trusted_namespaces: Vec::new(),
             },
             docker,
+            runtime: match self.docker.runtime {
+                RuntimeArg::Auto => RuntimeChoice::Auto,
+                RuntimeArg::Docker => RuntimeChoice::Docker,
+                RuntimeArg::Cri => RuntimeChoice::Cri,
+            },
+            cri,
         })
     }
 }
@@ -376,6 +418,8 @@ fn run(command: Command) -> Result<Exit, Failure> {
                 exclude: args.exclude,
                 events: !args.no_events,
                 docker: config.docker,
+                runtime: config.runtime,
+                cri: config.cri,
                 base: config.base,
             })
             .map_err(Failure::Runtime)?;

@@ -13,7 +13,11 @@ use std::path::PathBuf;
 
 use crate::engine::policy::Policy;
 use crate::engine::scan::{Scan, ScanRequest};
-use crate::runtime::docker::{Container, Docker, DockerOptions};
+use crate::runtime::ContainerRuntime;
+use crate::runtime::RuntimeChoice;
+use crate::runtime::cri::CriOptions;
+use crate::runtime::docker::{Docker, DockerOptions};
+use crate::runtime::model::{Container, Daemon};
 
 /// A command's exit status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -64,6 +68,12 @@ impl From<crate::engine::scan::ScanError> for Failure {
     }
 }
 
+impl From<crate::runtime::RuntimeError> for Failure {
+    fn from(e: crate::runtime::RuntimeError) -> Self {
+        Failure::Usage(e.to_string())
+    }
+}
+
 impl From<crate::runtime::docker::DockerError> for Failure {
     fn from(e: crate::runtime::docker::DockerError) -> Self {
         Failure::Usage(e.to_string())
@@ -83,6 +93,10 @@ pub struct Config {
     pub base: ScanRequest,
     /// Where and how to reach Docker.
     pub docker: DockerOptions,
+    /// Which runtime (`--runtime`; auto resolved at connect).
+    pub runtime: RuntimeChoice,
+    /// Where and how to reach a CRI runtime.
+    pub cri: CriOptions,
 }
 
 impl Config {
@@ -108,8 +122,18 @@ impl Config {
         })
     }
 
-    pub fn connect(&self) -> Result<Docker, Failure> {
+    /// Docker itself: for what only Docker has (doctor's daemon checks).
+    pub fn connect_docker(&self) -> Result<Docker, Failure> {
         Ok(Docker::connect(&self.docker)?)
+    }
+
+    /// The runtime `--runtime` names (see [`crate::runtime::connect`]).
+    pub fn connect(&self) -> Result<Box<dyn ContainerRuntime>, Failure> {
+        Ok(crate::runtime::connect(
+            self.runtime,
+            &self.docker,
+            &self.cri,
+        )?)
     }
 }
 
@@ -120,17 +144,20 @@ pub fn print(text: &str) {
     let _ = out.flush();
 }
 
+/// A connected runtime, whichever it is.
+pub type Runtime = Box<dyn ContainerRuntime>;
+
 /// Resolves named containers (if any) through the daemon or the data root.
 pub fn resolve_containers(
     config: &Config,
     names: &[String],
-) -> Result<(Option<Docker>, Vec<Container>), Failure> {
+) -> Result<(Option<Runtime>, Vec<Container>), Failure> {
     if names.is_empty() {
         return Ok((None, Vec::new()));
     }
-    let docker = config.connect()?;
-    let containers = docker.resolve(names)?;
-    Ok((Some(docker), containers))
+    let runtime = config.connect()?;
+    let containers = runtime.resolve(names)?;
+    Ok((Some(runtime), containers))
 }
 
 /// A target that does not exist here and that no namespace holds is a typo, not a leak.
@@ -152,9 +179,9 @@ pub fn check_targets_exist(scan: &Scan, checked: &[PathBuf]) -> Result<(), Failu
     Ok(())
 }
 
-/// The note every report prints while dockerd's identity is unsure, also on stderr.
-pub(crate) fn unsure_note(docker: Option<&Docker>) -> Option<String> {
-    let note = docker.and_then(|d| d.daemon.unsure_note());
+/// The note every report prints while the runtime's identity is unsure, also on stderr.
+pub(crate) fn unsure_note(daemon: Option<&Daemon>) -> Option<String> {
+    let note = daemon.and_then(|d| d.unsure_note());
     if let Some(n) = &note {
         eprintln!("note: {n}");
     }

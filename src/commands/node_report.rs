@@ -10,7 +10,7 @@ use crate::runtime::ContainerRuntime;
 
 /// `mntreap scan` with no target.
 pub fn command(e: &Config) -> Result<Exit, Failure> {
-    report(e, &e.connect()?)
+    report(e, e.connect()?.as_ref())
 }
 
 /// The node-wide report for one runtime.
@@ -24,7 +24,9 @@ fn report(e: &Config, runtime: &dyn ContainerRuntime) -> Result<Exit, Failure> {
         runtime.list()?
     };
     let base = e.request(&[], Vec::new())?;
-    let Some(scan) = node_scan(&base, daemon, &containers, &e.runtime_roots)? else {
+    let mut roots = runtime.roots();
+    roots.extend(e.runtime_roots.iter().cloned());
+    let Some(scan) = node_scan(&base, daemon, &containers, &roots)? else {
         print(&format!(
             "No container runtime found on this node: no dockerd at {}, and none of {}, \
              /var/lib/containerd, /run/containerd, /var/lib/kubelet exists.\n",
@@ -33,7 +35,7 @@ fn report(e: &Config, runtime: &dyn ContainerRuntime) -> Result<Exit, Failure> {
         ));
         return Ok(Exit::Clean);
     };
-    let found = findings(&scan, daemon, &containers);
+    let found = findings(&scan, daemon, &containers, &runtime.owner_of(&containers));
     let unsure = daemon.unsure_note();
     if e.json {
         let items: Vec<HolderDoc> = found
@@ -49,7 +51,7 @@ fn report(e: &Config, runtime: &dyn ContainerRuntime) -> Result<Exit, Failure> {
             .collect();
         let count = |class: Class| found.iter().filter(|f| f.class == class).count();
         print(&to_text(&NodeReportDoc {
-            docker: daemon.clone(),
+            runtime: daemon.clone(),
             backend: scan.backend,
             roots: scan
                 .targets

@@ -9,13 +9,13 @@ use crate::engine::release;
 use crate::report;
 use crate::report::doc::{FailedDoc, ReapDoc, ReapEntry, ReleaseOutcome, RemovalDoc};
 use crate::runtime::ContainerRuntime;
-use crate::runtime::docker::{container_request, release_scope, short_id};
+use crate::runtime::scope::{container_request, release_scope, short_id};
 
 /// Runs `reap`. One result per container: a release that cannot run is reported for that
 /// container and the others go on. Exit 0 when every container was removed (or none was
 /// stuck); 1 otherwise, with what was done.
 pub fn command(e: &Config, names: &[String], dry_run: bool) -> Result<Exit, Failure> {
-    reap(e, &e.connect()?, names, dry_run)
+    reap(e, e.connect()?.as_ref(), names, dry_run)
 }
 
 fn reap(
@@ -25,6 +25,13 @@ fn reap(
     dry_run: bool,
 ) -> Result<Exit, Failure> {
     let daemon = runtime.daemon();
+    if names.is_empty() && !runtime.records_stuck() {
+        return Err(Failure::Usage(format!(
+            "{} keeps no \"removal failed\" state: name the pods or containers to reap \
+             (`mntreap scan` with no target lists leaked mounts by pod)",
+            daemon.runtime.daemon_word()
+        )));
+    }
     let containers = if names.is_empty() {
         runtime
             .list()?
@@ -34,6 +41,9 @@ fn reap(
     } else {
         runtime.resolve(names)?
     };
+    // A pod's containers before its sandbox: removing the sandbox removes them too.
+    let mut containers = containers;
+    containers.sort_by_key(|c| c.sandbox);
     let mut docs = Vec::new();
     let mut text = String::new();
     let mut all_removed = true;
@@ -69,7 +79,7 @@ fn reap(
         let removal: Result<(), String> = if dry_run {
             Ok(())
         } else {
-            runtime.remove_forced(&c.id)
+            runtime.remove_forced(c)
         };
         all_removed &= removal.is_ok();
         let released = rel.released();
@@ -102,7 +112,7 @@ fn reap(
     }
     if e.json {
         print(&report::doc::to_text(&ReapDoc {
-            docker: daemon.clone(),
+            runtime: daemon.clone(),
             dry_run,
             containers: docs,
         }));

@@ -4,7 +4,8 @@ use super::{Config, Exit, Failure, check_targets_exist, print, resolve_container
 use crate::engine::release::{self, Release, Scope};
 use crate::report;
 use crate::report::doc::{FailedDoc, ReleaseOutcome, ReleasesDoc};
-use crate::runtime::docker::{Container, container_request, release_scope, short_id};
+use crate::runtime::model::Container;
+use crate::runtime::scope::{container_request, release_scope, short_id};
 
 /// What `mntreap release` was asked to do.
 pub struct ReleaseArgs<'a> {
@@ -40,8 +41,8 @@ pub fn command(config: &Config, args: ReleaseArgs) -> Result<Exit, Failure> {
     }
     if let Some(docker) = &docker {
         for c in &containers {
-            let req = container_request(&e.base, &docker.daemon, c);
-            let scope = release_scope(&docker.daemon, c, args.everywhere);
+            let req = container_request(&e.base, docker.daemon(), c);
+            let scope = release_scope(docker.daemon(), c, args.everywhere);
             let outcome = release::run(&req, scope, args.dry_run).map_err(|err| err.to_string());
             releases.push((Some(c), outcome));
         }
@@ -77,7 +78,7 @@ pub fn command(config: &Config, args: ReleaseArgs) -> Result<Exit, Failure> {
                 ReleaseOutcome::Failed(doc) => report::doc::to_text(&doc),
             },
             _ => report::doc::to_text(&ReleasesDoc {
-                docker: docker.as_ref().map(|d| d.daemon.clone()),
+                runtime: docker.as_ref().map(|d| d.daemon().clone()),
                 releases: docs,
             }),
         }
@@ -86,7 +87,8 @@ pub fn command(config: &Config, args: ReleaseArgs) -> Result<Exit, Failure> {
         for (c, r) in &releases {
             if let Some(c) = c {
                 text.push_str(&format!(
-                    "container {} ({}, {}):\n",
+                    "{} {} ({}, {}):\n",
+                    if c.sandbox { "pod" } else { "container" },
                     c.name,
                     short_id(&c.id),
                     c.state
@@ -100,7 +102,7 @@ pub fn command(config: &Config, args: ReleaseArgs) -> Result<Exit, Failure> {
         text
     };
     print(&out);
-    let unsure = unsure_note(docker.as_ref());
+    let unsure = unsure_note(docker.as_ref().map(|d| d.daemon()));
     Ok(Exit::for_targets(
         failed,
         changed,

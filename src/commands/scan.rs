@@ -16,7 +16,7 @@ pub fn command(config: &Config, names: &[String], paths: &[String]) -> Result<Ex
     let mut req = e.request(paths, trusted)?;
     req.layer_signatures = crate::runtime::docker::layer_signatures(&containers);
     if let Some(d) = &docker {
-        req.trusted_namespaces = d.daemon.trusted_namespaces();
+        req.trusted_namespaces = d.daemon().trusted_namespaces();
     }
     let scan = crate::engine::scan::scan(&req)?;
     let checked: Vec<PathBuf> = req
@@ -28,7 +28,7 @@ pub fn command(config: &Config, names: &[String], paths: &[String]) -> Result<Ex
     check_targets_exist(&scan, &checked)?;
     let view = docker
         .as_ref()
-        .map(|d| crate::report::containers::ContainerView::new(&scan, d, &containers));
+        .map(|d| crate::report::containers::ContainerView::new(&scan, d.daemon(), &containers));
     let leaks = match &view {
         None => scan.foreign_holders().next().is_some(),
         Some(v) => v.has_leaks(),
@@ -45,7 +45,7 @@ pub fn command(config: &Config, names: &[String], paths: &[String]) -> Result<Ex
         (Some(v), false) => v.text(),
     };
     print(&out);
-    let unsure = unsure_note(docker.as_ref());
+    let unsure = unsure_note(docker.as_ref().map(|d| d.daemon()));
     Ok(if leaks || unsure.is_some() {
         Exit::Remaining
     } else {

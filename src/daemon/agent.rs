@@ -24,7 +24,9 @@ use super::metrics::Metrics;
 use crate::engine::release::{self, Scope};
 use crate::engine::scan::ScanRequest;
 use crate::report::containers::Class;
-use crate::runtime::docker::{Docker, DockerOptions};
+use crate::runtime::RuntimeChoice;
+use crate::runtime::cri::CriOptions;
+use crate::runtime::docker::DockerOptions;
 
 /// What `--exclude` names: a namespace inode, a pid, or a command name.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,6 +57,10 @@ pub struct AgentConfig {
     pub exclude: Vec<Exclude>,
     pub events: bool,
     pub docker: DockerOptions,
+    /// Which runtime the node runs; on CRI nodes sweeps are the poll (CRI has no
+    /// container-exit stream kubelet's runtimes all offer).
+    pub runtime: RuntimeChoice,
+    pub cri: CriOptions,
     pub base: ScanRequest,
 }
 
@@ -112,7 +118,10 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
         let listener = crate::daemon::bind_unix(path, Some(0o666))?;
         tokio::spawn(super::hook::serve(agent.clone(), listener));
     }
-    if agent.config.events {
+    // Docker's event stream; a CRI node is polled by the sweeps.
+    let cri_node =
+        agent.config.runtime == RuntimeChoice::Cri || agent.config.cri.endpoint.is_some();
+    if agent.config.events && !cri_node {
         tokio::spawn(follow_events(agent.clone()));
     }
     if !agent.config.sweep.is_zero() {
@@ -196,15 +205,25 @@ fn excluded(
 fn sweep_once(agent: &Agent) -> anyhow::Result<()> {
     let span = info_span!("agent", trigger = "sweep");
     let _g = span.enter();
-    let docker = Docker::connect(&agent.config.docker)?;
-    let containers = docker.list()?;
+    let runtime = crate::runtime::connect(
+        agent.config.runtime,
+        &agent.config.docker,
+        &agent.config.cri,
+    )?;
+    let daemon = runtime.daemon();
+    let containers = runtime.list()?;
     let base = &agent.config.base;
     let Some(mut scan) =
-        crate::report::containers::node_scan(base, &docker.daemon, &containers, &[])?
+        crate::report::containers::node_scan(base, daemon, &containers, &runtime.roots())?
     else {
         return Ok(());
     };
-    let findings = crate::report::containers::findings(&scan, &docker.daemon, &containers);
+    let findings = crate::report::containers::findings(
+        &scan,
+        daemon,
+        &containers,
+        &runtime.owner_of(&containers),
+    );
     let in_use = findings.iter().filter(|f| f.class == Class::InUse).count();
     let release: Vec<usize> = findings
         .iter()
@@ -221,10 +240,8 @@ fn sweep_once(agent: &Agent) -> anyhow::Result<()> {
         return Ok(());
     }
     scan.holders = release.iter().map(|&h| scan.holders[h].clone()).collect();
-    // dockerd's own copies are never a sweep's business.
-    let protected = docker
-        .daemon
-        .runtime_protection(": the runtime's own copies");
+    // The runtime's own copies are never a sweep's business.
+    let protected = daemon.runtime_protection(": the runtime's own copies");
     let scope = Scope {
         everywhere: false,
         protected: Some(protected),

@@ -10,6 +10,8 @@ pub const RUNTIME_ROOTS: &[&str] = &[
     "/var/lib/containerd",
     "/run/containerd",
     "/var/lib/kubelet",
+    "/var/lib/containers/storage",
+    "/run/k3s/containerd",
     "/run/netns",
     "/var/run/netns",
     "/run/docker",

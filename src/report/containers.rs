@@ -19,7 +19,8 @@ use super::doc::{ContainerRef, ScanDoc};
 
 use crate::engine::mountinfo::encode;
 use crate::engine::scan::{self, Holder, Scan, ScanRequest};
-use crate::runtime::docker::{self, Container, Daemon, Docker, Owner};
+use crate::runtime::docker;
+use crate::runtime::model::{Container, Daemon, Owner};
 
 /// Holders of a scan seen through the containers they belong to.
 pub struct ContainerView<'a> {
@@ -68,7 +69,7 @@ fn container_namespaces(proc_root: &Path, containers: &[Container]) -> Vec<Optio
 }
 
 impl<'a> ContainerView<'a> {
-    pub fn new(scan: &'a Scan, docker: &'a Docker, containers: &'a [Container]) -> Self {
+    pub fn new(scan: &'a Scan, daemon: &'a Daemon, containers: &'a [Container]) -> Self {
         use std::os::unix::ffi::OsStrExt;
         let by_path: Vec<Option<usize>> = scan
             .holders
@@ -90,7 +91,7 @@ impl<'a> ContainerView<'a> {
             .zip(&by_path)
             .filter_map(|(h, c)| Some((h.mount.dev, (*c)?)))
             .collect();
-        let container_ns = container_namespaces(&docker.daemon.proc_root, containers);
+        let container_ns = container_namespaces(&daemon.proc_root, containers);
         // What is mounted inside a container's own root (its /proc, /etc/hosts, ...) is
         // that container's.
         let own_root_of = |h: &Holder| {
@@ -111,10 +112,10 @@ impl<'a> ContainerView<'a> {
             .collect();
         ContainerView {
             scan,
-            daemon: &docker.daemon,
+            daemon,
             containers,
             owner,
-            runtime: docker.daemon.runtime_namespaces(),
+            runtime: daemon.runtime_namespaces(),
             container_ns,
         }
     }
@@ -146,7 +147,7 @@ impl<'a> ContainerView<'a> {
     /// The scan document with the daemon, the containers, and each holder's role and
     /// container.
     pub fn annotate(&self, doc: &mut ScanDoc) {
-        doc.docker = Some(self.daemon.clone());
+        doc.runtime = Some(self.daemon.clone());
         doc.containers = Some(self.containers.to_vec());
         for (i, h) in doc.holders.iter_mut().enumerate() {
             h.role = Some(self.role(i));
@@ -158,8 +159,14 @@ impl<'a> ContainerView<'a> {
         let mut out = String::new();
         let via = match self.daemon.via {
             docker::Via::Api => format!(
-                "resolved through dockerd at {}",
+                "resolved through {} at {}",
+                self.daemon.runtime.daemon_word(),
                 self.daemon.socket.display()
+            ),
+            docker::Via::TaskBundles => format!(
+                "resolved offline from {}'s task bundles and kubelet's pod directories ({})",
+                self.daemon.runtime.daemon_word(),
+                self.daemon.offline_reason.as_deref().unwrap_or("")
             ),
             docker::Via::DataRoot => format!(
                 "resolved offline from {} ({})",
@@ -170,7 +177,8 @@ impl<'a> ContainerView<'a> {
         out.push_str(&format!("{via}\n"));
         for (ci, c) in self.containers.iter().enumerate() {
             out.push_str(&format!(
-                "container {} ({}) {}:\n",
+                "{} {} ({}) {}:\n",
+                if c.sandbox { "pod" } else { "container" },
                 c.name,
                 crate::runtime::docker::short_id(&c.id),
                 c.state
@@ -302,9 +310,14 @@ pub fn node_scan(
 }
 
 /// Scans the node and classifies every container mount held where it is not needed.
-pub fn findings(scan: &Scan, daemon: &Daemon, containers: &[Container]) -> Vec<Finding> {
+/// `owner_of` attributes a mount point by the runtime's layout.
+pub fn findings(
+    scan: &Scan,
+    daemon: &Daemon,
+    containers: &[Container],
+    owner_of: &dyn Fn(&Path) -> Option<Owner>,
+) -> Vec<Finding> {
     use std::os::unix::ffi::OsStrExt;
-    let by_layer = docker::layers_by_container(containers);
     let own_ns = container_namespaces(&daemon.proc_root, containers);
     let by_id: HashMap<&str, (&Container, Option<u64>)> = containers
         .iter()
@@ -312,13 +325,7 @@ pub fn findings(scan: &Scan, daemon: &Daemon, containers: &[Container]) -> Vec<F
         .map(|(c, &ns)| (c.id.as_str(), (c, ns)))
         .collect();
     let runtime = daemon.runtime_namespaces();
-    let owner_of = |h: &Holder| {
-        docker::owner_of(
-            &daemon.root,
-            Path::new(std::ffi::OsStr::from_bytes(&h.mount_point)),
-            &by_layer,
-        )
-    };
+    let owner_of = |h: &Holder| owner_of(Path::new(std::ffi::OsStr::from_bytes(&h.mount_point)));
     // Copies at other paths belong to whoever owns a path holder of the same superblock.
     let by_dev: HashMap<(u32, u32), Owner> = scan
         .holders
@@ -343,6 +350,9 @@ pub fn findings(scan: &Scan, daemon: &Daemon, containers: &[Container]) -> Vec<F
                 None => (None, id.clone(), true, None),
             },
             Owner::UnknownLayer(layer) => (None, layer.clone(), true, None),
+            // A pod directory whose sandbox is gone: kubelet's cleanup of it fails while
+            // its volumes are held.
+            Owner::Pod(uid) => (None, format!("pod {uid}"), true, None),
         };
         let in_runtime = runtime.contains(&inode);
         let own_root = container_ns == Some(inode);
@@ -376,6 +386,7 @@ mod tests {
 
     fn daemon(mnt_ns: u64) -> Daemon {
         Daemon {
+            runtime: Default::default(),
             via: docker::Via::DataRoot,
             socket: "/run/docker.sock".into(),
             root: "/d".into(),
@@ -419,7 +430,10 @@ mod tests {
         scan.holders[chrooted].in_use = Some(InUse::ProcessRoot { pids: vec![9] });
         let mut a = c(&"a".repeat(64), "a");
         a.mount_id = Some("L1".into());
-        let found: Vec<(u64, String, Class)> = findings(&scan, &daemon(5), &[a])
+        let containers = [a];
+        let by_layer = docker::layers_by_container(&containers);
+        let owner_of = |p: &Path| docker::owner_of(Path::new("/d"), p, &by_layer);
+        let found: Vec<(u64, String, Class)> = findings(&scan, &daemon(5), &containers, &owner_of)
             .iter()
             .map(|f| {
                 let h = &scan.holders[f.holder];

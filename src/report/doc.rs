@@ -8,7 +8,7 @@ use super::containers::{Class, Role};
 use crate::engine::namespace::PinVia;
 use crate::engine::scan::{InUse, Match, Pin};
 use crate::engine::source::Backend;
-use crate::runtime::docker::{Container, Daemon};
+use crate::runtime::model::{Container, Daemon};
 
 /// A member process of a namespace.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -96,7 +96,8 @@ pub struct ScanDoc {
     pub notes: Vec<String>,
     /// Container scans: the daemon and the containers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub docker: Option<Daemon>,
+    #[serde(alias = "docker")]
+    pub runtime: Option<Daemon>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub containers: Option<Vec<Container>>,
 }
@@ -181,7 +182,8 @@ pub enum ReleaseOutcome {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReleasesDoc {
-    pub docker: Option<Daemon>,
+    #[serde(alias = "docker")]
+    pub runtime: Option<Daemon>,
     pub releases: Vec<ReleaseOutcome>,
 }
 
@@ -199,7 +201,8 @@ pub struct NodeSummary {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeReportDoc {
-    pub docker: Daemon,
+    #[serde(alias = "docker")]
+    pub runtime: Daemon,
     pub backend: Backend,
     pub roots: Vec<String>,
     pub findings: Vec<HolderDoc>,
@@ -230,7 +233,8 @@ pub struct ReapEntry {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReapDoc {
-    pub docker: Daemon,
+    #[serde(alias = "docker")]
+    pub runtime: Daemon,
     pub dry_run: bool,
     pub containers: Vec<ReapEntry>,
 }
@@ -293,7 +297,8 @@ pub struct Check {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DoctorDoc {
-    pub docker: Daemon,
+    #[serde(alias = "docker")]
+    pub runtime: Daemon,
     pub checks: Vec<Check>,
     pub worst: Status,
 }

@@ -105,7 +105,7 @@ pub fn scan_doc(scan: &Scan) -> ScanDoc {
             namespaces_scanned: scan.namespaces.len(),
         },
         notes: scan.all_notes().into_iter().cloned().collect(),
-        docker: None,
+        runtime: None,
         containers: None,
     }
 }

@@ -6,33 +6,99 @@
 //! meant to sit beside it as `runtime/cri/`.
 
 pub mod caller;
+pub mod cri;
 pub mod docker;
+pub mod host;
+pub mod identity;
+pub mod model;
+pub mod scope;
 
-use docker::{Container, Daemon, DockerError};
+use std::path::{Path, PathBuf};
+
+use cri::{Cri, CriError};
+use docker::DockerError;
+use model::{Container, Daemon, Owner};
+
+/// Resolution failed in one of the runtimes: nothing was done.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error(transparent)]
+    Docker(#[from] DockerError),
+    #[error(transparent)]
+    Cri(#[from] CriError),
+}
+
+/// Which runtime's containers are meant (`--runtime`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuntimeChoice {
+    /// Docker when its socket or data root exists here, else a CRI runtime's socket.
+    Auto,
+    Docker,
+    /// containerd's CRI plugin or CRI-O, through the CRI socket.
+    Cri,
+}
+
+/// Connects to the runtime `choice` names; under auto, Docker where it is installed (its
+/// socket, data root or settings), else the CRI runtime whose socket exists, else Docker
+/// (whose report then says that no runtime is found).
+pub fn connect(
+    choice: RuntimeChoice,
+    docker: &docker::DockerOptions,
+    cri: &cri::CriOptions,
+) -> Result<Box<dyn ContainerRuntime>, RuntimeError> {
+    let docker_here = || {
+        docker.host.is_some()
+            || docker.root.is_some()
+            || docker.socket().is_ok_and(|s| s.exists())
+            || Path::new(docker::DEFAULT_ROOT).exists()
+    };
+    let use_cri = match choice {
+        RuntimeChoice::Docker => false,
+        RuntimeChoice::Cri => true,
+        RuntimeChoice::Auto => cri.endpoint.is_some() || (!docker_here() && cri::present(cri)),
+    };
+    Ok(if use_cri {
+        Box::new(Cri::connect(cri)?)
+    } else {
+        Box::new(docker::Docker::connect(docker)?)
+    })
+}
+
+/// Which container a mount point belongs to, by the runtime's layout.
+pub type OwnerOf<'a> = Box<dyn Fn(&Path) -> Option<Owner> + 'a>;
 
 /// What mntreap needs of a container runtime, whichever it is.
 pub trait ContainerRuntime {
-    /// Containers by id, unique id prefix or name, as the runtime's own CLI resolves them.
-    fn resolve(&self, names: &[String]) -> Result<Vec<Container>, DockerError>;
+    /// Containers by id, unique id prefix or name, as the runtime's own CLI resolves them;
+    /// under CRI also pods (by UID, `namespace/name` or sandbox id: the sandbox and its
+    /// containers).
+    fn resolve(&self, names: &[String]) -> Result<Vec<Container>, RuntimeError>;
     /// Every container the runtime knows (through its API, or its records when it hangs).
-    fn list(&self) -> Result<Vec<Container>, DockerError>;
+    fn list(&self) -> Result<Vec<Container>, RuntimeError>;
     /// The runtime's daemon as established: its identity, the namespaces to spare, how
     /// containers were resolved.
     fn daemon(&self) -> &Daemon;
     /// Whether the runtime answered (else containers came from its records).
     fn online(&self) -> bool;
-    /// Removes a container through the runtime, forced; the runtime's own error text when
-    /// it fails.
-    fn remove_forced(&self, id: &str) -> Result<(), String>;
+    /// Removes a container (or pod sandbox) through the runtime, forced; the runtime's own
+    /// error text when it fails.
+    fn remove_forced(&self, c: &Container) -> Result<(), String>;
+    /// The directories whose mounts the node-wide report looks at.
+    fn roots(&self) -> Vec<PathBuf>;
+    /// The owner of a mount point by the runtime's layout, given its containers.
+    fn owner_of<'a>(&'a self, containers: &'a [Container]) -> OwnerOf<'a>;
+    /// Whether the runtime keeps a "removal failed" state (Docker's dead/removing), so that
+    /// `reap` with no names knows what is stuck.
+    fn records_stuck(&self) -> bool;
 }
 
 impl ContainerRuntime for docker::Docker {
-    fn resolve(&self, names: &[String]) -> Result<Vec<Container>, DockerError> {
-        docker::Docker::resolve(self, names)
+    fn resolve(&self, names: &[String]) -> Result<Vec<Container>, RuntimeError> {
+        Ok(docker::Docker::resolve(self, names)?)
     }
 
-    fn list(&self) -> Result<Vec<Container>, DockerError> {
-        docker::Docker::list(self)
+    fn list(&self) -> Result<Vec<Container>, RuntimeError> {
+        Ok(docker::Docker::list(self)?)
     }
 
     fn daemon(&self) -> &Daemon {
@@ -43,7 +109,72 @@ impl ContainerRuntime for docker::Docker {
         docker::Docker::online(self)
     }
 
-    fn remove_forced(&self, id: &str) -> Result<(), String> {
-        docker::Docker::remove_forced(self, id)
+    fn remove_forced(&self, c: &Container) -> Result<(), String> {
+        docker::Docker::remove_forced(self, &c.id)
     }
+
+    fn roots(&self) -> Vec<PathBuf> {
+        vec![self.daemon.root.clone()]
+    }
+
+    fn owner_of<'a>(&'a self, containers: &'a [Container]) -> OwnerOf<'a> {
+        let by_layer = docker::layers_by_container(containers);
+        Box::new(move |p| docker::owner_of(&self.daemon.root, p, &by_layer))
+    }
+
+    fn records_stuck(&self) -> bool {
+        true
+    }
+}
+
+impl ContainerRuntime for Cri {
+    fn resolve(&self, names: &[String]) -> Result<Vec<Container>, RuntimeError> {
+        Ok(Cri::resolve(self, names)?)
+    }
+
+    fn list(&self) -> Result<Vec<Container>, RuntimeError> {
+        Ok(Cri::list(self)?)
+    }
+
+    fn daemon(&self) -> &Daemon {
+        &self.daemon
+    }
+
+    fn online(&self) -> bool {
+        Cri::online(self)
+    }
+
+    fn remove_forced(&self, c: &Container) -> Result<(), String> {
+        Cri::remove_forced(self, c)
+    }
+
+    fn roots(&self) -> Vec<PathBuf> {
+        Cri::roots(self)
+    }
+
+    fn owner_of<'a>(&'a self, containers: &'a [Container]) -> OwnerOf<'a> {
+        Box::new(move |p| self.layout.owner_of(p, containers))
+    }
+
+    fn records_stuck(&self) -> bool {
+        false
+    }
+}
+
+/// The one runtime every blocking API call (Engine API, CRI) runs on (built once, not per connect).
+/// Called from plain threads only: the CLI's, and the daemons' blocking bridge.
+pub(crate) fn blocking_runtime() -> Result<&'static tokio::runtime::Runtime, String> {
+    static RUNTIME: std::sync::OnceLock<Option<tokio::runtime::Runtime>> =
+        std::sync::OnceLock::new();
+    RUNTIME
+        .get_or_init(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .thread_name("mntreap-api")
+                .enable_all()
+                .build()
+                .ok()
+        })
+        .as_ref()
+        .ok_or_else(|| "cannot start the API clients' runtime".to_string())
 }

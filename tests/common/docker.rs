@@ -319,42 +319,9 @@ impl DockerDaemon {
         }
     }
 
-    /// Pids of the processes this daemon started (containerd, shims), found by our unique
-    /// directory in their command lines, and their descendants (the containers).
+    /// Pids of the processes this daemon started (containerd, shims) and their descendants.
     fn descendants(&self) -> Vec<i32> {
-        let d = self.d();
-        let procs: Vec<(i32, i32, String)> = std::fs::read_dir("/proc")
-            .unwrap()
-            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-            .filter_map(|pid| {
-                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-                let ppid = stat
-                    .rsplit(')')
-                    .next()?
-                    .split_whitespace()
-                    .nth(1)?
-                    .parse()
-                    .ok()?;
-                let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-                Some((pid, ppid, String::from_utf8_lossy(&cmd).replace('\0', " ")))
-            })
-            .collect();
-        let mut ours: Vec<i32> = procs
-            .iter()
-            .filter(|(_, _, cmd)| cmd.contains(&d))
-            .map(|(pid, _, _)| *pid)
-            .collect();
-        let mut i = 0;
-        while i < ours.len() {
-            let parent = ours[i];
-            for (pid, ppid, _) in &procs {
-                if *ppid == parent && !ours.contains(pid) {
-                    ours.push(*pid);
-                }
-            }
-            i += 1;
-        }
-        ours
+        descendants_of_dir(&self.d())
     }
 }
 
@@ -399,4 +366,41 @@ fn containerd_state(pidfile: &str) -> Option<String> {
         .split_whitespace()
         .next()
         .map(String::from)
+}
+
+/// Pids of the processes whose command line names `d` (a test's unique directory: its
+/// daemons and shims), and their descendants (the containers).
+pub fn descendants_of_dir(d: &str) -> Vec<i32> {
+    let procs: Vec<(i32, i32, String)> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let ppid = stat
+                .rsplit(')')
+                .next()?
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            Some((pid, ppid, String::from_utf8_lossy(&cmd).replace('\0', " ")))
+        })
+        .collect();
+    let mut ours: Vec<i32> = procs
+        .iter()
+        .filter(|(_, _, cmd)| cmd.contains(d))
+        .map(|(pid, _, _)| *pid)
+        .collect();
+    let mut i = 0;
+    while i < ours.len() {
+        let parent = ours[i];
+        for (pid, ppid, _) in &procs {
+            if *ppid == parent && !ours.contains(pid) {
+                ours.push(*pid);
+            }
+        }
+        i += 1;
+    }
+    ours
 }

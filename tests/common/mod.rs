@@ -8,6 +8,7 @@
 //! they copy every mount the sandbox has at that moment, exactly like a PrivateTmp service.
 #![allow(dead_code)]
 
+pub mod cri;
 pub mod docker;
 
 use std::path::{Path, PathBuf};
@@ -139,6 +140,22 @@ impl Sandbox {
             || matches!(comm(pid).as_deref(), Some("sleep" | "busybox")),
             || format!("holder {pid} never reached its sleep"),
         );
+        pid
+    }
+
+    /// Starts a command inside the sandbox namespace (no new namespace), killed by pid
+    /// with the sandbox; returns its pid.
+    pub fn spawn_in(&mut self, argv: &[&str]) -> i32 {
+        let child = Command::new("nsenter")
+            .args(["-t", &self.host_pid().to_string(), "-m", "--"])
+            .args(argv)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        self.children.push(child);
         pid
     }
 

@@ -33,7 +33,7 @@ impl Check {
 
 /// Runs every check; exit 0 when all are ok or skipped, 1 on warnings or problems.
 pub fn command(e: &Config) -> Result<Exit, Failure> {
-    let docker = e.connect()?;
+    let docker = e.connect_docker()?;
     let containers = docker.list().unwrap_or_default();
     let mut checks = vec![
         runtime_identity(&docker.daemon),
@@ -53,7 +53,7 @@ pub fn command(e: &Config) -> Result<Exit, Failure> {
     let worst = checks.iter().map(|c| c.status).max().unwrap_or(Status::Ok);
     if e.json {
         print(&crate::report::doc::to_text(&DoctorDoc {
-            docker: docker.daemon.clone(),
+            runtime: docker.daemon.clone(),
             checks,
             worst,
         }));
@@ -250,7 +250,10 @@ fn foreign_holders(scan: &scan::Scan, daemon: &Daemon, containers: &[Container])
         "release them now (`mntreap release CONTAINER`, `mntreap reap`); to prevent it, run \
          `mntreap agent`, which releases copies when containers stop",
     );
-    let findings = containers::findings(scan, daemon, containers);
+    let by_layer = crate::runtime::docker::layers_by_container(containers);
+    let owner_of =
+        |p: &std::path::Path| crate::runtime::docker::owner_of(&daemon.root, p, &by_layer);
+    let findings = containers::findings(scan, daemon, containers, &owner_of);
     let mut by_ns: std::collections::BTreeMap<u64, (usize, String)> = Default::default();
     for f in &findings {
         let h = &scan.holders[f.holder];

@@ -7,22 +7,9 @@ use std::time::Duration;
 use super::records::{BadRecord, container};
 use super::{Container, Docker, POD_UID_LABEL};
 
-/// The one runtime every blocking Engine API call runs on (built once, not per connect).
-/// Called from plain threads only: the CLI's, and the daemons' blocking bridge.
+/// The shared runtime for blocking API calls ([`crate::runtime::blocking_runtime`]).
 pub(super) fn runtime() -> Result<&'static tokio::runtime::Runtime, String> {
-    static RUNTIME: std::sync::OnceLock<Option<tokio::runtime::Runtime>> =
-        std::sync::OnceLock::new();
-    RUNTIME
-        .get_or_init(|| {
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .thread_name("mntreap-engine-api")
-                .enable_all()
-                .build()
-                .ok()
-        })
-        .as_ref()
-        .ok_or_else(|| "cannot start the Engine API client's runtime".to_string())
+    crate::runtime::blocking_runtime()
 }
 
 /// An Engine API client on a unix socket. It starts at an old API version (18.06 speaks

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use super::Container;
+pub use crate::runtime::model::Owner;
 
 /// Where each storage driver mounts layer `<id>`: `<root>/<dir>/<id>[/<leaf>]`, for every
 /// layout Docker has used (vfs copies instead of mounting).
@@ -72,14 +73,6 @@ fn layer_owner(id: &str, by_layer: &HashMap<String, String>) -> Owner {
         Some(c) => Owner::Container(c.clone()),
         None => Owner::UnknownLayer(id.to_string()),
     }
-}
-
-/// The owner of a mount under the data root.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Owner {
-    Container(String),
-    /// A layer mount no container claims (its container is gone).
-    UnknownLayer(String),
 }
 
 /// Layer id -> container id, from the containers' mount and init ids (as resolution read

@@ -8,23 +8,20 @@
 
 mod api;
 pub mod events;
-mod host;
-pub mod identity;
 mod layout;
 mod records;
-mod scope;
 
+pub use crate::runtime::host::on_host;
+pub use crate::runtime::identity;
+pub use crate::runtime::model::{Container, Daemon, Via};
+pub use crate::runtime::scope::{container_request, layer_signatures, release_scope, short_id};
 pub use api::engine_client;
-pub use host::on_host;
 pub use layout::{Owner, layer_mount, layers_by_container, owner_of, snapshot_mount};
 use records::read_config;
 pub use records::{BadRecord, POD_UID_LABEL};
-pub use scope::{container_request, layer_signatures, release_scope, short_id};
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-
-use serde::{Deserialize, Serialize};
 
 /// Where to find the daemon, and how.
 #[derive(Debug, Clone)]
@@ -53,74 +50,6 @@ pub struct DockerOptions {
 
 pub const DEFAULT_SOCKET: &str = "/var/run/docker.sock";
 pub const DEFAULT_ROOT: &str = "/var/lib/docker";
-
-/// How containers were resolved.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Via {
-    Api,
-    DataRoot,
-}
-
-/// One container and the mount points that belong to it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Container {
-    pub id: String,
-    /// Without the leading `/`.
-    pub name: String,
-    /// Docker's status word: created, running, paused, restarting, removing, exited, dead.
-    pub state: String,
-    /// The container's init process, when running.
-    pub pid: Option<i32>,
-    pub driver: String,
-    /// The storage driver's id of the container's RW layer.
-    pub mount_id: Option<String>,
-    /// The storage driver's id of its init layer (`<mount-id>-init` for overlay2).
-    pub init_id: Option<String>,
-    /// Mount points: the layer (and its `-init` layer), shm, secrets.
-    pub paths: Vec<PathBuf>,
-    /// For overlay drivers: the RW layer's upper directory, which identifies its overlay
-    /// mount wherever it is mounted.
-    pub upperdir: Option<PathBuf>,
-    /// The Kubernetes pod it belongs to (kubelet's `io.kubernetes.pod.uid` label).
-    pub pod_uid: Option<String>,
-}
-
-impl Container {
-    /// Running containers need their layer in dockerd's namespace.
-    pub fn is_running(&self) -> bool {
-        matches!(self.state.as_str(), "running" | "paused" | "restarting")
-    }
-
-    /// Stuck in removal: what `reap` is for.
-    pub fn is_stuck(&self) -> bool {
-        matches!(self.state.as_str(), "dead" | "removing")
-    }
-}
-
-/// The daemon as found.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Daemon {
-    pub via: Via,
-    pub socket: PathBuf,
-    pub root: PathBuf,
-    pub driver: Option<String>,
-    /// dockerd's pid, when its identity is established.
-    pub pid: Option<i32>,
-    /// Inode of dockerd's mount namespace, when its identity is established.
-    pub mnt_ns: Option<u64>,
-    /// How dockerd was identified, or why it could not be.
-    pub identity: crate::runtime::docker::identity::Identity,
-    pub live_restore: Option<bool>,
-    /// Why the data root was used instead of the API.
-    pub offline_reason: Option<String>,
-    #[serde(skip)]
-    pub host_root: PathBuf,
-    #[serde(skip)]
-    pub proc_root: PathBuf,
-}
 
 /// Docker resolution failed: nothing was done.
 #[derive(Debug, thiserror::Error)]
@@ -227,6 +156,7 @@ impl Docker {
             _ => root,
         };
         let mut daemon = Daemon {
+            runtime: crate::runtime::model::RuntimeKind::Docker,
             via: Via::DataRoot,
             socket: socket.clone(),
             root,
@@ -392,6 +322,33 @@ impl Docker {
     }
 }
 
+impl Daemon {
+    /// Cross-checks the daemon's own word on its data root (`/info`) with what its
+    /// command line and daemon.json say; a disagreement makes the identity unsure.
+    pub(super) fn check_data_root(&mut self, said: &Path, configured: &Path) {
+        let Some(pid) = self.pid else {
+            return;
+        };
+        let real = |p: &Path| std::fs::canonicalize(on_host(&self.host_root, p)).ok();
+        if configured != said && real(configured) != real(said) {
+            self.identity.unsure = Some(format!(
+                "dockerd pid {pid} is configured with data root {} but the daemon at {} \
+                 answers {}: another daemon?",
+                configured.display(),
+                self.socket.display(),
+                said.display()
+            ));
+            self.pid = None;
+            self.mnt_ns = None;
+        } else {
+            self.identity.evidence.push(format!(
+                "its /info data root {} matches its configuration",
+                said.display()
+            ));
+        }
+    }
+}
+
 /// Picks one container by full id, exact name, or unique id prefix (docker's order).
 fn pick(name: &str, all: &[Container], root: &Path) -> Result<Container, DockerError> {
     let bare = name.strip_prefix('/').unwrap_or(name);
@@ -442,6 +399,8 @@ pub(crate) mod tests {
             paths: Vec::new(),
             upperdir: None,
             pod_uid: None,
+            pod: None,
+            sandbox: false,
         }
     }
 

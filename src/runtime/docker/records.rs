@@ -221,6 +221,8 @@ pub(super) fn container(
         paths,
         upperdir,
         pod_uid: None,
+        pod: None,
+        sandbox: false,
     })
 }
 

@@ -14,16 +14,21 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::runtime::model::RuntimeKind;
+
 /// dockerd's executables: `dockerd`, and distribution builds such as RHEL's
 /// `dockerd-current`.
 pub fn is_dockerd_name(exe: &str) -> bool {
     exe.starts_with("dockerd")
 }
 
-/// A container runtime's daemon (dockerd, containerd and their distribution names), not
-/// a shim.
+/// A container runtime's daemon (dockerd, containerd, CRI-O, and their distribution
+/// names; not a shim), or kubelet, which mounts pods' volumes and unmounts them itself.
 fn is_runtime_daemon_name(exe: &str) -> bool {
-    is_dockerd_name(exe) || (exe.contains("containerd") && !exe.contains("shim"))
+    is_dockerd_name(exe)
+        || (exe.contains("containerd") && !exe.contains("shim"))
+        || exe == "crio"
+        || exe.starts_with("kubelet")
 }
 
 /// A process whose executable is a runtime daemon.
@@ -166,6 +171,20 @@ pub fn establish_dockerd(
     socket: &Path,
     peer: Option<i32>,
 ) -> Identity {
+    establish(RuntimeKind::Docker, proc_root, host_root, socket, peer)
+}
+
+/// Establishes which daemon of `kind` serves `socket` (a host path, read through
+/// `host_root`), as [`establish_dockerd`] does for dockerd; the pidfile cross-check is
+/// dockerd's alone (containerd and CRI-O keep none by default).
+pub fn establish(
+    kind: RuntimeKind,
+    proc_root: &Path,
+    host_root: &Path,
+    socket: &Path,
+    peer: Option<i32>,
+) -> Identity {
+    let word = kind.daemon_word();
     let runtime = runtime_processes(proc_root);
     let mut id = Identity {
         runtime_processes: runtime.clone(),
@@ -173,11 +192,11 @@ pub fn establish_dockerd(
     };
     let dockerds: Vec<i32> = runtime
         .iter()
-        .filter(|p| is_dockerd_name(&p.exe))
+        .filter(|p| kind.is_daemon_exe(&p.exe))
         .map(|p| p.pid)
         .collect();
     let file =
-        crate::engine::unix_sockets::file_id(&crate::runtime::docker::on_host(host_root, socket))
+        crate::engine::unix_sockets::file_id(&crate::runtime::host::on_host(host_root, socket))
             .ok();
     // The listener may live in the network namespace of its creator (the peer; systemd).
     let also_in: Vec<i32> = peer.into_iter().chain([1]).collect();
@@ -222,7 +241,7 @@ pub fn establish_dockerd(
     let chosen = match (listeners.as_slice(), peer) {
         ([one], Some(p)) if p != *one && (dockerds.contains(&p) || !activator(p)) => {
             id.unsure = Some(format!(
-                "the socket's peer is {}, but dockerd pid {one} holds {}",
+                "the socket's peer is {}, but {word} pid {one} holds {}",
                 desc(p),
                 socket.display()
             ));
@@ -231,7 +250,7 @@ pub fn establish_dockerd(
         }
         ([one], _) => {
             id.evidence.push(format!(
-                "dockerd pid {one} holds the listening socket bound to {}{}",
+                "{word} pid {one} holds the listening socket bound to {}{}",
                 socket.display(),
                 match peer {
                     Some(p) if p == *one => " (it is also the socket's peer)".to_string(),
@@ -243,10 +262,10 @@ pub fn establish_dockerd(
         }
         ([], None) => {
             id.evidence.push(if dockerds.is_empty() {
-                "no dockerd process is running".to_string()
+                format!("no {word} process is running")
             } else {
                 format!(
-                    "nothing listens on {} (other dockerd pids: {dockerds:?})",
+                    "nothing listens on {} (other {word} pids: {dockerds:?})",
                     socket.display()
                 )
             });
@@ -257,14 +276,14 @@ pub fn establish_dockerd(
             if init && dockerds.is_empty() {
                 // Nothing to mistake: no daemon yet, so no daemon namespace.
                 id.evidence.push(format!(
-                    "no dockerd process is running ({} holds {}: socket activation, daemon \
+                    "no {word} process is running ({} holds {}: socket activation, daemon \
                      not started)",
                     desc(p),
                     socket.display()
                 ));
             } else {
                 id.unsure = Some(format!(
-                    "the socket's peer is {}, and no dockerd holds {} (dockerd pids: \
+                    "the socket's peer is {}, and no {word} holds {} ({word} pids: \
                      {dockerds:?})",
                     desc(p),
                     socket.display()
@@ -275,7 +294,7 @@ pub fn establish_dockerd(
         }
         (many, _) => {
             id.unsure = Some(format!(
-                "several dockerd processes hold {}: pids {many:?}",
+                "several {word} processes hold {}: pids {many:?}",
                 socket.display()
             ));
             None
@@ -285,7 +304,8 @@ pub fn establish_dockerd(
         return id;
     };
     // The daemon's own pidfile must agree (when it names a live process).
-    if let Some((file, named)) = pidfile_pid(proc_root, pid) {
+    if let Some((file, named)) = pidfile_pid(proc_root, pid).filter(|_| kind == RuntimeKind::Docker)
+    {
         match named {
             Some(n) if n == pid => id
                 .evidence
@@ -311,7 +331,7 @@ pub fn establish_dockerd(
         }
         None => {
             id.unsure = Some(format!(
-                "the mount namespace of dockerd pid {pid} cannot be read"
+                "the mount namespace of {word} pid {pid} cannot be read"
             ))
         }
     }

@@ -1,9 +1,9 @@
 //! What a release of a container may touch: its targets, its layer signature, the
 //! runtime's namespaces it must spare.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use super::{Container, Daemon, on_host};
+use super::model::{Container, Daemon, RuntimeKind};
 use crate::engine::namespace::mnt_ns_inode;
 use crate::engine::release::Scope;
 use crate::engine::scan::ScanRequest;
@@ -34,11 +34,19 @@ pub fn layer_signatures(containers: &[Container]) -> Vec<PathBuf> {
 }
 
 /// The release scope for a container: its copies in dockerd's namespace stay while it runs.
+/// Under a CRI runtime the runtime's namespaces (containerd's or CRI-O's, kubelet's, the
+/// host's) are always spared: containerd unmounts a task's rootfs when it deletes the task
+/// and kubelet tears its volumes down itself; mntreap releases only the copies elsewhere.
 pub fn release_scope(daemon: &Daemon, container: &Container, everywhere: bool) -> Scope {
     // An unsure identity protects every namespace that may be the runtime's, whatever the
     // container's state: a wrong guess must never lead to an unmount.
     let protected = if daemon.unsure().is_some() {
         daemon.runtime_protection("")
+    } else if daemon.runtime != RuntimeKind::Docker {
+        daemon.runtime_protection(&format!(
+            ", which unmounts {}'s mounts itself",
+            container.name
+        ))
     } else if !container.is_running() {
         Vec::new()
     } else {
@@ -68,37 +76,13 @@ impl Daemon {
         self.mnt_ns.into_iter().collect()
     }
 
-    /// Cross-checks the daemon's own word on its data root (`/info`) with what its
-    /// command line and daemon.json say; a disagreement makes the identity unsure.
-    pub(super) fn check_data_root(&mut self, said: &Path, configured: &Path) {
-        let Some(pid) = self.pid else {
-            return;
-        };
-        let real = |p: &Path| std::fs::canonicalize(on_host(&self.host_root, p)).ok();
-        if configured != said && real(configured) != real(said) {
-            self.identity.unsure = Some(format!(
-                "dockerd pid {pid} is configured with data root {} but the daemon at {} \
-                 answers {}: another daemon?",
-                configured.display(),
-                self.socket.display(),
-                said.display()
-            ));
-            self.pid = None;
-            self.mnt_ns = None;
-        } else {
-            self.identity.evidence.push(format!(
-                "its /info data root {} matches its configuration",
-                said.display()
-            ));
-        }
-    }
-
     /// The line every report prints while the identity is unsure.
     pub fn unsure_note(&self) -> Option<String> {
         self.unsure().map(|why| {
             format!(
-                "dockerd's identity is unsure ({why}): nothing was released in any namespace \
+                "{}'s identity is unsure ({why}): nothing was released in any namespace \
                  that may be the runtime's (namespaces {:?}); fix the cause, then run again",
+                self.runtime.daemon_word(),
                 self.runtime_namespaces()
             )
         })
@@ -123,8 +107,11 @@ impl Daemon {
     /// The protection list for the runtime's namespaces, with the reason shown.
     pub fn runtime_protection(&self, why: &str) -> Vec<(u64, String)> {
         let doubt = match (self.unsure(), self.mnt_ns) {
-            (Some(u), _) => Some(format!("dockerd's identity is unsure ({u})")),
-            (None, None) => Some("no dockerd is running".to_string()),
+            (Some(u), _) => Some(format!(
+                "{}'s identity is unsure ({u})",
+                self.runtime.daemon_word()
+            )),
+            (None, None) => Some(format!("no {} is running", self.runtime.daemon_word())),
             (None, Some(_)) => None,
         };
         self.runtime_namespaces()
@@ -132,7 +119,8 @@ impl Daemon {
             .map(|ns| {
                 let reason = match &doubt {
                     None if Some(ns) == self.mnt_ns => format!(
-                        "dockerd's namespace (pid {}){why}",
+                        "{}'s namespace (pid {}){why}",
+                        self.runtime.daemon_word(),
                         self.pid.unwrap_or_default()
                     ),
                     None => format!("a runtime daemon's namespace, or mntreap's own{why}"),

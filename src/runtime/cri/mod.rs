@@ -1,0 +1,422 @@
+//! CRI runtimes (containerd's CRI plugin, CRI-O): pods and containers on Kubernetes nodes
+//! without dockerd, and the mounts that belong to them.
+//!
+//! Online, through the CRI socket (`--cri-endpoint`, like crictl's `--runtime-endpoint`;
+//! else the first of containerd's, CRI-O's and k3s/RKE2's sockets that exists), with a
+//! short deadline on every call. Offline (`--offline`, or the runtime does not answer),
+//! from containerd's task bundles and kubelet's pod directories. The daemon that serves
+//! the socket is established from the kernel's answers (the process holding the listening
+//! socket bound to that file), as for dockerd; its namespace, kubelet's and every other
+//! runtime daemon's are spared.
+
+mod api;
+mod bundles;
+mod entry;
+
+pub use entry::{BadEntry, Layout};
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::runtime::identity::{self, Identity};
+use crate::runtime::model::{Container, Daemon, RuntimeKind, Via};
+use crate::runtime::scope::short_id;
+
+/// The CRI sockets kubelet is pointed at by the distributions, in the order tried.
+pub const ENDPOINTS: &[&str] = &[
+    "/run/containerd/containerd.sock",
+    "/var/run/crio/crio.sock",
+    "/run/k3s/containerd/containerd.sock",
+];
+
+pub const DEFAULT_KUBELET_ROOT: &str = "/var/lib/kubelet";
+
+/// Where to find the CRI runtime, and how.
+#[derive(Debug, Clone)]
+pub struct CriOptions {
+    /// `unix:///path` (`--cri-endpoint`); `None`: the first of [`ENDPOINTS`] that exists.
+    pub endpoint: Option<String>,
+    /// kubelet's root directory (`--kubelet-root`).
+    pub kubelet_root: PathBuf,
+    /// Do not ask the runtime at all.
+    pub offline: bool,
+    /// How long the runtime has to answer each call.
+    pub timeout: Duration,
+    /// Where procfs is (`--proc`).
+    pub proc_root: PathBuf,
+}
+
+/// CRI resolution failed: nothing was done.
+#[derive(Debug, thiserror::Error)]
+pub enum CriError {
+    #[error("no such pod or container: {0} (checked {1})")]
+    NotFound(String, String),
+    #[error("{name:?} is ambiguous: it names {ids}; pass more of the id, or namespace/pod")]
+    Ambiguous { name: String, ids: String },
+    #[error(
+        "the CRI runtime does not answer at {socket} ({reason}) and its task bundles cannot \
+         be read ({error}); pass --cri-endpoint for another runtime"
+    )]
+    Unreachable {
+        socket: String,
+        reason: String,
+        error: String,
+    },
+    #[error("CRI endpoint {0:?} is not a unix socket (unix:///path): mntreap must run on the node")]
+    NotUnixSocket(String),
+    #[error("no CRI socket found (tried {0}); pass --cri-endpoint")]
+    NoEndpoint(String),
+}
+
+/// A connected (or offline) CRI runtime.
+pub struct Cri {
+    pub daemon: Daemon,
+    pub layout: Layout,
+    client: Option<api::Client>,
+}
+
+impl CriOptions {
+    /// The socket: the endpoint given, else the first default that exists.
+    pub fn socket(&self) -> Result<PathBuf, CriError> {
+        match &self.endpoint {
+            Some(e) => e
+                .strip_prefix("unix://")
+                .map(PathBuf::from)
+                .ok_or_else(|| CriError::NotUnixSocket(e.clone())),
+            None => ENDPOINTS
+                .iter()
+                .map(PathBuf::from)
+                .find(|p| p.exists())
+                .ok_or_else(|| CriError::NoEndpoint(ENDPOINTS.join(", "))),
+        }
+    }
+}
+
+/// Whether this node looks like a CRI node: no Docker socket, a CRI socket.
+pub fn present(opts: &CriOptions) -> bool {
+    opts.endpoint.is_some() || opts.socket().is_ok()
+}
+
+impl Cri {
+    /// Establishes the runtime that serves the socket, then connects, or falls back to the
+    /// task bundles when it does not answer.
+    pub fn connect(opts: &CriOptions) -> Result<Cri, CriError> {
+        let proc_root = opts.proc_root.as_path();
+        let host_root = PathBuf::from("/");
+        let socket = opts.socket()?;
+        let peer = crate::engine::unix_sockets::listener_creator(&socket);
+        // Which runtime: the one whose daemon holds the socket; containerd unless CRI-O does.
+        let mut kind = RuntimeKind::Containerd;
+        let mut ident = identity::establish(kind, proc_root, &host_root, &socket, peer);
+        if ident.pid.is_none() && ident.unsure.is_none() {
+            let crio = identity::establish(RuntimeKind::CriO, proc_root, &host_root, &socket, peer);
+            if crio.pid.is_some() || crio.unsure.is_some() {
+                (kind, ident) = (RuntimeKind::CriO, crio);
+            }
+        }
+        let layout = layout_of(kind, &ident, proc_root, &opts.kubelet_root);
+        let mut daemon = Daemon {
+            runtime: kind,
+            via: Via::TaskBundles,
+            socket: socket.clone(),
+            root: layout.root.clone(),
+            driver: None,
+            pid: ident.pid.filter(|_| ident.unsure.is_none()),
+            mnt_ns: ident.mnt_ns.filter(|_| ident.unsure.is_none()),
+            identity: ident,
+            live_restore: None,
+            offline_reason: None,
+            host_root,
+            proc_root: proc_root.to_path_buf(),
+        };
+        let client = if opts.offline {
+            daemon.offline_reason = Some("--offline".into());
+            None
+        } else {
+            match api::Client::connect(&socket, opts.timeout) {
+                Ok(c) => {
+                    daemon.via = Via::Api;
+                    daemon.identity.evidence.push(format!(
+                        "the CRI runtime at {} is {}",
+                        socket.display(),
+                        c.version
+                    ));
+                    Some(c)
+                }
+                Err(reason) => {
+                    tracing::warn!(socket = %socket.display(), %reason, "the CRI runtime does not answer; resolving offline from its task bundles");
+                    daemon.offline_reason = Some(reason);
+                    None
+                }
+            }
+        };
+        Ok(Cri {
+            daemon,
+            layout,
+            client,
+        })
+    }
+
+    pub fn online(&self) -> bool {
+        self.client.is_some()
+    }
+
+    /// Every pod sandbox and container; records that fail the checks are named and skipped.
+    pub fn list(&self) -> Result<Vec<Container>, CriError> {
+        let entries = match &self.client {
+            Some(c) => c.entries().map_err(|reason| CriError::Unreachable {
+                socket: self.daemon.socket.display().to_string(),
+                reason,
+                error: "not read: the runtime answered the connection".into(),
+            })?,
+            None => bundles::entries(&self.layout, &self.daemon.host_root, &self.daemon.proc_root)
+                .map_err(|error| CriError::Unreachable {
+                    socket: self.daemon.socket.display().to_string(),
+                    reason: self
+                        .daemon
+                        .offline_reason
+                        .clone()
+                        .unwrap_or_else(|| "not asked".into()),
+                    error,
+                })?,
+        };
+        let mut out: Vec<Container> = entries
+            .iter()
+            .filter_map(|e| match self.layout.container(&with_pod(e, &entries)) {
+                Ok(c) => Some(c),
+                Err(bad) => {
+                    tracing::warn!(%bad, "runtime record skipped");
+                    None
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| (!a.sandbox, &a.pod, &a.id).cmp(&(!b.sandbox, &b.pod, &b.id)));
+        Ok(out)
+    }
+
+    /// Pods (by UID, `namespace/name`, sandbox id or unique prefix: the sandbox and its
+    /// containers) and containers (by id, unique prefix, or unique name).
+    pub fn resolve(&self, names: &[String]) -> Result<Vec<Container>, CriError> {
+        let all = self.list()?;
+        let mut out: Vec<Container> = Vec::new();
+        for name in names {
+            for c in pick(name, &all, &self.daemon.socket)? {
+                if !out.iter().any(|o| o.id == c.id) {
+                    out.push(c);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes a container (RemoveContainer) or a pod (StopPodSandbox, RemovePodSandbox).
+    pub fn remove_forced(&self, c: &Container) -> Result<(), String> {
+        match &self.client {
+            Some(client) => client.remove(&c.id, c.sandbox),
+            None => Err(format!(
+                "the CRI runtime at {} does not answer ({}): not removed",
+                self.daemon.socket.display(),
+                self.daemon.offline_reason.as_deref().unwrap_or("offline")
+            )),
+        }
+    }
+
+    /// The directories whose mounts the node report looks at.
+    pub fn roots(&self) -> Vec<PathBuf> {
+        vec![
+            self.layout.state.clone(),
+            self.layout.root.clone(),
+            self.layout.kubelet_root.join("pods"),
+        ]
+    }
+}
+
+/// A container entry with its pod's identity filled in from its sandbox (containerd
+/// labels containers with the pod's UID; kubelet adds name and namespace).
+fn with_pod(e: &entry::Entry, all: &[entry::Entry]) -> entry::Entry {
+    let mut e = e.clone();
+    if !e.sandbox
+        && let Some(s) = all.iter().find(|s| s.sandbox && s.id == e.sandbox_id)
+    {
+        e.pod_uid = s.pod_uid.clone();
+        e.pod_name = s.pod_name.clone();
+        e.pod_namespace = s.pod_namespace.clone();
+    }
+    e
+}
+
+/// Picks what `name` names, as an operator would mean it: a pod (UID, `namespace/name`,
+/// sandbox id) gives its sandbox and its containers; a container id or unique name gives
+/// that container; else a unique id prefix.
+fn pick(name: &str, all: &[Container], socket: &Path) -> Result<Vec<Container>, CriError> {
+    let pod_of = |s: &Container| -> Vec<Container> {
+        all.iter()
+            .filter(|c| {
+                c.id == s.id || (!c.sandbox && s.pod_uid.is_some() && c.pod_uid == s.pod_uid)
+            })
+            .cloned()
+            .collect()
+    };
+    let exact_pod = all.iter().find(|s| {
+        s.sandbox
+            && (s.id == name
+                || s.pod_uid.as_deref() == Some(name)
+                || s.pod.as_deref() == Some(name))
+    });
+    if let Some(s) = exact_pod {
+        return Ok(pod_of(s));
+    }
+    if let Some(c) = all.iter().find(|c| !c.sandbox && c.id == name) {
+        return Ok(vec![c.clone()]);
+    }
+    let ambiguous = |many: &[&Container]| CriError::Ambiguous {
+        name: name.into(),
+        ids: many
+            .iter()
+            .map(|c| format!("{} ({})", short_id(&c.id), c.name))
+            .collect::<Vec<_>>()
+            .join(", "),
+    };
+    let named: Vec<&Container> = all
+        .iter()
+        .filter(|c| !c.sandbox && c.name == name)
+        .collect();
+    match named.as_slice() {
+        [one] => return Ok(vec![(*one).clone()]),
+        [] => {}
+        many => return Err(ambiguous(many)),
+    }
+    let prefixed: Vec<&Container> = all
+        .iter()
+        .filter(|c| !name.is_empty() && c.id.starts_with(name))
+        .collect();
+    match prefixed.as_slice() {
+        [one] if one.sandbox => Ok(pod_of(one)),
+        [one] => Ok(vec![(*one).clone()]),
+        [] => Err(CriError::NotFound(
+            name.into(),
+            format!("the CRI runtime at {}", socket.display()),
+        )),
+        many => Err(ambiguous(many)),
+    }
+}
+
+/// Where the established daemon keeps its state: containerd's `--state`/`--root` flags,
+/// else its config file's top-level `state`/`root` (read through its own root), else the
+/// defaults. CRI-O keeps its layers under `/var/lib/containers/storage`.
+fn layout_of(kind: RuntimeKind, ident: &Identity, proc_root: &Path, kubelet_root: &Path) -> Layout {
+    let mut layout = Layout {
+        state: PathBuf::from("/run/containerd"),
+        root: PathBuf::from("/var/lib/containerd"),
+        namespace: "k8s.io".into(),
+        kubelet_root: kubelet_root.to_path_buf(),
+        storage_root: PathBuf::from("/var/lib/containers/storage"),
+    };
+    let Some(pid) = ident
+        .pid
+        .filter(|_| ident.unsure.is_none() && kind == RuntimeKind::Containerd)
+    else {
+        return layout;
+    };
+    let args = identity::cmdline(proc_root, pid);
+    let config = identity::flag_value(&args, "--config", Some("-c"))
+        .unwrap_or_else(|| "/etc/containerd/config.toml".into());
+    let daemon_root = proc_root.join(pid.to_string()).join("root");
+    let text = std::fs::read_to_string(crate::runtime::host::on_host(
+        &daemon_root,
+        Path::new(&config),
+    ))
+    .unwrap_or_default();
+    for (key, slot) in [("state", &mut layout.state), ("root", &mut layout.root)] {
+        if let Some(v) = identity::flag_value(&args, &format!("--{key}"), None)
+            .or_else(|| top_level_string(&text, key))
+            .filter(|v| Path::new(v).is_absolute())
+        {
+            *slot = PathBuf::from(v);
+        }
+    }
+    layout
+}
+
+/// A top-level `key = "value"` of a TOML file (before its first table).
+fn top_level_string(text: &str, key: &str) -> Option<String> {
+    text.lines()
+        .map(str::trim)
+        .take_while(|l| !l.starts_with('['))
+        .find_map(|l| {
+            let (k, v) = l.split_once('=')?;
+            (k.trim() == key).then(|| v.trim().trim_matches(|c| c == '"' || c == '\'').to_string())
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn c(id: &str, name: &str, sandbox: bool, uid: &str) -> Container {
+        Container {
+            id: id.into(),
+            name: name.into(),
+            state: "running".into(),
+            pid: None,
+            driver: "overlayfs".into(),
+            mount_id: None,
+            init_id: None,
+            paths: Vec::new(),
+            upperdir: None,
+            pod_uid: Some(uid.into()),
+            pod: Some(format!(
+                "default/{}",
+                if sandbox {
+                    name.trim_start_matches("default/")
+                } else {
+                    "p"
+                }
+            )),
+            sandbox,
+        }
+    }
+
+    #[test]
+    fn pods_and_containers_are_picked_as_an_operator_means_them() {
+        let all = vec![
+            c("aa11", "default/web", true, "u-1"),
+            c("aa22", "app", false, "u-1"),
+            c("bb33", "sidecar", false, "u-1"),
+            c("cc44", "default/db", true, "u-2"),
+            c("cc55", "app", false, "u-2"),
+        ];
+        let s = Path::new("/s");
+        let ids = |v: Vec<Container>| v.into_iter().map(|c| c.id).collect::<Vec<_>>();
+        assert_eq!(ids(pick("u-1", &all, s).unwrap()), ["aa11", "aa22", "bb33"]);
+        assert_eq!(ids(pick("default/db", &all, s).unwrap()), ["cc44", "cc55"]);
+        assert_eq!(
+            ids(pick("aa11", &all, s).unwrap()),
+            ["aa11", "aa22", "bb33"]
+        );
+        assert_eq!(ids(pick("cc4", &all, s).unwrap()), ["cc44", "cc55"]);
+        assert_eq!(ids(pick("sidecar", &all, s).unwrap()), ["bb33"]);
+        assert_eq!(ids(pick("aa2", &all, s).unwrap()), ["aa22"]);
+        // Two pods run a container named app; a prefix of two ids; nothing.
+        assert!(matches!(
+            pick("app", &all, s),
+            Err(CriError::Ambiguous { .. })
+        ));
+        assert!(matches!(
+            pick("aa", &all, s),
+            Err(CriError::Ambiguous { .. })
+        ));
+        assert!(matches!(pick("zz", &all, s), Err(CriError::NotFound(..))));
+    }
+
+    #[test]
+    fn containerd_settings_from_its_config() {
+        let text = "version = 2\nroot = \"/data/containerd\"\nstate = '/run/c2'\n[plugins]\nstate = \"/x\"\n";
+        assert_eq!(
+            top_level_string(text, "root").as_deref(),
+            Some("/data/containerd")
+        );
+        assert_eq!(top_level_string(text, "state").as_deref(), Some("/run/c2"));
+        assert_eq!(top_level_string("[a]\nroot = \"/x\"", "root"), None);
+    }
+}

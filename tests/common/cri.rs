@@ -1,0 +1,517 @@
+//! A private containerd with its CRI plugin per test (Debian's containerd 1.6): own root,
+//! state and socket, started inside a sandbox's namespace, with a busybox image imported
+//! into Kubernetes' namespace (`k8s.io`) as the sandbox ("pause") image and the workload
+//! image. Tests drive CRI as kubelet does (host-network pods, so no CNI), through the
+//! `k8s-cri` bindings. Torn down by pid: pods stopped and removed through CRI, then
+//! containerd, its shims and their containers.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use k8s_cri::v1::image_service_client::ImageServiceClient;
+use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use k8s_cri::v1::*;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+use super::Sandbox;
+
+/// The image both sandboxes and containers run: busybox, whose default command sleeps.
+pub const IMAGE: &str = "mntreap.test/busybox:1";
+
+/// A pod as kubelet describes it.
+#[derive(Debug, Clone)]
+pub struct Pod {
+    pub name: String,
+    pub namespace: String,
+    pub uid: String,
+    /// kubelet's root (`/var/lib/kubelet` on a node), for the pod's volume paths.
+    pub kubelet_root: String,
+    /// Whether the cgroup parent follows the systemd driver's layout.
+    pub systemd_cgroup: bool,
+}
+
+impl Pod {
+    pub fn new(name: &str, uid: &str, kubelet_root: &str) -> Pod {
+        Pod {
+            name: name.into(),
+            namespace: "default".into(),
+            uid: uid.into(),
+            kubelet_root: kubelet_root.into(),
+            systemd_cgroup: false,
+        }
+    }
+
+    /// `<kubelet>/pods/<uid>/volumes/kubernetes.io~empty-dir/<volume>`.
+    pub fn empty_dir(&self, volume: &str) -> String {
+        format!(
+            "{}/pods/{}/volumes/kubernetes.io~empty-dir/{volume}",
+            self.kubelet_root, self.uid
+        )
+    }
+
+    fn cgroup_parent(&self) -> String {
+        // cgroupfs driver (containerd's default, `SystemdCgroup = false`).
+        format!("/kubepods/besteffort/pod{}", self.uid)
+    }
+
+    fn config(&self, log_dir: &str) -> PodSandboxConfig {
+        PodSandboxConfig {
+            metadata: Some(PodSandboxMetadata {
+                name: self.name.clone(),
+                uid: self.uid.clone(),
+                namespace: self.namespace.clone(),
+                attempt: 0,
+            }),
+            // Host-network pods keep the node's hostname (kubelet sets none).
+            log_directory: log_dir.into(),
+            labels: HashMap::from([
+                ("io.kubernetes.pod.name".into(), self.name.clone()),
+                ("io.kubernetes.pod.namespace".into(), self.namespace.clone()),
+                ("io.kubernetes.pod.uid".into(), self.uid.clone()),
+            ]),
+            linux: Some(LinuxPodSandboxConfig {
+                cgroup_parent: self.cgroup_parent(),
+                security_context: Some(LinuxSandboxSecurityContext {
+                    namespace_options: Some(host_network()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+}
+
+fn host_network() -> NamespaceOption {
+    NamespaceOption {
+        network: NamespaceMode::Node as i32,
+        pid: NamespaceMode::Container as i32,
+        ipc: NamespaceMode::Pod as i32,
+        ..Default::default()
+    }
+}
+
+pub struct CriDaemon {
+    pub dir: PathBuf,
+    sandbox_pid: i32,
+    child: Option<Child>,
+    rt: tokio::runtime::Runtime,
+    pods: std::cell::RefCell<HashMap<String, Pod>>,
+}
+
+const CONFIG: &str = r#"version = 2
+root = "@D@/root"
+state = "@D@/state"
+disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper"]
+[grpc]
+  address = "@D@/containerd.sock"
+[ttrpc]
+  address = "@D@/containerd.sock.ttrpc"
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "mntreap.test/busybox:1"
+  disable_apparmor = true
+  # A sandbox's oom_score_adj of -998 needs CAP_SYS_RESOURCE, which CI's root may lack:
+  # clamp to containerd's own, as on nodes that run containerd unprivileged.
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "@D@/cni-bin"
+    conf_dir = "@D@/cni-conf"
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+"#;
+
+/// A `docker save` archive of busybox-static whose command sleeps (sandboxes run it).
+const IMAGE_SCRIPT: &str = r#"
+import hashlib, io, json, sys, tarfile
+busybox, out, tag = sys.argv[1:4]
+def info(name, **kw):
+    i = tarfile.TarInfo(name); i.mtime = 0
+    for k, v in kw.items(): setattr(i, k, v)
+    return i
+layer = io.BytesIO()
+with tarfile.open(fileobj=layer, mode="w") as t:
+    for d in ["bin", "tmp", "data", "dev", "proc", "sys", "etc"]:
+        t.addfile(info(d, type=tarfile.DIRTYPE, mode=0o755))
+    data = open(busybox, "rb").read()
+    t.addfile(info("bin/busybox", size=len(data), mode=0o755), io.BytesIO(data))
+    for l in ["sh", "sleep", "cat", "ls", "touch", "echo", "true", "mount"]:
+        t.addfile(info("bin/" + l, type=tarfile.SYMTYPE, linkname="busybox"))
+layer = layer.getvalue()
+diff = "sha256:" + hashlib.sha256(layer).hexdigest()
+config = json.dumps({"architecture": "amd64", "os": "linux",
+    "config": {"Cmd": ["/bin/sleep", "3600"], "Env": ["PATH=/bin"]},
+    "rootfs": {"type": "layers", "diff_ids": [diff]}}).encode()
+cname = hashlib.sha256(config).hexdigest() + ".json"
+with tarfile.open(out, mode="w") as t:
+    for name, data in [(cname, config), ("layer.tar", layer),
+                       ("manifest.json", json.dumps([{"Config": cname, "RepoTags": [tag], "Layers": ["layer.tar"]}]).encode())]:
+        t.addfile(info(name, size=len(data), mode=0o644), io.BytesIO(data))
+"#;
+
+impl CriDaemon {
+    pub fn start(sb: &Sandbox, name: &str) -> CriDaemon {
+        let dir = PathBuf::from(format!("/tmp/mntreap-cri-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        for sub in ["root", "state", "cni-bin", "cni-conf", "logs"] {
+            std::fs::create_dir_all(dir.join(sub)).unwrap();
+        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let mut d = CriDaemon {
+            dir,
+            sandbox_pid: sb.host_pid(),
+            child: None,
+            rt,
+            pods: Default::default(),
+        };
+        d.spawn();
+        d.import_image();
+        d
+    }
+
+    pub fn d(&self) -> String {
+        self.dir.to_str().unwrap().to_string()
+    }
+
+    pub fn sock(&self) -> String {
+        format!("{}/containerd.sock", self.d())
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("unix://{}", self.sock())
+    }
+
+    /// containerd's state directory (task bundles live below it).
+    pub fn state(&self) -> String {
+        format!("{}/state", self.d())
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().expect("containerd running").id() as i32
+    }
+
+    /// Starts containerd (again) and waits until CRI answers.
+    pub fn spawn(&mut self) {
+        let d = self.d();
+        std::fs::write(format!("{d}/config.toml"), CONFIG.replace("@D@", &d)).unwrap();
+        let _ = std::fs::remove_file(self.sock());
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(format!("{d}/containerd.log"))
+            .unwrap();
+        let child = Command::new("nsenter")
+            .args(["-t", &self.sandbox_pid.to_string(), "-m", "--"])
+            .args(["containerd", "--config", &format!("{d}/config.toml")])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("starting containerd");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let up = self.rt.block_on(async {
+                let mut c = RuntimeServiceClient::new(self.channel().await.ok()?);
+                c.version(VersionRequest::default()).await.ok()
+            });
+            if up.is_some() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "containerd did not come up: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(format!("{}/containerd.log", self.d())).unwrap_or_default()
+    }
+
+    async fn channel(&self) -> Result<Channel, tonic::transport::Error> {
+        let sock = self.sock();
+        Endpoint::try_from("http://[::]:50051")
+            .unwrap()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(60))
+            .connect_with_connector(tower::service_fn(move |_: Uri| {
+                let sock = sock.clone();
+                async move {
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                        tokio::net::UnixStream::connect(sock).await?,
+                    ))
+                }
+            }))
+            .await
+    }
+
+    fn runtime<T>(
+        &self,
+        f: impl AsyncFnOnce(RuntimeServiceClient<Channel>) -> Result<T, tonic::Status>,
+    ) -> Result<T, String> {
+        self.rt.block_on(async {
+            let channel = self.channel().await.map_err(|e| e.to_string())?;
+            f(RuntimeServiceClient::new(channel))
+                .await
+                .map_err(|s| s.message().to_string())
+        })
+    }
+
+    fn import_image(&self) {
+        let tar = format!("{}/busybox.tar", self.d());
+        let out = Command::new("python3")
+            .args(["-c", IMAGE_SCRIPT, &super::which("busybox"), &tar, IMAGE])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "image: {}", super::stderr(&out));
+        self.ctr_ok(&["images", "import", &tar]);
+        // CRI sees it under the tag kubelet would ask for.
+        let listed = self.rt.block_on(async {
+            let mut c = ImageServiceClient::new(self.channel().await.unwrap());
+            c.image_status(ImageStatusRequest {
+                image: Some(ImageSpec {
+                    image: IMAGE.into(),
+                    ..Default::default()
+                }),
+                verbose: false,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .image
+        });
+        assert!(listed.is_some(), "CRI does not see {IMAGE}");
+    }
+
+    /// `ctr -n k8s.io ARGS` against this containerd; panics on failure.
+    pub fn ctr_ok(&self, args: &[&str]) -> String {
+        let out = Command::new("ctr")
+            .args(["--address", &self.sock(), "-n", "k8s.io"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "ctr {args:?}: {}",
+            super::stderr(&out)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// RunPodSandbox, as kubelet does for a host-network pod; returns the sandbox id.
+    pub fn run_pod(&self, pod: &Pod) -> String {
+        let log_dir = format!("{}/logs/{}", self.d(), pod.uid);
+        std::fs::create_dir_all(&log_dir).unwrap();
+        let config = pod.config(&log_dir);
+        let id = self
+            .runtime(async |mut c| {
+                c.run_pod_sandbox(RunPodSandboxRequest {
+                    config: Some(config),
+                    runtime_handler: String::new(),
+                })
+                .await
+                .map(|r| r.into_inner().pod_sandbox_id)
+            })
+            .unwrap_or_else(|e| panic!("RunPodSandbox {}: {e}\n{}", pod.name, self.log()));
+        self.pods.borrow_mut().insert(id.clone(), pod.clone());
+        id
+    }
+
+    /// CreateContainer + StartContainer with bind mounts (host path, container path);
+    /// returns the container id.
+    pub fn run_container(&self, pod_id: &str, name: &str, mounts: &[(&str, &str)]) -> String {
+        let pod = self.pods.borrow()[pod_id].clone();
+        let log_dir = format!("{}/logs/{}", self.d(), pod.uid);
+        let config = ContainerConfig {
+            metadata: Some(ContainerMetadata {
+                name: name.into(),
+                attempt: 0,
+            }),
+            image: Some(ImageSpec {
+                image: IMAGE.into(),
+                ..Default::default()
+            }),
+            log_path: format!("{name}.log"),
+            labels: HashMap::from([
+                ("io.kubernetes.container.name".into(), name.into()),
+                ("io.kubernetes.pod.uid".into(), pod.uid.clone()),
+            ]),
+            mounts: mounts
+                .iter()
+                .map(|(host, inside)| Mount {
+                    host_path: (*host).into(),
+                    container_path: (*inside).into(),
+                    ..Default::default()
+                })
+                .collect(),
+            linux: Some(LinuxContainerConfig {
+                security_context: Some(LinuxContainerSecurityContext {
+                    namespace_options: Some(host_network()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let sandbox_config = pod.config(&log_dir);
+        let pod_id = pod_id.to_string();
+        self.runtime(async |mut c| {
+            let id = c
+                .create_container(CreateContainerRequest {
+                    pod_sandbox_id: pod_id,
+                    config: Some(config),
+                    sandbox_config: Some(sandbox_config),
+                })
+                .await?
+                .into_inner()
+                .container_id;
+            c.start_container(StartContainerRequest {
+                container_id: id.clone(),
+            })
+            .await?;
+            Ok(id)
+        })
+        .unwrap_or_else(|e| panic!("container {name}: {e}\n{}", self.log()))
+    }
+
+    /// The container's init pid, from CRI's verbose status.
+    pub fn container_pid(&self, id: &str) -> i32 {
+        let id = id.to_string();
+        let info = self
+            .runtime(async |mut c| {
+                c.container_status(ContainerStatusRequest {
+                    container_id: id,
+                    verbose: true,
+                })
+                .await
+                .map(|r| r.into_inner().info)
+            })
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_str(&info["info"]).unwrap();
+        v["pid"].as_i64().unwrap() as i32
+    }
+
+    pub fn stop_container(&self, id: &str) -> Result<(), String> {
+        let id = id.to_string();
+        self.runtime(async |mut c| {
+            c.stop_container(StopContainerRequest {
+                container_id: id,
+                timeout: 0,
+            })
+            .await
+            .map(|_| ())
+        })
+    }
+
+    pub fn remove_container(&self, id: &str) -> Result<(), String> {
+        let id = id.to_string();
+        self.runtime(async |mut c| {
+            c.remove_container(RemoveContainerRequest { container_id: id })
+                .await
+                .map(|_| ())
+        })
+    }
+
+    pub fn stop_pod(&self, id: &str) -> Result<(), String> {
+        let id = id.to_string();
+        self.runtime(async |mut c| {
+            c.stop_pod_sandbox(StopPodSandboxRequest { pod_sandbox_id: id })
+                .await
+                .map(|_| ())
+        })
+    }
+
+    pub fn remove_pod(&self, id: &str) -> Result<(), String> {
+        let id = id.to_string();
+        self.runtime(async |mut c| {
+            c.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: id })
+                .await
+                .map(|_| ())
+        })
+    }
+
+    /// Pod sandbox ids CRI lists (all states).
+    pub fn pods(&self) -> Vec<String> {
+        self.runtime(async |mut c| {
+            c.list_pod_sandbox(ListPodSandboxRequest { filter: None })
+                .await
+                .map(|r| r.into_inner().items.into_iter().map(|p| p.id).collect())
+        })
+        .unwrap()
+    }
+
+    /// Container ids CRI lists (all states).
+    pub fn containers(&self) -> Vec<String> {
+        self.runtime(async |mut c| {
+            c.list_containers(ListContainersRequest { filter: None })
+                .await
+                .map(|r| {
+                    r.into_inner()
+                        .containers
+                        .into_iter()
+                        .map(|c| c.id)
+                        .collect()
+                })
+        })
+        .unwrap()
+    }
+
+    /// Pids of the processes this containerd started (shims), found by our unique
+    /// directory in their command lines, and their descendants (the containers).
+    fn descendants(&self) -> Vec<i32> {
+        super::docker::descendants_of_dir(&self.d())
+    }
+
+    pub fn stop_containerd(&mut self, signal: &str) {
+        if let Some(child) = self.child.as_ref() {
+            let _ = Command::new("kill")
+                .args([signal, &child.id().to_string()])
+                .status();
+        }
+    }
+}
+
+impl Drop for CriDaemon {
+    fn drop(&mut self) {
+        // A stopped (SIGSTOP) containerd must run again to be stopped.
+        self.stop_containerd("-CONT");
+        let pods: Vec<String> = self.pods.borrow().keys().cloned().collect();
+        if self.child.is_some() {
+            for id in &pods {
+                let _ = self.stop_pod(id);
+                let _ = self.remove_pod(id);
+            }
+        }
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill").arg(child.id().to_string()).status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        for pid in self.descendants() {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        }
+        let _ = Command::new("chattr")
+            .args(["-R", "-i", &self.d()])
+            .stderr(Stdio::null())
+            .status();
+        let _ = Command::new("nsenter")
+            .args(["-t", &self.sandbox_pid.to_string(), "-m", "--", "sh", "-c"])
+            .arg(format!(
+                "grep -o ' {d}[^ ]*' /proc/self/mountinfo | sort -r | xargs -r -n1 umount -l",
+                d = self.d()
+            ))
+            .status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -1,0 +1,294 @@
+//! CRI nodes (containerd without dockerd): pods and containers through a real private
+//! containerd's CRI plugin, driven as kubelet drives it (tests/common/cri.rs), and a
+//! PrivateTmp-style namespace that copies the pod's mounts after they were made.
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use common::cri::{CriDaemon, Pod};
+use common::*;
+
+const UID: &str = "7f3c2a10-0b1e-4d6a-9c55-2f7e8d9a0b01";
+
+/// A pod `default/web` (sandbox + container `app` with an emptyDir tmpfs at kubelet's
+/// path), then a holder that copies every mount. Returns (sandbox id, container id,
+/// holder pid, kubelet root, volume path).
+fn pod_with_a_leak(sb: &mut Sandbox, cri: &CriDaemon) -> (String, String, i32, String, String) {
+    let kubelet = format!("{}/kubelet", sb.d());
+    let pod = Pod::new("web", UID, &kubelet);
+    let vol = pod.empty_dir("data");
+    sb.sh(&format!("mkdir -p {vol} && mount -t tmpfs kvol {vol}"));
+    let pod_id = cri.run_pod(&pod);
+    let app = cri.run_container(&pod_id, "app", &[(&vol, "/data")]);
+    let holder = sb.holder(None, None);
+    (pod_id, app, holder, kubelet, vol)
+}
+
+fn cri_args<'a>(cri: &'a CriDaemon, kubelet: &'a str) -> Vec<String> {
+    vec![
+        "--cri-endpoint".into(),
+        cri.endpoint(),
+        "--kubelet-root".into(),
+        kubelet.into(),
+    ]
+}
+
+fn run_json(sb: &Sandbox, args: &[&str], extra: &[String]) -> (i32, serde_json::Value) {
+    let mut all: Vec<&str> = args.to_vec();
+    all.extend(extra.iter().map(String::as_str));
+    sb.mntreap_json(&all, &[])
+}
+
+/// Mount points in the holder's namespace under the runtime's or kubelet's directories.
+fn held(pid: i32, cri: &CriDaemon, kubelet: &str) -> BTreeSet<String> {
+    mounts_of(pid)
+        .into_iter()
+        .map(|(point, _)| point)
+        .filter(|p| p.starts_with(&cri.d()) || p.starts_with(kubelet))
+        .filter(|p| !p.contains("/rootfs/"))
+        .collect()
+}
+
+#[test]
+fn scan_and_release_a_pod_through_cri_keep_the_runtimes_copies() {
+    let mut sb = Sandbox::new("cripod");
+    let cri = CriDaemon::start(&sb, "pod");
+    let (pod_id, app, holder, kubelet, vol) = pod_with_a_leak(&mut sb, &cri);
+    let args = cri_args(&cri, &kubelet);
+    let bundle = |id: &str| {
+        format!(
+            "{}/io.containerd.runtime.v2.task/k8s.io/{id}/rootfs",
+            cri.state()
+        )
+    };
+    let shm = format!(
+        "{}/io.containerd.grpc.v1.cri/sandboxes/{pod_id}/shm",
+        cri.state()
+    );
+    let before = held(holder, &cri, &kubelet);
+    for p in [bundle(&pod_id), bundle(&app), shm.clone(), vol.clone()] {
+        assert!(
+            before.contains(&p),
+            "the holder should copy {p}: {before:?}"
+        );
+    }
+
+    // By pod UID: the runtime is containerd, established by the socket it holds.
+    let (code, doc) = run_json(&sb, &["scan", UID], &args);
+    assert_eq!(code, 1, "leaks found: {doc}");
+    let rt = &doc["runtime"];
+    assert_eq!(rt["runtime"], "containerd", "{rt}");
+    assert_eq!(rt["via"], "api");
+    assert_eq!(rt["pid"], cri.pid(), "{rt}");
+    assert!(rt["identity"]["unsure"].is_null(), "{rt}");
+    let names: BTreeSet<String> = doc["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, BTreeSet::from(["default/web".into(), "app".into()]));
+    let leaked: BTreeSet<String> = holders(&doc)
+        .iter()
+        .filter(|h| h["mnt_ns"] == ns_inode(holder) && h["role"] == "leaked")
+        .map(|h| h["mount_point"].as_str().unwrap().to_string())
+        .collect();
+    for p in [bundle(&pod_id), bundle(&app), shm.clone(), vol.clone()] {
+        assert!(
+            leaked.contains(&p),
+            "{p} should be a leaked copy: {leaked:?}"
+        );
+    }
+    // containerd's own copies (its namespace is this node's) are the runtime's.
+    assert!(
+        holders(&doc)
+            .iter()
+            .any(|h| h["role"] == "runtime" && h["mount_point"] == bundle(&app).as_str())
+    );
+
+    // The same pod by namespace/name and by sandbox id prefix; a container by name.
+    for name in ["default/web", &pod_id[..10]] {
+        let (_, d) = run_json(&sb, &["scan", name], &args);
+        assert_eq!(d["containers"].as_array().unwrap().len(), 2, "{name}: {d}");
+    }
+    let (_, d) = run_json(&sb, &["scan", "app"], &args);
+    assert_eq!(d["containers"][0]["id"], app.as_str());
+
+    // The node report attributes the holder's copies to the pod's containers.
+    let (code, report) = run_json(&sb, &["scan"], &args);
+    assert_eq!(code, 1);
+    let found: BTreeSet<(String, String)> = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["mnt_ns"] == ns_inode(holder))
+        .map(|f| {
+            (
+                f["class"].as_str().unwrap().to_string(),
+                f["owner"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert!(found.contains(&("leaked".into(), app.clone())), "{report}");
+    assert!(
+        found.contains(&("leaked".into(), pod_id.clone())),
+        "{report}"
+    );
+
+    // Dry run changes nothing; the release frees the holder and keeps containerd's.
+    let (_, dry) = run_json(&sb, &["release", "default/web", "--dry-run"], &args);
+    assert_eq!(held(holder, &cri, &kubelet), before, "{dry}");
+    let (code, rel) = run_json(&sb, &["release", "default/web"], &args);
+    assert_eq!(code, 0, "{rel}");
+    let after = held(holder, &cri, &kubelet);
+    assert!(after.is_empty(), "left in the holder: {after:?}\n{rel}");
+    assert!(
+        has_mount_at(sb.host_pid(), &bundle(&app)),
+        "containerd's rootfs must stay"
+    );
+    assert!(
+        has_mount_at(sb.host_pid(), &vol),
+        "kubelet's volume must stay"
+    );
+    // The container still runs on its root.
+    let pid = cri.container_pid(&app);
+    assert!(std::fs::read_link(format!("/proc/{pid}/root")).is_ok());
+    let (code, _) = run_json(&sb, &["scan", UID], &args);
+    assert_eq!(code, 0, "nothing left to find");
+}
+
+#[test]
+fn reap_reports_the_runtimes_error_then_removes() {
+    let mut sb = Sandbox::new("crireap");
+    let cri = CriDaemon::start(&sb, "reap");
+    let (pod_id, app, holder, kubelet, vol) = pod_with_a_leak(&mut sb, &cri);
+    let args = cri_args(&cri, &kubelet);
+    // CRI keeps no "removal failed" state: reap wants names.
+    let out = sb.mntreap(&[
+        "reap",
+        "--cri-endpoint",
+        &cri.endpoint(),
+        "--kubelet-root",
+        &kubelet,
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("name the pods or containers"),
+        "{}",
+        stderr(&out)
+    );
+
+    // kubelet stopped the pod; its removal is made to fail (the runtime cannot empty the
+    // sandbox's directory). The holder still has the pod's volume.
+    cri.stop_pod(&pod_id).unwrap();
+    assert!(
+        has_mount_at(holder, &vol),
+        "the holder keeps the pod's volume"
+    );
+    let dir = format!(
+        "{}/root/io.containerd.grpc.v1.cri/sandboxes/{pod_id}",
+        cri.d()
+    );
+    sb.sh(&format!("touch {dir}/pinned && chattr +i {dir}/pinned"));
+    let (code, doc) = run_json(&sb, &["reap", "default/web"], &args);
+    assert_eq!(code, 1, "{doc}");
+    let entries = doc["containers"].as_array().unwrap();
+    // Containers first, then the sandbox.
+    assert_eq!(entries[0]["container"]["id"], app.as_str(), "{doc}");
+    assert_eq!(entries[0]["removal"]["removed"], true, "{doc}");
+    let pod = &entries[1];
+    assert_eq!(pod["container"]["id"], pod_id.as_str());
+    assert_eq!(pod["removal"]["removed"], false, "{doc}");
+    let err = pod["removal"]["error"].as_str().unwrap();
+    assert!(
+        err.contains("operation not permitted"),
+        "the runtime's own words: {err}"
+    );
+    assert!(
+        !has_mount_at(holder, &vol),
+        "released before the removal: {doc}"
+    );
+    assert!(
+        has_mount_at(sb.host_pid(), &vol),
+        "kubelet's own mount stays"
+    );
+    assert!(cri.pods().contains(&pod_id));
+
+    sb.sh(&format!("chattr -i {dir}/pinned"));
+    let (code, doc) = run_json(&sb, &["reap", &pod_id], &args);
+    assert_eq!(code, 0, "{doc}");
+    assert_eq!(doc["containers"][0]["removal"]["removed"], true, "{doc}");
+    assert!(!cri.pods().contains(&pod_id));
+}
+
+#[test]
+fn a_hung_runtime_resolves_offline_from_task_bundles() {
+    let mut sb = Sandbox::new("crioffline");
+    let mut cri = CriDaemon::start(&sb, "offline");
+    let (pod_id, app, holder, kubelet, vol) = pod_with_a_leak(&mut sb, &cri);
+    let mut args = cri_args(&cri, &kubelet);
+    args.extend(["--docker-timeout".to_string(), "1".to_string()]);
+    cri.stop_containerd("-STOP");
+    let started = std::time::Instant::now();
+    let (code, doc) = run_json(&sb, &["scan", "default/web"], &args);
+    assert!(
+        started.elapsed().as_secs() < 10,
+        "must not wait on a hung runtime"
+    );
+    assert_eq!(code, 1, "{doc}");
+    assert_eq!(doc["runtime"]["via"], "task-bundles", "{}", doc["runtime"]);
+    let reason = doc["runtime"]["offline_reason"].as_str().unwrap();
+    assert!(reason.contains("no answer"), "{reason}");
+    let ids: BTreeSet<&str> = doc["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, BTreeSet::from([pod_id.as_str(), app.as_str()]));
+    // The running container's pid comes from its bundle's init.pid.
+    let c = doc["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == app.as_str())
+        .unwrap();
+    assert_eq!(c["state"], "running");
+    assert!(c["pid"].as_i64().is_some_and(|p| p > 0));
+    let (code, rel) = run_json(&sb, &["release", "default/web"], &args);
+    assert_eq!(code, 0, "{rel}");
+    assert!(held(holder, &cri, &kubelet).is_empty(), "{rel}");
+    assert!(has_mount_at(sb.host_pid(), &vol));
+    cri.stop_containerd("-CONT");
+}
+
+#[test]
+fn a_forged_socket_holder_is_not_taken_for_containerd() {
+    // A process that is not containerd serves a socket at the CRI endpoint: the identity
+    // is not established, so no namespace is trusted as the runtime's.
+    let mut sb = Sandbox::new("criforged");
+    let sock = format!("{}/fake.sock", sb.d());
+    let script = format!(
+        "import socket,time; s=socket.socket(socket.AF_UNIX); s.bind('{sock}'); s.listen(); \
+         time.sleep(3600)"
+    );
+    sb.spawn_in(&["python3", "-c", &script]);
+    wait_until(
+        std::time::Duration::from_secs(10),
+        std::time::Duration::from_millis(20),
+        || sb.sh_output(&format!("test -S {sock}")).status.success(),
+        || "the fake socket never appeared".into(),
+    );
+    let out = sb.mntreap(&[
+        "scan",
+        "x",
+        "--cri-endpoint",
+        &format!("unix://{sock}"),
+        "--docker-timeout",
+        "1",
+    ]);
+    // Not found, offline (no task bundles there): a clear error, exit 2, nothing done.
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains(&sock), "{}", stderr(&out));
+}
