@@ -292,3 +292,225 @@ fn a_forged_socket_holder_is_not_taken_for_containerd() {
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains(&sock), "{}", stderr(&out));
 }
+
+/// The static binary the containers run (the plugin's build; `.ci/run` builds it first).
+fn static_binary() -> String {
+    let out = std::process::Command::new("bash")
+        .args([
+            concat!(env!("CARGO_MANIFEST_DIR"), "/docker-plugin/build.sh"),
+            "--binary",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn the_prestop_hook_from_a_cri_container_releases_its_own_pod_only() {
+    let mut sb = Sandbox::new("crihook");
+    let cri = CriDaemon::start(&sb, "hook");
+    let kubelet = format!("{}/kubelet", sb.d());
+    let hook_dir = format!("{}/hook", cri.d());
+    std::fs::create_dir_all(&hook_dir).unwrap();
+    let bin = static_binary();
+    // Each pod's container runs the hook the way kubelet runs an exec preStop hook: a
+    // process inside the container, here started when the test drops a file.
+    let pod = |name: &str, uid: &str, asked: Option<&str>| {
+        let p = Pod::new(name, uid, &kubelet);
+        let vol = p.empty_dir("data");
+        sb.sh(&format!(
+            "mkdir -p {vol} && mount -t tmpfs kvol-{name} {vol}"
+        ));
+        let id = cri.run_pod(&p);
+        let extra = asked
+            .map(|a| format!(" --container {a}"))
+            .unwrap_or_default();
+        let script = format!(
+            "while [ ! -e /run/mntreap/go-{name} ]; do sleep 0.1; done; \
+             /mntreap hook pre-stop{extra} >/run/mntreap/out-{name} 2>/run/mntreap/err-{name}; \
+             echo $? >/run/mntreap/rc-{name}; exec sleep 3600"
+        );
+        let app = cri.run_container_with(
+            &id,
+            "app",
+            &[
+                (&vol, "/data"),
+                (&bin, "/mntreap"),
+                (&hook_dir, "/run/mntreap"),
+            ],
+            &["/bin/sh", "-c", &script],
+        );
+        (id, app, vol)
+    };
+    let uid_a = "aaaaaaaa-0000-4000-8000-00000000000a";
+    let uid_b = "bbbbbbbb-0000-4000-8000-00000000000b";
+    let (pod_a, app_a, vol_a) = pod("web", uid_a, None);
+    let (_pod_b, _app_b, vol_b) = pod("db", uid_b, Some(uid_a));
+    let holder = sb.holder(None, None);
+    let rootfs = |id: &str| {
+        format!(
+            "{}/io.containerd.runtime.v2.task/k8s.io/{id}/rootfs",
+            cri.state()
+        )
+    };
+    for p in [rootfs(&pod_a), rootfs(&app_a), vol_a.clone(), vol_b.clone()] {
+        assert!(has_mount_at(holder, &p), "holder copies {p}");
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let metrics = format!("127.0.0.1:{port}");
+    let socket = format!("{hook_dir}/hook.sock");
+    sb.spawn_in(&[
+        BIN,
+        "agent",
+        "--sweep-interval",
+        "0",
+        "--metrics-addr",
+        &metrics,
+        "--hook-socket",
+        &socket,
+        "--cri-endpoint",
+        &cri.endpoint(),
+        "--kubelet-root",
+        &kubelet,
+    ]);
+    wait_until(
+        std::time::Duration::from_secs(20),
+        std::time::Duration::from_millis(50),
+        || std::path::Path::new(&socket).exists(),
+        || "the agent's hook socket never appeared".into(),
+    );
+    let run_hook = |name: &str| -> (String, String) {
+        std::fs::write(format!("{hook_dir}/go-{name}"), "").unwrap();
+        let rc = format!("{hook_dir}/rc-{name}");
+        wait_until(
+            std::time::Duration::from_secs(30),
+            std::time::Duration::from_millis(50),
+            || std::path::Path::new(&rc).exists(),
+            || format!("the hook in {name} never finished"),
+        );
+        let read =
+            |f: &str| std::fs::read_to_string(format!("{hook_dir}/{f}-{name}")).unwrap_or_default();
+        (read("rc").trim().to_string(), read("err"))
+    };
+
+    // Pod B asks for pod A: refused, nothing changes.
+    let (rc, err) = run_hook("db");
+    assert_eq!(rc, "2", "{err}");
+    assert!(err.contains("only its own containers"), "{err}");
+    assert!(has_mount_at(holder, &vol_a) && has_mount_at(holder, &rootfs(&app_a)));
+
+    // Pod A's own hook releases pod A's copies (sandbox and container rootfs, volume) and
+    // nothing of pod B's.
+    let (rc, err) = run_hook("web");
+    assert_eq!(rc, "0", "{err}");
+    for p in [rootfs(&pod_a), rootfs(&app_a), vol_a.clone()] {
+        assert!(!has_mount_at(holder, &p), "{p} should be released");
+    }
+    assert!(has_mount_at(holder, &vol_b), "pod B's volume stays");
+    assert!(
+        has_mount_at(sb.host_pid(), &vol_a),
+        "kubelet's own mount stays"
+    );
+}
+
+#[test]
+fn the_agent_image_imports_into_containerd_and_runs_under_cri() {
+    let sb = Sandbox::new("criimage");
+    let cri = CriDaemon::start(&sb, "image");
+    let tar = format!("{}/agent.tar", cri.d());
+    let tag = format!("mntreap/agent:cri-{}", std::process::id());
+    let build = std::process::Command::new("bash")
+        .args([
+            concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/image/build.sh"),
+            &tar,
+            &tag,
+        ])
+        .output()
+        .unwrap();
+    assert!(build.status.success(), "build.sh: {}", stderr(&build));
+    // As the README says for a node without a registry: ctr -n k8s.io images import.
+    cri.ctr_ok(&["images", "import", &tar]);
+    let pod = Pod::new(
+        "agent",
+        "cccccccc-0000-4000-8000-00000000000c",
+        &format!("{}/kubelet", sb.d()),
+    );
+    let pod_id = cri.run_pod(&pod);
+    // The image's entrypoint is /mntreap: args alone choose the command.
+    let id = cri.run_image(
+        &pod_id,
+        "agent",
+        &format!("docker.io/{tag}"),
+        &[],
+        &[],
+        &["--version"],
+    );
+    wait_until(
+        std::time::Duration::from_secs(20),
+        std::time::Duration::from_millis(50),
+        || cri.container_exit(&id).0 == k8s_cri::v1::ContainerState::ContainerExited as i32,
+        || {
+            format!(
+                "the agent image's container did not exit: {:?}",
+                cri.container_exit(&id)
+            )
+        },
+    );
+    assert_eq!(
+        cri.container_exit(&id).1,
+        0,
+        "mntreap --version in the image"
+    );
+}
+
+#[test]
+fn the_agents_sweep_on_a_cri_node_releases_leaked_copies_only() {
+    let mut sb = Sandbox::new("crisweep");
+    let cri = CriDaemon::start(&sb, "sweep");
+    let (pod_id, app, holder, kubelet, vol) = pod_with_a_leak(&mut sb, &cri);
+    let rootfs = |id: &str| {
+        format!(
+            "{}/io.containerd.runtime.v2.task/k8s.io/{id}/rootfs",
+            cri.state()
+        )
+    };
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    sb.spawn_in(&[
+        BIN,
+        "agent",
+        "--sweep-interval",
+        "1",
+        "--metrics-addr",
+        &format!("127.0.0.1:{port}"),
+        "--hook-socket",
+        &format!("{}/hook.sock", cri.d()),
+        "--cri-endpoint",
+        &cri.endpoint(),
+        "--kubelet-root",
+        &kubelet,
+    ]);
+    wait_until(
+        std::time::Duration::from_secs(30),
+        std::time::Duration::from_millis(100),
+        || held(holder, &cri, &kubelet).is_empty(),
+        || format!("the sweep left {:?}", held(holder, &cri, &kubelet)),
+    );
+    // containerd's and kubelet's own mounts, and the running container, are untouched.
+    for p in [rootfs(&pod_id), rootfs(&app), vol.clone()] {
+        assert!(
+            has_mount_at(sb.host_pid(), &p),
+            "{p} must stay in the node's namespace"
+        );
+    }
+    let pid = cri.container_pid(&app);
+    assert!(std::fs::read_link(format!("/proc/{pid}/root")).is_ok());
+}

@@ -12,7 +12,11 @@ use tracing::info_span;
 use super::agent::Agent;
 use crate::engine::release;
 use crate::report::doc::{HookReply, HookRequest};
-use crate::runtime::docker::{self, Docker, DockerOptions};
+use crate::runtime::ContainerRuntime;
+use crate::runtime::cri::CriOptions;
+use crate::runtime::docker::DockerOptions;
+use crate::runtime::model::{Container, RuntimeKind};
+use crate::runtime::scope::{group_request, group_scope, short_id};
 
 /// A hook request is one JSON line; anything longer or slower is refused.
 const HOOK_REQUEST_MAX: u64 = 4096;
@@ -80,10 +84,10 @@ pub(super) async fn serve(agent: Arc<Agent>, listener: tokio::net::UnixListener)
 /// together (see [`crate::runtime::caller`]): the cgroup names only which containers to check.
 fn caller_container(
     proc_root: &Path,
-    docker: &Docker,
+    runtime: &dyn ContainerRuntime,
     pid: i32,
     accepted_at: Option<u64>,
-) -> Result<docker::Container, String> {
+) -> Result<Container, String> {
     let facts = crate::runtime::caller::facts(proc_root, pid)
         .ok_or_else(|| crate::runtime::caller::CallerError::Gone(pid).to_string())?;
     // The pid is the connector's only if that process existed when it connected.
@@ -97,10 +101,10 @@ fn caller_container(
     }
     .to_string();
     for id in candidates {
-        let Some(c) = docker
+        let Some(c) = runtime
             .resolve(std::slice::from_ref(&id))
             .ok()
-            .and_then(|v| v.into_iter().next())
+            .and_then(|v| v.into_iter().find(|c| c.id == id))
         else {
             why = format!(
                 "caller pid {pid}: its cgroup names container {id}, which the runtime does not know"
@@ -134,36 +138,46 @@ fn hook(agent: &Agent, peer: Option<i32>, accepted_at: Option<u64>, line: &str) 
     let Some(pid) = peer else {
         return refuse("no peer credentials on the hook socket".into());
     };
-    let offline = DockerOptions {
+    // The runtime's records, read offline: its API may be what hangs.
+    let docker = DockerOptions {
         offline: true,
         ..agent.config.docker.clone()
     };
-    let docker = match Docker::connect(&offline) {
-        Ok(d) => d,
+    let cri = CriOptions {
+        offline: true,
+        ..agent.config.cri.clone()
+    };
+    let runtime = match crate::runtime::connect(agent.config.runtime, &docker, &cri) {
+        Ok(r) => r,
         Err(e) => return refuse(e.to_string()),
     };
-    let container = match caller_container(&agent.config.base.proc_root, &docker, pid, accepted_at)
+    let runtime = runtime.as_ref();
+    let daemon = runtime.daemon();
+    let container = match caller_container(&agent.config.base.proc_root, runtime, pid, accepted_at)
     {
         Ok(c) => c,
         Err(e) => return refuse(e),
     };
-    // The caller may name its own container or a sibling in the same Kubernetes pod.
-    let container = match &req.container {
-        None => container,
+    // The caller may name its own container, a sibling in its Kubernetes pod, or (CRI) its
+    // pod; with no name, Docker releases the caller's container and CRI the caller's pod.
+    let asked = match (&req.container, &container.pod_uid) {
+        (Some(asked), _) => Some(asked.clone()),
+        (None, Some(uid)) if daemon.runtime != RuntimeKind::Docker => Some(uid.clone()),
+        (None, _) => None,
+    };
+    let targets: Vec<Container> = match &asked {
+        None => vec![container.clone()],
         Some(asked) => {
-            let target = docker
-                .resolve(std::slice::from_ref(asked))
-                .ok()
-                .and_then(|c| c.into_iter().next());
-            let same_pod =
-                |t: &docker::Container| t.pod_uid.is_some() && t.pod_uid == container.pod_uid;
-            match target {
-                Some(t) if t.id == container.id || same_pod(&t) => t,
+            let same_pod = |t: &Container| {
+                t.id == container.id || (t.pod_uid.is_some() && t.pod_uid == container.pod_uid)
+            };
+            match runtime.resolve(std::slice::from_ref(asked)) {
+                Ok(found) if !found.is_empty() && found.iter().all(same_pod) => found,
                 _ => {
                     return refuse(format!(
-                        "container {asked:?} is not the caller's ({} {}) nor in its pod: a pod may release only its own containers",
+                        "{asked:?} is not the caller's container ({} {}) nor in its pod: a pod may release only its own containers",
                         container.name,
-                        crate::runtime::docker::short_id(&container.id)
+                        short_id(&container.id)
                     ));
                 }
             }
@@ -172,8 +186,8 @@ fn hook(agent: &Agent, peer: Option<i32>, accepted_at: Option<u64>, line: &str) 
     let span = info_span!("agent", trigger = "hook pre-stop", container = %container.name);
     let _g = span.enter();
     let started = Instant::now();
-    let req = docker::container_request(&agent.config.base, &docker.daemon, &container);
-    let scope = docker::release_scope(&docker.daemon, &container, false);
+    let req = group_request(&agent.config.base, daemon, &targets);
+    let scope = group_scope(daemon, &targets, false);
     match release::run(&req, scope, false) {
         Ok(rel) => {
             agent.metrics.count(&rel.results, started.elapsed());

@@ -117,7 +117,8 @@ pub fn verify(
     let parent = parent_of(proc_root, init_pid)
         .and_then(|p| crate::runtime::docker::identity::exe_name(proc_root, p))
         .unwrap_or_default();
-    if !parent.contains("shim") {
+    // containerd's shims, Docker's, and CRI-O's conmon.
+    if !(parent.contains("shim") || parent == "conmon") {
         return Err(not_of(format!(
             "the record's init pid {init_pid} is no child of a runtime shim (its parent runs \
              {parent:?}): a stale record?"

@@ -25,6 +25,39 @@ pub fn container_request(base: &ScanRequest, daemon: &Daemon, c: &Container) -> 
     }
 }
 
+/// The scan request for containers released together (a pod's sandbox and containers):
+/// every one's mount paths and signatures.
+pub fn group_request(base: &ScanRequest, daemon: &Daemon, cs: &[Container]) -> ScanRequest {
+    let mut targets: Vec<PathBuf> = cs.iter().flat_map(|c| c.paths.clone()).collect();
+    targets.sort();
+    targets.dedup();
+    ScanRequest {
+        targets,
+        layer_signatures: layer_signatures(cs),
+        trusted_namespaces: daemon.trusted_namespaces(),
+        ..base.clone()
+    }
+}
+
+/// The scope for containers released together: what any one of them must spare.
+pub fn group_scope(daemon: &Daemon, cs: &[Container], everywhere: bool) -> Scope {
+    let mut protected: Vec<(u64, String)> = Vec::new();
+    for c in cs {
+        for (ns, why) in release_scope(daemon, c, everywhere)
+            .protected
+            .unwrap_or_default()
+        {
+            if !protected.iter().any(|(n, _)| *n == ns) {
+                protected.push((ns, why));
+            }
+        }
+    }
+    Scope {
+        everywhere,
+        protected: Some(protected),
+    }
+}
+
 /// The overlay upperdirs that identify these containers' layers wherever they are mounted.
 pub fn layer_signatures(containers: &[Container]) -> Vec<PathBuf> {
     containers

@@ -327,6 +327,31 @@ impl CriDaemon {
     /// CreateContainer + StartContainer with bind mounts (host path, container path);
     /// returns the container id.
     pub fn run_container(&self, pod_id: &str, name: &str, mounts: &[(&str, &str)]) -> String {
+        self.run_container_with(pod_id, name, mounts, &[])
+    }
+
+    /// [`CriDaemon::run_container`] with a command (default: the image's, which sleeps).
+    pub fn run_container_with(
+        &self,
+        pod_id: &str,
+        name: &str,
+        mounts: &[(&str, &str)],
+        command: &[&str],
+    ) -> String {
+        self.run_image(pod_id, name, IMAGE, mounts, command, &[])
+    }
+
+    /// A container of `image` with a command (entrypoint) and args, as a pod spec's
+    /// `command` and `args` give them.
+    pub fn run_image(
+        &self,
+        pod_id: &str,
+        name: &str,
+        image: &str,
+        mounts: &[(&str, &str)],
+        command: &[&str],
+        args: &[&str],
+    ) -> String {
         let pod = self.pods.borrow()[pod_id].clone();
         let log_dir = format!("{}/logs/{}", self.d(), pod.uid);
         let config = ContainerConfig {
@@ -335,12 +360,16 @@ impl CriDaemon {
                 attempt: 0,
             }),
             image: Some(ImageSpec {
-                image: IMAGE.into(),
+                image: image.into(),
                 ..Default::default()
             }),
             log_path: format!("{name}.log"),
+            command: command.iter().map(|c| c.to_string()).collect(),
+            args: args.iter().map(|c| c.to_string()).collect(),
             labels: HashMap::from([
                 ("io.kubernetes.container.name".into(), name.into()),
+                ("io.kubernetes.pod.name".into(), pod.name.clone()),
+                ("io.kubernetes.pod.namespace".into(), pod.namespace.clone()),
                 ("io.kubernetes.pod.uid".into(), pod.uid.clone()),
             ]),
             mounts: mounts
@@ -396,6 +425,23 @@ impl CriDaemon {
             .unwrap();
         let v: serde_json::Value = serde_json::from_str(&info["info"]).unwrap();
         v["pid"].as_i64().unwrap() as i32
+    }
+
+    /// The container's state and exit code, from CRI's status.
+    pub fn container_exit(&self, id: &str) -> (i32, i32) {
+        let id = id.to_string();
+        self.runtime(async |mut c| {
+            c.container_status(ContainerStatusRequest {
+                container_id: id,
+                verbose: false,
+            })
+            .await
+            .map(|r| {
+                let s = r.into_inner().status.unwrap_or_default();
+                (s.state, s.exit_code)
+            })
+        })
+        .unwrap()
     }
 
     pub fn stop_container(&self, id: &str) -> Result<(), String> {
