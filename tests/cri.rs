@@ -514,3 +514,47 @@ fn the_agents_sweep_on_a_cri_node_releases_leaked_copies_only() {
     let pid = cri.container_pid(&app);
     assert!(std::fs::read_link(format!("/proc/{pid}/root")).is_ok());
 }
+
+#[test]
+fn doctor_on_a_cri_node_names_containerd_and_private_binds_of_kubelets_root() {
+    let mut sb = Sandbox::new("cridoctor");
+    let cri = CriDaemon::start(&sb, "doctor");
+    let (pod_id, _app, holder, kubelet, _vol) = pod_with_a_leak(&mut sb, &cri);
+    // A monitoring agent's container binds kubelet's root with CRI's default propagation
+    // (private); app's bind of its own volume is no root and is not flagged.
+    let k = kubelet.as_str();
+    cri.run_container(&pod_id, "agent", &[(k, "/host/kubelet")]);
+    let mut args = vec!["doctor"];
+    let extra = cri_args(&cri, &kubelet);
+    args.extend(extra.iter().map(String::as_str));
+    let (code, doc) = sb.mntreap_json(&args, &[]);
+    assert_eq!(code, 1, "{doc}");
+    let identity = doctor_check(&doc, "runtime-identity");
+    assert_eq!(identity["status"], "ok", "{identity}");
+    assert!(
+        identity["summary"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("containerd is pid {}", cri.pid())),
+        "{identity}"
+    );
+    let binds = doctor_check(&doc, "data-root-bind-propagation");
+    assert_eq!(binds["status"], "warning", "{binds}");
+    let evidence = binds["evidence"].to_string();
+    assert!(
+        evidence.contains("agent (pod default/web) binds") && evidence.contains(k),
+        "{binds}"
+    );
+    assert!(
+        !evidence.contains("app (pod"),
+        "app binds only its own volume: {binds}"
+    );
+    let holders = doctor_check(&doc, "foreign-namespace-holders");
+    assert_ne!(holders["status"], "ok", "{holders}");
+    assert!(
+        holders["evidence"]
+            .to_string()
+            .contains(&ns_inode(holder).to_string()),
+        "{holders}"
+    );
+}

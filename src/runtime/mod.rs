@@ -87,6 +87,9 @@ pub trait ContainerRuntime {
     fn roots(&self) -> Vec<PathBuf>;
     /// The owner of a mount point by the runtime's layout, given its containers.
     fn owner_of<'a>(&'a self, containers: &'a [Container]) -> OwnerOf<'a>;
+    /// Running containers that bind a runtime root (the data root, containerd's, kubelet's,
+    /// or `/`) with private propagation: each a line of evidence.
+    fn private_root_binds(&self, containers: &[Container]) -> Vec<String>;
     /// Whether the runtime keeps a "removal failed" state (Docker's dead/removing), so that
     /// `reap` with no names knows what is stuck.
     fn records_stuck(&self) -> bool;
@@ -122,6 +125,10 @@ impl ContainerRuntime for docker::Docker {
         Box::new(move |p| docker::owner_of(&self.daemon.root, p, &by_layer))
     }
 
+    fn private_root_binds(&self, containers: &[Container]) -> Vec<String> {
+        docker::private_root_binds(&self.daemon, containers)
+    }
+
     fn records_stuck(&self) -> bool {
         true
     }
@@ -154,6 +161,10 @@ impl ContainerRuntime for Cri {
 
     fn owner_of<'a>(&'a self, containers: &'a [Container]) -> OwnerOf<'a> {
         Box::new(move |p| self.layout.owner_of(p, containers))
+    }
+
+    fn private_root_binds(&self, containers: &[Container]) -> Vec<String> {
+        Cri::private_root_binds(self, containers)
     }
 
     fn records_stuck(&self) -> bool {

@@ -194,21 +194,24 @@ fn not_established(daemon: &Daemon) -> String {
 pub(super) fn runtime_identity(daemon: &Daemon) -> Check {
     let mut c = Check::new(
         "runtime-identity",
-        "make sure exactly one dockerd serves the socket (--docker-host) and that its pidfile \
-         and data root agree; until then mntreap releases nothing in any runtime namespace",
+        "make sure exactly one runtime daemon serves the socket (--docker-host, \
+         --cri-endpoint) and that dockerd's pidfile and data root agree; until then mntreap \
+         releases nothing in any runtime namespace",
     );
     c = match (daemon.pid, daemon.unsure()) {
         (Some(pid), None) => c.with(
             Status::Ok,
             format!(
-                "dockerd is pid {pid}, mount namespace {}",
+                "{} is pid {pid}, mount namespace {}",
+                daemon.runtime.daemon_word(),
                 daemon.mnt_ns.unwrap_or_default()
             ),
         ),
         (_, why) => c.with(
             Status::Warning,
             format!(
-                "dockerd's identity is unsure ({}): every runtime namespace is protected",
+                "{}'s identity is unsure ({}): every runtime namespace is protected",
+                daemon.runtime.daemon_word(),
                 why.unwrap_or("no daemon found")
             ),
         ),

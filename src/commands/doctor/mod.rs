@@ -6,7 +6,8 @@ use std::path::Path;
 use super::{Config, Exit, Failure, print};
 use crate::engine::scan;
 use crate::report::containers;
-use crate::runtime::docker::{Container, Daemon};
+use crate::runtime::ContainerRuntime;
+use crate::runtime::model::{Container, RuntimeKind};
 
 mod daemon;
 
@@ -33,27 +34,33 @@ impl Check {
 
 /// Runs every check; exit 0 when all are ok or skipped, 1 on warnings or problems.
 pub fn command(e: &Config) -> Result<Exit, Failure> {
-    let docker = e.connect_docker()?;
-    let containers = docker.list().unwrap_or_default();
+    let runtime = e.connect()?;
+    let runtime = runtime.as_ref();
+    let daemon = runtime.daemon();
+    let containers = runtime.list().unwrap_or_default();
     let mut checks = vec![
-        runtime_identity(&docker.daemon),
-        kernel_lazy_detach(&docker.daemon.proc_root),
-        mountflags_slave_live_restore(&docker.daemon),
-        split_namespaces(&docker.daemon),
-        stuck_containers(&containers),
-        data_root_binds(&docker.daemon, &containers),
+        runtime_identity(daemon),
+        kernel_lazy_detach(&daemon.proc_root),
     ];
+    if daemon.runtime == RuntimeKind::Docker {
+        checks.extend([
+            mountflags_slave_live_restore(daemon),
+            split_namespaces(daemon),
+            stuck_containers(&containers),
+        ]);
+    }
+    checks.push(data_root_binds(runtime, &containers));
     // Namespaces holding container mounts they do not need (PrivateTmp-style services).
-    let mut req = e.request(&[], vec![docker.daemon.root.clone()])?;
-    req.layer_signatures = crate::runtime::docker::layer_signatures(&containers);
-    req.trusted_namespaces = docker.daemon.trusted_namespaces();
+    let mut req = e.request(&[], runtime.roots())?;
+    req.layer_signatures = crate::runtime::scope::layer_signatures(&containers);
+    req.trusted_namespaces = daemon.trusted_namespaces();
     let scan = scan::scan(&req)?;
-    checks.push(foreign_holders(&scan, &docker.daemon, &containers));
+    checks.push(foreign_holders(&scan, runtime, &containers));
 
     let worst = checks.iter().map(|c| c.status).max().unwrap_or(Status::Ok);
     if e.json {
         print(&crate::report::doc::to_text(&DoctorDoc {
-            runtime: docker.daemon.clone(),
+            runtime: daemon.clone(),
             checks,
             worst,
         }));
@@ -165,64 +172,14 @@ fn stuck_containers(containers: &[Container]) -> Check {
 
 /// Containers that bind the data root (or a directory above it) with private propagation:
 /// the bind copies every layer mounted at that moment, and host unmounts never reach them.
-fn data_root_binds(daemon: &Daemon, containers: &[Container]) -> Check {
+fn data_root_binds(runtime: &dyn ContainerRuntime, containers: &[Container]) -> Check {
     let c = Check::new(
         "data-root-bind-propagation",
         "bind the data root (and /var/lib/kubelet, or /) with rslave propagation \
          (-v /var/lib/docker:/var/lib/docker:rslave; Kubernetes: mountPropagation: \
          HostToContainer) so that the host's unmounts propagate into the container",
     );
-    // What a private bind copies: the layers, and kubelet's pod volumes.
-    let roots = [
-        daemon.root.as_path(),
-        std::path::Path::new("/var/lib/kubelet"),
-    ];
-    #[derive(serde::Deserialize)]
-    #[serde(rename_all = "PascalCase")]
-    struct MountPoint {
-        #[serde(default)]
-        source: String,
-        #[serde(default)]
-        propagation: String,
-    }
-    #[derive(serde::Deserialize)]
-    #[serde(rename_all = "PascalCase")]
-    struct Config {
-        #[serde(default)]
-        mount_points: std::collections::HashMap<String, MountPoint>,
-    }
-    let mut found = Vec::new();
-    for ct in containers.iter().filter(|c| c.is_running()) {
-        let path = daemon
-            .root
-            .join("containers")
-            .join(&ct.id)
-            .join("config.v2.json");
-        let Ok(text) = std::fs::read(crate::runtime::docker::on_host(&daemon.host_root, &path))
-        else {
-            continue;
-        };
-        let Ok(config) = serde_json::from_slice::<Config>(&text) else {
-            continue;
-        };
-        for (dest, mp) in config.mount_points {
-            let covers = !mp.source.is_empty() && roots.iter().any(|r| r.starts_with(&mp.source));
-            let private = matches!(mp.propagation.as_str(), "" | "private" | "rprivate");
-            if covers && private {
-                found.push(format!(
-                    "{} binds {} at {} with propagation {}",
-                    ct.name,
-                    mp.source,
-                    dest,
-                    if mp.propagation.is_empty() {
-                        "rprivate (default)"
-                    } else {
-                        &mp.propagation
-                    }
-                ));
-            }
-        }
-    }
+    let found = runtime.private_root_binds(containers);
     let mut c = if found.is_empty() {
         c.with(
             Status::Ok,
@@ -244,16 +201,18 @@ fn data_root_binds(daemon: &Daemon, containers: &[Container]) -> Check {
 
 /// The second write-up: namespaces (PrivateTmp services and the like) created after
 /// docker's mounts, holding container mounts they do not need.
-fn foreign_holders(scan: &scan::Scan, daemon: &Daemon, containers: &[Container]) -> Check {
+fn foreign_holders(
+    scan: &scan::Scan,
+    runtime: &dyn ContainerRuntime,
+    containers: &[Container],
+) -> Check {
+    let daemon = runtime.daemon();
     let c = Check::new(
         "foreign-namespace-holders",
         "release them now (`mntreap release CONTAINER`, `mntreap reap`); to prevent it, run \
          `mntreap agent`, which releases copies when containers stop",
     );
-    let by_layer = crate::runtime::docker::layers_by_container(containers);
-    let owner_of =
-        |p: &std::path::Path| crate::runtime::docker::owner_of(&daemon.root, p, &by_layer);
-    let findings = containers::findings(scan, daemon, containers, &owner_of);
+    let findings = containers::findings(scan, daemon, containers, &runtime.owner_of(containers));
     let mut by_ns: std::collections::BTreeMap<u64, (usize, String)> = Default::default();
     for f in &findings {
         let h = &scan.holders[f.holder];

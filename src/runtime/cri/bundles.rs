@@ -126,6 +126,50 @@ fn read(
     }))
 }
 
+/// Running containers whose task bundle binds kubelet's root, containerd's root or state,
+/// or a parent of one (`/`), without slave or shared propagation: the host's unmounts
+/// never reach such a copy. Each a line of evidence.
+pub(super) fn private_root_binds(
+    layout: &Layout,
+    host_root: &Path,
+    containers: &[crate::runtime::model::Container],
+) -> Vec<String> {
+    let roots = [&layout.kubelet_root, &layout.root, &layout.state];
+    let mut found = Vec::new();
+    for c in containers.iter().filter(|c| c.is_running() && !c.sandbox) {
+        let config = layout.bundle(&c.id).join("config.json");
+        let Ok(text) = read_small(&on_host(host_root, &config)) else {
+            continue;
+        };
+        let Ok(spec) = serde_json::from_slice::<serde_json::Value>(&text) else {
+            continue;
+        };
+        for m in spec["mounts"].as_array().into_iter().flatten() {
+            let source = m["source"].as_str().unwrap_or_default();
+            let options: Vec<&str> = m["options"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|o| o.as_str())
+                .collect();
+            let bind = m["type"] == "bind" || options.iter().any(|o| o.ends_with("bind"));
+            let covers = !source.is_empty() && roots.iter().any(|r| r.starts_with(source));
+            let propagates = options
+                .iter()
+                .any(|o| matches!(*o, "rslave" | "slave" | "rshared" | "shared"));
+            if bind && covers && !propagates {
+                found.push(format!(
+                    "{} (pod {}) binds {source} at {} with private propagation",
+                    c.name,
+                    c.pod.as_deref().unwrap_or("?"),
+                    m["destination"].as_str().unwrap_or_default()
+                ));
+            }
+        }
+    }
+    found
+}
+
 /// Reads a small record file (at most 4 MiB): a crafted huge file is refused, not read.
 fn read_small(path: &Path) -> Result<Vec<u8>, String> {
     use std::io::Read;

@@ -221,6 +221,11 @@ impl Cri {
         }
     }
 
+    /// Running containers binding a runtime root privately (see [`bundles`]).
+    pub fn private_root_binds(&self, containers: &[Container]) -> Vec<String> {
+        bundles::private_root_binds(&self.layout, &self.daemon.host_root, containers)
+    }
+
     /// The directories whose mounts the node report looks at.
     pub fn roots(&self) -> Vec<PathBuf> {
         vec![

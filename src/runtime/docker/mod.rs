@@ -349,6 +349,63 @@ impl Daemon {
     }
 }
 
+/// Running containers that bind the data root or kubelet's directory (or a parent, `/`)
+/// with private propagation, from their records: each a line of evidence.
+pub fn private_root_binds(daemon: &Daemon, containers: &[Container]) -> Vec<String> {
+    // What a private bind copies: the layers, and kubelet's pod volumes.
+    let roots = [
+        daemon.root.as_path(),
+        std::path::Path::new("/var/lib/kubelet"),
+    ];
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "PascalCase")]
+    struct MountPoint {
+        #[serde(default)]
+        source: String,
+        #[serde(default)]
+        propagation: String,
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "PascalCase")]
+    struct Config {
+        #[serde(default)]
+        mount_points: std::collections::HashMap<String, MountPoint>,
+    }
+    let mut found = Vec::new();
+    for ct in containers.iter().filter(|c| c.is_running()) {
+        let path = daemon
+            .root
+            .join("containers")
+            .join(&ct.id)
+            .join("config.v2.json");
+        let Ok(text) = std::fs::read(crate::runtime::docker::on_host(&daemon.host_root, &path))
+        else {
+            continue;
+        };
+        let Ok(config) = serde_json::from_slice::<Config>(&text) else {
+            continue;
+        };
+        for (dest, mp) in config.mount_points {
+            let covers = !mp.source.is_empty() && roots.iter().any(|r| r.starts_with(&mp.source));
+            let private = matches!(mp.propagation.as_str(), "" | "private" | "rprivate");
+            if covers && private {
+                found.push(format!(
+                    "{} binds {} at {} with propagation {}",
+                    ct.name,
+                    mp.source,
+                    dest,
+                    if mp.propagation.is_empty() {
+                        "rprivate (default)"
+                    } else {
+                        &mp.propagation
+                    }
+                ));
+            }
+        }
+    }
+    found
+}
+
 /// Picks one container by full id, exact name, or unique id prefix (docker's order).
 fn pick(name: &str, all: &[Container], root: &Path) -> Result<Container, DockerError> {
     let bare = name.strip_prefix('/').unwrap_or(name);
