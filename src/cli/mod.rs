@@ -307,6 +307,12 @@ impl EngineArgs {
             offline: self.docker.offline,
             timeout: Duration::from_secs(self.docker.docker_timeout.max(1)),
             proc_root: self.proc.clone(),
+            host_root: self
+                .docker
+                .host_root
+                .clone()
+                .filter(|p| !p.is_empty())
+                .map_or_else(|| PathBuf::from("/"), PathBuf::from),
         }
     }
 

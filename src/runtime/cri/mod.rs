@@ -18,6 +18,7 @@ pub use entry::{BadEntry, Layout};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::runtime::host::on_host;
 use crate::runtime::identity::{self, Identity};
 use crate::runtime::model::{Container, Daemon, RuntimeKind, Via};
 use crate::runtime::scope::short_id;
@@ -44,6 +45,9 @@ pub struct CriOptions {
     pub timeout: Duration,
     /// Where procfs is (`--proc`).
     pub proc_root: PathBuf,
+    /// Where the host's files are seen from here (`--host-root`; the agent's pod uses
+    /// `/proc/1/root`): the socket, task bundles and containerd's config are read there.
+    pub host_root: PathBuf,
 }
 
 /// CRI resolution failed: nothing was done.
@@ -86,7 +90,7 @@ impl CriOptions {
             None => ENDPOINTS
                 .iter()
                 .map(PathBuf::from)
-                .find(|p| p.exists())
+                .find(|p| on_host(&self.host_root, p).exists())
                 .ok_or_else(|| CriError::NoEndpoint(ENDPOINTS.join(", "))),
         }
     }
@@ -102,9 +106,9 @@ impl Cri {
     /// task bundles when it does not answer.
     pub fn connect(opts: &CriOptions) -> Result<Cri, CriError> {
         let proc_root = opts.proc_root.as_path();
-        let host_root = PathBuf::from("/");
+        let host_root = opts.host_root.clone();
         let socket = opts.socket()?;
-        let peer = crate::engine::unix_sockets::listener_creator(&socket);
+        let peer = crate::engine::unix_sockets::listener_creator(&on_host(&host_root, &socket));
         // Which runtime: the one whose daemon holds the socket; containerd unless CRI-O does.
         let mut kind = RuntimeKind::Containerd;
         let mut ident = identity::establish(kind, proc_root, &host_root, &socket, peer);
@@ -126,14 +130,14 @@ impl Cri {
             identity: ident,
             live_restore: None,
             offline_reason: None,
-            host_root,
+            host_root: host_root.clone(),
             proc_root: proc_root.to_path_buf(),
         };
         let client = if opts.offline {
             daemon.offline_reason = Some("--offline".into());
             None
         } else {
-            match api::Client::connect(&socket, opts.timeout) {
+            match api::Client::connect(&on_host(&host_root, &socket), opts.timeout) {
                 Ok(c) => {
                     daemon.via = Via::Api;
                     daemon.identity.evidence.push(format!(
