@@ -151,11 +151,23 @@ fn scan_and_release_a_pod_through_cri_keep_the_runtimes_copies() {
         has_mount_at(sb.host_pid(), &vol),
         "kubelet's volume must stay"
     );
-    // The container still runs on its root.
+    // The container still runs on its root, with the pod's volume and shm: a pod's
+    // containers use the pod's mounts, and their namespaces are spared.
     let pid = cri.container_pid(&app);
     assert!(std::fs::read_link(format!("/proc/{pid}/root")).is_ok());
-    let (code, _) = run_json(&sb, &["scan", UID], &args);
-    assert_eq!(code, 0, "nothing left to find");
+    assert!(has_mount_at(pid, "/data"), "app lost its volume: {rel}");
+    assert!(
+        has_mount_at(pid, "/dev/shm"),
+        "app lost the pod's shm: {rel}"
+    );
+    let (code, doc) = run_json(&sb, &["scan", UID], &args);
+    assert_eq!(code, 0, "nothing left to find: {doc}");
+    assert!(
+        holders(&doc)
+            .iter()
+            .any(|h| h["mnt_ns"] == ns_inode(pid) && h["role"] == "container"),
+        "app's copies are its own: {doc}"
+    );
 }
 
 #[test]
@@ -556,5 +568,200 @@ fn doctor_on_a_cri_node_names_containerd_and_private_binds_of_kubelets_root() {
             .to_string()
             .contains(&ns_inode(holder).to_string()),
         "{holders}"
+    );
+}
+
+/// What deploy/kubernetes/daemonset-containerd.yaml gives its container: command, args,
+/// env and the capabilities added (the file is read, not restated).
+struct DaemonSetSpec {
+    command: Vec<String>,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    caps: Vec<String>,
+}
+
+fn daemonset_spec() -> DaemonSetSpec {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/kubernetes/daemonset-containerd.yaml"
+    ))
+    .unwrap();
+    let list = |l: &str| -> Vec<String> {
+        let inner = l.split_once('[').unwrap().1.rsplit_once(']').unwrap().0;
+        inner
+            .split(',')
+            .map(|x| x.trim().trim_matches('"').to_string())
+            .filter(|x| !x.is_empty())
+            .collect()
+    };
+    let mut spec = DaemonSetSpec {
+        command: Vec::new(),
+        args: Vec::new(),
+        env: Vec::new(),
+        caps: Vec::new(),
+    };
+    let mut section = "";
+    for line in text.lines().filter(|l| !l.trim_start().starts_with('#')) {
+        let t = line.trim();
+        match t {
+            "args:" | "env:" => section = if t == "args:" { "args" } else { "env" },
+            _ if t.starts_with("command:") => spec.command = list(t),
+            _ if t.starts_with("add:") => spec.caps = list(t),
+            _ if t.starts_with("- ") && section == "args" => spec.args.push(t[2..].to_string()),
+            _ if t.starts_with("- {name:") && section == "env" => {
+                let name = t
+                    .split("name:")
+                    .nth(1)
+                    .unwrap()
+                    .split(',')
+                    .next()
+                    .unwrap()
+                    .trim();
+                let value = t
+                    .split("value:")
+                    .nth(1)
+                    .unwrap()
+                    .trim()
+                    .trim_end_matches('}');
+                spec.env
+                    .push((name.to_string(), value.trim().trim_matches('"').to_string()));
+            }
+            _ => section = "",
+        }
+    }
+    spec
+}
+
+#[test]
+fn the_containerd_daemonset_runs_the_agent_image_under_cri_and_sweeps() {
+    let spec = daemonset_spec();
+    assert_eq!(spec.command, ["/mntreap", "agent"]);
+    assert!(
+        spec.args.contains(&"--host-root=/proc/1/root".to_string()),
+        "{:?}",
+        spec.args
+    );
+    assert!(
+        spec.env
+            .iter()
+            .any(|(k, v)| k == "MNTREAP_RUNTIME" && v == "cri"),
+        "{:?}",
+        spec.env
+    );
+
+    let mut sb = Sandbox::new("cridaemonset");
+    let cri = CriDaemon::start(&sb, "daemonset");
+    // kubelet's root on the machine's disk (the agent sees the host through /proc/1/root).
+    let kubelet = format!("{}/kubelet", cri.d());
+    let pod = Pod::new("web", UID, &kubelet);
+    let vol = pod.empty_dir("data");
+    sb.sh(&format!("mkdir -p {vol} && mount -t tmpfs kvol {vol}"));
+    let pod_id = cri.run_pod(&pod);
+    let app = cri.run_container(&pod_id, "app", &[(&vol, "/data")]);
+    let holder = sb.holder(None, None);
+    let rootfs = format!(
+        "{}/io.containerd.runtime.v2.task/k8s.io/{app}/rootfs",
+        cri.state()
+    );
+    assert!(has_mount_at(holder, &rootfs) && has_mount_at(holder, &vol));
+
+    // The image the repository builds, imported as the DaemonSet's comment says.
+    let tar = format!("{}/agent.tar", cri.d());
+    let tag = format!("mntreap/agent:ds-{}", std::process::id());
+    let build = std::process::Command::new("bash")
+        .args([
+            concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/image/build.sh"),
+            &tar,
+            &tag,
+        ])
+        .output()
+        .unwrap();
+    assert!(build.status.success(), "build.sh: {}", stderr(&build));
+    cri.ctr_ok(&["images", "import", &tar]);
+
+    // The DaemonSet's pod: hostPID, its args (a test port and a 1 s sweep), its env with
+    // this node's socket and kubelet root, its capabilities and nothing else.
+    let mut agent_pod = Pod::new(
+        "mntreap-agent",
+        "dddddddd-0000-4000-8000-00000000000d",
+        &kubelet,
+    );
+    agent_pod.namespace = "kube-system".into();
+    agent_pod.host_pid = true;
+    let agent_pod_id = cri.run_pod(&agent_pod);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let hook_dir = format!("{}/hook", cri.d());
+    std::fs::create_dir_all(&hook_dir).unwrap();
+    // On this machine pid 1's root refuses every process, even root with all capabilities
+    // (EACCES on /proc/1/root), so the sandbox's first process plays the node's pid 1.
+    let args: Vec<String> = spec
+        .args
+        .iter()
+        .map(|a| match a.split_once('=') {
+            Some(("--sweep-interval", _)) => "--sweep-interval=1".to_string(),
+            Some(("--metrics-addr", _)) => format!("--metrics-addr=127.0.0.1:{port}"),
+            Some(("--host-root", "/proc/1/root")) => {
+                format!("--host-root=/proc/{}/root", sb.host_pid())
+            }
+            _ => a.clone(),
+        })
+        .collect();
+    let env: Vec<(String, String)> = spec
+        .env
+        .iter()
+        .map(|(k, v)| match k.as_str() {
+            "CONTAINER_RUNTIME_ENDPOINT" => (k.clone(), cri.endpoint()),
+            "MNTREAP_KUBELET_ROOT" => (k.clone(), kubelet.clone()),
+            _ => (k.clone(), v.clone()),
+        })
+        .collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    // Its log says what each sweep did, should this test fail.
+    env.push(("RUST_LOG", "mntreap=debug"));
+    let caps: Vec<&str> = spec.caps.iter().map(String::as_str).collect();
+    let command: Vec<&str> = spec.command.iter().map(String::as_str).collect();
+    let agent = cri.run_spec(
+        &agent_pod_id,
+        "agent",
+        &format!("docker.io/{tag}"),
+        &[(&hook_dir, "/run/mntreap")],
+        &command,
+        &args,
+        &env,
+        &caps,
+    );
+    wait_until(
+        std::time::Duration::from_secs(30),
+        std::time::Duration::from_millis(100),
+        || !has_mount_at(holder, &rootfs) && !has_mount_at(holder, &vol),
+        || {
+            let metrics = {
+                use std::io::{Read, Write};
+                let mut m = String::new();
+                if let Ok(mut c) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+                    let _ = c.write_all(b"GET /metrics HTTP/1.0\r\n\r\n");
+                    let _ = c.read_to_string(&mut m);
+                }
+                m
+            };
+            format!(
+                "the agent's sweeps left the holder's copies (agent container {:?}); \
+                 metrics:\n{metrics}\nlog:\n{}",
+                cri.container_exit(&agent),
+                std::fs::read_to_string(format!("{}/logs/{}/agent.log", cri.d(), agent_pod.uid))
+                    .unwrap_or_default()
+            )
+        },
+    );
+    // containerd's and kubelet's own mounts stay; the agent still runs.
+    assert!(has_mount_at(sb.host_pid(), &rootfs) && has_mount_at(sb.host_pid(), &vol));
+    assert_eq!(
+        cri.container_exit(&agent).0,
+        k8s_cri::v1::ContainerState::ContainerRunning as i32
     );
 }

@@ -591,3 +591,48 @@ fn paths_only_refuses_unmounts_under_shared_parents() {
     );
     assert!(has_mount_at(pid, &target) && has_mount_at(sb.host_pid(), &target));
 }
+
+#[test]
+fn namespaces_that_cannot_be_read_never_make_a_clean_result() {
+    // The agent's pod once had CAP_SYS_ADMIN and CAP_SYS_PTRACE but not CAP_SYS_CHROOT,
+    // which setns into a mount namespace needs: every namespace was skipped, and scan and
+    // release said "nothing holds it", exit 0.
+    let mut sb = Sandbox::new("denied");
+    let d = sb.d();
+    layers(&sb, "den");
+    let leak = sb.holder(None, None);
+    sb.sh(&format!("umount {d}/l/den/merged"));
+    let target = format!("{d}/l/den/merged");
+    let limited = |args: &[&str]| {
+        let mut all = vec![
+            "setpriv",
+            "--bounding-set=-all,+sys_admin,+sys_ptrace",
+            "--inh-caps=-all",
+            BIN,
+        ];
+        all.extend_from_slice(args);
+        sb.sh_output(
+            &all.iter()
+                .map(|a| format!("'{a}'"))
+                .collect::<Vec<_>>()
+                .join(" "),
+        )
+    };
+    for cmd in ["scan", "release"] {
+        let out = limited(&[cmd, "--any-path", "--path", &target]);
+        assert_eq!(out.status.code(), Some(1), "{cmd}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("could not be read") && stderr(&out).contains("CAP_SYS_CHROOT"),
+            "{cmd}: {}",
+            stderr(&out)
+        );
+    }
+    assert!(
+        has_mount_at(leak, &target),
+        "nothing was released without the capability"
+    );
+    // With it, the copy is found and released.
+    let out = sb.mntreap(&["release", "--any-path", "--path", &target]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(!has_mount_at(leak, &target));
+}

@@ -179,6 +179,21 @@ pub fn check_targets_exist(scan: &Scan, checked: &[PathBuf]) -> Result<(), Failu
     Ok(())
 }
 
+/// The note a report prints when namespaces could not be read (permission), also on
+/// stderr: the result is incomplete, so it is never reported as clean.
+pub(crate) fn denied_note(scan: &Scan) -> Option<String> {
+    (!scan.denied.is_empty()).then(|| {
+        let note = format!(
+            "{} mount namespace(s) could not be read ({:?}): mntreap needs CAP_SYS_ADMIN, \
+             CAP_SYS_CHROOT and CAP_SYS_PTRACE; what they hold is not known",
+            scan.denied.len(),
+            scan.denied
+        );
+        eprintln!("note: {note}");
+        note
+    })
+}
+
 /// The note every report prints while the runtime's identity is unsure, also on stderr.
 pub(crate) fn unsure_note(daemon: Option<&Daemon>) -> Option<String> {
     let note = daemon.and_then(|d| d.unsure_note());

@@ -114,9 +114,12 @@ fn report(e: &Config, runtime: &dyn ContainerRuntime) -> Result<Exit, Failure> {
         }
         print(&out);
     }
-    Ok(if found.is_empty() && unsure.is_none() {
-        Exit::Clean
-    } else {
-        Exit::Remaining
-    })
+    let denied = super::denied_note(&scan);
+    Ok(
+        if found.is_empty() && unsure.is_none() && denied.is_none() {
+            Exit::Clean
+        } else {
+            Exit::Remaining
+        },
+    )
 }

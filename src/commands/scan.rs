@@ -46,7 +46,8 @@ pub fn command(config: &Config, names: &[String], paths: &[String]) -> Result<Ex
     };
     print(&out);
     let unsure = unsure_note(docker.as_ref().map(|d| d.daemon()));
-    Ok(if leaks || unsure.is_some() {
+    let denied = super::denied_note(&scan);
+    Ok(if leaks || unsure.is_some() || denied.is_some() {
         Exit::Remaining
     } else {
         Exit::Clean

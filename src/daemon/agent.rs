@@ -188,6 +188,20 @@ async fn sweep_loop(agent: Arc<Agent>) {
     }
 }
 
+/// Whether an orphaned finding's owner (a container or layer id, or `pod <uid>`) is in
+/// `listed` and alive (a container stuck in removal stays an orphan's owner).
+fn listed_again(owner: &str, listed: &[crate::runtime::model::Container]) -> bool {
+    let alive = listed.iter().filter(|c| !c.is_stuck());
+    match owner.strip_prefix("pod ") {
+        Some(uid) => alive.into_iter().any(|c| c.pod_uid.as_deref() == Some(uid)),
+        None => alive.into_iter().any(|c| {
+            c.id == owner
+                || c.mount_id.as_deref() == Some(owner)
+                || c.init_id.as_deref() == Some(owner)
+        }),
+    }
+}
+
 fn excluded(
     agent: &Agent,
     ns: &crate::engine::namespace::Namespace,
@@ -216,6 +230,13 @@ fn sweep_once(agent: &Agent) -> anyhow::Result<()> {
     let Some(mut scan) =
         crate::report::containers::node_scan(base, daemon, &containers, &runtime.roots())?
     else {
+        agent.warn_limited(
+            "sweep found no runtime directory",
+            &format!(
+                "none of the runtime's directories exists as seen through {}",
+                daemon.host_root.display()
+            ),
+        );
         return Ok(());
     };
     let findings = crate::report::containers::findings(
@@ -224,6 +245,17 @@ fn sweep_once(agent: &Agent) -> anyhow::Result<()> {
         &containers,
         &runtime.owner_of(&containers),
     );
+    // An owner listed again after the scan is not gone: it started (or its listing
+    // failed) meanwhile, and its mounts are not orphans to release.
+    let findings = if findings.iter().any(|f| f.class == Class::Orphaned) {
+        let again = runtime.list()?;
+        findings
+            .into_iter()
+            .filter(|f| f.class != Class::Orphaned || !listed_again(&f.owner, &again))
+            .collect()
+    } else {
+        findings
+    };
     let in_use = findings.iter().filter(|f| f.class == Class::InUse).count();
     let release: Vec<usize> = findings
         .iter()

@@ -58,6 +58,21 @@ pub enum SourceError {
     Enter(#[from] crate::engine::nsexec::NsError),
 }
 
+impl SourceError {
+    /// The namespace exists but may not be read by this process (no `CAP_SYS_CHROOT` for
+    /// `setns`, a seccomp or LSM denial): unlike one that vanished, a gap in the result.
+    pub fn denied(&self) -> bool {
+        use nix::errno::Errno;
+        match self {
+            SourceError::Io { source, .. } => source.kind() == io::ErrorKind::PermissionDenied,
+            SourceError::Enter(crate::engine::nsexec::NsError::Enter { source, .. }) => {
+                matches!(source, Errno::EPERM | Errno::EACCES)
+            }
+            _ => false,
+        }
+    }
+}
+
 impl BackendChoice {
     /// Resolves `Auto` by probing the kernel on our own namespace.
     pub fn resolve(self, any_ns: std::os::fd::BorrowedFd<'_>) -> Backend {

@@ -32,6 +32,22 @@ pub struct ContainerView<'a> {
     /// dockerd's namespace (or ours), and per container its own namespace (its root).
     runtime: Vec<u64>,
     container_ns: Vec<Option<u64>>,
+    /// Per container, the namespaces of the other containers of its pod.
+    pod_ns: Vec<Vec<u64>>,
+}
+
+/// Per container, the mount namespaces of the other running containers of its pod: they
+/// use the pod's mounts (its shm, its volumes), which are theirs as much as its own.
+fn pod_namespaces(proc_root: &Path, containers: &[Container]) -> Vec<Vec<u64>> {
+    containers
+        .iter()
+        .map(|c| {
+            c.pod_pids
+                .iter()
+                .filter_map(|&pid| crate::engine::namespace::mnt_ns_inode(proc_root, pid))
+                .collect()
+        })
+        .collect()
 }
 
 /// What a holder is to its container.
@@ -117,6 +133,7 @@ impl<'a> ContainerView<'a> {
             owner,
             runtime: daemon.runtime_namespaces(),
             container_ns,
+            pod_ns: pod_namespaces(&daemon.proc_root, containers),
         }
     }
 
@@ -126,7 +143,8 @@ impl<'a> ContainerView<'a> {
         if self.runtime.contains(&inode) {
             return Role::Runtime;
         }
-        if self.owner[i].and_then(|c| self.container_ns[c]) == Some(inode) {
+        let of_its_pod = self.owner[i].is_some_and(|c| self.pod_ns[c].contains(&inode));
+        if self.owner[i].and_then(|c| self.container_ns[c]) == Some(inode) || of_its_pod {
             Role::Container
         } else if h.in_use.is_some() {
             Role::InUse
@@ -281,7 +299,9 @@ pub fn node_roots(daemon: &Daemon, extra: &[PathBuf]) -> Vec<PathBuf> {
         )
         .chain(extra.iter().cloned())
     {
-        if r.exists() && !roots.iter().any(|x| r.starts_with(x)) {
+        // Through the host's root: the agent's pod sees the node at /proc/1/root.
+        let here = crate::runtime::host::on_host(&daemon.host_root, &r).exists();
+        if here && !roots.iter().any(|x| r.starts_with(x)) {
             roots.push(r);
         }
     }
@@ -319,11 +339,14 @@ pub fn findings(
 ) -> Vec<Finding> {
     use std::os::unix::ffi::OsStrExt;
     let own_ns = container_namespaces(&daemon.proc_root, containers);
-    let by_id: HashMap<&str, (&Container, Option<u64>)> = containers
+    let pod_ns = pod_namespaces(&daemon.proc_root, containers);
+    let by_id: HashMap<&str, (&Container, Option<u64>, &Vec<u64>)> = containers
         .iter()
         .zip(&own_ns)
-        .map(|(c, &ns)| (c.id.as_str(), (c, ns)))
+        .zip(&pod_ns)
+        .map(|((c, &ns), pod)| (c.id.as_str(), (c, ns, pod)))
         .collect();
+    let no_pod = Vec::new();
     let runtime = daemon.runtime_namespaces();
     let owner_of = |h: &Holder| owner_of(Path::new(std::ffi::OsStr::from_bytes(&h.mount_point)));
     // Copies at other paths belong to whoever owns a path holder of the same superblock.
@@ -344,18 +367,18 @@ pub fn findings(
             continue;
         };
         let inode = scan.namespaces[h.ns].ns.inode;
-        let (container, owner_id, gone, container_ns) = match &owner {
+        let (container, owner_id, gone, container_ns, pod) = match &owner {
             Owner::Container(id) => match by_id.get(id.as_str()) {
-                Some(&(c, ns)) => (Some(c.clone()), id.clone(), c.is_stuck(), ns),
-                None => (None, id.clone(), true, None),
+                Some(&(c, ns, pod)) => (Some(c.clone()), id.clone(), c.is_stuck(), ns, pod),
+                None => (None, id.clone(), true, None, &no_pod),
             },
-            Owner::UnknownLayer(layer) => (None, layer.clone(), true, None),
+            Owner::UnknownLayer(layer) => (None, layer.clone(), true, None, &no_pod),
             // A pod directory whose sandbox is gone: kubelet's cleanup of it fails while
             // its volumes are held.
-            Owner::Pod(uid) => (None, format!("pod {uid}"), true, None),
+            Owner::Pod(uid) => (None, format!("pod {uid}"), true, None, &no_pod),
         };
         let in_runtime = runtime.contains(&inode);
-        let own_root = container_ns == Some(inode);
+        let own_root = container_ns == Some(inode) || pod.contains(&inode);
         let class = if gone {
             Class::Orphaned
         } else if in_runtime || own_root {

@@ -38,26 +38,38 @@ pub enum RuntimeChoice {
     Cri,
 }
 
-/// Connects to the runtime `choice` names; under auto, Docker where it is installed (its
-/// socket, data root or settings), else the CRI runtime whose socket exists, else Docker
-/// (whose report then says that no runtime is found).
+/// Whether `choice` means the CRI runtime here: under auto, Docker where it is set up (its
+/// settings, its socket, or its data root on a node without kubelet: a leftover
+/// `/var/lib/docker` on a kubelet node moved to containerd does not count), else a CRI
+/// socket that exists, else Docker, whose report then says that no runtime is found.
+pub fn uses_cri(
+    choice: RuntimeChoice,
+    docker: &docker::DockerOptions,
+    cri: &cri::CriOptions,
+) -> bool {
+    match choice {
+        RuntimeChoice::Docker => false,
+        RuntimeChoice::Cri => true,
+        RuntimeChoice::Auto => {
+            let on_host = |p: &Path| host::on_host(&cri.host_root, p);
+            // A data root with no kubelet: a Docker node whose daemon is down.
+            let docker_set_up = docker.host.is_some()
+                || docker.root.is_some()
+                || docker.socket().is_ok_and(|s| on_host(&s).exists())
+                || (on_host(Path::new(docker::DEFAULT_ROOT)).exists()
+                    && cri::kubelet_pid(&cri.proc_root).is_none());
+            cri.endpoint.is_some() || (!docker_set_up && cri::present(cri))
+        }
+    }
+}
+
+/// Connects to the runtime `choice` names (see [`uses_cri`]).
 pub fn connect(
     choice: RuntimeChoice,
     docker: &docker::DockerOptions,
     cri: &cri::CriOptions,
 ) -> Result<Box<dyn ContainerRuntime>, RuntimeError> {
-    let docker_here = || {
-        docker.host.is_some()
-            || docker.root.is_some()
-            || docker.socket().is_ok_and(|s| s.exists())
-            || Path::new(docker::DEFAULT_ROOT).exists()
-    };
-    let use_cri = match choice {
-        RuntimeChoice::Docker => false,
-        RuntimeChoice::Cri => true,
-        RuntimeChoice::Auto => cri.endpoint.is_some() || (!docker_here() && cri::present(cri)),
-    };
-    Ok(if use_cri {
+    Ok(if uses_cri(choice, docker, cri) {
         Box::new(Cri::connect(cri)?)
     } else {
         Box::new(docker::Docker::connect(docker)?)

@@ -82,6 +82,10 @@ pub struct Container {
     /// network namespace file, kubelet's volumes).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub sandbox: bool,
+    /// The init pids of the other running containers of its pod (the sandbox's among
+    /// them): they use the pod's mounts (shm, volumes), so their namespaces are spared.
+    #[serde(skip)]
+    pub pod_pids: Vec<i32>,
 }
 
 impl Container {

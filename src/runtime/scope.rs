@@ -96,6 +96,20 @@ pub fn release_scope(daemon: &Daemon, container: &Container, everywhere: bool) -
             format!("container {}'s own namespace (its root)", container.name),
         ));
     }
+    // So are those of the other containers of its pod: they use the pod's mounts.
+    for ns in container
+        .pod_pids
+        .iter()
+        .filter_map(|&pid| mnt_ns_inode(&daemon.proc_root, pid))
+    {
+        protected.push((
+            ns,
+            format!(
+                "a container of {}'s pod (it uses the pod's mounts)",
+                container.name
+            ),
+        ));
+    }
     Scope {
         everywhere,
         protected: Some(protected),

@@ -30,6 +30,8 @@ pub struct Pod {
     pub kubelet_root: String,
     /// Whether the cgroup parent follows the systemd driver's layout.
     pub systemd_cgroup: bool,
+    /// `hostPID: true`.
+    pub host_pid: bool,
 }
 
 impl Pod {
@@ -40,6 +42,7 @@ impl Pod {
             uid: uid.into(),
             kubelet_root: kubelet_root.into(),
             systemd_cgroup: false,
+            host_pid: false,
         }
     }
 
@@ -74,7 +77,7 @@ impl Pod {
             linux: Some(LinuxPodSandboxConfig {
                 cgroup_parent: self.cgroup_parent(),
                 security_context: Some(LinuxSandboxSecurityContext {
-                    namespace_options: Some(host_network()),
+                    namespace_options: Some(namespaces(self.host_pid)),
                     ..Default::default()
                 }),
                 ..Default::default()
@@ -84,10 +87,14 @@ impl Pod {
     }
 }
 
-fn host_network() -> NamespaceOption {
+fn namespaces(host_pid: bool) -> NamespaceOption {
     NamespaceOption {
         network: NamespaceMode::Node as i32,
-        pid: NamespaceMode::Container as i32,
+        pid: if host_pid {
+            NamespaceMode::Node as i32
+        } else {
+            NamespaceMode::Container as i32
+        },
         ipc: NamespaceMode::Pod as i32,
         ..Default::default()
     }
@@ -352,6 +359,23 @@ impl CriDaemon {
         command: &[&str],
         args: &[&str],
     ) -> String {
+        self.run_spec(pod_id, name, image, mounts, command, args, &[], &[])
+    }
+
+    /// The general form: also environment variables and capabilities added (all others
+    /// dropped when any are given), as a pod spec's securityContext says.
+    #[allow(clippy::too_many_arguments)]
+    pub fn run_spec(
+        &self,
+        pod_id: &str,
+        name: &str,
+        image: &str,
+        mounts: &[(&str, &str)],
+        command: &[&str],
+        args: &[&str],
+        env: &[(&str, &str)],
+        caps_add: &[&str],
+    ) -> String {
         let pod = self.pods.borrow()[pod_id].clone();
         let log_dir = format!("{}/logs/{}", self.d(), pod.uid);
         let config = ContainerConfig {
@@ -380,9 +404,21 @@ impl CriDaemon {
                     ..Default::default()
                 })
                 .collect(),
+            envs: env
+                .iter()
+                .map(|(k, v)| KeyValue {
+                    key: (*k).into(),
+                    value: (*v).into(),
+                })
+                .collect(),
             linux: Some(LinuxContainerConfig {
                 security_context: Some(LinuxContainerSecurityContext {
-                    namespace_options: Some(host_network()),
+                    namespace_options: Some(namespaces(pod.host_pid)),
+                    capabilities: (!caps_add.is_empty()).then(|| Capability {
+                        add_capabilities: caps_add.iter().map(|c| c.to_string()).collect(),
+                        drop_capabilities: vec!["ALL".into()],
+                        ..Default::default()
+                    }),
                     ..Default::default()
                 }),
                 ..Default::default()

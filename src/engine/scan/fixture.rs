@@ -37,6 +37,7 @@ pub(crate) fn scan_of(targets: &[&str], trusted: &[u64], namespaces: &[Ns]) -> S
         })
         .collect();
     let mut scan = Scan {
+        denied: Vec::new(),
         backend: crate::engine::source::Backend::Mountinfo,
         targets,
         layer_signatures: Vec::new(),

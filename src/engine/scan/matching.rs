@@ -216,8 +216,10 @@ pub(super) fn hydrate_propagation_context(scan: &mut Scan) {
 /// Why copies of `(dev, root)` at other paths must not count as the target, if they must
 /// not: the same filesystem is mounted outside the targets with a broader root (a bind of
 /// `/var` from the root filesystem), or with the same root as some namespace's root mount
-/// (a bind of a host's or container's `/`). Then "same superblock and root" no longer
-/// means "the same layer" but "the same system filesystem".
+/// (a bind of a host's or container's `/`), or with the same root at another path in a
+/// trusted view (the node itself mounts that NFS export or device elsewhere, and a pod's
+/// volume of it is no identity). Then "same superblock and root" no longer means "the
+/// same layer" but "the same system filesystem".
 fn broader_mount_elsewhere(
     scan: &Scan,
     targets: &[Vec<u8>],
@@ -228,6 +230,8 @@ fn broader_mount_elsewhere(
         let Some(table) = n.table.as_ref() else {
             continue;
         };
+        let trusted =
+            n.ns.own || (n.ns.host_userns && scan.trusted_namespaces.contains(&n.ns.inode));
         let mut ns_root = None;
         for (i, m) in table.mounts.iter().enumerate() {
             if m.dev != dev || !m.has_strings || under_any(table.mount_point(m), targets) {
@@ -237,7 +241,8 @@ fn broader_mount_elsewhere(
             let broader = path_is_under(root, other_root) && other_root != root;
             let same_as_ns_root = other_root == root
                 && *ns_root.get_or_insert_with(|| table.root_mount(&table.index())) == Some(i);
-            if broader || same_as_ns_root {
+            let trusted_elsewhere = other_root == root && trusted;
+            if broader || same_as_ns_root || trusted_elsewhere {
                 return Some(format!(
                     "copies of {}:{} {} at other paths were not searched: that filesystem is \
                      also mounted at {} (root {}) in mount namespace {}, so it is not private \

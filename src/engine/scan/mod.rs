@@ -103,6 +103,8 @@ pub struct Scan {
     pub namespaces: Vec<ScannedNamespace>,
     pub holders: Vec<Holder>,
     pub notes: Vec<String>,
+    /// Namespaces that exist but could not be read (permission): the scan is incomplete.
+    pub denied: Vec<u64>,
     /// Notes that every healthy node has (identity matching limited because a layer's
     /// filesystem is also mounted at `/`): in JSON, and at debug level (`-v`), not in text.
     pub detail_notes: Vec<String>,
@@ -157,6 +159,7 @@ pub enum ScanError {
 pub fn read_namespaces(
     request: &ScanRequest,
     notes: &mut Vec<String>,
+    denied: &mut Vec<u64>,
 ) -> Result<Vec<ScannedNamespace>, ScanError> {
     let namespaces = namespace::enumerate(&request.proc_root)?;
     let targets = target_bytes(&request.targets);
@@ -194,6 +197,9 @@ pub fn read_namespaces(
                 Err(e) => {
                     // A namespace whose last process exited mid-scan can no longer be read
                     // by pid, and one we may not enter is not ours to touch: note it.
+                    if e.denied() {
+                        denied.push(ns.inode);
+                    }
                     notes.push(format!("skipped {e}"));
                     (None, Vec::new())
                 }
@@ -214,7 +220,8 @@ pub fn scan(request: &ScanRequest) -> Result<Scan, ScanError> {
     let _guard = span.enter();
     let started = std::time::Instant::now();
     let mut notes = Vec::new();
-    let namespaces = read_namespaces(request, &mut notes)?;
+    let mut denied = Vec::new();
+    let namespaces = read_namespaces(request, &mut notes, &mut denied)?;
     let read = started.elapsed();
     let mut scan = Scan {
         backend: request.backend,
@@ -225,6 +232,7 @@ pub fn scan(request: &ScanRequest) -> Result<Scan, ScanError> {
         namespaces,
         holders: Vec::new(),
         notes,
+        denied,
         detail_notes: Vec::new(),
     };
     match_holders(&mut scan);

@@ -110,6 +110,42 @@ fn a_filesystem_also_mounted_with_a_broader_root_is_no_identity() {
 }
 
 #[test]
+fn a_filesystem_the_node_mounts_elsewhere_too_is_no_identity() {
+    // A pod's NFS volume (the target) is the same export, same root, that the node also
+    // mounts at /mnt/x: a service's /mnt/x is the node's share, not a copy of the volume.
+    let own = "1 0 254:0 / / rw - ext4 /dev/vda rw\n\
+               2 1 0:90 / /d/l/abc/merged rw - nfs srv:/export rw\n\
+               3 1 0:90 / /mnt/x rw - nfs srv:/export rw\n";
+    let service = "1 0 254:0 / / rw - ext4 /dev/vda rw\n\
+                   3 1 0:90 / /mnt/x rw - nfs srv:/export rw\n";
+    let scan = scan_of(
+        &[T],
+        &[],
+        &[Ns(1, true, true, own), Ns(2, false, true, service)],
+    );
+    assert!(
+        !matched(&scan).iter().any(|(ns, ..)| *ns == 2),
+        "{:?}",
+        matched(&scan)
+    );
+    // Mounted only at the target in the trusted view: a copy elsewhere is the volume.
+    let own = "1 0 254:0 / / rw - ext4 /dev/vda rw\n\
+               2 1 0:90 / /d/l/abc/merged rw - nfs srv:/export rw\n";
+    let agent = "1 0 254:0 / / rw - ext4 /dev/vda rw\n\
+                 3 1 0:90 / /host/d/l/abc/merged rw - nfs srv:/export rw\n";
+    let scan = scan_of(
+        &[T],
+        &[],
+        &[Ns(1, true, true, own), Ns(2, false, true, agent)],
+    );
+    assert!(
+        matched(&scan).iter().any(|(ns, ..)| *ns == 2),
+        "{:?}",
+        matched(&scan)
+    );
+}
+
+#[test]
 fn mounts_inside_a_copy_go_with_it_but_not_inside_a_namespace_root() {
     let own = "1 0 254:0 / / rw - ext4 /dev/vda rw\n\
                2 1 0:50 / /d/l/abc/merged rw - overlay overlay rw\n";

@@ -89,32 +89,37 @@ impl Client {
         let mut out = Vec::new();
         for p in pods {
             let id = p.id.clone();
-            // Removed meanwhile: simply not listed.
-            let Ok(status) = self.call(async |mut c| {
+            let status = self.call(async |mut c| {
                 c.pod_sandbox_status(PodSandboxStatusRequest {
                     pod_sandbox_id: id,
                     verbose: true,
                 })
                 .await
                 .map(|r| r.into_inner())
-            }) else {
-                continue;
-            };
-            out.push(sandbox_entry(&p, &status.info));
+            });
+            // Removed meanwhile: not listed. Any other failure fails the list: a pod
+            // left out would make its mounts look orphaned.
+            match status {
+                Ok(status) => out.push(sandbox_entry(&p, &status.info)),
+                Err(e) if e.starts_with("NotFound") => continue,
+                Err(e) => return Err(format!("status of pod sandbox {}: {e}", p.id)),
+            }
         }
         for c in containers {
             let id = c.id.clone();
-            let Ok(status) = self.call(async |mut cl| {
+            let status = self.call(async |mut cl| {
                 cl.container_status(ContainerStatusRequest {
                     container_id: id,
                     verbose: true,
                 })
                 .await
                 .map(|r| r.into_inner())
-            }) else {
-                continue;
-            };
-            out.push(container_entry(&c, status.status.as_ref(), &status.info));
+            });
+            match status {
+                Ok(s) => out.push(container_entry(&c, s.status.as_ref(), &s.info)),
+                Err(e) if e.starts_with("NotFound") => continue,
+                Err(e) => return Err(format!("status of container {}: {e}", c.id)),
+            }
         }
         Ok(out)
     }
@@ -166,7 +171,7 @@ fn connect_error(e: &tonic::transport::Error) -> String {
     text
 }
 
-/// The verbose `info` document (containerd: key `info`; CRI-O: the keys at top level).
+/// The verbose `info` document (key `info`; older CRI-O put its keys at the top level).
 fn info_doc(info: &std::collections::HashMap<String, String>) -> serde_json::Value {
     match info.get("info") {
         Some(text) => serde_json::from_str(text).unwrap_or_default(),

@@ -51,6 +51,8 @@ pub struct Layout {
     pub kubelet_root: PathBuf,
     /// CRI-O's image storage root (`/var/lib/containers/storage`).
     pub storage_root: PathBuf,
+    /// CRI-O's run root (`/run/containers/storage`): its sandboxes' shm.
+    pub storage_run_root: PathBuf,
 }
 
 /// A record that fails the checks: named, and skipped.
@@ -119,7 +121,8 @@ impl Layout {
             )
         };
         let tasks = self.state.join("io.containerd.runtime.v2.task");
-        if let Some([_ns, id, leaf, ..]) = parts(&tasks).as_deref()
+        if let Some([ns, id, leaf, ..]) = parts(&tasks).as_deref()
+            && *ns == self.namespace
             && leaf == "rootfs"
             && valid_id(id)
         {
@@ -185,14 +188,20 @@ impl Layout {
         if e.sandbox {
             // The pod's shm: a bind source under the runtime's state directory.
             for m in e.mounts.iter().filter(|m| m.destination == "/dev/shm") {
-                if let Some(shm) = inside(Path::new(&m.source), &self.state) {
+                let source = Path::new(&m.source);
+                if let Some(shm) =
+                    inside(source, &self.state).or_else(|| inside(source, &self.storage_run_root))
+                {
                     paths.push(shm);
                 }
             }
-            // The pod's network namespace file (a nsfs mount), when it is a named one.
+            // The pod's network namespace file (a nsfs mount), when it is a named one, as
+            // mount tables show it: /var/run is a link to /run.
             if let Some(ns) = e.netns.as_deref().map(Path::new).and_then(|p| {
-                inside(p, Path::new("/run/netns"))
-                    .or_else(|| inside(p, Path::new("/var/run/netns")))
+                inside(p, Path::new("/run/netns")).or_else(|| {
+                    inside(p, Path::new("/var/run/netns"))
+                        .map(|v| Path::new("/run").join(v.strip_prefix("/var/run").unwrap_or(&v)))
+                })
             }) {
                 paths.push(ns);
             }
@@ -232,6 +241,7 @@ impl Layout {
             pod_uid: uid.map(String::from),
             pod,
             sandbox: e.sandbox,
+            pod_pids: Vec::new(),
         })
     }
 }
@@ -247,6 +257,7 @@ mod tests {
             namespace: "k8s.io".into(),
             kubelet_root: "/var/lib/kubelet".into(),
             storage_root: "/var/lib/containers/storage".into(),
+            storage_run_root: "/run/containers/storage".into(),
         }
     }
 
@@ -281,7 +292,7 @@ mod tests {
         let want: Vec<PathBuf> = vec![
             format!("/run/containerd/io.containerd.runtime.v2.task/k8s.io/{id}/rootfs").into(),
             format!("/run/containerd/io.containerd.grpc.v1.cri/sandboxes/{id}/shm").into(),
-            "/var/run/netns/cni-1".into(),
+            "/run/netns/cni-1".into(),
             "/var/lib/kubelet/pods/1234-abcd/volumes".into(),
             "/var/lib/kubelet/pods/1234-abcd/volume-subpaths".into(),
         ];

@@ -70,6 +70,11 @@ pub enum CriError {
     NotUnixSocket(String),
     #[error("no CRI socket found (tried {0}); pass --cri-endpoint")]
     NoEndpoint(String),
+    #[error(
+        "several CRI sockets exist ({0}) and no kubelet says which it uses: pass \
+         --cri-endpoint (kubelet's --container-runtime-endpoint)"
+    )]
+    SeveralEndpoints(String),
 }
 
 /// A connected (or offline) CRI runtime.
@@ -80,25 +85,43 @@ pub struct Cri {
 }
 
 impl CriOptions {
-    /// The socket: the endpoint given, else the first default that exists.
+    /// The socket: the endpoint given, else kubelet's own (`--container-runtime-endpoint`
+    /// on its command line), else the one default that exists. Several defaults and no
+    /// kubelet to say which it uses: refused, since a wrong runtime lists none of
+    /// kubelet's pods and every pod directory would look orphaned.
     pub fn socket(&self) -> Result<PathBuf, CriError> {
-        match &self.endpoint {
-            Some(e) => e
-                .strip_prefix("unix://")
+        let unix = |e: &str| {
+            e.strip_prefix("unix://")
                 .map(PathBuf::from)
-                .ok_or_else(|| CriError::NotUnixSocket(e.clone())),
-            None => ENDPOINTS
-                .iter()
-                .map(PathBuf::from)
-                .find(|p| on_host(&self.host_root, p).exists())
-                .ok_or_else(|| CriError::NoEndpoint(ENDPOINTS.join(", "))),
+                .ok_or_else(|| CriError::NotUnixSocket(e.to_string()))
+        };
+        if let Some(e) = &self.endpoint {
+            return unix(e);
+        }
+        if let Some(e) = kubelet_endpoint(&self.proc_root) {
+            return unix(&e);
+        }
+        let present: Vec<PathBuf> = ENDPOINTS
+            .iter()
+            .map(PathBuf::from)
+            .filter(|p| on_host(&self.host_root, p).exists())
+            .collect();
+        match present.as_slice() {
+            [one] => Ok(one.clone()),
+            [] => Err(CriError::NoEndpoint(ENDPOINTS.join(", "))),
+            many => Err(CriError::SeveralEndpoints(
+                many.iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            )),
         }
     }
 }
 
-/// Whether this node looks like a CRI node: no Docker socket, a CRI socket.
+/// Whether this node has a CRI socket (several count: connecting then says which to pick).
 pub fn present(opts: &CriOptions) -> bool {
-    opts.endpoint.is_some() || opts.socket().is_ok()
+    opts.endpoint.is_some() || !matches!(opts.socket(), Err(CriError::NoEndpoint(_)))
 }
 
 impl Cri {
@@ -109,15 +132,26 @@ impl Cri {
         let host_root = opts.host_root.clone();
         let socket = opts.socket()?;
         let peer = crate::engine::unix_sockets::listener_creator(&on_host(&host_root, &socket));
-        // Which runtime: the one whose daemon holds the socket; containerd unless CRI-O does.
-        let mut kind = RuntimeKind::Containerd;
-        let mut ident = identity::establish(kind, proc_root, &host_root, &socket, peer);
-        if ident.pid.is_none() && ident.unsure.is_none() {
+        // Which runtime: the one whose daemon holds the socket's listener. Neither
+        // established: containerd's answer (unsure, or none), unless the socket is CRI-O's.
+        let established = |i: &Identity| i.pid.is_some() && i.unsure.is_none();
+        let containerd = identity::establish(
+            RuntimeKind::Containerd,
+            proc_root,
+            &host_root,
+            &socket,
+            peer,
+        );
+        let (kind, ident) = if established(&containerd) {
+            (RuntimeKind::Containerd, containerd)
+        } else {
             let crio = identity::establish(RuntimeKind::CriO, proc_root, &host_root, &socket, peer);
-            if crio.pid.is_some() || crio.unsure.is_some() {
-                (kind, ident) = (RuntimeKind::CriO, crio);
+            if established(&crio) || socket.to_string_lossy().contains("crio") {
+                (RuntimeKind::CriO, crio)
+            } else {
+                (RuntimeKind::Containerd, containerd)
             }
-        }
+        };
         let layout = layout_of(kind, &ident, proc_root, &opts.kubelet_root);
         let mut daemon = Daemon {
             runtime: kind,
@@ -195,6 +229,18 @@ impl Cri {
             })
             .collect();
         out.sort_by(|a, b| (!a.sandbox, &a.pod, &a.id).cmp(&(!b.sandbox, &b.pod, &b.id)));
+        // A pod's containers share its mounts: each knows the others' init pids.
+        let pods: Vec<(Option<String>, String, Option<i32>)> = out
+            .iter()
+            .map(|c| (c.pod_uid.clone(), c.id.clone(), c.pid))
+            .collect();
+        for c in out.iter_mut().filter(|c| c.pod_uid.is_some()) {
+            c.pod_pids = pods
+                .iter()
+                .filter(|(uid, id, _)| *uid == c.pod_uid && *id != c.id)
+                .filter_map(|(_, _, pid)| *pid)
+                .collect();
+        }
         Ok(out)
     }
 
@@ -232,11 +278,45 @@ impl Cri {
 
     /// The directories whose mounts the node report looks at.
     pub fn roots(&self) -> Vec<PathBuf> {
-        vec![
+        let mut roots = vec![
             self.layout.state.clone(),
             self.layout.root.clone(),
             self.layout.kubelet_root.join("pods"),
-        ]
+            PathBuf::from("/run/netns"),
+        ];
+        if self.daemon.runtime == RuntimeKind::CriO {
+            roots.push(self.layout.storage_root.join("overlay"));
+            roots.push(self.layout.storage_run_root.clone());
+        }
+        roots.retain(|r| on_host(&self.daemon.host_root, r).exists());
+        roots
+    }
+}
+
+/// kubelet's `--container-runtime-endpoint`, from the command line of the kubelet process
+/// (there is at most one per node; a process merely named kubelet that is not root's
+/// could say anything, so only a root-owned one counts).
+fn kubelet_endpoint(proc_root: &Path) -> Option<String> {
+    let pid = kubelet_pid(proc_root)?;
+    let args = identity::cmdline(proc_root, pid);
+    identity::flag_value(&args, "--container-runtime-endpoint", None)
+        .filter(|e| e.starts_with("unix://"))
+}
+
+/// The node's kubelet: the one root-owned process whose executable is `kubelet*`.
+pub fn kubelet_pid(proc_root: &Path) -> Option<i32> {
+    use std::os::unix::fs::MetadataExt;
+    let pids: Vec<i32> = std::fs::read_dir(proc_root)
+        .ok()?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|&pid| {
+            identity::exe_name(proc_root, pid).is_some_and(|e| e.starts_with("kubelet"))
+                && std::fs::metadata(proc_root.join(pid.to_string())).is_ok_and(|m| m.uid() == 0)
+        })
+        .collect();
+    match pids.as_slice() {
+        [one] => Some(*one),
+        _ => None,
     }
 }
 
@@ -320,6 +400,7 @@ fn layout_of(kind: RuntimeKind, ident: &Identity, proc_root: &Path, kubelet_root
         namespace: "k8s.io".into(),
         kubelet_root: kubelet_root.to_path_buf(),
         storage_root: PathBuf::from("/var/lib/containers/storage"),
+        storage_run_root: PathBuf::from("/run/containers/storage"),
     };
     let Some(pid) = ident
         .pid
@@ -354,7 +435,13 @@ fn top_level_string(text: &str, key: &str) -> Option<String> {
         .take_while(|l| !l.starts_with('['))
         .find_map(|l| {
             let (k, v) = l.split_once('=')?;
-            (k.trim() == key).then(|| v.trim().trim_matches(|c| c == '"' || c == '\'').to_string())
+            let v = v.trim();
+            let quote = v.chars().next().filter(|c| *c == '"' || *c == '\'')?;
+            let inner = &v[1..];
+            if k.trim() != key {
+                return None;
+            }
+            Some(inner[..inner.find(quote)?].to_string())
         })
 }
 
@@ -383,6 +470,7 @@ mod tests {
                 }
             )),
             sandbox,
+            pod_pids: Vec::new(),
         }
     }
 
@@ -420,7 +508,7 @@ mod tests {
 
     #[test]
     fn containerd_settings_from_its_config() {
-        let text = "version = 2\nroot = \"/data/containerd\"\nstate = '/run/c2'\n[plugins]\nstate = \"/x\"\n";
+        let text = "version = 2\nroot = \"/data/containerd\" # moved\nstate = '/run/c2'\n[plugins]\nstate = \"/x\"\n";
         assert_eq!(
             top_level_string(text, "root").as_deref(),
             Some("/data/containerd")

@@ -458,6 +458,7 @@ pub(crate) mod tests {
             pod_uid: None,
             pod: None,
             sandbox: false,
+            pod_pids: Vec::new(),
         }
     }
 

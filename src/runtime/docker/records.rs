@@ -223,6 +223,7 @@ pub(super) fn container(
         pod_uid: None,
         pod: None,
         sandbox: false,
+        pod_pids: Vec::new(),
     })
 }
 
