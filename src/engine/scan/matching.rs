@@ -216,9 +216,9 @@ pub(super) fn hydrate_propagation_context(scan: &mut Scan) {
 /// Why copies of `(dev, root)` at other paths must not count as the target, if they must
 /// not: the same filesystem is mounted outside the targets with a broader root (a bind of
 /// `/var` from the root filesystem), or with the same root as some namespace's root mount
-/// (a bind of a host's or container's `/`), or with the same root at another path in a
-/// trusted view (the node itself mounts that NFS export or device elsewhere, and a pod's
-/// volume of it is no identity). Then "same superblock and root" no longer means "the
+/// (a bind of a host's or container's `/`), or, for a filesystem that can be mounted twice
+/// (a block device, an NFS export), with the same root at another path in a trusted view
+/// (the node itself mounts that export elsewhere, and a pod's volume of it is no identity). Then "same superblock and root" no longer means "the
 /// same layer" but "the same system filesystem".
 fn broader_mount_elsewhere(
     scan: &Scan,
@@ -241,7 +241,14 @@ fn broader_mount_elsewhere(
             let broader = path_is_under(root, other_root) && other_root != root;
             let same_as_ns_root = other_root == root
                 && *ns_root.get_or_insert_with(|| table.root_mount(&table.index())) == Some(i);
-            let trusted_elsewhere = other_root == root && trusted;
+            // Overlay and tmpfs make a superblock per mount: the same one elsewhere is a
+            // bind of the target. Block and network filesystems do not (an NFS export
+            // mounted twice shares one).
+            let per_mount_superblock = matches!(
+                table.str(m.fs_type),
+                b"overlay" | b"tmpfs" | b"aufs" | b"ramfs" | b"fuse.fuse-overlayfs"
+            );
+            let trusted_elsewhere = other_root == root && trusted && !per_mount_superblock;
             if broader || same_as_ns_root || trusted_elsewhere {
                 return Some(format!(
                     "copies of {}:{} {} at other paths were not searched: that filesystem is \
