@@ -353,7 +353,16 @@ impl EngineArgs {
                 .unwrap_or_else(|| PathBuf::from(crate::runtime::docker::DEFAULT_ROOT)),
         );
         let cri = self.cri_options();
-        extra_roots.push(cri.kubelet_root.clone());
+        // kubelet's root widens the rails only if it passes them itself (no `/`, `/var`,
+        // `..`, no symlink: mount tables show the real path).
+        let unrestricted = Policy {
+            any_path: true,
+            extra_roots: Vec::new(),
+        };
+        match unrestricted.check(&cri.kubelet_root.to_string_lossy()) {
+            Ok(root) => extra_roots.push(root),
+            Err(e) => tracing::warn!(%e, "--kubelet-root is not a runtime root for --path"),
+        }
         let own_path = self.proc.join("self/ns/mnt");
         let own = crate::engine::namespace::open_ns(own_path.as_os_str()).map_err(|e| {
             Failure::Usage(format!(

@@ -36,6 +36,33 @@ pub struct ContainerView<'a> {
     pod_ns: Vec<Vec<u64>>,
 }
 
+/// Whether a holder is in a view whose paths say what a mount is: mntreap's own namespace,
+/// or the established runtime's (owned by the host's user namespace).
+fn trusted_view(scan: &Scan, h: &Holder) -> bool {
+    let n = &scan.namespaces[h.ns].ns;
+    n.own || (n.host_userns && scan.trusted_namespaces.contains(&n.inode))
+}
+
+/// A map of keys to owners, without the keys that two holders attribute differently.
+fn unambiguous<K: std::hash::Hash + Eq, V: PartialEq>(
+    pairs: impl Iterator<Item = (K, V)>,
+) -> HashMap<K, V> {
+    let mut out: HashMap<K, Option<V>> = HashMap::new();
+    for (k, v) in pairs {
+        match out.get_mut(&k) {
+            None => {
+                out.insert(k, Some(v));
+            }
+            Some(slot) => {
+                if slot.as_ref().is_some_and(|old| *old != v) {
+                    *slot = None;
+                }
+            }
+        }
+    }
+    out.into_iter().filter_map(|(k, v)| Some((k, v?))).collect()
+}
+
 /// Per container, the mount namespaces of the other running containers of its pod: they
 /// use the pod's mounts (its shm, its volumes), which are theirs as much as its own.
 fn pod_namespaces(proc_root: &Path, containers: &[Container]) -> Vec<Vec<u64>> {
@@ -101,12 +128,13 @@ impl<'a> ContainerView<'a> {
                 })
             })
             .collect();
-        let by_dev: HashMap<(u32, u32), usize> = scan
-            .holders
-            .iter()
-            .zip(&by_path)
-            .filter_map(|(h, c)| Some((h.mount.dev, (*c)?)))
-            .collect();
+        let by_dev = unambiguous(
+            scan.holders
+                .iter()
+                .zip(&by_path)
+                .filter(|(h, _)| trusted_view(scan, h))
+                .filter_map(|(h, c)| Some(((h.mount.dev, h.root.clone()), (*c)?))),
+        );
         let container_ns = container_namespaces(&daemon.proc_root, containers);
         // What is mounted inside a container's own root (its /proc, /etc/hosts, ...) is
         // that container's.
@@ -122,7 +150,7 @@ impl<'a> ContainerView<'a> {
             .zip(by_path)
             .map(|(h, c)| {
                 c.or_else(|| signature_owner(scan, containers, h))
-                    .or_else(|| by_dev.get(&h.mount.dev).copied())
+                    .or_else(|| by_dev.get(&(h.mount.dev, h.root.clone())).copied())
                     .or_else(|| own_root_of(h))
             })
             .collect();
@@ -349,12 +377,14 @@ pub fn findings(
     let no_pod = Vec::new();
     let runtime = daemon.runtime_namespaces();
     let owner_of = |h: &Holder| owner_of(Path::new(std::ffi::OsStr::from_bytes(&h.mount_point)));
-    // Copies at other paths belong to whoever owns a path holder of the same superblock.
-    let by_dev: HashMap<(u32, u32), Owner> = scan
-        .holders
-        .iter()
-        .filter_map(|h| Some((h.mount.dev, owner_of(h)?)))
-        .collect();
+    // Copies at other paths belong to whoever owns a path holder of the same superblock and
+    // root in a trusted view (a path planted in another namespace names no owner).
+    let by_dev = unambiguous(
+        scan.holders
+            .iter()
+            .filter(|h| trusted_view(scan, h))
+            .filter_map(|h| Some(((h.mount.dev, h.root.clone()), owner_of(h)?))),
+    );
     let by_signature = |h: &Holder| {
         signature_owner(scan, containers, h).map(|c| Owner::Container(containers[c].id.clone()))
     };
@@ -362,7 +392,7 @@ pub fn findings(
     for (i, h) in scan.holders.iter().enumerate() {
         let Some(owner) = owner_of(h)
             .or_else(|| by_signature(h))
-            .or_else(|| by_dev.get(&h.mount.dev).cloned())
+            .or_else(|| by_dev.get(&(h.mount.dev, h.root.clone())).cloned())
         else {
             continue;
         };

@@ -175,10 +175,38 @@ mod tests {
         let text = format!(
             "12:pids:/docker/{id}\n0::/kubepods.slice/kubepods-pod1.slice/docker-{other}.scope\n"
         );
-        assert_eq!(candidate_ids(&text), vec![id.clone(), other]);
+        assert_eq!(candidate_ids(&text), vec![id.clone(), other.clone()]);
         // A forged name still yields a candidate: verification, not parsing, refuses it.
-        assert_eq!(candidate_ids(&format!("0::/forged-{id}\n")), vec![id]);
+        assert_eq!(
+            candidate_ids(&format!("0::/forged-{id}\n")),
+            vec![id.clone()]
+        );
         assert!(candidate_ids("0::/user.slice\n").is_empty());
+        // The layouts kubelet makes for CRI runtimes: systemd driver (containerd, CRI-O),
+        // cgroupfs driver; the pod UID (with dashes, or underscores under systemd) is no id.
+        let pod = "0b1e2c3d_4e5f_6a7b_8c9d_0e1f2a3b4c5d";
+        for (layout, want) in [
+            (
+                format!(
+                    "0::/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{pod}.slice/cri-containerd-{id}.scope\n"
+                ),
+                &id,
+            ),
+            (
+                format!(
+                    "0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{pod}.slice/crio-{other}.scope\n"
+                ),
+                &other,
+            ),
+            (
+                format!(
+                    "11:memory:/kubepods/besteffort/pod0b1e2c3d-4e5f-6a7b-8c9d-0e1f2a3b4c5d/{id}\n"
+                ),
+                &id,
+            ),
+        ] {
+            assert_eq!(candidate_ids(&layout), vec![want.clone()], "{layout}");
+        }
     }
 
     #[test]
