@@ -474,3 +474,42 @@ fn a_hanging_daemon_means_offline_after_the_timeout() {
     assert!(roles(&doc).contains(&(ns_inode(service), "leaked".to_string())));
     assert!(has_mount_at(service, &merged));
 }
+
+#[test]
+fn a_pods_pause_shm_stays_in_its_other_containers() {
+    // kubelet on Docker (dockershim, cri-dockerd): the pause container owns the pod's shm
+    // and the app joins its IPC namespace, so the app's /dev/shm is a bind of the pause
+    // container's shm. Releasing the pause container's copies, or sweeping, must spare the
+    // app: it is of the same pod (kubelet's io.kubernetes.pod.uid label).
+    let mut sb = Sandbox::new("dk-podshm");
+    let dk = DockerDaemon::start(&sb, "podshm", false, &[]);
+    let label = "io.kubernetes.pod.uid=5a5a5a5a-0000-4000-8000-000000000001";
+    let pause = dk.run_with("pause", &["--ipc", "shareable", "--label", label]);
+    dk.run_with("app", &["--ipc", "container:pause", "--label", label]);
+    let service = sb.holder(None, None);
+    let shm = format!("{}/containers/{pause}/mounts/shm", dk.root());
+    assert!(has_mount_at(service, &shm));
+    let app_pid: i32 = dk
+        .docker_ok(&["inspect", "-f", "{{.State.Pid}}", "app"])
+        .parse()
+        .unwrap();
+    assert!(has_mount_at(app_pid, "/dev/shm"));
+
+    let (code, doc) = sb.mntreap_json(&["release", "pause", "--docker-host", &dk.host()], &[]);
+    assert_eq!(code, 0, "{doc}");
+    assert!(
+        !has_mount_at(service, &shm),
+        "the service's copy goes: {doc}"
+    );
+    assert!(
+        has_mount_at(app_pid, "/dev/shm"),
+        "app keeps the pod's shm: {doc}"
+    );
+    let (_, scan) = sb.mntreap_json(&["scan", "pause", "--docker-host", &dk.host()], &[]);
+    assert!(
+        holders(&scan)
+            .iter()
+            .any(|h| h["mnt_ns"] == ns_inode(app_pid) && h["role"] == "container"),
+        "{scan}"
+    );
+}

@@ -188,20 +188,6 @@ async fn sweep_loop(agent: Arc<Agent>) {
     }
 }
 
-/// Whether an orphaned finding's owner (a container or layer id, or `pod <uid>`) is in
-/// `listed` and alive (a container stuck in removal stays an orphan's owner).
-fn listed_again(owner: &str, listed: &[crate::runtime::model::Container]) -> bool {
-    let alive = listed.iter().filter(|c| !c.is_stuck());
-    match owner.strip_prefix("pod ") {
-        Some(uid) => alive.into_iter().any(|c| c.pod_uid.as_deref() == Some(uid)),
-        None => alive.into_iter().any(|c| {
-            c.id == owner
-                || c.mount_id.as_deref() == Some(owner)
-                || c.init_id.as_deref() == Some(owner)
-        }),
-    }
-}
-
 fn excluded(
     agent: &Agent,
     ns: &crate::engine::namespace::Namespace,
@@ -225,6 +211,11 @@ fn sweep_once(agent: &Agent) -> anyhow::Result<()> {
         &agent.config.cri,
     )?;
     let daemon = runtime.daemon();
+    // A runtime whose identity is unsure may list anything: release nothing, say why.
+    if let Some(why) = daemon.unsure_note() {
+        agent.warn_limited("sweep skipped", &why);
+        return Ok(());
+    }
     let containers = runtime.list()?;
     let base = &agent.config.base;
     let Some(mut scan) =
@@ -239,22 +230,29 @@ fn sweep_once(agent: &Agent) -> anyhow::Result<()> {
         );
         return Ok(());
     };
-    let findings = crate::report::containers::findings(
+    let before = crate::report::containers::findings(
         &scan,
         daemon,
         &containers,
         &runtime.owner_of(&containers),
     );
-    // An owner listed again after the scan is not gone: it started (or its listing
-    // failed) meanwhile, and its mounts are not orphans to release.
-    let findings = if findings.iter().any(|f| f.class == Class::Orphaned) {
-        let again = runtime.list()?;
-        findings
-            .into_iter()
-            .filter(|f| f.class != Class::Orphaned || !listed_again(&f.owner, &again))
-            .collect()
+    // The same scan judged by a list taken after it: a container that started meanwhile
+    // (a restart, a pod's new container) has its namespace and its pod's mounts there, and
+    // an owner listed again is not gone. Only what both lists call a finding is released.
+    let findings = if before.is_empty() {
+        before
     } else {
-        findings
+        let again = runtime.list()?;
+        let after =
+            crate::report::containers::findings(&scan, daemon, &again, &runtime.owner_of(&again));
+        before
+            .into_iter()
+            .filter(|f| {
+                after
+                    .iter()
+                    .any(|g| g.holder == f.holder && g.class == f.class)
+            })
+            .collect()
     };
     let in_use = findings.iter().filter(|f| f.class == Class::InUse).count();
     let release: Vec<usize> = findings

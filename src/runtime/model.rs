@@ -104,6 +104,23 @@ impl Container {
     }
 }
 
+/// Fills each container's `pod_pids`: the init pids of the other running containers that
+/// share its Kubernetes pod UID (from the runtime's records: CRI's pod, or kubelet's
+/// `io.kubernetes.pod.uid` label on Docker).
+pub fn link_pods(containers: &mut [Container]) {
+    let pods: Vec<(Option<String>, String, Option<i32>)> = containers
+        .iter()
+        .map(|c| (c.pod_uid.clone(), c.id.clone(), c.pid))
+        .collect();
+    for c in containers.iter_mut().filter(|c| c.pod_uid.is_some()) {
+        c.pod_pids = pods
+            .iter()
+            .filter(|(uid, id, _)| *uid == c.pod_uid && *id != c.id)
+            .filter_map(|(_, _, pid)| *pid)
+            .collect();
+    }
+}
+
 /// The daemon as found.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -230,17 +230,7 @@ impl Cri {
             .collect();
         out.sort_by(|a, b| (!a.sandbox, &a.pod, &a.id).cmp(&(!b.sandbox, &b.pod, &b.id)));
         // A pod's containers share its mounts: each knows the others' init pids.
-        let pods: Vec<(Option<String>, String, Option<i32>)> = out
-            .iter()
-            .map(|c| (c.pod_uid.clone(), c.id.clone(), c.pid))
-            .collect();
-        for c in out.iter_mut().filter(|c| c.pod_uid.is_some()) {
-            c.pod_pids = pods
-                .iter()
-                .filter(|(uid, id, _)| *uid == c.pod_uid && *id != c.id)
-                .filter_map(|(_, _, pid)| *pid)
-                .collect();
-        }
+        crate::runtime::model::link_pods(&mut out);
         Ok(out)
     }
 
@@ -303,15 +293,18 @@ fn kubelet_endpoint(proc_root: &Path) -> Option<String> {
         .filter(|e| e.starts_with("unix://"))
 }
 
-/// The node's kubelet: the one root-owned process whose executable is `kubelet*`.
+/// The node's kubelet: the one root-owned process whose executable is `kubelet*` and that
+/// lives in pid 1's mount namespace (root in a container may name a process kubelet).
 pub fn kubelet_pid(proc_root: &Path) -> Option<i32> {
     use std::os::unix::fs::MetadataExt;
+    let host_ns = crate::engine::namespace::mnt_ns_inode(proc_root, 1)?;
     let pids: Vec<i32> = std::fs::read_dir(proc_root)
         .ok()?
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
         .filter(|&pid| {
             identity::exe_name(proc_root, pid).is_some_and(|e| e.starts_with("kubelet"))
                 && std::fs::metadata(proc_root.join(pid.to_string())).is_ok_and(|m| m.uid() == 0)
+                && crate::engine::namespace::mnt_ns_inode(proc_root, pid) == Some(host_ns)
         })
         .collect();
     match pids.as_slice() {

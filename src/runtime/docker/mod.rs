@@ -216,9 +216,23 @@ impl Docker {
         self.client.is_some()
     }
 
-    /// Resolves ids, unique id prefixes or names, like the docker CLI.
+    /// Resolves ids, unique id prefixes or names, like the docker CLI. Containers of a
+    /// Kubernetes pod learn their pod's other containers (a pod's containers share its
+    /// mounts: the pause container's shm is every container's /dev/shm).
     pub fn resolve(&self, names: &[String]) -> Result<Vec<Container>, DockerError> {
-        names.iter().map(|n| self.resolve_one(n)).collect()
+        let mut out: Vec<Container> = names
+            .iter()
+            .map(|n| self.resolve_one(n))
+            .collect::<Result<_, _>>()?;
+        if out.iter().any(|c| c.pod_uid.is_some()) {
+            let all = self.list()?;
+            for c in &mut out {
+                if let Some(linked) = all.iter().find(|a| a.id == c.id) {
+                    c.pod_pids = linked.pod_pids.clone();
+                }
+            }
+        }
+        Ok(out)
     }
 
     fn resolve_one(&self, name: &str) -> Result<Container, DockerError> {
@@ -260,7 +274,7 @@ impl Docker {
 
     /// Every container the daemon (or data root) knows.
     pub fn list(&self) -> Result<Vec<Container>, DockerError> {
-        match &self.client {
+        let mut out = match &self.client {
             Some(client) => {
                 let rt = api::runtime().map_err(|e| self.api_error(e))?;
                 let options = bollard::query_parameters::ListContainersOptionsBuilder::new()
@@ -275,20 +289,26 @@ impl Docker {
                     .map_err(|e| self.api_error(e.to_string()))?;
                 let ids: Vec<String> = listed.into_iter().filter_map(|c| c.id).collect();
                 // Containers removed meanwhile are simply not listed; bad records are named.
-                Ok(ids
-                    .iter()
-                    .filter_map(|id| match self.resolve_one(id) {
-                        Ok(c) => Some(c),
+                // Any other failure fails the list: a container left out would make its
+                // mounts look orphaned.
+                let mut out = Vec::new();
+                for id in &ids {
+                    match self.resolve_one(id) {
+                        Ok(c) => out.push(c),
                         Err(DockerError::BadRecord(bad)) => {
                             tracing::warn!(file = %bad.file, problem = %bad.problem, "container record skipped");
-                            None
                         }
-                        Err(_) => None,
-                    })
-                    .collect())
+                        Err(DockerError::NotFound(..)) => {}
+                        Err(other) => return Err(other),
+                    }
+                }
+                out
             }
-            None => self.list_offline(),
-        }
+            None => self.list_offline()?,
+        };
+        // A pod's containers share its mounts: each knows the others' init pids.
+        crate::runtime::model::link_pods(&mut out);
+        Ok(out)
     }
 
     fn list_offline(&self) -> Result<Vec<Container>, DockerError> {
