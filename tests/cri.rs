@@ -765,3 +765,37 @@ fn the_containerd_daemonset_runs_the_agent_image_under_cri_and_sweeps() {
         k8s_cri::v1::ContainerState::ContainerRunning as i32
     );
 }
+
+#[test]
+fn a_namespace_in_the_pods_own_cgroup_is_the_pods() {
+    // A namespace whose processes kubelet's cgroups place in the pod (a container started
+    // after the list, or a namespace nested in a container: DinD, buildkit) holds the
+    // pod's mounts as its own; an outsider's namespace does not.
+    let mut sb = Sandbox::new("cricgroup");
+    let cri = CriDaemon::start(&sb, "cgroup");
+    let (_pod_id, app, outsider, kubelet, vol) = pod_with_a_leak(&mut sb, &cri);
+    let nested = sb.holder(None, None);
+    let procs = format!("/sys/fs/cgroup/pids/kubepods/besteffort/pod{UID}/{app}/cgroup.procs");
+    std::fs::write(&procs, nested.to_string())
+        .unwrap_or_else(|e| panic!("moving {nested} into {procs}: {e}"));
+    let (code, report) = run_json(&sb, &["scan"], &cri_args(&cri, &kubelet));
+    assert_eq!(code, 1, "{report}");
+    let in_ns = |pid: i32| {
+        report["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|f| f["mnt_ns"] == ns_inode(pid))
+            .count()
+    };
+    assert!(
+        in_ns(outsider) > 0,
+        "the outsider's copies are findings: {report}"
+    );
+    assert_eq!(
+        in_ns(nested),
+        0,
+        "the pod's own namespace is no finding: {report}"
+    );
+    assert!(has_mount_at(nested, &vol));
+}

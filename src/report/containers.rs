@@ -408,10 +408,27 @@ pub fn findings(
             Owner::Pod(uid) => (None, format!("pod {uid}"), true, None, &no_pod),
         };
         let in_runtime = runtime.contains(&inode);
-        let own_root = container_ns == Some(inode) || pod.contains(&inode);
-        let class = if gone {
+        // kubelet's cgroups (kernel facts; only root makes them) place the namespace's
+        // processes in the owner's container or pod: a container or sandbox that started
+        // after the list, or a namespace nested in a pod.
+        let pod_uid = match &owner {
+            Owner::Pod(uid) => Some(uid.as_str()),
+            _ => container.as_ref().and_then(|c| c.pod_uid.as_deref()),
+        };
+        let owner_hex = crate::engine::policy::is_hex_id(&owner_id).then_some(owner_id.as_str());
+        let of_its_pod = || {
+            scan.namespaces[h.ns].ns.pids.iter().take(8).any(|&pid| {
+                let paths = crate::runtime::caller::kubepods_cgroups(&daemon.proc_root, pid);
+                crate::runtime::caller::names_pod_member(&paths, owner_hex, pod_uid)
+            })
+        };
+        let own_root = container_ns == Some(inode) || pod.contains(&inode) || of_its_pod();
+        let class = if own_root {
+            // The container's own namespace, or its pod's: what it holds is its own.
+            continue;
+        } else if gone {
             Class::Orphaned
-        } else if in_runtime || own_root {
+        } else if in_runtime {
             // The runtime's copy of a live container, or the container's own rootfs.
             continue;
         } else if h.in_use.is_some() {

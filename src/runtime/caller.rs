@@ -76,6 +76,40 @@ pub fn facts(proc_root: &Path, pid: i32) -> Option<ProcessFacts> {
     })
 }
 
+/// The cgroup paths of `pid` that kubelet made: those under `/kubepods` (cgroupfs driver)
+/// or `/kubepods.slice` (systemd driver), where only root creates cgroups. Kernel facts.
+pub fn kubepods_cgroups(proc_root: &Path, pid: i32) -> Vec<String> {
+    std::fs::read_to_string(proc_root.join(format!("{pid}/cgroup")))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.splitn(3, ':').nth(2))
+        .filter(|p| {
+            *p == "/kubepods" || p.starts_with("/kubepods/") || p.starts_with("/kubepods.slice")
+        })
+        .map(String::from)
+        .collect()
+}
+
+/// Whether kubelet's cgroup paths place a process in container `id` or in pod `pod_uid`
+/// (its directory is `pod<uid>`, with underscores under the systemd driver).
+pub fn names_pod_member(paths: &[String], id: Option<&str>, pod_uid: Option<&str>) -> bool {
+    paths.iter().any(|p| {
+        let parts: Vec<&str> = p.split(['/', '-', '.']).collect();
+        let by_id = id.is_some_and(|id| parts.contains(&id));
+        let by_pod = pod_uid.is_some_and(|uid| {
+            p.split('/').any(|seg| {
+                let seg = seg.trim_end_matches(".slice");
+                // cgroupfs `pod<uid>`; systemd `kubepods-<qos>-pod<uid_with_underscores>`.
+                let pod = seg
+                    .strip_prefix("pod")
+                    .or_else(|| seg.rsplit_once("-pod").map(|(_, u)| u));
+                pod.is_some_and(|u| u == uid || u == uid.replace('-', "_"))
+            })
+        });
+        by_id || by_pod
+    })
+}
+
 /// Container ids a cgroup file mentions (64 hex digits between `/`, `-` or `.`): hints
 /// of which container to check, never proof.
 pub fn candidate_ids(cgroup: &str) -> Vec<String> {
@@ -206,6 +240,25 @@ mod tests {
             ),
         ] {
             assert_eq!(candidate_ids(&layout), vec![want.clone()], "{layout}");
+        }
+    }
+
+    #[test]
+    fn kubelets_cgroups_place_a_process_in_its_pod() {
+        let id = "c".repeat(64);
+        let uid = "0b1e2c3d-4e5f-6a7b-8c9d-0e1f2a3b4c5d";
+        let systemd = vec![format!(
+            "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice/cri-containerd-{id}.scope",
+            uid.replace('-', "_")
+        )];
+        let cgroupfs = vec![format!("/kubepods/burstable/pod{uid}/{id}")];
+        for paths in [&systemd, &cgroupfs] {
+            assert!(names_pod_member(paths, Some(&id), None), "{paths:?}");
+            assert!(names_pod_member(paths, None, Some(uid)), "{paths:?}");
+            assert!(
+                !names_pod_member(paths, Some(&"d".repeat(64)), Some("1111")),
+                "{paths:?}"
+            );
         }
     }
 
