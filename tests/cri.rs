@@ -798,4 +798,14 @@ fn a_namespace_in_the_pods_own_cgroup_is_the_pods() {
         "the pod's own namespace is no finding: {report}"
     );
     assert!(has_mount_at(nested, &vol));
+    // release POD spares it too, and frees the outsider.
+    let (code, rel) = run_json(&sb, &["release", "default/web"], &cri_args(&cri, &kubelet));
+    assert_eq!(code, 0, "{rel}");
+    assert!(
+        has_mount_at(nested, &vol),
+        "the nested namespace keeps the pod's volume: {rel}"
+    );
+    assert!(!has_mount_at(outsider, &vol), "{rel}");
+    // Out of the pod's cgroup before the pod goes, so that its cgroup can be removed.
+    sb.kill_holder(nested);
 }

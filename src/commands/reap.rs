@@ -5,11 +5,10 @@
 //! removal's outcome in the daemon's own words.
 
 use super::{Config, Exit, Failure, print};
-use crate::engine::release;
 use crate::report;
 use crate::report::doc::{FailedDoc, ReapDoc, ReapEntry, ReleaseOutcome, RemovalDoc};
 use crate::runtime::ContainerRuntime;
-use crate::runtime::scope::{container_request, release_scope, short_id};
+use crate::runtime::scope::{container_request, release_containers, release_scope, short_id};
 
 /// Runs `reap`. One result per container: a release that cannot run is reported for that
 /// container and the others go on. Exit 0 when every container was removed (or none was
@@ -50,7 +49,7 @@ fn reap(
     for c in &containers {
         let req = container_request(&e.base, daemon, c);
         let scope = release_scope(daemon, c, false);
-        let rel = match release::run(&req, scope, dry_run) {
+        let rel = match release_containers(&req, daemon, std::slice::from_ref(c), scope, dry_run) {
             Ok(rel) => rel,
             Err(err) => {
                 // Not removed: its copies may still hold it, and removal would fail.

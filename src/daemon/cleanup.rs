@@ -1,7 +1,6 @@
 //! The cleanup the plugin and the agent share: which API calls lead to a layer's
 //! Put/Remove, and releasing the foreign copies of the containers they name.
 
-use crate::engine::release;
 use crate::engine::scan::ScanRequest;
 use crate::runtime::docker::{self, DockerOptions};
 use tracing::info_span;
@@ -93,7 +92,13 @@ pub fn cleanup(
                 }
             }
         }
-        let rel = release::run(&req, scope, false)?;
+        let rel = crate::runtime::scope::release_containers(
+            &req,
+            &docker.daemon,
+            std::slice::from_ref(c),
+            scope,
+            false,
+        )?;
         released += rel.released();
     }
     Ok(released)

@@ -10,13 +10,12 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tracing::info_span;
 
 use super::agent::Agent;
-use crate::engine::release;
 use crate::report::doc::{HookReply, HookRequest};
 use crate::runtime::ContainerRuntime;
 use crate::runtime::cri::CriOptions;
 use crate::runtime::docker::DockerOptions;
 use crate::runtime::model::{Container, RuntimeKind};
-use crate::runtime::scope::{group_request, group_scope, short_id};
+use crate::runtime::scope::{group_request, group_scope, release_containers, short_id};
 
 /// A hook request is one JSON line; anything longer or slower is refused.
 const HOOK_REQUEST_MAX: u64 = 4096;
@@ -188,7 +187,7 @@ fn hook(agent: &Agent, peer: Option<i32>, accepted_at: Option<u64>, line: &str) 
     let started = Instant::now();
     let req = group_request(&agent.config.base, daemon, &targets);
     let scope = group_scope(daemon, &targets, false);
-    match release::run(&req, scope, false) {
+    match release_containers(&req, daemon, &targets, scope, false) {
         Ok(rel) => {
             agent.metrics.count(&rel.results, started.elapsed());
             HookReply {

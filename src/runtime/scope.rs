@@ -58,6 +58,63 @@ pub fn group_scope(daemon: &Daemon, cs: &[Container], everywhere: bool) -> Scope
     }
 }
 
+/// Scans, then releases containers (one, or a pod's) within `scope`, sparing also the
+/// namespaces whose processes kubelet's cgroups place in one of these containers or their
+/// pods (kernel facts: a container started after they were resolved, a namespace nested
+/// in a pod).
+pub fn release_containers(
+    req: &ScanRequest,
+    daemon: &Daemon,
+    cs: &[Container],
+    scope: Scope,
+    dry_run: bool,
+) -> Result<crate::engine::release::Release, crate::engine::scan::ScanError> {
+    let scan = crate::engine::scan::scan(req)?;
+    let mut scope = scope;
+    if let Some(protected) = scope.protected.as_mut() {
+        for (ns, why) in pod_cgroup_namespaces(&scan, daemon, cs) {
+            if !protected.iter().any(|(n, _)| *n == ns) {
+                protected.push((ns, why));
+            }
+        }
+    }
+    crate::engine::release::run_on(scan, req, scope, dry_run)
+}
+
+/// The namespaces holding a target whose processes kubelet's cgroups place in one of `cs`
+/// or in its pod.
+fn pod_cgroup_namespaces(
+    scan: &crate::engine::scan::Scan,
+    daemon: &Daemon,
+    cs: &[Container],
+) -> Vec<(u64, String)> {
+    let mut seen: Vec<usize> = scan.holders.iter().map(|h| h.ns).collect();
+    seen.sort_unstable();
+    seen.dedup();
+    seen.into_iter()
+        .filter_map(|i| {
+            let n = &scan.namespaces[i].ns;
+            let member = n.pids.iter().take(8).find_map(|&pid| {
+                let paths = crate::runtime::caller::kubepods_cgroups(&daemon.proc_root, pid);
+                cs.iter().find(|c| {
+                    crate::runtime::caller::names_pod_member(
+                        &paths,
+                        Some(c.id.as_str()),
+                        c.pod_uid.as_deref(),
+                    )
+                })
+            })?;
+            Some((
+                n.inode,
+                format!(
+                    "kubelet's cgroups place its processes in {}'s container or pod",
+                    member.name
+                ),
+            ))
+        })
+        .collect()
+}
+
 /// The overlay upperdirs that identify these containers' layers wherever they are mounted.
 pub fn layer_signatures(containers: &[Container]) -> Vec<PathBuf> {
     containers
