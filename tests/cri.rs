@@ -809,3 +809,42 @@ fn a_namespace_in_the_pods_own_cgroup_is_the_pods() {
     // Out of the pod's cgroup before the pod goes, so that its cgroup can be removed.
     sb.kill_holder(nested);
 }
+
+#[test]
+fn a_pods_network_namespace_file_copy_is_released() {
+    // A pod with its own network namespace (CNI): containerd binds it at
+    // /var/run/netns/cni-*; a namespace copied after holds that file, and the pod's
+    // netns stays busy until it is released.
+    let mut sb = Sandbox::new("crinetns");
+    let cri = CriDaemon::start(&sb, "netns");
+    cri.enable_cni();
+    let kubelet = format!("{}/kubelet", sb.d());
+    let mut pod = Pod::new("net", "eeeeeeee-0000-4000-8000-00000000000e", &kubelet);
+    pod.pod_network = true;
+    let pod_id = cri.run_pod(&pod);
+    let holder = sb.holder(None, None);
+    let netns: Vec<String> = mounts_of(holder)
+        .into_iter()
+        .map(|(p, _)| p)
+        .filter(|p| p.starts_with("/run/netns/cni-"))
+        .collect();
+    let (code, doc) = run_json(&sb, &["scan", &pod.uid], &cri_args(&cri, &kubelet));
+    assert_eq!(code, 1, "{doc}");
+    let paths = doc["containers"][0]["paths"].to_string();
+    let mine: Vec<&String> = netns
+        .iter()
+        .filter(|p| paths.contains(p.as_str()))
+        .collect();
+    assert_eq!(
+        mine.len(),
+        1,
+        "the pod's netns file is a target: {paths} / {netns:?}"
+    );
+    let (code, rel) = run_json(&sb, &["release", &pod_id], &cri_args(&cri, &kubelet));
+    assert_eq!(code, 0, "{rel}");
+    assert!(!has_mount_at(holder, mine[0]), "{rel}");
+    assert!(
+        has_mount_at(sb.host_pid(), mine[0]),
+        "containerd's own netns file stays"
+    );
+}

@@ -636,3 +636,31 @@ fn namespaces_that_cannot_be_read_never_make_a_clean_result() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(!has_mount_at(leak, &target));
 }
+
+#[test]
+fn file_mount_points_are_found_and_released_on_both_backends() {
+    // A pod's netns file (/run/netns/cni-*) and a bind of one file are mount points that
+    // are files: the path lookup once opened every target as a directory and missed them.
+    for backend in ["listmount", "mountinfo"] {
+        let mut sb = Sandbox::new(&format!("filemount-{backend}"));
+        let d = sb.d();
+        sb.sh(&format!(
+            "set -e; mkdir -p {d}/l/f; echo x > {d}/src; touch {d}/l/f/file; \
+             mount --bind {d}/src {d}/l/f/file"
+        ));
+        let leak = sb.holder(None, None);
+        sb.sh(&format!("umount {d}/l/f/file"));
+        let target = format!("{d}/l/f/file");
+        let env = [("MNTREAP_BACKEND", backend)];
+        let (code, doc) = sb.mntreap_json(&["scan", "--any-path", "--path", &target], &env);
+        assert_eq!(code, 1, "{backend}: {doc}");
+        assert_eq!(
+            holder_namespaces(&doc),
+            [ns_inode(leak)].into(),
+            "{backend}: {doc}"
+        );
+        let out = sb.mntreap_env(&["release", "--any-path", "--path", &target], &env);
+        assert_eq!(out.status.code(), Some(0), "{backend}: {}", stderr(&out));
+        assert!(!has_mount_at(leak, &target), "{backend}");
+    }
+}

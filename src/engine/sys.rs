@@ -96,7 +96,8 @@ pub(crate) fn statx_mount(
 /// without openat2 (< 5.6) only the last component is protected (`O_NOFOLLOW`).
 pub(crate) fn open_path_no_symlinks(path: &OsStr) -> io::Result<OwnedFd> {
     let c_path = cstring(path)?;
-    let flags = libc::O_PATH | libc::O_CLOEXEC | libc::O_NOFOLLOW | libc::O_DIRECTORY;
+    // No O_DIRECTORY: mount points can be files (a pod's netns file, a bind of one file).
+    let flags = libc::O_PATH | libc::O_CLOEXEC | libc::O_NOFOLLOW;
     let mut how: libc::open_how = unsafe_zeroed_open_how();
     how.flags = flags as u64;
     how.resolve = libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS;

@@ -32,6 +32,9 @@ pub struct Pod {
     pub systemd_cgroup: bool,
     /// `hostPID: true`.
     pub host_pid: bool,
+    /// A pod network namespace through CNI (`hostNetwork: false`); needs
+    /// [`CriDaemon::enable_cni`].
+    pub pod_network: bool,
 }
 
 impl Pod {
@@ -43,6 +46,7 @@ impl Pod {
             kubelet_root: kubelet_root.into(),
             systemd_cgroup: false,
             host_pid: false,
+            pod_network: false,
         }
     }
 
@@ -77,7 +81,7 @@ impl Pod {
             linux: Some(LinuxPodSandboxConfig {
                 cgroup_parent: self.cgroup_parent(),
                 security_context: Some(LinuxSandboxSecurityContext {
-                    namespace_options: Some(namespaces(self.host_pid)),
+                    namespace_options: Some(namespaces(self.host_pid, self.pod_network)),
                     ..Default::default()
                 }),
                 ..Default::default()
@@ -87,9 +91,13 @@ impl Pod {
     }
 }
 
-fn namespaces(host_pid: bool) -> NamespaceOption {
+fn namespaces(host_pid: bool, pod_network: bool) -> NamespaceOption {
     NamespaceOption {
-        network: NamespaceMode::Node as i32,
+        network: if pod_network {
+            NamespaceMode::Pod as i32
+        } else {
+            NamespaceMode::Node as i32
+        },
         pid: if host_pid {
             NamespaceMode::Node as i32
         } else {
@@ -123,7 +131,7 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.
   # clamp to containerd's own, as on nodes that run containerd unprivileged.
   restrict_oom_score_adj = true
   [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "@D@/cni-bin"
+    bin_dir = "/usr/lib/cni"
     conf_dir = "@D@/cni-conf"
   [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "overlayfs"
@@ -297,6 +305,21 @@ impl CriDaemon {
         assert!(listed.is_some(), "CRI does not see {IMAGE}");
     }
 
+    /// Gives pods a network namespace through CNI (Debian's containernetworking-plugins):
+    /// point-to-point veths with addresses from a private range, no bridge, no iptables.
+    pub fn enable_cni(&self) {
+        let conf = format!(
+            r#"{{"cniVersion": "0.4.0", "name": "mntreap-test", "plugins": [{{"type": "ptp",
+              "ipMasq": false, "ipam": {{"type": "host-local", "subnet": "10.251.{}.0/24",
+              "dataDir": "{}/cni-ipam"}}}}]}}"#,
+            std::process::id() % 250,
+            self.d()
+        );
+        std::fs::write(format!("{}/cni-conf/10-mntreap.conflist", self.d()), conf).unwrap();
+        // containerd picks the configuration up within a few seconds.
+        std::thread::sleep(Duration::from_secs(3));
+    }
+
     /// `ctr -n k8s.io ARGS` against this containerd; panics on failure.
     pub fn ctr_ok(&self, args: &[&str]) -> String {
         let out = Command::new("ctr")
@@ -413,7 +436,7 @@ impl CriDaemon {
                 .collect(),
             linux: Some(LinuxContainerConfig {
                 security_context: Some(LinuxContainerSecurityContext {
-                    namespace_options: Some(namespaces(pod.host_pid)),
+                    namespace_options: Some(namespaces(pod.host_pid, pod.pod_network)),
                     capabilities: (!caps_add.is_empty()).then(|| Capability {
                         add_capabilities: caps_add.iter().map(|c| c.to_string()).collect(),
                         drop_capabilities: vec!["ALL".into()],
