@@ -164,22 +164,6 @@ fn hook_from_forged_cgroup(id: &str, socket: &str) -> std::process::Output {
     out
 }
 
-fn static_binary() -> String {
-    let out = Command::new("bash")
-        .args([
-            concat!(env!("CARGO_MANIFEST_DIR"), "/docker-plugin/build.sh"),
-            "--binary",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
 #[test]
 fn prestop_hook_releases_only_the_callers_container() {
     let mut sb = Sandbox::new("ag-hook");

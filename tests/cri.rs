@@ -292,30 +292,38 @@ fn a_forged_socket_holder_is_not_taken_for_containerd() {
         || sb.sh_output(&format!("test -S {sock}")).status.success(),
         || "the fake socket never appeared".into(),
     );
+    let endpoint = format!("unix://{sock}");
     let out = sb.mntreap(&[
         "scan",
         "x",
         "--cri-endpoint",
-        &format!("unix://{sock}"),
+        &endpoint,
         "--docker-timeout",
         "1",
     ]);
     // Not found, offline (no task bundles there): a clear error, exit 2, nothing done.
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains(&sock), "{}", stderr(&out));
-}
-
-/// The static binary the containers run (the plugin's build; `.ci/run` builds it first).
-fn static_binary() -> String {
-    let out = std::process::Command::new("bash")
-        .args([
-            concat!(env!("CARGO_MANIFEST_DIR"), "/docker-plugin/build.sh"),
-            "--binary",
-        ])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    // What mntreap established: no runtime daemon, so no trusted namespace, and doctor
+    // says so (the listener's holder, python, is not containerd).
+    let (code, doc) = sb.mntreap_json(
+        &[
+            "doctor",
+            "--cri-endpoint",
+            &endpoint,
+            "--docker-timeout",
+            "1",
+        ],
+        &[],
+    );
+    assert_eq!(code, 1, "{doc}");
+    assert!(doc["runtime"]["pid"].is_null(), "{}", doc["runtime"]);
+    assert!(doc["runtime"]["mnt_ns"].is_null(), "{}", doc["runtime"]);
+    assert_ne!(
+        doctor_check(&doc, "runtime-identity")["status"],
+        "ok",
+        "{doc}"
+    );
 }
 
 #[test]
@@ -436,15 +444,7 @@ fn the_agent_image_imports_into_containerd_and_runs_under_cri() {
     let cri = CriDaemon::start(&sb, "image");
     let tar = format!("{}/agent.tar", cri.d());
     let tag = format!("mntreap/agent:cri-{}", std::process::id());
-    let build = std::process::Command::new("bash")
-        .args([
-            concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/image/build.sh"),
-            &tar,
-            &tag,
-        ])
-        .output()
-        .unwrap();
-    assert!(build.status.success(), "build.sh: {}", stderr(&build));
+    build_agent_image(&tar, &tag);
     // As the README says for a node without a registry: ctr -n k8s.io images import.
     cri.ctr_ok(&["images", "import", &tar]);
     let pod = Pod::new(
@@ -668,15 +668,7 @@ fn the_containerd_daemonset_runs_the_agent_image_under_cri_and_sweeps() {
     // The image the repository builds, imported as the DaemonSet's comment says.
     let tar = format!("{}/agent.tar", cri.d());
     let tag = format!("mntreap/agent:ds-{}", std::process::id());
-    let build = std::process::Command::new("bash")
-        .args([
-            concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/image/build.sh"),
-            &tar,
-            &tag,
-        ])
-        .output()
-        .unwrap();
-    assert!(build.status.success(), "build.sh: {}", stderr(&build));
+    build_agent_image(&tar, &tag);
     cri.ctr_ok(&["images", "import", &tar]);
 
     // The DaemonSet's pod: hostPID, its args (a test port and a 1 s sweep), its env with

@@ -15,15 +15,7 @@ fn the_agent_image_loads_into_docker_and_containerd_and_runs() {
     let dk = DockerDaemon::start(&sb, "image", false, &[]);
     let tar = format!("{}/agent.tar", dk.d());
     let tag = format!("mntreap/agent:test-{}", std::process::id());
-    let build = Command::new("bash")
-        .args([
-            concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/image/build.sh"),
-            &tar,
-            &tag,
-        ])
-        .output()
-        .unwrap();
-    assert!(build.status.success(), "build.sh: {}", stderr(&build));
+    build_agent_image(&tar, &tag);
 
     let loaded = dk.docker_ok(&["load", "-i", &tar]);
     assert!(loaded.contains(&tag), "{loaded}");

@@ -388,6 +388,8 @@ pub fn findings(
     let by_signature = |h: &Holder| {
         signature_owner(scan, containers, h).map(|c| Owner::Container(containers[c].id.clone()))
     };
+    // Per namespace, its members' kubelet cgroups: read once.
+    let mut cgroups: HashMap<usize, Vec<String>> = HashMap::new();
     let mut out = Vec::new();
     for (i, h) in scan.holders.iter().enumerate() {
         let Some(owner) = owner_of(h)
@@ -416,11 +418,14 @@ pub fn findings(
             _ => container.as_ref().and_then(|c| c.pod_uid.as_deref()),
         };
         let owner_hex = crate::engine::policy::is_hex_id(&owner_id).then_some(owner_id.as_str());
-        let of_its_pod = || {
-            scan.namespaces[h.ns].ns.pids.iter().take(8).any(|&pid| {
-                let paths = crate::runtime::caller::kubepods_cgroups(&daemon.proc_root, pid);
-                crate::runtime::caller::names_pod_member(&paths, owner_hex, pod_uid)
-            })
+        let mut of_its_pod = || {
+            let paths = cgroups.entry(h.ns).or_insert_with(|| {
+                crate::runtime::caller::kubepods_cgroups_of(
+                    &daemon.proc_root,
+                    &scan.namespaces[h.ns].ns.pids,
+                )
+            });
+            crate::runtime::caller::names_pod_member(paths, owner_hex, pod_uid)
         };
         let own_root = container_ns == Some(inode) || pod.contains(&inode) || of_its_pod();
         let class = if own_root {

@@ -78,7 +78,7 @@ pub fn facts(proc_root: &Path, pid: i32) -> Option<ProcessFacts> {
 
 /// The cgroup paths of `pid` that kubelet made: those under `/kubepods` (cgroupfs driver)
 /// or `/kubepods.slice` (systemd driver), where only root creates cgroups. Kernel facts.
-pub fn kubepods_cgroups(proc_root: &Path, pid: i32) -> Vec<String> {
+fn kubepods_cgroups(proc_root: &Path, pid: i32) -> Vec<String> {
     std::fs::read_to_string(proc_root.join(format!("{pid}/cgroup")))
         .unwrap_or_default()
         .lines()
@@ -87,6 +87,15 @@ pub fn kubepods_cgroups(proc_root: &Path, pid: i32) -> Vec<String> {
             *p == "/kubepods" || p.starts_with("/kubepods/") || p.starts_with("/kubepods.slice")
         })
         .map(String::from)
+        .collect()
+}
+
+/// kubelet's cgroup paths of a namespace's members (the first 8 of them: one process of a
+/// container says where the container is).
+pub fn kubepods_cgroups_of(proc_root: &Path, pids: &[i32]) -> Vec<String> {
+    pids.iter()
+        .take(8)
+        .flat_map(|&pid| kubepods_cgroups(proc_root, pid))
         .collect()
 }
 

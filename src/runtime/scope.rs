@@ -94,15 +94,13 @@ fn pod_cgroup_namespaces(
     seen.into_iter()
         .filter_map(|i| {
             let n = &scan.namespaces[i].ns;
-            let member = n.pids.iter().take(8).find_map(|&pid| {
-                let paths = crate::runtime::caller::kubepods_cgroups(&daemon.proc_root, pid);
-                cs.iter().find(|c| {
-                    crate::runtime::caller::names_pod_member(
-                        &paths,
-                        Some(c.id.as_str()),
-                        c.pod_uid.as_deref(),
-                    )
-                })
+            let paths = crate::runtime::caller::kubepods_cgroups_of(&daemon.proc_root, &n.pids);
+            let member = cs.iter().find(|c| {
+                crate::runtime::caller::names_pod_member(
+                    &paths,
+                    Some(c.id.as_str()),
+                    c.pod_uid.as_deref(),
+                )
             })?;
             Some((
                 n.inode,

@@ -606,17 +606,6 @@ impl Drop for CriDaemon {
         for pid in self.descendants() {
             let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
         }
-        let _ = Command::new("chattr")
-            .args(["-R", "-i", &self.d()])
-            .stderr(Stdio::null())
-            .status();
-        let _ = Command::new("nsenter")
-            .args(["-t", &self.sandbox_pid.to_string(), "-m", "--", "sh", "-c"])
-            .arg(format!(
-                "grep -o ' {d}[^ ]*' /proc/self/mountinfo | sort -r | xargs -r -n1 umount -l",
-                d = self.d()
-            ))
-            .status();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        super::remove_daemon_dir(self.sandbox_pid, &self.dir);
     }
 }

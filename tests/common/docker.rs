@@ -340,20 +340,8 @@ impl Drop for DockerDaemon {
         for pid in self.descendants() {
             let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
         }
-        // Immutable files from the stuck-removal test would survive rm -rf.
-        let _ = Command::new("chattr")
-            .args(["-R", "-i", &self.d()])
-            .stderr(Stdio::null())
-            .status();
-        // Mounts dockerd made live in the sandbox namespace, which goes with the sandbox.
-        let _ = Command::new("nsenter")
-            .args(["-t", &self.sandbox_pid.to_string(), "-m", "--", "sh", "-c"])
-            .arg(format!(
-                "grep -o ' {d}[^ ]*' /proc/self/mountinfo | sort -r | xargs -r -n1 umount -l",
-                d = self.d()
-            ))
-            .status();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        // Immutable files from the stuck-removal test; mounts dockerd made in the sandbox.
+        super::remove_daemon_dir(self.sandbox_pid, &self.dir);
     }
 }
 

@@ -391,3 +391,48 @@ pub fn doctor_check(doctor: &serde_json::Value, id: &str) -> serde_json::Value {
         .unwrap_or_else(|| panic!("no check {id}: {doctor:#}"))
         .clone()
 }
+
+/// The static binary (the plugin's build, which `.ci/run` makes first): what runs inside
+/// containers and the plugin.
+pub fn static_binary() -> String {
+    let out = Command::new("bash")
+        .args([
+            concat!(env!("CARGO_MANIFEST_DIR"), "/docker-plugin/build.sh"),
+            "--binary",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Builds the agent image archive (deploy/image/build.sh) at `tar`, tagged `tag`.
+pub fn build_agent_image(tar: &str, tag: &str) {
+    let build = Command::new("bash")
+        .args([
+            concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/image/build.sh"),
+            tar,
+            tag,
+        ])
+        .output()
+        .unwrap();
+    assert!(build.status.success(), "build.sh: {}", stderr(&build));
+}
+
+/// A test daemon's leftovers in the sandbox: immutable files (which would survive
+/// rm -rf) made mutable, its mounts under `dir` unmounted in the sandbox namespace (which
+/// goes with the sandbox), the directory removed.
+pub fn remove_daemon_dir(sandbox_pid: i32, dir: &Path) {
+    let d = dir.to_string_lossy();
+    let _ = Command::new("chattr")
+        .args(["-R", "-i", &d])
+        .stderr(Stdio::null())
+        .status();
+    let _ = Command::new("nsenter")
+        .args(["-t", &sandbox_pid.to_string(), "-m", "--", "sh", "-c"])
+        .arg(format!(
+            "grep -o ' {d}[^ ]*' /proc/self/mountinfo | sort -r | xargs -r -n1 umount -l"
+        ))
+        .status();
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -59,19 +59,35 @@ impl Client {
         })
     }
 
-    /// Runs one call with the deadline.
+    /// Runs one call with the deadline: the runtime's status, or its silence.
+    fn run<T>(
+        &self,
+        f: impl AsyncFnOnce(RuntimeServiceClient<Channel>) -> Result<T, tonic::Status>,
+    ) -> Result<Result<T, tonic::Status>, String> {
+        let rt = crate::runtime::blocking_runtime()?;
+        let client = RuntimeServiceClient::new(self.channel.clone());
+        rt.block_on(async { tokio::time::timeout(self.timeout, f(client)).await })
+            .map_err(|_| format!("no answer within {:?}", self.timeout))
+    }
+
+    /// One call; any failure in the runtime's words.
     fn call<T>(
         &self,
         f: impl AsyncFnOnce(RuntimeServiceClient<Channel>) -> Result<T, tonic::Status>,
     ) -> Result<T, String> {
-        let rt = crate::runtime::blocking_runtime()?;
-        let client = RuntimeServiceClient::new(self.channel.clone());
-        rt.block_on(async {
-            tokio::time::timeout(self.timeout, f(client))
-                .await
-                .map_err(|_| format!("no answer within {:?}", self.timeout))?
-                .map_err(|s| status_text(&s, self.timeout))
-        })
+        self.run(f)?.map_err(|s| status_text(&s, self.timeout))
+    }
+
+    /// One call; `None` when the runtime says the object is not found (removed meanwhile).
+    fn call_found<T>(
+        &self,
+        f: impl AsyncFnOnce(RuntimeServiceClient<Channel>) -> Result<T, tonic::Status>,
+    ) -> Result<Option<T>, String> {
+        match self.run(f)? {
+            Ok(v) => Ok(Some(v)),
+            Err(s) if s.code() == tonic::Code::NotFound => Ok(None),
+            Err(s) => Err(status_text(&s, self.timeout)),
+        }
     }
 
     /// Every pod sandbox and container, with what their verbose status says.
@@ -86,40 +102,36 @@ impl Client {
                 .await
                 .map(|r| r.into_inner().containers)
         })?;
+        // Removed meanwhile: not listed. Any other failure fails the list: one left out
+        // would make its mounts look orphaned.
         let mut out = Vec::new();
         for p in pods {
             let id = p.id.clone();
-            let status = self.call(async |mut c| {
-                c.pod_sandbox_status(PodSandboxStatusRequest {
-                    pod_sandbox_id: id,
-                    verbose: true,
+            let status = self
+                .call_found(async |mut c| {
+                    c.pod_sandbox_status(PodSandboxStatusRequest {
+                        pod_sandbox_id: id,
+                        verbose: true,
+                    })
+                    .await
+                    .map(|r| r.into_inner())
                 })
-                .await
-                .map(|r| r.into_inner())
-            });
-            // Removed meanwhile: not listed. Any other failure fails the list: a pod
-            // left out would make its mounts look orphaned.
-            match status {
-                Ok(status) => out.push(sandbox_entry(&p, &status.info)),
-                Err(e) if e.starts_with("NotFound") => continue,
-                Err(e) => return Err(format!("status of pod sandbox {}: {e}", p.id)),
-            }
+                .map_err(|e| format!("status of pod sandbox {}: {e}", p.id))?;
+            out.extend(status.map(|s| sandbox_entry(&p, &s.info)));
         }
         for c in containers {
             let id = c.id.clone();
-            let status = self.call(async |mut cl| {
-                cl.container_status(ContainerStatusRequest {
-                    container_id: id,
-                    verbose: true,
+            let status = self
+                .call_found(async |mut cl| {
+                    cl.container_status(ContainerStatusRequest {
+                        container_id: id,
+                        verbose: true,
+                    })
+                    .await
+                    .map(|r| r.into_inner())
                 })
-                .await
-                .map(|r| r.into_inner())
-            });
-            match status {
-                Ok(s) => out.push(container_entry(&c, s.status.as_ref(), &s.info)),
-                Err(e) if e.starts_with("NotFound") => continue,
-                Err(e) => return Err(format!("status of container {}: {e}", c.id)),
-            }
+                .map_err(|e| format!("status of container {}: {e}", c.id))?;
+            out.extend(status.map(|s| container_entry(&c, s.status.as_ref(), &s.info)));
         }
         Ok(out)
     }

@@ -119,9 +119,15 @@ impl CriOptions {
     }
 }
 
-/// Whether this node has a CRI socket (several count: connecting then says which to pick).
+/// Whether this node has a CRI socket: one given, a default one (a stat each), or
+/// kubelet's (a walk of /proc, only when no default exists). Several count: connecting
+/// then says which to pick.
 pub fn present(opts: &CriOptions) -> bool {
-    opts.endpoint.is_some() || !matches!(opts.socket(), Err(CriError::NoEndpoint(_)))
+    opts.endpoint.is_some()
+        || ENDPOINTS
+            .iter()
+            .any(|p| on_host(&opts.host_root, Path::new(p)).exists())
+        || kubelet_endpoint(&opts.proc_root).is_some()
 }
 
 impl Cri {
@@ -497,6 +503,40 @@ mod tests {
             Err(CriError::Ambiguous { .. })
         ));
         assert!(matches!(pick("zz", &all, s), Err(CriError::NotFound(..))));
+    }
+
+    #[test]
+    fn the_socket_is_the_one_present_and_several_are_refused() {
+        let host = std::env::temp_dir().join(format!("mntreap-cri-sockets-{}", std::process::id()));
+        let proc_root = host.join("proc");
+        std::fs::create_dir_all(&proc_root).unwrap();
+        let opts = CriOptions {
+            endpoint: None,
+            kubelet_root: DEFAULT_KUBELET_ROOT.into(),
+            offline: true,
+            timeout: Duration::from_secs(1),
+            proc_root,
+            host_root: host.clone(),
+        };
+        let touch = |p: &str| {
+            let f = host.join(p.trim_start_matches('/'));
+            std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+            std::fs::write(f, "").unwrap();
+        };
+        assert!(!present(&opts));
+        assert!(matches!(opts.socket(), Err(CriError::NoEndpoint(_))));
+        touch(ENDPOINTS[2]);
+        assert!(present(&opts));
+        assert_eq!(opts.socket().unwrap(), PathBuf::from(ENDPOINTS[2]));
+        // k3s beside a system containerd, and no kubelet to say which: refused.
+        touch(ENDPOINTS[0]);
+        assert!(matches!(opts.socket(), Err(CriError::SeveralEndpoints(_))));
+        let given = CriOptions {
+            endpoint: Some(format!("unix://{}", ENDPOINTS[0])),
+            ..opts.clone()
+        };
+        assert_eq!(given.socket().unwrap(), PathBuf::from(ENDPOINTS[0]));
+        std::fs::remove_dir_all(&host).unwrap();
     }
 
     #[test]
