@@ -256,6 +256,7 @@ fn namespace_vanishing_between_scan_and_release() {
         paths_only: false,
         layer_signatures: Vec::new(),
         trusted_namespaces: Vec::new(),
+        no_identity: Vec::new(),
     };
     let scan = mntreap::engine::scan::scan(&request).unwrap();
     let in_scan: BTreeSet<u64> = scan
@@ -421,9 +422,14 @@ fn backends_agree() {
     let mut sb = Sandbox::new("backends");
     let d = sb.d();
     layers(&sb, "bk");
-    sb.sh(&format!(
-        "mkdir -p {d}/agent/view && mount --rbind {d}/l {d}/agent/view"
-    ));
+    // An agent that sees the layers at another path, in a namespace of its own (a view in
+    // the trusted namespace itself would make the layer "not private to the target").
+    sb.holder(
+        Some(&format!(
+            "mkdir -p {d}/agent/view && mount --rbind {d}/l {d}/agent/view && exec sleep 3600"
+        )),
+        None,
+    );
     for _ in 0..2 {
         sb.holder(None, None);
     }
@@ -500,10 +506,15 @@ fn paths_only_matches_the_full_scans_path_holders_on_both_backends() {
     let mut sb = Sandbox::new("pathsonly");
     let d = sb.d();
     layers(&sb, "po");
-    sb.sh(&format!(
-        "mkdir -p {d}/agent/view && mount --rbind {d}/l {d}/agent/view"
-    ));
     let target = format!("{d}/l/po/merged");
+    // An agent that sees the layers only at another path, in a namespace of its own.
+    sb.holder(
+        Some(&format!(
+            "mkdir -p {d}/agent/view && mount --rbind {d}/l {d}/agent/view && \
+             umount {target} && exec sleep 3600"
+        )),
+        None,
+    );
     sb.holder(None, None);
     sb.holder(Some(&format!("cd {target} && exec sleep 3600")), None);
     sb.holder(

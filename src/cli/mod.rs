@@ -385,6 +385,7 @@ impl EngineArgs {
                 paths_only: self.paths_only,
                 layer_signatures: Vec::new(),
                 trusted_namespaces: Vec::new(),
+                no_identity: crate::runtime::kubelet_path_only(&cri.kubelet_root),
             },
             docker,
             runtime: match self.docker.runtime {

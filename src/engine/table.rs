@@ -170,9 +170,36 @@ pub fn path_is_under(path: &[u8], prefix: &[u8]) -> bool {
     path.starts_with(prefix) && (path.len() == prefix.len() || path[prefix.len()] == b'/')
 }
 
+/// True when `path` lies at or below a path that `pattern` describes, where a `*`
+/// component stands for any one component (`/k/pods/*/volume-subpaths`).
+pub fn path_is_under_pattern(path: &[u8], pattern: &[u8]) -> bool {
+    let mut parts = path.split(|&b| b == b'/').filter(|c| !c.is_empty());
+    path.starts_with(b"/")
+        && pattern
+            .split(|&b| b == b'/')
+            .filter(|c| !c.is_empty())
+            .all(|want| parts.next().is_some_and(|got| want == b"*" || want == got))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn patterns_match_whole_components_with_one_component_wildcards() {
+        let p = b"/k/pods/*/volume-subpaths";
+        assert!(path_is_under_pattern(b"/k/pods/u1/volume-subpaths", p));
+        assert!(path_is_under_pattern(
+            b"/k/pods/u1/volume-subpaths/v/c/0",
+            p
+        ));
+        assert!(!path_is_under_pattern(b"/k/pods/u1/volumes/x", p));
+        assert!(!path_is_under_pattern(b"/k/pods/u1", p));
+        assert!(!path_is_under_pattern(b"/k/pods/u1/volume-subpaths2/x", p));
+        assert!(!path_is_under_pattern(b"/k/pods/volume-subpaths", p));
+        assert!(!path_is_under_pattern(b"k/pods/u1/volume-subpaths", p));
+        assert!(path_is_under_pattern(b"/k/x", b"/k"));
+    }
 
     #[test]
     fn under_compares_whole_components() {

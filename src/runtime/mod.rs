@@ -63,6 +63,20 @@ pub fn uses_cri(
     }
 }
 
+/// Where kubelet's mounts hold by path only ([`ScanRequest::no_identity`]): its subPath
+/// binds, under the kubelet root given and the default one (the Docker node report scans
+/// `/var/lib/kubelet` whatever `--kubelet-root` says).
+///
+/// [`ScanRequest::no_identity`]: crate::engine::scan::ScanRequest::no_identity
+pub fn kubelet_path_only(kubelet_root: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = [kubelet_root, Path::new(cri::DEFAULT_KUBELET_ROOT)]
+        .iter()
+        .map(|root| root.join("pods/*/volume-subpaths"))
+        .collect();
+    v.dedup();
+    v
+}
+
 /// Connects to the runtime `choice` names (see [`uses_cri`]).
 pub fn connect(
     choice: RuntimeChoice,

@@ -12,6 +12,16 @@ use crate::engine::namespace::Namespace;
 pub(crate) struct Ns(pub u64, pub bool, pub bool, pub &'static str);
 
 pub(crate) fn scan_of(targets: &[&str], trusted: &[u64], namespaces: &[Ns]) -> Scan {
+    scan_with(targets, trusted, &[], namespaces)
+}
+
+/// [`scan_of`] with [`Scan::no_identity`] patterns.
+pub(crate) fn scan_with(
+    targets: &[&str],
+    trusted: &[u64],
+    no_identity: &[&str],
+    namespaces: &[Ns],
+) -> Scan {
     let targets: Vec<PathBuf> = targets.iter().map(PathBuf::from).collect();
     let target_bytes = target_bytes(&targets);
     let namespaces = namespaces
@@ -43,6 +53,7 @@ pub(crate) fn scan_of(targets: &[&str], trusted: &[u64], namespaces: &[Ns]) -> S
         layer_signatures: Vec::new(),
         paths_only: false,
         trusted_namespaces: trusted.to_vec(),
+        no_identity: no_identity.iter().map(PathBuf::from).collect(),
         namespaces,
         holders: Vec::new(),
         notes: Vec::new(),

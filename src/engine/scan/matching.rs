@@ -2,12 +2,14 @@
 //! trusted views only, inside-copy).
 
 use std::collections::HashSet;
+use std::os::unix::ffi::OsStrExt;
 
 use tracing::debug;
 
 use super::{Holder, Match, Scan, target_bytes, under_any};
+use crate::engine::mountinfo::encode;
 use crate::engine::source;
-use crate::engine::table::path_is_under;
+use crate::engine::table::{path_is_under, path_is_under_pattern};
 
 type Identity = ((u32, u32), Vec<u8>);
 
@@ -46,6 +48,7 @@ pub(super) fn match_holders(scan: &mut Scan) {
     // nothing about what the target is.
     let mut identities: HashSet<Identity> = HashSet::new();
     let mut refused: HashSet<Identity> = HashSet::new();
+    let mut notes = Vec::new();
     for n in &scan.namespaces {
         let Some(table) = n.table.as_ref() else {
             continue;
@@ -62,18 +65,38 @@ pub(super) fn match_holders(scan: &mut Scan) {
             if identities.contains(&key) || refused.contains(&key) {
                 continue;
             }
-            match broader_mount_elsewhere(scan, &targets, key.0, &key.1) {
+            let point = table.mount_point(seed);
+            let why = match scan
+                .no_identity
+                .iter()
+                .find(|p| path_is_under_pattern(point, p.as_os_str().as_bytes()))
+            {
+                // A layer's own signature says what it is, wherever it is mounted.
+                Some(pattern) if seed.layer_signature.is_none() => Some(format!(
+                    "copies of {}:{} {} at other paths were not searched: it is mounted at {} \
+                     (under {}), whose mounts hold by path only (a subPath binds whatever \
+                     the pod names, a host path included)",
+                    key.0.0,
+                    key.0.1,
+                    encode(&key.1),
+                    encode(point),
+                    pattern.display(),
+                )),
+                _ => broader_mount_elsewhere(scan, &targets, key.0, &key.1),
+            };
+            match why {
                 None => {
                     identities.insert(key);
                 }
                 Some(why) => {
                     debug!(note = %why, "identity matching limited");
-                    scan.detail_notes.push(why);
+                    notes.push(why);
                     refused.insert(key);
                 }
             }
         }
     }
+    scan.detail_notes.extend(notes);
 
     for ns in 0..scan.namespaces.len() {
         let scanned = &scan.namespaces[ns];
@@ -216,10 +239,11 @@ pub(super) fn hydrate_propagation_context(scan: &mut Scan) {
 /// Why copies of `(dev, root)` at other paths must not count as the target, if they must
 /// not: the same filesystem is mounted outside the targets with a broader root (a bind of
 /// `/var` from the root filesystem), or with the same root as some namespace's root mount
-/// (a bind of a host's or container's `/`), or, for a filesystem that can be mounted twice
-/// (a block device, an NFS export), with the same root at another path in a trusted view
-/// (the node itself mounts that export elsewhere, and a pod's volume of it is no identity). Then "same superblock and root" no longer means "the
-/// same layer" but "the same system filesystem".
+/// (a bind of a host's or container's `/`), or with the same root at a path no target
+/// covers in a trusted view (the node's own `/dev/shm` that a pod's subPath binds, an NFS
+/// export the node also mounts elsewhere). Then "same superblock and root" no longer means
+/// "the same layer" but "the same system filesystem": only a superblock that trusted views
+/// mount at target paths alone is the target's.
 fn broader_mount_elsewhere(
     scan: &Scan,
     targets: &[Vec<u8>],
@@ -241,14 +265,11 @@ fn broader_mount_elsewhere(
             let broader = path_is_under(root, other_root) && other_root != root;
             let same_as_ns_root = other_root == root
                 && *ns_root.get_or_insert_with(|| table.root_mount(&table.index())) == Some(i);
-            // Overlay and tmpfs make a superblock per mount: the same one elsewhere is a
-            // bind of the target. Block and network filesystems do not (an NFS export
-            // mounted twice shares one).
-            let per_mount_superblock = matches!(
-                table.str(m.fs_type),
-                b"overlay" | b"tmpfs" | b"aufs" | b"ramfs" | b"fuse.fuse-overlayfs"
-            );
-            let trusted_elsewhere = other_root == root && trusted && !per_mount_superblock;
+            // Whatever the filesystem: a tmpfs or overlay makes a superblock per mount, but
+            // a bind of one lands anywhere (kubelet binds a pod's subPath of a hostPath onto
+            // the root of the node's /dev/shm), so the same one at a path no target covers
+            // in a trusted view is the node's, not the target's.
+            let trusted_elsewhere = other_root == root && trusted;
             if broader || same_as_ns_root || trusted_elsewhere {
                 return Some(format!(
                     "copies of {}:{} {} at other paths were not searched: that filesystem is \
@@ -256,9 +277,9 @@ fn broader_mount_elsewhere(
                      to the target",
                     dev.0,
                     dev.1,
-                    crate::engine::mountinfo::encode(root),
-                    crate::engine::mountinfo::encode(table.mount_point(m)),
-                    crate::engine::mountinfo::encode(other_root),
+                    encode(root),
+                    encode(table.mount_point(m)),
+                    encode(other_root),
                     n.ns.inode,
                 ));
             }

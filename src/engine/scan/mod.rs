@@ -100,6 +100,8 @@ pub struct Scan {
     pub paths_only: bool,
     /// See [`ScanRequest::trusted_namespaces`].
     pub trusted_namespaces: Vec<u64>,
+    /// See [`ScanRequest::no_identity`].
+    pub no_identity: Vec<PathBuf>,
     pub namespaces: Vec<ScannedNamespace>,
     pub holders: Vec<Holder>,
     pub notes: Vec<String>,
@@ -138,6 +140,11 @@ pub struct ScanRequest {
     /// namespace holds that path and nothing else, since whoever set that namespace up may
     /// have put it there.
     pub trusted_namespaces: Vec<u64>,
+    /// Target subtrees whose mounts hold by path only: they never say what a target *is*,
+    /// so copies of them at other paths are not searched. Patterns, where a `*` component
+    /// stands for any one component. kubelet's `pods/*/volume-subpaths`: a subPath is a
+    /// bind of whatever the pod names, a hostPath (the node's own `/dev/shm`) included.
+    pub no_identity: Vec<PathBuf>,
 }
 
 /// The default worker count: the machine's cores, at most 4.
@@ -229,6 +236,7 @@ pub fn scan(request: &ScanRequest) -> Result<Scan, ScanError> {
         layer_signatures: request.layer_signatures.clone(),
         paths_only: request.paths_only,
         trusted_namespaces: request.trusted_namespaces.clone(),
+        no_identity: request.no_identity.clone(),
         namespaces,
         holders: Vec::new(),
         notes,

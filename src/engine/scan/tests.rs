@@ -2,7 +2,7 @@
 //! written as mountinfo text, namespaces that are descriptors of `/dev/null`. No root, no
 //! real namespaces: what the end-to-end tests show on a real host, these show rule by rule.
 
-use super::fixture::{Ns, scan_of};
+use super::fixture::{Ns, scan_of, scan_with};
 use super::*;
 use crate::engine::release::{self, Scope, Step};
 
@@ -143,6 +143,92 @@ fn a_filesystem_the_node_mounts_elsewhere_too_is_no_identity() {
         "{:?}",
         matched(&scan)
     );
+}
+
+#[test]
+fn a_subpath_onto_the_root_of_a_host_tmpfs_is_no_identity() {
+    // A pod's `hostPath: /dev` + `subPath: shm`: kubelet binds the root of the node's
+    // /dev/shm tmpfs (0:60 /) under the pod's volume-subpaths, a target of its sandbox.
+    // Every other namespace's /dev/shm (services, hostIPC pods) is the node's, not the
+    // pod's: neither the per-mount superblock of tmpfs nor the subPath may make it a copy.
+    const SUB: &str = "/k/pods/u1/volume-subpaths";
+    let own = "1 0 254:0 / / rw - ext4 /dev/vda rw\n\
+               2 1 0:60 / /dev/shm rw - tmpfs shm rw\n\
+               3 1 0:60 / /k/pods/u1/volume-subpaths/dev/app/0 rw - tmpfs shm rw\n";
+    let service = "1 0 254:0 / / rw - ext4 /dev/vda rw\n\
+                   2 1 0:60 / /dev/shm rw - tmpfs shm rw\n";
+    let namespaces = [Ns(1, true, true, own), Ns(2, false, true, service)];
+    let scan = scan_of(&[SUB], &[], &namespaces);
+    assert_eq!(
+        matched(&scan),
+        vec![(1, format!("{SUB}/dev/app/0"), Match::Path)],
+        "the service's /dev/shm is no holder"
+    );
+    assert!(
+        scan.detail_notes.iter().any(|n| n.contains("/dev/shm")),
+        "{:?}",
+        scan.detail_notes
+    );
+    // The same bind where the node no longer mounts the tmpfs elsewhere: a subPath still
+    // says nothing about what it binds, and the note says why.
+    let own = "1 0 254:0 / / rw - ext4 /dev/vda rw\n\
+               3 1 0:60 / /k/pods/u1/volume-subpaths/dev/app/0 rw - tmpfs shm rw\n";
+    let agent = "1 0 254:0 / / rw - ext4 /dev/vda rw\n\
+                 2 1 0:60 / /host/k/pods/u1/volume-subpaths/dev/app/0 rw - tmpfs shm rw\n\
+                 4 1 0:60 / /dev/shm rw - tmpfs shm rw\n";
+    let namespaces = [Ns(1, true, true, own), Ns(2, false, true, agent)];
+    let scan = scan_with(&[SUB], &[], &["/k/pods/*/volume-subpaths"], &namespaces);
+    assert_eq!(
+        matched(&scan),
+        vec![(1, format!("{SUB}/dev/app/0"), Match::Path)]
+    );
+    assert!(
+        scan.detail_notes.iter().any(|n| n.contains("by path only")),
+        "{:?}",
+        scan.detail_notes
+    );
+    // Without the pattern the agent's copies would be matched: the pattern is what holds.
+    let scan = scan_of(&[SUB], &[], &namespaces);
+    assert!(matched(&scan).iter().any(|(ns, ..)| *ns == 2));
+    // Same-path copies stay found: a namespace copied from the host holds the subPath.
+    let copy = "1 0 254:0 / / rw - ext4 /dev/vda rw\n\
+                3 1 0:60 / /k/pods/u1/volume-subpaths/dev/app/0 rw - tmpfs shm rw\n";
+    let scan = scan_with(
+        &[SUB],
+        &[],
+        &["/k/pods/*/volume-subpaths"],
+        &[Ns(1, true, true, own), Ns(3, false, true, copy)],
+    );
+    assert!(matched(&scan).contains(&(3, format!("{SUB}/dev/app/0"), Match::Path)));
+}
+
+#[test]
+fn a_tmpfs_the_trusted_view_mounts_outside_the_targets_is_no_identity() {
+    // A pod's emptyDir target is a bind of a tmpfs that the node also mounts at /run/user/1000
+    // (root /): that is the node's tmpfs, whose copies in sessions are not the volume's.
+    let own = "1 0 254:0 / / rw - ext4 /dev/vda rw\n\
+               2 1 0:61 / /run/user/1000 rw - tmpfs tmpfs rw\n\
+               3 1 0:61 / /d/l/abc/merged rw - tmpfs tmpfs rw\n";
+    let session = "1 0 254:0 / / rw - ext4 /dev/vda rw\n\
+                   2 1 0:61 / /run/user/1000 rw - tmpfs tmpfs rw\n";
+    let scan = scan_of(
+        &[T],
+        &[],
+        &[Ns(1, true, true, own), Ns(2, false, true, session)],
+    );
+    assert_eq!(matched(&scan), vec![(1, T.into(), Match::Path)]);
+    // An overlay too: a bind of another container's rootfs is that container's.
+    let own = "1 0 254:0 / / rw - ext4 /dev/vda rw\n\
+               2 1 0:50 / /d/l/other/merged rw - overlay overlay rw\n\
+               3 1 0:50 / /d/l/abc/merged rw - overlay overlay rw\n";
+    let service = "1 0 254:0 / / rw - ext4 /dev/vda rw\n\
+                   2 1 0:50 / /srv/view rw - overlay overlay rw\n";
+    let scan = scan_of(
+        &[T],
+        &[],
+        &[Ns(1, true, true, own), Ns(2, false, true, service)],
+    );
+    assert_eq!(matched(&scan), vec![(1, T.into(), Match::Path)]);
 }
 
 #[test]
