@@ -840,3 +840,148 @@ fn a_pods_network_namespace_file_copy_is_released() {
         "containerd's own netns file stays"
     );
 }
+
+#[test]
+fn a_subpath_onto_the_root_of_a_node_tmpfs_never_makes_the_nodes_tmpfs_the_pods() {
+    // A pod allowed hostPath mounts `hostPath: /dev` with `subPath: shm`: kubelet binds the
+    // root of the node's /dev/shm tmpfs under the pod's volume-subpaths, a target of its
+    // sandbox. Services that copied the node's mounts hold that tmpfs as their own
+    // /dev/shm: no sweep, no preStop hook and no `release POD` may take it from them.
+    let mut sb = Sandbox::new("crisubpath");
+    let cri = CriDaemon::start(&sb, "subpath");
+    let d = sb.d();
+    let kubelet = format!("{d}/kubelet");
+    let node_shm = format!("{d}/node/dev/shm");
+    let subpath = format!("{kubelet}/pods/{UID}/volume-subpaths/host/app/0");
+    sb.sh(&format!(
+        "mkdir -p {node_shm} {subpath} && mount -t tmpfs nodeshm {node_shm} && \
+         echo node > {node_shm}/marker && mount --bind {node_shm} {subpath}"
+    ));
+    let hook_dir = format!("{}/hook", cri.d());
+    std::fs::create_dir_all(&hook_dir).unwrap();
+    let bin = static_binary();
+    let pod = Pod::new("web", UID, &kubelet);
+    let pod_id = cri.run_pod(&pod);
+    let script = "while [ ! -e /run/mntreap/go ]; do sleep 0.1; done; \
+                  /mntreap hook pre-stop >/run/mntreap/out 2>/run/mntreap/err; \
+                  echo $? >/run/mntreap/rc; exec sleep 3600";
+    cri.run_container_with(
+        &pod_id,
+        "app",
+        &[
+            (&subpath, "/hostshm"),
+            (&bin, "/mntreap"),
+            (&hook_dir, "/run/mntreap"),
+        ],
+        &["/bin/sh", "-c", script],
+    );
+    // A service made now (PrivateTmp-style: it copies every mount), and one that also
+    // binds the node's tmpfs at a path of its own (a hostIPC pod's /dev/shm).
+    let service = |sb: &mut Sandbox| {
+        let plain = sb.holder(None, None);
+        let own_path = sb.holder(
+            Some(&format!(
+                "mkdir -p {d}/svc-$$ && mount --bind {node_shm} {d}/svc-$$ && exec sleep 3600"
+            )),
+            None,
+        );
+        (plain, own_path)
+    };
+    let keeps_the_nodes_tmpfs = |(plain, own_path): (i32, i32), after: &str| {
+        assert!(
+            has_mount_at(plain, &node_shm),
+            "{after}: the service lost the node's tmpfs"
+        );
+        assert!(
+            has_mount_at(own_path, &node_shm)
+                && has_mount_at(own_path, &format!("{d}/svc-{own_path}")),
+            "{after}: the other service lost the node's tmpfs"
+        );
+    };
+
+    // `scan POD` and `release POD --dry-run` name no holder of the node's tmpfs, and say
+    // why identity was refused.
+    let svc = service(&mut sb);
+    let (_, doc) = run_json(&sb, &["scan", "default/web"], &cri_args(&cri, &kubelet));
+    // (The pod's containers hold their rootfs as their own root, role `container`.)
+    for h in holders(&doc).iter().filter(|h| h["role"] != "container") {
+        let point = h["mount_point"].as_str().unwrap_or_default();
+        assert!(
+            point.starts_with(&kubelet) || point.starts_with(&cri.d()),
+            "a holder outside the pod's paths: {h}"
+        );
+    }
+    assert!(
+        doc.to_string().contains("not private to the target")
+            || doc.to_string().contains("by path only"),
+        "the refusal is said: {doc}"
+    );
+    let (_, plan) = run_json(
+        &sb,
+        &["release", "--dry-run", "default/web"],
+        &cri_args(&cri, &kubelet),
+    );
+    assert!(
+        !plan.to_string().contains(&format!("{d}/svc-"))
+            && !plan.to_string().contains(&format!("\"{node_shm}\"")),
+        "the plan touches the node's tmpfs: {plan}"
+    );
+    keeps_the_nodes_tmpfs(svc, "scan and dry run");
+
+    // An agent sweeping every second: it releases the service's copy of the subPath bind
+    // (a leak at the pod's own path), and nothing of the node's tmpfs.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let socket = format!("{hook_dir}/hook.sock");
+    sb.spawn_in(&[
+        BIN,
+        "agent",
+        "--sweep-interval",
+        "1",
+        "--metrics-addr",
+        &format!("127.0.0.1:{port}"),
+        "--hook-socket",
+        &socket,
+        "--cri-endpoint",
+        &cri.endpoint(),
+        "--kubelet-root",
+        &kubelet,
+    ]);
+    wait_until(
+        std::time::Duration::from_secs(30),
+        std::time::Duration::from_millis(100),
+        || !has_mount_at(svc.0, &subpath),
+        || "the sweep never released the service's copy of the subPath".into(),
+    );
+    // Two more sweeps, to be sure none takes the tmpfs later.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    keeps_the_nodes_tmpfs(svc, "sweeps");
+
+    // The pod's own preStop hook.
+    let svc = service(&mut sb);
+    std::fs::write(format!("{hook_dir}/go"), "").unwrap();
+    let rc = format!("{hook_dir}/rc");
+    wait_until(
+        std::time::Duration::from_secs(30),
+        std::time::Duration::from_millis(50),
+        || std::path::Path::new(&rc).exists(),
+        || "the hook never finished".into(),
+    );
+    let err = std::fs::read_to_string(format!("{hook_dir}/err")).unwrap_or_default();
+    assert_eq!(std::fs::read_to_string(&rc).unwrap().trim(), "0", "{err}");
+    keeps_the_nodes_tmpfs(svc, "the preStop hook");
+
+    // `release POD`.
+    let svc = service(&mut sb);
+    let (code, rel) = run_json(&sb, &["release", "default/web"], &cri_args(&cri, &kubelet));
+    assert!(code == 0 || code == 1, "{rel}");
+    keeps_the_nodes_tmpfs(svc, "release POD");
+    assert_eq!(
+        std::fs::read_to_string(format!("/proc/{}/root{node_shm}/marker", sb.host_pid())).unwrap(),
+        "node\n"
+    );
+    let _ = pod_id;
+}
