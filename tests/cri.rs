@@ -985,3 +985,98 @@ fn a_subpath_onto_the_root_of_a_node_tmpfs_never_makes_the_nodes_tmpfs_the_pods(
     );
     let _ = pod_id;
 }
+
+/// A cgroup of the test's own in the pids hierarchy, removed when dropped: declare it
+/// before the sandbox, so that the sandbox's processes are gone by then.
+struct TestCgroup(std::path::PathBuf);
+
+impl TestCgroup {
+    fn new(name: &str) -> TestCgroup {
+        let dir = std::path::PathBuf::from(format!(
+            "/sys/fs/cgroup/pids/mntreap-test-{name}-{}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        TestCgroup(dir)
+    }
+
+    fn procs(&self) -> String {
+        format!("{}/cgroup.procs", self.0.display())
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.0).is_ok() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        eprintln!("could not remove {}", self.0.display());
+    }
+}
+
+#[test]
+fn an_agent_in_a_private_cgroup_namespace_spares_a_namespace_nested_in_a_pod() {
+    // In a private cgroup namespace (every non-privileged container on cgroup v2, the
+    // DaemonSet's agent among them) kubelet's cgroups read `/../kubepods/...`: the rule that
+    // spares a namespace nested in a pod must still see them, as the host names them.
+    let cg = TestCgroup::new("cgns");
+    let mut sb = Sandbox::new("cricgns");
+    let cri = CriDaemon::start(&sb, "cgns");
+    let (_pod_id, app, outsider, kubelet, vol) = pod_with_a_leak(&mut sb, &cri);
+    let nested = sb.holder(None, None);
+    let pod_procs = format!("/sys/fs/cgroup/pids/kubepods/besteffort/pod{UID}/{app}/cgroup.procs");
+    std::fs::write(&pod_procs, nested.to_string())
+        .unwrap_or_else(|e| panic!("moving {nested} into {pod_procs}: {e}"));
+    // mntreap moves into the test's cgroup, then into a cgroup namespace rooted there.
+    let in_private_cgroupns = |args: &str| {
+        format!(
+            "echo $$ > {} && exec unshare -C {BIN} {args} --cri-endpoint {} --kubelet-root {kubelet}",
+            cg.procs(),
+            cri.endpoint()
+        )
+    };
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let agent = sb.spawn_in(&[
+        "sh",
+        "-c",
+        &in_private_cgroupns(&format!(
+            "agent --sweep-interval 1 --metrics-addr 127.0.0.1:{port} --hook-socket {}/hook.sock",
+            cri.d()
+        )),
+    ]);
+    wait_until(
+        std::time::Duration::from_secs(30),
+        std::time::Duration::from_millis(100),
+        || !has_mount_at(outsider, &vol),
+        || "the sweep never released the outsider's copy".into(),
+    );
+    let cgroupns = |pid: i32| std::fs::read_link(format!("/proc/{pid}/ns/cgroup")).ok();
+    assert_ne!(
+        cgroupns(agent),
+        cgroupns(std::process::id() as i32),
+        "the agent runs in a cgroup namespace of its own"
+    );
+    // More sweeps: none may take the nested namespace's volume.
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    assert!(
+        has_mount_at(nested, &vol),
+        "a namespace nested in the pod lost the pod's volume to a sweep"
+    );
+    // `release POD` from such a namespace keeps it too.
+    let out = sb.sh_output(&in_private_cgroupns("release --json default/web"));
+    let rel = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{rel}{}", stderr(&out));
+    assert!(has_mount_at(nested, &vol), "release POD took it: {rel}");
+    assert!(
+        rel.contains("kubelet's cgroups place its processes in app's container or pod"),
+        "{rel}"
+    );
+    sb.kill_holder(nested);
+}

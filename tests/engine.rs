@@ -257,6 +257,7 @@ fn namespace_vanishing_between_scan_and_release() {
         layer_signatures: Vec::new(),
         trusted_namespaces: Vec::new(),
         no_identity: Vec::new(),
+        cgroup_reference: None,
     };
     let scan = mntreap::engine::scan::scan(&request).unwrap();
     let in_scan: BTreeSet<u64> = scan

@@ -49,7 +49,7 @@ fn reap(
     for c in &containers {
         let req = container_request(&e.base, daemon, c);
         let scope = release_scope(daemon, c, false);
-        let rel = match release_containers(&req, daemon, std::slice::from_ref(c), scope, dry_run) {
+        let rel = match release_containers(&req, std::slice::from_ref(c), scope, dry_run) {
             Ok(rel) => rel,
             Err(err) => {
                 // Not removed: its copies may still hold it, and removal would fail.

@@ -43,14 +43,8 @@ pub fn command(config: &Config, args: ReleaseArgs) -> Result<Exit, Failure> {
         for c in &containers {
             let req = container_request(&e.base, docker.daemon(), c);
             let scope = release_scope(docker.daemon(), c, args.everywhere);
-            let outcome = release_containers(
-                &req,
-                docker.daemon(),
-                std::slice::from_ref(c),
-                scope,
-                args.dry_run,
-            )
-            .map_err(|err| err.to_string());
+            let outcome = release_containers(&req, std::slice::from_ref(c), scope, args.dry_run)
+                .map_err(|err| err.to_string());
             releases.push((Some(c), outcome));
         }
     }

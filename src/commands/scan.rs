@@ -16,7 +16,7 @@ pub fn command(config: &Config, names: &[String], paths: &[String]) -> Result<Ex
     let mut req = e.request(paths, trusted)?;
     req.layer_signatures = crate::runtime::docker::layer_signatures(&containers);
     if let Some(d) = &docker {
-        req.trusted_namespaces = d.daemon().trusted_namespaces();
+        req = d.daemon().vouch(req);
     }
     let scan = crate::engine::scan::scan(&req)?;
     let checked: Vec<PathBuf> = req

@@ -92,13 +92,8 @@ pub fn cleanup(
                 }
             }
         }
-        let rel = crate::runtime::scope::release_containers(
-            &req,
-            &docker.daemon,
-            std::slice::from_ref(c),
-            scope,
-            false,
-        )?;
+        let rel =
+            crate::runtime::scope::release_containers(&req, std::slice::from_ref(c), scope, false)?;
         released += rel.released();
     }
     Ok(released)

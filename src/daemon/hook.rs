@@ -187,7 +187,7 @@ fn hook(agent: &Agent, peer: Option<i32>, accepted_at: Option<u64>, line: &str) 
     let started = Instant::now();
     let req = group_request(&agent.config.base, daemon, &targets);
     let scope = group_scope(daemon, &targets, false);
-    match release_containers(&req, daemon, &targets, scope, false) {
+    match release_containers(&req, &targets, scope, false) {
         Ok(rel) => {
             agent.metrics.count(&rel.results, started.elapsed());
             HookReply {

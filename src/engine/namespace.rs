@@ -45,6 +45,9 @@ pub struct Process {
     pub root: Option<MountRef>,
     /// Mounts the process keeps busy: working directory, executable, open files.
     pub uses: Vec<(PinVia, MountRef)>,
+    /// `/proc/PID/cgroup` as the host's cgroup namespace names it; `None`: unknown (see
+    /// [`crate::engine::cgroups`]).
+    pub cgroup: Option<String>,
 }
 
 /// One mount namespace, held open.
@@ -196,6 +199,7 @@ pub fn process(proc_root: &Path, pid: i32) -> Option<Process> {
         comm,
         root: stat("root"),
         uses,
+        cgroup: None,
     })
 }
 

@@ -348,12 +348,11 @@ pub fn node_scan(
     if roots.is_empty() {
         return Ok(None);
     }
-    let req = ScanRequest {
+    let req = daemon.vouch(ScanRequest {
         targets: roots,
         layer_signatures: docker::layer_signatures(containers),
-        trusted_namespaces: daemon.trusted_namespaces(),
         ..base.clone()
-    };
+    });
     scan::scan(&req).map(Some)
 }
 
@@ -389,7 +388,7 @@ pub fn findings(
         signature_owner(scan, containers, h).map(|c| Owner::Container(containers[c].id.clone()))
     };
     // Per namespace, its members' kubelet cgroups: read once.
-    let mut cgroups: HashMap<usize, Vec<String>> = HashMap::new();
+    let mut cgroups: HashMap<usize, Option<Vec<String>>> = HashMap::new();
     let mut out = Vec::new();
     for (i, h) in scan.holders.iter().enumerate() {
         let Some(owner) = owner_of(h)
@@ -420,12 +419,13 @@ pub fn findings(
         let owner_hex = crate::engine::policy::is_hex_id(&owner_id).then_some(owner_id.as_str());
         let mut of_its_pod = || {
             let paths = cgroups.entry(h.ns).or_insert_with(|| {
-                crate::runtime::caller::kubepods_cgroups_of(
-                    &daemon.proc_root,
-                    &scan.namespaces[h.ns].ns.pids,
-                )
+                crate::runtime::caller::kubepods_cgroups_of(&scan.namespaces[h.ns].processes)
             });
-            crate::runtime::caller::names_pod_member(paths, owner_hex, pod_uid)
+            match paths {
+                Some(paths) => crate::runtime::caller::names_pod_member(paths, owner_hex, pod_uid),
+                // Unknown protects (the scan's notes say why): it may be nested in the pod.
+                None => pod_uid.is_some(),
+            }
         };
         let own_root = container_ns == Some(inode) || pod.contains(&inode) || of_its_pod();
         let class = if own_root {
@@ -474,6 +474,51 @@ mod tests {
             host_root: "/".into(),
             proc_root: "/proc".into(),
         }
+    }
+
+    #[test]
+    fn kubelets_cgroups_unknown_protect_and_known_ones_decide() {
+        // A service (6) holds the layer of pod container A. Its member's cgroups decide:
+        // in A's pod, no finding; elsewhere, leaked; unknown (read from a private cgroup
+        // namespace, or above its root), no finding: it may be nested in the pod.
+        let runtime = "1 0 254:0 / / rw - ext4 /dev/vda rw\n\
+                       2 1 0:50 / /d/overlay2/L1/merged rw - overlay overlay rw\n";
+        let service = runtime;
+        let mut a = c(&"a".repeat(64), "a");
+        a.mount_id = Some("L1".into());
+        a.pod_uid = Some("1234-abcd".into());
+        let containers = [a];
+        let by_layer = docker::layers_by_container(&containers);
+        let owner_of = |p: &Path| docker::owner_of(Path::new("/d"), p, &by_layer);
+        let classes = |cgroup: Option<&str>| {
+            let mut scan = scan_of(
+                &["/d"],
+                &[5],
+                &[Ns(5, false, true, runtime), Ns(6, false, true, service)],
+            );
+            scan.namespaces[1].processes = vec![crate::engine::namespace::Process {
+                pid: 9,
+                comm: "svc".into(),
+                root: None,
+                uses: Vec::new(),
+                cgroup: cgroup.map(String::from),
+            }];
+            findings(&scan, &daemon(5), &containers, &owner_of)
+                .iter()
+                .map(|f| f.class)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            classes(Some("0::/system.slice/nginx.service\n")),
+            vec![Class::Leaked]
+        );
+        assert_eq!(
+            classes(Some(
+                "0::/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod1234_abcd.slice/cri-containerd-x.scope\n"
+            )),
+            Vec::<Class>::new()
+        );
+        assert_eq!(classes(None), Vec::<Class>::new());
     }
 
     #[test]

@@ -76,27 +76,28 @@ pub fn facts(proc_root: &Path, pid: i32) -> Option<ProcessFacts> {
     })
 }
 
-/// The cgroup paths of `pid` that kubelet made: those under `/kubepods` (cgroupfs driver)
-/// or `/kubepods.slice` (systemd driver), where only root creates cgroups. Kernel facts.
-fn kubepods_cgroups(proc_root: &Path, pid: i32) -> Vec<String> {
-    std::fs::read_to_string(proc_root.join(format!("{pid}/cgroup")))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.splitn(3, ':').nth(2))
-        .filter(|p| {
-            *p == "/kubepods" || p.starts_with("/kubepods/") || p.starts_with("/kubepods.slice")
-        })
-        .map(String::from)
-        .collect()
-}
-
-/// kubelet's cgroup paths of a namespace's members (the first 8 of them: one process of a
-/// container says where the container is).
-pub fn kubepods_cgroups_of(proc_root: &Path, pids: &[i32]) -> Vec<String> {
-    pids.iter()
-        .take(8)
-        .flat_map(|&pid| kubepods_cgroups(proc_root, pid))
-        .collect()
+/// kubelet's cgroup paths of a namespace's members, from the facts the scan read in the
+/// host's cgroup namespace: those under `/kubepods` (cgroupfs driver) or `/kubepods.slice`
+/// (systemd driver), where only root creates cgroups. `None` when a member's cgroups are
+/// unknown (read from a private cgroup namespace, or above its root): whether kubelet
+/// placed it in a pod is then unknown, and the rules that ask protect.
+pub fn kubepods_cgroups_of(processes: &[crate::engine::namespace::Process]) -> Option<Vec<String>> {
+    let mut paths = Vec::new();
+    for p in processes {
+        paths.extend(
+            p.cgroup
+                .as_deref()?
+                .lines()
+                .filter_map(|l| l.splitn(3, ':').nth(2))
+                .filter(|p| {
+                    *p == "/kubepods"
+                        || p.starts_with("/kubepods/")
+                        || p.starts_with("/kubepods.slice")
+                })
+                .map(String::from),
+        );
+    }
+    Some(paths)
 }
 
 /// Whether kubelet's cgroup paths place a process in container `id` or in pod `pod_uid`

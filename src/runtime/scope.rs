@@ -20,8 +20,7 @@ pub fn container_request(base: &ScanRequest, daemon: &Daemon, c: &Container) -> 
     ScanRequest {
         targets: c.paths.clone(),
         layer_signatures: layer_signatures(std::slice::from_ref(c)),
-        trusted_namespaces: daemon.trusted_namespaces(),
-        ..base.clone()
+        ..daemon.vouch(base.clone())
     }
 }
 
@@ -34,8 +33,7 @@ pub fn group_request(base: &ScanRequest, daemon: &Daemon, cs: &[Container]) -> S
     ScanRequest {
         targets,
         layer_signatures: layer_signatures(cs),
-        trusted_namespaces: daemon.trusted_namespaces(),
-        ..base.clone()
+        ..daemon.vouch(base.clone())
     }
 }
 
@@ -64,7 +62,6 @@ pub fn group_scope(daemon: &Daemon, cs: &[Container], everywhere: bool) -> Scope
 /// in a pod).
 pub fn release_containers(
     req: &ScanRequest,
-    daemon: &Daemon,
     cs: &[Container],
     scope: Scope,
     dry_run: bool,
@@ -72,7 +69,7 @@ pub fn release_containers(
     let scan = crate::engine::scan::scan(req)?;
     let mut scope = scope;
     if let Some(protected) = scope.protected.as_mut() {
-        for (ns, why) in pod_cgroup_namespaces(&scan, daemon, cs) {
+        for (ns, why) in pod_cgroup_namespaces(&scan, cs) {
             if !protected.iter().any(|(n, _)| *n == ns) {
                 protected.push((ns, why));
             }
@@ -83,18 +80,25 @@ pub fn release_containers(
 
 /// The namespaces holding a target whose processes kubelet's cgroups place in one of `cs`
 /// or in its pod.
-fn pod_cgroup_namespaces(
-    scan: &crate::engine::scan::Scan,
-    daemon: &Daemon,
-    cs: &[Container],
-) -> Vec<(u64, String)> {
+fn pod_cgroup_namespaces(scan: &crate::engine::scan::Scan, cs: &[Container]) -> Vec<(u64, String)> {
     let mut seen: Vec<usize> = scan.holders.iter().map(|h| h.ns).collect();
     seen.sort_unstable();
     seen.dedup();
+    let pods = cs.iter().any(|c| c.pod_uid.is_some());
     seen.into_iter()
         .filter_map(|i| {
-            let n = &scan.namespaces[i].ns;
-            let paths = crate::runtime::caller::kubepods_cgroups_of(&daemon.proc_root, &n.pids);
+            let n = &scan.namespaces[i];
+            let Some(paths) = crate::runtime::caller::kubepods_cgroups_of(&n.processes) else {
+                // Unknown protects: it may be a process nested in one of these pods.
+                return pods.then(|| {
+                    (
+                        n.ns.inode,
+                        "its processes' cgroups are unknown in the host's cgroup namespace \
+                         (see the notes): it may be a pod's"
+                            .to_string(),
+                    )
+                });
+            };
             let member = cs.iter().find(|c| {
                 crate::runtime::caller::names_pod_member(
                     &paths,
@@ -103,7 +107,7 @@ fn pod_cgroup_namespaces(
                 )
             })?;
             Some((
-                n.inode,
+                n.ns.inode,
                 format!(
                     "kubelet's cgroups place its processes in {}'s container or pod",
                     member.name
@@ -172,6 +176,17 @@ pub fn release_scope(daemon: &Daemon, container: &Container, everywhere: bool) -
 }
 
 impl Daemon {
+    /// `req` with what the established daemon vouches for: its namespace as a view whose
+    /// mounts say what a target is, and its cgroup namespace as the host's (the view in
+    /// which kubelet's cgroups are read).
+    pub fn vouch(&self, req: ScanRequest) -> ScanRequest {
+        ScanRequest {
+            trusted_namespaces: self.trusted_namespaces(),
+            cgroup_reference: self.pid,
+            ..req
+        }
+    }
+
     /// The namespaces whose mounts say what a container's mounts are: the daemon's, once
     /// established.
     pub fn trusted_namespaces(&self) -> Vec<u64> {

@@ -51,9 +51,8 @@ pub fn command(e: &Config) -> Result<Exit, Failure> {
     }
     checks.push(data_root_binds(runtime, &containers));
     // Namespaces holding container mounts they do not need (PrivateTmp-style services).
-    let mut req = e.request(&[], runtime.roots())?;
+    let mut req = daemon.vouch(e.request(&[], runtime.roots())?);
     req.layer_signatures = crate::runtime::scope::layer_signatures(&containers);
-    req.trusted_namespaces = daemon.trusted_namespaces();
     let scan = scan::scan(&req)?;
     checks.push(foreign_holders(&scan, runtime, &containers));
 

@@ -5,12 +5,13 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use super::{InUse, Pin, Scan};
+use crate::engine::cgroups::CgroupView;
 use crate::engine::namespace::{self, MountRef, Process};
 use crate::engine::table::{IdMap, MountTable};
 
 /// Reads member processes of holder namespaces and marks holders that are a namespace's
 /// root, contain a process's root, or contain a process's working directory.
-pub(super) fn classify(scan: &mut Scan, proc_root: &Path, threads: usize) {
+pub(super) fn classify(scan: &mut Scan, proc_root: &Path, threads: usize, cgroups: &CgroupView) {
     let holder_ns: HashSet<usize> = scan.holders.iter().map(|h| h.ns).collect();
     let members: Vec<(usize, i32)> = holder_ns
         .iter()
@@ -24,6 +25,8 @@ pub(super) fn classify(scan: &mut Scan, proc_root: &Path, threads: usize) {
         .collect();
     // A few syscalls per process, but thousands of processes on a busy node: in parallel.
     let threads = threads.clamp(1, members.len().max(1));
+    let unknown = std::sync::Mutex::new(Vec::new());
+    let unknown = &unknown;
     let details: Vec<Option<Process>> = std::thread::scope(|scope| {
         let chunk = members.len().div_ceil(threads).max(1);
         let handles: Vec<_> = members
@@ -31,8 +34,22 @@ pub(super) fn classify(scan: &mut Scan, proc_root: &Path, threads: usize) {
             .map(|part| {
                 let len = part.len();
                 let handle = scope.spawn(move || {
+                    // This thread ends with the scope: it may keep the host's cgroup view.
+                    let view = cgroups.enter_on_worker();
                     part.iter()
-                        .map(|&(_, pid)| namespace::process(proc_root, pid))
+                        .map(|&(_, pid)| {
+                            let mut p = namespace::process(proc_root, pid)?;
+                            p.cgroup = view
+                                .as_ref()
+                                .ok()
+                                .and(crate::engine::cgroups::read(proc_root, pid));
+                            // kubelet's cgroups unknown: say so (the rules that read them
+                            // protect), only where they matter.
+                            if p.cgroup.is_none() && own_view_mentions_kubepods(proc_root, pid) {
+                                unknown.lock().unwrap_or_else(|e| e.into_inner()).push(pid);
+                            }
+                            Some(p)
+                        })
                         .collect::<Vec<_>>()
                 });
                 (len, handle)
@@ -54,6 +71,18 @@ pub(super) fn classify(scan: &mut Scan, proc_root: &Path, threads: usize) {
                 scanned.ns.inode
             )),
         }
+    }
+    let unknown = unknown.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(first) = unknown.first() {
+        let why = match cgroups.enter_on_worker() {
+            Err(why) => why,
+            Ok(()) => "their paths lie above the host's cgroup namespace root".into(),
+        };
+        scan.notes.push(format!(
+            "the cgroups of {} processes under kubelet's cgroups (pid {first} among them) are \
+             unknown ({why}): the namespaces they are in count as their pods' and are spared",
+            unknown.len()
+        ));
     }
     for &ns in &holder_ns {
         let scanned = &scan.namespaces[ns];
@@ -111,6 +140,12 @@ pub(super) fn classify(scan: &mut Scan, proc_root: &Path, threads: usize) {
             h.pins = pins;
         }
     }
+}
+
+/// Whether `pid`'s cgroup file, in whatever view this thread has, names kubelet's cgroups.
+fn own_view_mentions_kubepods(proc_root: &Path, pid: i32) -> bool {
+    std::fs::read_to_string(proc_root.join(format!("{pid}/cgroup")))
+        .is_ok_and(|t| t.contains("kubepods"))
 }
 
 /// The mount a process refers to and all its ancestors (they all contain it). Without a

@@ -17,6 +17,7 @@ use std::path::PathBuf;
 
 use tracing::{debug, info_span};
 
+use crate::engine::cgroups::CgroupView;
 use crate::engine::namespace::{self, Namespace, PinVia, Process};
 use crate::engine::nsexec;
 use crate::engine::source::{self, Backend};
@@ -145,6 +146,9 @@ pub struct ScanRequest {
     /// stands for any one component. kubelet's `pods/*/volume-subpaths`: a subPath is a
     /// bind of whatever the pod names, a hostPath (the node's own `/dev/shm`) included.
     pub no_identity: Vec<PathBuf>,
+    /// A process in the host's cgroup namespace (the established runtime daemon), whose
+    /// view names member processes' cgroups; pid 1 when `None`.
+    pub cgroup_reference: Option<i32>,
 }
 
 /// The default worker count: the machine's cores, at most 4.
@@ -245,7 +249,8 @@ pub fn scan(request: &ScanRequest) -> Result<Scan, ScanError> {
     };
     match_holders(&mut scan);
     let matched = started.elapsed();
-    classify(&mut scan, &request.proc_root, request.threads);
+    let cgroups = CgroupView::of(&request.proc_root, request.cgroup_reference.unwrap_or(1));
+    classify(&mut scan, &request.proc_root, request.threads, &cgroups);
     hydrate_propagation_context(&mut scan);
     debug!(
         namespaces = scan.namespaces.len(),

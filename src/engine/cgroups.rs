@@ -1,0 +1,91 @@
+//! Other processes' cgroups as the host's cgroup namespace names them.
+//!
+//! `/proc/PID/cgroup` prints paths relative to the *reader's* cgroup namespace: from inside
+//! a container with a private one (every non-privileged container on cgroup v2, the
+//! DaemonSet's agent among them), kubelet's `/kubepods.slice/...` reads
+//! `/../../kubepods-besteffort.slice/...`, and a path below the reader's root loses its
+//! prefix altogether. So the reads happen on a worker thread that first enters the cgroup
+//! namespace of a process known to be the host's (the established runtime daemon, else
+//! pid 1), and a path that still climbs above the root (`/..`) is unknown. The thread ends
+//! with the work, taking its namespace with it; no other thread ever changes namespace.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use nix::sched::CloneFlags;
+
+/// How a worker thread reads cgroups in the host's view.
+#[derive(Debug)]
+pub enum CgroupView {
+    /// This process already is in the host's cgroup namespace.
+    Own,
+    /// The host's cgroup namespace, to enter on each worker thread.
+    Enter(OwnedFd),
+    /// The host's view cannot be had: why.
+    Unknown(String),
+}
+
+impl CgroupView {
+    /// The view of the cgroup namespace of `reference` (the established runtime daemon, or
+    /// pid 1 when there is none).
+    pub fn of(proc_root: &Path, reference: i32) -> CgroupView {
+        let theirs = proc_root.join(format!("{reference}/ns/cgroup"));
+        let ours = proc_root.join("thread-self/ns/cgroup");
+        let inode = |p: &Path| std::fs::metadata(p).map(|m| m.ino());
+        match (inode(&theirs), inode(&ours)) {
+            (Ok(a), Ok(b)) if a == b => CgroupView::Own,
+            (Ok(_), Ok(_)) => match crate::engine::namespace::open_ns(theirs.as_os_str()) {
+                Ok(fd) => CgroupView::Enter(fd),
+                Err(e) => CgroupView::Unknown(format!("cannot open {}: {e}", theirs.display())),
+            },
+            (Err(e), _) => CgroupView::Unknown(format!("cannot read {}: {e}", theirs.display())),
+            (_, Err(e)) => CgroupView::Unknown(format!("cannot read {}: {e}", ours.display())),
+        }
+    }
+
+    /// Makes the current thread read in the host's view. Call only on a thread that ends
+    /// with the work (it keeps the namespace). `Err`: why the view is unknown.
+    pub fn enter_on_worker(&self) -> Result<(), String> {
+        match self {
+            CgroupView::Own => Ok(()),
+            CgroupView::Enter(fd) => nix::sched::setns(fd.as_fd(), CloneFlags::CLONE_NEWCGROUP)
+                .map_err(|e| format!("cannot enter the host's cgroup namespace: {e}")),
+            CgroupView::Unknown(why) => Err(why.clone()),
+        }
+    }
+}
+
+/// `/proc/PID/cgroup` as the current thread's cgroup namespace names it; `None` when it
+/// cannot be read, or when a path lies above that namespace's root (`/..`): not the host's
+/// view, so unknown.
+pub fn read(proc_root: &Path, pid: i32) -> Option<String> {
+    let text = std::fs::read_to_string(proc_root.join(format!("{pid}/cgroup"))).ok()?;
+    let climbs = text
+        .lines()
+        .filter_map(|l| l.splitn(3, ':').nth(2))
+        .any(|p| p == "/.." || p.starts_with("/../"));
+    (!climbs).then_some(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_process_reads_its_own_view_and_its_own_cgroup() {
+        let me = std::process::id() as i32;
+        let view = CgroupView::of(Path::new("/proc"), me);
+        assert!(matches!(view, CgroupView::Own), "{view:?}");
+        assert!(view.enter_on_worker().is_ok());
+        let text = read(Path::new("/proc"), me).expect("our own cgroup is in our view");
+        assert!(
+            text.lines().all(|l| l.splitn(3, ':').count() == 3),
+            "{text}"
+        );
+        assert!(matches!(
+            CgroupView::of(Path::new("/proc"), i32::MAX),
+            CgroupView::Unknown(_)
+        ));
+    }
+}
