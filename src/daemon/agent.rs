@@ -277,9 +277,18 @@ fn sweep_once(agent: &Agent) -> anyhow::Result<()> {
         protected: Some(protected),
     };
     let started = Instant::now();
-    let plans = release::plan(&scan, scope);
-    let results = release::execute(&scan, &plans, &base.proc_root, false)?;
-    agent.metrics.count(&results, started.elapsed());
+    // The one release path: plan, execute, then re-check what is left, as every release.
+    let rel = release::run_on(scan, base, scope, false)?;
+    agent.metrics.count(&rel.results, started.elapsed());
+    let remaining = rel.remaining().len();
+    if remaining > 0 || !rel.notes.is_empty() {
+        info!(
+            released = rel.released(),
+            remaining,
+            notes = ?rel.notes,
+            "sweep left copies in place"
+        );
+    }
     Ok(())
 }
 
