@@ -676,3 +676,32 @@ fn file_mount_points_are_found_and_released_on_both_backends() {
         assert!(!has_mount_at(leak, &target), "{backend}");
     }
 }
+
+#[test]
+fn a_scan_from_another_pid_namespace_is_never_clean() {
+    // From a pid namespace that is not the host's (a pod without hostPID), /proc lists
+    // that namespace's processes alone: a leaked copy elsewhere is not seen, and the scan
+    // must say it is incomplete instead of "no namespace holds it".
+    let mut sb = Sandbox::new("pidns");
+    let d = sb.d();
+    layers(&sb, "pn");
+    let leak = sb.holder(None, None);
+    let target = format!("{d}/l/pn/merged");
+    assert!(has_mount_at(leak, &target));
+    let (code, doc) = sb.mntreap_json(&["scan", "--any-path", "--path", &target], &[]);
+    assert_eq!(
+        code, 1,
+        "from the host's pid namespace the leak is seen: {doc:#}"
+    );
+    let out = sb.sh_output(&format!(
+        "unshare --pid --fork --mount-proc {BIN} scan --json --any-path --path {target}"
+    ));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}{}", stderr(&out));
+    let doc: Value = serde_json::from_str(&text).unwrap();
+    assert!(
+        doc["notes"].to_string().contains("not the host's"),
+        "the note says why: {doc:#}"
+    );
+    assert!(stderr(&out).contains("hostPID"), "{}", stderr(&out));
+}

@@ -182,16 +182,22 @@ pub fn check_targets_exist(scan: &Scan, checked: &[PathBuf]) -> Result<(), Failu
 /// The note a report prints when namespaces could not be read (permission), also on
 /// stderr: the result is incomplete, so it is never reported as clean.
 pub(crate) fn denied_note(scan: &Scan) -> Option<String> {
-    (!scan.denied.is_empty()).then(|| {
-        let note = format!(
+    let denied = (!scan.denied.is_empty()).then(|| {
+        format!(
             "{} mount namespace(s) could not be read ({:?}): mntreap needs CAP_SYS_ADMIN, \
              CAP_SYS_CHROOT and CAP_SYS_PTRACE; what they hold is not known",
             scan.denied.len(),
             scan.denied
-        );
-        eprintln!("note: {note}");
-        note
-    })
+        )
+    });
+    let note = match (denied, &scan.blind) {
+        (Some(d), Some(b)) => format!("{d}; {b}"),
+        (Some(d), None) => d,
+        (None, Some(b)) => b.clone(),
+        (None, None) => return None,
+    };
+    eprintln!("note: {note}");
+    Some(note)
 }
 
 /// The note every report prints while the runtime's identity is unsure, also on stderr.

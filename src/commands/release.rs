@@ -55,9 +55,8 @@ pub fn command(config: &Config, args: ReleaseArgs) -> Result<Exit, Failure> {
         .sum();
     let failed = releases.iter().any(|(_, r)| r.is_err());
     let remaining = releases.iter().any(|(_, r)| {
-        r.as_ref().is_ok_and(|r| {
-            !r.remaining().is_empty() || r.still_pinned() || !r.scan.denied.is_empty()
-        })
+        r.as_ref()
+            .is_ok_and(|r| !r.remaining().is_empty() || r.still_pinned() || r.scan.incomplete())
     });
     for r in releases.iter().filter_map(|(_, r)| r.as_ref().ok()) {
         super::denied_note(&r.scan);

@@ -230,6 +230,9 @@ fn sweep_once(agent: &Agent) -> anyhow::Result<()> {
         );
         return Ok(());
     };
+    if let Some(blind) = &scan.blind {
+        agent.warn_limited("sweep sees only part of the node", blind);
+    }
     let before = crate::report::containers::findings(
         &scan,
         daemon,

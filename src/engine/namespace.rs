@@ -89,6 +89,35 @@ pub fn mnt_ns_inode(proc_root: &Path, pid: impl std::fmt::Display) -> Option<u64
         .map(|m| m.ino())
 }
 
+/// Why this process does not see every process of the host, if it does not: `/proc/2` is
+/// the kernel's `kthreadd` (its flags carry `PF_KTHREAD`, which no user process can set)
+/// only in the initial pid namespace. From any other (a pod without `hostPID`), `/proc`
+/// lists that namespace's processes alone, and the mount namespaces of all the others are
+/// not seen.
+pub fn pid_namespace_blindness(proc_root: &Path) -> Option<String> {
+    const PF_KTHREAD: u64 = 0x0020_0000;
+    let stat = fs::read_to_string(proc_root.join("2/stat")).unwrap_or_default();
+    let kthreadd = stat.starts_with("2 (kthreadd) ")
+        && stat
+            .rfind(')')
+            .and_then(|end| {
+                stat[end + 1..]
+                    .split_whitespace()
+                    .nth(6)?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .is_some_and(|flags| flags & PF_KTHREAD != 0);
+    (!kthreadd).then(|| {
+        format!(
+            "{} shows the processes of a pid namespace that is not the host's (pid 2 is not \
+             the kernel's kthreadd): the mount namespaces of every other process are not \
+             seen; run mntreap in the host's pid namespace (hostPID: true, PidHost)",
+            proc_root.display()
+        )
+    })
+}
+
 /// The start time of `pid` in clock ticks since boot (`/proc/PID/stat` field 22): a pid
 /// that is reused has another one. The command name (field 2) may hold spaces and
 /// parentheses, so fields are counted after its last `)`.

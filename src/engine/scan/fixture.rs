@@ -48,6 +48,7 @@ pub(crate) fn scan_with(
         .collect();
     let mut scan = Scan {
         denied: Vec::new(),
+        blind: None,
         backend: crate::engine::source::Backend::Mountinfo,
         targets,
         layer_signatures: Vec::new(),

@@ -108,12 +108,20 @@ pub struct Scan {
     pub notes: Vec<String>,
     /// Namespaces that exist but could not be read (permission): the scan is incomplete.
     pub denied: Vec<u64>,
+    /// Why this scan cannot see every process of the host (it runs in another pid
+    /// namespace): incomplete too.
+    pub blind: Option<String>,
     /// Notes that every healthy node has (identity matching limited because a layer's
     /// filesystem is also mounted at `/`): in JSON, and at debug level (`-v`), not in text.
     pub detail_notes: Vec<String>,
 }
 
 impl Scan {
+    /// Whether what the scan could not see makes its result incomplete (never clean).
+    pub fn incomplete(&self) -> bool {
+        !self.denied.is_empty() || self.blind.is_some()
+    }
+
     /// Every note, details included (for JSON).
     pub fn all_notes(&self) -> Vec<&String> {
         self.notes.iter().chain(&self.detail_notes).collect()
@@ -234,6 +242,8 @@ pub fn scan(request: &ScanRequest) -> Result<Scan, ScanError> {
     let mut denied = Vec::new();
     let namespaces = read_namespaces(request, &mut notes, &mut denied)?;
     let read = started.elapsed();
+    let blind = namespace::pid_namespace_blindness(&request.proc_root);
+    notes.extend(blind.clone());
     let mut scan = Scan {
         backend: request.backend,
         targets: request.targets.clone(),
@@ -245,6 +255,7 @@ pub fn scan(request: &ScanRequest) -> Result<Scan, ScanError> {
         holders: Vec::new(),
         notes,
         denied,
+        blind,
         detail_notes: Vec::new(),
     };
     match_holders(&mut scan);
