@@ -705,3 +705,52 @@ fn a_scan_from_another_pid_namespace_is_never_clean() {
     );
     assert!(stderr(&out).contains("hostPID"), "{}", stderr(&out));
 }
+
+#[test]
+fn a_scan_from_a_private_cgroup_namespace_reads_the_hosts_view_and_moves_no_thread_of_ours() {
+    // This thread in a cgroup namespace of its own (as the DaemonSet's agent is): the scan
+    // reads members' cgroups as the host names them, on workers that enter the host's
+    // cgroup namespace and end; the calling thread stays where it was.
+    let mut sb = Sandbox::new("cgthread");
+    let d = sb.d();
+    layers(&sb, "cg");
+    let leak = sb.holder(None, None);
+    let target = std::path::PathBuf::from(format!("{d}/l/cg/merged"));
+    let me = std::process::id() as i32;
+    let (before, after, read) = std::thread::spawn(move || {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP).unwrap();
+        let ns = || std::fs::read_link("/proc/thread-self/ns/cgroup").unwrap();
+        let before = ns();
+        let request = mntreap::engine::scan::ScanRequest {
+            targets: vec![target],
+            backend: mntreap::engine::source::Backend::Mountinfo,
+            proc_root: "/proc".into(),
+            threads: 2,
+            paths_only: false,
+            layer_signatures: Vec::new(),
+            trusted_namespaces: Vec::new(),
+            no_identity: Vec::new(),
+            cgroup_reference: Some(me),
+        };
+        let scan = mntreap::engine::scan::scan(&request).unwrap();
+        let read: Vec<(i32, Option<String>)> = scan
+            .namespaces
+            .iter()
+            .flat_map(|n| n.processes.iter().map(|p| (p.pid, p.cgroup.clone())))
+            .collect();
+        (before, ns(), read)
+    })
+    .join()
+    .unwrap();
+    assert_eq!(before, after, "the calling thread changed cgroup namespace");
+    assert_ne!(
+        before,
+        std::fs::read_link("/proc/self/ns/cgroup").unwrap(),
+        "the thread was in a namespace of its own"
+    );
+    let theirs = std::fs::read_to_string(format!("/proc/{leak}/cgroup")).unwrap();
+    assert!(
+        read.contains(&(leak, Some(theirs))),
+        "the leak's cgroups, as the host names them: {read:?}"
+    );
+}

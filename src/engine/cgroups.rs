@@ -5,8 +5,8 @@
 //! DaemonSet's agent among them), kubelet's `/kubepods.slice/...` reads
 //! `/../../kubepods-besteffort.slice/...`, and a path below the reader's root loses its
 //! prefix altogether. So the reads happen on a worker thread that first enters the cgroup
-//! namespace of a process known to be the host's (the established runtime daemon, else
-//! pid 1), and a path that still climbs above the root (`/..`) is unknown. The thread ends
+//! namespace of a process in the host's (the kernel's initial) cgroup namespace, and a
+//! path that still climbs above the root (`/..`) is unknown. The thread ends
 //! with the work, taking its namespace with it; no other thread ever changes namespace.
 
 use std::os::fd::{AsFd, OwnedFd};
@@ -26,26 +26,39 @@ pub enum CgroupView {
     Unknown(String),
 }
 
+/// The kernel's initial cgroup namespace has this fixed inode (`PROC_CGROUP_INIT_INO`):
+/// the host's view, whoever asks. A namespace merely shared with the runtime or pid 1 may
+/// be a container's (a kind node, a runtime started in one, a reused pid).
+const INITIAL_CGROUP_NS: u64 = 0xEFFF_FFFB;
+
 impl CgroupView {
-    /// The view of the cgroup namespace of `reference` (the established runtime daemon, or
-    /// pid 1 when there is none).
+    /// The host's view: this thread's own cgroup namespace when it is the initial one, else
+    /// the cgroup namespace of `reference` (the established runtime daemon, or pid 1 when
+    /// there is none) when that one is.
     pub fn of(proc_root: &Path, reference: i32) -> CgroupView {
-        let theirs = proc_root.join(format!("{reference}/ns/cgroup"));
         let ours = proc_root.join("thread-self/ns/cgroup");
+        let theirs = proc_root.join(format!("{reference}/ns/cgroup"));
         let inode = |p: &Path| std::fs::metadata(p).map(|m| m.ino());
-        match (inode(&theirs), inode(&ours)) {
-            (Ok(a), Ok(b)) if a == b => CgroupView::Own,
-            (Ok(_), Ok(_)) => match crate::engine::namespace::open_ns(theirs.as_os_str()) {
-                Ok(fd) => CgroupView::Enter(fd),
+        if inode(&ours).is_ok_and(|i| i == INITIAL_CGROUP_NS) {
+            return CgroupView::Own;
+        }
+        match inode(&theirs) {
+            Ok(INITIAL_CGROUP_NS) => match crate::engine::namespace::open_ns(theirs.as_os_str()) {
+                // The descriptor, not the pid, is what gets entered: check it is the same one.
+                Ok(fd) if inode_of_fd(&fd) == Some(INITIAL_CGROUP_NS) => CgroupView::Enter(fd),
+                Ok(_) => CgroupView::Unknown(format!("{} changed under us", theirs.display())),
                 Err(e) => CgroupView::Unknown(format!("cannot open {}: {e}", theirs.display())),
             },
-            (Err(e), _) => CgroupView::Unknown(format!("cannot read {}: {e}", theirs.display())),
-            (_, Err(e)) => CgroupView::Unknown(format!("cannot read {}: {e}", ours.display())),
+            Ok(other) => CgroupView::Unknown(format!(
+                "neither mntreap nor pid {reference} is in the host's initial cgroup namespace \
+                 (pid {reference}'s is cgroup:[{other}])"
+            )),
+            Err(e) => CgroupView::Unknown(format!("cannot read {}: {e}", theirs.display())),
         }
     }
 
-    /// Makes the current thread read in the host's view. Call only on a thread that ends
-    /// with the work (it keeps the namespace). `Err`: why the view is unknown.
+    /// Makes the current thread read in the host's view. Call only on a worker thread that
+    /// ends with the work (it keeps the namespace). `Err`: why the view is unknown.
     pub fn enter_on_worker(&self) -> Result<(), String> {
         match self {
             CgroupView::Own => Ok(()),
@@ -54,6 +67,21 @@ impl CgroupView {
             CgroupView::Unknown(why) => Err(why.clone()),
         }
     }
+
+    /// Why the view is unknown, without entering anything.
+    pub fn unknown_reason(&self) -> Option<&str> {
+        match self {
+            CgroupView::Unknown(why) => Some(why),
+            _ => None,
+        }
+    }
+}
+
+fn inode_of_fd(fd: &OwnedFd) -> Option<u64> {
+    std::fs::File::from(fd.try_clone().ok()?)
+        .metadata()
+        .ok()
+        .map(|m| m.ino())
 }
 
 /// `/proc/PID/cgroup` as the current thread's cgroup namespace names it; `None` when it
@@ -76,16 +104,22 @@ mod tests {
     fn this_process_reads_its_own_view_and_its_own_cgroup() {
         let me = std::process::id() as i32;
         let view = CgroupView::of(Path::new("/proc"), me);
-        assert!(matches!(view, CgroupView::Own), "{view:?}");
+        let ours = std::fs::metadata("/proc/thread-self/ns/cgroup")
+            .unwrap()
+            .ino();
+        assert_eq!(
+            matches!(view, CgroupView::Own),
+            ours == INITIAL_CGROUP_NS,
+            "{view:?}"
+        );
+        if ours != INITIAL_CGROUP_NS {
+            return;
+        }
         assert!(view.enter_on_worker().is_ok());
         let text = read(Path::new("/proc"), me).expect("our own cgroup is in our view");
         assert!(
             text.lines().all(|l| l.splitn(3, ':').count() == 3),
             "{text}"
         );
-        assert!(matches!(
-            CgroupView::of(Path::new("/proc"), i32::MAX),
-            CgroupView::Unknown(_)
-        ));
     }
 }

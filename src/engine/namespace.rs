@@ -108,11 +108,18 @@ pub fn pid_namespace_blindness(proc_root: &Path) -> Option<String> {
                     .ok()
             })
             .is_some_and(|flags| flags & PF_KTHREAD != 0);
-    (!kthreadd).then(|| {
+    // The procfs must also be this process's own pid namespace's (`--proc` from a child
+    // pid namespace would name other pids than ours and our peers').
+    let own = fs::read_link(proc_root.join("self"))
+        .ok()
+        .and_then(|l| l.to_str()?.parse::<u32>().ok())
+        == Some(std::process::id());
+    (!(kthreadd && own)).then(|| {
         format!(
             "{} shows the processes of a pid namespace that is not the host's (pid 2 is not \
              the kernel's kthreadd): the mount namespaces of every other process are not \
-             seen; run mntreap in the host's pid namespace (hostPID: true, PidHost)",
+             seen, or it is not mntreap's own; run mntreap in the host's pid namespace \
+             (hostPID: true, PidHost)",
             proc_root.display()
         )
     })

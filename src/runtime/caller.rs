@@ -77,8 +77,8 @@ pub fn facts(proc_root: &Path, pid: i32) -> Option<ProcessFacts> {
 }
 
 /// kubelet's cgroup paths of a namespace's members, from the facts the scan read in the
-/// host's cgroup namespace: those under `/kubepods` (cgroupfs driver) or `/kubepods.slice`
-/// (systemd driver), where only root creates cgroups. `None` when a member's cgroups are
+/// host's cgroup namespace: those through kubelet's pods cgroup (`kubepods`,
+/// `kubepods.slice`, below a `--cgroup-root` too). `None` when a member's cgroups are
 /// unknown (read from a private cgroup namespace, or above its root): whether kubelet
 /// placed it in a pod is then unknown, and the rules that ask protect.
 pub fn kubepods_cgroups_of(processes: &[crate::engine::namespace::Process]) -> Option<Vec<String>> {
@@ -89,15 +89,22 @@ pub fn kubepods_cgroups_of(processes: &[crate::engine::namespace::Process]) -> O
                 .as_deref()?
                 .lines()
                 .filter_map(|l| l.splitn(3, ':').nth(2))
-                .filter(|p| {
-                    *p == "/kubepods"
-                        || p.starts_with("/kubepods/")
-                        || p.starts_with("/kubepods.slice")
-                })
+                .filter(|p| p.split('/').any(is_kubepods_component))
                 .map(String::from),
         );
     }
     Some(paths)
+}
+
+/// kubelet's pods cgroup at any depth (a `--cgroup-root` such as kind's `/kubelet` puts
+/// it below): `kubepods` (cgroupfs), `kubepods.slice` or `<root>-kubepods.slice` (systemd),
+/// and what kubelet makes below them. A user who names a delegated cgroup so can only get
+/// its own namespace spared: the rules that read these paths only ever protect.
+fn is_kubepods_component(c: &str) -> bool {
+    c == "kubepods"
+        || c.starts_with("kubepods-")
+        || c == "kubepods.slice"
+        || c.ends_with("-kubepods.slice")
 }
 
 /// Whether kubelet's cgroup paths place a process in container `id` or in pod `pod_uid`

@@ -178,6 +178,14 @@ fn propagation_hazard(
             parent.id
         ));
     }
+    // Peers may live in namespaces the scan could not read or see at all.
+    if scan.incomplete() {
+        return Some(format!(
+            "its parent mount {} is shared (peer group {group}) and the scan is incomplete \
+             (see the notes), so where the unmount would propagate is unknown",
+            parent.id
+        ));
+    }
     let location = fs_location(
         parent_table.root(&parent),
         parent_table.mount_point(&parent),

@@ -42,10 +42,9 @@ pub(super) fn classify(scan: &mut Scan, proc_root: &Path, threads: usize, cgroup
                             p.cgroup = view
                                 .as_ref()
                                 .ok()
-                                .and(crate::engine::cgroups::read(proc_root, pid));
-                            // kubelet's cgroups unknown: say so (the rules that read them
-                            // protect), only where they matter.
-                            if p.cgroup.is_none() && own_view_mentions_kubepods(proc_root, pid) {
+                                .and_then(|()| crate::engine::cgroups::read(proc_root, pid));
+                            // Unknown cgroups: say so (the rules that read them protect).
+                            if p.cgroup.is_none() {
                                 unknown.lock().unwrap_or_else(|e| e.into_inner()).push(pid);
                             }
                             Some(p)
@@ -74,15 +73,18 @@ pub(super) fn classify(scan: &mut Scan, proc_root: &Path, threads: usize, cgroup
     }
     let unknown = unknown.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(first) = unknown.first() {
-        let why = match cgroups.enter_on_worker() {
-            Err(why) => why,
-            Ok(()) => "their paths lie above the host's cgroup namespace root".into(),
-        };
-        scan.notes.push(format!(
-            "the cgroups of {} processes under kubelet's cgroups (pid {first} among them) are \
-             unknown ({why}): the namespaces they are in count as their pods' and are spared",
+        // Never entered here: this is the caller's thread.
+        let why = cgroups
+            .unknown_reason()
+            .unwrap_or("exited, or their paths lie above the host's cgroup namespace root");
+        let note = format!(
+            "the cgroups of {} member process(es) (pid {first} among them) are unknown as the \
+             host names them ({why}): a namespace of theirs that holds a pod's mounts counts \
+             as that pod's and is spared",
             unknown.len()
-        ));
+        );
+        scan.cgroups_unknown = Some(note.clone());
+        scan.notes.push(note);
     }
     for &ns in &holder_ns {
         let scanned = &scan.namespaces[ns];
@@ -140,12 +142,6 @@ pub(super) fn classify(scan: &mut Scan, proc_root: &Path, threads: usize, cgroup
             h.pins = pins;
         }
     }
-}
-
-/// Whether `pid`'s cgroup file, in whatever view this thread has, names kubelet's cgroups.
-fn own_view_mentions_kubepods(proc_root: &Path, pid: i32) -> bool {
-    std::fs::read_to_string(proc_root.join(format!("{pid}/cgroup")))
-        .is_ok_and(|t| t.contains("kubepods"))
 }
 
 /// The mount a process refers to and all its ancestors (they all contain it). Without a

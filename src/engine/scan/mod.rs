@@ -111,6 +111,8 @@ pub struct Scan {
     /// Why this scan cannot see every process of the host (it runs in another pid
     /// namespace): incomplete too.
     pub blind: Option<String>,
+    /// The note saying that some members' cgroups are unknown as the host names them.
+    pub cgroups_unknown: Option<String>,
     /// Notes that every healthy node has (identity matching limited because a layer's
     /// filesystem is also mounted at `/`): in JSON, and at debug level (`-v`), not in text.
     pub detail_notes: Vec<String>,
@@ -256,6 +258,7 @@ pub fn scan(request: &ScanRequest) -> Result<Scan, ScanError> {
         notes,
         denied,
         blind,
+        cgroups_unknown: None,
         detail_notes: Vec::new(),
     };
     match_holders(&mut scan);
