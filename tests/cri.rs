@@ -1080,3 +1080,44 @@ fn an_agent_in_a_private_cgroup_namespace_spares_a_namespace_nested_in_a_pod() {
     );
     sb.kill_holder(nested);
 }
+
+#[test]
+fn what_scan_says_of_a_pod_is_what_release_does() {
+    // A pod, a namespace nested in its container (kubelet's cgroups place it there) and an
+    // outsider that copied the pod's mounts: `scan POD --json` shows, per holder, the action
+    // that `release POD --dry-run` plans and `release POD` takes; the nested namespace's
+    // mounts are the pod's own (role container, action keep), never "leaked".
+    let mut sb = Sandbox::new("criagree");
+    let cri = CriDaemon::start(&sb, "agree");
+    let (_pod_id, app, outsider, kubelet, vol) = pod_with_a_leak(&mut sb, &cri);
+    let nested = sb.holder(None, None);
+    let procs = format!("/sys/fs/cgroup/pids/kubepods/besteffort/pod{UID}/{app}/cgroup.procs");
+    std::fs::write(&procs, nested.to_string())
+        .unwrap_or_else(|e| panic!("moving {nested} into {procs}: {e}"));
+    let args = cri_args(&cri, &kubelet);
+    let (code, scan) = run_json(&sb, &["scan", "default/web"], &args);
+    assert_eq!(code, 1, "the outsider's copies are leaks: {scan}");
+    let shown = scan_actions(&scan);
+    for h in holders(&scan)
+        .iter()
+        .filter(|h| h["mnt_ns"] == ns_inode(nested))
+    {
+        assert_eq!(
+            h["role"], "container",
+            "the nested namespace is the pod's: {h}"
+        );
+        assert_eq!(h["action"], "keep", "{h}");
+    }
+    assert!(
+        shown
+            .iter()
+            .any(|((ns, _), a)| *ns == ns_inode(outsider) && a == "unmount"),
+        "{scan}"
+    );
+    let (_, plan) = run_json(&sb, &["release", "--dry-run", "default/web"], &args);
+    let (code, done) = run_json(&sb, &["release", "default/web"], &args);
+    assert_eq!(code, 0, "{done}");
+    assert_scan_is_release(&scan, &plan, &done);
+    assert!(has_mount_at(nested, &vol) && !has_mount_at(outsider, &vol));
+    sb.kill_holder(nested);
+}

@@ -513,3 +513,39 @@ fn a_pods_pause_shm_stays_in_its_other_containers() {
         "{scan}"
     );
 }
+
+#[test]
+fn what_scan_says_of_a_container_is_what_release_does() {
+    // A running container, a PrivateTmp-style service holding its layer, and one whose
+    // process works inside the copy: `scan CONTAINER --json` shows per holder the action
+    // `release --dry-run` plans and `release` takes (keep the runtime's and the
+    // container's own, unmount the leak, detach the pinned copy).
+    let mut sb = Sandbox::new("dk-agree");
+    let dk = DockerDaemon::start(&sb, "agree", false, &[]);
+    dk.run("web");
+    let merged = dk.merged("web");
+    let leak = sb.holder(None, None);
+    let pinned = sb.holder(Some(&format!("cd {merged} && exec sleep 3600")), None);
+    let host = dk.host();
+    let (code, scan) = sb.mntreap_json(&["scan", "web", "--docker-host", &host], &[]);
+    assert_eq!(code, 1, "{scan:#}");
+    let shown = scan_actions(&scan);
+    let action_in = |pid: i32| {
+        shown
+            .iter()
+            .filter(|((ns, _), _)| *ns == ns_inode(pid))
+            .map(|(_, a)| a.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(action_in(leak), vec!["unmount"], "{scan:#}");
+    assert_eq!(action_in(pinned), vec!["detach"], "{scan:#}");
+    assert_eq!(action_in(sb.host_pid()), vec!["keep"], "{scan:#}");
+    let (_, plan) = sb.mntreap_json(
+        &["release", "web", "--dry-run", "--docker-host", &host],
+        &[],
+    );
+    let (_, done) = sb.mntreap_json(&["release", "web", "--docker-host", &host], &[]);
+    assert_scan_is_release(&scan, &plan, &done);
+    assert!(!has_mount_at(leak, &merged) && !has_mount_at(pinned, &merged));
+    assert!(has_mount_at(sb.host_pid(), &merged), "dockerd's copy stays");
+}

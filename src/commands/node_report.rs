@@ -26,7 +26,7 @@ fn report(e: &Config, runtime: &dyn ContainerRuntime) -> Result<Exit, Failure> {
     let base = e.request(&[], Vec::new())?;
     let mut roots = runtime.roots();
     roots.extend(e.runtime_roots.iter().cloned());
-    let Some(scan) = node_scan(&base, daemon, &containers, &roots)? else {
+    let Some(mut scan) = node_scan(&base, daemon, &containers, &roots)? else {
         print(&format!(
             "No container runtime found on this node: no dockerd at {}, and none of {}, \
              /var/lib/containerd, /run/containerd, /var/lib/kubelet exists.\n",
@@ -36,16 +36,21 @@ fn report(e: &Config, runtime: &dyn ContainerRuntime) -> Result<Exit, Failure> {
         return Ok(Exit::Clean);
     };
     let found = findings(&scan, daemon, &containers, &runtime.owner_of(&containers));
+    // What the agent's sweep would do with each finding now: its own selection and plan.
+    let plan = crate::ops::sweep_decisions(&mut scan, daemon, &found);
     let unsure = daemon.unsure_note();
     if e.json {
         let items: Vec<HolderDoc> = found
             .iter()
-            .map(|f| {
+            .zip(&plan)
+            .map(|(f, (action, reason))| {
                 let mut v = holder_doc(&scan, &scan.holders[f.holder]);
                 v.class = Some(f.class);
                 v.severity = Some(f.class.severity());
                 v.owner = Some(f.owner.clone());
                 v.container = f.container.as_ref().map(container_ref);
+                v.action = Some(*action);
+                v.reason = Some(reason.clone());
                 v
             })
             .collect();
@@ -81,7 +86,7 @@ fn report(e: &Config, runtime: &dyn ContainerRuntime) -> Result<Exit, Failure> {
                 "{:<9} {:<14} {:<20} {:<11} {:>7}  {:<60} PIDS\n",
                 "CLASS", "CONTAINER", "NAME", "MNT_NS", "MOUNT", "MOUNT_POINT"
             ));
-            for f in &found {
+            for (i, f) in found.iter().enumerate() {
                 let h = &scan.holders[f.holder];
                 let (id, name) = match &f.container {
                     Some(c) => (
@@ -103,6 +108,7 @@ fn report(e: &Config, runtime: &dyn ContainerRuntime) -> Result<Exit, Failure> {
                     encode(&h.mount_point),
                     crate::report::pids_text(&scan, h.ns, 4)
                 ));
+                out.push_str(&crate::report::plan_line(&plan, i).replace("release:", "sweep:"));
             }
             out.push_str(
                 "Release with `mntreap release CONTAINER` (leaked) or `mntreap reap` (stuck \

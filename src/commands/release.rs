@@ -5,7 +5,7 @@ use crate::engine::release::{self, Release, Scope};
 use crate::report;
 use crate::report::doc::{FailedDoc, ReleaseOutcome, ReleasesDoc};
 use crate::runtime::model::Container;
-use crate::runtime::scope::{container_request, release_containers, release_scope, short_id};
+use crate::runtime::scope::short_id;
 
 /// What `mntreap release` was asked to do.
 pub struct ReleaseArgs<'a> {
@@ -41,10 +41,14 @@ pub fn command(config: &Config, args: ReleaseArgs) -> Result<Exit, Failure> {
     }
     if let Some(docker) = &docker {
         for c in &containers {
-            let req = container_request(&e.base, docker.daemon(), c);
-            let scope = release_scope(docker.daemon(), c, args.everywhere);
-            let outcome = release_containers(&req, std::slice::from_ref(c), scope, args.dry_run)
-                .map_err(|err| err.to_string());
+            let outcome = crate::ops::release_container(
+                &e.base,
+                docker.daemon(),
+                c,
+                args.everywhere,
+                args.dry_run,
+            )
+            .map_err(|err| err.to_string());
             releases.push((Some(c), outcome));
         }
     }

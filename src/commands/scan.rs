@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use super::{Config, Exit, Failure, check_targets_exist, print, resolve_containers, unsure_note};
+use crate::ops::Decisions;
 use crate::report;
 
 /// `mntreap scan`: containers or paths; with neither, the node-wide report.
@@ -33,16 +34,32 @@ pub fn command(config: &Config, names: &[String], paths: &[String]) -> Result<Ex
         None => scan.foreign_holders().next().is_some(),
         Some(v) => v.has_leaks(),
     };
+    // What `release` with the same targets does to each holder: its own plan, as a dry run.
+    let mut decisions = match &docker {
+        Some(d) => Decisions::for_containers(&e.base, d.daemon(), &containers),
+        None => Decisions::default(),
+    };
+    if !paths.is_empty() {
+        decisions.extend(if docker.is_some() {
+            Decisions::for_path_request(&e.request(paths, Vec::new())?)?
+        } else {
+            Decisions::for_paths(&scan)
+        });
+    }
+    let plan: Vec<_> = (0..scan.holders.len())
+        .map(|i| decisions.of(&scan, i))
+        .collect();
     let out = match (&view, e.json) {
         (_, true) => {
             let mut doc = report::scan_doc(&scan);
             if let Some(v) = &view {
                 v.annotate(&mut doc);
             }
+            report::annotate_plan(&mut doc, &plan);
             report::doc::to_text(&doc)
         }
-        (None, false) => report::scan_text(&scan),
-        (Some(v), false) => v.text(),
+        (None, false) => report::scan_text(&scan, &plan),
+        (Some(v), false) => v.text(&plan),
     };
     print(&out);
     let unsure = unsure_note(docker.as_ref().map(|d| d.daemon()));

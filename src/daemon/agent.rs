@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use tracing::{info, info_span, warn};
 
 use super::metrics::Metrics;
-use crate::engine::release::{self, Scope};
+use crate::engine::release;
 use crate::engine::scan::ScanRequest;
 use crate::report::containers::Class;
 use crate::runtime::RuntimeChoice;
@@ -230,8 +230,14 @@ fn sweep_once(agent: &Agent) -> anyhow::Result<()> {
         );
         return Ok(());
     };
+    // A sweep that cannot see the whole node releases nothing: an unmount under a shared
+    // parent could propagate into a namespace it does not see.
     if let Some(blind) = &scan.blind {
-        agent.warn_limited("sweep sees only part of the node", blind);
+        agent.warn_limited("sweep skipped: it sees only part of the node", blind);
+        return Ok(());
+    }
+    if let Some(note) = &scan.cgroups_unknown {
+        agent.warn_limited("sweep spares namespaces whose cgroups are unknown", note);
     }
     let before = crate::report::containers::findings(
         &scan,
@@ -258,27 +264,15 @@ fn sweep_once(agent: &Agent) -> anyhow::Result<()> {
             .collect()
     };
     let in_use = findings.iter().filter(|f| f.class == Class::InUse).count();
-    let release: Vec<usize> = findings
-        .iter()
-        .filter(|f| f.class != Class::InUse)
-        .map(|f| f.holder)
-        .filter(|&h| {
-            let n = &scan.namespaces[scan.holders[h].ns];
-            !excluded(agent, &n.ns, &n.processes)
-        })
-        .collect();
+    let (release, scope) = crate::ops::sweep_selection(&scan, daemon, &findings, &|n| {
+        excluded(agent, &n.ns, &n.processes)
+    });
     agent.metrics.leaks.set(release.len() as i64);
     agent.metrics.in_use.set(in_use as i64);
     if release.is_empty() {
         return Ok(());
     }
-    scan.holders = release.iter().map(|&h| scan.holders[h].clone()).collect();
-    // The runtime's own copies are never a sweep's business.
-    let protected = daemon.runtime_protection(": the runtime's own copies");
-    let scope = Scope {
-        everywhere: false,
-        protected: Some(protected),
-    };
+    crate::ops::narrow(&mut scan, &release);
     let started = Instant::now();
     // The one release path: plan, execute, then re-check what is left, as every release.
     let rel = release::run_on(scan, base, scope, false)?;

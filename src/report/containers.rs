@@ -32,7 +32,8 @@ pub struct ContainerView<'a> {
     /// dockerd's namespace (or ours), and per container its own namespace (its root).
     runtime: Vec<u64>,
     container_ns: Vec<Option<u64>>,
-    /// Per container, the namespaces of the other containers of its pod.
+    /// Per container, the namespaces of the other containers of its pod, and those that
+    /// kubelet's cgroups place in it or its pod (the rule a release spares them by).
     pod_ns: Vec<Vec<u64>>,
 }
 
@@ -161,7 +162,21 @@ impl<'a> ContainerView<'a> {
             owner,
             runtime: daemon.runtime_namespaces(),
             container_ns,
-            pod_ns: pod_namespaces(&daemon.proc_root, containers),
+            pod_ns: pod_namespaces(&daemon.proc_root, containers)
+                .into_iter()
+                .zip(containers)
+                .map(|(mut ns, c)| {
+                    ns.extend(
+                        crate::runtime::scope::pod_cgroup_namespaces(scan, std::slice::from_ref(c))
+                            .into_iter()
+                            .filter(|(_, why)| {
+                                matches!(why, crate::runtime::scope::PodCgroup::Member(_))
+                            })
+                            .map(|(inode, _)| inode),
+                    );
+                    ns
+                })
+                .collect(),
         }
     }
 
@@ -201,7 +216,7 @@ impl<'a> ContainerView<'a> {
         }
     }
 
-    pub fn text(&self) -> String {
+    pub fn text(&self, plan: &super::Plan) -> String {
         let mut out = String::new();
         let via = match self.daemon.via {
             docker::Via::Api => format!(
@@ -245,6 +260,7 @@ impl<'a> ContainerView<'a> {
                     encode(&h.mount_point),
                     super::pids_text(self.scan, h.ns, 4),
                 ));
+                out.push_str(&super::plan_line(plan, i));
             }
         }
         for n in &self.scan.notes {

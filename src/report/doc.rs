@@ -73,6 +73,34 @@ pub struct HolderDoc {
     /// The container id or layer id a finding's mount belongs to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
+    /// Scans: what `release` with the same targets does to it (its plan, as a dry run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<HolderAction>,
+    /// Why: the rule that decided, with its evidence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// What a release does with a holder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HolderAction {
+    /// Unmounted: nothing known uses it.
+    Unmount,
+    /// Unmounted, while processes keep its filesystem alive.
+    Detach,
+    /// Left in place.
+    Keep,
+}
+
+impl HolderAction {
+    pub fn word(self) -> &'static str {
+        match self {
+            HolderAction::Unmount => "unmount",
+            HolderAction::Detach => "detach",
+            HolderAction::Keep => "keep",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

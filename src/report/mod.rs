@@ -76,6 +76,8 @@ pub fn holder_doc(scan: &Scan, h: &Holder) -> HolderDoc {
         class: None,
         severity: None,
         owner: None,
+        action: None,
+        reason: None,
     }
 }
 
@@ -110,8 +112,26 @@ pub fn scan_doc(scan: &Scan) -> ScanDoc {
     }
 }
 
+/// Per holder of a scan (by index), what `release` does with it and why.
+pub type Plan = [(doc::HolderAction, String)];
+
+/// Adds each holder's planned action and its reason to a scan document.
+pub fn annotate_plan(doc: &mut doc::ScanDoc, plan: &Plan) {
+    for (h, (action, reason)) in doc.holders.iter_mut().zip(plan) {
+        h.action = Some(*action);
+        h.reason = Some(reason.clone());
+    }
+}
+
+/// The line under a holder that says what `release` does with it.
+pub(crate) fn plan_line(plan: &Plan, holder: usize) -> String {
+    plan.get(holder)
+        .map(|(action, reason)| format!("    release: {} ({reason})\n", action.word()))
+        .unwrap_or_default()
+}
+
 /// The human table for a scan.
-pub fn scan_text(scan: &Scan) -> String {
+pub fn scan_text(scan: &Scan, plan: &Plan) -> String {
     let mut out = String::new();
     if scan.holders.is_empty() {
         out.push_str("No mount namespace holds the target.\n");
@@ -120,7 +140,7 @@ pub fn scan_text(scan: &Scan) -> String {
             "{:<12} {:>8}  {:<11} {:<8} {:<10} {:<40} PIDS\n",
             "MNT_NS", "MOUNT_ID", "MATCH", "STATE", "FSTYPE", "MOUNT_POINT"
         ));
-        for h in &scan.holders {
+        for (i, h) in scan.holders.iter().enumerate() {
             let ns = &scan.namespaces[h.ns];
             let matched = match h.matched {
                 crate::engine::scan::Match::Path => "path",
@@ -142,10 +162,11 @@ pub fn scan_text(scan: &Scan) -> String {
             }
             if !h.pins.is_empty() {
                 out.push_str(&format!(
-                    "    used by {}: release detaches it; the filesystem stays alive until they let go\n",
+                    "    used by {}: the filesystem stays alive until they let go\n",
                     pins_text(&h.pins)
                 ));
             }
+            out.push_str(&plan_line(plan, i));
         }
         let foreign = scan.foreign_holders().count();
         out.push_str(&format!(

@@ -71,16 +71,28 @@ pub fn release_containers(
     if let Some(protected) = scope.protected.as_mut() {
         for (ns, why) in pod_cgroup_namespaces(&scan, cs) {
             if !protected.iter().any(|(n, _)| *n == ns) {
-                protected.push((ns, why));
+                protected.push((ns, why.reason()));
             }
         }
     }
     crate::engine::release::run_on(scan, req, scope, dry_run)
 }
 
+/// Whether kubelet's cgroups place a namespace's processes in a pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PodCgroup {
+    /// In this container's (named) container or pod.
+    Member(String),
+    /// Unknown (see the scan's notes): it may be.
+    Unknown,
+}
+
 /// The namespaces holding a target whose processes kubelet's cgroups place in one of `cs`
-/// or in its pod.
-fn pod_cgroup_namespaces(scan: &crate::engine::scan::Scan, cs: &[Container]) -> Vec<(u64, String)> {
+/// or in its pod, or whose cgroups are unknown while `cs` are pods' containers.
+pub fn pod_cgroup_namespaces(
+    scan: &crate::engine::scan::Scan,
+    cs: &[Container],
+) -> Vec<(u64, PodCgroup)> {
     let mut seen: Vec<usize> = scan.holders.iter().map(|h| h.ns).collect();
     seen.sort_unstable();
     seen.dedup();
@@ -90,14 +102,7 @@ fn pod_cgroup_namespaces(scan: &crate::engine::scan::Scan, cs: &[Container]) -> 
             let n = &scan.namespaces[i];
             let Some(paths) = crate::runtime::caller::kubepods_cgroups_of(&n.processes) else {
                 // Unknown protects: it may be a process nested in one of these pods.
-                return pods.then(|| {
-                    (
-                        n.ns.inode,
-                        "its processes' cgroups are unknown in the host's cgroup namespace \
-                         (see the notes): it may be a pod's"
-                            .to_string(),
-                    )
-                });
+                return pods.then_some((n.ns.inode, PodCgroup::Unknown));
             };
             let member = cs.iter().find(|c| {
                 crate::runtime::caller::names_pod_member(
@@ -106,15 +111,23 @@ fn pod_cgroup_namespaces(scan: &crate::engine::scan::Scan, cs: &[Container]) -> 
                     c.pod_uid.as_deref(),
                 )
             })?;
-            Some((
-                n.ns.inode,
-                format!(
-                    "kubelet's cgroups place its processes in {}'s container or pod",
-                    member.name
-                ),
-            ))
+            Some((n.ns.inode, PodCgroup::Member(member.name.clone())))
         })
         .collect()
+}
+
+impl PodCgroup {
+    /// The reason a release keeps the namespace's copies.
+    pub fn reason(&self) -> String {
+        match self {
+            PodCgroup::Member(name) => {
+                format!("kubelet's cgroups place its processes in {name}'s container or pod")
+            }
+            PodCgroup::Unknown => "its processes' cgroups are unknown in the host's cgroup \
+                                   namespace (see the notes): it may be a pod's"
+                .into(),
+        }
+    }
 }
 
 /// The overlay upperdirs that identify these containers' layers wherever they are mounted.

@@ -283,6 +283,77 @@ pub fn holders(doc: &serde_json::Value) -> &Vec<serde_json::Value> {
     doc["holders"].as_array().expect("a document with holders")
 }
 
+/// `(mnt_ns, mount_id) -> action word` of every action in a release document (`releases`).
+pub fn release_actions(doc: &serde_json::Value) -> std::collections::BTreeMap<(u64, u64), String> {
+    let mut out = std::collections::BTreeMap::new();
+    for rel in doc["releases"].as_array().unwrap() {
+        for ns in rel["namespaces"].as_array().unwrap() {
+            for a in ns["actions"].as_array().unwrap() {
+                let word = match a["result"].as_str().unwrap() {
+                    "unmounted" | "would-unmount" => "unmount",
+                    "detached" | "would-detach" => "detach",
+                    "kept" => "keep",
+                    other => other,
+                };
+                let key = (
+                    ns["mnt_ns"].as_u64().unwrap(),
+                    a["mount_id"].as_u64().unwrap(),
+                );
+                // A copy that any container's release unmounts is unmounted.
+                let slot = out.entry(key).or_insert_with(|| word.to_string());
+                if word != "keep" {
+                    *slot = word.to_string();
+                }
+            }
+        }
+    }
+    out
+}
+
+/// `(mnt_ns, mount_id) -> action` of every holder of a scan document; each holder must
+/// say why.
+pub fn scan_actions(doc: &serde_json::Value) -> std::collections::BTreeMap<(u64, u64), String> {
+    holders(doc)
+        .iter()
+        .map(|h| {
+            assert!(h["reason"].is_string(), "every holder says why: {h}");
+            (
+                (
+                    h["mnt_ns"].as_u64().unwrap(),
+                    h["mount_id"].as_u64().unwrap(),
+                ),
+                h["action"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Asserts that a scan's actions are the plan's and the release's, holder by holder.
+pub fn assert_scan_is_release(
+    scan: &serde_json::Value,
+    plan: &serde_json::Value,
+    done: &serde_json::Value,
+) {
+    let shown = scan_actions(scan);
+    for (doc, what) in [(plan, "plan"), (done, "release")] {
+        for (key, action) in &release_actions(doc) {
+            assert_eq!(
+                shown.get(key),
+                Some(action),
+                "holder {key:?}: scan {scan} {what} {doc}"
+            );
+        }
+    }
+    let taken = release_actions(done);
+    for (key, action) in shown.iter().filter(|(_, a)| *a != "keep") {
+        assert_eq!(
+            taken.get(key),
+            Some(action),
+            "holder {key:?}: release {done}"
+        );
+    }
+}
+
 pub fn require_root() {
     assert!(
         nix_is_root(),

@@ -1,0 +1,219 @@
+//! Operations: one path from a request to an outcome. Commands and daemons are the
+//! transports (parse, call one operation, render or reply); the decisions are made here,
+//! once, so that what `scan` shows is what `release` does.
+//!
+//! A holder's decision is the release plan's step for it: the same request, the same scope
+//! (the runtime's namespaces, the container's own, its pod's containers, the namespaces
+//! kubelet's cgroups place in its pod) and the same [`crate::engine::release::plan`] that
+//! `release` executes. `scan` runs that plan as a dry run and shows it.
+
+use std::collections::HashMap;
+
+use crate::engine::release::{Outcome, Release, Scope};
+use crate::engine::scan::{Scan, ScanError, ScanRequest};
+use crate::report::containers::{Class, Finding};
+use crate::report::doc::HolderAction;
+use crate::runtime::model::{Container, Daemon};
+use crate::runtime::scope::{container_request, release_containers, release_scope};
+
+/// One container's release, as `release CONTAINER` makes it: its own request and scope,
+/// scanned, planned and (unless `dry_run`) executed and re-checked.
+pub fn release_container(
+    base: &ScanRequest,
+    daemon: &Daemon,
+    c: &Container,
+    everywhere: bool,
+    dry_run: bool,
+) -> Result<Release, ScanError> {
+    let req = container_request(base, daemon, c);
+    let scope = release_scope(daemon, c, everywhere);
+    release_containers(&req, std::slice::from_ref(c), scope, dry_run)
+}
+
+/// What would happen to each holder, by `(mount namespace inode, mount id)`.
+#[derive(Debug, Default)]
+pub struct Decisions(HashMap<(u64, u64), (HolderAction, String)>);
+
+impl Decisions {
+    /// The decisions of `release CONTAINER...` for `containers`: each one's release,
+    /// planned as a dry run. A copy that any of them unmounts is unmounted by the release
+    /// of all of them.
+    pub fn for_containers(base: &ScanRequest, daemon: &Daemon, containers: &[Container]) -> Self {
+        let mut d = Decisions::default();
+        for c in containers {
+            match release_container(base, daemon, c, false, true) {
+                Ok(rel) => d.add(&rel, &format!("the release of {}", c.name)),
+                Err(e) => tracing::warn!(container = %c.name, error = %e, "no plan"),
+            }
+        }
+        d
+    }
+
+    /// The decisions of `release --path` over this very scan.
+    pub fn for_paths(scan: &Scan) -> Self {
+        let scope = Scope {
+            everywhere: false,
+            protected: None,
+        };
+        let plans = crate::engine::release::plan(scan, scope);
+        let mut d = Decisions::default();
+        for p in &plans {
+            for a in &p.actions {
+                let h = &scan.holders[a.holder];
+                let (action, reason) = step_words(&a.step);
+                d.merge((scan.namespaces[h.ns].ns.inode, h.mount.id), action, reason);
+            }
+        }
+        d
+    }
+
+    /// The decisions of `release --path` for a request of its own (scanned and planned as
+    /// a dry run), when the paths come with containers.
+    pub fn for_path_request(req: &ScanRequest) -> Result<Self, ScanError> {
+        Ok(Decisions::for_paths(&crate::engine::scan::scan(req)?))
+    }
+
+    /// Adds `other`'s decisions; an unmount or a detach wins over a keep.
+    pub fn extend(&mut self, other: Decisions) {
+        for (key, (action, reason)) in other.0 {
+            self.merge(key, action, reason);
+        }
+    }
+
+    fn add(&mut self, rel: &Release, who: &str) {
+        for r in &rel.results {
+            let h = &rel.scan.holders[r.holder];
+            let key = (rel.scan.namespaces[h.ns].ns.inode, h.mount.id);
+            let (action, reason) = match &r.outcome {
+                Outcome::WouldUnmount | Outcome::Unmounted => (
+                    HolderAction::Unmount,
+                    format!("{who} unmounts it: no rule keeps it"),
+                ),
+                Outcome::WouldDetach { pins } | Outcome::Detached { pins } => (
+                    HolderAction::Detach,
+                    format!("{who} detaches it; {}", pinned_by(pins)),
+                ),
+                Outcome::Kept { reason } => (HolderAction::Keep, reason.clone()),
+                Outcome::Gone | Outcome::Failed { .. } => continue,
+            };
+            self.merge(key, action, reason);
+        }
+    }
+
+    fn merge(&mut self, key: (u64, u64), action: HolderAction, reason: String) {
+        match self.0.get(&key) {
+            Some((HolderAction::Unmount | HolderAction::Detach, _)) => {}
+            _ => {
+                self.0.insert(key, (action, reason));
+            }
+        }
+    }
+
+    /// The decision for a holder of `scan`; a holder that no release reaches is kept.
+    pub fn of(&self, scan: &Scan, holder: usize) -> (HolderAction, String) {
+        let h = &scan.holders[holder];
+        self.0
+            .get(&(scan.namespaces[h.ns].ns.inode, h.mount.id))
+            .cloned()
+            .unwrap_or_else(|| {
+                (
+                    HolderAction::Keep,
+                    "no release of the named containers reaches it (it matched only with all \
+                     their targets scanned together)"
+                        .into(),
+                )
+            })
+    }
+}
+
+fn step_words(step: &crate::engine::release::Step) -> (HolderAction, String) {
+    use crate::engine::release::Step;
+    match step {
+        Step::Unmount => (
+            HolderAction::Unmount,
+            "release --path unmounts it: no rule keeps it".into(),
+        ),
+        Step::Detach { pins } => (
+            HolderAction::Detach,
+            format!("release --path detaches it; {}", pinned_by(pins)),
+        ),
+        Step::Keep { reason } => (HolderAction::Keep, reason.clone()),
+    }
+}
+
+fn pinned_by(pins: &[crate::engine::scan::Pin]) -> String {
+    let pids: Vec<String> = pins.iter().map(|p| p.pid.to_string()).collect();
+    format!(
+        "its filesystem stays alive while pid {} use it",
+        pids.join(", ")
+    )
+}
+
+/// What a sweep releases of a node report: the holders of its leaked and orphaned findings
+/// (never the in-use ones, never an `excluded` namespace), and the scope it releases them
+/// in (the runtime's own copies spared).
+pub fn sweep_selection(
+    scan: &Scan,
+    daemon: &Daemon,
+    findings: &[Finding],
+    excluded: &dyn Fn(&crate::engine::scan::ScannedNamespace) -> bool,
+) -> (Vec<usize>, Scope) {
+    let holders = findings
+        .iter()
+        .filter(|f| f.class != Class::InUse)
+        .map(|f| f.holder)
+        .filter(|&h| !excluded(&scan.namespaces[scan.holders[h].ns]))
+        .collect();
+    let scope = Scope {
+        everywhere: false,
+        protected: Some(daemon.runtime_protection(": the runtime's own copies")),
+    };
+    (holders, scope)
+}
+
+/// Keeps only the `selected` holders of `scan` (what a sweep acts on).
+pub fn narrow(scan: &mut Scan, selected: &[usize]) {
+    scan.holders = selected.iter().map(|&h| scan.holders[h].clone()).collect();
+}
+
+/// Per finding, what a sweep of this node report would do with its holder: the sweep's
+/// own selection and scope, planned as a dry run over the same scan.
+pub fn sweep_decisions(
+    scan: &mut Scan,
+    daemon: &Daemon,
+    findings: &[Finding],
+) -> Vec<(HolderAction, String)> {
+    if let Some(why) = daemon.unsure() {
+        let reason = format!("the runtime's identity is unsure ({why}): a sweep releases nothing");
+        return findings
+            .iter()
+            .map(|_| (HolderAction::Keep, reason.clone()))
+            .collect();
+    }
+    let (selected, scope) = sweep_selection(scan, daemon, findings, &|_| false);
+    let all = scan.holders.clone();
+    narrow(scan, &selected);
+    let plans = crate::engine::release::plan(scan, scope);
+    scan.holders = all;
+    let mut by_holder: HashMap<usize, (HolderAction, String)> = HashMap::new();
+    for p in &plans {
+        for a in &p.actions {
+            let (action, reason) = step_words(&a.step);
+            by_holder.insert(
+                selected[a.holder],
+                (action, reason.replace("release --path", "a sweep")),
+            );
+        }
+    }
+    findings
+        .iter()
+        .map(|f| {
+            by_holder.remove(&f.holder).unwrap_or_else(|| {
+                (
+                    HolderAction::Keep,
+                    "processes use it as their root (in use): never unmounted".into(),
+                )
+            })
+        })
+        .collect()
+}
