@@ -57,7 +57,7 @@ pub fn uses_cri(
                 || docker.root.is_some()
                 || docker.socket().is_ok_and(|s| on_host(&s).exists())
                 || (on_host(Path::new(docker::DEFAULT_ROOT)).exists()
-                    && cri::kubelet_pid(&cri.proc_root).is_none());
+                    && cri::kubelet_pid(&cri.proc_root, &cri.host_root).is_none());
             cri.endpoint.is_some() || (!docker_set_up && cri::present(cri))
         }
     }

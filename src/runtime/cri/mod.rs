@@ -18,7 +18,7 @@ pub use entry::{BadEntry, Layout};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::runtime::host::on_host;
+use crate::runtime::host::{HostView, on_host};
 use crate::runtime::identity::{self, Identity};
 use crate::runtime::model::{Container, Daemon, RuntimeKind, Via};
 use crate::runtime::scope::short_id;
@@ -109,7 +109,7 @@ impl CriOptions {
         if let Some(e) = &self.endpoint {
             return unix(e);
         }
-        if let Some(e) = kubelet_endpoint(&self.proc_root) {
+        if let Some(e) = kubelet_endpoint(&self.proc_root, &self.host_root) {
             return unix(&e);
         }
         let present: Vec<PathBuf> = ENDPOINTS
@@ -138,7 +138,7 @@ pub fn present(opts: &CriOptions) -> bool {
         || ENDPOINTS
             .iter()
             .any(|p| on_host(&opts.host_root, Path::new(p)).exists())
-        || kubelet_endpoint(&opts.proc_root).is_some()
+        || kubelet_endpoint(&opts.proc_root, &opts.host_root).is_some()
 }
 
 impl Cri {
@@ -309,28 +309,30 @@ impl Cri {
     }
 }
 
-/// kubelet's `--container-runtime-endpoint`, from the command line of the kubelet process
-/// (there is at most one per node; a process merely named kubelet that is not root's
-/// could say anything, so only a root-owned one counts).
-fn kubelet_endpoint(proc_root: &Path) -> Option<String> {
-    let pid = kubelet_pid(proc_root)?;
+/// kubelet's `--container-runtime-endpoint`, from the command line of the node's kubelet
+/// process ([`kubelet_pid`]).
+fn kubelet_endpoint(proc_root: &Path, host_root: &Path) -> Option<String> {
+    let pid = kubelet_pid(proc_root, host_root)?;
     let args = identity::cmdline(proc_root, pid);
     identity::flag_value(&args, "--container-runtime-endpoint", None)
         .filter(|e| e.starts_with("unix://"))
 }
 
-/// The node's kubelet: the one root-owned process whose executable is `kubelet*` and that
-/// lives in pid 1's mount namespace (root in a container may name a process kubelet).
-pub fn kubelet_pid(proc_root: &Path) -> Option<i32> {
+/// The node's kubelet: the one root-owned process whose executable is `kubelet*`, the
+/// host's own (see [`HostView::runs_host_binary`]), in the host's mount namespace (that
+/// of the process whose root `host_root` is): root in a container may name a process
+/// kubelet, and a name must not steer which socket is the runtime's.
+pub fn kubelet_pid(proc_root: &Path, host_root: &Path) -> Option<i32> {
     use std::os::unix::fs::MetadataExt;
-    let host_ns = crate::engine::namespace::mnt_ns_inode(proc_root, 1)?;
+    let host = HostView::new(proc_root, host_root);
     let pids: Vec<i32> = std::fs::read_dir(proc_root)
         .ok()?
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
         .filter(|&pid| {
             identity::exe_name(proc_root, pid).is_some_and(|e| e.starts_with("kubelet"))
                 && std::fs::metadata(proc_root.join(pid.to_string())).is_ok_and(|m| m.uid() == 0)
-                && crate::engine::namespace::mnt_ns_inode(proc_root, pid) == Some(host_ns)
+                && host.in_host_mount_ns(pid) == Some(true)
+                && host.runs_host_binary(pid)
         })
         .collect();
     match pids.as_slice() {

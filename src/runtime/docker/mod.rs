@@ -149,8 +149,16 @@ impl Docker {
                 // is systemd, not dockerd.
                 let peer =
                     crate::engine::unix_sockets::listener_creator(&on_host(&host_root, &socket));
-                crate::runtime::docker::identity::establish_dockerd(
-                    proc_root, &host_root, &socket, peer,
+                // A binary under the data root is a container's, never dockerd.
+                let host = crate::runtime::host::HostView::new(proc_root, &host_root)
+                    .with_container_roots(std::slice::from_ref(&root));
+                crate::runtime::docker::identity::establish_in(
+                    crate::runtime::model::RuntimeKind::Docker,
+                    proc_root,
+                    &host,
+                    &host_root,
+                    &socket,
+                    peer,
                 )
             }
         };
