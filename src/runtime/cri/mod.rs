@@ -43,6 +43,8 @@ pub struct CriOptions {
     pub offline: bool,
     /// How long the runtime has to answer each call.
     pub timeout: Duration,
+    /// How long a whole list (or resolution) may take (`--list-deadline`).
+    pub list_deadline: Duration,
     /// Where procfs is (`--proc`).
     pub proc_root: PathBuf,
     /// Where the host's files are seen from here (`--host-root`; the agent's pod uses
@@ -79,6 +81,12 @@ pub enum CriError {
         origin: String,
         problem: String,
     },
+    #[error("the CRI runtime at {socket}: {overrun}")]
+    Overrun {
+        socket: String,
+        #[source]
+        overrun: crate::runtime::Overrun,
+    },
     #[error("no CRI socket found (tried {0}); pass --cri-endpoint")]
     NoEndpoint(String),
     #[error(
@@ -93,6 +101,7 @@ pub struct Cri {
     pub daemon: Daemon,
     pub layout: Layout,
     client: Option<api::Client>,
+    list_deadline: Duration,
 }
 
 impl CriOptions {
@@ -214,6 +223,7 @@ impl Cri {
             daemon,
             layout,
             client,
+            list_deadline: opts.list_deadline,
         })
     }
 
@@ -224,10 +234,16 @@ impl Cri {
     /// Every pod sandbox and container; records that fail the checks are named and skipped.
     pub fn list(&self) -> Result<Vec<Container>, CriError> {
         let entries = match &self.client {
-            Some(c) => c.entries().map_err(|reason| CriError::Unreachable {
-                socket: self.daemon.socket.display().to_string(),
-                reason,
-                error: "not read: the runtime answered the connection".into(),
+            Some(c) => c.entries(self.list_deadline).map_err(|e| match e {
+                api::ListFailure::Call(reason) => CriError::Unreachable {
+                    socket: self.daemon.socket.display().to_string(),
+                    reason,
+                    error: "not read: the runtime answered the connection".into(),
+                },
+                api::ListFailure::Overrun(overrun) => CriError::Overrun {
+                    socket: self.daemon.socket.display().to_string(),
+                    overrun,
+                },
             })?,
             None => bundles::entries(&self.layout, &self.daemon.host_root, &self.daemon.proc_root)
                 .map_err(|error| CriError::Unreachable {
@@ -588,6 +604,7 @@ mod tests {
             kubelet_root: DEFAULT_KUBELET_ROOT.into(),
             offline: true,
             timeout: Duration::from_secs(1),
+            list_deadline: Duration::from_secs(10),
             proc_root,
             host_root: host.clone(),
         };
