@@ -60,7 +60,12 @@ fn lying_pods(kubelet: &str) -> Vec<FakePod> {
     vec![liar, root, etc]
 }
 
-fn run(sb: &Sandbox, args: &[&str], extra: &[&str], env: &[(&str, &str)]) -> (i32, String, Duration) {
+fn run(
+    sb: &Sandbox,
+    args: &[&str],
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> (i32, String, Duration) {
     let mut all = args.to_vec();
     all.extend_from_slice(extra);
     let started = Instant::now();
@@ -154,7 +159,10 @@ fn a_runtime_whose_state_is_slash_is_refused_and_nothing_is_unmounted() {
     }
     // The agent's sweeps fail the same way, and release nothing.
     let (log, _) = agent_until(&sb, &args, &[], "sweep failed");
-    assert!(log.contains("sweep failed") && log.contains(&named), "{log}");
+    assert!(
+        log.contains("sweep failed") && log.contains(&named),
+        "{log}"
+    );
     assert_eq!(mounts(&pids), before, "a sweep unmounted something: {log}");
     sb.kill_holder(holder);
 }
@@ -164,7 +172,11 @@ fn a_slow_or_hanging_runtime_fails_the_list_within_its_overall_deadline() {
     let (mut sb, kubelet) = node("railslow", "version = 2\\n");
     let mut pods = lying_pods(&kubelet);
     for n in 0x10..0x20u8 {
-        pods.push(FakePod::new(n, &format!("{n:08x}-0000-4000-8000-0000000000{n:02x}"), &format!("p{n}")));
+        pods.push(FakePod::new(
+            n,
+            &format!("{n:08x}-0000-4000-8000-0000000000{n:02x}"),
+            &format!("p{n}"),
+        ));
     }
     // Each status call answers just within its own one-second deadline.
     let slow = FakeRuntime::start(
@@ -181,12 +193,22 @@ fn a_slow_or_hanging_runtime_fails_the_list_within_its_overall_deadline() {
     let pids = [holder, sb.host_pid()];
     let before = mounts(&pids);
     let ep = slow.endpoint();
-    let args = ["--cri-endpoint", &ep, "--kubelet-root", &kubelet, "--docker-timeout", "1"];
+    let args = [
+        "--cri-endpoint",
+        &ep,
+        "--kubelet-root",
+        &kubelet,
+        "--docker-timeout",
+        "1",
+    ];
     let deadline = [("MNTREAP_LIST_DEADLINE", "3")];
     for cmd in [&["scan"][..], &["release", LIAR]] {
         let (code, out, took) = run(&sb, cmd, &args, &deadline);
         assert_eq!(code, 2, "{cmd:?}: {out}");
-        assert!(took < Duration::from_secs(9), "{cmd:?} took {took:?}: {out}");
+        assert!(
+            took < Duration::from_secs(9),
+            "{cmd:?} took {took:?}: {out}"
+        );
         assert!(
             out.contains("overall deadline of 3s") && out.contains("Status of"),
             "{cmd:?} must name the deadline and the call: {out}"
@@ -196,7 +218,10 @@ fn a_slow_or_hanging_runtime_fails_the_list_within_its_overall_deadline() {
     // The agent's first sweep fails at the deadline, not after every status call.
     let (log, took) = agent_until(&sb, &args, &deadline, "sweep failed");
     assert!(log.contains("overall deadline"), "{log}");
-    assert!(took < Duration::from_secs(9), "the sweep took {took:?}: {log}");
+    assert!(
+        took < Duration::from_secs(9),
+        "the sweep took {took:?}: {log}"
+    );
     assert_eq!(mounts(&pids), before, "{log}");
     drop(slow);
 
@@ -212,7 +237,14 @@ fn a_slow_or_hanging_runtime_fails_the_list_within_its_overall_deadline() {
         },
     );
     let ep = hung.endpoint();
-    let args = ["--cri-endpoint", &ep, "--kubelet-root", &kubelet, "--docker-timeout", "1"];
+    let args = [
+        "--cri-endpoint",
+        &ep,
+        "--kubelet-root",
+        &kubelet,
+        "--docker-timeout",
+        "1",
+    ];
     let (code, out, took) = run(&sb, &["scan"], &args, &deadline);
     assert_eq!(code, 2, "{out}");
     assert!(took < Duration::from_secs(9), "took {took:?}: {out}");
@@ -250,9 +282,19 @@ fn a_record_through_a_symlink_into_another_pod_is_named_and_skipped() {
     let pids = [holder, sb.host_pid()];
     let before = mounts(&pids);
     let ep = fake.endpoint();
-    let args = ["--cri-endpoint", &ep, "--kubelet-root", &kubelet, "--docker-timeout", "1"];
+    let args = [
+        "--cri-endpoint",
+        &ep,
+        "--kubelet-root",
+        &kubelet,
+        "--docker-timeout",
+        "1",
+    ];
     let (code, out, _) = run(&sb, &["release", "default/liar"], &args, &[]);
-    assert_eq!(code, 2, "the liar's records are refused, so it is not found: {out}");
+    assert_eq!(
+        code, 2,
+        "the liar's records are refused, so it is not found: {out}"
+    );
     assert!(
         out.contains("runtime record skipped") && out.contains("symlink"),
         "the refusal is named: {out}"
@@ -296,24 +338,27 @@ fn a_containers_process_named_containerd_is_not_spared() {
         || comm(pid).as_deref() == Some("containerd"),
         || format!("holder {pid} never ran as containerd"),
     );
-    assert!(has_mount_at(pid, &vol), "the holder copies the pod's volume");
+    assert!(
+        has_mount_at(pid, &vol),
+        "the holder copies the pod's volume"
+    );
     let args = [
         "--cri-endpoint",
         &cri.endpoint(),
         "--kubelet-root",
         &kubelet,
     ];
-    let (code, doc) = sb.mntreap_json(
-        &[&["release", "default/named"][..], &args].concat(),
-        &[],
-    );
+    let (code, doc) = sb.mntreap_json(&[&["release", "default/named"][..], &args].concat(), &[]);
     assert_eq!(code, 0, "{doc}");
     let left: BTreeSet<String> = mounts_of(pid)
         .into_iter()
         .map(|(p, _)| p)
         .filter(|p| p.starts_with(&kubelet) || p.starts_with(&cri.d()))
         .collect();
-    assert!(left.is_empty(), "the holder named containerd kept {left:?}: {doc}");
+    assert!(
+        left.is_empty(),
+        "the holder named containerd kept {left:?}: {doc}"
+    );
     // containerd's and kubelet's own copies stay, and the container keeps its volume.
     assert!(has_mount_at(sb.host_pid(), &vol));
     assert!(has_mount_at(cri.container_pid(&app), "/data"));

@@ -177,7 +177,10 @@ mod tests {
         let me = std::process::id() as i32;
         let proc_root = Path::new("/proc");
         let host = HostView::new(proc_root, Path::new("/"));
-        assert!(host.runs_host_binary(me), "this test's own binary is the host's");
+        assert!(
+            host.runs_host_binary(me),
+            "this test's own binary is the host's"
+        );
         assert_eq!(host.in_host_mount_ns(me), Some(true));
         // pid N's root names pid N's namespaces; any other root names none.
         let via_pid = HostView::new(proc_root, &proc_root.join(format!("{me}/root")));
@@ -196,7 +199,11 @@ mod tests {
         let mut child = std::process::Command::new(&exe).arg("30").spawn().unwrap();
         let pid = child.id() as i32;
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        while std::fs::read_link(format!("/proc/{pid}/exe")).ok().as_deref() != Some(&exe) {
+        while std::fs::read_link(format!("/proc/{pid}/exe"))
+            .ok()
+            .as_deref()
+            != Some(&exe)
+        {
             assert!(std::time::Instant::now() < deadline, "the copy never ran");
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
@@ -205,9 +212,16 @@ mod tests {
         // a container root it is not.
         let outside = dir.join("containerd");
         std::fs::copy("/bin/sleep", &outside).unwrap();
-        let mut other = std::process::Command::new(&outside).arg("30").spawn().unwrap();
+        let mut other = std::process::Command::new(&outside)
+            .arg("30")
+            .spawn()
+            .unwrap();
         let opid = other.id() as i32;
-        while std::fs::read_link(format!("/proc/{opid}/exe")).ok().as_deref() != Some(&outside) {
+        while std::fs::read_link(format!("/proc/{opid}/exe"))
+            .ok()
+            .as_deref()
+            != Some(&outside)
+        {
             assert!(std::time::Instant::now() < deadline, "the copy never ran");
             std::thread::sleep(std::time::Duration::from_millis(10));
         }

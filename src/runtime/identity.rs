@@ -376,7 +376,10 @@ pub fn from_connecting_daemon(proc_root: &Path, pid: i32) -> Identity {
     let mut runtime = spared_by_name(&runtime_processes(proc_root, &host), &host);
     // The kernel's credentials of the connection name it, whatever its executable.
     let me = RuntimeProcess::read(proc_root, pid);
-    if let Some(m) = me.as_ref().filter(|m| !runtime.iter().any(|r| r.pid == m.pid)) {
+    if let Some(m) = me
+        .as_ref()
+        .filter(|m| !runtime.iter().any(|r| r.pid == m.pid))
+    {
         runtime.push(m.clone());
     }
     Identity {

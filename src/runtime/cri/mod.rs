@@ -258,15 +258,17 @@ impl Cri {
         };
         let mut out: Vec<Container> = entries
             .iter()
-            .filter_map(|e| match self
-                .layout
-                .container(&with_pod(e, &entries))
-                .and_then(|c| self.layout.railed(c, &self.daemon.host_root))
-            {
-                Ok(c) => Some(c),
-                Err(bad) => {
-                    tracing::warn!(%bad, "runtime record skipped");
-                    None
+            .filter_map(|e| {
+                match self
+                    .layout
+                    .container(&with_pod(e, &entries))
+                    .and_then(|c| self.layout.railed(c, &self.daemon.host_root))
+                {
+                    Ok(c) => Some(c),
+                    Err(bad) => {
+                        tracing::warn!(%bad, "runtime record skipped");
+                        None
+                    }
                 }
             })
             .collect();
@@ -503,7 +505,11 @@ fn check_layout(
                 .iter()
                 .find(|(w, _)| *w == what)
                 .map_or_else(|| "the default".to_string(), |(_, o)| o.clone());
-            let who = if what == "kubelet root" { "mntreap" } else { who };
+            let who = if what == "kubelet root" {
+                "mntreap"
+            } else {
+                who
+            };
             return Err(CriError::BadLayout {
                 who: who.to_string(),
                 what,
@@ -662,23 +668,35 @@ mod tests {
             ("containerd", "state = \"/\"\n", "/"),
             ("containerd", "root = \"/etc\"\n", "/etc"),
             ("containerd --state run", "", "run"),
-            ("containerd --root /var/lib/../../proc", "", "/var/lib/../../proc"),
+            (
+                "containerd --root /var/lib/../../proc",
+                "",
+                "/var/lib/../../proc",
+            ),
         ] {
             match refused(args, config) {
                 Some(CriError::BadLayout { value, .. }) => assert_eq!(value, bad, "{args}"),
                 other => panic!("{args} {config:?}: {other:?}"),
             }
         }
-        let msg = refused("containerd", "state = \"/\"\n").unwrap().to_string();
+        let msg = refused("containerd", "state = \"/\"\n")
+            .unwrap()
+            .to_string();
         assert!(
-            msg.contains("containerd pid 42") && msg.contains("\"/\"") && msg.contains("config.toml"),
+            msg.contains("containerd pid 42")
+                && msg.contains("\"/\"")
+                && msg.contains("config.toml"),
             "{msg}"
         );
         // The node's own settings, and a moved root, pass.
         assert!(refused("containerd --root /data/containerd", "").is_none());
         // kubelet's root is the operator's: named as such.
-        let (layout, origins) =
-            layout_of(RuntimeKind::CriO, &Identity::default(), &proc_root, Path::new("/"));
+        let (layout, origins) = layout_of(
+            RuntimeKind::CriO,
+            &Identity::default(),
+            &proc_root,
+            Path::new("/"),
+        );
         let err = check_layout(&layout, &origins, "crio pid 7", Path::new("/")).unwrap_err();
         assert!(err.to_string().contains("--kubelet-root"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
