@@ -226,7 +226,6 @@ runtime_service!({
                 "snapshotter": "overlayfs",
                 "runtimeSpec": {"root": {"path": p.root_path}},
             })),
-            ..Default::default()
         }))
     }
 } unimplemented {
