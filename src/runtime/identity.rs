@@ -183,7 +183,8 @@ fn pidfile_pid(proc_root: &Path, dockerd: i32) -> Option<(PathBuf, Option<i32>)>
 /// Establishes which daemon of `kind` serves `socket` (a host path, read through
 /// `host_root`): the daemon of that kind holding the listening socket bound to that very
 /// file, as for dockerd (see the module's notes); the pidfile cross-check is
-/// dockerd's alone (containerd and CRI-O keep none by default).
+/// dockerd's alone (containerd and CRI-O keep none by default). `peer` is the socket's
+/// `SO_PEERCRED` pid (the listener's creator: the daemon, or systemd under activation).
 pub fn establish(
     kind: RuntimeKind,
     proc_root: &Path,
