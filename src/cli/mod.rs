@@ -183,6 +183,11 @@ pub(crate) struct DockerArgs {
     /// How long the runtime (dockerd, or the CRI runtime) has to answer each call (seconds).
     #[arg(long, default_value_t = 3)]
     docker_timeout: u64,
+    /// How long listing or resolving containers may take in all, every call included
+    /// (seconds; default: 10 x --docker-timeout). Past it the command fails, and nothing
+    /// is released.
+    #[arg(long, env = "MNTREAP_LIST_DEADLINE")]
+    list_deadline: Option<u64>,
     /// Which runtime's containers are meant: docker, cri (containerd's CRI plugin, CRI-O),
     /// or auto (Docker when its socket or data root exists, else a CRI socket).
     #[arg(long, value_enum, env = "MNTREAP_RUNTIME", default_value = "auto")]
@@ -299,13 +304,27 @@ fn init_plugin_logging(verbose: u8) {
         .init();
 }
 
+impl DockerArgs {
+    fn timeout(&self) -> Duration {
+        Duration::from_secs(self.docker_timeout.max(1))
+    }
+
+    fn list_deadline(&self) -> Duration {
+        match self.list_deadline {
+            Some(s) => Duration::from_secs(s.max(1)),
+            None => self.timeout() * crate::runtime::LIST_DEADLINE_CALLS,
+        }
+    }
+}
+
 impl EngineArgs {
     fn cri_options(&self) -> CriOptions {
         CriOptions {
             endpoint: self.docker.cri_endpoint.clone().filter(|e| !e.is_empty()),
             kubelet_root: self.docker.kubelet_root.clone(),
             offline: self.docker.offline,
-            timeout: Duration::from_secs(self.docker.docker_timeout.max(1)),
+            timeout: self.docker.timeout(),
+            list_deadline: self.docker.list_deadline(),
             proc_root: self.proc.clone(),
             host_root: self
                 .docker
@@ -327,7 +346,8 @@ impl EngineArgs {
                 .filter(|p| !p.is_empty())
                 .map(PathBuf::from),
             offline: self.docker.offline,
-            timeout: Duration::from_secs(self.docker.docker_timeout.max(1)),
+            timeout: self.docker.timeout(),
+            list_deadline: self.docker.list_deadline(),
             host_root: self
                 .docker
                 .host_root

@@ -100,14 +100,15 @@ pub struct Config {
 }
 
 impl Config {
-    /// The scan request for `raw_paths` (through the rails) plus `trusted` paths (a
-    /// runtime's records, validated when they were read).
+    /// The scan request for `raw_paths` (through the rails) plus `records`: paths a
+    /// runtime gave (a container's mounts, the runtime's directories), which the runtime
+    /// layer put through the same rails when it read them (`Policy::check_runtime_path`).
     pub fn request(
         &self,
         raw_paths: &[String],
-        trusted: Vec<PathBuf>,
+        records: Vec<PathBuf>,
     ) -> Result<ScanRequest, Failure> {
-        let mut targets = trusted;
+        let mut targets = records;
         for raw in raw_paths {
             targets.push(
                 self.policy

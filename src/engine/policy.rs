@@ -50,6 +50,10 @@ pub enum PolicyError {
         "refusing {path:?}: it resolves through a symlink to {real:?}; pass {real:?}, the path the kernel shows in mountinfo"
     )]
     Symlink { path: String, real: String },
+    #[error(
+        "refusing {path:?}: {link:?} on the way is a symlink; mount tables show real paths, so name the real one"
+    )]
+    SymlinkOnTheWay { path: String, link: String },
     #[error("{0:?} is an empty path")]
     Empty(String),
 }
@@ -66,64 +70,114 @@ pub struct Policy {
 impl Policy {
     /// Validates and normalises one target path.
     pub fn check(&self, raw: &str) -> Result<PathBuf, PolicyError> {
-        if raw.is_empty() {
-            return Err(PolicyError::Empty(raw.into()));
-        }
-        let path = Path::new(raw);
-        if !path.is_absolute() {
-            return Err(PolicyError::Relative(raw.into()));
-        }
-        let mut normal = PathBuf::from("/");
-        for c in path.components() {
-            match c {
-                Component::RootDir | Component::CurDir => {}
-                Component::ParentDir => return Err(PolicyError::DotDot(raw.into())),
-                Component::Normal(s) => normal.push(s),
-                Component::Prefix(_) => return Err(PolicyError::Relative(raw.into())),
-            }
-        }
-        let shown = normal.to_string_lossy().into_owned();
-        if let Some(tree) = SYSTEM_TREES.iter().find(|t| normal.starts_with(t)) {
-            return Err(PolicyError::SystemTree {
-                path: shown,
-                tree: (*tree).into(),
-            });
-        }
-        if SYSTEM_DIRS.iter().any(|d| normal == Path::new(d)) {
-            return Err(PolicyError::SystemDir(shown));
-        }
+        let normal = lexical(Path::new(raw), raw)?;
         // If it exists here, it must be the path the kernel uses (no symlinks on the way):
         // mountinfo shows real paths, and a symlink could point anywhere.
         if let Ok(real) = std::fs::canonicalize(&normal)
             && real != normal
         {
             return Err(PolicyError::Symlink {
-                path: shown,
+                path: normal.to_string_lossy().into_owned(),
                 real: real.to_string_lossy().into_owned(),
             });
         }
-        if !self.any_path {
-            let inside = RUNTIME_ROOTS
-                .iter()
-                .map(PathBuf::from)
-                .chain(self.extra_roots.iter().cloned())
-                .any(|root| normal.starts_with(&root));
-            if !inside {
-                let roots = RUNTIME_ROOTS
-                    .iter()
-                    .map(|r| r.to_string())
-                    .chain(
-                        self.extra_roots
-                            .iter()
-                            .map(|r| r.to_string_lossy().into_owned()),
-                    )
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                return Err(PolicyError::OutsideRuntimeRoots { path: shown, roots });
-            }
-        }
+        self.inside_roots(&normal)?;
         Ok(normal)
     }
+
+    /// Validates a path a runtime gives (its own state or root directory, a record's mount
+    /// point) with the rails of [`Policy::check`]. Symlinks are looked for component by
+    /// component below `seen_from`, the host's root as this process sees it (`/`, or
+    /// `/proc/PID/root`), and never followed: canonicalising would resolve an absolute
+    /// link in this process's root, which in a pod is not the host's.
+    pub fn check_runtime_path(
+        &self,
+        path: &Path,
+        seen_from: &Path,
+    ) -> Result<PathBuf, PolicyError> {
+        let shown = path.to_string_lossy();
+        let normal = lexical(path, &shown)?;
+        let mut at = seen_from.to_path_buf();
+        let mut walked = PathBuf::from("/");
+        for c in normal.components().skip(1) {
+            at.push(c);
+            walked.push(c);
+            match std::fs::symlink_metadata(&at) {
+                Ok(m) if m.file_type().is_symlink() => {
+                    return Err(PolicyError::SymlinkOnTheWay {
+                        path: normal.to_string_lossy().into_owned(),
+                        link: walked.to_string_lossy().into_owned(),
+                    });
+                }
+                Ok(_) => {}
+                // What does not exist yet (a layer being made) has no link further down.
+                Err(_) => break,
+            }
+        }
+        self.inside_roots(&normal)?;
+        Ok(normal)
+    }
+
+    /// Unless `any_path`: `normal` lies in a runtime root or an extra root.
+    fn inside_roots(&self, normal: &Path) -> Result<(), PolicyError> {
+        if self.any_path {
+            return Ok(());
+        }
+        let inside = RUNTIME_ROOTS
+            .iter()
+            .map(PathBuf::from)
+            .chain(self.extra_roots.iter().cloned())
+            .any(|root| normal.starts_with(&root));
+        if inside {
+            return Ok(());
+        }
+        let roots = RUNTIME_ROOTS
+            .iter()
+            .map(|r| r.to_string())
+            .chain(
+                self.extra_roots
+                    .iter()
+                    .map(|r| r.to_string_lossy().into_owned()),
+            )
+            .collect::<Vec<_>>()
+            .join(", ");
+        Err(PolicyError::OutsideRuntimeRoots {
+            path: normal.to_string_lossy().into_owned(),
+            roots,
+        })
+    }
+}
+
+/// The checks that need no file system: absolute, no `..`, not a system directory nor
+/// inside a system tree. Returns the path normalised (`//` and `.` dropped); `raw` is how
+/// errors show it.
+fn lexical(path: &Path, raw: &str) -> Result<PathBuf, PolicyError> {
+    if path.as_os_str().is_empty() {
+        return Err(PolicyError::Empty(raw.into()));
+    }
+    if !path.is_absolute() {
+        return Err(PolicyError::Relative(raw.into()));
+    }
+    let mut normal = PathBuf::from("/");
+    for c in path.components() {
+        match c {
+            Component::RootDir | Component::CurDir => {}
+            Component::ParentDir => return Err(PolicyError::DotDot(raw.into())),
+            Component::Normal(s) => normal.push(s),
+            Component::Prefix(_) => return Err(PolicyError::Relative(raw.into())),
+        }
+    }
+    let shown = normal.to_string_lossy().into_owned();
+    if let Some(tree) = SYSTEM_TREES.iter().find(|t| normal.starts_with(t)) {
+        return Err(PolicyError::SystemTree {
+            path: shown,
+            tree: (*tree).into(),
+        });
+    }
+    if SYSTEM_DIRS.iter().any(|d| normal == Path::new(d)) {
+        return Err(PolicyError::SystemDir(shown));
+    }
+    Ok(normal)
 }
 
 /// Why a name read from a runtime's records may not become a path component.
@@ -141,8 +195,6 @@ pub enum RecordError {
         value: String,
         dir: String,
     },
-    #[error("{path:?} goes through a symlink at {link:?}: runtimes never put one there")]
-    Symlink { path: String, link: String },
 }
 
 /// A runtime's 64-hex-digit id (Docker's container and layer ids).
@@ -176,30 +228,6 @@ pub fn layer_id(value: &str) -> Result<&str, RecordError> {
             expected: "64 hex digits, optionally with -init",
         })
     }
-}
-
-/// Checks that no directory between `root` and `path` (both as this process reads them)
-/// is a symlink: derived paths must be the ones the kernel shows in mountinfo. Components
-/// that do not exist end the walk (a layer may be unmounted and removed already).
-pub fn no_symlink_below(root: &Path, path: &Path) -> Result<(), RecordError> {
-    let Ok(rel) = path.strip_prefix(root) else {
-        return Ok(());
-    };
-    let mut at = root.to_path_buf();
-    for c in rel.components() {
-        at.push(c);
-        match std::fs::symlink_metadata(&at) {
-            Ok(m) if m.file_type().is_symlink() => {
-                return Err(RecordError::Symlink {
-                    path: path.to_string_lossy().into_owned(),
-                    link: at.to_string_lossy().into_owned(),
-                });
-            }
-            Ok(_) => {}
-            Err(_) => break,
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -251,6 +279,62 @@ mod tests {
             p.check("/srv/data/x"),
             Err(PolicyError::OutsideRuntimeRoots { .. })
         ));
+    }
+
+    #[test]
+    fn runtime_paths_pass_the_same_rails_with_symlinks_looked_for_in_the_host_root() {
+        let host = std::env::temp_dir().join(format!("mntreap-rails-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&host);
+        std::fs::create_dir_all(host.join("var/lib/containerd/real")).unwrap();
+        // An absolute link: followed here it would leave the host root.
+        std::os::unix::fs::symlink("/", host.join("var/lib/containerd/link")).unwrap();
+        let any = Policy {
+            any_path: true,
+            ..Default::default()
+        };
+        let check = |p: &str| any.check_runtime_path(Path::new(p), &host);
+        for bad in ["/", "/run", "/var", "/tmp", "/etc", "/var/lib"] {
+            assert_eq!(check(bad), Err(PolicyError::SystemDir(bad.into())), "{bad}");
+        }
+        for bad in ["/proc/1/root", "/sys/fs", "/dev/shm"] {
+            assert!(
+                matches!(check(bad), Err(PolicyError::SystemTree { .. })),
+                "{bad}"
+            );
+        }
+        assert!(matches!(check("state"), Err(PolicyError::Relative(_))));
+        assert!(matches!(
+            check("/var/lib/containerd/../../etc"),
+            Err(PolicyError::DotDot(_))
+        ));
+        assert_eq!(
+            check("/var/lib/containerd/link/etc"),
+            Err(PolicyError::SymlinkOnTheWay {
+                path: "/var/lib/containerd/link/etc".into(),
+                link: "/var/lib/containerd/link".into(),
+            })
+        );
+        // Real directories, and ones that do not exist yet, pass; `//` and `.` go.
+        assert_eq!(
+            check("/var/lib/containerd//real/./x").unwrap(),
+            PathBuf::from("/var/lib/containerd/real/x")
+        );
+        assert!(check("/data/containerd").is_ok());
+        // A record's path must also lie in the runtime's roots.
+        let records = Policy {
+            any_path: false,
+            extra_roots: vec!["/data/containerd".into()],
+        };
+        assert!(
+            records
+                .check_runtime_path(Path::new("/data/containerd/x"), &host)
+                .is_ok()
+        );
+        assert!(matches!(
+            records.check_runtime_path(Path::new("/srv/x"), &host),
+            Err(PolicyError::OutsideRuntimeRoots { .. })
+        ));
+        let _ = std::fs::remove_dir_all(&host);
     }
 
     #[test]

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::runtime::host::HostView;
 use crate::runtime::model::RuntimeKind;
 
 /// dockerd's executables: `dockerd`, and distribution builds such as RHEL's
@@ -94,17 +95,34 @@ pub fn is_dockerd(proc_root: &Path, pid: i32) -> bool {
     exe_name(proc_root, pid).is_some_and(|e| is_dockerd_name(&e))
 }
 
-/// Every process whose executable is a runtime daemon, in pid order.
-pub fn runtime_processes(proc_root: &Path) -> Vec<RuntimeProcess> {
+/// Every process whose executable is a runtime daemon by its name and is the host's own
+/// (the host's user namespace, an executable of the host's outside container roots: see
+/// [`HostView::runs_host_binary`]), in pid order. A container's process named
+/// `containerd` is none of these: it can neither be taken for the runtime nor have its
+/// namespace spared.
+pub fn runtime_processes(proc_root: &Path, host: &HostView) -> Vec<RuntimeProcess> {
     let Ok(entries) = std::fs::read_dir(proc_root) else {
         return Vec::new();
     };
     let mut out: Vec<RuntimeProcess> = entries
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
         .filter_map(|pid| RuntimeProcess::read_if(proc_root, pid, is_runtime_daemon_name))
+        .filter(|p| host.runs_host_binary(p.pid))
         .collect();
     out.sort_by_key(|p| p.pid);
     out
+}
+
+/// The runtime processes whose namespace is spared by their name alone: those in the
+/// host's mount namespace (all of them when that namespace is not known). A daemon in a
+/// namespace of its own (`MountFlags=slave`) is spared as the established one, or as a
+/// holder of the socket, not by its name.
+fn spared_by_name(runtime: &[RuntimeProcess], host: &HostView) -> Vec<RuntimeProcess> {
+    runtime
+        .iter()
+        .filter(|p| host.in_host_mount_ns(p.pid) != Some(false))
+        .cloned()
+        .collect()
 }
 
 /// The command line of `pid`, split at NULs.
@@ -162,21 +180,11 @@ fn pidfile_pid(proc_root: &Path, dockerd: i32) -> Option<(PathBuf, Option<i32>)>
     Some((file, text.trim().parse().ok()))
 }
 
-/// Establishes which dockerd serves `socket` (a host path, read through `host_root`).
-/// `peer` is the socket's `SO_PEERCRED` pid (the creator of the listening socket: dockerd,
-/// or systemd under socket activation).
-pub fn establish_dockerd(
-    proc_root: &Path,
-    host_root: &Path,
-    socket: &Path,
-    peer: Option<i32>,
-) -> Identity {
-    establish(RuntimeKind::Docker, proc_root, host_root, socket, peer)
-}
-
 /// Establishes which daemon of `kind` serves `socket` (a host path, read through
-/// `host_root`), as [`establish_dockerd`] does for dockerd; the pidfile cross-check is
-/// dockerd's alone (containerd and CRI-O keep none by default).
+/// `host_root`): the daemon of that kind holding the listening socket bound to that very
+/// file, as for dockerd (see the module's notes); the pidfile cross-check is
+/// dockerd's alone (containerd and CRI-O keep none by default). `peer` is the socket's
+/// `SO_PEERCRED` pid (the listener's creator: the daemon, or systemd under activation).
 pub fn establish(
     kind: RuntimeKind,
     proc_root: &Path,
@@ -184,10 +192,29 @@ pub fn establish(
     socket: &Path,
     peer: Option<i32>,
 ) -> Identity {
+    establish_in(
+        kind,
+        proc_root,
+        &HostView::new(proc_root, host_root),
+        host_root,
+        socket,
+        peer,
+    )
+}
+
+/// [`establish`], with the host's view given (a moved data root among container roots).
+pub fn establish_in(
+    kind: RuntimeKind,
+    proc_root: &Path,
+    host: &HostView,
+    host_root: &Path,
+    socket: &Path,
+    peer: Option<i32>,
+) -> Identity {
     let word = kind.daemon_word();
-    let runtime = runtime_processes(proc_root);
+    let runtime = runtime_processes(proc_root, host);
     let mut id = Identity {
-        runtime_processes: runtime.clone(),
+        runtime_processes: spared_by_name(&runtime, host),
         ..Identity::default()
     };
     let dockerds: Vec<i32> = runtime
@@ -238,6 +265,11 @@ pub fn establish(
                     .is_ok_and(|h| h == [p])
             })
     };
+    // Whoever holds the socket is spared wherever it lives (the established daemon in a
+    // namespace of its own, or each of several holders).
+    for &holder in &listeners {
+        spare(&mut id, holder);
+    }
     let chosen = match (listeners.as_slice(), peer) {
         ([one], Some(p)) if p != *one && (dockerds.contains(&p) || !activator(p)) => {
             id.unsure = Some(format!(
@@ -340,8 +372,17 @@ pub fn establish(
 
 /// The identity the plugin learns from dockerd's own connection to it.
 pub fn from_connecting_daemon(proc_root: &Path, pid: i32) -> Identity {
-    let runtime = runtime_processes(proc_root);
-    let me = runtime.iter().find(|r| r.pid == pid).cloned();
+    // The host is what the connecting daemon sees.
+    let host = HostView::new(proc_root, &proc_root.join(pid.to_string()).join("root"));
+    let mut runtime = spared_by_name(&runtime_processes(proc_root, &host), &host);
+    // The kernel's credentials of the connection name it, whatever its executable.
+    let me = RuntimeProcess::read(proc_root, pid);
+    if let Some(m) = me
+        .as_ref()
+        .filter(|m| !runtime.iter().any(|r| r.pid == m.pid))
+    {
+        runtime.push(m.clone());
+    }
     Identity {
         pid: me.as_ref().map(|r| r.pid),
         mnt_ns: me.as_ref().and_then(|r| r.mnt_ns),

@@ -57,7 +57,7 @@ pub fn uses_cri(
                 || docker.root.is_some()
                 || docker.socket().is_ok_and(|s| on_host(&s).exists())
                 || (on_host(Path::new(docker::DEFAULT_ROOT)).exists()
-                    && cri::kubelet_pid(&cri.proc_root).is_none());
+                    && cri::kubelet_pid(&cri.proc_root, &cri.host_root).is_none());
             cri.endpoint.is_some() || (!docker_set_up && cri::present(cri))
         }
     }
@@ -198,6 +198,75 @@ impl ContainerRuntime for Cri {
     }
 }
 
+/// The default overall deadline of a list or a resolution, in per-call deadlines: a list
+/// costs a call per pod and container (kubelet's 110 pods, a few containers each, take a
+/// runtime that answers in milliseconds about a second), and a sweep every minute must not
+/// be held for minutes by a runtime that answers each call just in time.
+pub const LIST_DEADLINE_CALLS: u32 = 10;
+
+/// A list (or resolution) took longer than its overall deadline: what it had is partial.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error(
+    "the list took longer than its overall deadline of {overall:?}: {elapsed:?} had passed \
+     at {call}, with {answered} calls answered before; a partial list is never taken for \
+     complete, so nothing was resolved or released"
+)]
+pub struct Overrun {
+    pub call: String,
+    pub elapsed: std::time::Duration,
+    pub overall: std::time::Duration,
+    pub answered: usize,
+}
+
+/// The deadlines of a run of calls: each call has its own (`per_call`), and all together
+/// have `overall`, after which the run fails with an [`Overrun`].
+#[derive(Debug)]
+pub(crate) struct Budget {
+    started: std::time::Instant,
+    per_call: std::time::Duration,
+    overall: std::time::Duration,
+    answered: usize,
+}
+
+impl Budget {
+    pub(crate) fn new(per_call: std::time::Duration, overall: std::time::Duration) -> Budget {
+        Budget {
+            started: std::time::Instant::now(),
+            per_call,
+            overall,
+            answered: 0,
+        }
+    }
+
+    /// The deadline of the next call (`call` names it): its own, or what is left overall.
+    pub(crate) fn next(&self, call: &str) -> Result<std::time::Duration, Overrun> {
+        let left = self.overall.saturating_sub(self.started.elapsed());
+        if left.is_zero() {
+            return Err(self.overrun(call));
+        }
+        Ok(self.per_call.min(left))
+    }
+
+    /// A call ran out of time: the overall deadline's doing when it was cut short.
+    pub(crate) fn silence(&self, call: &str, given: std::time::Duration) -> Option<Overrun> {
+        (given < self.per_call || self.started.elapsed() >= self.overall)
+            .then(|| self.overrun(call))
+    }
+
+    pub(crate) fn answered(&mut self) {
+        self.answered += 1;
+    }
+
+    fn overrun(&self, call: &str) -> Overrun {
+        Overrun {
+            call: call.to_string(),
+            elapsed: self.started.elapsed(),
+            overall: self.overall,
+            answered: self.answered,
+        }
+    }
+}
+
 /// The one runtime every blocking API call (Engine API, CRI) runs on (built once, not per connect).
 /// Called from plain threads only: the CLI's, and the daemons' blocking bridge.
 pub(crate) fn blocking_runtime() -> Result<&'static tokio::runtime::Runtime, String> {
@@ -214,4 +283,35 @@ pub(crate) fn blocking_runtime() -> Result<&'static tokio::runtime::Runtime, Str
         })
         .as_ref()
         .ok_or_else(|| "cannot start the API clients' runtime".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_run_of_calls_fails_at_its_overall_deadline_naming_the_call() {
+        let ms = Duration::from_millis;
+        let mut b = Budget::new(ms(50), ms(120));
+        assert_eq!(b.next("first").unwrap(), ms(50));
+        // A silence within the call's own full deadline, with time left: no overrun.
+        assert!(b.silence("first", ms(50)).is_none());
+        b.answered();
+        std::thread::sleep(ms(100));
+        // What is left overall cuts the next call short; its silence is an overrun.
+        let left = b.next("second").unwrap();
+        assert!(left < ms(50), "{left:?}");
+        assert!(b.silence("second", left).is_some());
+        std::thread::sleep(ms(30));
+        let over = b.next("PodSandboxStatus of abc").unwrap_err();
+        assert_eq!(over.call, "PodSandboxStatus of abc");
+        assert_eq!((over.answered, over.overall), (1, ms(120)));
+        assert!(over.elapsed >= ms(120));
+        let text = over.to_string();
+        assert!(
+            text.contains("PodSandboxStatus of abc") && text.contains("nothing was resolved"),
+            "{text}"
+        );
+    }
 }

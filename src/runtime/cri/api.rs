@@ -1,6 +1,7 @@
 //! The CRI runtime service on the runtime's unix socket (k8s-cri bindings over tonic): pod
 //! sandboxes and containers with their verbose status, and removal. Every call has the
-//! same short deadline; a runtime that hangs makes resolution go offline, never wait.
+//! same short deadline, and a list (pods x status calls) an overall one; a runtime that
+//! hangs makes resolution go offline, never wait.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -10,6 +11,14 @@ use k8s_cri::v1::*;
 use tonic::transport::{Channel, Endpoint, Uri};
 
 use super::entry::{Entry, SpecMount};
+use crate::runtime::{Budget, Overrun};
+
+/// Why a list failed: a call's error in the runtime's words, or the overall deadline.
+#[derive(Debug)]
+pub(super) enum ListFailure {
+    Call(String),
+    Overrun(Overrun),
+}
 
 /// A connected CRI client.
 pub(super) struct Client {
@@ -62,12 +71,13 @@ impl Client {
     /// Runs one call with the deadline: the runtime's status, or its silence.
     fn run<T>(
         &self,
+        timeout: Duration,
         f: impl AsyncFnOnce(RuntimeServiceClient<Channel>) -> Result<T, tonic::Status>,
     ) -> Result<Result<T, tonic::Status>, String> {
         let rt = crate::runtime::blocking_runtime()?;
         let client = RuntimeServiceClient::new(self.channel.clone());
-        rt.block_on(async { tokio::time::timeout(self.timeout, f(client)).await })
-            .map_err(|_| format!("no answer within {:?}", self.timeout))
+        rt.block_on(async { tokio::time::timeout(timeout, f(client)).await })
+            .map_err(|_| format!("no answer within {timeout:?}"))
     }
 
     /// One call; any failure in the runtime's words.
@@ -75,62 +85,92 @@ impl Client {
         &self,
         f: impl AsyncFnOnce(RuntimeServiceClient<Channel>) -> Result<T, tonic::Status>,
     ) -> Result<T, String> {
-        self.run(f)?.map_err(|s| status_text(&s, self.timeout))
+        self.run(self.timeout, f)?
+            .map_err(|s| status_text(&s, self.timeout))
     }
 
-    /// One call; `None` when the runtime says the object is not found (removed meanwhile).
-    fn call_found<T>(
+    /// One call of a list (`what` names it) within its deadline and the list's `budget`;
+    /// `None` when the runtime says the object is not found (removed meanwhile).
+    fn call_listed<T>(
         &self,
+        budget: &mut Budget,
+        what: &str,
         f: impl AsyncFnOnce(RuntimeServiceClient<Channel>) -> Result<T, tonic::Status>,
-    ) -> Result<Option<T>, String> {
-        match self.run(f)? {
-            Ok(v) => Ok(Some(v)),
-            Err(s) if s.code() == tonic::Code::NotFound => Ok(None),
-            Err(s) => Err(status_text(&s, self.timeout)),
+    ) -> Result<Option<T>, ListFailure> {
+        let timeout = budget.next(what).map_err(ListFailure::Overrun)?;
+        let out = self.run(timeout, f);
+        // A silence, or tonic's own deadline, cut short by the overall one is an overrun.
+        let silent = match &out {
+            Err(_) => true,
+            Ok(Err(s)) => status_text(s, timeout).starts_with("no answer"),
+            Ok(Ok(_)) => false,
+        };
+        if silent && let Some(over) = budget.silence(what, timeout) {
+            return Err(ListFailure::Overrun(over));
+        }
+        let fail = |e: String| ListFailure::Call(format!("{what}: {e}"));
+        match out.map_err(fail)? {
+            Ok(v) => {
+                budget.answered();
+                Ok(Some(v))
+            }
+            Err(s) if s.code() == tonic::Code::NotFound => {
+                budget.answered();
+                Ok(None)
+            }
+            Err(s) => Err(fail(status_text(&s, timeout))),
         }
     }
 
-    /// Every pod sandbox and container, with what their verbose status says.
-    pub(super) fn entries(&self) -> Result<Vec<Entry>, String> {
-        let pods = self.call(async |mut c| {
+    /// Every pod sandbox and container, with what their verbose status says, within the
+    /// list's overall deadline.
+    pub(super) fn entries(&self, overall: Duration) -> Result<Vec<Entry>, ListFailure> {
+        let mut budget = Budget::new(self.timeout, overall);
+        let pods = self.call_listed(&mut budget, "ListPodSandbox", async |mut c| {
             c.list_pod_sandbox(ListPodSandboxRequest { filter: None })
                 .await
                 .map(|r| r.into_inner().items)
-        })?;
-        let containers = self.call(async |mut c| {
+        });
+        let pods = listed("ListPodSandbox", pods?)?;
+        let containers = self.call_listed(&mut budget, "ListContainers", async |mut c| {
             c.list_containers(ListContainersRequest { filter: None })
                 .await
                 .map(|r| r.into_inner().containers)
-        })?;
+        });
+        let containers = listed("ListContainers", containers?)?;
         // Removed meanwhile: not listed. Any other failure fails the list: one left out
         // would make its mounts look orphaned.
         let mut out = Vec::new();
         for p in pods {
             let id = p.id.clone();
-            let status = self
-                .call_found(async |mut c| {
+            let status = self.call_listed(
+                &mut budget,
+                &format!("PodSandboxStatus of {}", p.id),
+                async |mut c| {
                     c.pod_sandbox_status(PodSandboxStatusRequest {
                         pod_sandbox_id: id,
                         verbose: true,
                     })
                     .await
                     .map(|r| r.into_inner())
-                })
-                .map_err(|e| format!("status of pod sandbox {}: {e}", p.id))?;
+                },
+            )?;
             out.extend(status.map(|s| sandbox_entry(&p, &s.info)));
         }
         for c in containers {
             let id = c.id.clone();
-            let status = self
-                .call_found(async |mut cl| {
+            let status = self.call_listed(
+                &mut budget,
+                &format!("ContainerStatus of {}", c.id),
+                async |mut cl| {
                     cl.container_status(ContainerStatusRequest {
                         container_id: id,
                         verbose: true,
                     })
                     .await
                     .map(|r| r.into_inner())
-                })
-                .map_err(|e| format!("status of container {}: {e}", c.id))?;
+                },
+            )?;
             out.extend(status.map(|s| container_entry(&c, s.status.as_ref(), &s.info)));
         }
         Ok(out)
@@ -157,6 +197,11 @@ impl Client {
             })
         }
     }
+}
+
+/// A list call's answer: not found is no answer to a list.
+fn listed<T>(what: &str, v: Option<T>) -> Result<T, ListFailure> {
+    v.ok_or_else(|| ListFailure::Call(format!("{what}: not found")))
 }
 
 /// A gRPC status as the runtime said it; the channel's own deadline (tonic cancels the

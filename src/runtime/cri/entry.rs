@@ -155,6 +155,33 @@ impl Layout {
         None
     }
 
+    /// `c`'s paths through the operator's path rails as well (no system directory, no
+    /// `..`, no symlink on the way as seen through `seen_from`, inside the runtime's and
+    /// kubelet's directories): the layout checks above say where a path must lie, these
+    /// say what no target may be, whatever the layout.
+    pub(super) fn railed(&self, c: Container, seen_from: &Path) -> Result<Container, BadEntry> {
+        let rails = crate::engine::policy::Policy {
+            any_path: false,
+            extra_roots: vec![
+                self.state.clone(),
+                self.root.clone(),
+                self.kubelet_root.clone(),
+                self.storage_root.clone(),
+                self.storage_run_root.clone(),
+            ],
+        };
+        for p in &c.paths {
+            rails
+                .check_runtime_path(p, seen_from)
+                .map_err(|e| BadEntry {
+                    id: c.id.clone(),
+                    what: "mount point",
+                    problem: e.to_string(),
+                })?;
+        }
+        Ok(c)
+    }
+
     /// The container (or sandbox) that `entry` describes, with its mount points; a record
     /// that would point elsewhere is refused.
     pub(super) fn container(&self, e: &Entry) -> Result<Container, BadEntry> {
@@ -323,6 +350,38 @@ mod tests {
             own("/run/containerd/io.containerd.runtime.v2.task/k8s.io/x/rootfs"),
             None
         );
+    }
+
+    #[test]
+    fn record_paths_pass_the_operators_rails_too() {
+        // A pod directory whose volumes are a symlink: inside kubelet's root by its text,
+        // anywhere by what it resolves to.
+        let host = std::env::temp_dir().join(format!("mntreap-entry-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&host);
+        let pods = host.join("var/lib/kubelet/pods/1234-abcd");
+        std::fs::create_dir_all(&pods).unwrap();
+        let l = layout();
+        let ok = l.container(&entry(true)).unwrap();
+        assert!(l.railed(ok.clone(), &host).is_ok());
+        std::os::unix::fs::symlink("/etc", pods.join("volumes")).unwrap();
+        let bad = l.railed(ok, &host).unwrap_err();
+        assert!(
+            bad.problem.contains("symlink") && bad.id == "a".repeat(64),
+            "{bad}"
+        );
+        // A layout the rails would refuse at connect cannot make a system directory a
+        // target either: CRI-O's root under a storage root of /var.
+        let wide = Layout {
+            storage_root: "/var".into(),
+            ..layout()
+        };
+        let e = Entry {
+            root_path: Some("/var/lib".into()),
+            ..entry(false)
+        };
+        let c = wide.container(&e).unwrap();
+        assert!(wide.railed(c, &host).is_err());
+        let _ = std::fs::remove_dir_all(&host);
     }
 
     #[test]

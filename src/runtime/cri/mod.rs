@@ -12,13 +12,14 @@
 mod api;
 mod bundles;
 mod entry;
+mod layout;
 
 pub use entry::{BadEntry, Layout};
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::runtime::host::on_host;
+use crate::runtime::host::{HostView, on_host};
 use crate::runtime::identity::{self, Identity};
 use crate::runtime::model::{Container, Daemon, RuntimeKind, Via};
 use crate::runtime::scope::short_id;
@@ -43,6 +44,8 @@ pub struct CriOptions {
     pub offline: bool,
     /// How long the runtime has to answer each call.
     pub timeout: Duration,
+    /// How long a whole list (or resolution) may take (`--list-deadline`).
+    pub list_deadline: Duration,
     /// Where procfs is (`--proc`).
     pub proc_root: PathBuf,
     /// Where the host's files are seen from here (`--host-root`; the agent's pod uses
@@ -68,6 +71,23 @@ pub enum CriError {
     },
     #[error("CRI endpoint {0:?} is not a unix socket (unix:///path): mntreap must run on the node")]
     NotUnixSocket(String),
+    #[error(
+        "{who}'s {what} is {value:?} ({origin}), which the path rails refuse ({problem}); \
+         nothing was resolved or released"
+    )]
+    BadLayout {
+        who: String,
+        what: &'static str,
+        value: String,
+        origin: String,
+        problem: String,
+    },
+    #[error("the CRI runtime at {socket}: {overrun}")]
+    Overrun {
+        socket: String,
+        #[source]
+        overrun: crate::runtime::Overrun,
+    },
     #[error("no CRI socket found (tried {0}); pass --cri-endpoint")]
     NoEndpoint(String),
     #[error(
@@ -82,6 +102,7 @@ pub struct Cri {
     pub daemon: Daemon,
     pub layout: Layout,
     client: Option<api::Client>,
+    list_deadline: Duration,
 }
 
 impl CriOptions {
@@ -98,7 +119,7 @@ impl CriOptions {
         if let Some(e) = &self.endpoint {
             return unix(e);
         }
-        if let Some(e) = kubelet_endpoint(&self.proc_root) {
+        if let Some(e) = kubelet_endpoint(&self.proc_root, &self.host_root) {
             return unix(&e);
         }
         let present: Vec<PathBuf> = ENDPOINTS
@@ -127,7 +148,7 @@ pub fn present(opts: &CriOptions) -> bool {
         || ENDPOINTS
             .iter()
             .any(|p| on_host(&opts.host_root, Path::new(p)).exists())
-        || kubelet_endpoint(&opts.proc_root).is_some()
+        || kubelet_endpoint(&opts.proc_root, &opts.host_root).is_some()
 }
 
 impl Cri {
@@ -158,7 +179,12 @@ impl Cri {
                 (RuntimeKind::Containerd, containerd)
             }
         };
-        let layout = layout_of(kind, &ident, proc_root, &opts.kubelet_root);
+        let (layout, origins) = layout::layout_of(kind, &ident, proc_root, &opts.kubelet_root);
+        let who = match ident.pid.filter(|_| ident.unsure.is_none()) {
+            Some(pid) => format!("{} pid {pid}", kind.daemon_word()),
+            None => format!("{} (not established)", kind.daemon_word()),
+        };
+        layout::check_layout(&layout, &origins, &who, &host_root)?;
         let mut daemon = Daemon {
             runtime: kind,
             via: Via::TaskBundles,
@@ -198,6 +224,7 @@ impl Cri {
             daemon,
             layout,
             client,
+            list_deadline: opts.list_deadline,
         })
     }
 
@@ -208,10 +235,16 @@ impl Cri {
     /// Every pod sandbox and container; records that fail the checks are named and skipped.
     pub fn list(&self) -> Result<Vec<Container>, CriError> {
         let entries = match &self.client {
-            Some(c) => c.entries().map_err(|reason| CriError::Unreachable {
-                socket: self.daemon.socket.display().to_string(),
-                reason,
-                error: "not read: the runtime answered the connection".into(),
+            Some(c) => c.entries(self.list_deadline).map_err(|e| match e {
+                api::ListFailure::Call(reason) => CriError::Unreachable {
+                    socket: self.daemon.socket.display().to_string(),
+                    reason,
+                    error: "not read: the runtime answered the connection".into(),
+                },
+                api::ListFailure::Overrun(overrun) => CriError::Overrun {
+                    socket: self.daemon.socket.display().to_string(),
+                    overrun,
+                },
             })?,
             None => bundles::entries(&self.layout, &self.daemon.host_root, &self.daemon.proc_root)
                 .map_err(|error| CriError::Unreachable {
@@ -226,11 +259,17 @@ impl Cri {
         };
         let mut out: Vec<Container> = entries
             .iter()
-            .filter_map(|e| match self.layout.container(&with_pod(e, &entries)) {
-                Ok(c) => Some(c),
-                Err(bad) => {
-                    tracing::warn!(%bad, "runtime record skipped");
-                    None
+            .filter_map(|e| {
+                match self
+                    .layout
+                    .container(&with_pod(e, &entries))
+                    .and_then(|c| self.layout.railed(c, &self.daemon.host_root))
+                {
+                    Ok(c) => Some(c),
+                    Err(bad) => {
+                        tracing::warn!(%bad, "runtime record skipped");
+                        None
+                    }
                 }
             })
             .collect();
@@ -289,28 +328,30 @@ impl Cri {
     }
 }
 
-/// kubelet's `--container-runtime-endpoint`, from the command line of the kubelet process
-/// (there is at most one per node; a process merely named kubelet that is not root's
-/// could say anything, so only a root-owned one counts).
-fn kubelet_endpoint(proc_root: &Path) -> Option<String> {
-    let pid = kubelet_pid(proc_root)?;
+/// kubelet's `--container-runtime-endpoint`, from the command line of the node's kubelet
+/// process ([`kubelet_pid`]).
+fn kubelet_endpoint(proc_root: &Path, host_root: &Path) -> Option<String> {
+    let pid = kubelet_pid(proc_root, host_root)?;
     let args = identity::cmdline(proc_root, pid);
     identity::flag_value(&args, "--container-runtime-endpoint", None)
         .filter(|e| e.starts_with("unix://"))
 }
 
-/// The node's kubelet: the one root-owned process whose executable is `kubelet*` and that
-/// lives in pid 1's mount namespace (root in a container may name a process kubelet).
-pub fn kubelet_pid(proc_root: &Path) -> Option<i32> {
+/// The node's kubelet: the one root-owned process whose executable is `kubelet*`, the
+/// host's own (see [`HostView::runs_host_binary`]), in the host's mount namespace (that
+/// of the process whose root `host_root` is): root in a container may name a process
+/// kubelet, and a name must not steer which socket is the runtime's.
+pub fn kubelet_pid(proc_root: &Path, host_root: &Path) -> Option<i32> {
     use std::os::unix::fs::MetadataExt;
-    let host_ns = crate::engine::namespace::mnt_ns_inode(proc_root, 1)?;
+    let host = HostView::new(proc_root, host_root);
     let pids: Vec<i32> = std::fs::read_dir(proc_root)
         .ok()?
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
         .filter(|&pid| {
             identity::exe_name(proc_root, pid).is_some_and(|e| e.starts_with("kubelet"))
                 && std::fs::metadata(proc_root.join(pid.to_string())).is_ok_and(|m| m.uid() == 0)
-                && crate::engine::namespace::mnt_ns_inode(proc_root, pid) == Some(host_ns)
+                && host.in_host_mount_ns(pid) == Some(true)
+                && host.runs_host_binary(pid)
         })
         .collect();
     match pids.as_slice() {
@@ -389,61 +430,6 @@ fn pick(name: &str, all: &[Container], socket: &Path) -> Result<Vec<Container>, 
     }
 }
 
-/// Where the established daemon keeps its state: containerd's `--state`/`--root` flags,
-/// else its config file's top-level `state`/`root` (read through its own root), else the
-/// defaults. CRI-O keeps its layers under `/var/lib/containers/storage`.
-fn layout_of(kind: RuntimeKind, ident: &Identity, proc_root: &Path, kubelet_root: &Path) -> Layout {
-    let mut layout = Layout {
-        state: PathBuf::from("/run/containerd"),
-        root: PathBuf::from("/var/lib/containerd"),
-        namespace: "k8s.io".into(),
-        kubelet_root: kubelet_root.to_path_buf(),
-        storage_root: PathBuf::from("/var/lib/containers/storage"),
-        storage_run_root: PathBuf::from("/run/containers/storage"),
-    };
-    let Some(pid) = ident
-        .pid
-        .filter(|_| ident.unsure.is_none() && kind == RuntimeKind::Containerd)
-    else {
-        return layout;
-    };
-    let args = identity::cmdline(proc_root, pid);
-    let config = identity::flag_value(&args, "--config", Some("-c"))
-        .unwrap_or_else(|| "/etc/containerd/config.toml".into());
-    let daemon_root = proc_root.join(pid.to_string()).join("root");
-    let text = std::fs::read_to_string(crate::runtime::host::on_host(
-        &daemon_root,
-        Path::new(&config),
-    ))
-    .unwrap_or_default();
-    for (key, slot) in [("state", &mut layout.state), ("root", &mut layout.root)] {
-        if let Some(v) = identity::flag_value(&args, &format!("--{key}"), None)
-            .or_else(|| top_level_string(&text, key))
-            .filter(|v| Path::new(v).is_absolute())
-        {
-            *slot = PathBuf::from(v);
-        }
-    }
-    layout
-}
-
-/// A top-level `key = "value"` of a TOML file (before its first table).
-fn top_level_string(text: &str, key: &str) -> Option<String> {
-    text.lines()
-        .map(str::trim)
-        .take_while(|l| !l.starts_with('['))
-        .find_map(|l| {
-            let (k, v) = l.split_once('=')?;
-            let v = v.trim();
-            let quote = v.chars().next().filter(|c| *c == '"' || *c == '\'')?;
-            let inner = &v[1..];
-            if k.trim() != key {
-                return None;
-            }
-            Some(inner[..inner.find(quote)?].to_string())
-        })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -515,6 +501,7 @@ mod tests {
             kubelet_root: DEFAULT_KUBELET_ROOT.into(),
             offline: true,
             timeout: Duration::from_secs(1),
+            list_deadline: Duration::from_secs(10),
             proc_root,
             host_root: host.clone(),
         };
@@ -537,16 +524,5 @@ mod tests {
         };
         assert_eq!(given.socket().unwrap(), PathBuf::from(ENDPOINTS[0]));
         std::fs::remove_dir_all(&host).unwrap();
-    }
-
-    #[test]
-    fn containerd_settings_from_its_config() {
-        let text = "version = 2\nroot = \"/data/containerd\" # moved\nstate = '/run/c2'\n[plugins]\nstate = \"/x\"\n";
-        assert_eq!(
-            top_level_string(text, "root").as_deref(),
-            Some("/data/containerd")
-        );
-        assert_eq!(top_level_string(text, "state").as_deref(), Some("/run/c2"));
-        assert_eq!(top_level_string("[a]\nroot = \"/x\"", "root"), None);
     }
 }

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use super::Container;
+use super::{Container, Daemon, DockerError};
 pub use crate::runtime::model::Owner;
 
 /// Where each storage driver mounts layer `<id>`: `<root>/<dir>/<id>[/<leaf>]`, for every
@@ -89,9 +89,63 @@ pub fn layers_by_container(containers: &[Container]) -> HashMap<String, String> 
         .collect()
 }
 
+/// Every target is derived from the data root: it passes the operator's rails (`origin`
+/// says where it was read, for the error).
+pub(super) fn railed_data_root(
+    daemon: &Daemon,
+    host_root: &Path,
+    origin: &str,
+) -> Result<(), DockerError> {
+    let rails = crate::engine::policy::Policy {
+        any_path: true,
+        extra_roots: Vec::new(),
+    };
+    match rails.check_runtime_path(&daemon.root, host_root) {
+        Ok(_) => Ok(()),
+        Err(e) => Err(DockerError::BadDataRoot {
+            who: match daemon.pid {
+                Some(pid) => format!("dockerd pid {pid}"),
+                None => "dockerd (not established)".into(),
+            },
+            value: daemon.root.display().to_string(),
+            origin: origin.into(),
+            problem: e.to_string(),
+        }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_data_root_the_rails_refuse_names_the_daemon_and_the_value() {
+        let daemon = |root: &str| Daemon {
+            runtime: crate::runtime::model::RuntimeKind::Docker,
+            via: super::super::Via::Api,
+            socket: super::super::DEFAULT_SOCKET.into(),
+            root: root.into(),
+            driver: None,
+            pid: Some(42),
+            mnt_ns: None,
+            identity: Default::default(),
+            live_restore: None,
+            offline_reason: None,
+            host_root: "/".into(),
+            proc_root: "/proc".into(),
+        };
+        for bad in ["/", "/var", "/var/lib", "/tmp", "relative", "/proc/1/root"] {
+            let err = railed_data_root(&daemon(bad), Path::new("/"), "its /info DockerRootDir")
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("dockerd pid 42") && err.contains(&format!("{bad:?}")),
+                "{err}"
+            );
+        }
+        assert!(railed_data_root(&daemon(super::super::DEFAULT_ROOT), Path::new("/"), "x").is_ok());
+        assert!(railed_data_root(&daemon("/data/docker"), Path::new("/"), "x").is_ok());
+    }
 
     use crate::runtime::docker::tests::c;
 

@@ -23,6 +23,8 @@ pub use records::{BadRecord, POD_UID_LABEL};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::runtime::Budget;
+
 /// Where to find the daemon, and how.
 #[derive(Debug, Clone)]
 pub struct DockerOptions {
@@ -37,6 +39,8 @@ pub struct DockerOptions {
     pub offline: bool,
     /// How long the daemon has to answer each call.
     pub timeout: Duration,
+    /// How long a whole list (or resolution) may take (`--list-deadline`).
+    pub list_deadline: Duration,
     /// Where this process sees the host's files: `/`, or `/proc/<dockerd>/root` inside a
     /// managed plugin (which then needs no mount of the data root, and so holds no layer
     /// mount); `None`: the daemon's root when its pid is known, else `/`.
@@ -77,6 +81,22 @@ pub enum DockerError {
     NotUnixSocket(String),
     #[error(transparent)]
     BadRecord(#[from] BadRecord),
+    #[error("dockerd at {socket}: {overrun}")]
+    Overrun {
+        socket: String,
+        #[source]
+        overrun: crate::runtime::Overrun,
+    },
+    #[error(
+        "{who}'s data root is {value:?} ({origin}), which the path rails refuse ({problem}); \
+         nothing was resolved or released"
+    )]
+    BadDataRoot {
+        who: String,
+        value: String,
+        origin: String,
+        problem: String,
+    },
 }
 
 impl DockerOptions {
@@ -122,6 +142,7 @@ pub struct Docker {
     pub daemon: Daemon,
     client: Option<bollard::Docker>,
     timeout: Duration,
+    list_deadline: Duration,
 }
 
 impl Docker {
@@ -139,8 +160,16 @@ impl Docker {
                 // is systemd, not dockerd.
                 let peer =
                     crate::engine::unix_sockets::listener_creator(&on_host(&host_root, &socket));
-                crate::runtime::docker::identity::establish_dockerd(
-                    proc_root, &host_root, &socket, peer,
+                // A binary under the data root is a container's, never dockerd.
+                let host = crate::runtime::host::HostView::new(proc_root, &host_root)
+                    .with_container_roots(std::slice::from_ref(&root));
+                crate::runtime::docker::identity::establish_in(
+                    crate::runtime::model::RuntimeKind::Docker,
+                    proc_root,
+                    &host,
+                    &host_root,
+                    &socket,
+                    peer,
                 )
             }
         };
@@ -154,6 +183,13 @@ impl Docker {
         let root = match (&opts.root, &configured) {
             (None, Some(c)) if opts.daemon_pid.is_none() => c.clone(),
             _ => root,
+        };
+        let mut origin = if opts.root.is_some() {
+            "--docker-root"
+        } else if configured.is_some() || opts.daemon_pid.is_some() {
+            "its command line or daemon.json"
+        } else {
+            "the default"
         };
         let mut daemon = Daemon {
             runtime: crate::runtime::model::RuntimeKind::Docker,
@@ -181,6 +217,7 @@ impl Docker {
                             daemon.check_data_root(Path::new(&root), configured);
                         }
                         daemon.root = PathBuf::from(root);
+                        origin = "its /info DockerRootDir";
                     }
                     daemon.driver = info.driver;
                     daemon.live_restore = info.live_restore_enabled;
@@ -193,10 +230,12 @@ impl Docker {
                 }
             }
         };
+        layout::railed_data_root(&daemon, &host_root, origin)?;
         Ok(Docker {
             daemon,
             client,
             timeout: opts.timeout,
+            list_deadline: opts.list_deadline,
         })
     }
 
@@ -218,14 +257,16 @@ impl Docker {
 
     /// Resolves ids, unique id prefixes or names, like the docker CLI. Containers of a
     /// Kubernetes pod learn their pod's other containers (a pod's containers share its
-    /// mounts: the pause container's shm is every container's /dev/shm).
+    /// mounts: the pause container's shm is every container's /dev/shm). All of it within
+    /// the overall deadline.
     pub fn resolve(&self, names: &[String]) -> Result<Vec<Container>, DockerError> {
+        let mut budget = Budget::new(self.timeout, self.list_deadline);
         let mut out: Vec<Container> = names
             .iter()
-            .map(|n| self.resolve_one(n))
+            .map(|n| self.resolve_one(n, &mut budget))
             .collect::<Result<_, _>>()?;
         if out.iter().any(|c| c.pod_uid.is_some()) {
-            let all = self.list()?;
+            let all = self.list_within(&mut budget)?;
             for c in &mut out {
                 if let Some(linked) = all.iter().find(|a| a.id == c.id) {
                     c.pod_pids = linked.pod_pids.clone();
@@ -235,19 +276,40 @@ impl Docker {
         Ok(out)
     }
 
-    fn resolve_one(&self, name: &str) -> Result<Container, DockerError> {
+    /// One API call within its deadline and the `budget` of the run it is part of.
+    fn call<T>(
+        &self,
+        budget: &mut Budget,
+        what: &str,
+        f: impl std::future::Future<Output = Result<T, bollard::errors::Error>>,
+    ) -> Result<Result<T, bollard::errors::Error>, DockerError> {
+        let overrun = |overrun| DockerError::Overrun {
+            socket: self.daemon.socket.display().to_string(),
+            overrun,
+        };
+        let timeout = budget.next(what).map_err(overrun)?;
+        let rt = api::runtime().map_err(|e| self.api_error(e))?;
+        match rt.block_on(async { tokio::time::timeout(timeout, f).await }) {
+            Err(_) => Err(match budget.silence(what, timeout) {
+                Some(over) => overrun(over),
+                None => self.no_answer(),
+            }),
+            Ok(r) => {
+                budget.answered();
+                Ok(r)
+            }
+        }
+    }
+
+    fn resolve_one(&self, name: &str, budget: &mut Budget) -> Result<Container, DockerError> {
         match &self.client {
             Some(client) => {
-                let rt = api::runtime().map_err(|e| self.api_error(e))?;
-                let inspected = rt.block_on(async {
-                    tokio::time::timeout(self.timeout, client.inspect_container(name, None)).await
-                });
-                match inspected {
-                    Err(_) => Err(self.no_answer()),
-                    Ok(Err(bollard::errors::Error::DockerResponseServerError {
+                let what = format!("GET /containers/{name}/json");
+                match self.call(budget, &what, client.inspect_container(name, None))? {
+                    Err(bollard::errors::Error::DockerResponseServerError {
                         status_code,
                         message,
-                    })) if status_code == 404 || message.contains("ultiple IDs") => {
+                    }) if status_code == 404 || message.contains("ultiple IDs") => {
                         // Old daemons answer 404 for an ambiguous prefix, newer ones 500.
                         if message.contains("ultiple IDs") {
                             Err(DockerError::Ambiguous {
@@ -261,8 +323,8 @@ impl Docker {
                             ))
                         }
                     }
-                    Ok(Err(e)) => Err(self.api_error(e.to_string())),
-                    Ok(Ok(c)) => Ok(self.container_from_inspect(c)?),
+                    Err(e) => Err(self.api_error(e.to_string())),
+                    Ok(c) => Ok(self.container_from_inspect(c)?),
                 }
             }
             None => {
@@ -272,20 +334,23 @@ impl Docker {
         }
     }
 
-    /// Every container the daemon (or data root) knows.
+    /// Every container the daemon (or data root) knows, within the overall deadline.
     pub fn list(&self) -> Result<Vec<Container>, DockerError> {
+        self.list_within(&mut Budget::new(self.timeout, self.list_deadline))
+    }
+
+    fn list_within(&self, budget: &mut Budget) -> Result<Vec<Container>, DockerError> {
         let mut out = match &self.client {
             Some(client) => {
-                let rt = api::runtime().map_err(|e| self.api_error(e))?;
                 let options = bollard::query_parameters::ListContainersOptionsBuilder::new()
                     .all(true)
                     .build();
-                let listed = rt
-                    .block_on(async {
-                        tokio::time::timeout(self.timeout, client.list_containers(Some(options)))
-                            .await
-                    })
-                    .map_err(|_| self.no_answer())?
+                let listed = self
+                    .call(
+                        budget,
+                        "GET /containers/json",
+                        client.list_containers(Some(options)),
+                    )?
                     .map_err(|e| self.api_error(e.to_string()))?;
                 let ids: Vec<String> = listed.into_iter().filter_map(|c| c.id).collect();
                 // Containers removed meanwhile are simply not listed; bad records are named.
@@ -293,7 +358,7 @@ impl Docker {
                 // mounts look orphaned.
                 let mut out = Vec::new();
                 for id in &ids {
-                    match self.resolve_one(id) {
+                    match self.resolve_one(id, budget) {
                         Ok(c) => out.push(c),
                         Err(DockerError::BadRecord(bad)) => {
                             tracing::warn!(file = %bad.file, problem = %bad.problem, "container record skipped");

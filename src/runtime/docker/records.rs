@@ -202,12 +202,15 @@ pub(super) fn container(
     paths.push(cdir.join("mounts/shm"));
     paths.push(cdir.join("shm"));
     paths.push(cdir.join("mounts/secrets"));
-    // Below the (resolved) data root, nothing may be a symlink: the paths are checked as
-    // written, not resolved.
-    let host_data_root = on_host(host_root, root);
+    // Every path through the operator's rails, inside the data root: no system directory,
+    // and no symlink on the way (the paths are checked as written, not resolved).
+    let rails = crate::engine::policy::Policy {
+        any_path: false,
+        extra_roots: vec![root.to_path_buf()],
+    };
     for p in paths.iter().chain(upperdir.iter()) {
-        let below = p.strip_prefix(root).unwrap_or(p);
-        crate::engine::policy::no_symlink_below(&host_data_root, &host_data_root.join(below))
+        rails
+            .check_runtime_path(p, host_root)
             .map_err(|e| BadRecord::new(record, e))?;
     }
     Ok(Container {
