@@ -257,7 +257,7 @@ fn namespace_vanishing_between_scan_and_release() {
         layer_signatures: Vec::new(),
         trusted_namespaces: Vec::new(),
         no_identity: Vec::new(),
-        cgroup_reference: None,
+        runtime_pid: None,
     };
     let scan = mntreap::engine::scan::scan(&request).unwrap();
     let in_scan: BTreeSet<u64> = scan
@@ -730,7 +730,7 @@ fn a_scan_from_a_private_cgroup_namespace_reads_the_hosts_view_and_moves_no_thre
             layer_signatures: Vec::new(),
             trusted_namespaces: Vec::new(),
             no_identity: Vec::new(),
-            cgroup_reference: Some(me),
+            runtime_pid: Some(me),
         };
         let scan = mntreap::engine::scan::scan(&request).unwrap();
         let read: Vec<(i32, Option<String>)> = scan

@@ -406,7 +406,7 @@ impl EngineArgs {
                 layer_signatures: Vec::new(),
                 trusted_namespaces: Vec::new(),
                 no_identity: crate::runtime::kubelet_path_only(&cri.kubelet_root),
-                cgroup_reference: None,
+                runtime_pid: None,
             },
             docker,
             runtime: match self.docker.runtime {

@@ -195,7 +195,7 @@ impl Daemon {
     pub fn vouch(&self, req: ScanRequest) -> ScanRequest {
         ScanRequest {
             trusted_namespaces: self.trusted_namespaces(),
-            cgroup_reference: self.pid,
+            runtime_pid: self.pid,
             ..req
         }
     }

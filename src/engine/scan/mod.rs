@@ -156,9 +156,11 @@ pub struct ScanRequest {
     /// stands for any one component. kubelet's `pods/*/volume-subpaths`: a subPath is a
     /// bind of whatever the pod names, a hostPath (the node's own `/dev/shm`) included.
     pub no_identity: Vec<PathBuf>,
-    /// A process in the host's cgroup namespace (the established runtime daemon), whose
-    /// view names member processes' cgroups; pid 1 when `None`.
-    pub cgroup_reference: Option<i32>,
+    /// The established runtime daemon, when there is one in view: the reference for the
+    /// host's cgroup namespace (pid 1 when `None`), and, in a pid namespace that is not the
+    /// host's (a machine container: LXC, systemd-nspawn), the sign that what the runtime
+    /// runs is in view.
+    pub runtime_pid: Option<i32>,
 }
 
 /// The default worker count: the machine's cores, at most 4.
@@ -244,7 +246,22 @@ pub fn scan(request: &ScanRequest) -> Result<Scan, ScanError> {
     let mut denied = Vec::new();
     let namespaces = read_namespaces(request, &mut notes, &mut denied)?;
     let read = started.elapsed();
-    let blind = namespace::pid_namespace_blindness(&request.proc_root);
+    // Not the host's pid namespace: incomplete, unless the established runtime is in this
+    // one (a machine container running its own runtime): then what it runs is in view.
+    let mut detail_notes = Vec::new();
+    let blind = match (
+        namespace::pid_namespace_blindness(&request.proc_root),
+        request.runtime_pid,
+    ) {
+        (Some(why), Some(pid)) => {
+            detail_notes.push(format!(
+                "{why}; the established runtime (pid {pid}) runs in this pid namespace, so \
+                 what it runs is in view"
+            ));
+            None
+        }
+        (blind, _) => blind,
+    };
     notes.extend(blind.clone());
     let mut scan = Scan {
         backend: request.backend,
@@ -259,11 +276,11 @@ pub fn scan(request: &ScanRequest) -> Result<Scan, ScanError> {
         denied,
         blind,
         cgroups_unknown: None,
-        detail_notes: Vec::new(),
+        detail_notes,
     };
     match_holders(&mut scan);
     let matched = started.elapsed();
-    let cgroups = CgroupView::of(&request.proc_root, request.cgroup_reference.unwrap_or(1));
+    let cgroups = CgroupView::of(&request.proc_root, request.runtime_pid.unwrap_or(1));
     classify(&mut scan, &request.proc_root, request.threads, &cgroups);
     hydrate_propagation_context(&mut scan);
     debug!(
