@@ -258,7 +258,7 @@ pub fn main() -> ExitCode {
     match run(cli.command) {
         Ok(exit) => exit.into(),
         Err(failure) => {
-            eprintln!("mntreap: error: {failure}");
+            crate::report::output::stderr_line(&format!("mntreap: error: {failure}"));
             Exit::Usage.into()
         }
     }
@@ -273,10 +273,13 @@ fn init_logging(format: LogFormat, verbose: u8) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     // Colour only on a terminal: a patched dockerd logs the helper's stderr verbatim.
+    // A failed write is dropped, not reported with `eprintln!` (which panics on a closed
+    // pipe; see `report::output`).
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .log_internal_errors(false);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
@@ -292,6 +295,7 @@ fn init_plugin_logging(verbose: u8) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stdout)
+        .log_internal_errors(false)
         .json()
         .flatten_event(true)
         .with_current_span(true)
