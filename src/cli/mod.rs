@@ -65,6 +65,16 @@ enum Command {
     /// Clients of the agent's hook socket.
     #[command(subcommand)]
     Hook(HookCommand),
+    /// Ask the agent's health socket whether it serves (the DaemonSets' liveness and
+    /// readiness probe): exit 0 when it answers within the timeout, 2 otherwise.
+    Probe {
+        /// The agent's `--health-socket`.
+        #[arg(long, default_value = "/run/mntreap-agent/health.sock")]
+        socket: PathBuf,
+        /// Seconds to wait for the answer.
+        #[arg(long, default_value_t = 3)]
+        timeout: u64,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -78,6 +88,10 @@ struct AgentArgs {
     /// The hook socket pods reach from their preStop hook.
     #[arg(long, default_value = "/run/mntreap/hook.sock")]
     hook_socket: PathBuf,
+    /// The root-only socket `mntreap probe` asks ("off" to disable). Keep it out of the
+    /// hook socket's directory: pods that mount that one must not reach it.
+    #[arg(long, default_value = "/run/mntreap-agent/health.sock")]
+    health_socket: PathBuf,
     /// Leave a namespace or process alone: ns:<inode>, pid:<pid>, comm:<name> (repeatable).
     #[arg(long, value_name = "WHAT")]
     exclude: Vec<crate::daemon::agent::Exclude>,
@@ -422,6 +436,9 @@ fn run(command: Command) -> Result<Exit, Failure> {
         Command::Hook(HookCommand::PreStop { socket, container }) => {
             commands::hook::pre_stop(&socket, container.as_deref())
         }
+        Command::Probe { socket, timeout } => {
+            commands::hook::probe(&socket, Duration::from_secs(timeout.max(1)))
+        }
         Command::Agent(args) => {
             let config = args.engine.config()?;
             let metrics_addr = match args.metrics_addr.as_str() {
@@ -434,6 +451,8 @@ fn run(command: Command) -> Result<Exit, Failure> {
                 sweep: Duration::from_secs(args.sweep_interval),
                 metrics_addr,
                 hook_socket: Some(args.hook_socket),
+                health_socket: (args.health_socket.as_os_str() != "off")
+                    .then_some(args.health_socket),
                 exclude: args.exclude,
                 events: !args.no_events,
                 docker: config.docker,
