@@ -69,7 +69,7 @@ enum Command {
     /// readiness probe): exit 0 when it answers within the timeout, 2 otherwise.
     Probe {
         /// The agent's `--health-socket`.
-        #[arg(long, default_value = "/run/mntreap-agent/health.sock")]
+        #[arg(long)]
         socket: PathBuf,
         /// Seconds to wait for the answer.
         #[arg(long, default_value_t = 3)]
@@ -88,10 +88,10 @@ struct AgentArgs {
     /// The hook socket pods reach from their preStop hook.
     #[arg(long, default_value = "/run/mntreap/hook.sock")]
     hook_socket: PathBuf,
-    /// The root-only socket `mntreap probe` asks ("off" to disable). Keep it out of the
-    /// hook socket's directory: pods that mount that one must not reach it.
-    #[arg(long, default_value = "/run/mntreap-agent/health.sock")]
-    health_socket: PathBuf,
+    /// Serve the root-only socket `mntreap probe` asks here (default: none). Keep it out
+    /// of the hook socket's directory: pods that mount that one must not reach it.
+    #[arg(long, value_name = "PATH")]
+    health_socket: Option<PathBuf>,
     /// Leave a namespace or process alone: ns:<inode>, pid:<pid>, comm:<name> (repeatable).
     #[arg(long, value_name = "WHAT")]
     exclude: Vec<crate::daemon::agent::Exclude>,
@@ -451,8 +451,7 @@ fn run(command: Command) -> Result<Exit, Failure> {
                 sweep: Duration::from_secs(args.sweep_interval),
                 metrics_addr,
                 hook_socket: Some(args.hook_socket),
-                health_socket: (args.health_socket.as_os_str() != "off")
-                    .then_some(args.health_socket),
+                health_socket: args.health_socket,
                 exclude: args.exclude,
                 events: !args.no_events,
                 docker: config.docker,
