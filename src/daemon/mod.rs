@@ -1,5 +1,6 @@
 //! Plumbing shared by the long-running modes (`plugin`, `agent`): their runtime, their
-//! unix sockets, and the signals that stop them.
+//! unix sockets, the signals that stop them and the log budget; how their endpoints are
+//! bounded is in [`serve`].
 
 pub mod agent;
 pub mod cleanup;
