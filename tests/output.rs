@@ -126,16 +126,26 @@ fn the_agent_outlives_its_log_collector() {
     let socket = format!("{}/hook.sock", sb.d());
     // The sandbox's directory is mounted in its namespace only.
     let seen = format!("/proc/{}/root{socket}", sb.host_pid());
-    let mut agent = Command::new("nsenter")
-        .args(["-t", &sb.host_pid().to_string(), "-m", "--", BIN])
-        .args(["agent", "--sweep-interval", "1", "--metrics-addr", "off"])
-        .args(["--hook-socket", &socket, "--docker-root", &sb.d()])
-        .stdin(Stdio::null())
-        .stdout(Sink::ReaderGone.stdio())
-        .stderr(Sink::ReaderGone.stdio())
-        .spawn()
-        .unwrap();
-    let pid = agent.id() as i32;
+    // Killed by pid even when the test fails.
+    struct Running(std::process::Child);
+    impl Drop for Running {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut agent = Running(
+        Command::new("nsenter")
+            .args(["-t", &sb.host_pid().to_string(), "-m", "--", BIN])
+            .args(["agent", "--sweep-interval", "1", "--metrics-addr", "off"])
+            .args(["--hook-socket", &socket, "--docker-root", &sb.d()])
+            .stdin(Stdio::null())
+            .stdout(Sink::ReaderGone.stdio())
+            .stderr(Sink::ReaderGone.stdio())
+            .spawn()
+            .unwrap(),
+    );
+    let pid = agent.0.id() as i32;
     let exited = || agent_exited(pid);
     wait_until(
         std::time::Duration::from_secs(10),
@@ -149,7 +159,7 @@ fn the_agent_outlives_its_log_collector() {
         nix::unistd::Pid::from_raw(pid),
         nix::sys::signal::Signal::SIGTERM,
     );
-    let status = agent.wait().unwrap();
+    let status = agent.0.wait().unwrap();
     assert_eq!(status.code(), Some(0), "{status:?}");
     assert!(
         !std::path::Path::new(&seen).exists(),
