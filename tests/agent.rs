@@ -13,12 +13,26 @@ use common::*;
 struct Agent {
     child: Option<Child>,
     metrics: String,
+    /// A command the agent runs under (`prlimit ... --`), then its arguments.
+    wrap: Vec<String>,
     args: Vec<String>,
     sandbox: i32,
 }
 
 impl Agent {
     fn start(sb: &Sandbox, dk: &DockerDaemon, hook_dir: &str, sweep: u64) -> Agent {
+        Self::start_with(sb, dk, hook_dir, sweep, &[], &[])
+    }
+
+    /// The agent under `wrap` (a command that execs the rest), with `extra` arguments.
+    fn start_with(
+        sb: &Sandbox,
+        dk: &DockerDaemon,
+        hook_dir: &str,
+        sweep: u64,
+        wrap: &[&str],
+        extra: &[&str],
+    ) -> Agent {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -39,11 +53,13 @@ impl Agent {
             &dk.host(),
         ]
         .iter()
+        .chain(extra)
         .map(|s| s.to_string())
         .collect();
         let mut a = Agent {
             child: None,
             metrics,
+            wrap: wrap.iter().map(|s| s.to_string()).collect(),
             args,
             sandbox: sb.host_pid(),
         };
@@ -54,7 +70,9 @@ impl Agent {
     fn spawn(&mut self, socket: &str) {
         let _ = std::fs::remove_file(socket);
         let child = Command::new("nsenter")
-            .args(["-t", &self.sandbox.to_string(), "-m", "--", BIN])
+            .args(["-t", &self.sandbox.to_string(), "-m", "--"])
+            .args(&self.wrap)
+            .arg(BIN)
             .args(&self.args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -90,38 +108,55 @@ impl Agent {
         }
     }
 
+    /// The agent's pid (nsenter and the wrapper exec it).
+    fn pid(&self) -> i32 {
+        self.child.as_ref().expect("running").id() as i32
+    }
+
     fn get(&self, path: &str) -> (u16, String) {
-        let mut s = std::net::TcpStream::connect(&self.metrics).unwrap();
+        self.try_get(path)
+            .expect("an answer from the metrics endpoint")
+    }
+
+    /// `None` when the connection is closed unanswered (all connections taken).
+    fn try_get(&self, path: &str) -> Option<(u16, String)> {
+        let mut s = std::net::TcpStream::connect(&self.metrics).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
         write!(
             s,
             "GET {path} HTTP/1.1\r\nHost: agent\r\nConnection: close\r\n\r\n"
         )
-        .unwrap();
+        .ok()?;
         let mut out = String::new();
-        s.read_to_string(&mut out).unwrap();
-        parse_http_response(&out)
+        s.read_to_string(&mut out).ok()?;
+        Some(parse_http_response(&out)).filter(|(status, _)| *status != 0)
     }
 
     /// Prometheus text format: `name value` samples.
     fn metric(&self, name: &str) -> f64 {
         let (status, text) = self.get("/metrics");
         assert_eq!(status, 200);
-        for line in text
-            .lines()
-            .filter(|l| !l.starts_with('#') && !l.is_empty())
-        {
-            let (key, value) = line
-                .rsplit_once(' ')
-                .unwrap_or_else(|| panic!("not prometheus text: {line:?}"));
-            let v: f64 = value
-                .parse()
-                .unwrap_or_else(|_| panic!("not a number: {line:?}"));
-            if key == name {
-                return v;
-            }
-        }
-        panic!("no metric {name} in:\n{text}");
+        metric_in(&text, name)
     }
+}
+
+/// A sample of a Prometheus text document.
+fn metric_in(text: &str, name: &str) -> f64 {
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let (key, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("not prometheus text: {line:?}"));
+        let v: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("not a number: {line:?}"));
+        if key == name {
+            return v;
+        }
+    }
+    panic!("no metric {name} in:\n{text}");
 }
 
 impl Drop for Agent {
@@ -359,4 +394,197 @@ fn killed_mid_sweep_then_restarted_finishes_the_job() {
             "running"
         );
     }
+}
+
+/// Open descriptors of `pid`.
+fn open_fds(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+/// The soft and hard "Max open files" of `pid`.
+fn nofile(pid: i32) -> (u64, u64) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let n: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    (n[0], n[1])
+}
+
+#[test]
+fn an_endpoint_flood_starves_neither_hook_nor_sweeps_nor_probe() {
+    // More idle connections than the agent may have descriptors: uncapped, they take
+    // every one (issue 17: the hook, /healthz and the sweeps then all failed).
+    const FLOOD: usize = 1200;
+    const HARD: u64 = 1024;
+    // This process holds the clients' ends.
+    let (soft, hard) =
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
+    if soft < FLOOD as u64 + 512 {
+        nix::sys::resource::setrlimit(
+            nix::sys::resource::Resource::RLIMIT_NOFILE,
+            hard.max(FLOOD as u64 + 512),
+            hard.max(FLOOD as u64 + 512),
+        )
+        .unwrap();
+    }
+    let mut sb = Sandbox::new("ag-flood");
+    let dk = DockerDaemon::start(&sb, "agflood", false, &[]);
+    let hook_dir = format!("{}/hook", dk.d());
+    std::fs::create_dir_all(&hook_dir).unwrap();
+    let health = format!("{}/health/health.sock", dk.d());
+    let bin = static_binary();
+    let mounts = [
+        "-v".to_string(),
+        format!("{bin}:/mntreap:ro"),
+        "-v".to_string(),
+        format!("{hook_dir}:/run/mntreap"),
+    ];
+    let mounts: Vec<&str> = mounts.iter().map(String::as_str).collect();
+    dk.run_with("web", &mounts);
+    // Soft 512, hard 1024: the agent raises the first to the second.
+    let agent = Agent::start_with(
+        &sb,
+        &dk,
+        &hook_dir,
+        1,
+        &["prlimit", &format!("--nofile=512:{HARD}"), "--"],
+        &["--health-socket", &health],
+    );
+    let pid = agent.pid();
+    assert_eq!(nofile(pid), (HARD, HARD), "the soft limit is raised");
+    wait_until(
+        Duration::from_secs(15),
+        Duration::from_millis(100),
+        || agent.metric("mntreap_sweeps_total") >= 1.0,
+        || "the agent did not sweep".to_string(),
+    );
+    let sweeps_before = agent.metric("mntreap_sweeps_total");
+    let idle_fds = open_fds(pid);
+
+    // The agent's descriptors, sampled all along the flood.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut peak = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(open_fds(pid));
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            peak
+        })
+    };
+    let flood_started = Instant::now();
+    let mut flood = Vec::with_capacity(FLOOD);
+    let addr: std::net::SocketAddr = agent.metrics.parse().unwrap();
+    assert!(addr.ip().is_loopback());
+    let mut refused = None;
+    for _ in 0..FLOOD {
+        // An agent that no longer accepts lets the backlog fill: the flood stops there
+        // (and fails the test below, once the rest is checked).
+        match std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
+            Ok(c) => flood.push(c),
+            Err(e) => {
+                refused = Some(e);
+                break;
+            }
+        }
+    }
+    let flooded_in = flood_started.elapsed();
+
+    // A leak made during the flood, for a sweep to release.
+    let leak = sb.holder(None, None);
+    let merged = dk.merged("web");
+    assert!(has_mount_at(leak, &merged));
+
+    // The probe answers at once.
+    let started = Instant::now();
+    let probe = Command::new(BIN)
+        .args(["probe", "--socket", &health, "--timeout", "5"])
+        .output()
+        .unwrap();
+    let probe_took = started.elapsed();
+    assert_eq!(probe.status.code(), Some(0), "{}", stderr(&probe));
+    assert_eq!(String::from_utf8_lossy(&probe.stdout), "ok\n");
+    assert!(
+        probe_took < Duration::from_secs(2),
+        "probe took {probe_took:?}"
+    );
+
+    // A pod's preStop hook is answered within 2 s (beyond what `docker exec` itself costs).
+    let started = Instant::now();
+    dk.docker_ok(&["exec", "web", "true"]);
+    let exec_took = started.elapsed();
+    let started = Instant::now();
+    let out = dk.docker(&[
+        "exec", "web", "busybox", "timeout", "10", "/mntreap", "hook", "pre-stop",
+    ]);
+    let hook_took = started.elapsed();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let reply: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(reply["ok"], true, "{reply}");
+    assert!(
+        hook_took < exec_took + Duration::from_secs(2),
+        "hook took {hook_took:?}, a bare docker exec {exec_took:?}"
+    );
+
+    // Sweeps go on: the leak is released.
+    wait_until(
+        Duration::from_secs(15),
+        Duration::from_millis(100),
+        || !has_mount_at(leak, &merged),
+        || "no sweep released the leak during the flood".to_string(),
+    );
+    let released_in = flood_started.elapsed();
+    assert!(has_mount_at(sb.host_pid(), &merged), "dockerd's copy stays");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let peak = sampler.join().unwrap();
+    // The caps keep most of the limit free: metrics holds at most 64 connections.
+    assert!(
+        peak < HARD as usize / 2,
+        "the agent held {peak} descriptors of {HARD} (idle: {idle_fds})"
+    );
+
+    // The flood's held connections lose their slots at the header deadline; then
+    // metrics answers again and counts the sweeps made meanwhile.
+    let after = std::cell::Cell::new(None);
+    wait_until(
+        Duration::from_secs(20),
+        Duration::from_millis(200),
+        || {
+            after.set(
+                agent
+                    .try_get("/metrics")
+                    .filter(|(status, _)| *status == 200)
+                    .map(|(_, text)| metric_in(&text, "mntreap_sweeps_total")),
+            );
+            after.get().is_some_and(|n| n > sweeps_before)
+        },
+        || {
+            format!(
+                "metrics did not come back with more sweeps: {:?}",
+                after.get()
+            )
+        },
+    );
+    let after = after.get();
+    assert_eq!(agent.metric("mntreap_release_failures_total"), 0.0);
+    assert_eq!(
+        flood.len(),
+        FLOOD,
+        "the agent stopped accepting: {refused:?}"
+    );
+    eprintln!(
+        "flood: {} connections in {flooded_in:?}; agent descriptors idle {idle_fds}, \
+         peak {peak} of {HARD}; probe {probe_took:?}; hook {hook_took:?} (bare exec \
+         {exec_took:?}); leak released {released_in:?} after the flood began; sweeps \
+         {sweeps_before} -> {after:?}",
+        flood.len()
+    );
+    drop(flood);
 }

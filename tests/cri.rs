@@ -572,18 +572,21 @@ fn doctor_on_a_cri_node_names_containerd_and_private_binds_of_kubelets_root() {
 }
 
 /// What deploy/kubernetes/daemonset-containerd.yaml gives its container: command, args,
-/// env and the capabilities added (the file is read, not restated).
+/// env, the capabilities added and the exec probes' commands (the file is read, not
+/// restated).
 struct DaemonSetSpec {
     command: Vec<String>,
     args: Vec<String>,
     env: Vec<(String, String)>,
     caps: Vec<String>,
+    probes: Vec<Vec<String>>,
+    host_network: bool,
 }
 
-fn daemonset_spec() -> DaemonSetSpec {
-    let text = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/deploy/kubernetes/daemonset-containerd.yaml"
+fn daemonset_spec(file: &str) -> DaemonSetSpec {
+    let text = std::fs::read_to_string(format!(
+        "{}/deploy/kubernetes/{file}",
+        env!("CARGO_MANIFEST_DIR")
     ))
     .unwrap();
     let list = |l: &str| -> Vec<String> {
@@ -599,6 +602,8 @@ fn daemonset_spec() -> DaemonSetSpec {
         args: Vec::new(),
         env: Vec::new(),
         caps: Vec::new(),
+        probes: Vec::new(),
+        host_network: false,
     };
     let mut section = "";
     for line in text.lines().filter(|l| !l.trim_start().starts_with('#')) {
@@ -607,6 +612,11 @@ fn daemonset_spec() -> DaemonSetSpec {
             "args:" | "env:" => section = if t == "args:" { "args" } else { "env" },
             _ if t.starts_with("command:") => spec.command = list(t),
             _ if t.starts_with("add:") => spec.caps = list(t),
+            _ if t.starts_with("livenessProbe:") || t.starts_with("readinessProbe:") => {
+                assert!(t.contains("exec: {command:"), "an exec probe: {t}");
+                spec.probes.push(list(t));
+            }
+            "hostNetwork: true" => spec.host_network = true,
             _ if t.starts_with("- ") && section == "args" => spec.args.push(t[2..].to_string()),
             _ if t.starts_with("- {name:") && section == "env" => {
                 let name = t
@@ -632,9 +642,38 @@ fn daemonset_spec() -> DaemonSetSpec {
     spec
 }
 
+/// Both DaemonSets keep metrics on the node's loopback, and both probes ask the health
+/// socket, which lives in the container's own filesystem (not the hook's shared directory).
+fn assert_unstarvable_probes(file: &str, spec: &DaemonSetSpec) {
+    assert!(spec.host_network, "{file}");
+    assert!(
+        spec.args
+            .contains(&"--metrics-addr=127.0.0.1:9477".to_string()),
+        "{file}: {:?}",
+        spec.args
+    );
+    assert_eq!(spec.probes.len(), 2, "{file}: liveness and readiness");
+    let health = spec
+        .args
+        .iter()
+        .find_map(|a| a.strip_prefix("--health-socket="))
+        .unwrap_or_else(|| panic!("{file}: a --health-socket"));
+    assert!(!health.starts_with("/run/mntreap/"), "{file}: {health}");
+    for p in &spec.probes {
+        assert_eq!(p[..2], ["/mntreap", "probe"], "{file}: {p:?}");
+        assert!(p.contains(&format!("--socket={health}")), "{file}: {p:?}");
+    }
+}
+
+#[test]
+fn the_docker_daemonset_probes_what_a_flood_cannot_reach() {
+    assert_unstarvable_probes("daemonset.yaml", &daemonset_spec("daemonset.yaml"));
+}
+
 #[test]
 fn the_containerd_daemonset_runs_the_agent_image_under_cri_and_sweeps() {
-    let spec = daemonset_spec();
+    let spec = daemonset_spec("daemonset-containerd.yaml");
+    assert_unstarvable_probes("daemonset-containerd.yaml", &spec);
     assert_eq!(spec.command, ["/mntreap", "agent"]);
     assert!(
         spec.args.contains(&"--host-root=/proc/1/root".to_string()),
@@ -756,6 +795,12 @@ fn the_containerd_daemonset_runs_the_agent_image_under_cri_and_sweeps() {
         cri.container_exit(&agent).0,
         k8s_cri::v1::ContainerState::ContainerRunning as i32
     );
+    // The probes, run as kubelet runs them (ExecSync in the agent's container), pass.
+    for probe in &spec.probes {
+        let (code, out, err) = cri.exec_sync(&agent, probe, 5);
+        assert_eq!(code, 0, "probe {probe:?}: {out} {err}");
+        assert_eq!(out, "ok\n", "probe {probe:?}: {err}");
+    }
 }
 
 #[test]

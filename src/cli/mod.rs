@@ -65,6 +65,16 @@ enum Command {
     /// Clients of the agent's hook socket.
     #[command(subcommand)]
     Hook(HookCommand),
+    /// Ask the agent's health socket whether it serves (the DaemonSets' liveness and
+    /// readiness probe): exit 0 when it answers within the timeout, 2 otherwise.
+    Probe {
+        /// The agent's `--health-socket`.
+        #[arg(long)]
+        socket: PathBuf,
+        /// Seconds to wait for the answer.
+        #[arg(long, default_value_t = 3)]
+        timeout: u64,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -78,6 +88,10 @@ struct AgentArgs {
     /// The hook socket pods reach from their preStop hook.
     #[arg(long, default_value = "/run/mntreap/hook.sock")]
     hook_socket: PathBuf,
+    /// Serve the root-only socket `mntreap probe` asks here (default: none). Keep it out
+    /// of the hook socket's directory: pods that mount that one must not reach it.
+    #[arg(long, value_name = "PATH")]
+    health_socket: Option<PathBuf>,
     /// Leave a namespace or process alone: ns:<inode>, pid:<pid>, comm:<name> (repeatable).
     #[arg(long, value_name = "WHAT")]
     exclude: Vec<crate::daemon::agent::Exclude>,
@@ -263,7 +277,7 @@ pub fn main() -> ExitCode {
     match run(cli.command) {
         Ok(exit) => exit.into(),
         Err(failure) => {
-            eprintln!("mntreap: error: {failure}");
+            crate::report::output::stderr_line(&format!("mntreap: error: {failure}"));
             Exit::Usage.into()
         }
     }
@@ -278,10 +292,13 @@ fn init_logging(format: LogFormat, verbose: u8) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     // Colour only on a terminal: a patched dockerd logs the helper's stderr verbatim.
+    // A failed write is dropped, not reported with `eprintln!` (which panics on a closed
+    // pipe; see `report::output`).
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .log_internal_errors(false);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
@@ -297,6 +314,7 @@ fn init_plugin_logging(verbose: u8) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stdout)
+        .log_internal_errors(false)
         .json()
         .flatten_event(true)
         .with_current_span(true)
@@ -440,6 +458,9 @@ fn run(command: Command) -> Result<Exit, Failure> {
         Command::Hook(HookCommand::PreStop { socket, container }) => {
             commands::hook::pre_stop(&socket, container.as_deref())
         }
+        Command::Probe { socket, timeout } => {
+            commands::hook::probe(&socket, Duration::from_secs(timeout.max(1)))
+        }
         Command::Agent(args) => {
             let config = args.engine.config()?;
             let metrics_addr = match args.metrics_addr.as_str() {
@@ -452,6 +473,7 @@ fn run(command: Command) -> Result<Exit, Failure> {
                 sweep: Duration::from_secs(args.sweep_interval),
                 metrics_addr,
                 hook_socket: Some(args.hook_socket),
+                health_socket: args.health_socket,
                 exclude: args.exclude,
                 events: !args.no_events,
                 docker: config.docker,

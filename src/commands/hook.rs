@@ -1,8 +1,8 @@
-//! `mntreap hook pre-stop`: the client a pod runs from its preStop hook. It asks the node
-//! agent over its socket; the agent identifies the caller from the kernel, not from this
-//! request.
+//! The agent's clients: `mntreap hook pre-stop`, which a pod runs from its preStop hook (it
+//! asks the node agent over its socket; the agent identifies the caller from the kernel, not
+//! from this request), and `mntreap probe`, which the DaemonSets' probes run.
 
-use std::io::{BufRead, Write};
+use std::io::{BufRead, Read, Write};
 use std::path::Path;
 use std::time::Duration;
 
@@ -40,4 +40,56 @@ fn ask(socket: &Path, container: Option<&str>) -> anyhow::Result<String> {
     let mut reply = String::new();
     std::io::BufReader::new(stream).read_line(&mut reply)?;
     Ok(reply)
+}
+
+/// Why `mntreap probe` found the agent unhealthy.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("cannot reach the agent's health socket {}: {source}", socket.display())]
+    Unreachable {
+        socket: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the agent's health socket {} did not answer: {source}", socket.display())]
+    NoAnswer {
+        socket: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the agent's health socket {} answered {answer:?}, not ok", socket.display())]
+    Unhealthy {
+        socket: std::path::PathBuf,
+        answer: String,
+    },
+}
+
+/// Asks the agent's health socket (the DaemonSets' liveness and readiness probe): `ok`
+/// within `timeout` is healthy (exit 0); anything else is exit 2, saying why.
+pub fn probe(socket: &Path, timeout: Duration) -> Result<Exit, Failure> {
+    let ask = || -> Result<(), ProbeError> {
+        let io = |source| ProbeError::NoAnswer {
+            socket: socket.to_path_buf(),
+            source,
+        };
+        let stream = std::os::unix::net::UnixStream::connect(socket).map_err(|source| {
+            ProbeError::Unreachable {
+                socket: socket.to_path_buf(),
+                source,
+            }
+        })?;
+        stream.set_read_timeout(Some(timeout)).map_err(io)?;
+        let mut answer = String::new();
+        std::io::BufReader::new(stream.take(64))
+            .read_line(&mut answer)
+            .map_err(io)?;
+        if answer.trim_end() != "ok" {
+            return Err(ProbeError::Unhealthy {
+                socket: socket.to_path_buf(),
+                answer,
+            });
+        }
+        Ok(())
+    };
+    ask().map_err(|e| Failure::Usage(e.to_string()))?;
+    print("ok\n");
+    Ok(Exit::Clean)
 }

@@ -8,7 +8,6 @@ pub mod reap;
 pub mod release;
 pub mod scan;
 
-use std::io::Write;
 use std::path::PathBuf;
 
 use crate::engine::policy::Policy;
@@ -138,12 +137,8 @@ impl Config {
     }
 }
 
-/// Writes a report on stdout. A closed pipe (`| head`) is not an error worth a panic.
-pub fn print(text: &str) {
-    let mut out = std::io::stdout().lock();
-    let _ = out.write_all(text.as_bytes());
-    let _ = out.flush();
-}
+/// Writes a report on stdout; a closed pipe changes no exit code (see [`crate::report::output`]).
+pub use crate::report::output::stdout as print;
 
 /// A connected runtime, whichever it is.
 pub type Runtime = Box<dyn ContainerRuntime>;
@@ -197,7 +192,7 @@ pub(crate) fn denied_note(scan: &Scan) -> Option<String> {
         (None, Some(b)) => b.clone(),
         (None, None) => return None,
     };
-    eprintln!("note: {note}");
+    crate::report::output::stderr_line(&format!("note: {note}"));
     Some(note)
 }
 
@@ -205,7 +200,7 @@ pub(crate) fn denied_note(scan: &Scan) -> Option<String> {
 pub(crate) fn unsure_note(daemon: Option<&Daemon>) -> Option<String> {
     let note = daemon.and_then(|d| d.unsure_note());
     if let Some(n) = &note {
-        eprintln!("note: {n}");
+        crate::report::output::stderr_line(&format!("note: {n}"));
     }
     note
 }

@@ -5,7 +5,8 @@
 //!   leaked and orphaned foreign copies it lists: never dockerd's copy of a running
 //!   container, never a container's own root, never a copy in use (those are counted);
 //!   `--exclude` leaves chosen namespaces and processes alone;
-//! - serves Prometheus metrics and `/healthz` on `--metrics-addr`;
+//! - serves Prometheus metrics and `/healthz` on `--metrics-addr`, and `ok` on the
+//!   root-only `--health-socket`, which the probes (`mntreap probe`) use;
 //! - serves the preStop hook on a unix socket: the caller is identified by the socket's
 //!   peer credentials (pid, then its cgroup, then its container), and only the caller's
 //!   own container's copies are released.
@@ -20,7 +21,9 @@ use std::time::{Duration, Instant};
 
 use tracing::{info, info_span, warn};
 
+use super::LogBudget;
 use super::metrics::Metrics;
+use super::serve::{Cap, metrics_cap, raise_nofile};
 use crate::engine::release;
 use crate::engine::scan::ScanRequest;
 use crate::report::containers::Class;
@@ -54,6 +57,7 @@ pub struct AgentConfig {
     pub sweep: Duration,
     pub metrics_addr: Option<SocketAddr>,
     pub hook_socket: Option<PathBuf>,
+    pub health_socket: Option<PathBuf>,
     pub exclude: Vec<Exclude>,
     pub events: bool,
     pub docker: DockerOptions,
@@ -66,29 +70,23 @@ pub struct AgentConfig {
 
 pub(super) struct Agent {
     pub(super) config: AgentConfig,
-    pub(super) metrics: Metrics,
+    pub(super) metrics: Arc<Metrics>,
     /// One sweep at a time; SIGTERM waits for the running one.
     sweeping: tokio::sync::Mutex<()>,
     /// Hook requests served at once (the socket is world-connectable).
-    pub(super) hook_slots: Arc<tokio::sync::Semaphore>,
+    pub(super) hook_slots: Cap,
     /// Sweeps and event releases run through this bridge, 2 at once.
     pub(super) blocking: super::Blocking,
     /// Hook requests have a bridge of their own: a pod's preStop never waits for a sweep.
     pub(super) hook_blocking: super::Blocking,
-    /// Lines that hook clients can cause share this budget.
-    log_budget: crate::daemon::LogBudget,
+    /// Lines that clients of any endpoint can cause share this budget.
+    pub(super) log_budget: Arc<LogBudget>,
 }
 
 impl Agent {
     /// Logs a warning a client can cause, within the budget and clipped.
     pub(super) fn warn_limited(&self, what: &str, detail: &str) {
-        if let Some(suppressed) = self.log_budget.take() {
-            warn!(
-                detail = crate::daemon::clip(detail, 256),
-                suppressed_since_last = suppressed,
-                "{what}"
-            );
-        }
+        self.log_budget.warn(what, detail);
     }
 }
 
@@ -97,21 +95,60 @@ pub fn run(config: AgentConfig) -> anyhow::Result<()> {
     crate::daemon::block_on(serve(config))
 }
 
+/// Hook requests served at once.
+const HOOK_CONNECTIONS: usize = 16;
+
 async fn serve(config: AgentConfig) -> anyhow::Result<()> {
+    // Every endpoint is capped below the limit, so the rest is the sweeps' reserve.
+    let limit = match raise_nofile() {
+        Ok(n) => {
+            info!(
+                soft_was = n.soft_was,
+                soft = n.soft,
+                hard = n.hard,
+                "descriptor limit (RLIMIT_NOFILE): soft raised to hard"
+            );
+            n.soft
+        }
+        Err(e) => {
+            warn!(error = %e, "cannot raise the descriptor limit (RLIMIT_NOFILE)");
+            1024
+        }
+    };
+    let metrics_connections = metrics_cap(limit);
+    info!(
+        metrics_connections,
+        hook_connections = HOOK_CONNECTIONS,
+        health_connections = super::metrics::HEALTH_CONNECTIONS,
+        "connection caps"
+    );
     let agent = Arc::new(Agent {
         config,
-        metrics: Metrics::new(),
+        metrics: Arc::new(Metrics::new()),
         sweeping: tokio::sync::Mutex::new(()),
-        hook_slots: Arc::new(tokio::sync::Semaphore::new(16)),
+        hook_slots: Cap::new(HOOK_CONNECTIONS),
         blocking: super::Blocking::new(2),
         hook_blocking: super::Blocking::new(4),
-        log_budget: crate::daemon::LogBudget::new(60),
+        log_budget: Arc::new(LogBudget::new(60)),
     });
     if let Some(addr) = agent.config.metrics_addr {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
-        tokio::spawn(super::metrics::serve(agent.clone(), listener));
+        tokio::spawn(super::metrics::serve(
+            agent.metrics.clone(),
+            listener,
+            Cap::new(metrics_connections),
+            agent.log_budget.clone(),
+        ));
+    }
+    if let Some(path) = &agent.config.health_socket {
+        // Root only: the probes run as root in the agent's own container.
+        let listener = crate::daemon::bind_unix(path, Some(0o600))?;
+        tokio::spawn(super::metrics::serve_health(
+            listener,
+            agent.log_budget.clone(),
+        ));
     }
     if let Some(path) = &agent.config.hook_socket {
         // Pods reach it through a hostPath mount; identity comes from peer credentials.
@@ -131,7 +168,10 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
     crate::daemon::shutdown_signal()?.await;
     info!("agent stopping: waiting for a running sweep");
     let _done = tokio::time::timeout(Duration::from_secs(20), agent.sweeping.lock()).await;
-    if let Some(path) = &agent.config.hook_socket {
+    for path in [&agent.config.hook_socket, &agent.config.health_socket]
+        .into_iter()
+        .flatten()
+    {
         let _ = std::fs::remove_file(path);
     }
     Ok(())

@@ -6,10 +6,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tracing::info_span;
 
 use super::agent::Agent;
+use super::serve::{accept_loop, write_within};
 use crate::report::doc::{HookReply, HookRequest};
 use crate::runtime::ContainerRuntime;
 use crate::runtime::cri::CriOptions;
@@ -20,63 +21,60 @@ use crate::runtime::scope::{group_request, group_scope, release_containers, shor
 /// A hook request is one JSON line; anything longer or slower is refused.
 const HOOK_REQUEST_MAX: u64 = 4096;
 const HOOK_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// A caller that does not read its reply loses it (and its slot) after this long.
+const HOOK_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub(super) async fn serve(agent: Arc<Agent>, listener: tokio::net::UnixListener) {
-    let mut backoff = crate::daemon::AcceptBackoff::default();
-    loop {
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => {
-                backoff.succeeded();
-                stream
-            }
-            Err(e) => {
-                agent.warn_limited("hook socket accept failed; backing off", &e.to_string());
-                tokio::time::sleep(backoff.failed()).await;
-                continue;
-            }
-        };
+    let log = agent.log_budget.clone();
+    accept_loop(listener, &log, "hook socket", |stream| {
         // World-connectable: a bounded number of requests at once; past it, closed.
-        let Ok(permit) = agent.hook_slots.clone().try_acquire_owned() else {
-            agent.warn_limited("hook request refused: too many at once", "");
-            continue;
+        let peer = stream.peer_cred().ok().and_then(|c| c.pid());
+        let Some(permit) = agent.hook_slots.admit(
+            &agent.log_budget,
+            "hook socket",
+            &format!("peer pid {peer:?}"),
+        ) else {
+            return;
         };
         let accepted_at = crate::runtime::caller::boot_ticks(&agent.config.base.proc_root);
         let agent = agent.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            let peer = stream.peer_cred().ok().and_then(|c| c.pid());
-            let (read, mut write) = stream.into_split();
-            let mut line = String::new();
-            // One short line, soon: the socket is world-connectable.
-            let mut reader = BufReader::new(read.take(HOOK_REQUEST_MAX));
-            match tokio::time::timeout(HOOK_READ_TIMEOUT, reader.read_line(&mut line)).await {
-                Ok(Ok(_)) if line.ends_with('\n') => {}
-                _ => {
-                    let _ = write
-                        .write_all(
-                            format!(
-                                "{}\n",
-                                serde_json::to_string(&HookReply::refused(
-                                    "no request line within 4 KiB and 5 s"
-                                ))
-                                .unwrap_or_default()
-                            )
-                            .as_bytes(),
-                        )
-                        .await;
-                    return;
-                }
-            }
+            answer(&agent, stream, peer, accepted_at).await;
+        });
+    })
+    .await
+}
+
+/// Reads one request line from `stream` and writes the reply, each within its deadline.
+async fn answer(
+    agent: &Arc<Agent>,
+    stream: tokio::net::UnixStream,
+    peer: Option<i32>,
+    accepted_at: Option<u64>,
+) {
+    let (read, mut write) = stream.into_split();
+    let mut line = String::new();
+    // One short line, soon: the socket is world-connectable.
+    let mut reader = BufReader::new(read.take(HOOK_REQUEST_MAX));
+    let reply = match tokio::time::timeout(HOOK_READ_TIMEOUT, reader.read_line(&mut line)).await {
+        Ok(Ok(_)) if line.ends_with('\n') => {
             let a = agent.clone();
-            let reply = agent
+            agent
                 .hook_blocking
                 .run(move || hook(&a, peer, accepted_at, &line))
                 .await
-                .unwrap_or_else(|e| HookReply::refused(e.to_string()));
-            let line = serde_json::to_string(&reply).unwrap_or_default();
-            let _ = write.write_all(format!("{line}\n").as_bytes()).await;
-        });
-    }
+                .unwrap_or_else(|e| HookReply::refused(e.to_string()))
+        }
+        _ => HookReply::refused("no request line within 4 KiB and 5 s"),
+    };
+    let line = serde_json::to_string(&reply).unwrap_or_default();
+    let _ = write_within(
+        &mut write,
+        format!("{line}\n").as_bytes(),
+        HOOK_WRITE_TIMEOUT,
+    )
+    .await;
 }
 
 /// The container `pid` is a process of, as the kernel and the runtime's records say

@@ -10,7 +10,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use super::agent::Agent;
+use super::LogBudget;
+use super::serve::{Cap, accept_loop, spawn_http, write_within};
 use crate::engine::release::{self, Outcome};
 
 /// The agent's metrics (conventional Prometheus names).
@@ -80,43 +81,71 @@ impl Metrics {
     }
 }
 
-pub(super) async fn serve(agent: Arc<Agent>, listener: tokio::net::TcpListener) {
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
+/// Each request's headers, and the idle wait for the next one, within this: a held,
+/// silent connection loses its slot (Prometheus reconnects at the next scrape).
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Serves `/metrics` and `/healthz` over HTTP, at most `cap` connections at once (see
+/// [`crate::daemon::serve::metrics_cap`]); past it a connection is closed at once.
+pub(super) async fn serve(
+    metrics: Arc<Metrics>,
+    listener: tokio::net::TcpListener,
+    cap: Cap,
+    log: Arc<LogBudget>,
+) {
+    accept_loop(listener, &log, "metrics", |stream| {
+        let peer = stream
+            .peer_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        let Some(permit) = cap.admit(&log, "metrics", &peer) else {
+            return;
         };
-        let agent = agent.clone();
-        tokio::spawn(async move {
-            let service =
-                hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let agent = agent.clone();
-                    async move {
-                        let (status, body) = match req.uri().path() {
-                            "/metrics" => {
-                                let mut text = String::new();
-                                let ok = prometheus_client::encoding::text::encode(
-                                    &mut text,
-                                    &agent.metrics.registry,
-                                )
-                                .is_ok();
-                                (if ok { 200 } else { 500 }, text)
-                            }
-                            "/healthz" => (200, "ok\n".to_string()),
-                            _ => (404, "not found\n".to_string()),
-                        };
-                        Ok::<_, std::convert::Infallible>(
-                            hyper::Response::builder()
-                                .status(status)
-                                .header("Content-Type", "text/plain; version=0.0.4")
-                                .body(Full::new(Bytes::from(body)))
-                                .expect("valid response"),
-                        )
-                    }
-                });
-            let io = hyper_util::rt::TokioIo::new(stream);
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(io, service)
-                .await;
+        let metrics = metrics.clone();
+        spawn_http(stream, permit, Some(HEADER_TIMEOUT), move |req| {
+            let metrics = metrics.clone();
+            async move { Ok(respond(&metrics, req.uri().path())) }
         });
-    }
+    })
+    .await
+}
+
+fn respond(metrics: &Metrics, path: &str) -> hyper::Response<Full<Bytes>> {
+    let (status, body) = match path {
+        "/metrics" => {
+            let mut text = String::new();
+            let ok =
+                prometheus_client::encoding::text::encode(&mut text, &metrics.registry).is_ok();
+            (if ok { 200 } else { 500 }, text)
+        }
+        "/healthz" => (200, "ok\n".to_string()),
+        _ => (404, "not found\n".to_string()),
+    };
+    hyper::Response::builder()
+        .status(status)
+        .header("Content-Type", "text/plain; version=0.0.4")
+        .body(Full::new(Bytes::from(body)))
+        .expect("a static response is valid")
+}
+
+/// Connections the health socket serves at once: only the agent's own container (its
+/// exec probe) and root reach it.
+pub(super) const HEALTH_CONNECTIONS: usize = 4;
+
+/// The health socket: answers `ok` to whoever connects, then closes. It is the probes'
+/// endpoint because a flood of metrics or hook connections cannot reach it: it is
+/// root-only and, in the DaemonSets, inside the agent's own container, where no pod's
+/// volume leads (README, "Probes").
+pub(super) async fn serve_health(listener: tokio::net::UnixListener, log: Arc<LogBudget>) {
+    let cap = Cap::new(HEALTH_CONNECTIONS);
+    accept_loop(listener, &log, "health socket", |mut stream| {
+        let Some(permit) = cap.admit(&log, "health socket", "") else {
+            return;
+        };
+        tokio::spawn(async move {
+            let _permit = permit;
+            let _ = write_within(&mut stream, b"ok\n", Duration::from_secs(2)).await;
+        });
+    })
+    .await
 }

@@ -1,11 +1,13 @@
 //! Plumbing shared by the long-running modes (`plugin`, `agent`): their runtime, their
-//! unix sockets, and the signals that stop them.
+//! unix sockets, the signals that stop them and the log budget; how their endpoints are
+//! bounded is in [`serve`].
 
 pub mod agent;
 pub mod cleanup;
 mod hook;
 mod metrics;
 pub mod plugin;
+pub mod serve;
 
 use std::future::Future;
 use std::os::unix::fs::PermissionsExt;
@@ -119,6 +121,17 @@ impl LogBudget {
             None
         }
     }
+
+    /// Logs a warning that outside input can cause, within the budget, its detail clipped.
+    pub fn warn(&self, what: &str, detail: &str) {
+        if let Some(suppressed) = self.take() {
+            tracing::warn!(
+                detail = clip(detail, 256),
+                suppressed_since_last = suppressed,
+                "{what}"
+            );
+        }
+    }
 }
 
 /// At most `max` bytes of `s`, cut at a character boundary: what outside input may put
@@ -132,23 +145,6 @@ pub fn clip(s: &str, max: usize) -> &str {
         end -= 1;
     }
     &s[..end]
-}
-
-/// The pause after a failed `accept` (EMFILE, ENFILE, ENOBUFS): doubling from 5 ms to 1 s,
-/// so that a full descriptor table costs no CPU while it lasts.
-#[derive(Debug, Default)]
-pub struct AcceptBackoff(u32);
-
-impl AcceptBackoff {
-    pub fn failed(&mut self) -> std::time::Duration {
-        let ms = 5u64 << self.0.min(8);
-        self.0 += 1;
-        std::time::Duration::from_millis(ms.min(1000))
-    }
-
-    pub fn succeeded(&mut self) {
-        self.0 = 0;
-    }
 }
 
 #[cfg(test)]
@@ -172,19 +168,5 @@ mod tests {
         assert_eq!(clip("abc", 10), "abc");
         assert_eq!(clip("aé", 2), "a");
         assert_eq!(clip("abcdef", 3), "abc");
-    }
-
-    #[test]
-    fn accept_backoff_doubles_to_a_second() {
-        let mut b = AcceptBackoff::default();
-        let first = b.failed();
-        assert_eq!(first, std::time::Duration::from_millis(5));
-        assert_eq!(b.failed(), std::time::Duration::from_millis(10));
-        for _ in 0..20 {
-            b.failed();
-        }
-        assert_eq!(b.failed(), std::time::Duration::from_secs(1));
-        b.succeeded();
-        assert_eq!(b.failed(), first);
     }
 }

@@ -24,6 +24,7 @@ use hyper::{Request, Response};
 use tracing::{Instrument, info, info_span, warn};
 
 use super::cleanup::{Trigger, cleanup, trigger};
+use super::serve::{Cap, accept_loop, spawn_http};
 use crate::engine::scan::ScanRequest;
 use crate::runtime::docker::DockerOptions;
 use crate::runtime::docker::events::follow_die_events;
@@ -88,15 +89,15 @@ struct State {
     /// is allowed without one.
     blocking: super::Blocking,
     /// Bounds connections from anything but the daemon (see [`MAX_OTHER_CONNECTIONS`]).
-    others: Arc<tokio::sync::Semaphore>,
+    others: Cap,
     /// Bounds the daemon's own connections (generous: it keeps a few alive).
-    daemons: Arc<tokio::sync::Semaphore>,
+    daemons: Cap,
     /// dockerd, learned from the peer of a connection it made: its pid and start time (a
     /// pid that is reused later is not taken for it).
     daemon: std::sync::Mutex<Option<(i32, u64)>>,
     /// Lines that outside input can cause (bad requests, refused connections, accept
     /// errors) share this budget.
-    log_budget: crate::daemon::LogBudget,
+    log_budget: Arc<crate::daemon::LogBudget>,
 }
 
 impl State {
@@ -134,13 +135,7 @@ impl State {
     /// Logs a warning that a request or a client can cause, within the log budget and
     /// with the detail clipped.
     fn warn_limited(&self, what: &str, detail: &str) {
-        if let Some(suppressed) = self.log_budget.take() {
-            warn!(
-                detail = crate::daemon::clip(detail, 256),
-                suppressed_since_last = suppressed,
-                "{what}"
-            );
-        }
+        self.log_budget.warn(what, detail);
     }
 }
 
@@ -171,10 +166,10 @@ async fn serve(config: PluginConfig) -> anyhow::Result<()> {
     info!(socket = %config.socket.display(), noop = config.noop, deadline_ms = config.deadline.as_millis() as u64, "plugin listening");
     let state = Arc::new(State {
         blocking: super::Blocking::new(4),
-        others: Arc::new(tokio::sync::Semaphore::new(MAX_OTHER_CONNECTIONS)),
-        daemons: Arc::new(tokio::sync::Semaphore::new(MAX_DAEMON_CONNECTIONS)),
+        others: Cap::new(MAX_OTHER_CONNECTIONS),
+        daemons: Cap::new(MAX_DAEMON_CONNECTIONS),
         daemon: std::sync::Mutex::new(None),
-        log_budget: crate::daemon::LogBudget::new(LOG_LINES_PER_MINUTE),
+        log_budget: Arc::new(crate::daemon::LogBudget::new(LOG_LINES_PER_MINUTE)),
         config,
     });
     if !state.config.noop {
@@ -186,24 +181,10 @@ async fn serve(config: PluginConfig) -> anyhow::Result<()> {
         }
     }
     let shutdown = crate::daemon::shutdown_signal()?;
-    tokio::pin!(shutdown);
-    let mut backoff = crate::daemon::AcceptBackoff::default();
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let stream = match accepted {
-                    Ok((stream, _)) => { backoff.succeeded(); stream }
-                    Err(e) => {
-                        // EMFILE and friends: wait instead of spinning (and logging) hot.
-                        state.warn_limited("accept failed; backing off", &e.to_string());
-                        tokio::time::sleep(backoff.failed()).await;
-                        continue;
-                    }
-                };
-                accept_connection(&state, stream);
-            }
-            _ = &mut shutdown => break,
-        }
+    let log = state.log_budget.clone();
+    tokio::select! {
+        _ = accept_loop(listener, &log, "plugin socket", |stream| accept_connection(&state, stream)) => {}
+        _ = shutdown => {}
     }
     info!("plugin stopping");
     let _ = std::fs::remove_file(&state.config.socket);
@@ -225,31 +206,18 @@ fn accept_connection(state: &Arc<State>, stream: tokio::net::UnixStream) {
         Some(_) => &state.daemons,
         None => &state.others,
     };
-    let permit = match pool.clone().try_acquire_owned() {
-        Ok(p) => p,
-        Err(_) => {
-            state.warn_limited(
-                "connection refused: too many open connections",
-                &format!("peer pid {peer:?}, from dockerd: {}", from_daemon.is_some()),
-            );
-            return;
-        }
+    let peer = format!("peer pid {peer:?}, from dockerd: {}", from_daemon.is_some());
+    let Some(permit) = pool.admit(&state.log_budget, "plugin socket", &peer) else {
+        return;
     };
     let state = state.clone();
     let timed = from_daemon.is_none();
-    tokio::spawn(async move {
-        let _permit = permit;
-        let service = hyper::service::service_fn(move |req| handle(state.clone(), req, timed));
-        let io = hyper_util::rt::TokioIo::new(stream);
-        let mut builder = hyper::server::conn::http1::Builder::new();
-        builder
-            .keep_alive(true)
-            .timer(hyper_util::rt::TokioTimer::new())
-            .header_read_timeout(from_daemon.is_none().then_some(HEADER_READ_TIMEOUT));
-        if let Err(e) = builder.serve_connection(io, service).await {
-            tracing::debug!(error = %e, "connection ended");
-        }
-    });
+    spawn_http(
+        stream,
+        permit,
+        timed.then_some(HEADER_READ_TIMEOUT),
+        move |req| handle(state.clone(), req, timed),
+    );
 }
 
 fn reply(status: u16, body: impl Into<Bytes>) -> Response<Full<Bytes>> {

@@ -5,6 +5,7 @@
 
 pub mod containers;
 pub mod doc;
+pub mod output;
 
 use doc::{
     ActionDoc, ActionResult, HolderDoc, HolderState, NamespaceDoc, PidDoc, ReleaseDoc, ScanDoc,

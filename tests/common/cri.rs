@@ -503,6 +503,28 @@ impl CriDaemon {
         .unwrap()
     }
 
+    /// ExecSync, as kubelet runs an exec probe: the exit code, stdout and stderr.
+    pub fn exec_sync(&self, id: &str, cmd: &[String], timeout_s: i64) -> (i32, String, String) {
+        let (id, cmd) = (id.to_string(), cmd.to_vec());
+        self.runtime(async |mut c| {
+            c.exec_sync(ExecSyncRequest {
+                container_id: id,
+                cmd,
+                timeout: timeout_s,
+            })
+            .await
+            .map(|r| {
+                let r = r.into_inner();
+                (
+                    r.exit_code,
+                    String::from_utf8_lossy(&r.stdout).into_owned(),
+                    String::from_utf8_lossy(&r.stderr).into_owned(),
+                )
+            })
+        })
+        .unwrap()
+    }
+
     pub fn stop_container(&self, id: &str) -> Result<(), String> {
         let id = id.to_string();
         self.runtime(async |mut c| {
