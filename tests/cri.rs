@@ -25,6 +25,16 @@ fn pod_with_a_leak(sb: &mut Sandbox, cri: &CriDaemon) -> (String, String, i32, S
     (pod_id, app, holder, kubelet, vol)
 }
 
+/// A namespace whose process kubelet's cgroups place in container `app` of pod [`UID`]
+/// (a namespace nested in it: DinD, buildkit). Kill it before the pod goes.
+fn nested_in_pod(sb: &mut Sandbox, app: &str) -> i32 {
+    let nested = sb.holder(None, None);
+    let procs = format!("/sys/fs/cgroup/pids/kubepods/besteffort/pod{UID}/{app}/cgroup.procs");
+    std::fs::write(&procs, nested.to_string())
+        .unwrap_or_else(|e| panic!("moving {nested} into {procs}: {e}"));
+    nested
+}
+
 fn cri_args<'a>(cri: &'a CriDaemon, kubelet: &'a str) -> Vec<String> {
     vec![
         "--cri-endpoint".into(),
@@ -811,10 +821,7 @@ fn a_namespace_in_the_pods_own_cgroup_is_the_pods() {
     let mut sb = Sandbox::new("cricgroup");
     let cri = CriDaemon::start(&sb, "cgroup");
     let (_pod_id, app, outsider, kubelet, vol) = pod_with_a_leak(&mut sb, &cri);
-    let nested = sb.holder(None, None);
-    let procs = format!("/sys/fs/cgroup/pids/kubepods/besteffort/pod{UID}/{app}/cgroup.procs");
-    std::fs::write(&procs, nested.to_string())
-        .unwrap_or_else(|e| panic!("moving {nested} into {procs}: {e}"));
+    let nested = nested_in_pod(&mut sb, &app);
     let (code, report) = run_json(&sb, &["scan"], &cri_args(&cri, &kubelet));
     assert_eq!(code, 1, "{report}");
     let in_ns = |pid: i32| {
@@ -1071,10 +1078,7 @@ fn an_agent_in_a_private_cgroup_namespace_spares_a_namespace_nested_in_a_pod() {
     let mut sb = Sandbox::new("cricgns");
     let cri = CriDaemon::start(&sb, "cgns");
     let (_pod_id, app, outsider, kubelet, vol) = pod_with_a_leak(&mut sb, &cri);
-    let nested = sb.holder(None, None);
-    let pod_procs = format!("/sys/fs/cgroup/pids/kubepods/besteffort/pod{UID}/{app}/cgroup.procs");
-    std::fs::write(&pod_procs, nested.to_string())
-        .unwrap_or_else(|e| panic!("moving {nested} into {pod_procs}: {e}"));
+    let nested = nested_in_pod(&mut sb, &app);
     // mntreap moves into the test's cgroup, then into a cgroup namespace rooted there.
     let in_private_cgroupns = |args: &str| {
         format!(
@@ -1135,10 +1139,7 @@ fn what_scan_says_of_a_pod_is_what_release_does() {
     let mut sb = Sandbox::new("criagree");
     let cri = CriDaemon::start(&sb, "agree");
     let (_pod_id, app, outsider, kubelet, vol) = pod_with_a_leak(&mut sb, &cri);
-    let nested = sb.holder(None, None);
-    let procs = format!("/sys/fs/cgroup/pids/kubepods/besteffort/pod{UID}/{app}/cgroup.procs");
-    std::fs::write(&procs, nested.to_string())
-        .unwrap_or_else(|e| panic!("moving {nested} into {procs}: {e}"));
+    let nested = nested_in_pod(&mut sb, &app);
     let args = cri_args(&cri, &kubelet);
     let (code, scan) = run_json(&sb, &["scan", "default/web"], &args);
     assert_eq!(code, 1, "the outsider's copies are leaks: {scan}");

@@ -183,8 +183,13 @@ pub fn sweep_decisions(
     daemon: &Daemon,
     findings: &[Finding],
 ) -> Vec<(HolderAction, String)> {
-    if let Some(why) = daemon.unsure() {
-        let reason = format!("the runtime's identity is unsure ({why}): a sweep releases nothing");
+    let skipped = match (daemon.unsure(), &scan.blind) {
+        (Some(why), _) => Some(format!("the runtime's identity is unsure ({why})")),
+        (None, Some(blind)) => Some(blind.clone()),
+        (None, None) => None,
+    };
+    if let Some(why) = skipped {
+        let reason = format!("{why}: a sweep releases nothing");
         return findings
             .iter()
             .map(|_| (HolderAction::Keep, reason.clone()))
@@ -216,4 +221,128 @@ pub fn sweep_decisions(
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::namespace::Process;
+    use crate::engine::scan::InUse;
+    use crate::engine::scan::fixture::{Ns, scan_of};
+    use crate::report::containers::{ContainerView, Role};
+    use crate::runtime::scope::with_pod_cgroups;
+
+    fn member(pid: i32, cgroup: Option<&str>) -> Process {
+        Process {
+            pid,
+            comm: "p".into(),
+            root: None,
+            uses: Vec::new(),
+            cgroup: cgroup.map(String::from),
+        }
+    }
+
+    #[test]
+    fn the_role_a_scan_shows_agrees_with_the_action_its_release_takes_rule_by_rule() {
+        // Container A (running, in pod 1234-abcd) and its layer, held in: the runtime's
+        // namespace (5); a service (6); a namespace kubelet's cgroups place in A's pod (7);
+        // one whose process works inside the copy (8); one whose process has its root
+        // in the copy (9); one whose member's cgroups are unknown (10).
+        const LAYER: &str = "1 0 254:0 / / rw - ext4 /dev/vda rw\n\
+                             2 1 0:50 / /d/overlay2/L1/merged rw - overlay overlay rw\n";
+        let mut scan = scan_of(
+            &["/d/overlay2/L1/merged"],
+            &[5],
+            &[5, 6, 7, 8, 9, 10].map(|n| Ns(n, false, true, LAYER)),
+        );
+        let pod = "0::/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod1234_abcd.slice/cri-containerd-x.scope\n";
+        let cgroups = [
+            Some("0::/system.slice/docker.service\n"),
+            Some("0::/system.slice/nginx.service\n"),
+            Some(pod),
+            Some("0::/system.slice/sshd.service\n"),
+            Some("0::/system.slice/chroot.service\n"),
+            None,
+        ];
+        for (i, cgroup) in cgroups.iter().enumerate() {
+            scan.namespaces[i].processes = vec![member(100 + i as i32, *cgroup)];
+        }
+        let at = |scan: &Scan, ns: u64| {
+            scan.holders
+                .iter()
+                .position(|h| scan.namespaces[h.ns].ns.inode == ns)
+                .unwrap()
+        };
+        let pinned = at(&scan, 8);
+        scan.holders[pinned].pins = vec![crate::engine::scan::Pin {
+            pid: 103,
+            via: crate::engine::namespace::PinVia::Cwd,
+        }];
+        let rooted = at(&scan, 9);
+        scan.holders[rooted].in_use = Some(InUse::ProcessRoot { pids: vec![104] });
+
+        let mut a = crate::runtime::docker::tests::c(&"a".repeat(64), "a");
+        a.mount_id = Some("L1".into());
+        a.paths = vec!["/d/overlay2/L1/merged".into()];
+        a.pod_uid = Some("1234-abcd".into());
+        let daemon = Daemon {
+            mnt_ns: Some(5),
+            pid: Some(42),
+            ..crate::report::containers::tests::daemon(5)
+        };
+        let containers = [a];
+        // What `scan` shows (the view's roles) and what `release` does (its scope and
+        // plan, executed as a dry run), from the same facts.
+        let view = ContainerView::new(&scan, &daemon, &containers);
+        let roles: Vec<Role> = (0..scan.holders.len()).map(|i| view.role(i)).collect();
+        let scope = with_pod_cgroups(
+            &scan,
+            &containers,
+            crate::runtime::scope::release_scope(&daemon, &containers[0], false),
+        );
+        let plans = crate::engine::release::plan(&scan, scope.clone());
+        let results =
+            crate::engine::release::execute(&scan, &plans, "/proc".as_ref(), true).unwrap();
+        let rel = Release {
+            scan,
+            plans,
+            results,
+            still_mounted: None,
+            notes: Vec::new(),
+            dry_run: true,
+            scope,
+        };
+        let mut decisions = Decisions::default();
+        decisions.add(&rel, "the release of a");
+        let got: Vec<(u64, Role, HolderAction)> = (0..rel.scan.holders.len())
+            .map(|i| {
+                (
+                    rel.scan.namespaces[rel.scan.holders[i].ns].ns.inode,
+                    roles[i],
+                    decisions.of(&rel.scan, i).0,
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (5, Role::Runtime, HolderAction::Keep),
+                (6, Role::Leaked, HolderAction::Unmount),
+                (7, Role::Container, HolderAction::Keep),
+                (8, Role::Pinned, HolderAction::Detach),
+                (9, Role::InUse, HolderAction::Keep),
+                // Unknown cgroups: leaked as far as anyone can tell, kept all the same.
+                (10, Role::Leaked, HolderAction::Keep),
+            ]
+        );
+        // Every kept holder says why, and a role the view calls the pod's own is never
+        // unmounted.
+        for (i, (_, role, action)) in got.iter().enumerate() {
+            let (_, reason) = decisions.of(&rel.scan, i);
+            assert!(!reason.is_empty());
+            if matches!(role, Role::Container | Role::Runtime) {
+                assert_eq!(*action, HolderAction::Keep, "{reason}");
+            }
+        }
+    }
 }

@@ -469,13 +469,13 @@ pub fn findings(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::engine::scan::InUse;
     use crate::engine::scan::fixture::{Ns, scan_of};
     use crate::runtime::docker::tests::c;
 
-    fn daemon(mnt_ns: u64) -> Daemon {
+    pub(crate) fn daemon(mnt_ns: u64) -> Daemon {
         Daemon {
             runtime: Default::default(),
             via: docker::Via::DataRoot,

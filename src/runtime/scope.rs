@@ -67,15 +67,22 @@ pub fn release_containers(
     dry_run: bool,
 ) -> Result<crate::engine::release::Release, crate::engine::scan::ScanError> {
     let scan = crate::engine::scan::scan(req)?;
+    let scope = with_pod_cgroups(&scan, cs, scope);
+    crate::engine::release::run_on(scan, req, scope, dry_run)
+}
+
+/// `scope`, sparing also the namespaces of `scan` that kubelet's cgroups place in one of
+/// `cs` or their pods (or whose cgroups are unknown while `cs` are pods' containers).
+pub fn with_pod_cgroups(scan: &crate::engine::scan::Scan, cs: &[Container], scope: Scope) -> Scope {
     let mut scope = scope;
     if let Some(protected) = scope.protected.as_mut() {
-        for (ns, why) in pod_cgroup_namespaces(&scan, cs) {
+        for (ns, why) in pod_cgroup_namespaces(scan, cs) {
             if !protected.iter().any(|(n, _)| *n == ns) {
                 protected.push((ns, why.reason()));
             }
         }
     }
-    crate::engine::release::run_on(scan, req, scope, dry_run)
+    scope
 }
 
 /// Whether kubelet's cgroups place a namespace's processes in a pod.
