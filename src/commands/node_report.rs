@@ -108,7 +108,11 @@ fn report(e: &Config, runtime: &dyn ContainerRuntime) -> Result<Exit, Failure> {
                     encode(&h.mount_point),
                     crate::report::pids_text(&scan, h.ns, 4)
                 ));
-                out.push_str(&crate::report::plan_line(&plan, i).replace("release:", "sweep:"));
+                out.push_str(&crate::report::plan_line(&plan, i).replacen(
+                    "    release:",
+                    "    sweep:",
+                    1,
+                ));
             }
             out.push_str(
                 "Release with `mntreap release CONTAINER` (leaked) or `mntreap reap` (stuck \

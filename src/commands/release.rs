@@ -59,8 +59,12 @@ pub fn command(config: &Config, args: ReleaseArgs) -> Result<Exit, Failure> {
         .sum();
     let failed = releases.iter().any(|(_, r)| r.is_err());
     let remaining = releases.iter().any(|(_, r)| {
-        r.as_ref()
-            .is_ok_and(|r| !r.remaining().is_empty() || r.still_pinned() || r.scan.incomplete())
+        r.as_ref().is_ok_and(|r| {
+            !r.remaining().is_empty()
+                || r.still_pinned()
+                || r.scan.incomplete()
+                || crate::ops::kept_as_unknown(r)
+        })
     });
     for r in releases.iter().filter_map(|(_, r)| r.as_ref().ok()) {
         super::denied_note(&r.scan);

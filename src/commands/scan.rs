@@ -46,6 +46,9 @@ pub fn command(config: &Config, names: &[String], paths: &[String]) -> Result<Ex
             Decisions::for_paths(&scan)
         });
     }
+    // What release would unmount is a finding, whatever the role (a stopped container's
+    // copy in the runtime's namespace).
+    let leaks = leaks || decisions.releases_any();
     let plan: Vec<_> = (0..scan.holders.len())
         .map(|i| decisions.of(&scan, i))
         .collect();

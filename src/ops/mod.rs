@@ -32,7 +32,11 @@ pub fn release_container(
 
 /// What would happen to each holder, by `(mount namespace inode, mount id)`.
 #[derive(Debug, Default)]
-pub struct Decisions(HashMap<(u64, u64), (HolderAction, String)>);
+pub struct Decisions {
+    by_holder: HashMap<(u64, u64), (HolderAction, String)>,
+    /// Releases that could not even plan: why.
+    failed: Vec<String>,
+}
 
 impl Decisions {
     /// The decisions of `release CONTAINER...` for `containers`: each one's release,
@@ -43,7 +47,11 @@ impl Decisions {
         for c in containers {
             match release_container(base, daemon, c, false, true) {
                 Ok(rel) => d.add(&rel, &format!("the release of {}", c.name)),
-                Err(e) => tracing::warn!(container = %c.name, error = %e, "no plan"),
+                Err(e) => {
+                    tracing::warn!(container = %c.name, error = %e, "no plan");
+                    d.failed
+                        .push(format!("the release of {} could not plan: {e}", c.name));
+                }
             }
         }
         d
@@ -60,7 +68,7 @@ impl Decisions {
         for p in &plans {
             for a in &p.actions {
                 let h = &scan.holders[a.holder];
-                let (action, reason) = step_words(&a.step);
+                let (action, reason) = step_words(&a.step, "release --path");
                 d.merge((scan.namespaces[h.ns].ns.inode, h.mount.id), action, reason);
             }
         }
@@ -75,9 +83,10 @@ impl Decisions {
 
     /// Adds `other`'s decisions; an unmount or a detach wins over a keep.
     pub fn extend(&mut self, other: Decisions) {
-        for (key, (action, reason)) in other.0 {
+        for (key, (action, reason)) in other.by_holder {
             self.merge(key, action, reason);
         }
+        self.failed.extend(other.failed);
     }
 
     fn add(&mut self, rel: &Release, who: &str) {
@@ -101,10 +110,10 @@ impl Decisions {
     }
 
     fn merge(&mut self, key: (u64, u64), action: HolderAction, reason: String) {
-        match self.0.get(&key) {
+        match self.by_holder.get(&key) {
             Some((HolderAction::Unmount | HolderAction::Detach, _)) => {}
             _ => {
-                self.0.insert(key, (action, reason));
+                self.by_holder.insert(key, (action, reason));
             }
         }
     }
@@ -112,30 +121,38 @@ impl Decisions {
     /// The decision for a holder of `scan`; a holder that no release reaches is kept.
     pub fn of(&self, scan: &Scan, holder: usize) -> (HolderAction, String) {
         let h = &scan.holders[holder];
-        self.0
+        self.by_holder
             .get(&(scan.namespaces[h.ns].ns.inode, h.mount.id))
             .cloned()
             .unwrap_or_else(|| {
-                (
-                    HolderAction::Keep,
-                    "no release of the named containers reaches it (it matched only with all \
-                     their targets scanned together)"
+                let why = match self.failed.first() {
+                    Some(failed) => failed.clone(),
+                    None => "no release of the named containers reaches it (it matched only \
+                             with all their targets scanned together)"
                         .into(),
-                )
+                };
+                (HolderAction::Keep, why)
             })
+    }
+
+    /// Whether any holder would be unmounted or detached.
+    pub fn releases_any(&self) -> bool {
+        self.by_holder
+            .values()
+            .any(|(a, _)| *a != HolderAction::Keep)
     }
 }
 
-fn step_words(step: &crate::engine::release::Step) -> (HolderAction, String) {
+fn step_words(step: &crate::engine::release::Step, actor: &str) -> (HolderAction, String) {
     use crate::engine::release::Step;
     match step {
         Step::Unmount => (
             HolderAction::Unmount,
-            "release --path unmounts it: no rule keeps it".into(),
+            format!("{actor} unmounts it: no rule keeps it"),
         ),
         Step::Detach { pins } => (
             HolderAction::Detach,
-            format!("release --path detaches it; {}", pinned_by(pins)),
+            format!("{actor} detaches it; {}", pinned_by(pins)),
         ),
         Step::Keep { reason } => (HolderAction::Keep, reason.clone()),
     }
@@ -203,11 +220,9 @@ pub fn sweep_decisions(
     let mut by_holder: HashMap<usize, (HolderAction, String)> = HashMap::new();
     for p in &plans {
         for a in &p.actions {
-            let (action, reason) = step_words(&a.step);
-            by_holder.insert(
-                selected[a.holder],
-                (action, reason.replace("release --path", "a sweep")),
-            );
+            let sweep = "a sweep (the agent's --exclude and --runtime-root aside, with the \
+                         containers listed once)";
+            by_holder.insert(selected[a.holder], step_words(&a.step, sweep));
         }
     }
     findings
@@ -223,13 +238,23 @@ pub fn sweep_decisions(
         .collect()
 }
 
+/// Whether a release kept copies only because kubelet's cgroups of their namespace are
+/// unknown: not known to be clean, so it exits as `scan` does (1).
+pub fn kept_as_unknown(rel: &Release) -> bool {
+    let unknown = crate::runtime::scope::PodCgroup::Unknown.reason();
+    rel.results
+        .iter()
+        .any(|r| matches!(&r.outcome, Outcome::Kept { reason } if *reason == unknown))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::engine::namespace::Process;
     use crate::engine::scan::InUse;
     use crate::engine::scan::fixture::{Ns, scan_of};
-    use crate::report::containers::{ContainerView, Role};
+    use crate::report::containers::ContainerView;
+    use crate::report::doc::Role;
     use crate::runtime::scope::with_pod_cgroups;
 
     fn member(pid: i32, cgroup: Option<&str>) -> Process {
@@ -331,10 +356,23 @@ mod tests {
                 (7, Role::Container, HolderAction::Keep),
                 (8, Role::Pinned, HolderAction::Detach),
                 (9, Role::InUse, HolderAction::Keep),
-                // Unknown cgroups: leaked as far as anyone can tell, kept all the same.
-                (10, Role::Leaked, HolderAction::Keep),
+                // Unknown cgroups: it may be the pod's; kept, and said so.
+                (10, Role::Unknown, HolderAction::Keep),
             ]
         );
+        // A stopped container: its copy in the runtime's namespace goes too, and scan says
+        // so (role runtime, action unmount: a finding, exit 1).
+        let mut stopped = containers[0].clone();
+        stopped.state = "exited".into();
+        let scope = crate::runtime::scope::release_scope(&daemon, &stopped, false);
+        let plans = crate::engine::release::plan(&rel.scan, scope);
+        let runtime_step = plans
+            .iter()
+            .flat_map(|p| p.actions.iter())
+            .find(|a| rel.scan.namespaces[rel.scan.holders[a.holder].ns].ns.inode == 5)
+            .map(|a| step_words(&a.step, "the release of a").0);
+        assert_eq!(runtime_step, Some(HolderAction::Unmount));
+        assert!(decisions.releases_any());
         // Every kept holder says why, and a role the view calls the pod's own is never
         // unmounted.
         for (i, (_, role, action)) in got.iter().enumerate() {

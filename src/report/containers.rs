@@ -15,7 +15,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use super::doc::{ContainerRef, ScanDoc};
+use super::doc::{ContainerRef, Role, ScanDoc};
 
 use crate::engine::mountinfo::encode;
 use crate::engine::scan::{self, Holder, Scan, ScanRequest};
@@ -35,6 +35,9 @@ pub struct ContainerView<'a> {
     /// Per container, the namespaces of the other containers of its pod, and those that
     /// kubelet's cgroups place in it or its pod (the rule a release spares them by).
     pod_ns: Vec<Vec<u64>>,
+    /// Per container, the namespaces whose cgroups are unknown while it is a pod's: a
+    /// release spares them too.
+    maybe_pod_ns: Vec<Vec<u64>>,
 }
 
 /// Whether a holder is in a view whose paths say what a mount is: mntreap's own namespace,
@@ -76,29 +79,6 @@ fn pod_namespaces(proc_root: &Path, containers: &[Container]) -> Vec<Vec<u64>> {
                 .collect()
         })
         .collect()
-}
-
-/// What a holder is to its container.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Role {
-    Runtime,
-    Container,
-    InUse,
-    Pinned,
-    Leaked,
-}
-
-impl Role {
-    pub fn word(self) -> &'static str {
-        match self {
-            Role::Runtime => "runtime",
-            Role::Container => "container",
-            Role::InUse => "in-use",
-            Role::Pinned => "pinned",
-            Role::Leaked => "leaked",
-        }
-    }
 }
 
 /// Each container's own mount namespace (its init process's), read once per report.
@@ -155,6 +135,22 @@ impl<'a> ContainerView<'a> {
                     .or_else(|| own_root_of(h))
             })
             .collect();
+        // Per container, (namespace, member?) by kubelet's cgroups: the same function the
+        // release scope takes them from; unknown ones are not members but are spared.
+        let by_cgroup: Vec<Vec<(u64, bool)>> = containers
+            .iter()
+            .map(|c| {
+                crate::runtime::scope::pod_cgroup_namespaces(scan, std::slice::from_ref(c))
+                    .into_iter()
+                    .map(|(inode, why)| {
+                        (
+                            inode,
+                            matches!(why, crate::runtime::scope::PodCgroup::Member(_)),
+                        )
+                    })
+                    .collect()
+            })
+            .collect();
         ContainerView {
             scan,
             daemon,
@@ -164,18 +160,15 @@ impl<'a> ContainerView<'a> {
             container_ns,
             pod_ns: pod_namespaces(&daemon.proc_root, containers)
                 .into_iter()
-                .zip(containers)
-                .map(|(mut ns, c)| {
-                    ns.extend(
-                        crate::runtime::scope::pod_cgroup_namespaces(scan, std::slice::from_ref(c))
-                            .into_iter()
-                            .filter(|(_, why)| {
-                                matches!(why, crate::runtime::scope::PodCgroup::Member(_))
-                            })
-                            .map(|(inode, _)| inode),
-                    );
+                .zip(&by_cgroup)
+                .map(|(mut ns, of)| {
+                    ns.extend(of.iter().filter(|(_, m)| *m).map(|(inode, _)| *inode));
                     ns
                 })
+                .collect(),
+            maybe_pod_ns: by_cgroup
+                .iter()
+                .map(|of| of.iter().filter(|(_, m)| !*m).map(|(i, _)| *i).collect())
                 .collect(),
         }
     }
@@ -189,6 +182,8 @@ impl<'a> ContainerView<'a> {
         let of_its_pod = self.owner[i].is_some_and(|c| self.pod_ns[c].contains(&inode));
         if self.owner[i].and_then(|c| self.container_ns[c]) == Some(inode) || of_its_pod {
             Role::Container
+        } else if self.owner[i].is_some_and(|c| self.maybe_pod_ns[c].contains(&inode)) {
+            Role::Unknown
         } else if h.in_use.is_some() {
             Role::InUse
         } else if !h.pins.is_empty() {

@@ -4,11 +4,38 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::containers::{Class, Role};
+use super::containers::Class;
 use crate::engine::namespace::PinVia;
 use crate::engine::scan::{InUse, Match, Pin};
 use crate::engine::source::Backend;
 use crate::runtime::model::{Container, Daemon};
+
+/// What a holder is to its container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    Runtime,
+    Container,
+    InUse,
+    Pinned,
+    Leaked,
+    /// A namespace whose members' cgroups are unknown as the host names them, holding a
+    /// pod's mount: it may be the pod's own, so a release keeps it (and says so).
+    Unknown,
+}
+
+impl Role {
+    pub fn word(self) -> &'static str {
+        match self {
+            Role::Runtime => "runtime",
+            Role::Container => "container",
+            Role::InUse => "in-use",
+            Role::Pinned => "pinned",
+            Role::Leaked => "leaked",
+            Role::Unknown => "unknown",
+        }
+    }
+}
 
 /// A member process of a namespace.
 #[derive(Debug, Clone, Serialize, Deserialize)]

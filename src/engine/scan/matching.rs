@@ -49,6 +49,7 @@ pub(super) fn match_holders(scan: &mut Scan) {
     let mut identities: HashSet<Identity> = HashSet::new();
     let mut refused: HashSet<Identity> = HashSet::new();
     let mut notes = Vec::new();
+    let vetoes = path_only_vetoes(scan);
     for n in &scan.namespaces {
         let Some(table) = n.table.as_ref() else {
             continue;
@@ -65,25 +66,11 @@ pub(super) fn match_holders(scan: &mut Scan) {
             if identities.contains(&key) || refused.contains(&key) {
                 continue;
             }
-            let point = table.mount_point(seed);
-            let why = match scan
-                .no_identity
-                .iter()
-                .find(|p| path_is_under_pattern(point, p.as_os_str().as_bytes()))
-            {
-                // A layer's own signature says what it is, wherever it is mounted.
-                Some(pattern) if seed.layer_signature.is_none() => Some(format!(
-                    "copies of {}:{} {} at other paths were not searched: it is mounted at {} \
-                     (under {}), whose mounts hold by path only (a subPath binds whatever \
-                     the pod names, a host path included)",
-                    key.0.0,
-                    key.0.1,
-                    encode(&key.1),
-                    encode(point),
-                    pattern.display(),
-                )),
-                _ => broader_mount_elsewhere(scan, &targets, key.0, &key.1),
-            };
+            // A key any path-only seed names is refused, whichever seed comes first.
+            let why = vetoes
+                .get(&key)
+                .cloned()
+                .or_else(|| broader_mount_elsewhere(scan, &targets, key.0, &key.1));
             match why {
                 None => {
                     identities.insert(key);
@@ -200,6 +187,46 @@ pub(super) fn match_holders(scan: &mut Scan) {
             ));
         }
     }
+}
+
+/// The identities that seeds under [`Scan::no_identity`] name (kubelet's subPaths), with
+/// the note that says why they are refused: a subPath binds whatever the pod names. A
+/// layer's own signature still says what it is, wherever it is mounted.
+fn path_only_vetoes(scan: &Scan) -> std::collections::HashMap<Identity, String> {
+    let mut vetoes = std::collections::HashMap::new();
+    for n in &scan.namespaces {
+        let Some(table) = n.table.as_ref() else {
+            continue;
+        };
+        for &i in &n.seeds {
+            let seed = &table.mounts[i];
+            let point = table.mount_point(seed);
+            let Some(pattern) = scan
+                .no_identity
+                .iter()
+                .find(|p| path_is_under_pattern(point, p.as_os_str().as_bytes()))
+            else {
+                continue;
+            };
+            if seed.layer_signature.is_some() {
+                continue;
+            }
+            let key = (seed.dev, table.root(seed).to_vec());
+            vetoes.entry(key.clone()).or_insert_with(|| {
+                format!(
+                    "copies of {}:{} {} at other paths were not searched: it is mounted at {} \
+                     (under {}), whose mounts hold by path only (a subPath binds whatever \
+                     the pod names, a host path included)",
+                    key.0.0,
+                    key.0.1,
+                    encode(&key.1),
+                    encode(point),
+                    pattern.display(),
+                )
+            });
+        }
+    }
+    vetoes
 }
 
 /// Reads the strings the propagation check of a release needs: for holders whose parent

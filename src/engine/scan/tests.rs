@@ -203,6 +203,28 @@ fn a_subpath_onto_the_root_of_a_host_tmpfs_is_no_identity() {
 }
 
 #[test]
+fn a_subpath_refuses_its_identity_whichever_seed_comes_first() {
+    // The same tmpfs root at a pod's volume (seen first) and bound by a subPath: the
+    // subPath's veto holds, so the agent's copy at another path is no holder.
+    let own = "1 0 254:0 / / rw - ext4 /dev/vda rw\n\
+               2 1 0:70 / /k/pods/u1/volumes/v rw - tmpfs t rw\n\
+               3 1 0:70 / /k/pods/u1/volume-subpaths/v/c/0 rw - tmpfs t rw\n";
+    let agent = "1 0 254:0 / / rw - ext4 /dev/vda rw\n\
+                 4 1 0:70 / /host/elsewhere rw - tmpfs t rw\n";
+    let scan = scan_with(
+        &["/k/pods/u1"],
+        &[],
+        &["/k/pods/*/volume-subpaths"],
+        &[Ns(1, true, true, own), Ns(2, false, true, agent)],
+    );
+    assert!(
+        !matched(&scan).iter().any(|(ns, ..)| *ns == 2),
+        "{:?}",
+        matched(&scan)
+    );
+}
+
+#[test]
 fn a_tmpfs_the_trusted_view_mounts_outside_the_targets_is_no_identity() {
     // A pod's emptyDir target is a bind of a tmpfs that the node also mounts at /run/user/1000
     // (root /): that is the node's tmpfs, whose copies in sessions are not the volume's.
