@@ -35,6 +35,35 @@ fn nested_in_pod(sb: &mut Sandbox, app: &str) -> i32 {
     nested
 }
 
+/// A free port on the loopback, for an agent's metrics.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts an agent on `cri`'s node in the sandbox: sweeps every `sweep` seconds (0: off),
+/// its hook on `socket`, metrics on a free loopback port.
+fn spawn_agent(sb: &mut Sandbox, cri: &CriDaemon, kubelet: &str, sweep: u32, socket: &str) -> i32 {
+    let metrics = format!("127.0.0.1:{}", free_port());
+    sb.spawn_in(&[
+        BIN,
+        "agent",
+        "--sweep-interval",
+        &sweep.to_string(),
+        "--metrics-addr",
+        &metrics,
+        "--hook-socket",
+        socket,
+        "--cri-endpoint",
+        &cri.endpoint(),
+        "--kubelet-root",
+        kubelet,
+    ])
+}
+
 fn cri_args<'a>(cri: &'a CriDaemon, kubelet: &'a str) -> Vec<String> {
     vec![
         "--cri-endpoint".into(),
@@ -387,27 +416,8 @@ fn the_prestop_hook_from_a_cri_container_releases_its_own_pod_only() {
     for p in [rootfs(&pod_a), rootfs(&app_a), vol_a.clone(), vol_b.clone()] {
         assert!(has_mount_at(holder, &p), "holder copies {p}");
     }
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let metrics = format!("127.0.0.1:{port}");
     let socket = format!("{hook_dir}/hook.sock");
-    sb.spawn_in(&[
-        BIN,
-        "agent",
-        "--sweep-interval",
-        "0",
-        "--metrics-addr",
-        &metrics,
-        "--hook-socket",
-        &socket,
-        "--cri-endpoint",
-        &cri.endpoint(),
-        "--kubelet-root",
-        &kubelet,
-    ]);
+    spawn_agent(&mut sb, &cri, &kubelet, 0, &socket);
     wait_until(
         std::time::Duration::from_secs(20),
         std::time::Duration::from_millis(50),
@@ -501,25 +511,13 @@ fn the_agents_sweep_on_a_cri_node_releases_leaked_copies_only() {
             cri.state()
         )
     };
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    sb.spawn_in(&[
-        BIN,
-        "agent",
-        "--sweep-interval",
-        "1",
-        "--metrics-addr",
-        &format!("127.0.0.1:{port}"),
-        "--hook-socket",
-        &format!("{}/hook.sock", cri.d()),
-        "--cri-endpoint",
-        &cri.endpoint(),
-        "--kubelet-root",
+    spawn_agent(
+        &mut sb,
+        &cri,
         &kubelet,
-    ]);
+        1,
+        &format!("{}/hook.sock", cri.d()),
+    );
     wait_until(
         std::time::Duration::from_secs(30),
         std::time::Duration::from_millis(100),
@@ -730,11 +728,7 @@ fn the_containerd_daemonset_runs_the_agent_image_under_cri_and_sweeps() {
     agent_pod.namespace = "kube-system".into();
     agent_pod.host_pid = true;
     let agent_pod_id = cri.run_pod(&agent_pod);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let hook_dir = format!("{}/hook", cri.d());
     std::fs::create_dir_all(&hook_dir).unwrap();
     // On this machine pid 1's root refuses every process, even root with all capabilities
@@ -982,26 +976,8 @@ fn a_subpath_onto_the_root_of_a_node_tmpfs_never_makes_the_nodes_tmpfs_the_pods(
 
     // An agent sweeping every second: it releases the service's copy of the subPath bind
     // (a leak at the pod's own path), and nothing of the node's tmpfs.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
     let socket = format!("{hook_dir}/hook.sock");
-    sb.spawn_in(&[
-        BIN,
-        "agent",
-        "--sweep-interval",
-        "1",
-        "--metrics-addr",
-        &format!("127.0.0.1:{port}"),
-        "--hook-socket",
-        &socket,
-        "--cri-endpoint",
-        &cri.endpoint(),
-        "--kubelet-root",
-        &kubelet,
-    ]);
+    spawn_agent(&mut sb, &cri, &kubelet, 1, &socket);
     wait_until(
         std::time::Duration::from_secs(30),
         std::time::Duration::from_millis(100),
@@ -1087,11 +1063,7 @@ fn an_agent_in_a_private_cgroup_namespace_spares_a_namespace_nested_in_a_pod() {
             cri.endpoint()
         )
     };
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let agent = sb.spawn_in(&[
         "sh",
         "-c",

@@ -261,6 +261,29 @@ mod tests {
     }
 
     #[test]
+    fn kubelets_pods_cgroup_counts_below_a_cgroup_root_and_unknown_is_none() {
+        let member = |cgroup: Option<&str>| crate::engine::namespace::Process {
+            pid: 9,
+            comm: "p".into(),
+            root: None,
+            uses: Vec::new(),
+            cgroup: cgroup.map(String::from),
+        };
+        // kind's `cgroupRoot: /kubelet` with the systemd driver.
+        let kind = "0::/kubelet.slice/kubelet-kubepods.slice/kubelet-kubepods-besteffort.slice/kubelet-kubepods-besteffort-pod1234_abcd.slice/cri-containerd-x.scope\n";
+        let paths = kubepods_cgroups_of(&[member(Some(kind))]).unwrap();
+        assert_eq!(paths.len(), 1);
+        assert!(names_pod_member(&paths, None, Some("1234-abcd")));
+        // A service is no pod's; one unknown member makes the namespace unknown.
+        let service = member(Some("0::/system.slice/nginx.service\n"));
+        assert_eq!(
+            kubepods_cgroups_of(std::slice::from_ref(&service)),
+            Some(Vec::new())
+        );
+        assert_eq!(kubepods_cgroups_of(&[service, member(None)]), None);
+    }
+
+    #[test]
     fn kubelets_cgroups_place_a_process_in_its_pod() {
         let id = "c".repeat(64);
         let uid = "0b1e2c3d-4e5f-6a7b-8c9d-0e1f2a3b4c5d";
