@@ -125,6 +125,17 @@ pub fn pid_namespace_blindness(proc_root: &Path) -> Option<String> {
     })
 }
 
+/// The manager that started this pid namespace's pid 1 as a container, from the
+/// `container=` variable of the environment it was started with (systemd's convention:
+/// systemd-nspawn, lxc, docker, podman); `None` when there is none or it cannot be read.
+pub fn machine_manager(proc_root: &Path) -> Option<String> {
+    let environ = fs::read(proc_root.join("1/environ")).ok()?;
+    environ.split(|&b| b == 0).find_map(|var| {
+        let value = var.strip_prefix(b"container=")?;
+        Some(String::from_utf8_lossy(value).into_owned())
+    })
+}
+
 /// The start time of `pid` in clock ticks since boot (`/proc/PID/stat` field 22): a pid
 /// that is reused has another one. The command name (field 2) may hold spaces and
 /// parentheses, so fields are counted after its last `)`.

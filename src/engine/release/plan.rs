@@ -186,6 +186,13 @@ fn propagation_hazard(
             parent.id
         ));
     }
+    if let Some(why) = &scan.peers_unseen {
+        return Some(format!(
+            "its parent mount {} is shared (peer group {group}) and {why}, so where the \
+             unmount would propagate is unknown",
+            parent.id
+        ));
+    }
     let location = fs_location(
         parent_table.root(&parent),
         parent_table.mount_point(&parent),

@@ -49,6 +49,7 @@ pub(crate) fn scan_with(
     let mut scan = Scan {
         denied: Vec::new(),
         blind: None,
+        peers_unseen: None,
         cgroups_unknown: None,
         backend: crate::engine::source::Backend::Mountinfo,
         targets,

@@ -13,7 +13,7 @@
 //! bind of `/var` from the root filesystem), copies elsewhere are not the layer but the
 //! host's own filesystem, so they are not matched and the report says so.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use tracing::{debug, info_span};
 
@@ -111,6 +111,11 @@ pub struct Scan {
     /// Why this scan cannot see every process of the host (it runs in another pid
     /// namespace): incomplete too.
     pub blind: Option<String>,
+    /// Why peers of a shared mount may live where this scan cannot look although it is
+    /// complete for what it releases (a machine container running its own runtime, whose
+    /// manager is not known to make every inherited mount a slave): unmounts under shared
+    /// parents are refused, since where they would propagate is unknown.
+    pub peers_unseen: Option<String>,
     /// The note saying that some members' cgroups are unknown as the host names them.
     pub cgroups_unknown: Option<String>,
     /// Notes that every healthy node has (identity matching limited because a layer's
@@ -237,6 +242,30 @@ pub fn read_namespaces(
         .collect())
 }
 
+/// In a machine container, whether a shared mount's peers may live outside it. systemd-nspawn
+/// makes every mount its machine inherits a slave before the guest starts, so the peer groups
+/// inside are the guest's own (measured: under an rshared host the guest's `/` is
+/// `shared:21 master:1`, and no guest group appears outside). Its pid 1 says so in the
+/// environment nspawn gave it; forging that takes root in the machine, which can unmount
+/// under those parents itself. Any other manager: unknown, so protect.
+fn machine_peers_unseen(proc_root: &Path, detail_notes: &mut Vec<String>) -> Option<String> {
+    match namespace::machine_manager(proc_root).as_deref() {
+        Some("systemd-nspawn") => {
+            detail_notes.push(
+                "this machine was started by systemd-nspawn, which makes every mount it \
+                 inherits a slave: its shared peer groups have no members outside it"
+                    .to_string(),
+            );
+            None
+        }
+        other => Some(format!(
+            "this is a machine container (its pid 1's manager is {}), and a peer group it \
+             inherited may have members outside it, where the scan cannot look",
+            other.map_or("not named".to_string(), |m| format!("`{m}`"))
+        )),
+    }
+}
+
 /// Scans the host for every holder of the request's targets.
 pub fn scan(request: &ScanRequest) -> Result<Scan, ScanError> {
     let span = info_span!("scan", targets = ?request.targets, backend = ?request.backend);
@@ -249,7 +278,7 @@ pub fn scan(request: &ScanRequest) -> Result<Scan, ScanError> {
     // Not the host's pid namespace: incomplete, unless the established runtime is in this
     // one (a machine container running its own runtime): then what it runs is in view.
     let mut detail_notes = Vec::new();
-    let blind = match (
+    let (blind, peers_unseen) = match (
         namespace::pid_namespace_blindness(&request.proc_root),
         request.runtime_pid,
     ) {
@@ -258,10 +287,14 @@ pub fn scan(request: &ScanRequest) -> Result<Scan, ScanError> {
                 "{why}; the established runtime (pid {pid}) runs in this pid namespace, so \
                  what it runs is in view"
             ));
-            None
+            (
+                None,
+                machine_peers_unseen(&request.proc_root, &mut detail_notes),
+            )
         }
-        (blind, _) => blind,
+        (blind, _) => (blind, None),
     };
+    detail_notes.extend(peers_unseen.clone());
     notes.extend(blind.clone());
     let mut scan = Scan {
         backend: request.backend,
@@ -275,6 +308,7 @@ pub fn scan(request: &ScanRequest) -> Result<Scan, ScanError> {
         notes,
         denied,
         blind,
+        peers_unseen,
         cgroups_unknown: None,
         detail_notes,
     };

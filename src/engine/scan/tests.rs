@@ -372,6 +372,32 @@ fn an_unmount_that_would_propagate_to_a_copy_kept_elsewhere_is_refused() {
 }
 
 #[test]
+fn in_a_machine_whose_peers_may_live_outside_no_unmount_under_a_shared_parent() {
+    // The holder's /d is shared (peer group 7) and no namespace in view has a peer of it:
+    // with the whole host in view the unmount propagates nowhere kept, but in a machine
+    // container whose manager may have left a peer outside, where it lands is unknown.
+    let own = "1 0 254:0 / / rw - ext4 /dev/vda rw\n\
+               3 1 0:50 / /d/l/abc/merged rw - overlay overlay rw\n";
+    let holder = "1 0 254:0 / / rw - ext4 /dev/vda rw\n\
+                  12 1 0:40 / /d rw shared:7 - tmpfs d rw\n\
+                  13 12 0:50 / /d/l/abc/merged rw - overlay overlay rw\n";
+    let mut scan = scan_of(
+        &[T],
+        &[],
+        &[Ns(1, true, true, own), Ns(2, false, true, holder)],
+    );
+    assert_eq!(
+        steps(&scan, Scope::default()),
+        vec![(1, 3, true), (2, 13, false)]
+    );
+    scan.peers_unseen = Some("a peer group may have members outside".into());
+    assert_eq!(
+        steps(&scan, Scope::default()),
+        vec![(1, 3, true), (2, 13, true)]
+    );
+}
+
+#[test]
 fn a_failed_recheck_reports_what_the_actions_did_not_remove() {
     let own = "1 0 254:0 / / rw - ext4 /dev/vda rw\n\
                2 1 0:50 / /d/l/abc/merged rw - overlay overlay rw\n";
