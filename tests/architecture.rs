@@ -80,3 +80,213 @@ fn no_source_file_is_over_600_lines() {
         .collect();
     assert!(long.is_empty(), "{long:?}");
 }
+
+/// The module a source file is (`src/engine/scan/mod.rs` -> `engine::scan`).
+fn module_of(file: &Path) -> Vec<String> {
+    let rel = file.strip_prefix(SRC).unwrap().with_extension("");
+    let mut segs: Vec<String> = rel
+        .iter()
+        .map(|s| s.to_string_lossy().into_owned())
+        .collect();
+    if segs
+        .last()
+        .is_some_and(|s| s == "mod" || s == "lib" || s == "main")
+    {
+        segs.pop();
+    }
+    segs
+}
+
+/// Production code of a file: what precedes its `#[cfg(test)]` module, comments dropped.
+fn production_code(file: &Path) -> String {
+    let text = std::fs::read_to_string(file).unwrap();
+    let code = text.split("#[cfg(test)]").next().unwrap_or("");
+    code.lines()
+        .map(|l| l.split("//").next().unwrap_or(""))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The modules a file names through `crate::` or `super::` paths (brace groups expanded),
+/// each resolved to the longest prefix that is a module of the tree.
+fn imports(file: &Path, modules: &std::collections::BTreeSet<Vec<String>>) -> Vec<Vec<String>> {
+    let here = module_of(file);
+    let code = production_code(file);
+    let resolve = |path: Vec<String>| -> Option<Vec<String>> {
+        (1..=path.len())
+            .rev()
+            .map(|k| path[..k].to_vec())
+            .find(|p| modules.contains(p))
+    };
+    let mut out = Vec::new();
+    let bytes = code.as_bytes();
+    for root in ["crate::", "super::"] {
+        let mut at = 0;
+        while let Some(found) = code[at..].find(root) {
+            let start = at + found;
+            at = start + root.len();
+            if start > 0 && (bytes[start - 1].is_ascii_alphanumeric() || bytes[start - 1] == b'_') {
+                continue;
+            }
+            let mut base = if root == "crate::" {
+                Vec::new()
+            } else {
+                here[..here.len().saturating_sub(1)].to_vec()
+            };
+            let rest = &code[at..];
+            let path_len = rest
+                .find(|c: char| !(c.is_alphanumeric() || c == '_' || c == ':'))
+                .unwrap_or(rest.len());
+            let mut segs: Vec<String> = rest[..path_len]
+                .split("::")
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .collect();
+            while segs.first().is_some_and(|s| s == "super") {
+                base.pop();
+                segs.remove(0);
+            }
+            let mut groups = vec![segs];
+            if rest[path_len..].starts_with('{') {
+                let close = rest[path_len..].find('}').unwrap_or(0);
+                let prefix = groups.pop().unwrap();
+                for item in rest[path_len + 1..path_len + close].split(',') {
+                    let mut p = prefix.clone();
+                    p.extend(
+                        item.trim()
+                            .split("::")
+                            .filter(|s| !s.is_empty() && *s != "self")
+                            .map(|s| s.split_whitespace().next().unwrap_or("").to_string()),
+                    );
+                    groups.push(p);
+                }
+            }
+            for segs in groups {
+                let mut full = base.clone();
+                full.extend(segs);
+                out.extend(resolve(full));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn no_import_cycles_between_files() {
+    use std::collections::{BTreeMap, BTreeSet};
+    let files = rust_files(Path::new(SRC));
+    let modules: BTreeSet<Vec<String>> = files.iter().map(|f| module_of(f)).collect();
+    // A parent module and its children are one unit (declarations, `use super::*`);
+    // cycles among siblings and cousins are what the rule forbids.
+    let related = |a: &[String], b: &[String]| a.starts_with(b) || b.starts_with(a);
+    let edges: BTreeMap<Vec<String>, BTreeSet<Vec<String>>> = files
+        .iter()
+        .map(|f| {
+            let from = module_of(f);
+            let to = imports(f, &modules)
+                .into_iter()
+                .filter(|t| !related(t, &from))
+                .collect();
+            (from, to)
+        })
+        .collect();
+    let mut cycles = Vec::new();
+    for (start, next) in &edges {
+        // Depth-first from each module: a path back to it is a cycle.
+        let mut stack: Vec<(Vec<String>, Vec<Vec<String>>)> = next
+            .iter()
+            .map(|n| (n.clone(), vec![start.clone(), n.clone()]))
+            .collect();
+        let mut seen = BTreeSet::new();
+        while let Some((at, path)) = stack.pop() {
+            if &at == start {
+                cycles.push(
+                    path.iter()
+                        .map(|m| m.join("/"))
+                        .collect::<Vec<_>>()
+                        .join(" -> "),
+                );
+                break;
+            }
+            if !seen.insert(at.clone()) {
+                continue;
+            }
+            for n in edges.get(&at).into_iter().flatten() {
+                let mut p = path.clone();
+                p.push(n.clone());
+                stack.push((n.clone(), p));
+            }
+        }
+    }
+    assert!(cycles.is_empty(), "import cycles: {cycles:#?}");
+}
+
+/// Functions of production code over `MAX_FN_LINES` lines, as `file:fn (lines)`.
+fn long_functions(file: &Path) -> Vec<String> {
+    const MAX_FN_LINES: usize = 100;
+    let code = production_code(file);
+    let lines: Vec<&str> = code.lines().collect();
+    let mut long = Vec::new();
+    let mut i = 0;
+    while i < lines.len() {
+        let trimmed = lines[i].trim_start();
+        let name = [
+            "pub fn ",
+            "pub(crate) fn ",
+            "pub(super) fn ",
+            "fn ",
+            "async fn ",
+        ]
+        .iter()
+        .find_map(|p| trimmed.strip_prefix(p))
+        .or_else(|| {
+            trimmed
+                .split_once(" fn ")
+                .filter(|(v, _)| v.starts_with("pub"))
+                .map(|(_, n)| n)
+        })
+        .map(|rest| rest.split(['(', '<']).next().unwrap_or("").to_string());
+        let Some(name) = name else {
+            i += 1;
+            continue;
+        };
+        let (mut depth, mut opened, mut end) = (0i32, false, i);
+        for (j, line) in lines.iter().enumerate().skip(i) {
+            // Braces inside string and char literals do not count.
+            let mut in_str = false;
+            let mut prev = ' ';
+            for c in line.chars() {
+                match c {
+                    '"' if prev != '\\' => in_str = !in_str,
+                    '{' if !in_str && prev != '\'' => {
+                        depth += 1;
+                        opened = true;
+                    }
+                    '}' if !in_str && prev != '\'' => depth -= 1,
+                    _ => {}
+                }
+                prev = c;
+            }
+            end = j;
+            if (opened && depth <= 0) || (!opened && line.trim_end().ends_with(';')) {
+                break;
+            }
+        }
+        let n = end - i + 1;
+        if n > MAX_FN_LINES {
+            long.push(format!("{}:{name} ({n} lines)", file.display()));
+        }
+        i = end + 1;
+    }
+    long
+}
+
+#[test]
+fn no_function_is_over_100_lines() {
+    let long: Vec<String> = rust_files(Path::new(SRC))
+        .iter()
+        .filter(|f| !f.ends_with("tests.rs"))
+        .flat_map(|f| long_functions(f))
+        .collect();
+    assert!(long.is_empty(), "split these: {long:#?}");
+}

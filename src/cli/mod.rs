@@ -94,7 +94,7 @@ struct AgentArgs {
     health_socket: Option<PathBuf>,
     /// Leave a namespace or process alone: ns:<inode>, pid:<pid>, comm:<name> (repeatable).
     #[arg(long, value_name = "WHAT")]
-    exclude: Vec<crate::daemon::agent::Exclude>,
+    exclude: Vec<crate::daemon::agent_state::Exclude>,
     /// Do not follow the daemon's event stream.
     #[arg(long)]
     no_events: bool,
@@ -138,7 +138,7 @@ struct PluginArgs {
     no_events: bool,
     /// Testing aid: `fail` makes every cleanup fail, `slow:<ms>` makes it take that long.
     #[arg(long, env = "MNTREAP_FAULT", hide = true)]
-    fault: Option<crate::daemon::plugin::Fault>,
+    fault: Option<crate::daemon::cleanup::Fault>,
     #[command(flatten)]
     engine: EngineArgs,
 }
@@ -469,7 +469,7 @@ fn run(command: Command) -> Result<Exit, Failure> {
                     Failure::Usage(format!("--metrics-addr {a:?}: {e} (host:port, or off)"))
                 })?),
             };
-            crate::daemon::agent::run(crate::daemon::agent::AgentConfig {
+            crate::daemon::agent::run(crate::daemon::agent_state::AgentConfig {
                 sweep: Duration::from_secs(args.sweep_interval),
                 metrics_addr,
                 hook_socket: Some(args.hook_socket),

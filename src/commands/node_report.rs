@@ -3,7 +3,8 @@
 
 use super::{Config, Exit, Failure, print};
 use crate::engine::mountinfo::encode;
-use crate::report::containers::{Class, container_ref, findings, node_scan};
+use crate::report::containers::{container_ref, findings, node_scan};
+use crate::report::doc::Class;
 use crate::report::doc::{HolderDoc, NodeReportDoc, NodeSummary, to_text};
 use crate::report::holder_doc;
 use crate::runtime::ContainerRuntime;
@@ -90,11 +91,11 @@ fn report(e: &Config, runtime: &dyn ContainerRuntime) -> Result<Exit, Failure> {
                 let h = &scan.holders[f.holder];
                 let (id, name) = match &f.container {
                     Some(c) => (
-                        crate::runtime::docker::short_id(&c.id).to_string(),
+                        crate::runtime::scope::short_id(&c.id).to_string(),
                         c.name.clone(),
                     ),
                     None => (
-                        crate::runtime::docker::short_id(&f.owner).to_string(),
+                        crate::runtime::scope::short_id(&f.owner).to_string(),
                         "(gone)".into(),
                     ),
                 };

@@ -15,7 +15,7 @@ pub fn command(config: &Config, names: &[String], paths: &[String]) -> Result<Ex
     let (docker, containers) = resolve_containers(e, names)?;
     let trusted: Vec<PathBuf> = containers.iter().flat_map(|c| c.paths.clone()).collect();
     let mut req = e.request(paths, trusted)?;
-    req.layer_signatures = crate::runtime::docker::layer_signatures(&containers);
+    req.layer_signatures = crate::runtime::scope::layer_signatures(&containers);
     if let Some(d) = &docker {
         req = d.daemon().vouch(req);
     }

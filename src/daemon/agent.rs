@@ -14,81 +14,18 @@
 //! Every unmount is atomic and verified against what the scan saw, so a kill at any point
 //! leaves each target either released or still there for the next sweep.
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tracing::{info, info_span, warn};
 
 use super::LogBudget;
+use super::agent_state::{Agent, AgentConfig, Exclude};
 use super::metrics::Metrics;
 use super::serve::{Cap, metrics_cap, raise_nofile};
 use crate::engine::release;
-use crate::engine::scan::ScanRequest;
-use crate::report::containers::Class;
+use crate::report::doc::Class;
 use crate::runtime::RuntimeChoice;
-use crate::runtime::cri::CriOptions;
-use crate::runtime::docker::DockerOptions;
-
-/// What `--exclude` names: a namespace inode, a pid, or a command name.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Exclude {
-    Namespace(u64),
-    Pid(i32),
-    Comm(String),
-}
-
-impl std::str::FromStr for Exclude {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Exclude, String> {
-        let bad = || format!("{s:?}: expected ns:<inode>, pid:<pid> or comm:<name>");
-        match s.split_once(':') {
-            Some(("ns", v)) => v.parse().map(Exclude::Namespace).map_err(|_| bad()),
-            Some(("pid", v)) => v.parse().map(Exclude::Pid).map_err(|_| bad()),
-            Some(("comm", v)) if !v.is_empty() => Ok(Exclude::Comm(v.into())),
-            _ => Err(bad()),
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct AgentConfig {
-    pub sweep: Duration,
-    pub metrics_addr: Option<SocketAddr>,
-    pub hook_socket: Option<PathBuf>,
-    pub health_socket: Option<PathBuf>,
-    pub exclude: Vec<Exclude>,
-    pub events: bool,
-    pub docker: DockerOptions,
-    /// Which runtime the node runs; on CRI nodes sweeps are the poll (CRI has no
-    /// container-exit stream kubelet's runtimes all offer).
-    pub runtime: RuntimeChoice,
-    pub cri: CriOptions,
-    pub base: ScanRequest,
-}
-
-pub(super) struct Agent {
-    pub(super) config: AgentConfig,
-    pub(super) metrics: Arc<Metrics>,
-    /// One sweep at a time; SIGTERM waits for the running one.
-    sweeping: tokio::sync::Mutex<()>,
-    /// Hook requests served at once (the socket is world-connectable).
-    pub(super) hook_slots: Cap,
-    /// Sweeps and event releases run through this bridge, 2 at once.
-    pub(super) blocking: super::Blocking,
-    /// Hook requests have a bridge of their own: a pod's preStop never waits for a sweep.
-    pub(super) hook_blocking: super::Blocking,
-    /// Lines that clients of any endpoint can cause share this budget.
-    pub(super) log_budget: Arc<LogBudget>,
-}
-
-impl Agent {
-    /// Logs a warning a client can cause, within the budget and clipped.
-    pub(super) fn warn_limited(&self, what: &str, detail: &str) {
-        self.log_budget.warn(what, detail);
-    }
-}
 
 /// Runs the agent until SIGTERM or SIGINT.
 pub fn run(config: AgentConfig) -> anyhow::Result<()> {

@@ -5,7 +5,31 @@ use crate::engine::scan::ScanRequest;
 use crate::runtime::docker::{self, DockerOptions};
 use tracing::info_span;
 
-use super::plugin::Fault;
+use std::time::Duration;
+
+/// Testing aid: make every cleanup fail, or take this long first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// No fault (an empty setting, as a managed plugin's declared default).
+    Off,
+    Fail,
+    Slow(Duration),
+}
+
+impl std::str::FromStr for Fault {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Fault, String> {
+        match s.split_once(':') {
+            None if s.is_empty() || s == "off" => Ok(Fault::Off),
+            None if s == "fail" => Ok(Fault::Fail),
+            Some(("slow", ms)) => ms
+                .parse()
+                .map(|ms| Fault::Slow(Duration::from_millis(ms)))
+                .map_err(|e| format!("slow:<milliseconds>: {e}")),
+            _ => Err(format!("{s:?}: expected `fail` or `slow:<milliseconds>`")),
+        }
+    }
+}
 
 /// What an API call means for a container's layer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,8 +104,8 @@ pub fn cleanup(
     for c in &containers {
         let span = info_span!("container", container = %c.name, id = %c.id);
         let _g = span.enter();
-        let req = docker::container_request(base, &docker.daemon, c);
-        let mut scope = docker::release_scope(&docker.daemon, c, false);
+        let req = crate::runtime::scope::container_request(base, &docker.daemon, c);
+        let mut scope = crate::runtime::scope::release_scope(&docker.daemon, c, false);
         if let Some(list) = scope.protected.as_mut() {
             for (ns, why) in docker
                 .daemon
@@ -135,5 +159,16 @@ mod tests {
         assert_eq!(trigger("DELETE", "/v1.41/images/web"), None);
         assert_eq!(trigger("DELETE", "/containers/"), None);
         assert_eq!(trigger("POST", "/volumes/prune"), None);
+    }
+
+    #[test]
+    fn faults_parse() {
+        assert_eq!("fail".parse::<Fault>(), Ok(Fault::Fail));
+        assert_eq!(
+            "slow:1500".parse::<Fault>(),
+            Ok(Fault::Slow(Duration::from_millis(1500)))
+        );
+        assert!("slow".parse::<Fault>().is_err());
+        assert_eq!("".parse::<Fault>(), Ok(Fault::Off));
     }
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tracing::info_span;
 
-use super::agent::Agent;
+use super::agent_state::Agent;
 use super::serve::{accept_loop, write_within};
 use crate::report::doc::{HookReply, HookRequest};
 use crate::runtime::ContainerRuntime;

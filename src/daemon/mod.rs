@@ -3,6 +3,7 @@
 //! bounded is in [`serve`].
 
 pub mod agent;
+pub mod agent_state;
 pub mod cleanup;
 mod hook;
 mod metrics;

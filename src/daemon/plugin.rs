@@ -23,7 +23,7 @@ use hyper::body::Incoming;
 use hyper::{Request, Response};
 use tracing::{Instrument, info, info_span, warn};
 
-use super::cleanup::{Trigger, cleanup, trigger};
+use super::cleanup::{Fault, Trigger, cleanup, trigger};
 use super::serve::{Cap, accept_loop, spawn_http};
 use crate::engine::scan::ScanRequest;
 use crate::runtime::docker::DockerOptions;
@@ -46,29 +46,6 @@ pub struct PluginConfig {
     pub base: ScanRequest,
     /// Testing aid: make every cleanup fail, or take this long first.
     pub fault: Option<Fault>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Fault {
-    /// No fault (an empty setting, as a managed plugin's declared default).
-    Off,
-    Fail,
-    Slow(Duration),
-}
-
-impl std::str::FromStr for Fault {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Fault, String> {
-        match s.split_once(':') {
-            None if s.is_empty() || s == "off" => Ok(Fault::Off),
-            None if s == "fail" => Ok(Fault::Fail),
-            Some(("slow", ms)) => ms
-                .parse()
-                .map(|ms| Fault::Slow(Duration::from_millis(ms)))
-                .map_err(|e| format!("slow:<milliseconds>: {e}")),
-            _ => Err(format!("{s:?}: expected `fail` or `slow:<milliseconds>`")),
-        }
-    }
 }
 
 const ACTIVATE: &[u8] = br#"{"Implements":["authz"]}"#;
@@ -197,8 +174,7 @@ async fn serve(config: PluginConfig) -> anyhow::Result<()> {
 fn accept_connection(state: &Arc<State>, stream: tokio::net::UnixStream) {
     let peer = stream.peer_cred().ok().and_then(|c| c.pid());
     let proc_root = &state.config.base.proc_root;
-    let from_daemon =
-        peer.filter(|&pid| crate::runtime::docker::identity::is_dockerd(proc_root, pid));
+    let from_daemon = peer.filter(|&pid| crate::runtime::identity::is_dockerd(proc_root, pid));
     if let Some(pid) = from_daemon {
         state.learn_daemon(pid);
     }
@@ -430,16 +406,5 @@ mod tests {
                 Err(e) => proptest::prop_assert!(false, "valid JSON refused: {e}"),
             }
         }
-    }
-
-    #[test]
-    fn faults_parse() {
-        assert_eq!("fail".parse::<Fault>(), Ok(Fault::Fail));
-        assert_eq!(
-            "slow:1500".parse::<Fault>(),
-            Ok(Fault::Slow(Duration::from_millis(1500)))
-        );
-        assert!("slow".parse::<Fault>().is_err());
-        assert_eq!("".parse::<Fault>(), Ok(Fault::Off));
     }
 }

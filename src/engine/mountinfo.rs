@@ -97,10 +97,10 @@ fn parse_line(line: &[u8], table: &mut MountTable, signatures: &[Vec<u8>]) -> Op
     } else {
         None
     };
-    let root = table.intern_escaped(root);
-    let mount_point = table.intern_escaped(mount_point);
-    let fs_type = table.intern_escaped(fs_type);
-    let source = table.intern_escaped(source);
+    let root = table.intern_with(|arena| decode_into(root, arena));
+    let mount_point = table.intern_with(|arena| decode_into(mount_point, arena));
+    let fs_type = table.intern_with(|arena| decode_into(fs_type, arena));
+    let source = table.intern_with(|arena| decode_into(source, arena));
     table.mounts.push(Mount {
         id,
         parent_id,

@@ -102,10 +102,11 @@ impl MountTable {
         }
     }
 
-    /// Appends a mountinfo field to the arena, decoding its octal escapes.
-    pub(crate) fn intern_escaped(&mut self, field: &[u8]) -> Span {
+    /// Appends what `write` writes to the arena and returns its span (a parser decoding
+    /// a field in place, with no copy of its own).
+    pub(crate) fn intern_with(&mut self, write: impl FnOnce(&mut Vec<u8>)) -> Span {
         let start = self.arena.len() as u32;
-        crate::engine::mountinfo::decode_into(field, &mut self.arena);
+        write(&mut self.arena);
         Span {
             start,
             end: self.arena.len() as u32,

@@ -11,7 +11,8 @@ use std::collections::HashMap;
 
 use crate::engine::release::{Outcome, Release, Scope};
 use crate::engine::scan::{Scan, ScanError, ScanRequest};
-use crate::report::containers::{Class, Finding};
+use crate::report::containers::Finding;
+use crate::report::doc::Class;
 use crate::report::doc::HolderAction;
 use crate::runtime::model::{Container, Daemon};
 use crate::runtime::scope::{container_request, release_containers, release_scope};

@@ -15,11 +15,10 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use super::doc::{ContainerRef, Role, ScanDoc};
+use super::doc::{Class, ContainerRef, Role, ScanDoc};
 
 use crate::engine::mountinfo::encode;
 use crate::engine::scan::{self, Holder, Scan, ScanRequest};
-use crate::runtime::docker;
 use crate::runtime::model::{Container, Daemon, Owner};
 
 /// Holders of a scan seen through the containers they belong to.
@@ -214,17 +213,17 @@ impl<'a> ContainerView<'a> {
     pub fn text(&self, plan: &super::Plan) -> String {
         let mut out = String::new();
         let via = match self.daemon.via {
-            docker::Via::Api => format!(
+            crate::runtime::model::Via::Api => format!(
                 "resolved through {} at {}",
                 self.daemon.runtime.daemon_word(),
                 self.daemon.socket.display()
             ),
-            docker::Via::TaskBundles => format!(
+            crate::runtime::model::Via::TaskBundles => format!(
                 "resolved offline from {}'s task bundles and kubelet's pod directories ({})",
                 self.daemon.runtime.daemon_word(),
                 self.daemon.offline_reason.as_deref().unwrap_or("")
             ),
-            docker::Via::DataRoot => format!(
+            crate::runtime::model::Via::DataRoot => format!(
                 "resolved offline from {} ({})",
                 self.daemon.root.display(),
                 self.daemon.offline_reason.as_deref().unwrap_or("")
@@ -236,7 +235,7 @@ impl<'a> ContainerView<'a> {
                 "{} {} ({}) {}:\n",
                 if c.sandbox { "pod" } else { "container" },
                 c.name,
-                crate::runtime::docker::short_id(&c.id),
+                crate::runtime::scope::short_id(&c.id),
                 c.state
             ));
             let mine: Vec<usize> = (0..self.scan.holders.len())
@@ -273,39 +272,6 @@ fn signature_owner(scan: &Scan, containers: &[Container], h: &Holder) -> Option<
     containers
         .iter()
         .position(|c| c.upperdir.as_ref() == Some(dir))
-}
-
-/// What a node-wide finding is, most severe first.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
-)]
-#[serde(rename_all = "kebab-case")]
-pub enum Class {
-    /// Its container is gone, Dead or Removal In Progress, or no container owns the layer.
-    Orphaned,
-    /// A copy in a foreign namespace (not the runtime's, not the container's own).
-    Leaked,
-    /// A foreign copy that processes use as their root.
-    InUse,
-}
-
-impl Class {
-    /// The severity the report sorts by and prints: 3 orphaned, 2 leaked, 1 in use.
-    pub fn severity(self) -> u8 {
-        match self {
-            Class::Orphaned => 3,
-            Class::Leaked => 2,
-            Class::InUse => 1,
-        }
-    }
-
-    pub fn word(self) -> &'static str {
-        match self {
-            Class::Orphaned => "orphaned",
-            Class::Leaked => "leaked",
-            Class::InUse => "in-use",
-        }
-    }
 }
 
 /// A container as holders and findings name it.
@@ -361,7 +327,7 @@ pub fn node_scan(
     }
     let req = daemon.vouch(ScanRequest {
         targets: roots,
-        layer_signatures: docker::layer_signatures(containers),
+        layer_signatures: crate::runtime::scope::layer_signatures(containers),
         ..base.clone()
     });
     scan::scan(&req).map(Some)
@@ -473,7 +439,7 @@ pub(crate) mod tests {
     pub(crate) fn daemon(mnt_ns: u64) -> Daemon {
         Daemon {
             runtime: Default::default(),
-            via: docker::Via::DataRoot,
+            via: crate::runtime::model::Via::DataRoot,
             socket: "/run/docker.sock".into(),
             root: "/d".into(),
             driver: Some("overlay2".into()),
@@ -499,8 +465,8 @@ pub(crate) mod tests {
         a.mount_id = Some("L1".into());
         a.pod_uid = Some("1234-abcd".into());
         let containers = [a];
-        let by_layer = docker::layers_by_container(&containers);
-        let owner_of = |p: &Path| docker::owner_of(Path::new("/d"), p, &by_layer);
+        let by_layer = crate::runtime::docker::layers_by_container(&containers);
+        let owner_of = |p: &Path| crate::runtime::docker::owner_of(Path::new("/d"), p, &by_layer);
         let classes = |cgroup: Option<&str>| {
             let mut scan = scan_of(
                 &["/d"],
@@ -562,8 +528,8 @@ pub(crate) mod tests {
         let mut a = c(&"a".repeat(64), "a");
         a.mount_id = Some("L1".into());
         let containers = [a];
-        let by_layer = docker::layers_by_container(&containers);
-        let owner_of = |p: &Path| docker::owner_of(Path::new("/d"), p, &by_layer);
+        let by_layer = crate::runtime::docker::layers_by_container(&containers);
+        let owner_of = |p: &Path| crate::runtime::docker::owner_of(Path::new("/d"), p, &by_layer);
         let found: Vec<(u64, String, Class)> = findings(&scan, &daemon(5), &containers, &owner_of)
             .iter()
             .map(|f| {

@@ -4,7 +4,6 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::containers::Class;
 use crate::engine::namespace::PinVia;
 use crate::engine::scan::{InUse, Match, Pin};
 use crate::engine::source::Backend;
@@ -372,5 +371,38 @@ pub fn pin_word(via: PinVia) -> &'static str {
         PinVia::Cwd => "cwd",
         PinVia::Exe => "exe",
         PinVia::OpenFile => "open file",
+    }
+}
+
+/// What a node-wide finding is, most severe first.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum Class {
+    /// Its container is gone, Dead or Removal In Progress, or no container owns the layer.
+    Orphaned,
+    /// A copy in a foreign namespace (not the runtime's, not the container's own).
+    Leaked,
+    /// A foreign copy that processes use as their root.
+    InUse,
+}
+
+impl Class {
+    /// The severity the report sorts by and prints: 3 orphaned, 2 leaked, 1 in use.
+    pub fn severity(self) -> u8 {
+        match self {
+            Class::Orphaned => 3,
+            Class::Leaked => 2,
+            Class::InUse => 1,
+        }
+    }
+
+    pub fn word(self) -> &'static str {
+        match self {
+            Class::Orphaned => "orphaned",
+            Class::Leaked => "leaked",
+            Class::InUse => "in-use",
+        }
     }
 }

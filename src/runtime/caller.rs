@@ -166,7 +166,7 @@ pub fn verify(
     // A stale record's pid may have been reused: the init of a running container is the
     // child of its runtime shim.
     let parent = parent_of(proc_root, init_pid)
-        .and_then(|p| crate::runtime::docker::identity::exe_name(proc_root, p))
+        .and_then(|p| crate::runtime::identity::exe_name(proc_root, p))
         .unwrap_or_default();
     // containerd's shims, Docker's, and CRI-O's conmon.
     if !(parent.contains("shim") || parent == "conmon") {

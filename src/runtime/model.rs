@@ -137,7 +137,7 @@ pub struct Daemon {
     /// Inode of dockerd's mount namespace, when its identity is established.
     pub mnt_ns: Option<u64>,
     /// How dockerd was identified, or why it could not be.
-    pub identity: crate::runtime::identity::Identity,
+    pub identity: Identity,
     pub live_restore: Option<bool>,
     /// Why the data root was used instead of the API.
     pub offline_reason: Option<String>,
@@ -155,4 +155,30 @@ pub enum Owner {
     UnknownLayer(String),
     /// A pod's kubelet directory (volumes), by pod UID.
     Pod(String),
+}
+
+/// A process whose executable is a runtime daemon.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeProcess {
+    pub pid: i32,
+    pub exe: String,
+    pub mnt_ns: Option<u64>,
+}
+
+/// The established (or not) identity of dockerd.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Identity {
+    /// dockerd's pid, when established.
+    pub pid: Option<i32>,
+    /// Its mount namespace, when established.
+    pub mnt_ns: Option<u64>,
+    /// What the identity rests on, in words.
+    pub evidence: Vec<String>,
+    /// Why it could not be established; then nothing that may be the runtime's is touched.
+    pub unsure: Option<String>,
+    /// Every runtime daemon process found (dockerd, containerd), and an unexplained peer
+    /// of the socket: their namespaces are always spared for running containers.
+    pub runtime_processes: Vec<RuntimeProcess>,
 }

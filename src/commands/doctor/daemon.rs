@@ -4,14 +4,14 @@
 use std::path::Path;
 
 use super::{Check, Status};
-use crate::runtime::docker::Daemon;
+use crate::runtime::model::Daemon;
 
 /// `MountFlags=` of docker.service as systemd would load it (unit file, then drop-ins in
 /// name order; the last assignment wins), read under `root`, and the file that set it.
 fn unit_mount_flags(root: &Path) -> Option<(String, std::path::PathBuf)> {
     // Through the daemon's root, symlinks (/lib -> usr/lib, units linked to /lib/...)
     // resolve inside it.
-    let host = |rel: &str| crate::runtime::docker::on_host(root, Path::new(rel));
+    let host = |rel: &str| crate::runtime::host::on_host(root, Path::new(rel));
     let mut files = Vec::new();
     for dir in [
         "lib/systemd/system",
@@ -57,7 +57,7 @@ fn unit_mount_flags(root: &Path) -> Option<(String, std::path::PathBuf)> {
 /// A file found under `root` (a drop-in may itself be a link to an absolute path).
 fn host_file(root: &Path, found: &Path) -> std::path::PathBuf {
     match found.strip_prefix(root) {
-        Ok(rel) => crate::runtime::docker::on_host(root, &Path::new("/").join(rel)),
+        Ok(rel) => crate::runtime::host::on_host(root, &Path::new("/").join(rel)),
         Err(_) => found.to_path_buf(),
     }
 }
@@ -154,17 +154,17 @@ pub(super) fn mountflags_slave_live_restore(daemon: &Daemon) -> Check {
 
 /// live-restore from dockerd's command line or its daemon.json.
 fn live_restore_configured(proc_root: &Path, pid: i32) -> Option<bool> {
-    let args = crate::runtime::docker::identity::cmdline(proc_root, pid);
+    let args = crate::runtime::identity::cmdline(proc_root, pid);
     if args
         .iter()
         .any(|a| a == "--live-restore" || a == "--live-restore=true")
     {
         return Some(true);
     }
-    let config = crate::runtime::docker::identity::flag_value(&args, "--config-file", None)
+    let config = crate::runtime::identity::flag_value(&args, "--config-file", None)
         .unwrap_or_else(|| "/etc/docker/daemon.json".into());
     let root = proc_root.join(format!("{pid}/root"));
-    let text = std::fs::read(crate::runtime::docker::on_host(&root, Path::new(&config))).ok()?;
+    let text = std::fs::read(crate::runtime::host::on_host(&root, Path::new(&config))).ok()?;
     let doc: serde_json::Value = serde_json::from_slice(&text).ok()?;
     doc.get("live-restore")
         .and_then(|v| v.as_bool())
@@ -174,9 +174,9 @@ fn live_restore_configured(proc_root: &Path, pid: i32) -> Option<bool> {
 /// The containerd socket dockerd uses: `--containerd`, else the one it manages under its
 /// exec root.
 fn containerd_address(proc_root: &Path, dockerd: i32) -> String {
-    let args = crate::runtime::docker::identity::cmdline(proc_root, dockerd);
-    crate::runtime::docker::identity::flag_value(&args, "--containerd", None).unwrap_or_else(|| {
-        let exec_root = crate::runtime::docker::identity::flag_value(&args, "--exec-root", None)
+    let args = crate::runtime::identity::cmdline(proc_root, dockerd);
+    crate::runtime::identity::flag_value(&args, "--containerd", None).unwrap_or_else(|| {
+        let exec_root = crate::runtime::identity::flag_value(&args, "--exec-root", None)
             .unwrap_or_else(|| "/var/run/docker".into());
         format!("{exec_root}/containerd/containerd.sock")
     })
@@ -271,16 +271,16 @@ pub(super) fn split_namespaces(daemon: &Daemon) -> Check {
             continue;
         }
         let ns = crate::engine::namespace::mnt_ns_inode(proc_root, pid);
-        let args = crate::runtime::docker::identity::cmdline(proc_root, pid);
+        let args = crate::runtime::identity::cmdline(proc_root, pid);
         let arg = |flag: &str| {
-            crate::runtime::docker::identity::flag_value(&args, flag, None).unwrap_or_default()
+            crate::runtime::identity::flag_value(&args, flag, None).unwrap_or_default()
         };
         if arg("-namespace") != "moby" || arg("-address") != address {
             continue;
         }
         if ns.is_some_and(|ns| !home.contains(&ns)) {
             let id = arg("-id");
-            let id = crate::runtime::docker::short_id(&id);
+            let id = crate::runtime::scope::short_id(&id);
             stranded.push(format!(
                 "shim pid {pid} (container {id}) in mount namespace {} (dockerd's: {dockerd_ns})",
                 ns.unwrap_or_default()

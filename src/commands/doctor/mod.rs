@@ -152,7 +152,7 @@ fn stuck_containers(containers: &[Container]) -> Check {
             format!(
                 "{} ({}) is {}",
                 c.name,
-                crate::runtime::docker::short_id(&c.id),
+                crate::runtime::scope::short_id(&c.id),
                 c.state
             )
         })

@@ -4,7 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use super::{CriError, Layout};
-use crate::runtime::identity::{self, Identity};
+use crate::runtime::identity;
+use crate::runtime::model::Identity;
 use crate::runtime::model::RuntimeKind;
 
 /// Where the established daemon keeps its state: containerd's `--state`/`--root` flags,

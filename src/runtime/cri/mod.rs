@@ -20,7 +20,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::runtime::host::{HostView, on_host};
-use crate::runtime::identity::{self, Identity};
+use crate::runtime::identity;
+use crate::runtime::model::Identity;
 use crate::runtime::model::{Container, Daemon, RuntimeKind, Via};
 use crate::runtime::scope::short_id;
 

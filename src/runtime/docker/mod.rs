@@ -11,10 +11,11 @@ pub mod events;
 mod layout;
 mod records;
 
-pub use crate::runtime::host::on_host;
-pub use crate::runtime::identity;
-pub use crate::runtime::model::{Container, Daemon, Via};
-pub use crate::runtime::scope::{container_request, layer_signatures, release_scope, short_id};
+pub mod settings;
+
+use crate::runtime::host::on_host;
+use crate::runtime::model::{Container, Daemon, Via};
+use crate::runtime::scope::short_id;
 pub use api::engine_client;
 pub use layout::{Owner, layer_mount, layers_by_container, owner_of, snapshot_mount};
 use records::read_config;
@@ -106,8 +107,8 @@ impl DockerOptions {
         let proc_root = self.proc_root.as_path();
         let learned = self
             .daemon_pid
-            .filter(|&pid| crate::runtime::docker::identity::is_dockerd(proc_root, pid))
-            .map(|pid| crate::runtime::docker::identity::daemon_settings(proc_root, pid));
+            .filter(|&pid| crate::runtime::identity::is_dockerd(proc_root, pid))
+            .map(|pid| crate::runtime::docker::settings::daemon_settings(proc_root, pid));
         let socket = match (&self.host, &learned) {
             (None, Some(l)) => l.socket.clone(),
             _ => self.socket()?,
@@ -152,9 +153,9 @@ impl Docker {
         let (socket, root, host_root) = opts.resolve()?;
         let identity = match opts
             .daemon_pid
-            .filter(|&pid| crate::runtime::docker::identity::is_dockerd(proc_root, pid))
+            .filter(|&pid| crate::runtime::identity::is_dockerd(proc_root, pid))
         {
-            Some(pid) => crate::runtime::docker::identity::from_connecting_daemon(proc_root, pid),
+            Some(pid) => crate::runtime::identity::from_connecting_daemon(proc_root, pid),
             None => {
                 // The socket's peer is one piece of evidence: under socket activation it
                 // is systemd, not dockerd.
@@ -163,7 +164,7 @@ impl Docker {
                 // A binary under the data root is a container's, never dockerd.
                 let host = crate::runtime::host::HostView::new(proc_root, &host_root)
                     .with_container_roots(std::slice::from_ref(&root));
-                crate::runtime::docker::identity::establish_in(
+                crate::runtime::identity::establish_in(
                     crate::runtime::model::RuntimeKind::Docker,
                     proc_root,
                     &host,
@@ -179,7 +180,7 @@ impl Docker {
         let configured = identity
             .pid
             .filter(|_| identity.unsure.is_none())
-            .map(|pid| crate::runtime::docker::identity::configured_data_root(proc_root, pid));
+            .map(|pid| crate::runtime::docker::settings::configured_data_root(proc_root, pid));
         let root = match (&opts.root, &configured) {
             (None, Some(c)) if opts.daemon_pid.is_none() => c.clone(),
             _ => root,
@@ -463,7 +464,7 @@ pub fn private_root_binds(daemon: &Daemon, containers: &[Container]) -> Vec<Stri
             .join("containers")
             .join(&ct.id)
             .join("config.v2.json");
-        let Ok(text) = std::fs::read(crate::runtime::docker::on_host(&daemon.host_root, &path))
+        let Ok(text) = std::fs::read(crate::runtime::host::on_host(&daemon.host_root, &path))
         else {
             continue;
         };
