@@ -465,7 +465,7 @@ fn the_agent_image_imports_into_containerd_and_runs_under_cri() {
     let tar = format!("{}/agent.tar", cri.d());
     let tag = format!("mntreap/agent:cri-{}", std::process::id());
     build_agent_image(&tar, &tag);
-    // As the README says for a node without a registry: ctr -n k8s.io images import.
+    // As docs/kubernetes.md says for a node without a registry: ctr -n k8s.io images import.
     cri.ctr_ok(&["images", "import", &tar]);
     let pod = Pod::new(
         "agent",

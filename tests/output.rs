@@ -1,6 +1,6 @@
 //! Output that cannot be written changes no exit code: with stdout or stderr a pipe whose
 //! reader has exited (`| head -c N`, a log collector gone) or a closed descriptor (`2>&-`),
-//! every command still exits 0, 1 or 2 as README's "Exit codes" say (never 101, a panic,
+//! every command still exits 0, 1 or 2 as docs/usage.md's "Exit codes" say (never 101, a panic,
 //! nor a SIGPIPE death).
 
 mod common;

@@ -571,7 +571,7 @@ fn writeup2_private_tmp_nginx_release_plugin_agent() {
     assert_eq!(g.sh("docker exec w1 echo exec-ok"), "exec-ok");
 
     g.step("scan/release done");
-    // The managed plugin, installed per README, with no settings.
+    // The managed plugin, installed per docs/docker-plugin.md, with no settings.
     let out = Command::new("bash")
         .args([BUILD_SH, "mntreap"])
         .env(
@@ -588,7 +588,7 @@ fn writeup2_private_tmp_nginx_release_plugin_agent() {
     let enable = g.sh_output("docker plugin enable mntreap");
     assert!(
         enable.status.success(),
-        "docker plugin enable mntreap (no settings, per README): {}\nthe plugin's output in journalctl -u docker:\n{}",
+        "docker plugin enable mntreap (no settings, per docs/docker-plugin.md): {}\nthe plugin's output in journalctl -u docker:\n{}",
         common::stderr(&enable),
         g.sh("journalctl -u docker --no-pager -o cat | grep 'plugin=' | tail -n 20")
     );
@@ -611,7 +611,7 @@ fn writeup2_private_tmp_nginx_release_plugin_agent() {
             .join("\n")
     );
     g.step("plugin rm -f done");
-    // Removed per README (out of the chain first), so that the agent alone acts below.
+    // Removed per docs/docker-plugin.md (out of the chain first), so that the agent alone acts below.
     g.sh(r#"sed -i '/"authorization-plugins"/d' /etc/docker/daemon.json"#);
     g.reload_docker();
     g.sh("docker plugin disable mntreap && docker plugin rm mntreap");

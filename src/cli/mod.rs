@@ -145,7 +145,7 @@ struct PluginArgs {
 
 #[derive(Args, Debug, Clone)]
 pub(crate) struct EngineArgs {
-    /// Print JSON on stdout (schema in README.md).
+    /// Print JSON on stdout (schema in docs/json.md).
     #[arg(long)]
     pub(crate) json: bool,
     /// Allow paths outside the container runtimes' directories.
@@ -158,7 +158,7 @@ pub(crate) struct EngineArgs {
     #[arg(long, value_enum, env = "MNTREAP_BACKEND", default_value = "auto")]
     backend: BackendChoice,
     /// Only mounts at or below the targets, in each namespace's view: skip the search for
-    /// copies at other paths (much faster on large nodes; see README, Benchmark).
+    /// copies at other paths (much faster on large nodes; see docs/benchmark.md).
     #[arg(long)]
     paths_only: bool,
     /// Worker threads that read namespaces in parallel (default: cores, at most 4).

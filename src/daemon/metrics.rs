@@ -135,7 +135,7 @@ pub(super) const HEALTH_CONNECTIONS: usize = 4;
 /// The health socket: answers `ok` to whoever connects, then closes. It is the probes'
 /// endpoint because a flood of metrics or hook connections cannot reach it: it is
 /// root-only and, in the DaemonSets, inside the agent's own container, where no pod's
-/// volume leads (README, "Probes").
+/// volume leads (docs/kubernetes.md, the health socket).
 pub(super) async fn serve_health(listener: tokio::net::UnixListener, log: Arc<LogBudget>) {
     let cap = Cap::new(HEALTH_CONNECTIONS);
     accept_loop(listener, &log, "health socket", |mut stream| {

@@ -2,7 +2,7 @@
 //! container's leaked copies before Docker stops or removes it.
 //!
 //! An authz plugin sits on every API call, and a slow or absent one stalls the whole API
-//! (measured on dockerd 20.10: README, "Docker plugin"). So: it always allows and never denies; calls it does not care about are
+//! (measured on dockerd 20.10: docs/docker-plugin.md). So: it always allows and never denies; calls it does not care about are
 //! answered at once from pre-serialised bytes; cleanup runs on the blocking pool with its
 //! own deadline, after which the call is allowed anyway (the cleanup finishes in the
 //! background); connections are served concurrently, with keep-alive. Containers are

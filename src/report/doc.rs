@@ -1,4 +1,4 @@
-//! The JSON documents every command prints, as types: the one schema (README, "JSON
+//! The JSON documents every command prints, as types: the one schema (docs/json.md, "JSON
 //! output", says it in words). Every document denies unknown fields when read back, which
 //! the tests do with each command's real output.
 

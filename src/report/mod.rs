@@ -1,4 +1,4 @@
-//! Reports: the JSON documents (schema in README.md, "JSON output") and the human tables.
+//! Reports: the JSON documents (schema in docs/json.md) and the human tables.
 //!
 //! Paths appear decoded (a space is a space). Paths that are not UTF-8 are written with
 //! mountinfo's octal escapes for the offending bytes, so nothing is lost or altered.

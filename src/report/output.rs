@@ -3,7 +3,7 @@
 //! Rust ignores SIGPIPE, so a write into a pipe whose reader is gone (`| head -c N`, a log
 //! collector that died) fails with EPIPE instead of killing the process (exit 141), and
 //! `println!`/`eprintln!` would turn that failure into a panic (exit 101). Scripts read
-//! the exit code (README, "Exit codes"), so it must stay 0/1/2 whatever became of the
+//! the exit code (docs/usage.md, "Exit codes"), so it must stay 0/1/2 whatever became of the
 //! text: these writes drop their errors. A closed descriptor (`2>&-`) needs nothing here:
 //! the standard library reopens fds 0-2 on /dev/null before `main`.
 

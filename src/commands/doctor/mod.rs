@@ -1,5 +1,5 @@
 //! `mntreap doctor`: host checks for the configurations that leak container mounts, each
-//! with a stable id, evidence and a remedy (the list is in README.md, "doctor").
+//! with a stable id, evidence and a remedy (the list is in docs/usage.md, "doctor").
 
 use std::path::Path;
 
