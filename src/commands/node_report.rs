@@ -40,90 +40,17 @@ fn report(e: &Config, runtime: &dyn ContainerRuntime) -> Result<Exit, Failure> {
     // What the agent's sweep would do with each finding now: its own selection and plan.
     let plan = crate::ops::sweep_decisions(&mut scan, daemon, &found);
     let unsure = daemon.unsure_note();
+    let facts = Facts {
+        scan: &scan,
+        daemon,
+        containers: &containers,
+        found: &found,
+        plan: &plan,
+    };
     if e.json {
-        let items: Vec<HolderDoc> = found
-            .iter()
-            .zip(&plan)
-            .map(|(f, (action, reason))| {
-                let mut v = holder_doc(&scan, &scan.holders[f.holder]);
-                v.class = Some(f.class);
-                v.severity = Some(f.class.severity());
-                v.owner = Some(f.owner.clone());
-                v.container = f.container.as_ref().map(container_ref);
-                v.action = Some(*action);
-                v.reason = Some(reason.clone());
-                v
-            })
-            .collect();
-        let count = |class: Class| found.iter().filter(|f| f.class == class).count();
-        print(&to_text(&NodeReportDoc {
-            runtime: daemon.clone(),
-            backend: scan.backend,
-            roots: scan
-                .targets
-                .iter()
-                .map(|t| t.to_string_lossy().into_owned())
-                .collect(),
-            findings: items,
-            summary: NodeSummary {
-                orphaned: count(Class::Orphaned),
-                leaked: count(Class::Leaked),
-                in_use: count(Class::InUse),
-                containers: containers.len(),
-                namespaces_scanned: scan.namespaces.len(),
-            },
-            notes: scan.all_notes().into_iter().cloned().collect(),
-        }));
+        print(&json(&facts));
     } else {
-        let mut out = String::new();
-        if found.is_empty() {
-            out.push_str(&format!(
-                "No leaked or orphaned container mounts ({} containers, {} namespaces).\n",
-                containers.len(),
-                scan.namespaces.len()
-            ));
-        } else {
-            out.push_str(&format!(
-                "{:<9} {:<14} {:<20} {:<11} {:>7}  {:<60} PIDS\n",
-                "CLASS", "CONTAINER", "NAME", "MNT_NS", "MOUNT", "MOUNT_POINT"
-            ));
-            for (i, f) in found.iter().enumerate() {
-                let h = &scan.holders[f.holder];
-                let (id, name) = match &f.container {
-                    Some(c) => (
-                        crate::runtime::scope::short_id(&c.id).to_string(),
-                        c.name.clone(),
-                    ),
-                    None => (
-                        crate::runtime::scope::short_id(&f.owner).to_string(),
-                        "(gone)".into(),
-                    ),
-                };
-                out.push_str(&format!(
-                    "{:<9} {:<14} {:<20} {:<11} {:>7}  {:<60} {}\n",
-                    f.class.word(),
-                    id,
-                    name,
-                    scan.namespaces[h.ns].ns.inode,
-                    h.mount.id,
-                    encode(&h.mount_point),
-                    crate::report::pids_text(&scan, h.ns, 4)
-                ));
-                out.push_str(&crate::report::plan_line(&plan, i).replacen(
-                    "    release:",
-                    "    sweep:",
-                    1,
-                ));
-            }
-            out.push_str(
-                "Release with `mntreap release CONTAINER` (leaked) or `mntreap reap` (stuck \
-                 containers).\n",
-            );
-        }
-        for n in unsure.iter().chain(&scan.notes) {
-            out.push_str(&format!("note: {n}\n"));
-        }
-        print(&out);
+        print(&text(&facts, unsure.as_deref()));
     }
     let denied = super::denied_note(&scan);
     Ok(
@@ -133,4 +60,118 @@ fn report(e: &Config, runtime: &dyn ContainerRuntime) -> Result<Exit, Failure> {
             Exit::Remaining
         },
     )
+}
+
+/// What the report shows: the scan, the findings and, per finding, the sweep's decision.
+struct Facts<'a> {
+    scan: &'a crate::engine::scan::Scan,
+    daemon: &'a crate::runtime::model::Daemon,
+    containers: &'a [crate::runtime::model::Container],
+    found: &'a [crate::report::containers::Finding],
+    plan: &'a [(crate::report::doc::HolderAction, String)],
+}
+
+fn json(facts: &Facts) -> String {
+    let Facts {
+        scan,
+        daemon,
+        containers,
+        found,
+        plan,
+    } = *facts;
+    let items: Vec<HolderDoc> = found
+        .iter()
+        .zip(plan)
+        .map(|(f, (action, reason))| {
+            let mut v = holder_doc(scan, &scan.holders[f.holder]);
+            v.class = Some(f.class);
+            v.severity = Some(f.class.severity());
+            v.owner = Some(f.owner.clone());
+            v.container = f.container.as_ref().map(container_ref);
+            v.action = Some(*action);
+            v.reason = Some(reason.clone());
+            v
+        })
+        .collect();
+    let count = |class: Class| found.iter().filter(|f| f.class == class).count();
+    to_text(&NodeReportDoc {
+        runtime: daemon.clone(),
+        backend: scan.backend,
+        roots: scan
+            .targets
+            .iter()
+            .map(|t| t.to_string_lossy().into_owned())
+            .collect(),
+        findings: items,
+        summary: NodeSummary {
+            orphaned: count(Class::Orphaned),
+            leaked: count(Class::Leaked),
+            in_use: count(Class::InUse),
+            containers: containers.len(),
+            namespaces_scanned: scan.namespaces.len(),
+        },
+        notes: scan.all_notes().into_iter().cloned().collect(),
+    })
+}
+
+fn text(facts: &Facts, unsure: Option<&str>) -> String {
+    let Facts {
+        scan,
+        containers,
+        found,
+        plan,
+        ..
+    } = *facts;
+    let mut out = String::new();
+    if found.is_empty() {
+        out.push_str(&format!(
+            "No leaked or orphaned container mounts ({} containers, {} namespaces).\n",
+            containers.len(),
+            scan.namespaces.len()
+        ));
+    } else {
+        out.push_str(&format!(
+            "{:<9} {:<14} {:<20} {:<11} {:>7}  {:<60} PIDS\n",
+            "CLASS", "CONTAINER", "NAME", "MNT_NS", "MOUNT", "MOUNT_POINT"
+        ));
+        for (i, f) in found.iter().enumerate() {
+            let h = &scan.holders[f.holder];
+            let (id, name) = match &f.container {
+                Some(c) => (
+                    crate::runtime::scope::short_id(&c.id).to_string(),
+                    c.name.clone(),
+                ),
+                None => (
+                    crate::runtime::scope::short_id(&f.owner).to_string(),
+                    "(gone)".into(),
+                ),
+            };
+            out.push_str(&format!(
+                "{:<9} {:<14} {:<20} {:<11} {:>7}  {:<60} {}\n",
+                f.class.word(),
+                id,
+                name,
+                scan.namespaces[h.ns].ns.inode,
+                h.mount.id,
+                encode(&h.mount_point),
+                crate::report::pids_text(scan, h.ns, 4)
+            ));
+            out.push_str(&crate::report::plan_line(plan, i).replacen(
+                "    release:",
+                "    sweep:",
+                1,
+            ));
+        }
+        out.push_str(
+            "Release with `mntreap release CONTAINER` (leaked) or `mntreap reap` (stuck \
+             containers).\n",
+        );
+    }
+    for n in unsure
+        .into_iter()
+        .chain(scan.notes.iter().map(String::as_str))
+    {
+        out.push_str(&format!("note: {n}\n"));
+    }
+    out
 }

@@ -5,10 +5,11 @@
 //! removal's outcome in the daemon's own words.
 
 use super::{Config, Exit, Failure, print};
+use crate::ops::{Reaped, Removal};
 use crate::report;
 use crate::report::doc::{FailedDoc, ReapDoc, ReapEntry, ReleaseOutcome, RemovalDoc};
 use crate::runtime::ContainerRuntime;
-use crate::runtime::scope::{container_request, release_containers, release_scope, short_id};
+use crate::runtime::scope::short_id;
 
 /// Runs `reap`. One result per container: a release that cannot run is reported for that
 /// container and the others go on. Exit 0 when every container was removed (or none was
@@ -40,47 +41,62 @@ fn reap(
     } else {
         runtime.resolve(names)?
     };
-    // A pod's containers before its sandbox: removing the sandbox removes them too.
-    let mut containers = containers;
-    containers.sort_by_key(|c| c.sandbox);
-    let mut docs = Vec::new();
+    let reaped = crate::ops::reap(&e.base, runtime, containers, dry_run);
+    let all_removed = reaped.iter().all(|r| r.removal.removed_or_would());
+    if e.json {
+        print(&report::doc::to_text(&ReapDoc {
+            runtime: daemon.clone(),
+            dry_run,
+            containers: reaped.iter().map(|r| entry(r, dry_run)).collect(),
+        }));
+    } else {
+        print(&text(&reaped));
+    }
+    Ok(if all_removed {
+        Exit::Clean
+    } else {
+        Exit::Remaining
+    })
+}
+
+fn entry(r: &Reaped, dry_run: bool) -> ReapEntry {
+    ReapEntry {
+        container: r.container.clone(),
+        release: match &r.release {
+            Ok(rel) => ReleaseOutcome::Released(report::release_doc(rel)),
+            Err(err) => ReleaseOutcome::Failed(FailedDoc {
+                error: err.to_string(),
+                container: None,
+            }),
+        },
+        removal: RemovalDoc {
+            removed: r.removal == Removal::Removed,
+            dry_run,
+            error: match &r.removal {
+                Removal::NotAttempted => Some("not attempted: the release failed".into()),
+                Removal::Failed(err) => Some(err.clone()),
+                Removal::Removed | Removal::WouldRemove => None,
+            },
+        },
+    }
+}
+
+fn text(reaped: &[Reaped]) -> String {
     let mut text = String::new();
-    let mut all_removed = true;
-    for c in &containers {
-        let req = container_request(&e.base, daemon, c);
-        let scope = release_scope(daemon, c, false);
-        let rel = match release_containers(&req, std::slice::from_ref(c), scope, dry_run) {
+    for r in reaped {
+        let c = &r.container;
+        let rel = match &r.release {
             Ok(rel) => rel,
             Err(err) => {
-                // Not removed: its copies may still hold it, and removal would fail.
-                all_removed = false;
                 text.push_str(&format!(
                     "container {} ({}, {}): release failed: {err}; not removed\n",
                     c.name,
                     short_id(&c.id),
                     c.state
                 ));
-                docs.push(ReapEntry {
-                    container: c.clone(),
-                    release: ReleaseOutcome::Failed(FailedDoc {
-                        error: err.to_string(),
-                        container: None,
-                    }),
-                    removal: RemovalDoc {
-                        removed: false,
-                        dry_run,
-                        error: Some("not attempted: the release failed".into()),
-                    },
-                });
                 continue;
             }
         };
-        let removal: Result<(), String> = if dry_run {
-            Ok(())
-        } else {
-            runtime.remove_forced(c)
-        };
-        all_removed &= removal.is_ok();
         let released = rel.released();
         text.push_str(&format!(
             "container {} ({}, {}): {} cop{} released; ",
@@ -90,39 +106,18 @@ fn reap(
             released,
             if released == 1 { "y" } else { "ies" }
         ));
-        match (&removal, dry_run) {
-            (_, true) => text.push_str("would remove it (--dry-run)\n"),
-            (Ok(()), false) => text.push_str("removed\n"),
-            (Err(err), false) => text.push_str(&format!("removal failed: {err}\n")),
+        match &r.removal {
+            Removal::WouldRemove => text.push_str("would remove it (--dry-run)\n"),
+            Removal::Removed => text.push_str("removed\n"),
+            Removal::Failed(err) => text.push_str(&format!("removal failed: {err}\n")),
+            Removal::NotAttempted => text.push_str("not removed\n"),
         }
-        text.push_str(&indent(&report::release_text(&rel)));
-        docs.push(ReapEntry {
-            container: c.clone(),
-            release: ReleaseOutcome::Released(report::release_doc(&rel)),
-            removal: RemovalDoc {
-                removed: removal.is_ok() && !dry_run,
-                dry_run,
-                error: removal.err(),
-            },
-        });
+        text.push_str(&indent(&report::release_text(rel)));
     }
-    if containers.is_empty() {
+    if reaped.is_empty() {
         text.push_str("No container is stuck in removal.\n");
     }
-    if e.json {
-        print(&report::doc::to_text(&ReapDoc {
-            runtime: daemon.clone(),
-            dry_run,
-            containers: docs,
-        }));
-    } else {
-        print(&text);
-    }
-    Ok(if all_removed {
-        Exit::Clean
-    } else {
-        Exit::Remaining
-    })
+    text
 }
 
 fn indent(text: &str) -> String {

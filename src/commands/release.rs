@@ -27,31 +27,7 @@ pub fn command(config: &Config, args: ReleaseArgs) -> Result<Exit, Failure> {
         ));
     }
     let (docker, containers) = resolve_containers(e, args.containers)?;
-    // One outcome per target: a release, or why it could not run.
-    let mut releases: Vec<(Option<&Container>, Result<Release, String>)> = Vec::new();
-    if !args.paths.is_empty() {
-        let req = e.request(args.paths, Vec::new())?;
-        let scan = crate::engine::scan::scan(&req)?;
-        check_targets_exist(&scan, &req.targets)?;
-        let scope = Scope {
-            everywhere: args.everywhere,
-            protected: None,
-        };
-        releases.push((None, Ok(release::run_on(scan, &req, scope, args.dry_run)?)));
-    }
-    if let Some(docker) = &docker {
-        for c in &containers {
-            let outcome = crate::ops::release_container(
-                &e.base,
-                docker.daemon(),
-                c,
-                args.everywhere,
-                args.dry_run,
-            )
-            .map_err(|err| err.to_string());
-            releases.push((Some(c), outcome));
-        }
-    }
+    let releases = run_releases(e, &args, docker.as_ref(), &containers)?;
     let changed: usize = releases
         .iter()
         .filter_map(|(_, r)| r.as_ref().ok())
@@ -69,7 +45,58 @@ pub fn command(config: &Config, args: ReleaseArgs) -> Result<Exit, Failure> {
     for r in releases.iter().filter_map(|(_, r)| r.as_ref().ok()) {
         super::denied_note(&r.scan);
     }
-    let out = if e.json {
+    let out = render(e, docker.as_ref(), &releases);
+    print(&out);
+    let unsure = unsure_note(docker.as_ref().map(|d| d.daemon()));
+    Ok(Exit::for_targets(
+        failed,
+        changed,
+        remaining,
+        unsure.is_some(),
+    ))
+}
+
+/// One outcome per target: a release, or why it could not run.
+type Outcomes<'c> = Vec<(Option<&'c Container>, Result<Release, String>)>;
+
+/// Releases the paths (one target set) and each container, in order.
+fn run_releases<'c>(
+    e: &Config,
+    args: &ReleaseArgs,
+    docker: Option<&super::Runtime>,
+    containers: &'c [Container],
+) -> Result<Outcomes<'c>, Failure> {
+    // One outcome per target: a release, or why it could not run.
+    let mut releases: Outcomes = Vec::new();
+    if !args.paths.is_empty() {
+        let req = e.request(args.paths, Vec::new())?;
+        let scan = crate::engine::scan::scan(&req)?;
+        check_targets_exist(&scan, &req.targets)?;
+        let scope = Scope {
+            everywhere: args.everywhere,
+            protected: None,
+        };
+        releases.push((None, Ok(release::run_on(scan, &req, scope, args.dry_run)?)));
+    }
+    if let Some(docker) = docker {
+        for c in containers {
+            let outcome = crate::ops::release_container(
+                &e.base,
+                docker.daemon(),
+                c,
+                args.everywhere,
+                args.dry_run,
+            )
+            .map_err(|err| err.to_string());
+            releases.push((Some(c), outcome));
+        }
+    }
+    Ok(releases)
+}
+
+/// The releases as JSON (one document for a path release, else the list) or text.
+fn render(e: &Config, docker: Option<&super::Runtime>, releases: &Outcomes) -> String {
+    if e.json {
         let mut docs: Vec<ReleaseOutcome> = releases
             .iter()
             .map(|(c, r)| match r {
@@ -84,19 +111,19 @@ pub fn command(config: &Config, args: ReleaseArgs) -> Result<Exit, Failure> {
                 }),
             })
             .collect();
-        match (&docker, docs.len()) {
+        match (docker, docs.len()) {
             (None, 1) => match docs.remove(0) {
                 ReleaseOutcome::Released(doc) => report::doc::to_text(&doc),
                 ReleaseOutcome::Failed(doc) => report::doc::to_text(&doc),
             },
             _ => report::doc::to_text(&ReleasesDoc {
-                runtime: docker.as_ref().map(|d| d.daemon().clone()),
+                runtime: docker.map(|d| d.daemon().clone()),
                 releases: docs,
             }),
         }
     } else {
         let mut text = String::new();
-        for (c, r) in &releases {
+        for (c, r) in releases {
             if let Some(c) = c {
                 text.push_str(&format!(
                     "{} {} ({}, {}):\n",
@@ -112,13 +139,5 @@ pub fn command(config: &Config, args: ReleaseArgs) -> Result<Exit, Failure> {
             }
         }
         text
-    };
-    print(&out);
-    let unsure = unsure_note(docker.as_ref().map(|d| d.daemon()));
-    Ok(Exit::for_targets(
-        failed,
-        changed,
-        remaining,
-        unsure.is_some(),
-    ))
+    }
 }

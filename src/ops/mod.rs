@@ -14,6 +14,7 @@ use crate::engine::scan::{Scan, ScanError, ScanRequest};
 use crate::report::containers::Finding;
 use crate::report::doc::Class;
 use crate::report::doc::HolderAction;
+use crate::runtime::ContainerRuntime;
 use crate::runtime::model::{Container, Daemon};
 use crate::runtime::scope::{container_request, release_containers, release_scope};
 
@@ -29,6 +30,63 @@ pub fn release_container(
     let req = container_request(base, daemon, c);
     let scope = release_scope(daemon, c, everywhere);
     release_containers(&req, std::slice::from_ref(c), scope, dry_run)
+}
+
+/// One container's reap: its release, then its forced removal.
+#[derive(Debug)]
+pub struct Reaped {
+    pub container: Container,
+    pub release: Result<Release, ScanError>,
+    pub removal: Removal,
+}
+
+/// What became of a reaped container's removal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Removal {
+    /// The release failed: its copies may still hold it, and removal would fail.
+    NotAttempted,
+    /// `--dry-run`.
+    WouldRemove,
+    Removed,
+    /// In the runtime's own words.
+    Failed(String),
+}
+
+impl Removal {
+    pub fn removed_or_would(&self) -> bool {
+        matches!(self, Removal::Removed | Removal::WouldRemove)
+    }
+}
+
+/// `reap`: each container's copies released as `release CONTAINER` releases them (it is not
+/// running, so the runtime's own copy too), then its forced removal. A pod's containers go
+/// before its sandbox: removing the sandbox removes them too.
+pub fn reap(
+    base: &ScanRequest,
+    runtime: &dyn ContainerRuntime,
+    mut containers: Vec<Container>,
+    dry_run: bool,
+) -> Vec<Reaped> {
+    containers.sort_by_key(|c| c.sandbox);
+    containers
+        .into_iter()
+        .map(|c| {
+            let release = release_container(base, runtime.daemon(), &c, false, dry_run);
+            let removal = match (&release, dry_run) {
+                (Err(_), _) => Removal::NotAttempted,
+                (Ok(_), true) => Removal::WouldRemove,
+                (Ok(_), false) => match runtime.remove_forced(&c) {
+                    Ok(()) => Removal::Removed,
+                    Err(err) => Removal::Failed(err),
+                },
+            };
+            Reaped {
+                container: c,
+                release,
+                removal,
+            }
+        })
+        .collect()
 }
 
 /// What would happen to each holder, by `(mount namespace inode, mount id)`.

@@ -183,13 +183,12 @@ pub fn establish_in(
     socket: &Path,
     peer: Option<i32>,
 ) -> Identity {
-    let word = kind.daemon_word();
     let runtime = runtime_processes(proc_root, host);
     let mut id = Identity {
         runtime_processes: spared_by_name(&runtime, host),
         ..Identity::default()
     };
-    let dockerds: Vec<i32> = runtime
+    let daemons: Vec<i32> = runtime
         .iter()
         .filter(|p| kind.is_daemon_exe(&p.exe))
         .map(|p| p.pid)
@@ -201,7 +200,7 @@ pub fn establish_in(
     let also_in: Vec<i32> = peer.into_iter().chain([1]).collect();
     let listeners = match file {
         Some(f) => {
-            match crate::engine::unix_sockets::holders_of(proc_root, &dockerds, &also_in, f) {
+            match crate::engine::unix_sockets::holders_of(proc_root, &daemons, &also_in, f) {
                 Ok(h) => h,
                 Err(e) => {
                     id.unsure = Some(format!(
@@ -215,118 +214,26 @@ pub fn establish_in(
         }
         None => Vec::new(),
     };
-    // Whatever serves the socket may be the runtime: its namespace is spared too.
-    let spare = |id: &mut Identity, pid: i32| {
-        if !id.runtime_processes.iter().any(|r| r.pid == pid)
-            && let Some(r) = RuntimeProcess::read(proc_root, pid)
-        {
-            id.runtime_processes.push(r);
-        }
-    };
-    let desc = |pid: i32| match exe_name(proc_root, pid) {
-        Some(exe) => format!("pid {pid} ({exe})"),
-        None => format!("pid {pid}"),
-    };
-    // A peer other than the holder is fine only as the socket's creator under activation:
-    // pid 1 / systemd, or a process that holds that very listener too.
-    let activator = |p: i32| {
-        p == 1
-            || exe_name(proc_root, p).as_deref() == Some("systemd")
-            || file.is_some_and(|f| {
-                crate::engine::unix_sockets::holders_of(proc_root, &[p], &also_in, f)
-                    .is_ok_and(|h| h == [p])
-            })
+    let facts = SocketFacts {
+        word: kind.daemon_word(),
+        proc_root,
+        socket,
+        peer,
+        file,
+        also_in,
+        daemons,
     };
     // Whoever holds the socket is spared wherever it lives (the established daemon in a
     // namespace of its own, or each of several holders).
     for &holder in &listeners {
-        spare(&mut id, holder);
+        facts.spare(&mut id, holder);
     }
-    let chosen = match (listeners.as_slice(), peer) {
-        ([one], Some(p)) if p != *one && (dockerds.contains(&p) || !activator(p)) => {
-            id.unsure = Some(format!(
-                "the socket's peer is {}, but {word} pid {one} holds {}",
-                desc(p),
-                socket.display()
-            ));
-            spare(&mut id, p);
-            None
-        }
-        ([one], _) => {
-            id.evidence.push(format!(
-                "{word} pid {one} holds the listening socket bound to {}{}",
-                socket.display(),
-                match peer {
-                    Some(p) if p == *one => " (it is also the socket's peer)".to_string(),
-                    Some(p) => format!(" (the socket's creator is {}: socket activation)", desc(p)),
-                    None => String::new(),
-                }
-            ));
-            Some(*one)
-        }
-        ([], None) => {
-            id.evidence.push(if dockerds.is_empty() {
-                format!("no {word} process is running")
-            } else {
-                format!(
-                    "nothing listens on {} (other {word} pids: {dockerds:?})",
-                    socket.display()
-                )
-            });
-            None
-        }
-        ([], Some(p)) => {
-            let init = p == 1 || exe_name(proc_root, p).as_deref() == Some("systemd");
-            if init && dockerds.is_empty() {
-                // Nothing to mistake: no daemon yet, so no daemon namespace.
-                id.evidence.push(format!(
-                    "no {word} process is running ({} holds {}: socket activation, daemon \
-                     not started)",
-                    desc(p),
-                    socket.display()
-                ));
-            } else {
-                id.unsure = Some(format!(
-                    "the socket's peer is {}, and no {word} holds {} ({word} pids: \
-                     {dockerds:?})",
-                    desc(p),
-                    socket.display()
-                ));
-                spare(&mut id, p);
-            }
-            None
-        }
-        (many, _) => {
-            id.unsure = Some(format!(
-                "several {word} processes hold {}: pids {many:?}",
-                socket.display()
-            ));
-            None
-        }
-    };
-    let Some(pid) = chosen else {
+    let Some(pid) = facts.choose(&listeners, &mut id) else {
         return id;
     };
     // The daemon's own pidfile must agree (when it names a live process).
-    if let Some((file, named)) = pidfile_pid(proc_root, pid).filter(|_| kind == RuntimeKind::Docker)
-    {
-        match named {
-            Some(n) if n == pid => id
-                .evidence
-                .push(format!("its pidfile {} names pid {pid}", file.display())),
-            Some(n) if proc_root.join(n.to_string()).exists() => {
-                id.unsure = Some(format!(
-                    "dockerd pid {pid} holds {}, but its pidfile {} names live pid {n}",
-                    socket.display(),
-                    file.display()
-                ));
-                return id;
-            }
-            _ => id.evidence.push(format!(
-                "its pidfile {} names no live process",
-                file.display()
-            )),
-        }
+    if kind == RuntimeKind::Docker && !pidfile_agrees(proc_root, pid, socket, &mut id) {
+        return id;
     }
     match runtime.iter().find(|r| r.pid == pid).and_then(|r| r.mnt_ns) {
         Some(ns) => {
@@ -335,11 +242,144 @@ pub fn establish_in(
         }
         None => {
             id.unsure = Some(format!(
-                "the mount namespace of {word} pid {pid} cannot be read"
+                "the mount namespace of {} pid {pid} cannot be read",
+                facts.word
             ))
         }
     }
     id
+}
+
+/// What the kernel says about a runtime's socket: who is its peer, which file it is, which
+/// daemon processes there are.
+struct SocketFacts<'a> {
+    word: &'static str,
+    proc_root: &'a Path,
+    socket: &'a Path,
+    peer: Option<i32>,
+    file: Option<crate::engine::unix_sockets::FileId>,
+    /// Network namespaces (by a member pid) the listener may live in.
+    also_in: Vec<i32>,
+    daemons: Vec<i32>,
+}
+
+impl SocketFacts<'_> {
+    /// Whatever serves the socket may be the runtime: its namespace is spared too.
+    fn spare(&self, id: &mut Identity, pid: i32) {
+        if !id.runtime_processes.iter().any(|r| r.pid == pid)
+            && let Some(r) = RuntimeProcess::read(self.proc_root, pid)
+        {
+            id.runtime_processes.push(r);
+        }
+    }
+
+    fn describe(&self, pid: i32) -> String {
+        match exe_name(self.proc_root, pid) {
+            Some(exe) => format!("pid {pid} ({exe})"),
+            None => format!("pid {pid}"),
+        }
+    }
+
+    fn is_init(&self, pid: i32) -> bool {
+        pid == 1 || exe_name(self.proc_root, pid).as_deref() == Some("systemd")
+    }
+
+    /// A peer other than the holder is fine only as the socket's creator under activation:
+    /// pid 1 / systemd, or a process that holds that very listener too.
+    fn is_activator(&self, pid: i32) -> bool {
+        self.is_init(pid)
+            || self.file.is_some_and(|f| {
+                crate::engine::unix_sockets::holders_of(self.proc_root, &[pid], &self.also_in, f)
+                    .is_ok_and(|h| h == [pid])
+            })
+    }
+
+    /// The daemon the evidence names, recording the evidence, or why there is none.
+    fn choose(&self, listeners: &[i32], id: &mut Identity) -> Option<i32> {
+        let (word, socket, daemons) = (self.word, self.socket.display(), &self.daemons);
+        match (listeners, self.peer) {
+            ([one], Some(p)) if p != *one && (daemons.contains(&p) || !self.is_activator(p)) => {
+                id.unsure = Some(format!(
+                    "the socket's peer is {}, but {word} pid {one} holds {socket}",
+                    self.describe(p),
+                ));
+                self.spare(id, p);
+                None
+            }
+            ([one], peer) => {
+                id.evidence.push(format!(
+                    "{word} pid {one} holds the listening socket bound to {socket}{}",
+                    match peer {
+                        Some(p) if p == *one => " (it is also the socket's peer)".to_string(),
+                        Some(p) => format!(
+                            " (the socket's creator is {}: socket activation)",
+                            self.describe(p)
+                        ),
+                        None => String::new(),
+                    }
+                ));
+                Some(*one)
+            }
+            ([], None) => {
+                id.evidence.push(if daemons.is_empty() {
+                    format!("no {word} process is running")
+                } else {
+                    format!("nothing listens on {socket} (other {word} pids: {daemons:?})")
+                });
+                None
+            }
+            ([], Some(p)) if self.is_init(p) && daemons.is_empty() => {
+                // Nothing to mistake: no daemon yet, so no daemon namespace.
+                id.evidence.push(format!(
+                    "no {word} process is running ({} holds {socket}: socket activation, \
+                     daemon not started)",
+                    self.describe(p),
+                ));
+                None
+            }
+            ([], Some(p)) => {
+                id.unsure = Some(format!(
+                    "the socket's peer is {}, and no {word} holds {socket} ({word} pids: \
+                     {daemons:?})",
+                    self.describe(p),
+                ));
+                self.spare(id, p);
+                None
+            }
+            (many, _) => {
+                id.unsure = Some(format!(
+                    "several {word} processes hold {socket}: pids {many:?}"
+                ));
+                None
+            }
+        }
+    }
+}
+
+/// Whether dockerd's own pidfile agrees that `pid` is dockerd (or names no live process),
+/// recording the evidence; `false` (identity unsure) when it names another live pid.
+fn pidfile_agrees(proc_root: &Path, pid: i32, socket: &Path, id: &mut Identity) -> bool {
+    let Some((file, named)) = pidfile_pid(proc_root, pid) else {
+        return true;
+    };
+    match named {
+        Some(n) if n == pid => id
+            .evidence
+            .push(format!("its pidfile {} names pid {pid}", file.display())),
+        Some(n) if proc_root.join(n.to_string()).exists() => {
+            id.unsure = Some(format!(
+                "dockerd pid {pid} holds {}, but its pidfile {} names live pid {n}",
+                socket.display(),
+                file.display()
+            ));
+            return false;
+        }
+        _ => id.evidence.push(format!(
+            "its pidfile {} names no live process",
+            file.display()
+        )),
+    }
+    true
 }
 
 /// The identity the plugin learns from dockerd's own connection to it.

@@ -23,10 +23,23 @@ pub(super) fn classify(scan: &mut Scan, proc_root: &Path, threads: usize, cgroup
                 .map(move |&pid| (ns, pid))
         })
         .collect();
+    let (details, unknown) = read_members(&members, proc_root, threads, cgroups);
+    file_members(scan, &members, details, &unknown, cgroups, &holder_ns);
+    mark_pins(scan, holder_ns);
+}
+
+/// Each member's process facts, position for position (`None`: it exited), and the pids
+/// whose cgroups are unknown as the host names them.
+fn read_members(
+    members: &[(usize, i32)],
+    proc_root: &Path,
+    threads: usize,
+    cgroups: &CgroupView,
+) -> (Vec<Option<Process>>, Vec<i32>) {
     // A few syscalls per process, but thousands of processes on a busy node: in parallel.
     let threads = threads.clamp(1, members.len().max(1));
     let unknown = std::sync::Mutex::new(Vec::new());
-    let unknown = &unknown;
+    let unknown_ref = &unknown;
     let details: Vec<Option<Process>> = std::thread::scope(|scope| {
         let chunk = members.len().div_ceil(threads).max(1);
         let handles: Vec<_> = members
@@ -45,7 +58,10 @@ pub(super) fn classify(scan: &mut Scan, proc_root: &Path, threads: usize, cgroup
                                 .and_then(|()| crate::engine::cgroups::read(proc_root, pid));
                             // Unknown cgroups: say so (the rules that read them protect).
                             if p.cgroup.is_none() {
-                                unknown.lock().unwrap_or_else(|e| e.into_inner()).push(pid);
+                                unknown_ref
+                                    .lock()
+                                    .unwrap_or_else(|e| e.into_inner())
+                                    .push(pid);
                             }
                             Some(p)
                         })
@@ -61,6 +77,20 @@ pub(super) fn classify(scan: &mut Scan, proc_root: &Path, threads: usize, cgroup
             .flat_map(|(len, h)| h.join().unwrap_or_else(|_| vec![None; len]))
             .collect()
     });
+    let unknown = unknown.into_inner().unwrap_or_else(|e| e.into_inner());
+    (details, unknown)
+}
+
+/// Files each member under its namespace, with notes for those that exited, for unknown
+/// cgroups, and for holder namespaces left with no process.
+fn file_members(
+    scan: &mut Scan,
+    members: &[(usize, i32)],
+    details: Vec<Option<Process>>,
+    unknown: &[i32],
+    cgroups: &CgroupView,
+    holder_ns: &HashSet<usize>,
+) {
     for (&(ns, pid), detail) in members.iter().zip(details) {
         let scanned = &mut scan.namespaces[ns];
         match detail {
@@ -71,7 +101,6 @@ pub(super) fn classify(scan: &mut Scan, proc_root: &Path, threads: usize, cgroup
             )),
         }
     }
-    let unknown = unknown.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(first) = unknown.first() {
         // Never entered here: this is the caller's thread.
         let why = cgroups
@@ -86,7 +115,7 @@ pub(super) fn classify(scan: &mut Scan, proc_root: &Path, threads: usize, cgroup
         scan.cgroups_unknown = Some(note.clone());
         scan.notes.push(note);
     }
-    for &ns in &holder_ns {
+    for &ns in holder_ns {
         let scanned = &scan.namespaces[ns];
         if scanned.processes.is_empty() && !scanned.ns.own {
             scan.notes.push(format!(
@@ -96,7 +125,11 @@ pub(super) fn classify(scan: &mut Scan, proc_root: &Path, threads: usize, cgroup
             ));
         }
     }
+}
 
+/// Marks holders that are a namespace's root, some process's root, or in use by a
+/// process (cwd, open files, maps).
+fn mark_pins(scan: &mut Scan, holder_ns: HashSet<usize>) {
     // Per namespace: mount id -> processes whose root is in / that use that mount's subtree.
     let mut root_pins: HashMap<(usize, u64), Vec<i32>> = HashMap::new();
     let mut ns_sorted: Vec<usize> = holder_ns.into_iter().collect();

@@ -16,8 +16,36 @@ type Identity = ((u32, u32), Vec<u8>);
 /// Fills `scan.holders` with every path, identity and inside-copy match.
 pub(super) fn match_holders(scan: &mut Scan) {
     let targets = target_bytes(&scan.targets);
-    // Every mount of a seed's superblock, anywhere, needs its strings: they decide both
-    // the identity matches and whether identity may be used at all.
+    let seed_devs = hydrate_seed_devices(scan);
+    let (identities, refused) = trusted_identities(scan, &targets);
+    for ns in 0..scan.namespaces.len() {
+        let scanned = &scan.namespaces[ns];
+        let Some(table) = scanned.table.as_ref() else {
+            continue;
+        };
+        let known = Known {
+            targets: &targets,
+            seed_devs: &seed_devs,
+            identities: &identities,
+            refused: &refused,
+        };
+        if let Some((matched, index)) = matches_in(table, &scanned.seeds, &known) {
+            push_holders(scan, ns, &matched, &index);
+        }
+    }
+}
+
+/// What matching in one namespace knows from all of them.
+struct Known<'a> {
+    targets: &'a [Vec<u8>],
+    seed_devs: &'a HashSet<(u32, u32)>,
+    identities: &'a HashSet<Identity>,
+    refused: &'a HashSet<Identity>,
+}
+
+/// Every mount of a seed's superblock, anywhere, needs its strings: they decide both the
+/// identity matches and whether identity may be used at all. Returns those devices.
+fn hydrate_seed_devices(scan: &mut Scan) -> HashSet<(u32, u32)> {
     let seed_devs: HashSet<(u32, u32)> = if scan.paths_only {
         HashSet::new()
     } else {
@@ -38,14 +66,20 @@ pub(super) fn match_holders(scan: &mut Scan) {
             source::hydrate(table, same_dev);
         }
     }
+    seed_devs
+}
 
-    // Identities whose copies elsewhere are the same layer, not a shared host filesystem.
-    // Seeded only from trusted views: mntreap's own namespace and the established
-    // runtime's (when the host's user namespace owns it), plus overlays that carry the
-    // layer's signature from the runtime's records. Any other namespace may have been
-    // set up by someone else (an unprivileged user in its own user namespace, a setuid
-    // sandbox helper binding what its user asks for): its mounts hold that path, and say
-    // nothing about what the target is.
+/// Identities whose copies elsewhere are the same layer, not a shared host filesystem, and
+/// those refused (with a note each). Seeded only from trusted views: mntreap's own
+/// namespace and the established runtime's (when the host's user namespace owns it), plus
+/// overlays that carry the layer's signature from the runtime's records. Any other
+/// namespace may have been set up by someone else (an unprivileged user in its own user
+/// namespace, a setuid sandbox helper binding what its user asks for): its mounts hold that
+/// path, and say nothing about what the target is.
+fn trusted_identities(
+    scan: &mut Scan,
+    targets: &[Vec<u8>],
+) -> (HashSet<Identity>, HashSet<Identity>) {
     let mut identities: HashSet<Identity> = HashSet::new();
     let mut refused: HashSet<Identity> = HashSet::new();
     let mut notes = Vec::new();
@@ -70,7 +104,7 @@ pub(super) fn match_holders(scan: &mut Scan) {
             let why = vetoes
                 .get(&key)
                 .cloned()
-                .or_else(|| broader_mount_elsewhere(scan, &targets, key.0, &key.1));
+                .or_else(|| broader_mount_elsewhere(scan, targets, key.0, &key.1));
             match why {
                 None => {
                     identities.insert(key);
@@ -84,108 +118,131 @@ pub(super) fn match_holders(scan: &mut Scan) {
         }
     }
     scan.detail_notes.extend(notes);
+    (identities, refused)
+}
 
-    for ns in 0..scan.namespaces.len() {
-        let scanned = &scan.namespaces[ns];
-        let Some(table) = scanned.table.as_ref() else {
+/// How each mount of one namespace's table matches, with the table's index; `None` when
+/// none does.
+fn matches_in(
+    table: &crate::engine::table::MountTable,
+    seeds: &[usize],
+    known: &Known,
+) -> Option<(Vec<Option<Match>>, crate::engine::table::IdMap<usize>)> {
+    let mut matched: Vec<Option<Match>> = vec![None; table.mounts.len()];
+    for &i in seeds {
+        // Seeds found by their overlay signature elsewhere are copies, not path matches.
+        matched[i] = Some(
+            if under_any(table.mount_point(&table.mounts[i]), known.targets) {
+                Match::Path
+            } else {
+                Match::Identity
+            },
+        );
+    }
+    let mut index = None;
+    for (i, m) in table.mounts.iter().enumerate() {
+        if matched[i].is_some() || !m.has_strings || !known.seed_devs.contains(&m.dev) {
             continue;
-        };
-        let mut matched: Vec<Option<Match>> = vec![None; table.mounts.len()];
-        for &i in &scanned.seeds {
-            // Seeds found by their overlay signature elsewhere are copies, not path matches.
-            matched[i] = Some(
-                if under_any(table.mount_point(&table.mounts[i]), &targets) {
-                    Match::Path
-                } else {
-                    Match::Identity
-                },
-            );
         }
-        let mut index = None;
-        for (i, m) in table.mounts.iter().enumerate() {
-            if matched[i].is_some() || !m.has_strings || !seed_devs.contains(&m.dev) {
-                continue;
-            }
-            let key = (m.dev, table.root(m).to_vec());
-            if identities.contains(&key) {
+        let key = (m.dev, table.root(m).to_vec());
+        if known.identities.contains(&key) {
+            matched[i] = Some(Match::Identity);
+        } else if known.refused.contains(&key) {
+            // A container running on the layer: always kept, but worth reporting.
+            let index = index.get_or_insert_with(|| table.index());
+            if table.root_mount(index) == Some(i) {
                 matched[i] = Some(Match::Identity);
-            } else if refused.contains(&key) {
-                // A container running on the layer: always kept, but worth reporting.
-                let index = index.get_or_insert_with(|| table.index());
-                if table.root_mount(index) == Some(i) {
-                    matched[i] = Some(Match::Identity);
-                }
             }
         }
-        if matched.iter().all(Option::is_none) {
+    }
+    if matched.iter().all(Option::is_none) {
+        return None;
+    }
+    let index = index.unwrap_or_else(|| table.index());
+    close_over_children(table, &index, &mut matched);
+    Some((matched, index))
+}
+
+/// Whatever is mounted inside a matched copy must go first: close over children. Not below
+/// a namespace's root mount, though: that copy is a container's rootfs, never released, and
+/// everything in its namespace is "inside" it. The kernel lists parents before children,
+/// but a later mount can land on an earlier parent, so iterate to a fixed point.
+fn close_over_children(
+    table: &crate::engine::table::MountTable,
+    index: &crate::engine::table::IdMap<usize>,
+    matched: &mut [Option<Match>],
+) {
+    let ns_root = table.root_mount(index);
+    loop {
+        let mut changed = false;
+        for i in 0..table.mounts.len() {
+            if matched[i].is_none()
+                && index
+                    .get(&table.mounts[i].parent_id)
+                    .is_some_and(|&p| p != i && matched[p].is_some() && Some(p) != ns_root)
+            {
+                matched[i] = Some(Match::InsideCopy);
+                changed = true;
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+}
+
+/// The matched mounts of namespace `ns` as holders, with their strings read.
+fn push_holders(
+    scan: &mut Scan,
+    ns: usize,
+    matched: &[Option<Match>],
+    index: &crate::engine::table::IdMap<usize>,
+) {
+    let picked: Vec<usize> = (0..matched.len())
+        .filter(|&i| matched[i].is_some())
+        .collect();
+    let table = scan.namespaces[ns]
+        .table
+        .as_mut()
+        .expect("matched in a read table");
+    // Inside-copy mounts and the parents of holders may still lack their strings.
+    let parents: Vec<usize> = picked
+        .iter()
+        .filter_map(|&i| index.get(&table.mounts[i].parent_id).copied())
+        .collect();
+    source::hydrate(table, picked.iter().copied().chain(parents));
+    let mut unreachable = 0;
+    for i in picked {
+        let m = &table.mounts[i];
+        // listmount also lists mounts no path of the namespace reaches (left under a root
+        // that systemd moved away from for a PrivateTmp service): statmount gives them no
+        // mount point. mountinfo does not list them, nothing can unmount them by path, and
+        // they go when the mount they were copied from goes.
+        if table.mount_point(m).is_empty() {
+            unreachable += 1;
             continue;
         }
-        let index = index.unwrap_or_else(|| table.index());
-        let ns_root = table.root_mount(&index);
-        // Whatever is mounted inside a matched copy must go first: close over children.
-        // Not below a namespace's root mount, though: that copy is a container's rootfs,
-        // never released, and everything in its namespace is "inside" it. The kernel lists
-        // parents before children, but a later mount can land on an earlier parent, so
-        // iterate to a fixed point.
-        loop {
-            let mut changed = false;
-            for i in 0..table.mounts.len() {
-                if matched[i].is_none()
-                    && index
-                        .get(&table.mounts[i].parent_id)
-                        .is_some_and(|&p| p != i && matched[p].is_some() && Some(p) != ns_root)
-                {
-                    matched[i] = Some(Match::InsideCopy);
-                    changed = true;
-                }
-            }
-            if !changed {
-                break;
-            }
-        }
-        let picked: Vec<usize> = (0..matched.len())
-            .filter(|&i| matched[i].is_some())
-            .collect();
-        let table = scan.namespaces[ns].table.as_mut().expect("checked above");
-        // Inside-copy mounts and the parents of holders may still lack their strings.
-        let parents: Vec<usize> = picked
-            .iter()
-            .filter_map(|&i| index.get(&table.mounts[i].parent_id).copied())
-            .collect();
-        source::hydrate(table, picked.iter().copied().chain(parents));
-        let mut unreachable = 0;
-        for i in picked {
-            let m = &table.mounts[i];
-            // listmount also lists mounts no path of the namespace reaches (left under a
-            // root that systemd moved away from for a PrivateTmp service): statmount gives
-            // them no mount point. mountinfo does not list them, nothing can unmount them
-            // by path, and they go when the mount they were copied from goes.
-            if table.mount_point(m).is_empty() {
-                unreachable += 1;
-                continue;
-            }
-            scan.holders.push(Holder {
-                ns,
-                mount: *m,
-                mount_point: table.mount_point(m).to_vec(),
-                root: table.root(m).to_vec(),
-                fs_type: String::from_utf8_lossy(table.str(m.fs_type)).into_owned(),
-                source: table.str(m.source).to_vec(),
-                matched: matched[i].expect("picked"),
-                parent: index.get(&m.parent_id).map(|&p| table.mounts[p]),
-                depth: table.depth(&index, i),
-                in_use: None,
-                pins: Vec::new(),
-            });
-        }
-        if unreachable > 0 {
-            scan.detail_notes.push(format!(
-                "{unreachable} cop{} in mount namespace {} not reachable by any path there \
-                 (under a root moved away from): not listed, as with the mountinfo backend",
-                if unreachable == 1 { "y" } else { "ies" },
-                scan.namespaces[ns].ns.inode
-            ));
-        }
+        scan.holders.push(Holder {
+            ns,
+            mount: *m,
+            mount_point: table.mount_point(m).to_vec(),
+            root: table.root(m).to_vec(),
+            fs_type: String::from_utf8_lossy(table.str(m.fs_type)).into_owned(),
+            source: table.str(m.source).to_vec(),
+            matched: matched[i].expect("picked"),
+            parent: index.get(&m.parent_id).map(|&p| table.mounts[p]),
+            depth: table.depth(index, i),
+            in_use: None,
+            pins: Vec::new(),
+        });
+    }
+    if unreachable > 0 {
+        scan.detail_notes.push(format!(
+            "{unreachable} cop{} in mount namespace {} not reachable by any path there \
+             (under a root moved away from): not listed, as with the mountinfo backend",
+            if unreachable == 1 { "y" } else { "ies" },
+            scan.namespaces[ns].ns.inode
+        ));
     }
 }
 
