@@ -363,8 +363,43 @@ fn bad_input_is_refused_and_changes_nothing() {
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
         assert!(stderr(&out).contains(message), "{args:?}: {}", stderr(&out));
         assert!(out.stdout.is_empty(), "no report on refusal");
+        // Under --json the refusal is a document on stdout, never nothing.
+        let (code, doc) = sb.mntreap_json(args, &[]);
+        assert_eq!(code, 2, "{args:?}: {doc:#}");
+        assert_eq!(doc["kind"], "bad-input", "{args:?}: {doc:#}");
+        assert!(
+            doc["error"].as_str().unwrap().contains(message),
+            "{args:?}: {doc:#}"
+        );
     }
     assert_eq!((mounts_of(leak), mounts_of(sb.host_pid())), before);
+}
+
+#[test]
+fn a_runtime_that_does_not_answer_is_no_bad_input() {
+    // No dockerd at the socket and no data root to read records from: the command cannot
+    // run now, and says so as its own kind (retry), not as a mistake in the command.
+    let sb = Sandbox::new("noanswer");
+    let d = sb.d();
+    let socket = format!("unix://{d}/no-such.sock");
+    let root = format!("{d}/no-such-root");
+    let (code, doc) = sb.mntreap_json(
+        &[
+            "scan",
+            "web",
+            "--docker-host",
+            &socket,
+            "--docker-root",
+            &root,
+        ],
+        &[],
+    );
+    assert_eq!(code, 2, "{doc:#}");
+    assert_eq!(doc["kind"], "runtime-unavailable", "{doc:#}");
+    assert!(
+        doc["error"].as_str().unwrap().contains("does not answer"),
+        "{doc:#}"
+    );
 }
 
 /// A patched dockerd (patches/) calls `mntreap release --path` on its layers; with a

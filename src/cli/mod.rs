@@ -274,11 +274,35 @@ pub fn main() -> ExitCode {
     } else {
         init_logging(cli.log_format, cli.verbose);
     }
+    let json = cli.command.json();
     match run(cli.command) {
         Ok(exit) => exit.into(),
         Err(failure) => {
             crate::report::output::stderr_line(&format!("mntreap: error: {failure}"));
+            if json {
+                commands::print(&crate::report::doc::to_text(
+                    &crate::report::doc::ErrorDoc {
+                        error: failure.to_string(),
+                        kind: failure.kind(),
+                    },
+                ));
+            }
             Exit::Usage.into()
+        }
+    }
+}
+
+impl Command {
+    /// Whether the command was asked for JSON (its failures then print an error document).
+    fn json(&self) -> bool {
+        match self {
+            Command::Scan(a) => a.engine.json,
+            Command::Release(a) => a.engine.json,
+            Command::Reap(a) => a.engine.json,
+            Command::Doctor(a) => a.engine.json,
+            Command::Plugin(_) | Command::Agent(_) | Command::Hook(_) | Command::Probe { .. } => {
+                false
+            }
         }
     }
 }

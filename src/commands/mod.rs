@@ -59,6 +59,22 @@ pub enum Failure {
     /// The work could not start (no permission for /proc, ...): nothing was done.
     #[error("{0:#}")]
     Runtime(anyhow::Error),
+    /// The container runtime does not answer and its records cannot stand in: nothing was
+    /// done. Not bad input: the same command may work when the runtime is back.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl Failure {
+    /// The kind an error document names.
+    pub fn kind(&self) -> crate::report::doc::FailureKind {
+        use crate::report::doc::FailureKind;
+        match self {
+            Failure::Usage(_) => FailureKind::BadInput,
+            Failure::Runtime(_) => FailureKind::CannotRun,
+            Failure::Unavailable(_) => FailureKind::RuntimeUnavailable,
+        }
+    }
 }
 
 impl From<crate::engine::scan::ScanError> for Failure {
@@ -69,13 +85,32 @@ impl From<crate::engine::scan::ScanError> for Failure {
 
 impl From<crate::runtime::RuntimeError> for Failure {
     fn from(e: crate::runtime::RuntimeError) -> Self {
-        Failure::Usage(e.to_string())
+        match e {
+            crate::runtime::RuntimeError::Docker(e) => e.into(),
+            crate::runtime::RuntimeError::Cri(e) => e.into(),
+        }
     }
 }
 
 impl From<crate::runtime::docker::DockerError> for Failure {
     fn from(e: crate::runtime::docker::DockerError) -> Self {
-        Failure::Usage(e.to_string())
+        use crate::runtime::docker::DockerError as E;
+        match e {
+            E::Unreachable { .. } | E::Api { .. } | E::Overrun { .. } => {
+                Failure::Unavailable(e.to_string())
+            }
+            _ => Failure::Usage(e.to_string()),
+        }
+    }
+}
+
+impl From<crate::runtime::cri::CriError> for Failure {
+    fn from(e: crate::runtime::cri::CriError) -> Self {
+        use crate::runtime::cri::CriError as E;
+        match e {
+            E::Unreachable { .. } | E::Overrun { .. } => Failure::Unavailable(e.to_string()),
+            _ => Failure::Usage(e.to_string()),
+        }
     }
 }
 

@@ -215,6 +215,27 @@ pub struct ReleaseDoc {
     pub container: Option<Container>,
 }
 
+/// What a command prints on stdout under `--json` when it fails before any work (exit 2):
+/// never nothing.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorDoc {
+    pub error: String,
+    pub kind: FailureKind,
+}
+
+/// Why a command could not run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FailureKind {
+    /// Bad input (a path, a name, a setting): fix the command.
+    BadInput,
+    /// The container runtime does not answer and its records cannot stand in: retry.
+    RuntimeUnavailable,
+    /// This host refuses the work (permissions, kernel interfaces).
+    CannotRun,
+}
+
 /// A container whose release could not run.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

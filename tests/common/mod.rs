@@ -252,6 +252,7 @@ pub fn assert_documented(bytes: &[u8]) {
         attempt::<ReapDoc>(bytes, "ReapDoc"),
         attempt::<DoctorDoc>(bytes, "DoctorDoc"),
         attempt::<HookReply>(bytes, "HookReply"),
+        attempt::<ErrorDoc>(bytes, "ErrorDoc"),
     ];
     if tries.iter().all(|t| t.is_err()) {
         let why: Vec<String> = tries.into_iter().filter_map(|t| t.err()).collect();
