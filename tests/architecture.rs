@@ -290,3 +290,50 @@ fn no_function_is_over_100_lines() {
         .collect();
     assert!(long.is_empty(), "split these: {long:#?}");
 }
+
+#[test]
+fn every_printed_document_is_in_the_json_docs_and_every_doc_is_linked() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let read = |p: &str| std::fs::read_to_string(root.join(p)).unwrap();
+    // The documents the tests accept as output (tests/common/mod.rs, assert_documented).
+    let common = read("tests/common/mod.rs");
+    let printed: Vec<&str> = common
+        .split("attempt::<")
+        .skip(1)
+        .filter_map(|rest| rest.split('>').next())
+        .collect();
+    assert!(
+        printed.len() >= 9 && printed.contains(&"ScanDoc"),
+        "{printed:?}"
+    );
+    let schema = read("src/report/doc.rs");
+    let docs = read("docs/json.md");
+    for name in &printed {
+        assert!(
+            schema.contains(&format!("pub struct {name} ")),
+            "{name}: not a type of doc.rs"
+        );
+        assert!(docs.contains(name), "{name}: not in docs/json.md");
+    }
+    // Every topic doc is linked from the README, and every relative link in them resolves.
+    let readme = read("README.md");
+    for entry in std::fs::read_dir(root.join("docs")).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(
+            readme.contains(&format!("docs/{name}")),
+            "README links no docs/{name}"
+        );
+        let text = std::fs::read_to_string(&path).unwrap();
+        for link in text.split("](").skip(1) {
+            let target = link.split([')', '#']).next().unwrap_or("");
+            if target.is_empty() || target.contains("://") {
+                continue;
+            }
+            assert!(
+                path.parent().unwrap().join(target).exists(),
+                "docs/{name} links {target}, which does not exist"
+            );
+        }
+    }
+}

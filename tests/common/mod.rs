@@ -8,6 +8,7 @@
 //! they copy every mount the sandbox has at that moment, exactly like a PrivateTmp service.
 #![allow(dead_code)]
 
+#[cfg(feature = "cri")]
 pub mod cri;
 pub mod docker;
 

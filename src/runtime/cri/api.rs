@@ -25,10 +25,15 @@ pub(super) struct Client {
     channel: Channel,
     timeout: Duration,
     /// `runtime_name runtime_version`, from the Version call.
-    pub version: String,
+    version: String,
 }
 
 impl Client {
+    /// `runtime_name runtime_version`, from the Version call.
+    pub(super) fn version(&self) -> &str {
+        &self.version
+    }
+
     /// Connects to `socket` and asks the runtime's version, within `timeout`.
     pub(super) fn connect(socket: &Path, timeout: Duration) -> Result<Client, String> {
         let rt = crate::runtime::blocking_runtime()?;

@@ -9,6 +9,10 @@
 //! socket bound to that file), as for dockerd; its namespace, kubelet's and every other
 //! runtime daemon's are spared.
 
+#[cfg(feature = "cri")]
+mod api;
+#[cfg(not(feature = "cri"))]
+#[path = "no_api.rs"]
 mod api;
 mod bundles;
 mod entry;
@@ -210,7 +214,7 @@ impl Cri {
                     daemon.identity.evidence.push(format!(
                         "the CRI runtime at {} is {}",
                         socket.display(),
-                        c.version
+                        c.version()
                     ));
                     Some(c)
                 }
@@ -307,7 +311,7 @@ impl Cri {
         }
     }
 
-    /// Running containers binding a runtime root privately (see [`bundles`]).
+    /// Running containers binding a runtime root privately (see the `bundles` module).
     pub fn private_root_binds(&self, containers: &[Container]) -> Vec<String> {
         bundles::private_root_binds(&self.layout, &self.daemon.host_root, containers)
     }
