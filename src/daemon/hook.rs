@@ -11,12 +11,12 @@ use tracing::info_span;
 
 use super::agent_state::Agent;
 use super::serve::{accept_loop, write_within};
-use crate::report::doc::{HookReply, HookRequest};
+use crate::report::doc::{FailedDoc, HookReply, HookRequest, ReleaseOutcome};
 use crate::runtime::ContainerRuntime;
 use crate::runtime::cri::CriOptions;
 use crate::runtime::docker::DockerOptions;
 use crate::runtime::model::{Container, RuntimeKind};
-use crate::runtime::scope::{group_request, group_scope, release_containers, short_id};
+use crate::runtime::scope::short_id;
 
 /// A hook request is one JSON line; anything longer or slower is refused.
 const HOOK_REQUEST_MAX: u64 = 4096;
@@ -183,18 +183,33 @@ fn hook(agent: &Agent, peer: Option<i32>, accepted_at: Option<u64>, line: &str) 
     let span = info_span!("agent", trigger = "hook pre-stop", container = %container.name);
     let _g = span.enter();
     let started = Instant::now();
-    let req = group_request(&agent.config.base, daemon, &targets);
-    let scope = group_scope(daemon, &targets, false);
-    match release_containers(&req, &targets, scope, false) {
-        Ok(rel) => {
-            agent.metrics.count(&rel.results, started.elapsed());
-            HookReply {
-                ok: true,
-                error: None,
-                container: Some(crate::report::containers::container_ref(&container)),
-                release: Some(Box::new(crate::report::release_doc(&rel))),
+    // Each container as `release CONTAINER` (and `release POD`) releases it: the same
+    // request, scope and plan, so what `scan POD` shows is what the hook does.
+    let mut releases = Vec::new();
+    let mut failed = Vec::new();
+    for t in &targets {
+        match crate::ops::release_container(&agent.config.base, daemon, t, false, false) {
+            Ok(rel) => {
+                agent.metrics.count(&rel.results, started.elapsed());
+                let mut doc = crate::report::release_doc(&rel);
+                doc.container = Some(t.clone());
+                releases.push(ReleaseOutcome::Released(doc));
+            }
+            Err(e) => {
+                agent.warn_limited("hook release failed", &format!("{}: {e}", t.name));
+                failed.push(format!("{}: {e}", t.name));
+                releases.push(ReleaseOutcome::Failed(FailedDoc {
+                    error: e.to_string(),
+                    container: Some(t.clone()),
+                }));
             }
         }
-        Err(e) => refuse(e.to_string()),
+    }
+    HookReply {
+        ok: failed.is_empty(),
+        error: (!failed.is_empty())
+            .then(|| crate::daemon::clip(&failed.join("; "), 1024).to_string()),
+        container: Some(crate::report::containers::container_ref(&container)),
+        releases,
     }
 }

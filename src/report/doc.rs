@@ -332,8 +332,10 @@ pub struct HookReply {
     pub error: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container: Option<ContainerRef>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub release: Option<Box<ReleaseDoc>>,
+    /// One outcome per container released (the caller's, or each of its pod's, sandbox
+    /// included), as `release CONTAINER... --json` lists them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub releases: Vec<ReleaseOutcome>,
 }
 
 impl HookReply {
@@ -342,7 +344,7 @@ impl HookReply {
             ok: false,
             error: Some(error.into()),
             container: None,
-            release: None,
+            releases: Vec::new(),
         }
     }
 }

@@ -24,38 +24,6 @@ pub fn container_request(base: &ScanRequest, daemon: &Daemon, c: &Container) -> 
     }
 }
 
-/// The scan request for containers released together (a pod's sandbox and containers):
-/// every one's mount paths and signatures.
-pub fn group_request(base: &ScanRequest, daemon: &Daemon, cs: &[Container]) -> ScanRequest {
-    let mut targets: Vec<PathBuf> = cs.iter().flat_map(|c| c.paths.clone()).collect();
-    targets.sort();
-    targets.dedup();
-    ScanRequest {
-        targets,
-        layer_signatures: layer_signatures(cs),
-        ..daemon.vouch(base.clone())
-    }
-}
-
-/// The scope for containers released together: what any one of them must spare.
-pub fn group_scope(daemon: &Daemon, cs: &[Container], everywhere: bool) -> Scope {
-    let mut protected: Vec<(u64, String)> = Vec::new();
-    for c in cs {
-        for (ns, why) in release_scope(daemon, c, everywhere)
-            .protected
-            .unwrap_or_default()
-        {
-            if !protected.iter().any(|(n, _)| *n == ns) {
-                protected.push((ns, why));
-            }
-        }
-    }
-    Scope {
-        everywhere,
-        protected: Some(protected),
-    }
-}
-
 /// Scans, then releases containers (one, or a pod's) within `scope`, sparing also the
 /// namespaces whose processes kubelet's cgroups place in one of these containers or their
 /// pods (kernel facts: a container started after they were resolved, a namespace nested
