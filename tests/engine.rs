@@ -4,6 +4,7 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::os::unix::fs::OpenOptionsExt;
+use std::time::Duration;
 
 use common::*;
 use serde_json::Value;
@@ -787,5 +788,76 @@ fn a_scan_from_a_private_cgroup_namespace_reads_the_hosts_view_and_moves_no_thre
     assert!(
         read.contains(&(leak, Some(theirs))),
         "the leak's cgroups, as the host names them: {read:?}"
+    );
+}
+
+#[test]
+fn namespaces_with_no_process_are_found_scanned_released_and_their_pins_named() {
+    // Two namespaces whose processes are all gone: one kept by an nsfs bind (`unshare
+    // --mount=FILE`, as snapd keeps its snaps' under /run/snapd/ns), one by a descriptor
+    // another process holds. Both keep a copy of the layer.
+    let mut sb = Sandbox::new("noproc");
+    let d = sb.d();
+    layers(&sb, "np");
+    let target = format!("{d}/l/np/merged");
+    sb.sh(&format!(
+        "touch {d}/ns.mnt && unshare --mount={d}/ns.mnt --propagation private true"
+    ));
+    let bound: u64 = sb
+        .sh(&format!("stat -L -c %i {d}/ns.mnt"))
+        .trim()
+        .parse()
+        .unwrap();
+    let holder = sb.holder(None, None);
+    let held = ns_inode(holder);
+    let keeper = sb.spawn_in(&[
+        "sh",
+        "-c",
+        &format!("exec 3</proc/{holder}/ns/mnt; exec sleep 3600"),
+    ]);
+    wait_until(
+        Duration::from_secs(10),
+        Duration::from_millis(10),
+        || comm(keeper).as_deref() == Some("sleep"),
+        || format!("pid {keeper} never reached its sleep"),
+    );
+    sb.kill_holder(holder);
+    for backend in ["mountinfo", "listmount"] {
+        let (code, doc) = sb.mntreap_json(
+            &["scan", "--any-path", "--path", &target],
+            &[("MNTREAP_BACKEND", backend)],
+        );
+        assert_eq!(code, 1, "{backend}: {doc:#}");
+        let of = |ns: u64| {
+            holders(&doc)
+                .iter()
+                .find(|h| h["mnt_ns"] == ns)
+                .unwrap_or_else(|| panic!("{backend}: namespace {ns} not listed: {doc:#}"))
+        };
+        let by_bind = of(bound);
+        assert_eq!(by_bind["ns_via"], "kernel-list", "{by_bind:#}");
+        assert_eq!(by_bind["pids"].as_array().unwrap().len(), 0);
+        assert_eq!(by_bind["ns_pinned_by"][0]["kind"], "bind", "{by_bind:#}");
+        assert_eq!(
+            by_bind["ns_pinned_by"][0]["path"],
+            format!("{d}/ns.mnt").as_str()
+        );
+        let by_fd = of(held);
+        assert_eq!(by_fd["ns_pinned_by"][0]["kind"], "descriptor", "{by_fd:#}");
+        assert_eq!(by_fd["ns_pinned_by"][0]["pid"], keeper);
+        assert_eq!(by_fd["ns_pinned_by"][0]["fd"], 3);
+    }
+    let out = sb.mntreap(&["release", "--any-path", "--path", &target]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    for ns in [format!("{d}/ns.mnt"), format!("/proc/{keeper}/fd/3")] {
+        let inside = sb.sh(&format!("nsenter --mount={ns} cat /proc/self/mountinfo"));
+        assert!(
+            !inside.contains(&format!(" {target} ")),
+            "the copy in {ns} is left: {inside}"
+        );
+    }
+    assert!(
+        has_mount_at(sb.host_pid(), &target),
+        "mntreap's own namespace keeps its mount"
     );
 }

@@ -50,6 +50,33 @@ pub struct Process {
     pub cgroup: Option<String>,
 }
 
+/// How a mount namespace was found.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FoundVia {
+    /// `/proc/PID/ns/mnt` of a member process.
+    #[default]
+    Process,
+    /// The kernel's list of every mount namespace (`NS_MNT_GET_NEXT`, Linux 6.12+): it has
+    /// no process, something pins it.
+    KernelList,
+    /// A process's descriptor of it (`/proc/PID/fd/N` -> `mnt:[INODE]`), on kernels without
+    /// the list.
+    Descriptor,
+}
+
+/// What keeps a mount namespace with no process alive: remove it, or its copies come back
+/// whenever something enters it (snap-confine enters `/run/snapd/ns/<snap>.mnt`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "kind")]
+pub enum NsPin {
+    /// A process holds a descriptor of it.
+    Descriptor { pid: i32, comm: String, fd: u32 },
+    /// An nsfs bind mount of it (`unshare --mount=FILE`, `/run/snapd/ns/*.mnt`), at `path`
+    /// in mount namespace `mnt_ns`: `umount` it there.
+    Bind { mnt_ns: u64, path: String },
+}
+
 /// One mount namespace, held open.
 #[derive(Debug)]
 pub struct Namespace {
@@ -67,6 +94,11 @@ pub struct Namespace {
     /// (root on a host) can mount in it. A namespace owned by another user namespace may
     /// be an unprivileged user's, whose mounts and mount options say what that user chose.
     pub host_userns: bool,
+    /// How it was found.
+    pub via: FoundVia,
+    /// What pins it, when no process is in it (filled for descriptors here, for nsfs
+    /// binds once the mount tables are read).
+    pub pinned_by: Vec<NsPin>,
 }
 
 /// Errors reading /proc that make a scan impossible (per-process failures are not errors:
@@ -174,7 +206,7 @@ pub fn enumerate(proc_root: &Path) -> Result<Vec<Namespace>, NamespaceError> {
     let member = |pid: i32| if pid == me { Vec::new() } else { vec![pid] };
     let mut namespaces: Vec<Namespace> = Vec::new();
     let mut by_inode: std::collections::HashMap<u64, usize> = Default::default();
-    for pid in pids {
+    for &pid in &pids {
         let ns_path = proc_root.join(format!("{pid}/ns/mnt"));
         // A process that exited since the listing (or a kernel thread we cannot read) is
         // simply not a member of anything any more.
@@ -207,9 +239,166 @@ pub fn enumerate(proc_root: &Path) -> Result<Vec<Namespace>, NamespaceError> {
             pids: member(pid),
             own: inode == own_inode,
             host_userns,
+            via: FoundVia::Process,
+            pinned_by: Vec::new(),
         });
     }
+    add_process_less(
+        proc_root,
+        &mut namespaces,
+        &mut by_inode,
+        &pids,
+        me,
+        own_userns,
+    );
     Ok(namespaces)
+}
+
+/// Adds the namespaces with no process in view (from the kernel's list, or from processes'
+/// descriptors where the kernel has no list), and names the descriptors that pin them.
+fn add_process_less(
+    proc_root: &Path,
+    namespaces: &mut Vec<Namespace>,
+    by_inode: &mut std::collections::HashMap<u64, usize>,
+    pids: &[i32],
+    me: i32,
+    own_userns: Option<u64>,
+) {
+    let listed = namespaces
+        .iter()
+        .find(|n| n.own)
+        .map(|own| kernel_list(own.fd.as_fd(), &|inode| by_inode.contains_key(&inode)));
+    let complete = match listed {
+        Some(Ok(list)) => {
+            for fd in list {
+                add_found(namespaces, by_inode, fd, FoundVia::KernelList, own_userns);
+            }
+            true
+        }
+        Some(Err(e)) => {
+            tracing::debug!(error = %e, "no kernel list of mount namespaces (Linux < 6.12)");
+            false
+        }
+        None => false,
+    };
+    // Descriptors pin namespaces with no process; without the kernel's list they are also
+    // how such namespaces are found. Only read when they can matter: every process's
+    // descriptors are many.
+    if !complete || namespaces.iter().any(|n| n.pids.is_empty() && !n.own) {
+        for (pid, fd, inode) in ns_descriptors(proc_root, pids, me) {
+            if !by_inode.contains_key(&inode)
+                && let Ok(opened) = open(
+                    &proc_root.join(format!("{pid}/fd/{fd}")),
+                    OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+                    Mode::empty(),
+                )
+            {
+                add_found(
+                    namespaces,
+                    by_inode,
+                    opened,
+                    FoundVia::Descriptor,
+                    own_userns,
+                );
+            }
+            if let Some(&i) = by_inode.get(&inode)
+                && namespaces[i].pids.is_empty()
+                && !namespaces[i].own
+            {
+                let comm = fs::read_to_string(proc_root.join(format!("{pid}/comm")))
+                    .map(|c| c.trim_end().to_string())
+                    .unwrap_or_default();
+                namespaces[i]
+                    .pinned_by
+                    .push(NsPin::Descriptor { pid, comm, fd });
+            }
+        }
+    }
+}
+
+/// Adds the namespace behind `fd` (found `via` the kernel's list or a descriptor) unless it
+/// is known: it has no process of its own in view.
+fn add_found(
+    namespaces: &mut Vec<Namespace>,
+    by_inode: &mut std::collections::HashMap<u64, usize>,
+    fd: OwnedFd,
+    via: FoundVia,
+    own_userns: Option<u64>,
+) {
+    let Ok(inode) = nix::sys::stat::fstat(fd.as_fd()).map(|st| st.st_ino) else {
+        return;
+    };
+    if by_inode.contains_key(&inode) {
+        return;
+    }
+    by_inode.insert(inode, namespaces.len());
+    let host_userns =
+        own_userns.is_some() && sys::owner_userns_inode(fd.as_fd()).ok() == own_userns;
+    namespaces.push(Namespace {
+        inode,
+        fd,
+        pid_used: 0,
+        pids: Vec::new(),
+        own: false,
+        host_userns,
+        via,
+        pinned_by: Vec::new(),
+    });
+}
+
+/// The mount namespaces in the kernel's list, from `start` both ways, that `known` does not
+/// know. Only those stay open: a node's thousands of namespaces already hold one
+/// descriptor each.
+fn kernel_list(
+    start: std::os::fd::BorrowedFd<'_>,
+    known: &dyn Fn(u64) -> bool,
+) -> io::Result<Vec<OwnedFd>> {
+    let mut out = Vec::new();
+    for walk in [sys::Walk::Previous, sys::Walk::Next] {
+        let mut at: Option<OwnedFd> = None;
+        // The list is finite; the bound only guards against a kernel that loops.
+        for _ in 0..1_000_000 {
+            let from = at.as_ref().map_or(start, |f| f.as_fd());
+            let Some((fd, _id)) = sys::mntns_neighbour(from, walk)? else {
+                break;
+            };
+            let inode = nix::sys::stat::fstat(fd.as_fd())?.st_ino;
+            if !known(inode) {
+                out.push(fd.try_clone()?);
+            }
+            at = Some(fd);
+        }
+    }
+    Ok(out)
+}
+
+/// `(pid, fd, namespace inode)` for every descriptor of a mount namespace that a process
+/// other than `me` holds (`/proc/PID/fd/N` -> `mnt:[INODE]`).
+fn ns_descriptors(proc_root: &Path, pids: &[i32], me: i32) -> Vec<(i32, u32, u64)> {
+    let mut out = Vec::new();
+    for &pid in pids.iter().filter(|&&p| p != me) {
+        let dir = proc_root.join(format!("{pid}/fd"));
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let Some(fd) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+                continue;
+            };
+            let Ok(link) = fs::read_link(e.path()) else {
+                continue;
+            };
+            let inode = link
+                .to_str()
+                .and_then(|l| l.strip_prefix("mnt:["))
+                .and_then(|l| l.strip_suffix(']'))
+                .and_then(|n| n.parse::<u64>().ok());
+            if let Some(inode) = inode {
+                out.push((pid, fd, inode));
+            }
+        }
+    }
+    out
 }
 
 /// Details of one process; `None` if it has exited.

@@ -165,6 +165,59 @@ pub(crate) fn owner_userns_inode(ns_fd: BorrowedFd<'_>) -> io::Result<u64> {
     Ok(std::os::unix::fs::MetadataExt::ino(&meta))
 }
 
+/// `struct mnt_ns_info` (`MNT_NS_INFO_SIZE_VER0`, Linux 6.12+).
+#[repr(C)]
+#[derive(Default)]
+struct MntNsInfo {
+    size: u32,
+    nr_mounts: u32,
+    mnt_ns_id: u64,
+}
+
+/// `_IOR(0xb7, 11, struct mnt_ns_info)` and `_IOR(0xb7, 12, ...)`: the next and previous
+/// mount namespace in the kernel's list, by id, among those the caller has CAP_SYS_ADMIN
+/// over (Linux 6.12+).
+const NS_MNT_GET_NEXT: libc::c_ulong = 0x8010_b70b;
+const NS_MNT_GET_PREV: libc::c_ulong = 0x8010_b70c;
+
+/// Which way [`mntns_neighbour`] walks the kernel's list of mount namespaces.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Walk {
+    Next,
+    Previous,
+}
+
+/// The mount namespace after (or before) the one behind `ns_fd` in the kernel's list, as a
+/// new nsfs descriptor with its 64-bit id; `Ok(None)` at the end of the list. Every live
+/// mount namespace is in that list, with processes or not (kept by an nsfs bind or a
+/// descriptor). `ENOTTY`/`EINVAL` on kernels before 6.12.
+pub(crate) fn mntns_neighbour(
+    ns_fd: BorrowedFd<'_>,
+    walk: Walk,
+) -> io::Result<Option<(OwnedFd, u64)>> {
+    let mut info = MntNsInfo {
+        size: std::mem::size_of::<MntNsInfo>() as u32,
+        ..MntNsInfo::default()
+    };
+    let request = match walk {
+        Walk::Next => NS_MNT_GET_NEXT,
+        Walk::Previous => NS_MNT_GET_PREV,
+    };
+    // SAFETY: the request writes at most `info.size` bytes into `info`, a live
+    // `struct mnt_ns_info` of exactly that size, and returns a new descriptor or -1.
+    let fd = unsafe { libc::ioctl(ns_fd.as_raw_fd(), request, &mut info as *mut MntNsInfo) };
+    if fd < 0 {
+        let err = io::Error::last_os_error();
+        return match err.raw_os_error() {
+            Some(libc::ENOENT) => Ok(None),
+            _ => Err(err),
+        };
+    }
+    // SAFETY: the kernel just returned `fd` as a new descriptor that nothing else owns.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    Ok(Some((owned, info.mnt_ns_id)))
+}
+
 /// `struct mnt_id_req`, version 1 (with `mnt_ns_id`, Linux 6.10+).
 #[repr(C)]
 struct MntIdReq {

@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::engine::namespace::PinVia;
+use crate::engine::namespace::{FoundVia, NsPin, PinVia};
 use crate::engine::scan::{InUse, Match, Pin};
 use crate::engine::source::Backend;
 use crate::runtime::model::{Container, Daemon};
@@ -88,6 +88,12 @@ pub struct HolderDoc {
     pub in_use: Option<InUse>,
     pub pins: Vec<Pin>,
     pub pids: Vec<PidDoc>,
+    /// How its namespace was found: `process`, or (no process) `kernel-list`/`descriptor`.
+    #[serde(default)]
+    pub ns_via: FoundVia,
+    /// What pins its namespace when no process is in it: remove that to free the namespace.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ns_pinned_by: Vec<NsPin>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<Role>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -194,7 +200,12 @@ pub struct ActionDoc {
 pub struct NamespaceDoc {
     pub mnt_ns: u64,
     pub own_namespace: bool,
+    /// 0 for a namespace with no process.
     pub pid_used: i32,
+    #[serde(default)]
+    pub via: FoundVia,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pinned_by: Vec<NsPin>,
     pub actions: Vec<ActionDoc>,
 }
 

@@ -13,6 +13,7 @@ use doc::{
 };
 
 use crate::engine::mountinfo::encode;
+use crate::engine::namespace::FoundVia;
 use crate::engine::release::Outcome;
 use crate::engine::scan::{Holder, Scan};
 
@@ -72,6 +73,8 @@ pub fn holder_doc(scan: &Scan, h: &Holder) -> HolderDoc {
                 comm: p.comm.clone(),
             })
             .collect(),
+        ns_via: ns.ns.via,
+        ns_pinned_by: ns.ns.pinned_by.clone(),
         role: None,
         container: None,
         class: None,
@@ -243,6 +246,8 @@ pub fn release_doc(release: &crate::engine::release::Release) -> ReleaseDoc {
                 mnt_ns: ns.inode,
                 own_namespace: ns.own,
                 pid_used: ns.pid_used,
+                via: ns.via,
+                pinned_by: ns.pinned_by.clone(),
                 actions,
             }
         })
@@ -297,11 +302,15 @@ pub fn release_text(release: &crate::engine::release::Release) -> String {
     }
     for p in plans {
         let ns = &scan.namespaces[p.ns].ns;
+        let entered = match ns.via {
+            FoundVia::Process => format!("entered via pid {}", ns.pid_used),
+            FoundVia::KernelList => "no process: entered through the kernel's list".into(),
+            FoundVia::Descriptor => "no process: entered through a pinning descriptor".into(),
+        };
         out.push_str(&format!(
-            "mount namespace {}{} (entered via pid {}):\n",
+            "mount namespace {}{} ({entered}):\n",
             ns.inode,
             if ns.own { " [own]" } else { "" },
-            ns.pid_used
         ));
         for a in &p.actions {
             let Some(r) = results.iter().find(|r| r.holder == a.holder) else {

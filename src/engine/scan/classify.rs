@@ -118,13 +118,47 @@ fn file_members(
     for &ns in holder_ns {
         let scanned = &scan.namespaces[ns];
         if scanned.processes.is_empty() && !scanned.ns.own {
-            scan.notes.push(format!(
-                "mount namespace {} has no live process any more; mntreap holds it open \
-                 until it exits",
-                scanned.ns.inode
-            ));
+            scan.notes.push(no_process_note(&scanned.ns));
         }
     }
+}
+
+/// Why a holder namespace has no process, and what pins it.
+fn no_process_note(ns: &crate::engine::namespace::Namespace) -> String {
+    use crate::engine::namespace::{FoundVia, NsPin};
+    if ns.via == FoundVia::Process {
+        return format!(
+            "mount namespace {} has no live process any more; mntreap holds it open until it \
+             exits",
+            ns.inode
+        );
+    }
+    let pins: Vec<String> = ns
+        .pinned_by
+        .iter()
+        .map(|p| match p {
+            NsPin::Descriptor { pid, comm, fd } => {
+                format!("descriptor {fd} of pid {pid} ({comm})")
+            }
+            NsPin::Bind { mnt_ns, path } => {
+                format!("an nsfs bind at {path} in mount namespace {mnt_ns} (umount it there)")
+            }
+        })
+        .collect();
+    format!(
+        "mount namespace {} has no process (found {}); it is pinned by {}: releasing its \
+         copies frees the target, removing the pin frees the namespace",
+        ns.inode,
+        match ns.via {
+            FoundVia::KernelList => "in the kernel's list of mount namespaces",
+            _ => "through a process's descriptor of it",
+        },
+        if pins.is_empty() {
+            "something out of view (a process in another pid namespace, or a mount)".to_string()
+        } else {
+            pins.join(", ")
+        }
+    )
 }
 
 /// Marks holders that are a namespace's root, some process's root, or in use by a

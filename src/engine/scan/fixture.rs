@@ -39,6 +39,8 @@ pub(crate) fn scan_with(
                     pids: Vec::new(),
                     own: *own,
                     host_userns: *host_userns,
+                    via: crate::engine::namespace::FoundVia::Process,
+                    pinned_by: Vec::new(),
                 },
                 table: Some(table),
                 seeds,

@@ -27,6 +27,7 @@ mod classify;
 #[cfg(test)]
 pub(crate) mod fixture;
 mod matching;
+mod nsfs;
 #[cfg(test)]
 mod tests;
 
@@ -313,6 +314,7 @@ pub fn scan(request: &ScanRequest) -> Result<Scan, ScanError> {
         detail_notes,
     };
     match_holders(&mut scan);
+    nsfs::attach_bind_pins(&mut scan);
     let matched = started.elapsed();
     let cgroups = CgroupView::of(&request.proc_root, request.runtime_pid.unwrap_or(1));
     classify(&mut scan, &request.proc_root, request.threads, &cgroups);
