@@ -861,3 +861,76 @@ fn namespaces_with_no_process_are_found_scanned_released_and_their_pins_named() 
         "mntreap's own namespace keeps its mount"
     );
 }
+
+#[test]
+fn why_names_every_holder_of_a_device_and_what_to_do_about_it() {
+    // An ext4 volume mounted on the node, with the holders the field's reports name: a copy
+    // in another namespace, a process working inside it with a file open, and a loop device
+    // backed by a file on it. `why` names each, and says which one mntreap releases.
+    let mut sb = Sandbox::new("why");
+    let d = sb.d();
+    let dev = sb.loop_ext4("why");
+    sb.sh(&format!(
+        "mkdir -p {d}/vol && mount {dev} {d}/vol && mkdir {d}/vol/dir && truncate -s 8M {d}/vol/disk.img"
+    ));
+    let copy = sb.holder(None, None);
+    let worker = sb.spawn_in(&[
+        "sh",
+        "-c",
+        &format!("cd {d}/vol/dir && exec 4<{d}/vol/disk.img && exec sleep 3600"),
+    ]);
+    wait_until(
+        Duration::from_secs(10),
+        Duration::from_millis(10),
+        || comm(worker).as_deref() == Some("sleep"),
+        || format!("pid {worker} never reached its sleep"),
+    );
+    let backed = sb.loop_file(&format!("{d}/vol/disk.img"));
+    for target in [dev.clone(), format!("{d}/vol")] {
+        let (code, doc) = sb.mntreap_json(&["why", &target], &[]);
+        assert_eq!(code, 1, "{doc:#}");
+        assert_eq!(doc["busy"], true);
+        let reasons = doc["reasons"].as_array().unwrap();
+        let find = |pred: &dyn Fn(&Value) -> bool, what: &str| {
+            reasons
+                .iter()
+                .find(|r| pred(r))
+                .unwrap_or_else(|| panic!("{target}: no {what}: {doc:#}"))
+                .clone()
+        };
+        let own = find(
+            &|r| r["kind"] == "mount" && r["mnt_ns"] == ns_inode(sb.host_pid()),
+            "own mount",
+        );
+        assert_eq!(own["releasable"], false);
+        let copied = find(
+            &|r| r["kind"] == "mount" && r["mnt_ns"] == ns_inode(copy),
+            "copy",
+        );
+        assert_eq!(copied["releasable"], true, "{copied:#}");
+        assert_eq!(copied["mount_point"], format!("{d}/vol").as_str());
+        find(
+            &|r| r["kind"] == "process" && r["pid"] == worker && r["via"] == "cwd",
+            "cwd",
+        );
+        let open = find(
+            &|r| r["kind"] == "process" && r["pid"] == worker && r["via"] == "open-file",
+            "open file",
+        );
+        assert_eq!(open["fd"], 4);
+        let looped = find(&|r| r["kind"] == "loop", "loop device");
+        assert_eq!(looped["device"], backed.as_str());
+        assert!(looped["remedy"].as_str().unwrap().contains("losetup -d"));
+    }
+    let text = sb.mntreap(&["why", &dev]);
+    assert_eq!(text.status.code(), Some(1));
+    let out = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        out.contains(&format!("pid {worker}")) && out.contains("[mntreap]"),
+        "{out}"
+    );
+    // The device behind the loop file holds nothing: not busy, exit 0.
+    sb.detach_loop(&backed);
+    let (code, doc) = sb.mntreap_json(&["why", &backed], &[]);
+    assert_eq!((code, &doc["busy"]), (0, &Value::Bool(false)), "{doc:#}");
+}

@@ -57,6 +57,9 @@ enum Command {
     Reap(ReapArgs),
     /// Check the host for the configurations that leak mounts, with evidence and remedies.
     Doctor(DoctorArgs),
+    /// Every reason a path's filesystem or a block device is busy, in every mount namespace:
+    /// mounts and their copies, processes, loop devices, swap, stacked devices.
+    Why(WhyArgs),
     /// Serve the Docker authorization plugin (docker.authz/1.0) that releases a container's
     /// leaked copies before Docker stops or removes it.
     Plugin(PluginArgs),
@@ -75,6 +78,14 @@ enum Command {
         #[arg(long, default_value_t = 3)]
         timeout: u64,
     },
+}
+
+#[derive(Args, Debug)]
+struct WhyArgs {
+    /// A path (its filesystem), a block device (/dev/X) or MAJ:MIN.
+    target: String,
+    #[command(flatten)]
+    engine: EngineArgs,
 }
 
 #[derive(Args, Debug)]
@@ -300,6 +311,7 @@ impl Command {
             Command::Release(a) => a.engine.json,
             Command::Reap(a) => a.engine.json,
             Command::Doctor(a) => a.engine.json,
+            Command::Why(a) => a.engine.json,
             Command::Plugin(_) | Command::Agent(_) | Command::Hook(_) | Command::Probe { .. } => {
                 false
             }
@@ -479,6 +491,7 @@ fn run(command: Command) -> Result<Exit, Failure> {
             commands::reap::command(&args.engine.config()?, &args.containers, args.dry_run)
         }
         Command::Doctor(args) => commands::doctor::command(&args.engine.config()?),
+        Command::Why(args) => commands::why::command(&args.engine.config()?, &args.target),
         Command::Hook(HookCommand::PreStop { socket, container }) => {
             commands::hook::pre_stop(&socket, container.as_deref())
         }

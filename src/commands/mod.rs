@@ -7,6 +7,7 @@ pub mod node_report;
 pub mod reap;
 pub mod release;
 pub mod scan;
+pub mod why;
 
 use std::path::PathBuf;
 

@@ -7,6 +7,7 @@
 //! holders; [`release`] turns a scan into a plan and executes it inside each namespace on a
 //! dedicated thread ([`nsexec`]). All raw system calls live in `sys`.
 
+pub mod busy;
 pub mod cgroups;
 pub mod mountinfo;
 pub mod namespace;

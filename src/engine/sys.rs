@@ -218,6 +218,42 @@ pub(crate) fn mntns_neighbour(
     Ok(Some((owned, info.mnt_ns_id)))
 }
 
+/// `struct loop_info64` (linux/loop.h): what `LOOP_GET_STATUS64` reports of a loop device.
+#[repr(C)]
+struct LoopInfo64 {
+    lo_device: u64,
+    lo_inode: u64,
+    lo_rdevice: u64,
+    lo_offset: u64,
+    lo_sizelimit: u64,
+    lo_number: u32,
+    lo_encrypt_type: u32,
+    lo_encrypt_key_size: u32,
+    lo_flags: u32,
+    lo_file_name: [u8; 64],
+    lo_crypt_name: [u8; 64],
+    lo_encrypt_key: [u8; 32],
+    lo_init: [u64; 2],
+}
+
+const LOOP_GET_STATUS64: libc::c_ulong = 0x4C05;
+
+/// The device (`dev_t`) of the filesystem holding the backing file of the loop device at
+/// `node`, as the kernel recorded it when the file was attached (`lo_device`).
+pub(crate) fn loop_backing_dev(node: &std::path::Path) -> io::Result<u64> {
+    let file = std::fs::File::open(node)?;
+    let mut info = std::mem::MaybeUninit::<LoopInfo64>::zeroed();
+    // SAFETY: LOOP_GET_STATUS64 writes one `struct loop_info64` through the pointer, which
+    // points to a zeroed buffer of exactly that layout; `file` stays open for the call.
+    let rc = unsafe { libc::ioctl(file.as_raw_fd(), LOOP_GET_STATUS64, info.as_mut_ptr()) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the ioctl returned 0, so the kernel filled the buffer (zeroed before).
+    let info = unsafe { info.assume_init() };
+    Ok(info.lo_device)
+}
+
 /// `struct mnt_id_req`, version 1 (with `mnt_ns_id`, Linux 6.10+).
 #[repr(C)]
 struct MntIdReq {

@@ -7,6 +7,8 @@
 //! kubelet's cgroups place in its pod) and the same [`crate::engine::release::plan`] that
 //! `release` executes. `scan` runs that plan as a dry run and shows it.
 
+pub mod why;
+
 use std::collections::HashMap;
 
 use crate::engine::release::{Outcome, Release, Scope};

@@ -226,6 +226,30 @@ pub struct ReleaseDoc {
     pub container: Option<Container>,
 }
 
+/// `why PATH|DEVICE --json`: every reason the target is busy.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WhyDoc {
+    /// As given.
+    pub target: String,
+    /// The filesystem's device, `major:minor`.
+    pub dev: String,
+    /// The block device's kernel name, when it is one (`loop3`, `dm-0`).
+    pub block: Option<String>,
+    pub busy: bool,
+    pub reasons: Vec<WhyReason>,
+    pub notes: Vec<String>,
+}
+
+/// One reason, with whether mntreap releases it and what to do.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WhyReason {
+    #[serde(flatten)]
+    pub reason: crate::engine::busy::Reason,
+    pub releasable: bool,
+    pub remedy: String,
+}
+
 /// What a command prints on stdout under `--json` when it fails before any work (exit 2):
 /// never nothing.
 #[derive(Debug, Clone, Serialize, Deserialize)]

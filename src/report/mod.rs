@@ -6,6 +6,7 @@
 pub mod containers;
 pub mod doc;
 pub mod output;
+pub mod why;
 
 use doc::{
     ActionDoc, ActionResult, HolderDoc, HolderState, NamespaceDoc, PidDoc, ReleaseDoc, ScanDoc,

@@ -206,6 +206,24 @@ impl Sandbox {
         dev
     }
 
+    /// Attaches a loop device to `file` (a path inside the sandbox namespace); detached
+    /// with the sandbox.
+    pub fn loop_file(&mut self, file: &str) -> String {
+        let dev = self
+            .sh(&format!("losetup --find --show {file}"))
+            .trim()
+            .to_string();
+        self.loops.push(dev.clone());
+        dev
+    }
+
+    /// Detaches one of the sandbox's loop devices now (and forgets it: another test may
+    /// attach the same device next).
+    pub fn detach_loop(&mut self, dev: &str) {
+        self.sh(&format!("losetup -d {dev}"));
+        self.loops.retain(|l| l != dev);
+    }
+
     /// Kills one holder (by pid) and reaps it.
     pub fn kill_holder(&mut self, pid: i32) {
         if let Some(pos) = self.children.iter().position(|c| c.id() as i32 == pid) {
@@ -227,7 +245,8 @@ impl Drop for Sandbox {
             let _ = c.wait();
         }
         // The namespaces are gone with their last processes, and their mounts with them.
-        for dev in &self.loops {
+        // Last attached first: a loop backed by a file on an earlier loop's filesystem.
+        for dev in self.loops.iter().rev() {
             let _ = Command::new("losetup").args(["-d", dev]).status();
         }
         let _ = std::fs::remove_dir_all(&self.dir);
@@ -254,6 +273,7 @@ pub fn assert_documented(bytes: &[u8]) {
         attempt::<DoctorDoc>(bytes, "DoctorDoc"),
         attempt::<HookReply>(bytes, "HookReply"),
         attempt::<ErrorDoc>(bytes, "ErrorDoc"),
+        attempt::<WhyDoc>(bytes, "WhyDoc"),
     ];
     if tries.iter().all(|t| t.is_err()) {
         let why: Vec<String> = tries.into_iter().filter_map(|t| t.err()).collect();

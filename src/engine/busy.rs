@@ -1,0 +1,321 @@
+//! Why a filesystem or a block device is busy: every reason the kernel gives `EBUSY` for
+//! an unmount, a `losetup -d`, an `rbd unmap` or a `cryptsetup close`, across every mount
+//! namespace (those with no process too): its mounts and their copies, processes whose
+//! working directory, root, executable, open files or memory maps are on it, loop devices
+//! backed by a file on it, swap on it, device-mapper or md devices stacked on it, and a
+//! superblock alive with no mount at all. Facts only, read from the kernel; what to do
+//! about each is the caller's to say.
+
+use std::fs;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use crate::engine::namespace::{FoundVia, NsPin};
+use crate::engine::scan::{ScanError, ScanRequest};
+use crate::engine::{source, sys};
+
+/// A device number, `major:minor`.
+pub type Dev = (u32, u32);
+
+/// What is asked about: a filesystem, by the device its superblock has.
+#[derive(Debug, Clone)]
+pub struct BusyTarget {
+    pub dev: Dev,
+    /// The block device's kernel name (`loop3`, `dm-0`, `rbd0`) when the target is one.
+    pub block: Option<String>,
+}
+
+/// One reason the target is busy.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "kind")]
+pub enum Reason {
+    /// A mount of the filesystem, in some mount namespace.
+    Mount {
+        mnt_ns: u64,
+        own_namespace: bool,
+        mount_id: u64,
+        mount_point: String,
+        /// Members of the namespace (none: see `ns_via` and `pinned_by`).
+        pids: Vec<i32>,
+        ns_via: FoundVia,
+        pinned_by: Vec<NsPin>,
+    },
+    /// A process uses a file on it.
+    Process {
+        pid: i32,
+        comm: String,
+        mnt_ns: Option<u64>,
+        via: ProcessUse,
+        /// The file, as the process names it (open files and maps).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        path: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        fd: Option<u32>,
+    },
+    /// A loop device is backed by a file on it.
+    Loop {
+        device: String,
+        backing_file: String,
+    },
+    /// Swap on it (a swap file on the filesystem, or the device itself).
+    Swap { path: String },
+    /// A device stacked on the block device (device-mapper: LUKS, LVM; md).
+    Holder { device: String },
+    /// The superblock is alive with no mount anywhere: lazily detached (`umount -l`) while
+    /// something still holds it, or mounted where no namespace in view reaches.
+    NoMount { evidence: String },
+}
+
+/// How a process keeps a filesystem busy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProcessUse {
+    Cwd,
+    Root,
+    Exe,
+    OpenFile,
+    Mmap,
+}
+
+/// Every reason `target` is busy, with the scan's notes (namespaces it could not read).
+pub fn reasons(
+    base: &ScanRequest,
+    target: &BusyTarget,
+) -> Result<(Vec<Reason>, Vec<String>), ScanError> {
+    let mut notes = Vec::new();
+    let mut out = mounts(base, target.dev, &mut notes)?;
+    let any_mount = !out.is_empty();
+    out.extend(processes(&base.proc_root, target.dev));
+    out.extend(loops(target.dev));
+    out.extend(swaps(target));
+    if let Some(block) = &target.block {
+        out.extend(holders(block));
+        if !any_mount {
+            out.extend(superblock_without_mount(block));
+        }
+    }
+    Ok((out, notes))
+}
+
+/// Every mount of the filesystem in every mount namespace.
+fn mounts(base: &ScanRequest, dev: Dev, notes: &mut Vec<String>) -> Result<Vec<Reason>, ScanError> {
+    let request = ScanRequest {
+        targets: Vec::new(),
+        paths_only: false,
+        ..base.clone()
+    };
+    let mut denied = Vec::new();
+    let mut namespaces = crate::engine::scan::read_namespaces(&request, notes, &mut denied)?;
+    let mut out = Vec::new();
+    for n in &mut namespaces {
+        let Some(table) = n.table.as_mut() else {
+            continue;
+        };
+        let on: Vec<usize> = (0..table.mounts.len())
+            .filter(|&i| table.mounts[i].dev == dev)
+            .collect();
+        source::hydrate(table, on.iter().copied());
+        for i in on {
+            let m = &table.mounts[i];
+            if table.mount_point(m).is_empty() {
+                continue;
+            }
+            out.push(Reason::Mount {
+                mnt_ns: n.ns.inode,
+                own_namespace: n.ns.own,
+                mount_id: m.id,
+                mount_point: crate::engine::mountinfo::encode(table.mount_point(m)),
+                pids: n.ns.pids.clone(),
+                ns_via: n.ns.via,
+                pinned_by: n.ns.pinned_by.clone(),
+            });
+        }
+    }
+    Ok(out)
+}
+
+fn dev_of(st_dev: u64) -> Dev {
+    (
+        nix::sys::stat::major(st_dev) as u32,
+        nix::sys::stat::minor(st_dev) as u32,
+    )
+}
+
+/// Processes whose cwd, root, executable, open files or maps are on the filesystem.
+fn processes(proc_root: &Path, dev: Dev) -> Vec<Reason> {
+    let me = std::process::id() as i32;
+    let Ok(entries) = fs::read_dir(proc_root) else {
+        return Vec::new();
+    };
+    let mut pids: Vec<i32> = entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|&p| p != me)
+        .collect();
+    pids.sort_unstable();
+    let mut out = Vec::new();
+    for pid in pids {
+        let dir = proc_root.join(pid.to_string());
+        let comm = fs::read_to_string(dir.join("comm"))
+            .map(|c| c.trim_end().to_string())
+            .unwrap_or_default();
+        let mnt_ns = crate::engine::namespace::mnt_ns_inode(proc_root, pid);
+        let reason = |via, path: Option<String>, fd: Option<u32>| Reason::Process {
+            pid,
+            comm: comm.clone(),
+            mnt_ns,
+            via,
+            path,
+            fd,
+        };
+        for (name, via) in [
+            ("cwd", ProcessUse::Cwd),
+            ("root", ProcessUse::Root),
+            ("exe", ProcessUse::Exe),
+        ] {
+            let on =
+                sys::statx_mount(None, dir.join(name).as_os_str(), 0).is_ok_and(|s| s.dev == dev);
+            if on {
+                out.push(reason(via, None, None));
+            }
+        }
+        if let Ok(fds) = fs::read_dir(dir.join("fd")) {
+            for e in fds.flatten() {
+                let Some(fd) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+                    continue;
+                };
+                if fs::metadata(e.path()).is_ok_and(|m| dev_of(m.dev()) == dev) {
+                    let path = fs::read_link(e.path())
+                        .map(|l| l.to_string_lossy().into_owned())
+                        .ok();
+                    out.push(reason(ProcessUse::OpenFile, path, Some(fd)));
+                }
+            }
+        }
+        let mut mapped: Vec<String> = fs::read_to_string(dir.join("maps"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| map_on(l, dev))
+            .collect();
+        mapped.dedup();
+        out.extend(
+            mapped
+                .into_iter()
+                .map(|p| reason(ProcessUse::Mmap, Some(p), None)),
+        );
+    }
+    out
+}
+
+/// The path of a `/proc/PID/maps` line whose file is on `dev` (`maj:min` in hex).
+fn map_on(line: &str, dev: Dev) -> Option<String> {
+    let mut fields = line.split_whitespace();
+    let device = fields.nth(3)?;
+    let inode = fields.next()?;
+    let path = fields.collect::<Vec<_>>().join(" ");
+    let (major, minor) = device.split_once(':')?;
+    let on = u32::from_str_radix(major, 16).ok()? == dev.0
+        && u32::from_str_radix(minor, 16).ok()? == dev.1
+        && inode != "0";
+    on.then_some(path)
+}
+
+/// Loop devices whose backing file is on the filesystem, as the kernel records the file
+/// (its device, not its path: the path is as its setter named it, in its namespace).
+fn loops(dev: Dev) -> Vec<Reason> {
+    let Ok(entries) = fs::read_dir("/sys/block") else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Ok(backing) = fs::read_to_string(e.path().join("loop/backing_file")) else {
+            continue;
+        };
+        let node = PathBuf::from(format!("/dev/{name}"));
+        let on = match sys::loop_backing_dev(&node) {
+            Ok(backing_dev) => dev_of(backing_dev) == dev,
+            // No device node here: the path, as named, from this namespace.
+            Err(_) => fs::metadata(backing.trim_end()).is_ok_and(|m| dev_of(m.dev()) == dev),
+        };
+        if on {
+            out.push(Reason::Loop {
+                device: node.display().to_string(),
+                backing_file: backing.trim_end().to_string(),
+            });
+        }
+    }
+    out.sort_by(|a, b| format!("{a:?}").cmp(&format!("{b:?}")));
+    out
+}
+
+/// Swap files on the filesystem, or swap on the block device itself (`/proc/swaps`).
+fn swaps(target: &BusyTarget) -> Vec<Reason> {
+    let text = fs::read_to_string("/proc/swaps").unwrap_or_default();
+    text.lines()
+        .skip(1)
+        .filter_map(|l| {
+            let path = crate::engine::mountinfo::decode(l.split_whitespace().next()?.as_bytes());
+            let path = String::from_utf8_lossy(&path).into_owned();
+            let meta = fs::metadata(&path).ok()?;
+            let on = if meta.file_type().is_block_device() {
+                dev_of(meta.rdev()) == target.dev
+            } else {
+                dev_of(meta.dev()) == target.dev
+            };
+            on.then_some(Reason::Swap { path })
+        })
+        .collect()
+}
+
+/// Devices stacked on the block device (`/sys/class/block/NAME/holders`).
+fn holders(block: &str) -> Vec<Reason> {
+    let Ok(entries) = fs::read_dir(format!("/sys/class/block/{block}/holders")) else {
+        return Vec::new();
+    };
+    let mut out: Vec<Reason> = entries
+        .flatten()
+        .map(|e| Reason::Holder {
+            device: e.file_name().to_string_lossy().into_owned(),
+        })
+        .collect();
+    out.sort_by(|a, b| format!("{a:?}").cmp(&format!("{b:?}")));
+    out
+}
+
+/// A filesystem's per-superblock sysfs directory (`/sys/fs/ext4/loop3`, xfs, f2fs, ...)
+/// with no mount of it anywhere: the superblock outlives its last mount.
+fn superblock_without_mount(block: &str) -> Vec<Reason> {
+    let Ok(entries) = fs::read_dir("/sys/fs") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .map(|e| e.path().join(block))
+        .filter(|p| p.is_dir())
+        .map(|p| Reason::NoMount {
+            evidence: format!(
+                "{} exists, but no mount namespace in view mounts the device",
+                p.display()
+            ),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_lines_match_by_device_and_skip_anonymous_ones() {
+        let line = "7f2c0000-7f2c1000 r--p 00000000 07:03 1234   /mnt/data/lib me.so";
+        assert_eq!(map_on(line, (7, 3)).as_deref(), Some("/mnt/data/lib me.so"));
+        assert_eq!(map_on(line, (7, 4)), None);
+        // Hex fields: fd:01 is 253:1.
+        let dm = "55d0-55d1 r-xp 00000000 fd:01 99 /usr/bin/x";
+        assert_eq!(map_on(dm, (253, 1)).as_deref(), Some("/usr/bin/x"));
+        assert_eq!(
+            map_on("7ffd-7ffe rw-p 00000000 00:00 0 [stack]", (0, 0)),
+            None
+        );
+    }
+}

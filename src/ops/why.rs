@@ -1,0 +1,110 @@
+//! `why`: every reason a filesystem or device is busy, each with whether mntreap can
+//! release it and what the operator does otherwise. The reasons are the engine's facts
+//! ([`crate::engine::busy`]); the remedies are decided here, once.
+
+use crate::engine::busy::{self, BusyTarget, ProcessUse, Reason};
+use crate::engine::scan::{ScanError, ScanRequest};
+
+/// One reason, explained.
+#[derive(Debug, Clone)]
+pub struct Explained {
+    pub reason: Reason,
+    /// A mount copy in another namespace: what `release` unmounts.
+    pub releasable: bool,
+    pub remedy: String,
+}
+
+/// Every reason `target` is busy, explained, and the scan's notes.
+pub fn why(
+    base: &ScanRequest,
+    target: &BusyTarget,
+) -> Result<(Vec<Explained>, Vec<String>), ScanError> {
+    let (reasons, notes) = busy::reasons(base, target)?;
+    let explained = reasons
+        .into_iter()
+        .map(|reason| {
+            let (releasable, remedy) = remedy(&reason);
+            Explained {
+                reason,
+                releasable,
+                remedy,
+            }
+        })
+        .collect();
+    Ok((explained, notes))
+}
+
+fn remedy(reason: &Reason) -> (bool, String) {
+    match reason {
+        Reason::Mount {
+            own_namespace: true,
+            mount_point,
+            ..
+        } => (
+            false,
+            format!(
+                "the mount itself, in mntreap's namespace: `umount {mount_point}` once nothing else holds it"
+            ),
+        ),
+        Reason::Mount {
+            mount_point,
+            pids,
+            pinned_by,
+            ..
+        } => {
+            let enter = match (pids.first(), pinned_by.first()) {
+                (Some(pid), _) => format!("/proc/{pid}/ns/mnt"),
+                (None, Some(crate::engine::namespace::NsPin::Bind { path, .. })) => path.clone(),
+                (None, Some(crate::engine::namespace::NsPin::Descriptor { pid, fd, .. })) => {
+                    format!("/proc/{pid}/fd/{fd}")
+                }
+                (None, None) => "<the namespace>".into(),
+            };
+            (
+                true,
+                format!(
+                    "a copy in another mount namespace: `mntreap release` unmounts it for a \
+                     container's or pod's mounts; by hand: `nsenter --mount={enter} umount \
+                     {mount_point}`{}",
+                    if pids.is_empty() && !pinned_by.is_empty() {
+                        "; then remove the pin, which keeps the namespace alive"
+                    } else {
+                        ""
+                    }
+                ),
+            )
+        }
+        Reason::Process { pid, via, .. } => (
+            false,
+            match via {
+                ProcessUse::Cwd => {
+                    format!("pid {pid} works in it: stop it, or have it leave the directory")
+                }
+                ProcessUse::Root => format!("pid {pid} has its root in it: stop it"),
+                ProcessUse::Exe => format!("pid {pid} runs a program from it: stop it"),
+                ProcessUse::OpenFile => {
+                    format!("pid {pid} holds a file open on it: stop it, or have it close the file")
+                }
+                ProcessUse::Mmap => format!("pid {pid} maps a file of it into memory: stop it"),
+            },
+        ),
+        Reason::Loop { device, .. } => (
+            false,
+            format!("detach the loop device: `losetup -d {device}`"),
+        ),
+        Reason::Swap { path } => (false, format!("`swapoff {path}`")),
+        Reason::Holder { device } => (
+            false,
+            format!(
+                "{device} is stacked on it: close that first (`dmsetup remove {device}`, \
+                 `cryptsetup close`, `vgchange -an`, `mdadm --stop`)"
+            ),
+        ),
+        Reason::NoMount { .. } => (
+            false,
+            "no mount holds it any more, but the filesystem is still alive: a lazily detached \
+             mount whose files are still in use (the processes above), or a mount out of view"
+                .into(),
+        ),
+    }
+}
