@@ -179,7 +179,7 @@ pub(crate) struct EngineArgs {
     #[arg(long, env = "MNTREAP_PROC", default_value = "/proc", hide = true)]
     proc: PathBuf,
     #[command(flatten)]
-    docker: DockerArgs,
+    runtime: RuntimeArgs,
 }
 
 /// `--runtime`.
@@ -192,6 +192,36 @@ enum RuntimeArg {
     Cri,
 }
 
+/// Which runtime, and how long it has: for Docker and CRI runtimes alike.
+#[derive(Args, Debug, Clone)]
+pub(crate) struct RuntimeArgs {
+    /// Which runtime's containers are meant: docker, cri (containerd's CRI plugin, CRI-O),
+    /// or auto (Docker when its socket or data root exists, else a CRI socket).
+    #[arg(long, value_enum, env = "MNTREAP_RUNTIME", default_value = "auto")]
+    runtime: RuntimeArg,
+    /// Resolve containers from the runtime's records only (Docker's data root, containerd's
+    /// task bundles); do not ask the runtime.
+    #[arg(long)]
+    offline: bool,
+    /// How long the runtime (dockerd, or the CRI runtime) has to answer each call (seconds).
+    #[arg(long, alias = "docker-timeout", default_value_t = 3)]
+    runtime_timeout: u64,
+    /// How long listing or resolving containers may take in all, every call included
+    /// (seconds; default: 10 x --runtime-timeout). Past it the command fails, and nothing
+    /// is released.
+    #[arg(long, env = "MNTREAP_LIST_DEADLINE")]
+    list_deadline: Option<u64>,
+    /// Where the host's files are seen from here. Default: `/`; inside the managed plugin,
+    /// the root of the dockerd that connects to it (`/proc/<pid>/root`).
+    #[arg(long, env = "MNTREAP_HOST_ROOT")]
+    host_root: Option<String>,
+    #[command(flatten)]
+    docker: DockerArgs,
+    #[command(flatten)]
+    cri: CriArgs,
+}
+
+/// Where Docker is.
 #[derive(Args, Debug, Clone)]
 pub(crate) struct DockerArgs {
     /// The daemon's socket (unix:///path), like the docker CLI's DOCKER_HOST.
@@ -202,21 +232,11 @@ pub(crate) struct DockerArgs {
     /// (A string: an empty setting, a managed plugin's declared default, means unset.)
     #[arg(long, env = "MNTREAP_DOCKER_ROOT")]
     docker_root: Option<String>,
-    /// Resolve containers from the data root only; do not ask the daemon.
-    #[arg(long)]
-    offline: bool,
-    /// How long the runtime (dockerd, or the CRI runtime) has to answer each call (seconds).
-    #[arg(long, default_value_t = 3)]
-    docker_timeout: u64,
-    /// How long listing or resolving containers may take in all, every call included
-    /// (seconds; default: 10 x --docker-timeout). Past it the command fails, and nothing
-    /// is released.
-    #[arg(long, env = "MNTREAP_LIST_DEADLINE")]
-    list_deadline: Option<u64>,
-    /// Which runtime's containers are meant: docker, cri (containerd's CRI plugin, CRI-O),
-    /// or auto (Docker when its socket or data root exists, else a CRI socket).
-    #[arg(long, value_enum, env = "MNTREAP_RUNTIME", default_value = "auto")]
-    runtime: RuntimeArg,
+}
+
+/// Where the CRI runtime and kubelet are.
+#[derive(Args, Debug, Clone)]
+pub(crate) struct CriArgs {
     /// The CRI socket (unix:///path), like crictl's --runtime-endpoint. Default: the
     /// first of /run/containerd/containerd.sock, /var/run/crio/crio.sock,
     /// /run/k3s/containerd/containerd.sock that exists. Implies --runtime cri.
@@ -225,10 +245,6 @@ pub(crate) struct DockerArgs {
     /// kubelet's root directory (pods' volumes).
     #[arg(long, env = "MNTREAP_KUBELET_ROOT", default_value = "/var/lib/kubelet")]
     kubelet_root: PathBuf,
-    /// Where the host's files are seen from here. Default: `/`; inside the managed plugin,
-    /// the root of the dockerd that connects to it (`/proc/<pid>/root`).
-    #[arg(long, env = "MNTREAP_HOST_ROOT")]
-    host_root: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -358,9 +374,9 @@ fn init_plugin_logging(verbose: u8) {
         .init();
 }
 
-impl DockerArgs {
+impl RuntimeArgs {
     fn timeout(&self) -> Duration {
-        Duration::from_secs(self.docker_timeout.max(1))
+        Duration::from_secs(self.runtime_timeout.max(1))
     }
 
     fn list_deadline(&self) -> Duration {
@@ -374,14 +390,19 @@ impl DockerArgs {
 impl EngineArgs {
     fn cri_options(&self) -> CriOptions {
         CriOptions {
-            endpoint: self.docker.cri_endpoint.clone().filter(|e| !e.is_empty()),
-            kubelet_root: self.docker.kubelet_root.clone(),
-            offline: self.docker.offline,
-            timeout: self.docker.timeout(),
-            list_deadline: self.docker.list_deadline(),
+            endpoint: self
+                .runtime
+                .cri
+                .cri_endpoint
+                .clone()
+                .filter(|e| !e.is_empty()),
+            kubelet_root: self.runtime.cri.kubelet_root.clone(),
+            offline: self.runtime.offline,
+            timeout: self.runtime.timeout(),
+            list_deadline: self.runtime.list_deadline(),
             proc_root: self.proc.clone(),
             host_root: self
-                .docker
+                .runtime
                 .host_root
                 .clone()
                 .filter(|p| !p.is_empty())
@@ -391,19 +412,25 @@ impl EngineArgs {
 
     fn docker_options(&self) -> DockerOptions {
         DockerOptions {
-            host: self.docker.docker_host.clone().filter(|h| !h.is_empty()),
+            host: self
+                .runtime
+                .docker
+                .docker_host
+                .clone()
+                .filter(|h| !h.is_empty()),
             // An empty setting (a managed plugin's declared default) means "not set".
             root: self
+                .runtime
                 .docker
                 .docker_root
                 .clone()
                 .filter(|p| !p.is_empty())
                 .map(PathBuf::from),
-            offline: self.docker.offline,
-            timeout: self.docker.timeout(),
-            list_deadline: self.docker.list_deadline(),
+            offline: self.runtime.offline,
+            timeout: self.runtime.timeout(),
+            list_deadline: self.runtime.list_deadline(),
             host_root: self
-                .docker
+                .runtime
                 .host_root
                 .clone()
                 .filter(|p| !p.is_empty())
@@ -463,7 +490,7 @@ impl EngineArgs {
                 runtime_pid: None,
             },
             docker,
-            runtime: match self.docker.runtime {
+            runtime: match self.runtime.runtime {
                 RuntimeArg::Auto => RuntimeChoice::Auto,
                 RuntimeArg::Docker => RuntimeChoice::Docker,
                 RuntimeArg::Cri => RuntimeChoice::Cri,

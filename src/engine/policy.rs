@@ -131,16 +131,14 @@ impl Policy {
         if inside {
             return Ok(());
         }
-        let roots = RUNTIME_ROOTS
-            .iter()
-            .map(|r| r.to_string())
-            .chain(
-                self.extra_roots
-                    .iter()
-                    .map(|r| r.to_string_lossy().into_owned()),
-            )
-            .collect::<Vec<_>>()
-            .join(", ");
+        let mut roots: Vec<String> = RUNTIME_ROOTS.iter().map(|r| r.to_string()).collect();
+        for extra in &self.extra_roots {
+            let extra = extra.to_string_lossy().into_owned();
+            if !roots.contains(&extra) {
+                roots.push(extra);
+            }
+        }
+        let roots = roots.join(", ");
         Err(PolicyError::OutsideRuntimeRoots {
             path: normal.to_string_lossy().into_owned(),
             roots,
