@@ -295,11 +295,41 @@ struct DoctorArgs {
 
 /// Runs the command line; returns the process exit code.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // Under --json a command line that does not parse is an error document too.
+            let usage = !matches!(
+                e.kind(),
+                clap::error::ErrorKind::DisplayHelp
+                    | clap::error::ErrorKind::DisplayVersion
+                    | clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            );
+            if usage && std::env::args().any(|a| a == "--json") {
+                commands::print(&crate::report::doc::to_text(
+                    &crate::report::doc::ErrorDoc {
+                        error: e
+                            .to_string()
+                            .lines()
+                            .next()
+                            .unwrap_or_default()
+                            .trim_start_matches("error: ")
+                            .to_string(),
+                        kind: crate::report::doc::FailureKind::BadInput,
+                    },
+                ));
+            }
+            e.exit()
+        }
+    };
     if matches!(cli.command, Command::Plugin(_) | Command::Agent(_)) {
         init_plugin_logging(cli.verbose);
     } else {
         init_logging(cli.log_format, cli.verbose);
+    }
+    // One descriptor per mount namespace is held through a scan: a node has thousands.
+    if let Err(e) = crate::daemon::serve::raise_nofile() {
+        tracing::debug!(error = %e, "the descriptor limit could not be raised");
     }
     let json = cli.command.json();
     match run(cli.command) {

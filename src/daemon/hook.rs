@@ -182,12 +182,12 @@ fn hook(agent: &Agent, peer: Option<i32>, accepted_at: Option<u64>, line: &str) 
     };
     let span = info_span!("agent", trigger = "hook pre-stop", container = %container.name);
     let _g = span.enter();
-    let started = Instant::now();
     // Each container as `release CONTAINER` (and `release POD`) releases it: the same
     // request, scope and plan, so what `scan POD` shows is what the hook does.
     let mut releases = Vec::new();
     let mut failed = Vec::new();
     for t in &targets {
+        let started = Instant::now();
         match crate::ops::release_container(&agent.config.base, daemon, t, false, false) {
             Ok(rel) => {
                 agent.metrics.count(&rel.results, started.elapsed());

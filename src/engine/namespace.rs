@@ -180,7 +180,8 @@ pub(crate) fn parse_start_time(stat: &str) -> Option<u64> {
     after.split_whitespace().nth(19)?.parse().ok()
 }
 
-/// Every mount namespace that has at least one process, found through `proc_root`.
+/// Every mount namespace, found through `proc_root`: those with processes, and, when this
+/// process sees the host's processes, those with none (see [`FoundVia`]).
 pub fn enumerate(proc_root: &Path) -> Result<Vec<Namespace>, NamespaceError> {
     let own_path = proc_root.join("self/ns/mnt");
     let own_inode = fs::metadata(&own_path)
@@ -264,6 +265,12 @@ fn add_process_less(
     me: i32,
     own_userns: Option<u64>,
 ) {
+    // The kernel's list is every namespace of the machine: from a pid namespace that is not
+    // the host's (a pod without hostPID, a machine container) it reaches namespaces whose
+    // processes, and so whose owners, are out of view. Only the host's view uses it.
+    if pid_namespace_blindness(proc_root).is_some() {
+        return;
+    }
     let listed = namespaces
         .iter()
         .find(|n| n.own)
@@ -275,23 +282,29 @@ fn add_process_less(
             }
             true
         }
-        Some(Err(e)) => {
+        Some(Err(e)) if matches!(e.raw_os_error(), Some(libc::ENOTTY | libc::EINVAL)) => {
             tracing::debug!(error = %e, "no kernel list of mount namespaces (Linux < 6.12)");
+            false
+        }
+        Some(Err(e)) => {
+            // EMFILE and the like: what the list would add is unknown, so is what pins them.
+            tracing::warn!(error = %e, "the kernel's list of mount namespaces could not be read");
             false
         }
         None => false,
     };
+    // A process that started after the listing (a runtime between unshare and exec) makes
+    // its namespace look process-less: file the members that appeared since.
+    if namespaces.iter().any(|n| n.pids.is_empty() && !n.own) {
+        file_late_members(proc_root, namespaces, by_inode);
+    }
     // Descriptors pin namespaces with no process; without the kernel's list they are also
     // how such namespaces are found. Only read when they can matter: every process's
     // descriptors are many.
     if !complete || namespaces.iter().any(|n| n.pids.is_empty() && !n.own) {
         for (pid, fd, inode) in ns_descriptors(proc_root, pids, me) {
             if !by_inode.contains_key(&inode)
-                && let Ok(opened) = open(
-                    &proc_root.join(format!("{pid}/fd/{fd}")),
-                    OFlag::O_RDONLY | OFlag::O_CLOEXEC,
-                    Mode::empty(),
-                )
+                && let Some(opened) = namespace_descriptor(pid, fd, inode)
             {
                 add_found(
                     namespaces,
@@ -312,6 +325,38 @@ fn add_process_less(
                     .pinned_by
                     .push(NsPin::Descriptor { pid, comm, fd });
             }
+        }
+    }
+}
+
+/// A duplicate of `pid`'s descriptor `fd` if it still is mount namespace `inode`.
+fn namespace_descriptor(pid: i32, fd: u32, inode: u64) -> Option<OwnedFd> {
+    let dup = sys::fd_of_process(pid, fd).ok()?;
+    let same = nix::sys::stat::fstat(dup.as_fd()).is_ok_and(|st| st.st_ino == inode);
+    (same && sys::is_mount_namespace(dup.as_fd())).then_some(dup)
+}
+
+/// Files as members the processes now in namespaces that had none when `/proc` was listed.
+fn file_late_members(
+    proc_root: &Path,
+    namespaces: &mut [Namespace],
+    by_inode: &std::collections::HashMap<u64, usize>,
+) {
+    let Ok(entries) = fs::read_dir(proc_root) else {
+        return;
+    };
+    let me = std::process::id() as i32;
+    for pid in entries.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok()) {
+        if pid == me {
+            continue;
+        }
+        if let Some(inode) = mnt_ns_inode(proc_root, pid)
+            && let Some(&i) = by_inode.get(&inode)
+            && namespaces[i].via != FoundVia::Process
+            && !namespaces[i].pids.contains(&pid)
+        {
+            namespaces[i].pids.push(pid);
+            namespaces[i].pids.sort_unstable();
         }
     }
 }

@@ -218,6 +218,38 @@ pub(crate) fn mntns_neighbour(
     Ok(Some((owned, info.mnt_ns_id)))
 }
 
+/// A duplicate of descriptor `fd` of process `pid` (`pidfd_open` + `pidfd_getfd`, Linux
+/// 5.6+): no `open` of whatever `/proc/PID/fd/N` points to by then (a FIFO, a file on a
+/// user's FUSE mount, which could block), and the pid is pinned by the pidfd.
+pub(crate) fn fd_of_process(pid: i32, fd: u32) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if pidfd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned `pidfd` as a new descriptor that nothing else owns.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as libc::c_int) };
+    // SAFETY: pidfd_getfd takes a pidfd, a descriptor number and flags, and returns a new
+    // descriptor (close-on-exec) or -1.
+    let dup = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) };
+    if dup < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: as above, a new descriptor nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(dup as libc::c_int) })
+}
+
+/// `_IO(0xb7, 0x3)`: the `CLONE_NEW*` type of the namespace behind an nsfs fd.
+const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
+
+/// Whether `fd` is a mount namespace (an nsfs descriptor of type `CLONE_NEWNS`).
+pub(crate) fn is_mount_namespace(fd: BorrowedFd<'_>) -> bool {
+    // SAFETY: NS_GET_NSTYPE takes no argument and returns the type or -1 (ENOTTY on a
+    // descriptor that is not nsfs).
+    let kind = unsafe { libc::ioctl(fd.as_raw_fd(), NS_GET_NSTYPE) };
+    kind == libc::CLONE_NEWNS
+}
+
 /// `struct loop_info64` (linux/loop.h): what `LOOP_GET_STATUS64` reports of a loop device.
 #[repr(C)]
 struct LoopInfo64 {

@@ -335,7 +335,8 @@ fn recheck(
         let alive = scan.namespaces[ns].ns.pids.iter().any(|&pid| {
             crate::engine::namespace::mnt_ns_inode(&request.proc_root, pid) == Some(inode)
         });
-        if !alive {
+        let had = !scan.namespaces[ns].ns.pids.is_empty();
+        if !alive && had {
             notes.push(format!(
                 "mount namespace {inode} has no process left (its last one exited after the \
                  scan); it goes away with its mounts when mntreap lets go of it"

@@ -4,6 +4,7 @@
 use std::collections::{HashMap, HashSet};
 
 use super::{Action, NamespacePlan, Scope, Step};
+use crate::engine::namespace::FoundVia;
 use crate::engine::scan::{Holder, InUse, Scan};
 use crate::engine::table::path_is_under;
 
@@ -113,6 +114,9 @@ fn first_step(scan: &Scan, h: &Holder, scope: &Scope) -> Step {
     if let Some(reason) = scope.protects(scan, h.ns) {
         return Step::Keep { reason };
     }
+    if let Some(reason) = unaccounted(scan, h.ns) {
+        return Step::Keep { reason };
+    }
     if h.pins.is_empty() {
         Step::Unmount
     } else {
@@ -120,6 +124,19 @@ fn first_step(scan: &Scan, h: &Holder, scope: &Scope) -> Step {
             pins: h.pins.clone(),
         }
     }
+}
+
+/// A namespace found with no process and nothing in view that pins it (no descriptor of a
+/// process in view, no nsfs bind in a table read): it may be one a runtime is setting up
+/// between unshare and exec, or one held from out of view. Whose it is is unknown, so it is
+/// left alone, whatever the scope.
+fn unaccounted(scan: &Scan, ns: usize) -> Option<String> {
+    let n = &scan.namespaces[ns].ns;
+    (n.via != FoundVia::Process && n.pids.is_empty() && n.pinned_by.is_empty()).then(|| {
+        "its namespace has no process and nothing in view pins it (a runtime may be setting \
+         it up, or something out of view holds it): whose it is is unknown"
+            .to_string()
+    })
 }
 
 /// Parent links of the namespaces in a plan, to ask "is this mount inside that one".

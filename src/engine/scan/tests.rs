@@ -398,6 +398,35 @@ fn in_a_machine_whose_peers_may_live_outside_no_unmount_under_a_shared_parent() 
 }
 
 #[test]
+fn a_namespace_with_no_process_is_released_only_when_a_pin_in_view_accounts_for_it() {
+    let own = "1 0 254:0 / / rw - ext4 /dev/vda rw\n\
+               3 1 0:50 / /d/l/abc/merged rw - overlay overlay rw\n";
+    let mut scan = scan_of(
+        &[T],
+        &[],
+        &[Ns(1, true, true, own), Ns(2, false, true, own)],
+    );
+    scan.namespaces[1].ns.via = crate::engine::namespace::FoundVia::KernelList;
+    assert_eq!(
+        steps(&scan, Scope::default()),
+        vec![(1, 3, true), (2, 3, true)],
+        "no process, no pin: kept"
+    );
+    scan.namespaces[1]
+        .ns
+        .pinned_by
+        .push(crate::engine::namespace::NsPin::Bind {
+            mnt_ns: 1,
+            path: "/run/snapd/ns/app.mnt".into(),
+        });
+    assert_eq!(
+        steps(&scan, Scope::default()),
+        vec![(1, 3, true), (2, 3, false)],
+        "pinned by a bind in view: released"
+    );
+}
+
+#[test]
 fn a_failed_recheck_reports_what_the_actions_did_not_remove() {
     let own = "1 0 254:0 / / rw - ext4 /dev/vda rw\n\
                2 1 0:50 / /d/l/abc/merged rw - overlay overlay rw\n";
