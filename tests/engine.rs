@@ -197,6 +197,7 @@ fn cwd_inside_copy_is_detached_and_named() {
     assert_eq!(h["pins"], serde_json::json!([{"pid": pid, "via": "cwd"}]));
 
     let (code, doc) = sb.mntreap_json(&["release", "--any-path", "--path", &target], &[]);
+    let doc = the_release(&doc);
     assert_eq!(code, 1, "still pinned => exit 1: {doc:#}");
     let action = &doc["namespaces"][0]["actions"][0];
     assert_eq!(action["result"], "detached", "{doc:#}");
@@ -222,6 +223,7 @@ fn container_root_is_never_touched() {
     let before = mounts_of(pid);
 
     let (code, doc) = sb.mntreap_json(&["release", "--any-path", "--path", &target], &[]);
+    let doc = the_release(&doc);
     assert_eq!(code, 1, "in-use copy remains => exit 1: {doc:#}");
     let ns = namespace_entry(&doc, ns_inode(pid));
     let action = &ns["actions"][0];
@@ -427,6 +429,7 @@ fn the_docker_data_root_counts_as_a_runtime_root() {
         &["release", "--path", &target],
         &[("MNTREAP_DOCKER_ROOT", &d)],
     );
+    let doc = the_release(&doc);
     assert_eq!(code, 0, "{doc:#}");
     assert!(
         !mounts_of(leak).iter().any(|(m, _)| *m == target),
@@ -522,6 +525,7 @@ fn shared_parent_propagation_is_refused() {
     let pid = sb.holder_with(&["-m", "--propagation", "unchanged"], None, None);
     let target = format!("{d}/l/pr/merged");
     let (code, doc) = sb.mntreap_json(&["release", "--any-path", "--path", &target], &[]);
+    let doc = the_release(&doc);
     assert_eq!(code, 1, "{doc:#}");
     let ns = namespace_entry(&doc, ns_inode(pid));
     assert_eq!(ns["actions"][0]["result"], "kept", "{doc:#}");
@@ -542,6 +546,7 @@ fn shared_parent_propagation_is_refused() {
         &["release", "--everywhere", "--any-path", "--path", &target],
         &[],
     );
+    let doc = the_release(&doc);
     assert_eq!(code, 0, "{doc:#}");
     assert!(!has_mount_at(pid, &target) && !has_mount_at(sb.host_pid(), &target));
 }
@@ -636,6 +641,7 @@ fn paths_only_refuses_unmounts_under_shared_parents() {
         &["release", "--paths-only", "--any-path", "--path", &target],
         &[("MNTREAP_BACKEND", "listmount")],
     );
+    let doc = the_release(&doc);
     assert_eq!(code, 1, "{doc:#}");
     let ns = namespace_entry(&doc, ns_inode(pid));
     assert_eq!(ns["actions"][0]["result"], "kept");

@@ -94,10 +94,10 @@ fn run_releases<'c>(
     Ok(releases)
 }
 
-/// The releases as JSON (one document for a path release, else the list) or text.
+/// The releases as JSON (always the list: `releases[]`) or text.
 fn render(e: &Config, docker: Option<&super::Runtime>, releases: &Outcomes) -> String {
     if e.json {
-        let mut docs: Vec<ReleaseOutcome> = releases
+        let docs: Vec<ReleaseOutcome> = releases
             .iter()
             .map(|(c, r)| match r {
                 Ok(r) => {
@@ -111,16 +111,11 @@ fn render(e: &Config, docker: Option<&super::Runtime>, releases: &Outcomes) -> S
                 }),
             })
             .collect();
-        match (docker, docs.len()) {
-            (None, 1) => match docs.remove(0) {
-                ReleaseOutcome::Released(doc) => report::doc::to_text(&doc),
-                ReleaseOutcome::Failed(doc) => report::doc::to_text(&doc),
-            },
-            _ => report::doc::to_text(&ReleasesDoc {
-                runtime: docker.map(|d| d.daemon().clone()),
-                releases: docs,
-            }),
-        }
+        // One shape whatever the targets: a path release is the list's one entry.
+        report::doc::to_text(&ReleasesDoc {
+            runtime: docker.map(|d| d.daemon().clone()),
+            releases: docs,
+        })
     } else {
         let mut text = String::new();
         for (c, r) in releases {

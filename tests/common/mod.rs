@@ -265,7 +265,6 @@ pub fn assert_documented(bytes: &[u8]) {
     }
     let tries = [
         attempt::<ScanDoc>(bytes, "ScanDoc"),
-        attempt::<ReleaseDoc>(bytes, "ReleaseDoc"),
         attempt::<ReleasesDoc>(bytes, "ReleasesDoc"),
         attempt::<FailedDoc>(bytes, "FailedDoc"),
         attempt::<NodeReportDoc>(bytes, "NodeReportDoc"),
@@ -464,6 +463,14 @@ pub fn parse_http_response(out: &str) -> (u16, String) {
 }
 
 /// The entry of a release document's `namespaces` for mount namespace `inode`.
+/// The one release of a `release --path ... --json` document (`releases[0]`: the same
+/// shape as a release of containers), checked to be alone.
+pub fn the_release(doc: &serde_json::Value) -> serde_json::Value {
+    let releases = doc["releases"].as_array().expect("a ReleasesDoc");
+    assert_eq!(releases.len(), 1, "{doc:#}");
+    releases[0].clone()
+}
+
 pub fn namespace_entry(doc: &serde_json::Value, inode: u64) -> serde_json::Value {
     doc["namespaces"]
         .as_array()
