@@ -814,13 +814,22 @@ fn namespaces_with_no_process_are_found_scanned_released_and_their_pins_named() 
     let d = sb.d();
     layers(&sb, "np");
     let target = format!("{d}/l/np/merged");
-    // As `unshare --mount=FILE` does it (done by hand: the tool races with itself).
-    let first = sb.holder(None, None);
-    let bound = ns_inode(first);
-    sb.sh(&format!(
-        "touch {d}/ns.mnt && mount --bind /proc/{first}/ns/mnt {d}/ns.mnt"
-    ));
-    sb.kill_holder(first);
+    // As `unshare --mount=FILE` does it. This kernel (6.18) refuses about one such bind in
+    // four with EINVAL, with util-linux's mount and busybox's alike (cause not established),
+    // so a refused attempt is made again with a fresh namespace.
+    sb.sh(&format!("touch {d}/ns.mnt"));
+    let mut bound = None;
+    for _ in 0..8 {
+        let first = sb.holder(None, None);
+        let bind = sb.sh_output(&format!("mount --bind /proc/{first}/ns/mnt {d}/ns.mnt"));
+        let inode = ns_inode(first);
+        sb.kill_holder(first);
+        if bind.status.success() {
+            bound = Some(inode);
+            break;
+        }
+    }
+    let bound = bound.expect("the nsfs bind was refused eight times");
     let holder = sb.holder(None, None);
     let held = ns_inode(holder);
     let keeper = sb.spawn_in(&[
