@@ -337,3 +337,107 @@ fn every_printed_document_is_in_the_json_docs_and_every_doc_is_linked() {
         }
     }
 }
+
+/// The metric names the agent exports: each `register("name", ..)` of src/daemon/metrics.rs
+/// under the `mntreap` prefix, with the suffixes OpenMetrics gives counters and histograms.
+fn exported_metrics() -> Vec<String> {
+    let text = std::fs::read_to_string(Path::new(SRC).join("daemon/metrics.rs")).unwrap();
+    let mut out = Vec::new();
+    for (i, _) in text.match_indices("registry.register(") {
+        let call = &text[i..text[i..].find(");").map_or(text.len(), |e| i + e)];
+        let name = call.split('"').nth(1).unwrap();
+        let base = format!("mntreap_{name}");
+        if call.contains("sweeps.clone()")
+            || call.contains("released.clone()")
+            || call.contains("failed.clone()")
+        {
+            out.push(format!("{base}_total"));
+        } else if call.contains("_seconds.clone()") {
+            out.extend(["bucket", "sum", "count"].map(|s| format!("{base}_{s}")));
+        } else {
+            out.push(base);
+        }
+    }
+    out
+}
+
+#[test]
+fn the_alerting_rules_parse_name_only_exported_metrics_and_have_runbooks() {
+    use yaml_rust2::YamlLoader;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(root.join("deploy/prometheus/mntreap-alerts.yaml")).unwrap();
+    let docs = YamlLoader::load_from_str(&text).expect("valid YAML");
+    let rules = docs[0]["groups"][0]["rules"]
+        .as_vec()
+        .expect("groups[0].rules");
+    assert!(rules.len() >= 4);
+    let exported = exported_metrics();
+    assert!(
+        exported.contains(&"mntreap_sweeps_total".to_string()),
+        "{exported:?}"
+    );
+    let runbooks = std::fs::read_to_string(root.join("docs/kubernetes.md")).unwrap();
+    for rule in rules {
+        let alert = rule["alert"].as_str().expect("alert");
+        let expr = rule["expr"].as_str().expect("expr");
+        for word in expr.split(|c: char| !(c.is_alphanumeric() || c == '_')) {
+            if word.starts_with("mntreap_") {
+                assert!(
+                    exported.iter().any(|m| m == word),
+                    "{alert}: {word} is not exported"
+                );
+            }
+        }
+        let severity = rule["labels"]["severity"].as_str().expect("severity");
+        assert!(
+            ["critical", "warning", "info"].contains(&severity),
+            "{alert}"
+        );
+        for key in ["summary", "description", "runbook_url"] {
+            assert!(
+                rule["annotations"][key].as_str().is_some(),
+                "{alert}: no {key}"
+            );
+        }
+        let anchor = rule["annotations"]["runbook_url"]
+            .as_str()
+            .unwrap()
+            .rsplit('#')
+            .next()
+            .unwrap()
+            .to_string();
+        assert_eq!(anchor, alert.to_lowercase(), "{alert}: runbook anchor");
+        assert!(
+            runbooks.contains(&format!("### {alert}")),
+            "{alert}: no runbook heading in docs/kubernetes.md"
+        );
+    }
+}
+
+#[test]
+fn the_node_problem_detector_config_runs_a_command_mntreap_has() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let text =
+        std::fs::read_to_string(root.join("deploy/node-problem-detector/mntreap-monitor.json"))
+            .unwrap();
+    let config: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(config["plugin"], "custom");
+    let max = config["pluginConfig"]["max_output_length"]
+        .as_u64()
+        .unwrap();
+    assert!(max >= 80, "the plugin's lines are up to 80 characters");
+    let condition = config["conditions"][0]["type"].as_str().unwrap();
+    for rule in config["rules"].as_array().unwrap() {
+        assert_eq!(rule["condition"], condition);
+        let args: Vec<&str> = rule["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap())
+            .collect();
+        let argv = std::iter::once("mntreap").chain(args.iter().copied());
+        mntreap::cli::command()
+            .try_get_matches_from(argv)
+            .unwrap_or_else(|e| panic!("mntreap does not take {args:?}: {e}"));
+    }
+}

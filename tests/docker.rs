@@ -94,9 +94,28 @@ fn privatetmp_leak_released_and_exec_still_works() {
     assert_eq!(findings[0]["class"], "leaked");
     assert_eq!(findings[0]["mnt_ns"].as_u64(), Some(ns_inode(service)));
     assert_eq!(findings[0]["container"]["name"], "web");
+    // As a node-problem-detector plugin: one line, exit 1 (problem).
+    let npd = sb.mntreap(&["scan", "--npd", "--docker-host", &host]);
+    let line = String::from_utf8_lossy(&npd.stdout);
+    assert_eq!(npd.status.code(), Some(1), "{line}{}", stderr(&npd));
+    assert_eq!(
+        line,
+        "problem: 1 leaked, 0 orphaned container mounts (mntreap scan)\n"
+    );
+    assert!(line.len() <= 80, "the detector's default output limit");
 
     let out = sb.mntreap(&["release", "web", "--docker-host", &host]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let npd = sb.mntreap(&["scan", "--npd", "--docker-host", &host]);
+    assert_eq!(
+        (
+            npd.status.code(),
+            String::from_utf8_lossy(&npd.stdout).as_ref()
+        ),
+        (Some(0), "ok: no leaked or orphaned container mounts\n"),
+        "{}",
+        stderr(&npd)
+    );
     assert!(
         !has_mount_at(service, &merged),
         "the service's copy is released"

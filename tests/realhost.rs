@@ -17,6 +17,25 @@ use serde_json::Value;
 
 const HOST_SH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/realhost/host.sh");
 const BUILD_SH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/docker-plugin/build.sh");
+const DEB_SH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/packaging/deb/build.sh");
+
+/// The Debian package (built once, after the static binary it packs).
+fn package() -> &'static str {
+    static DEB: OnceLock<String> = OnceLock::new();
+    DEB.get_or_init(|| {
+        prerequisites();
+        let t0 = Instant::now();
+        let out = Command::new("bash").arg(DEB_SH).output().unwrap();
+        assert!(
+            out.status.success(),
+            "packaging/deb/build.sh: {}",
+            common::stderr(&out)
+        );
+        let deb = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        eprintln!("package {deb} ({:.1?})", t0.elapsed());
+        deb
+    })
+}
 
 /// Root, the tools, the static binary (built once), the cached rootfs (built once).
 fn prerequisites() -> &'static str {
@@ -485,7 +504,7 @@ fn writeup1_variant_system_containerd_socket_activation() {
 /// give, and its "Device is Busy" needs a kernel without lazy detach anyway.
 #[test]
 fn writeup2_private_tmp_nginx_release_plugin_agent() {
-    let g = Guest::up("ptmp", &[]);
+    let g = Guest::up("ptmp", &["--deb", package()]);
     g.import_busybox();
     g.run("w1", "");
     g.run("w2", "");
@@ -635,7 +654,23 @@ fn writeup2_private_tmp_nginx_release_plugin_agent() {
         "{}",
         pretty(&node)
     );
-    g.sh("systemd-run --unit=mntreap-agent mntreap agent --sweep-interval 2 --metrics-addr off --hook-socket /run/mntreap/hook.sock");
+    // The agent from the Debian package: its unit, as shipped, with a short sweep interval
+    // in /etc/default/mntreap (the package's place for options).
+    g.sh("dpkg -i /root/mntreap.deb");
+    assert_eq!(
+        g.sh("systemctl is-enabled mntreap-agent || true"),
+        "disabled",
+        "installed, not enabled"
+    );
+    assert!(g.sh("ls /usr/share/man/man1").contains("mntreap-why.1.gz"));
+    g.sh(r#"echo 'MNTREAP_AGENT_OPTS="--sweep-interval 2 --metrics-addr off"' > /etc/default/mntreap"#);
+    g.sh("systemctl enable --now mntreap-agent");
+    // Its own sandboxing strands nothing: the agent runs in the host's mount namespace.
+    assert_eq!(
+        g.mnt_ns(g.main_pid("mntreap-agent")),
+        g.mnt_ns(1),
+        "the agent's unit gives it a mount namespace of its own"
+    );
     wait_until(
         Duration::from_secs(30),
         Duration::from_millis(250),
@@ -655,7 +690,12 @@ fn writeup2_private_tmp_nginx_release_plugin_agent() {
             && l.contains(r#""trigger":"sweep""#)),
         "{journal}"
     );
-    g.sh("systemctl stop mntreap-agent");
+    // Removing the package stops and disables the agent.
+    g.sh("dpkg -r mntreap");
+    assert_eq!(
+        g.sh("systemctl is-active mntreap-agent || true"),
+        "inactive"
+    );
 
     g.step("agent released");
     // nginx kept serving, in the same namespace, with its PrivateTmp file.

@@ -14,6 +14,49 @@ pub fn command(e: &Config) -> Result<Exit, Failure> {
     report(e, e.connect()?.as_ref())
 }
 
+/// `mntreap scan --npd`: the node-wide report as node-problem-detector's custom plugins
+/// speak (deploy/node-problem-detector/): one short line, exit 0 ok or 1 problem; a scan
+/// that cannot run exits 2, which the detector reads as unknown.
+pub fn problem_line(e: &Config) -> Result<Exit, Failure> {
+    let runtime = e.connect()?;
+    let daemon = runtime.daemon();
+    let containers = if !runtime.online() && !daemon.root.exists() {
+        Vec::new()
+    } else {
+        runtime.list()?
+    };
+    let base = e.request(&[], Vec::new())?;
+    let mut roots = runtime.roots();
+    roots.extend(e.runtime_roots.iter().cloned());
+    let Some(scan) = node_scan(&base, daemon, &containers, &roots)? else {
+        print("ok: no container runtime on this node\n");
+        return Ok(Exit::Clean);
+    };
+    let found = findings(&scan, daemon, &containers, &runtime.owner_of(&containers));
+    let count = |class: Class| found.iter().filter(|f| f.class == class).count();
+    let (orphaned, leaked) = (count(Class::Orphaned), count(Class::Leaked));
+    let incomplete = scan.incomplete() || daemon.unsure_note().is_some();
+    // Kept short: the detector cuts a plugin's output at 80 characters by default.
+    let (line, exit) = match (orphaned + leaked, incomplete) {
+        (0, false) => (
+            "ok: no leaked or orphaned container mounts".to_string(),
+            Exit::Clean,
+        ),
+        (0, true) => (
+            "problem: the scan is incomplete (mntreap scan)".to_string(),
+            Exit::Remaining,
+        ),
+        (_, _) => (
+            format!(
+                "problem: {leaked} leaked, {orphaned} orphaned container mounts (mntreap scan)"
+            ),
+            Exit::Remaining,
+        ),
+    };
+    print(&format!("{line}\n"));
+    Ok(exit)
+}
+
 /// The node-wide report for one runtime.
 fn report(e: &Config, runtime: &dyn ContainerRuntime) -> Result<Exit, Failure> {
     let daemon = runtime.daemon();

@@ -15,6 +15,7 @@
 #                                    its own containerd (ExecStart=/usr/sbin/dockerd -H fd://,
 #                                    containerd.service masked): the first write-up's setup
 #       --bin PATH                   static mntreap, bound read-only at /usr/local/bin/mntreap
+#       --deb PATH                   a .deb (packaging/deb/build.sh), copied to /root/mntreap.deb
 #                                    (default: $MNTREAP_REALHOST_BIN)
 #   host.sh exec NAME CMD...         run CMD inside (all namespaces of the guest's PID 1)
 #   host.sh run NAME CMD...          run CMD inside as a transient unit (systemd-run --pipe --wait)
@@ -159,12 +160,13 @@ find_leader() { # the child of nspawn that is PID 1 in its pid namespace
 
 cmd_up() {
     local name=${1:?usage: host.sh up NAME [OPTION...]}; shift
-    local live_restore=false slave=0 bin=${MNTREAP_REALHOST_BIN:-} nspawn_args=()
+    local live_restore=false slave=0 bin=${MNTREAP_REALHOST_BIN:-} deb= nspawn_args=()
     while [ $# -gt 0 ]; do
         case "$1" in
             --live-restore) live_restore=true;;
             --mountflags-slave) slave=1;;
             --bin) bin=$2; shift;;
+            --deb) deb=$2; shift;;
             --) shift; nspawn_args=("$@"); break;;
             *) echo "unknown option $1" >&2; exit 2;;
         esac
@@ -181,6 +183,7 @@ cmd_up() {
     # upper directory), /var/lib/docker is not a separate mount
     cp -a --reflink=auto "$ROOTFS" "$d/root"
     configure "$d/root" "$live_restore" "$slave"
+    if [ -n "$deb" ]; then cp "$deb" "$d/root/root/mntreap.deb"; fi
     local binds=(--bind-ro="$repo/docker-plugin:/opt/mntreap/docker-plugin")
     if [ -n "$bin" ]; then binds+=(--bind-ro="$bin:/usr/local/bin/mntreap"); fi
     cg_paths "$name" > "$d/cgroups"
