@@ -49,6 +49,32 @@ fn layers_import_one_way() {
 }
 
 #[test]
+fn commands_and_daemons_reach_the_engine_through_ops() {
+    // Scans, plans and releases are operations: a command or a daemon that called the
+    // engine's for itself would skip the decisions made once in ops.
+    let calls = [
+        "engine::scan::scan(",
+        "engine::release::run_on(",
+        "engine::release::plan(",
+        "engine::release::execute(",
+        "release::run_on(",
+        "scan::scan(",
+    ];
+    let mut wrong = Vec::new();
+    for layer in ["commands", "daemon"] {
+        for file in rust_files(&Path::new(SRC).join(layer)) {
+            let code = production_code(&file);
+            for call in calls {
+                if code.contains(call) {
+                    wrong.push(format!("{} calls {call}", file.display()));
+                }
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
+}
+
+#[test]
 fn unsafe_only_in_the_engines_syscall_module() {
     let sys = Path::new(SRC).join("engine/sys.rs");
     let mut wrong = Vec::new();

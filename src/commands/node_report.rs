@@ -3,7 +3,8 @@
 
 use super::{Config, Exit, Failure, print};
 use crate::engine::mountinfo::encode;
-use crate::report::containers::{container_ref, findings, node_scan};
+use crate::ops::node::{findings, node_scan};
+use crate::report::containers::container_ref;
 use crate::report::doc::Class;
 use crate::report::doc::{HolderDoc, NodeReportDoc, NodeSummary, to_text};
 use crate::report::holder_doc;
@@ -110,7 +111,7 @@ struct Facts<'a> {
     scan: &'a crate::engine::scan::Scan,
     daemon: &'a crate::runtime::model::Daemon,
     containers: &'a [crate::runtime::model::Container],
-    found: &'a [crate::report::containers::Finding],
+    found: &'a [crate::ops::node::Finding],
     plan: &'a [(crate::report::doc::HolderAction, String)],
 }
 

@@ -1,7 +1,7 @@
 //! `mntreap release CONTAINER... | --path P...`: unmount the copies scan finds.
 
 use super::{Config, Exit, Failure, check_targets_exist, print, resolve_containers, unsure_note};
-use crate::engine::release::{self, Release, Scope};
+use crate::engine::release::Release;
 use crate::report;
 use crate::report::doc::{FailedDoc, ReleaseOutcome, ReleasesDoc};
 use crate::runtime::model::Container;
@@ -70,13 +70,10 @@ fn run_releases<'c>(
     let mut releases: Outcomes = Vec::new();
     if !args.paths.is_empty() {
         let req = e.request(args.paths, Vec::new())?;
-        let scan = crate::engine::scan::scan(&req)?;
+        let scan = crate::ops::scan(&req)?;
         check_targets_exist(&scan, &req.targets)?;
-        let scope = Scope {
-            everywhere: args.everywhere,
-            protected: None,
-        };
-        releases.push((None, Ok(release::run_on(scan, &req, scope, args.dry_run)?)));
+        let release = crate::ops::release_paths(scan, &req, args.everywhere, args.dry_run)?;
+        releases.push((None, Ok(release)));
     }
     if let Some(docker) = docker {
         for c in containers {

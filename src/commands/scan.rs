@@ -19,7 +19,7 @@ pub fn command(config: &Config, names: &[String], paths: &[String]) -> Result<Ex
     if let Some(d) = &docker {
         req = d.daemon().vouch(req);
     }
-    let scan = crate::engine::scan::scan(&req)?;
+    let scan = crate::ops::scan(&req)?;
     let checked: Vec<PathBuf> = req
         .targets
         .iter()

@@ -23,8 +23,7 @@ use super::LogBudget;
 use super::agent_state::{Agent, AgentConfig, Exclude};
 use super::metrics::Metrics;
 use super::serve::{Cap, metrics_cap, raise_nofile};
-use crate::engine::release;
-use crate::report::doc::Class;
+use crate::ops::sweep::Swept;
 use crate::runtime::RuntimeChoice;
 
 /// Runs the agent until SIGTERM or SIGINT.
@@ -177,8 +176,7 @@ fn excluded(
     })
 }
 
-/// One sweep: the node-wide report, then a release of exactly its leaked and orphaned
-/// foreign copies (in-use ones are counted, excluded namespaces skipped).
+/// One sweep ([`crate::ops::sweep::sweep`]), with its metrics and its log lines.
 fn sweep_once(agent: &Agent) -> anyhow::Result<()> {
     let span = info_span!("agent", trigger = "sweep");
     let _g = span.enter();
@@ -187,72 +185,30 @@ fn sweep_once(agent: &Agent) -> anyhow::Result<()> {
         &agent.config.docker,
         &agent.config.cri,
     )?;
-    let daemon = runtime.daemon();
-    // A runtime whose identity is unsure may list anything: release nothing, say why.
-    if let Some(why) = daemon.unsure_note() {
-        agent.warn_limited("sweep skipped", &why);
-        return Ok(());
-    }
-    let containers = runtime.list()?;
-    let base = &agent.config.base;
-    let Some(mut scan) =
-        crate::report::containers::node_scan(base, daemon, &containers, &runtime.roots())?
-    else {
-        agent.warn_limited(
-            "sweep found no runtime directory",
-            &format!(
-                "none of the runtime's directories exists as seen through {}",
-                daemon.host_root.display()
-            ),
-        );
-        return Ok(());
+    let started = Instant::now();
+    let swept = crate::ops::sweep::sweep(&agent.config.base, runtime.as_ref(), &|n| {
+        excluded(agent, &n.ns, &n.processes)
+    })?;
+    let (leaked, in_use, cgroups_unknown, release) = match swept {
+        Swept::Skipped { what, why } => {
+            agent.warn_limited(what, &why);
+            return Ok(());
+        }
+        Swept::Done {
+            leaked,
+            in_use,
+            cgroups_unknown,
+            release,
+        } => (leaked, in_use, cgroups_unknown, release),
     };
-    // A sweep that cannot see the whole node releases nothing: an unmount under a shared
-    // parent could propagate into a namespace it does not see.
-    if let Some(blind) = &scan.blind {
-        agent.warn_limited("sweep skipped: it sees only part of the node", blind);
-        return Ok(());
-    }
-    if let Some(note) = &scan.cgroups_unknown {
+    if let Some(note) = &cgroups_unknown {
         agent.warn_limited("sweep spares namespaces whose cgroups are unknown", note);
     }
-    let before = crate::report::containers::findings(
-        &scan,
-        daemon,
-        &containers,
-        &runtime.owner_of(&containers),
-    );
-    // The same scan judged by a list taken after it: a container that started meanwhile
-    // (a restart, a pod's new container) has its namespace and its pod's mounts there, and
-    // an owner listed again is not gone. Only what both lists call a finding is released.
-    let findings = if before.is_empty() {
-        before
-    } else {
-        let again = runtime.list()?;
-        let after =
-            crate::report::containers::findings(&scan, daemon, &again, &runtime.owner_of(&again));
-        before
-            .into_iter()
-            .filter(|f| {
-                after
-                    .iter()
-                    .any(|g| g.holder == f.holder && g.class == f.class)
-            })
-            .collect()
-    };
-    let in_use = findings.iter().filter(|f| f.class == Class::InUse).count();
-    let (release, scope) = crate::ops::sweep_selection(&scan, daemon, &findings, &|n| {
-        excluded(agent, &n.ns, &n.processes)
-    });
-    agent.metrics.leaks.set(release.len() as i64);
+    agent.metrics.leaks.set(leaked as i64);
     agent.metrics.in_use.set(in_use as i64);
-    if release.is_empty() {
+    let Some(rel) = release else {
         return Ok(());
-    }
-    crate::ops::narrow(&mut scan, &release);
-    let started = Instant::now();
-    // The one release path: plan, execute, then re-check what is left, as every release.
-    let rel = release::run_on(scan, base, scope, false)?;
+    };
     agent.metrics.count(&rel.results, started.elapsed());
     let remaining = rel.remaining().len();
     if remaining > 0 || !rel.notes.is_empty() {

@@ -104,20 +104,7 @@ pub fn cleanup(
     for c in &containers {
         let span = info_span!("container", container = %c.name, id = %c.id);
         let _g = span.enter();
-        let req = crate::runtime::scope::container_request(base, &docker.daemon, c);
-        let mut scope = crate::runtime::scope::release_scope(&docker.daemon, c, false);
-        if let Some(list) = scope.protected.as_mut() {
-            for (ns, why) in docker
-                .daemon
-                .runtime_protection(": the daemon unmounts its own copy")
-            {
-                if !list.iter().any(|(i, _)| *i == ns) {
-                    list.push((ns, why));
-                }
-            }
-        }
-        let rel =
-            crate::runtime::scope::release_containers(&req, std::slice::from_ref(c), scope, false)?;
+        let rel = crate::ops::release_before_stop(base, &docker.daemon, c)?;
         released += rel.released();
     }
     Ok(released)

@@ -7,13 +7,15 @@
 //! kubelet's cgroups place in its pod) and the same [`crate::engine::release::plan`] that
 //! `release` executes. `scan` runs that plan as a dry run and shows it.
 
+pub mod node;
+pub mod sweep;
 pub mod why;
 
 use std::collections::HashMap;
 
+use self::node::Finding;
 use crate::engine::release::{Outcome, Release, Scope};
 use crate::engine::scan::{Scan, ScanError, ScanRequest};
-use crate::report::containers::Finding;
 use crate::report::doc::Class;
 use crate::report::doc::HolderAction;
 use crate::runtime::ContainerRuntime;
@@ -32,6 +34,46 @@ pub fn release_container(
     let req = container_request(base, daemon, c);
     let scope = release_scope(daemon, c, everywhere);
     release_containers(&req, std::slice::from_ref(c), scope, dry_run)
+}
+
+/// A scan of `req`'s targets (what `scan` shows and `release --path` starts from).
+pub fn scan(req: &ScanRequest) -> Result<Scan, ScanError> {
+    crate::engine::scan::scan(req)
+}
+
+/// A container's release just before the runtime stops or removes it (the plugin, the
+/// agent's events): as `release CONTAINER`, with the runtime's namespaces spared too (the
+/// daemon unmounts its own copy in its Put).
+pub fn release_before_stop(
+    base: &ScanRequest,
+    daemon: &Daemon,
+    c: &Container,
+) -> Result<Release, ScanError> {
+    let req = container_request(base, daemon, c);
+    let mut scope = release_scope(daemon, c, false);
+    if let Some(list) = scope.protected.as_mut() {
+        for (ns, why) in daemon.runtime_protection(": the daemon unmounts its own copy") {
+            if !list.iter().any(|(i, _)| *i == ns) {
+                list.push((ns, why));
+            }
+        }
+    }
+    release_containers(&req, std::slice::from_ref(c), scope, false)
+}
+
+/// `release --path`: the paths' own scan, released in a path release's scope (mntreap's
+/// own namespace spared unless `everywhere`).
+pub fn release_paths(
+    scan: Scan,
+    req: &ScanRequest,
+    everywhere: bool,
+    dry_run: bool,
+) -> Result<Release, ScanError> {
+    let scope = Scope {
+        everywhere,
+        protected: None,
+    };
+    crate::engine::release::run_on(scan, req, scope, dry_run)
 }
 
 /// One container's reap: its release, then its forced removal.

@@ -5,6 +5,7 @@
 //! [`ContainerRuntime`]; Docker implements it, and a CRI runtime (containerd, CRI-O) is
 //! meant to sit beside it as `runtime/cri/`.
 
+pub mod attribution;
 pub mod caller;
 pub mod cri;
 pub mod docker;

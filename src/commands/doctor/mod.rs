@@ -5,7 +5,7 @@ use std::path::Path;
 
 use super::{Config, Exit, Failure, print};
 use crate::engine::scan;
-use crate::report::containers;
+use crate::ops::node::findings;
 use crate::runtime::ContainerRuntime;
 use crate::runtime::model::{Container, RuntimeKind};
 
@@ -53,7 +53,7 @@ pub fn command(e: &Config) -> Result<Exit, Failure> {
     // Namespaces holding container mounts they do not need (PrivateTmp-style services).
     let mut req = daemon.vouch(e.request(&[], runtime.roots())?);
     req.layer_signatures = crate::runtime::scope::layer_signatures(&containers);
-    let scan = scan::scan(&req)?;
+    let scan = crate::ops::scan(&req)?;
     checks.push(foreign_holders(&scan, runtime, &containers));
 
     let worst = checks.iter().map(|c| c.status).max().unwrap_or(Status::Ok);
@@ -211,7 +211,7 @@ fn foreign_holders(
         "release them now (`mntreap release CONTAINER`, `mntreap reap`); to prevent it, run \
          `mntreap agent`, which releases copies when containers stop",
     );
-    let findings = containers::findings(scan, daemon, containers, &runtime.owner_of(containers));
+    let findings = findings(scan, daemon, containers, &runtime.owner_of(containers));
     let mut by_ns: std::collections::BTreeMap<u64, (usize, String)> = Default::default();
     for f in &findings {
         let h = &scan.holders[f.holder];

@@ -1,0 +1,96 @@
+//! The agent's sweep as one operation: the node-wide classification, judged twice (by the
+//! runtime's list before and after the scan), then a release of exactly its leaked and
+//! orphaned foreign copies outside the excluded namespaces, the runtime's own spared.
+
+use crate::engine::release::Release;
+use crate::engine::scan::{ScanRequest, ScannedNamespace};
+use crate::report::doc::Class;
+use crate::runtime::ContainerRuntime;
+
+/// What a sweep did.
+#[derive(Debug)]
+pub enum Swept {
+    /// Nothing released, and why (an unsure runtime, a partial view, no runtime root).
+    Skipped { what: &'static str, why: String },
+    /// The findings it acted on; `release` is `None` when none was to be released.
+    Done {
+        leaked: usize,
+        in_use: usize,
+        cgroups_unknown: Option<String>,
+        release: Option<Box<Release>>,
+    },
+}
+
+/// One sweep over `runtime`'s node.
+pub fn sweep(
+    base: &ScanRequest,
+    runtime: &dyn ContainerRuntime,
+    excluded: &dyn Fn(&ScannedNamespace) -> bool,
+) -> anyhow::Result<Swept> {
+    let daemon = runtime.daemon();
+    // A runtime whose identity is unsure may list anything: release nothing, say why.
+    if let Some(why) = daemon.unsure_note() {
+        return Ok(Swept::Skipped {
+            what: "sweep skipped",
+            why,
+        });
+    }
+    let containers = runtime.list()?;
+    let Some(mut scan) = super::node::node_scan(base, daemon, &containers, &runtime.roots())?
+    else {
+        return Ok(Swept::Skipped {
+            what: "sweep found no runtime directory",
+            why: format!(
+                "none of the runtime's directories exists as seen through {}",
+                daemon.host_root.display()
+            ),
+        });
+    };
+    // A sweep that cannot see the whole node releases nothing: an unmount under a shared
+    // parent could propagate into a namespace it does not see.
+    if let Some(blind) = &scan.blind {
+        return Ok(Swept::Skipped {
+            what: "sweep skipped: it sees only part of the node",
+            why: blind.clone(),
+        });
+    }
+    let before = super::node::findings(&scan, daemon, &containers, &runtime.owner_of(&containers));
+    // The same scan judged by a list taken after it: a container that started meanwhile
+    // (a restart, a pod's new container) has its namespace and its pod's mounts there, and
+    // an owner listed again is not gone. Only what both lists call a finding is released.
+    let findings = if before.is_empty() {
+        before
+    } else {
+        let again = runtime.list()?;
+        let after = super::node::findings(&scan, daemon, &again, &runtime.owner_of(&again));
+        before
+            .into_iter()
+            .filter(|f| {
+                after
+                    .iter()
+                    .any(|g| g.holder == f.holder && g.class == f.class)
+            })
+            .collect()
+    };
+    let in_use = findings.iter().filter(|f| f.class == Class::InUse).count();
+    let (selected, scope) = super::sweep_selection(&scan, daemon, &findings, excluded);
+    let cgroups_unknown = scan.cgroups_unknown.clone();
+    let leaked = selected.len();
+    if selected.is_empty() {
+        return Ok(Swept::Done {
+            leaked,
+            in_use,
+            cgroups_unknown,
+            release: None,
+        });
+    }
+    super::narrow(&mut scan, &selected);
+    // The one release path: plan, execute, then re-check what is left, as every release.
+    let release = crate::engine::release::run_on(scan, base, scope, false)?;
+    Ok(Swept::Done {
+        leaked,
+        in_use,
+        cgroups_unknown,
+        release: Some(Box::new(release)),
+    })
+}
