@@ -58,6 +58,9 @@ fn commands_and_daemons_reach_the_engine_through_ops() {
         "engine::release::plan(",
         "engine::release::execute(",
         "release::run_on(",
+        "release::plan(",
+        "release::execute(",
+        "release_containers(",
         "scan::scan(",
     ];
     let mut wrong = Vec::new();
@@ -364,24 +367,34 @@ fn every_printed_document_is_in_the_json_docs_and_every_doc_is_linked() {
     }
 }
 
-/// The metric names the agent exports: each `register("name", ..)` of src/daemon/metrics.rs
-/// under the `mntreap` prefix, with the suffixes OpenMetrics gives counters and histograms.
+/// The metric names the agent exports: each `register("name", .., m.field.clone())` of
+/// src/daemon/metrics.rs under the `mntreap` prefix, with the suffixes OpenMetrics gives
+/// counters (`_total`) and histograms (`_bucket`, `_sum`, `_count`), by the field's type.
 fn exported_metrics() -> Vec<String> {
     let text = std::fs::read_to_string(Path::new(SRC).join("daemon/metrics.rs")).unwrap();
+    let kind_of = |field: &str| {
+        text.lines()
+            .find_map(|l| {
+                let l = l.trim().strip_prefix("pub(super) ")?;
+                let (name, ty) = l.split_once(": ")?;
+                (name == field).then(|| ty.trim_end_matches(',').to_string())
+            })
+            .unwrap_or_default()
+    };
     let mut out = Vec::new();
     for (i, _) in text.match_indices("registry.register(") {
         let call = &text[i..text[i..].find(");").map_or(text.len(), |e| i + e)];
         let name = call.split('"').nth(1).unwrap();
+        let field = call
+            .rsplit("m.")
+            .next()
+            .and_then(|f| f.split('.').next())
+            .unwrap_or_default();
         let base = format!("mntreap_{name}");
-        if call.contains("sweeps.clone()")
-            || call.contains("released.clone()")
-            || call.contains("failed.clone()")
-        {
-            out.push(format!("{base}_total"));
-        } else if call.contains("_seconds.clone()") {
-            out.extend(["bucket", "sum", "count"].map(|s| format!("{base}_{s}")));
-        } else {
-            out.push(base);
+        match kind_of(field).as_str() {
+            "Counter" => out.push(format!("{base}_total")),
+            "Histogram" => out.extend(["bucket", "sum", "count"].map(|s| format!("{base}_{s}"))),
+            _ => out.push(base),
         }
     }
     out

@@ -16,7 +16,12 @@ out=${1:-$repo/target/deb}
 mkdir -p "$out"
 
 version=$(sed -n 's/^version = "\(.*\)"$/\1/p' "$repo/Cargo.toml" | head -1)
-arch=$(dpkg --print-architecture)
+# docker-plugin/build.sh builds for x86_64 (a static musl-free glibc target): amd64 only.
+arch=amd64
+if [ "$(uname -m)" != x86_64 ]; then
+    echo "packaging/deb/build.sh: the static binary is built for x86_64, this is $(uname -m)" >&2
+    exit 1
+fi
 bin=$(bash "$repo/docker-plugin/build.sh" --binary)
 
 stage=$(mktemp -d)
@@ -54,7 +59,7 @@ Maintainer: mntreap maintainers <maintainers@users.noreply.r-seed-e76461a5.examp
 Installed-Size: $size
 Section: admin
 Priority: optional
-Recommends: docker.io | containerd
+Recommends: docker.io | docker-ce | containerd | containerd.io
 Description: release container mounts leaked into other mount namespaces
  mntreap finds every mount namespace that holds a container's mounts (overlay2
  layers, shm, containerd task roots, kubelet's pod volumes) and unmounts the

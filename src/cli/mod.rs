@@ -157,7 +157,8 @@ struct ScanArgs {
     #[arg(long = "path", value_name = "PATH")]
     paths: Vec<String>,
     /// The node-wide report as a node-problem-detector custom plugin: one line on stdout,
-    /// exit 0 (ok), 1 (leaked or orphaned mounts) or 2 (unknown: the scan could not run).
+    /// exit 0 (ok), 1 (leaked or orphaned mounts) or 2 (unknown: the scan could not run, or
+    /// is incomplete).
     #[arg(long, conflicts_with_all = ["containers", "paths", "json"])]
     npd: bool,
     #[command(flatten)]
@@ -199,13 +200,13 @@ struct DoctorArgs {
     engine: EngineArgs,
 }
 
-/// Runs the command line; returns the process exit code.
 /// The command line's definition, for what is generated from it (man pages, completions:
 /// `examples/gen-docs.rs`).
 pub fn command() -> clap::Command {
     <Cli as clap::CommandFactory>::command()
 }
 
+/// Runs the command line; returns the process exit code.
 pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,

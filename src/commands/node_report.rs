@@ -21,15 +21,8 @@ pub fn command(e: &Config) -> Result<Exit, Failure> {
 pub fn problem_line(e: &Config) -> Result<Exit, Failure> {
     let runtime = e.connect()?;
     let daemon = runtime.daemon();
-    let containers = if !runtime.online() && !daemon.root.exists() {
-        Vec::new()
-    } else {
-        runtime.list()?
-    };
-    let base = e.request(&[], Vec::new())?;
-    let mut roots = runtime.roots();
-    roots.extend(e.runtime_roots.iter().cloned());
-    let Some(scan) = node_scan(&base, daemon, &containers, &roots)? else {
+    let (containers, scan) = node_facts(e, runtime.as_ref())?;
+    let Some(scan) = scan else {
         print("ok: no container runtime on this node\n");
         return Ok(Exit::Clean);
     };
@@ -43,9 +36,10 @@ pub fn problem_line(e: &Config) -> Result<Exit, Failure> {
             "ok: no leaked or orphaned container mounts".to_string(),
             Exit::Clean,
         ),
+        // Unknown, not a problem: the detector leaves the condition as it was.
         (0, true) => (
-            "problem: the scan is incomplete (mntreap scan)".to_string(),
-            Exit::Remaining,
+            "unknown: the scan is incomplete (mntreap scan)".to_string(),
+            Exit::Usage,
         ),
         (_, _) => (
             format!(
@@ -58,12 +52,20 @@ pub fn problem_line(e: &Config) -> Result<Exit, Failure> {
     Ok(exit)
 }
 
-/// The node-wide report for one runtime.
-fn report(e: &Config, runtime: &dyn ContainerRuntime) -> Result<Exit, Failure> {
+/// The runtime's containers and the node-wide scan (`None`: no runtime root on this node).
+/// A node without Docker (no daemon, no data root) still gets the other runtimes looked at.
+fn node_facts(
+    e: &Config,
+    runtime: &dyn ContainerRuntime,
+) -> Result<
+    (
+        Vec<crate::runtime::model::Container>,
+        Option<crate::engine::scan::Scan>,
+    ),
+    Failure,
+> {
     let daemon = runtime.daemon();
-    // A node without Docker (no daemon, no data root) still gets the other runtimes looked at.
-    let no_docker = !runtime.online() && !daemon.root.exists();
-    let containers = if no_docker {
+    let containers = if !runtime.online() && !daemon.root.exists() {
         Vec::new()
     } else {
         runtime.list()?
@@ -71,7 +73,15 @@ fn report(e: &Config, runtime: &dyn ContainerRuntime) -> Result<Exit, Failure> {
     let base = e.request(&[], Vec::new())?;
     let mut roots = runtime.roots();
     roots.extend(e.runtime_roots.iter().cloned());
-    let Some(mut scan) = node_scan(&base, daemon, &containers, &roots)? else {
+    let scan = node_scan(&base, daemon, &containers, &roots)?;
+    Ok((containers, scan))
+}
+
+/// The node-wide report for one runtime.
+fn report(e: &Config, runtime: &dyn ContainerRuntime) -> Result<Exit, Failure> {
+    let daemon = runtime.daemon();
+    let (containers, scan) = node_facts(e, runtime)?;
+    let Some(mut scan) = scan else {
         print(&format!(
             "No container runtime found on this node: no dockerd at {}, and none of {}, \
              /var/lib/containerd, /run/containerd, /var/lib/kubelet exists.\n",

@@ -151,8 +151,14 @@ async fn sweep_loop(agent: Arc<Agent>) {
         let started = Instant::now();
         match agent.blocking.run(move || sweep_once(&a)).await {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => warn!(error = %e, "sweep failed"),
-            Err(e) => warn!(error = %e, "sweep did not run"),
+            Ok(Err(e)) => {
+                agent.metrics.sweep_failures.inc();
+                warn!(error = %e, "sweep failed");
+            }
+            Err(e) => {
+                agent.metrics.sweep_failures.inc();
+                warn!(error = %e, "sweep did not run");
+            }
         }
         agent.metrics.sweeps.inc();
         agent
@@ -185,12 +191,12 @@ fn sweep_once(agent: &Agent) -> anyhow::Result<()> {
         &agent.config.docker,
         &agent.config.cri,
     )?;
-    let started = Instant::now();
     let swept = crate::ops::sweep::sweep(&agent.config.base, runtime.as_ref(), &|n| {
         excluded(agent, &n.ns, &n.processes)
     })?;
     let (leaked, in_use, cgroups_unknown, release) = match swept {
         Swept::Skipped { what, why } => {
+            agent.metrics.sweep_failures.inc();
             agent.warn_limited(what, &why);
             return Ok(());
         }
@@ -206,10 +212,11 @@ fn sweep_once(agent: &Agent) -> anyhow::Result<()> {
     }
     agent.metrics.leaks.set(leaked as i64);
     agent.metrics.in_use.set(in_use as i64);
-    let Some(rel) = release else {
+    let Some((rel, took)) = release else {
         return Ok(());
     };
-    agent.metrics.count(&rel.results, started.elapsed());
+    let rel = rel?;
+    agent.metrics.count(&rel.results, took);
     let remaining = rel.remaining().len();
     if remaining > 0 || !rel.notes.is_empty() {
         info!(

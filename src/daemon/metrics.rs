@@ -18,6 +18,8 @@ use crate::engine::release::{self, Outcome};
 pub(super) struct Metrics {
     pub(super) registry: Registry,
     pub(super) sweeps: Counter,
+    /// Sweeps that failed or were skipped (released nothing on purpose or by error).
+    pub(super) sweep_failures: Counter,
     pub(super) leaks: Gauge,
     pub(super) in_use: Gauge,
     pub(super) released: Counter,
@@ -31,6 +33,7 @@ impl Metrics {
         let mut m = Metrics {
             registry: Registry::with_prefix("mntreap"),
             sweeps: Counter::default(),
+            sweep_failures: Counter::default(),
             leaks: Gauge::default(),
             in_use: Gauge::default(),
             released: Counter::default(),
@@ -40,6 +43,11 @@ impl Metrics {
         };
         let registry = &mut m.registry;
         registry.register("sweeps", "Sweeps completed", m.sweeps.clone());
+        registry.register(
+            "sweep_failures",
+            "Sweeps that failed, or were skipped because the node could not be judged",
+            m.sweep_failures.clone(),
+        );
         registry.register(
             "leaked_copies",
             "Leaked or orphaned foreign copies found by the last sweep",

@@ -230,19 +230,17 @@ pub fn enumerate(proc_root: &Path) -> Result<Vec<Namespace>, NamespaceError> {
             namespaces[i].pids.extend(member(pid));
             continue;
         }
-        by_inode.insert(inode, namespaces.len());
-        let host_userns =
-            own_userns.is_some() && sys::owner_userns_inode(fd.as_fd()).ok() == own_userns;
-        namespaces.push(Namespace {
-            inode,
+        let i = register(
+            &mut namespaces,
+            &mut by_inode,
             fd,
-            pid_used: pid,
-            pids: member(pid),
-            own: inode == own_inode,
-            host_userns,
-            via: FoundVia::Process,
-            pinned_by: Vec::new(),
-        });
+            inode,
+            FoundVia::Process,
+            own_userns,
+        );
+        namespaces[i].pid_used = pid;
+        namespaces[i].pids = member(pid);
+        namespaces[i].own = inode == own_inode;
     }
     add_process_less(
         proc_root,
@@ -373,12 +371,23 @@ fn add_found(
     let Ok(inode) = nix::sys::stat::fstat(fd.as_fd()).map(|st| st.st_ino) else {
         return;
     };
-    if by_inode.contains_key(&inode) {
-        return;
+    if !by_inode.contains_key(&inode) {
+        register(namespaces, by_inode, fd, inode, via, own_userns);
     }
-    by_inode.insert(inode, namespaces.len());
+}
+
+/// Adds the namespace behind `fd` (inode `inode`), no member yet; returns its index.
+fn register(
+    namespaces: &mut Vec<Namespace>,
+    by_inode: &mut std::collections::HashMap<u64, usize>,
+    fd: OwnedFd,
+    inode: u64,
+    via: FoundVia,
+    own_userns: Option<u64>,
+) -> usize {
     let host_userns =
         own_userns.is_some() && sys::owner_userns_inode(fd.as_fd()).ok() == own_userns;
+    by_inode.insert(inode, namespaces.len());
     namespaces.push(Namespace {
         inode,
         fd,
@@ -389,6 +398,7 @@ fn add_found(
         via,
         pinned_by: Vec::new(),
     });
+    namespaces.len() - 1
 }
 
 /// The mount namespaces in the kernel's list, from `start` both ways, that `known` does not

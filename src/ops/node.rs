@@ -1,7 +1,7 @@
 //! The node-wide classification: every container mount held where it is not needed,
 //! found by one scan of the runtimes' roots and judged from facts (the runtime's records,
-//! the kernel's answers about namespaces and cgroups) with no I/O of its own, so that the
-//! report, `doctor` and the agent's sweeps classify alike.
+//! the scan, the kernel's answers about the containers' namespaces and their members'
+//! cgroups), so that the report, `doctor` and the agent's sweeps classify alike.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -3,7 +3,7 @@
 //! orphaned foreign copies outside the excluded namespaces, the runtime's own spared.
 
 use crate::engine::release::Release;
-use crate::engine::scan::{ScanRequest, ScannedNamespace};
+use crate::engine::scan::{ScanError, ScanRequest, ScannedNamespace};
 use crate::report::doc::Class;
 use crate::runtime::ContainerRuntime;
 
@@ -12,12 +12,13 @@ use crate::runtime::ContainerRuntime;
 pub enum Swept {
     /// Nothing released, and why (an unsure runtime, a partial view, no runtime root).
     Skipped { what: &'static str, why: String },
-    /// The findings it acted on; `release` is `None` when none was to be released.
+    /// The findings it acted on; `release` is `None` when none was to be released, else
+    /// the release (or why it failed) and how long it took.
     Done {
         leaked: usize,
         in_use: usize,
         cgroups_unknown: Option<String>,
-        release: Option<Box<Release>>,
+        release: Option<(Result<Box<Release>, ScanError>, std::time::Duration)>,
     },
 }
 
@@ -86,11 +87,12 @@ pub fn sweep(
     }
     super::narrow(&mut scan, &selected);
     // The one release path: plan, execute, then re-check what is left, as every release.
-    let release = crate::engine::release::run_on(scan, base, scope, false)?;
+    let started = std::time::Instant::now();
+    let release = crate::engine::release::run_on(scan, base, scope, false).map(Box::new);
     Ok(Swept::Done {
         leaked,
         in_use,
         cgroups_unknown,
-        release: Some(Box::new(release)),
+        release: Some((release, started.elapsed())),
     })
 }

@@ -209,7 +209,8 @@ pub struct NamespaceDoc {
     pub actions: Vec<ActionDoc>,
 }
 
-/// `release --path ... --json`, and each container's release.
+/// One release (of a container, or of `release --path`'s paths): an entry of
+/// [`ReleasesDoc`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReleaseDoc {

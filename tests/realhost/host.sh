@@ -15,8 +15,8 @@
 #                                    its own containerd (ExecStart=/usr/sbin/dockerd -H fd://,
 #                                    containerd.service masked): the first write-up's setup
 #       --bin PATH                   static mntreap, bound read-only at /usr/local/bin/mntreap
-#       --deb PATH                   a .deb (packaging/deb/build.sh), copied to /root/mntreap.deb
 #                                    (default: $MNTREAP_REALHOST_BIN)
+#       --deb PATH                   a .deb (packaging/deb/build.sh), copied to /root/mntreap.deb
 #   host.sh exec NAME CMD...         run CMD inside (all namespaces of the guest's PID 1)
 #   host.sh run NAME CMD...          run CMD inside as a transient unit (systemd-run --pipe --wait)
 #   host.sh leader NAME              host pid of the guest's PID 1
