@@ -1,11 +1,13 @@
-//! Real-host tier: each test boots a real Debian 12 host (systemd as PID 1, Debian's own
-//! docker.io / containerd / nginx units, docker.socket activation) in systemd-nspawn on this
+//! Real-host tier: each test boots a real Debian host (systemd as PID 1, Debian's own
+//! docker.io / containerd / nginx units, docker.socket activation): Debian 12 by default,
+//! trixie or sid with `MNTREAP_REALHOST_RELEASE`, and Docker's containerd image store with
+//! `MNTREAP_REALHOST_IMAGE_STORE=containerd` (.ci/run plays them all), in systemd-nspawn on this
 //! machine's kernel (tests/realhost/host.sh), reproduces one of the write-ups there and
 //! runs the static mntreap inside it, as an operator would. Each test tears its machine down
 //! in Drop, also when it fails.
 //!
 //! Needs root, `systemd-nspawn` (systemd-container) and `mmdebstrap`; the rootfs is built once
-//! (about 45 s) and cached in /var/cache/mntreap-realhost, outside the repository.
+//! per release (about 25 s) and cached in /var/cache/mntreap-realhost, outside the repository.
 mod common;
 
 use std::process::{Command, Output, Stdio};
@@ -202,10 +204,17 @@ impl Guest {
         ))
     }
 
+    /// The container's root filesystem mount: overlay2's `merged`, or, with the containerd
+    /// image store (no graph driver), `<data-root>/rootfs/overlayfs/<id>`.
     fn merged(&self, name: &str) -> String {
-        self.sh(&format!(
+        let merged = self.sh(&format!(
             "docker inspect -f '{{{{.GraphDriver.Data.MergedDir}}}}' {name}"
-        ))
+        ));
+        if merged.starts_with('/') {
+            return merged;
+        }
+        let id = self.sh(&format!("docker inspect -f '{{{{.Id}}}}' {name}"));
+        format!("/var/lib/docker/rootfs/overlayfs/{id}")
     }
 
     /// `systemctl reload docker` (SIGHUP), then waits until dockerd has reloaded daemon.json.
@@ -530,6 +539,13 @@ fn writeup2_private_tmp_nginx_release_plugin_agent() {
         "systemd-run --unit=private-holder -p PrivateTmp=yes -p MountFlags=private sleep infinity",
     );
     let holder = g.main_pid("private-holder");
+    // Its main pid is known from the fork; its namespace only once it has exec'd sleep.
+    wait_until(
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || g.sh(&format!("cat /proc/{holder}/comm")) == "sleep",
+        || format!("private-holder (pid {holder}) never exec'd its sleep"),
+    );
     let holder_ns = g.mnt_ns(holder);
 
     g.step("setup done");

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# A real Debian 12 systemd host for mntreap's real-host tests (tests/realhost.rs): systemd as
+# A real Debian systemd host (12 by default; MNTREAP_REALHOST_RELEASE=trixie|sid) for
+# mntreap's real-host tests (tests/realhost.rs): systemd as
 # PID 1 and Debian's own docker.io / containerd / nginx units, booted in systemd-nspawn on
 # this machine's kernel.
 #
@@ -40,18 +41,23 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 CACHE=${MNTREAP_REALHOST_CACHE:-/var/cache/mntreap-realhost}
-ROOTFS=$CACHE/rootfs
+# The Debian release the guest runs: bookworm (docker.io 20.10), trixie (26.1), sid (28.5).
+RELEASE=${MNTREAP_REALHOST_RELEASE:-bookworm}
+case "$RELEASE" in bookworm|trixie|sid) ;; *) echo "unknown release $RELEASE" >&2; exit 2;; esac
+if [ "$RELEASE" = bookworm ]; then ROOTFS=$CACHE/rootfs; else ROOTFS=$CACHE/rootfs-$RELEASE; fi
 RUNBASE=$CACHE/run
 SOURCES=${MNTREAP_REALHOST_SOURCES:-}
 PKGS=systemd,systemd-sysv,dbus,docker.io,containerd,nginx,busybox-static,iproute2,procps,util-linux
-STAMP="bookworm minbase $PKGS"
+# trixie and sid ship the docker CLI apart from the daemon.
+if [ "$RELEASE" != bookworm ]; then PKGS=$PKGS,docker-cli; fi
+STAMP="$RELEASE minbase $PKGS"
 BOOT_TIMEOUT=${BOOT_TIMEOUT:-120}
 
 log() { echo "[$(date +%T)] host.sh: $*" >&2; }
 
 cmd_build() {
     mkdir -p "$CACHE"
-    exec 9>"$CACHE/build.lock"
+    exec 9>"$CACHE/build-$RELEASE.lock"
     flock 9 # concurrent tests: one builds, the others wait and reuse
     if [ -e "$ROOTFS/usr/sbin/dockerd" ] && [ "$(cat "$ROOTFS/.mntreap-stamp" 2>/dev/null)" = "$STAMP" ]; then
         exec 9>&-
@@ -63,10 +69,19 @@ cmd_build() {
     if [ -n "$SOURCES" ]; then mirrors=("$SOURCES")
     elif [ -e /etc/apt/sources.list.d/debian.sources ]; then mirrors=(/etc/apt/sources.list.d/debian.sources)
     fi
-    log "mmdebstrap bookworm -> $ROOTFS"
-    if ! nice -n 10 mmdebstrap --quiet --variant=minbase --include="$PKGS" bookworm "$ROOTFS.tmp" "${mirrors[@]}" \
-            > "$CACHE/build.log" 2>&1; then
-        cat "$CACHE/build.log" >&2
+    # The host's file names its own suites: another release takes the same archive with
+    # its own suite.
+    if [ "$RELEASE" != bookworm ] && [ ${#mirrors[@]} -gt 0 ] && [ -f "${mirrors[0]}" ]; then
+        local uri
+        uri=$(awk '/^URIs:/{print $2; exit} /^deb /{print $2; exit}' "${mirrors[0]}")
+        mirrors=("deb $uri $RELEASE main")
+    fi
+    log "mmdebstrap $RELEASE -> $ROOTFS"
+    # The archive reachable here is a snapshot: sid's Release file is past its Valid-Until.
+    if ! nice -n 10 mmdebstrap --quiet --variant=minbase --include="$PKGS" \
+            --aptopt='Acquire::Check-Valid-Until "false"' "$RELEASE" "$ROOTFS.tmp" "${mirrors[@]}" \
+            > "$CACHE/build-$RELEASE.log" 2>&1; then
+        cat "$CACHE/build-$RELEASE.log" >&2
         exit 1
     fi
     echo "$STAMP" > "$ROOTFS.tmp/.mntreap-stamp"
@@ -82,12 +97,18 @@ configure() {
     : > "$r/etc/machine-id"
     mkdir -p "$r/etc/docker"
     # no bridge / iptables: the guest has only lo
+    # MNTREAP_REALHOST_IMAGE_STORE=containerd: Docker 26+'s containerd image store (the
+    # default from Docker 29) instead of the overlay2 graph driver.
+    local storage='"storage-driver": "overlay2"'
+    if [ "${MNTREAP_REALHOST_IMAGE_STORE:-}" = containerd ]; then
+        storage='"features": {"containerd-snapshotter": true}'
+    fi
     cat > "$r/etc/docker/daemon.json" <<EOF
 {
   "bridge": "none",
   "iptables": false,
   "ip-masq": false,
-  "storage-driver": "overlay2",
+  $storage,
   "live-restore": $live_restore
 }
 EOF
@@ -107,7 +128,7 @@ ConditionVirtualization=systemd-nspawn
 [Service]
 Type=oneshot
 RemainAfterExit=yes
-ExecStart=/bin/sh -c 'for d in /sys/fs/cgroup/*/; do mount -o remount,bind,rw "$d"; done'
+ExecStart=/bin/sh -c 'for d in /sys/fs/cgroup/*/; do if mountpoint -q "$d"; then mount -o remount,bind,rw "$d"; fi; done'
 
 [Install]
 WantedBy=sysinit.target
@@ -196,6 +217,9 @@ cmd_up() {
             echo $BASHPID > "$cg/cgroup.procs"
         done < "$d/cgroups"
         export SYSTEMD_SECCOMP=0
+        # sid's systemd (258+) refuses cgroup v1: give it the unified hierarchy, which this
+        # cgroup v1 host offers without controllers (enough for Docker, not for CRI pods).
+        if [ "$RELEASE" = sid ]; then export SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=1; fi
         exec systemd-nspawn --quiet --boot --directory="$d/root" --machine="$name" \
             --register=no --keep-unit --capability=all --private-network \
             --console=passive "${binds[@]}" "${nspawn_args[@]}" > "$d/console.log" 2>&1 < /dev/null
