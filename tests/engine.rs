@@ -4,7 +4,6 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::os::unix::fs::OpenOptionsExt;
-use std::time::Duration;
 
 use common::*;
 use serde_json::Value;
@@ -832,17 +831,7 @@ fn namespaces_with_no_process_are_found_scanned_released_and_their_pins_named() 
     let bound = bound.expect("the nsfs bind was refused eight times");
     let holder = sb.holder(None, None);
     let held = ns_inode(holder);
-    let keeper = sb.spawn_in(&[
-        "sh",
-        "-c",
-        &format!("exec 3</proc/{holder}/ns/mnt; exec sleep 3600"),
-    ]);
-    wait_until(
-        Duration::from_secs(10),
-        Duration::from_millis(10),
-        || comm(keeper).as_deref() == Some("sleep"),
-        || format!("pid {keeper} never reached its sleep"),
-    );
+    let keeper = sb.sleeper_in(&format!("exec 3</proc/{holder}/ns/mnt; exec sleep 3600"));
     sb.kill_holder(holder);
     for backend in ["mountinfo", "listmount"] {
         let (code, doc) = sb.mntreap_json(
@@ -896,17 +885,9 @@ fn why_names_every_holder_of_a_device_and_what_to_do_about_it() {
         "mkdir -p {d}/vol && mount {dev} {d}/vol && mkdir {d}/vol/dir && truncate -s 8M {d}/vol/disk.img"
     ));
     let copy = sb.holder(None, None);
-    let worker = sb.spawn_in(&[
-        "sh",
-        "-c",
-        &format!("cd {d}/vol/dir && exec 4<{d}/vol/disk.img && exec sleep 3600"),
-    ]);
-    wait_until(
-        Duration::from_secs(10),
-        Duration::from_millis(10),
-        || comm(worker).as_deref() == Some("sleep"),
-        || format!("pid {worker} never reached its sleep"),
-    );
+    let worker = sb.sleeper_in(&format!(
+        "cd {d}/vol/dir && exec 4<{d}/vol/disk.img && exec sleep 3600"
+    ));
     let backed = sb.loop_file(&format!("{d}/vol/disk.img"));
     for target in [dev.clone(), format!("{d}/vol")] {
         let (code, doc) = sb.mntreap_json(&["why", &target], &[]);

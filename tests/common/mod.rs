@@ -144,6 +144,20 @@ impl Sandbox {
         pid
     }
 
+    /// Runs `script` (which ends in `exec sleep ...`) inside the sandbox namespace, killed
+    /// by pid with the sandbox; returns its pid once it sleeps, with everything the script
+    /// set up before (a working directory, open descriptors) in place.
+    pub fn sleeper_in(&mut self, script: &str) -> i32 {
+        let pid = self.spawn_in(&["sh", "-c", script]);
+        wait_until(
+            Duration::from_secs(10),
+            Duration::from_millis(10),
+            || comm(pid).as_deref() == Some("sleep"),
+            || format!("pid {pid} never reached its sleep"),
+        );
+        pid
+    }
+
     /// Starts a command inside the sandbox namespace (no new namespace), killed by pid
     /// with the sandbox; returns its pid.
     pub fn spawn_in(&mut self, argv: &[&str]) -> i32 {
@@ -198,12 +212,7 @@ impl Sandbox {
     pub fn loop_ext4(&mut self, name: &str) -> String {
         let img = format!("{}/{name}.img", self.d());
         self.sh(&format!("truncate -s 32M {img} && mkfs.ext4 -q -F {img}"));
-        let dev = self
-            .sh(&format!("losetup --find --show {img}"))
-            .trim()
-            .to_string();
-        self.loops.push(dev.clone());
-        dev
+        self.loop_file(&img)
     }
 
     /// Attaches a loop device to `file` (a path inside the sandbox namespace); detached
