@@ -94,6 +94,31 @@ fn privatetmp_leak_released_and_exec_still_works() {
     assert_eq!(findings[0]["class"], "leaked");
     assert_eq!(findings[0]["mnt_ns"].as_u64(), Some(ns_inode(service)));
     assert_eq!(findings[0]["container"]["name"], "web");
+    // why CONTAINER: each filesystem of web's mounts, with the service's copy among the
+    // reasons its rootfs is busy, the one mntreap releases.
+    let (code, why) = sb.mntreap_json(&["why", "web", "--docker-host", &host], &[]);
+    assert_eq!(code, 1, "{why:#}");
+    let rootfs = why["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| {
+            t["target"]
+                .as_str()
+                .unwrap()
+                .ends_with(&format!(" {merged}"))
+        })
+        .unwrap_or_else(|| panic!("no target for web's rootfs: {why:#}"));
+    assert!(
+        rootfs["reasons"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["kind"] == "mount"
+                && r["mnt_ns"].as_u64() == Some(ns_inode(service))
+                && r["releasable"] == true),
+        "{why:#}"
+    );
     // As a node-problem-detector plugin: one line, exit 1 (problem).
     let npd = sb.mntreap(&["scan", "--npd", "--docker-host", &host]);
     let line = String::from_utf8_lossy(&npd.stdout);

@@ -893,7 +893,8 @@ fn why_names_every_holder_of_a_device_and_what_to_do_about_it() {
         let (code, doc) = sb.mntreap_json(&["why", &target], &[]);
         assert_eq!(code, 1, "{doc:#}");
         assert_eq!(doc["busy"], true);
-        let reasons = doc["reasons"].as_array().unwrap();
+        assert_eq!(doc["targets"].as_array().unwrap().len(), 1, "{doc:#}");
+        let reasons = doc["targets"][0]["reasons"].as_array().unwrap();
         let find = |pred: &dyn Fn(&Value) -> bool, what: &str| {
             reasons
                 .iter()
@@ -936,4 +937,5 @@ fn why_names_every_holder_of_a_device_and_what_to_do_about_it() {
     sb.detach_loop(&backed);
     let (code, doc) = sb.mntreap_json(&["why", &backed], &[]);
     assert_eq!((code, &doc["busy"]), (0, &Value::Bool(false)), "{doc:#}");
+    assert_eq!(doc["targets"][0]["busy"], false);
 }

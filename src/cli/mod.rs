@@ -77,7 +77,8 @@ enum Command {
 
 #[derive(Args, Debug)]
 struct WhyArgs {
-    /// A path (its filesystem), a block device (/dev/X) or MAJ:MIN.
+    /// A path (its filesystem), a block device (/dev/X), MAJ:MIN, or a container or pod
+    /// (each filesystem of its mounts).
     target: String,
     #[command(flatten)]
     engine: EngineArgs,

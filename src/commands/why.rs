@@ -5,27 +5,51 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 
 use super::{Config, Exit, Failure, print};
 use crate::engine::busy::BusyTarget;
-use crate::report::doc::{WhyDoc, WhyReason};
+use crate::report::doc::{WhyDoc, WhyReason, WhyTarget};
 
-/// Runs `why`. Exit 0: nothing holds it; 1: held (each reason listed); 2: bad input.
+/// Runs `why`. Exit 0: nothing holds any target; 1: something does (each reason listed);
+/// 2: bad input.
 pub fn command(e: &Config, raw: &str) -> Result<Exit, Failure> {
-    let target = target_of(raw)?;
-    let (explained, notes) = crate::ops::why::why(&e.base, &target)?;
-    let doc = WhyDoc {
-        target: raw.to_string(),
-        dev: format!("{}:{}", target.dev.0, target.dev.1),
-        block: target.block.clone(),
-        busy: !explained.is_empty(),
-        reasons: explained
-            .into_iter()
-            .map(|x| WhyReason {
-                reason: x.reason,
-                releasable: x.releasable,
-                remedy: x.remedy,
-            })
-            .collect(),
-        notes,
+    let targets = if raw.starts_with('/') || is_maj_min(raw) {
+        vec![(raw.to_string(), target_of(raw)?)]
+    } else {
+        // A container or a pod, as `release` names them.
+        let (runtime, containers) = super::resolve_containers(e, &[raw.to_string()])?;
+        let Some(runtime) = runtime else {
+            return Err(Failure::Usage(
+                "name a path, a device or a container".into(),
+            ));
+        };
+        crate::ops::why::container_targets(&e.base, runtime.daemon(), &containers)?
     };
+    let mut doc = WhyDoc {
+        busy: false,
+        targets: Vec::new(),
+        notes: Vec::new(),
+    };
+    for (name, target) in targets {
+        let (explained, notes) = crate::ops::why::why(&e.base, &target)?;
+        for n in notes {
+            if !doc.notes.contains(&n) {
+                doc.notes.push(n);
+            }
+        }
+        doc.busy |= !explained.is_empty();
+        doc.targets.push(WhyTarget {
+            target: name,
+            dev: format!("{}:{}", target.dev.0, target.dev.1),
+            block: target.block.clone(),
+            busy: !explained.is_empty(),
+            reasons: explained
+                .into_iter()
+                .map(|x| WhyReason {
+                    reason: x.reason,
+                    releasable: x.releasable,
+                    remedy: x.remedy,
+                })
+                .collect(),
+        });
+    }
     print(&if e.json {
         crate::report::doc::to_text(&doc)
     } else {
@@ -35,6 +59,15 @@ pub fn command(e: &Config, raw: &str) -> Result<Exit, Failure> {
         Exit::Remaining
     } else {
         Exit::Clean
+    })
+}
+
+fn is_maj_min(raw: &str) -> bool {
+    raw.split_once(':').is_some_and(|(a, b)| {
+        !a.is_empty()
+            && !b.is_empty()
+            && a.bytes().all(|c| c.is_ascii_digit())
+            && b.bytes().all(|c| c.is_ascii_digit())
     })
 }
 
@@ -66,8 +99,5 @@ fn target_of(raw: &str) -> Result<BusyTarget, Failure> {
             )
         }
     };
-    let block = std::fs::read_link(format!("/sys/dev/block/{}:{}", dev.0, dev.1))
-        .ok()
-        .and_then(|l| Some(l.file_name()?.to_string_lossy().into_owned()));
-    Ok(BusyTarget { dev, block })
+    Ok(BusyTarget::of_dev(dev))
 }

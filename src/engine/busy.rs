@@ -25,6 +25,17 @@ pub struct BusyTarget {
     pub block: Option<String>,
 }
 
+impl BusyTarget {
+    /// The filesystem on device `dev`, with its block device's name when it is one
+    /// (`/sys/dev/block/MAJ:MIN`).
+    pub fn of_dev(dev: Dev) -> BusyTarget {
+        let block = fs::read_link(format!("/sys/dev/block/{}:{}", dev.0, dev.1))
+            .ok()
+            .and_then(|l| Some(l.file_name()?.to_string_lossy().into_owned()));
+        BusyTarget { dev, block }
+    }
+}
+
 /// One reason the target is busy.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case", tag = "kind")]

@@ -34,6 +34,37 @@ pub fn why(
     Ok((explained, notes))
 }
 
+/// The filesystems of `containers`' mounts, as the scan `release CONTAINER` makes finds
+/// them (whatever is still mounted here: a stuck container's rootfs may be held only in
+/// other namespaces), one target per device, named `CONTAINER MOUNT_POINT`.
+pub fn container_targets(
+    base: &ScanRequest,
+    daemon: &crate::runtime::model::Daemon,
+    containers: &[crate::runtime::model::Container],
+) -> Result<Vec<(String, BusyTarget)>, ScanError> {
+    let mut out: Vec<(String, BusyTarget)> = Vec::new();
+    for c in containers {
+        let req = crate::runtime::scope::container_request(base, daemon, c);
+        let scan = crate::engine::scan::scan(&req)?;
+        for h in scan
+            .holders
+            .iter()
+            .filter(|h| h.matched == crate::engine::scan::Match::Path)
+        {
+            if out.iter().any(|(_, t)| t.dev == h.mount.dev) {
+                continue;
+            }
+            let name = format!(
+                "{} {}",
+                c.name,
+                crate::engine::mountinfo::encode(&h.mount_point)
+            );
+            out.push((name, BusyTarget::of_dev(h.mount.dev)));
+        }
+    }
+    Ok(out)
+}
+
 fn remedy(reason: &Reason) -> (bool, String) {
     match reason {
         Reason::Mount {

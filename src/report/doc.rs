@@ -227,11 +227,22 @@ pub struct ReleaseDoc {
     pub container: Option<Container>,
 }
 
-/// `why PATH|DEVICE --json`: every reason the target is busy.
+/// `why TARGET --json`: every reason each filesystem is busy. A path or a device is one
+/// target; a container or a pod is one per filesystem of its mounts (rootfs, shm, ...).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WhyDoc {
-    /// As given.
+    /// Whether any target is held.
+    pub busy: bool,
+    pub targets: Vec<WhyTarget>,
+    pub notes: Vec<String>,
+}
+
+/// One filesystem asked about, and what holds it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WhyTarget {
+    /// As given, or `CONTAINER MOUNT_POINT` for a container's mount.
     pub target: String,
     /// The filesystem's device, `major:minor`.
     pub dev: String,
@@ -239,7 +250,6 @@ pub struct WhyDoc {
     pub block: Option<String>,
     pub busy: bool,
     pub reasons: Vec<WhyReason>,
-    pub notes: Vec<String>,
 }
 
 /// One reason, with whether mntreap releases it and what to do.

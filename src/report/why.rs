@@ -1,34 +1,45 @@
 //! `why` for people: one line per reason, then what to do about it.
 
 use crate::engine::busy::{ProcessUse, Reason};
-use crate::report::doc::WhyDoc;
+use crate::report::doc::{WhyDoc, WhyTarget};
 
-/// The reasons as text.
+/// The reasons as text, target by target.
 pub fn why_text(doc: &WhyDoc) -> String {
+    let mut out = String::new();
+    if doc.targets.is_empty() {
+        out.push_str("No mount of it is in view: nothing to explain.\n");
+    }
+    for t in &doc.targets {
+        out.push_str(&target_text(t));
+    }
+    for n in &doc.notes {
+        out.push_str(&format!("note: {n}\n"));
+    }
+    out
+}
+
+fn target_text(t: &WhyTarget) -> String {
     let mut out = format!(
         "{} (device {}{}) ",
-        doc.target,
-        doc.dev,
-        doc.block
+        t.target,
+        t.dev,
+        t.block
             .as_ref()
             .map(|b| format!(", {b}"))
             .unwrap_or_default()
     );
-    if !doc.busy {
+    if !t.busy {
         out.push_str("is not busy: nothing in any mount namespace holds it.\n");
-    } else {
-        out.push_str(&format!("is held {} way(s):\n", doc.reasons.len()));
-        for r in &doc.reasons {
-            out.push_str(&format!(
-                "  {}\n      {}{}\n",
-                line(&r.reason),
-                if r.releasable { "[mntreap] " } else { "" },
-                r.remedy
-            ));
-        }
+        return out;
     }
-    for n in &doc.notes {
-        out.push_str(&format!("note: {n}\n"));
+    out.push_str(&format!("is held {} way(s):\n", t.reasons.len()));
+    for r in &t.reasons {
+        out.push_str(&format!(
+            "  {}\n      {}{}\n",
+            line(&r.reason),
+            if r.releasable { "[mntreap] " } else { "" },
+            r.remedy
+        ));
     }
     out
 }
