@@ -22,23 +22,16 @@ pub fn command(e: &Config, raw: &str) -> Result<Exit, Failure> {
         };
         crate::ops::why::container_targets(&e.base, runtime.daemon(), &containers)?
     };
-    let mut doc = WhyDoc {
-        busy: false,
-        targets: Vec::new(),
-        notes: Vec::new(),
-    };
-    for (name, target) in targets {
-        let (explained, notes) = crate::ops::why::why(&e.base, &target)?;
-        for n in notes {
-            if !doc.notes.contains(&n) {
-                doc.notes.push(n);
-            }
-        }
-        doc.busy |= !explained.is_empty();
-        doc.targets.push(WhyTarget {
+    let (names, busy_targets): (Vec<String>, Vec<BusyTarget>) = targets.into_iter().unzip();
+    let (explained, notes) = crate::ops::why::why(&e.base, &busy_targets)?;
+    let targets: Vec<WhyTarget> = names
+        .into_iter()
+        .zip(busy_targets)
+        .zip(explained)
+        .map(|((name, target), explained)| WhyTarget {
             target: name,
             dev: format!("{}:{}", target.dev.0, target.dev.1),
-            block: target.block.clone(),
+            block: target.block,
             busy: !explained.is_empty(),
             reasons: explained
                 .into_iter()
@@ -48,8 +41,13 @@ pub fn command(e: &Config, raw: &str) -> Result<Exit, Failure> {
                     remedy: x.remedy,
                 })
                 .collect(),
-        });
-    }
+        })
+        .collect();
+    let doc = WhyDoc {
+        busy: targets.iter().any(|t| t.busy),
+        targets,
+        notes,
+    };
     print(&if e.json {
         crate::report::doc::to_text(&doc)
     } else {
@@ -75,16 +73,14 @@ fn is_maj_min(raw: &str) -> bool {
 /// filesystem it is on.
 fn target_of(raw: &str) -> Result<BusyTarget, Failure> {
     let dev = match raw.split_once(':') {
-        Some((major, minor)) if !raw.starts_with('/') => {
-            match (major.parse::<u32>(), minor.parse::<u32>()) {
-                (Ok(major), Ok(minor)) => (major, minor),
-                _ => {
-                    return Err(Failure::Usage(format!(
-                        "{raw:?}: expected a path, a block device or MAJ:MIN"
-                    )));
-                }
-            }
-        }
+        Some((major, minor)) if is_maj_min(raw) => (
+            major
+                .parse()
+                .map_err(|_| Failure::Usage(format!("{raw:?}: MAJ:MIN too large")))?,
+            minor
+                .parse()
+                .map_err(|_| Failure::Usage(format!("{raw:?}: MAJ:MIN too large")))?,
+        ),
         _ => {
             let meta =
                 std::fs::metadata(raw).map_err(|err| Failure::Usage(format!("{raw}: {err}")))?;

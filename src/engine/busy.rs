@@ -88,50 +88,65 @@ pub enum ProcessUse {
     Mmap,
 }
 
-/// Every reason `target` is busy, with the scan's notes (namespaces it could not read).
+/// Every reason each of `targets` is busy (position for position), with the scan's notes.
+/// The namespaces and the processes are read once for all of them: both grow with the node.
 pub fn reasons(
     base: &ScanRequest,
-    target: &BusyTarget,
-) -> Result<(Vec<Reason>, Vec<String>), ScanError> {
+    targets: &[BusyTarget],
+) -> Result<(Vec<Vec<Reason>>, Vec<String>), ScanError> {
+    let devs: Vec<Dev> = targets.iter().map(|t| t.dev).collect();
     let mut notes = Vec::new();
-    let mut out = mounts(base, target.dev, &mut notes)?;
-    let any_mount = !out.is_empty();
-    out.extend(processes(&base.proc_root, target.dev));
-    out.extend(loops(target.dev));
-    out.extend(swaps(target));
-    if let Some(block) = &target.block {
-        out.extend(holders(block));
-        if !any_mount {
-            out.extend(superblock_without_mount(block));
+    let mut out = mounts(base, &devs, &mut notes)?;
+    let mounted: Vec<bool> = out.iter().map(|r| !r.is_empty()).collect();
+    for (i, r) in processes(&base.proc_root, &devs) {
+        out[i].push(r);
+    }
+    for (i, target) in targets.iter().enumerate() {
+        out[i].extend(loops(target.dev));
+        out[i].extend(swaps(target));
+        if let Some(block) = &target.block {
+            out[i].extend(holders(block));
+            if !mounted[i] {
+                out[i].extend(superblock_without_mount(block));
+            }
         }
     }
     Ok((out, notes))
 }
 
-/// Every mount of the filesystem in every mount namespace.
-fn mounts(base: &ScanRequest, dev: Dev, notes: &mut Vec<String>) -> Result<Vec<Reason>, ScanError> {
+/// Every mount of each filesystem in every mount namespace, by the position of its device.
+fn mounts(
+    base: &ScanRequest,
+    devs: &[Dev],
+    notes: &mut Vec<String>,
+) -> Result<Vec<Vec<Reason>>, ScanError> {
     let request = ScanRequest {
         targets: Vec::new(),
         paths_only: false,
         ..base.clone()
     };
     let mut denied = Vec::new();
-    let mut namespaces = crate::engine::scan::read_namespaces(&request, notes, &mut denied)?;
-    let mut out = Vec::new();
+    let host_view = crate::engine::namespace::pid_namespace_blindness(&base.proc_root).is_none();
+    let mut namespaces =
+        crate::engine::scan::read_namespaces(&request, host_view, notes, &mut denied)?;
+    let mut out = vec![Vec::new(); devs.len()];
     for n in &mut namespaces {
         let Some(table) = n.table.as_mut() else {
             continue;
         };
         let on: Vec<usize> = (0..table.mounts.len())
-            .filter(|&i| table.mounts[i].dev == dev)
+            .filter(|&i| devs.contains(&table.mounts[i].dev))
             .collect();
         source::hydrate(table, on.iter().copied());
         for i in on {
             let m = &table.mounts[i];
+            let Some(t) = devs.iter().position(|d| *d == m.dev) else {
+                continue;
+            };
             if table.mount_point(m).is_empty() {
                 continue;
             }
-            out.push(Reason::Mount {
+            out[t].push(Reason::Mount {
                 mnt_ns: n.ns.inode,
                 own_namespace: n.ns.own,
                 mount_id: m.id,
@@ -152,8 +167,10 @@ fn dev_of(st_dev: u64) -> Dev {
     )
 }
 
-/// Processes whose cwd, root, executable, open files or maps are on the filesystem.
-fn processes(proc_root: &Path, dev: Dev) -> Vec<Reason> {
+/// Processes whose cwd, root, executable, open files or maps are on one of the
+/// filesystems, each with the position of its device.
+fn processes(proc_root: &Path, devs: &[Dev]) -> Vec<(usize, Reason)> {
+    let at = |dev: Dev| devs.iter().position(|d| *d == dev);
     let me = std::process::id() as i32;
     let Ok(entries) = fs::read_dir(proc_root) else {
         return Vec::new();
@@ -183,10 +200,11 @@ fn processes(proc_root: &Path, dev: Dev) -> Vec<Reason> {
             ("root", ProcessUse::Root),
             ("exe", ProcessUse::Exe),
         ] {
-            let on =
-                sys::statx_mount(None, dir.join(name).as_os_str(), 0).is_ok_and(|s| s.dev == dev);
-            if on {
-                out.push(reason(via, None, None));
+            if let Some(t) = sys::statx_mount(None, dir.join(name).as_os_str(), 0)
+                .ok()
+                .and_then(|s| at(s.dev))
+            {
+                out.push((t, reason(via, None, None)));
             }
         }
         if let Ok(fds) = fs::read_dir(dir.join("fd")) {
@@ -194,25 +212,27 @@ fn processes(proc_root: &Path, dev: Dev) -> Vec<Reason> {
                 let Some(fd) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
                     continue;
                 };
-                if fs::metadata(e.path()).is_ok_and(|m| dev_of(m.dev()) == dev) {
+                if let Some(t) = fs::metadata(e.path())
+                    .ok()
+                    .and_then(|m| at(dev_of(m.dev())))
+                {
                     let path = fs::read_link(e.path())
                         .map(|l| l.to_string_lossy().into_owned())
                         .ok();
-                    out.push(reason(ProcessUse::OpenFile, path, Some(fd)));
+                    out.push((t, reason(ProcessUse::OpenFile, path, Some(fd))));
                 }
             }
         }
-        let mut mapped: Vec<String> = fs::read_to_string(dir.join("maps"))
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| map_on(l, dev))
-            .collect();
-        mapped.dedup();
-        out.extend(
-            mapped
-                .into_iter()
-                .map(|p| reason(ProcessUse::Mmap, Some(p), None)),
-        );
+        let maps = fs::read_to_string(dir.join("maps")).unwrap_or_default();
+        for (t, &dev) in devs.iter().enumerate() {
+            let mut mapped: Vec<String> = maps.lines().filter_map(|l| map_on(l, dev)).collect();
+            mapped.dedup();
+            out.extend(
+                mapped
+                    .into_iter()
+                    .map(|p| (t, reason(ProcessUse::Mmap, Some(p), None))),
+            );
+        }
     }
     out
 }

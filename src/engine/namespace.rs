@@ -182,7 +182,9 @@ pub(crate) fn parse_start_time(stat: &str) -> Option<u64> {
 
 /// Every mount namespace, found through `proc_root`: those with processes, and, when this
 /// process sees the host's processes, those with none (see [`FoundVia`]).
-pub fn enumerate(proc_root: &Path) -> Result<Vec<Namespace>, NamespaceError> {
+/// `host_view`: `proc_root` shows the host's processes ([`pid_namespace_blindness`] found
+/// nothing), the condition for the kernel's list.
+pub fn enumerate(proc_root: &Path, host_view: bool) -> Result<Vec<Namespace>, NamespaceError> {
     let own_path = proc_root.join("self/ns/mnt");
     let own_inode = fs::metadata(&own_path)
         .map_err(|source| NamespaceError::OwnNamespace {
@@ -242,19 +244,23 @@ pub fn enumerate(proc_root: &Path) -> Result<Vec<Namespace>, NamespaceError> {
         namespaces[i].pids = member(pid);
         namespaces[i].own = inode == own_inode;
     }
-    add_process_less(
-        proc_root,
-        &mut namespaces,
-        &mut by_inode,
-        &pids,
-        me,
-        own_userns,
-    );
+    if host_view {
+        add_process_less(
+            proc_root,
+            &mut namespaces,
+            &mut by_inode,
+            &pids,
+            me,
+            own_userns,
+        );
+    }
     Ok(namespaces)
 }
 
 /// Adds the namespaces with no process in view (from the kernel's list, or from processes'
 /// descriptors where the kernel has no list), and names the descriptors that pin them.
+/// Only from the host's view: from another pid namespace (a pod without hostPID, a machine
+/// container) the kernel's list reaches namespaces whose owners are out of view.
 fn add_process_less(
     proc_root: &Path,
     namespaces: &mut Vec<Namespace>,
@@ -263,12 +269,6 @@ fn add_process_less(
     me: i32,
     own_userns: Option<u64>,
 ) {
-    // The kernel's list is every namespace of the machine: from a pid namespace that is not
-    // the host's (a pod without hostPID, a machine container) it reaches namespaces whose
-    // processes, and so whose owners, are out of view. Only the host's view uses it.
-    if pid_namespace_blindness(proc_root).is_some() {
-        return;
-    }
     let listed = namespaces
         .iter()
         .find(|n| n.own)

@@ -14,21 +14,27 @@ pub struct Explained {
     pub remedy: String,
 }
 
-/// Every reason `target` is busy, explained, and the scan's notes.
+/// Every reason each of `targets` is busy, explained (position for position), and the
+/// scan's notes.
 pub fn why(
     base: &ScanRequest,
-    target: &BusyTarget,
-) -> Result<(Vec<Explained>, Vec<String>), ScanError> {
-    let (reasons, notes) = busy::reasons(base, target)?;
+    targets: &[BusyTarget],
+) -> Result<(Vec<Vec<Explained>>, Vec<String>), ScanError> {
+    let (reasons, notes) = busy::reasons(base, targets)?;
     let explained = reasons
         .into_iter()
-        .map(|reason| {
-            let (releasable, remedy) = remedy(&reason);
-            Explained {
-                reason,
-                releasable,
-                remedy,
-            }
+        .map(|of_target| {
+            of_target
+                .into_iter()
+                .map(|reason| {
+                    let (releasable, remedy) = remedy(&reason);
+                    Explained {
+                        reason,
+                        releasable,
+                        remedy,
+                    }
+                })
+                .collect()
         })
         .collect();
     Ok((explained, notes))

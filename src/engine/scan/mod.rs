@@ -187,10 +187,11 @@ pub enum ScanError {
 /// workers, and finds in each the mounts at or below the targets (the seeds).
 pub fn read_namespaces(
     request: &ScanRequest,
+    host_view: bool,
     notes: &mut Vec<String>,
     denied: &mut Vec<u64>,
 ) -> Result<Vec<ScannedNamespace>, ScanError> {
-    let namespaces = namespace::enumerate(&request.proc_root)?;
+    let namespaces = namespace::enumerate(&request.proc_root, host_view)?;
     let targets = target_bytes(&request.targets);
     let signatures = target_bytes(&request.layer_signatures);
     let backend = request.backend;
@@ -274,15 +275,13 @@ pub fn scan(request: &ScanRequest) -> Result<Scan, ScanError> {
     let started = std::time::Instant::now();
     let mut notes = Vec::new();
     let mut denied = Vec::new();
-    let namespaces = read_namespaces(request, &mut notes, &mut denied)?;
+    let blindness = namespace::pid_namespace_blindness(&request.proc_root);
+    let namespaces = read_namespaces(request, blindness.is_none(), &mut notes, &mut denied)?;
     let read = started.elapsed();
     // Not the host's pid namespace: incomplete, unless the established runtime is in this
     // one (a machine container running its own runtime): then what it runs is in view.
     let mut detail_notes = Vec::new();
-    let (blind, peers_unseen) = match (
-        namespace::pid_namespace_blindness(&request.proc_root),
-        request.runtime_pid,
-    ) {
+    let (blind, peers_unseen) = match (blindness, request.runtime_pid) {
         (Some(why), Some(pid)) => {
             detail_notes.push(format!(
                 "{why}; the established runtime (pid {pid}) runs in this pid namespace, so \
