@@ -2,6 +2,8 @@
 
 mod common;
 
+use std::os::unix::fs::OpenOptionsExt;
+
 use common::docker::DockerDaemon;
 use common::*;
 use serde_json::Value;
@@ -592,4 +594,68 @@ fn what_scan_says_of_a_container_is_what_release_does() {
     assert_scan_is_release(&scan, &plan, &done);
     assert!(!has_mount_at(leak, &merged) && !has_mount_at(pinned, &merged));
     assert!(has_mount_at(sb.host_pid(), &merged), "dockerd's copy stays");
+}
+
+#[test]
+fn release_device_keeps_a_running_containers_volume_and_frees_the_copies() {
+    // A CSI-like volume staged on the node, used by `db` at /data (a bind it asked for),
+    // and copied into `agent` through its bind of kubelet's directory (Docker binds are
+    // recursive and private). kubelet unstages it on the node; the device stays busy.
+    // dockerd's records say where each container asked for its mounts: db's /data stays,
+    // the agent's copy goes, and once db is gone the device is free.
+    let mut sb = Sandbox::new("dk-device");
+    let dk = DockerDaemon::start(&sb, "device", false, &[]);
+    let d = sb.d();
+    let dev = sb.loop_ext4("vol");
+    let g = format!("{d}/kubelet/plugins/kubernetes.io/csi/drv/77/globalmount");
+    sb.sh(&format!(
+        "mkdir -p {g} && mount {dev} {g} && echo rows > {g}/table"
+    ));
+    dk.run_with("db", &["-v", &format!("{g}:/data")]);
+    dk.run_with("agent", &["-v", &format!("{d}/kubelet:/host/kubelet")]);
+    sb.sh(&format!("umount {g}"));
+    let pid = |name: &str| -> i32 {
+        dk.docker_ok(&["inspect", name, "--format", "{{.State.Pid}}"])
+            .parse()
+            .unwrap()
+    };
+    let (db, agent) = (pid("db"), pid("agent"));
+    let copy = "/host/kubelet/plugins/kubernetes.io/csi/drv/77/globalmount";
+    assert!(has_mount_at(agent, copy) && has_mount_at(db, "/data"));
+    let host = dk.host();
+
+    let (code, scan) = sb.mntreap_json(&["scan", "--device", &dev, "--docker-host", &host], &[]);
+    assert_eq!(code, 1, "{scan:#}");
+    let decision = |pid: i32, point: &str| -> (String, String) {
+        let h = holders(&scan)
+            .iter()
+            .find(|h| h["mnt_ns"] == ns_inode(pid) && h["mount_point"] == point)
+            .unwrap_or_else(|| panic!("no holder {point} in {pid}: {scan:#}"));
+        (
+            h["action"].as_str().unwrap().into(),
+            h["reason"].as_str().unwrap().into(),
+        )
+    };
+    let (action, reason) = decision(db, "/data");
+    assert_eq!(action, "keep", "{scan:#}");
+    assert!(
+        reason.contains("container db mounted it at /data"),
+        "{reason}"
+    );
+    assert_eq!(decision(agent, copy).0, "unmount", "{scan:#}");
+
+    let (code, rel) = sb.mntreap_json(&["release", "--device", &dev, "--docker-host", &host], &[]);
+    assert_eq!(code, 1, "db's volume remains: {rel:#}");
+    assert!(!has_mount_at(agent, copy), "{rel:#}");
+    assert!(has_mount_at(db, "/data"));
+    assert_eq!(dk.docker_ok(&["exec", "db", "cat", "/data/table"]), "rows");
+
+    dk.docker_ok(&["rm", "-f", "db"]);
+    let (code, rel) = sb.mntreap_json(&["release", "--device", &dev, "--docker-host", &host], &[]);
+    assert_eq!(code, 0, "{rel:#}");
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_EXCL)
+        .open(&dev)
+        .expect("the device is free");
 }

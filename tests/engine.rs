@@ -256,6 +256,7 @@ fn namespace_vanishing_between_scan_and_release() {
         proc_root: "/proc".into(),
         threads: 2,
         paths_only: false,
+        devices: Vec::new(),
         layer_signatures: Vec::new(),
         trusted_namespaces: Vec::new(),
         no_identity: Vec::new(),
@@ -776,6 +777,7 @@ fn a_scan_from_a_private_cgroup_namespace_reads_the_hosts_view_and_moves_no_thre
             proc_root: "/proc".into(),
             threads: 2,
             paths_only: false,
+            devices: Vec::new(),
             layer_signatures: Vec::new(),
             trusted_namespaces: Vec::new(),
             no_identity: Vec::new(),
@@ -938,4 +940,155 @@ fn why_names_every_holder_of_a_device_and_what_to_do_about_it() {
     let (code, doc) = sb.mntreap_json(&["why", &backed], &[]);
     assert_eq!((code, &doc["busy"]), (0, &Value::Bool(false)), "{doc:#}");
     assert_eq!(doc["targets"][0]["busy"], false);
+}
+
+#[test]
+fn release_device_frees_a_volume_from_its_copies_and_keeps_a_containers_mounts() {
+    // A CSI volume staged at kubelet's globalmount, then copied: a service's namespace
+    // (PrivateTmp), an agent's rbind of the host's tree at another path, and a container
+    // (its own root) that mounted the volume at /data. kubelet unstages it (umount on the
+    // host) and the device stays busy. No runtime answers here: the container is nobody's
+    // known volume, so it is kept; the copies go. Once it is gone, the device is free.
+    let mut sb = Sandbox::new("device");
+    let d = sb.d();
+    let dev = sb.loop_ext4("csi");
+    let g = format!("{d}/var/lib/kubelet/plugins/kubernetes.io/csi/drv/0f1e/globalmount");
+    sb.sh(&format!("mkdir -p {g} {d}/agent/host && mount {dev} {g}"));
+    let service = sb.holder(None, None);
+    let agent = sb.holder(
+        Some(&format!(
+            "mount --rbind {d} {d}/agent/host && exec sleep 3600"
+        )),
+        None,
+    );
+    let agent_copy =
+        format!("{d}/agent/host/var/lib/kubelet/plugins/kubernetes.io/csi/drv/0f1e/globalmount");
+    layers(&sb, "ct");
+    let busybox = which("busybox");
+    let root = format!("{d}/l/ct/merged");
+    sb.sh(&format!(
+        "cp {busybox} {root}/busybox && mkdir -p {root}/old {root}/data"
+    ));
+    let container = sb.holder(
+        Some(&format!(
+            "mount --bind {g} {root}/data && cd {root} && pivot_root . old && exec /busybox sleep 3600"
+        )),
+        None,
+    );
+    sb.sh(&format!("umount {g}"));
+    wait_until(
+        std::time::Duration::from_secs(10),
+        std::time::Duration::from_millis(20),
+        || has_mount_at(agent, &agent_copy) && has_mount_at(container, "/data"),
+        || "the agent's and the container's mounts never appeared".into(),
+    );
+    let open_excl = || {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_EXCL)
+            .open(&dev)
+    };
+    let err = open_excl().expect_err("the copies keep the device busy");
+    assert_eq!(err.raw_os_error(), Some(libc::EBUSY), "{err}");
+
+    let no_docker = format!("{d}/no-docker");
+    let none = [
+        ("MNTREAP_RUNTIME", "docker"),
+        ("DOCKER_HOST", "unix:///nonexistent.sock"),
+        ("MNTREAP_DOCKER_ROOT", no_docker.as_str()),
+    ];
+    let (code, scan) = sb.mntreap_json(&["scan", "--device", &dev], &none);
+    assert_eq!(code, 1, "held elsewhere: {scan:#}");
+    assert_documented(scan.to_string().as_bytes());
+    let decided: std::collections::BTreeMap<(u64, u64), (String, String)> = holders(&scan)
+        .iter()
+        .map(|h| {
+            assert_eq!(h["match"], "device", "{h:#}");
+            (
+                (
+                    h["mnt_ns"].as_u64().unwrap(),
+                    h["mount_id"].as_u64().unwrap(),
+                ),
+                (
+                    h["action"].as_str().unwrap().to_string(),
+                    h["mount_point"].as_str().unwrap().to_string(),
+                ),
+            )
+        })
+        .collect();
+    let of = |pid: i32| -> Vec<(String, String)> {
+        decided
+            .iter()
+            .filter(|((ns, _), _)| *ns == ns_inode(pid))
+            .map(|(_, v)| v.clone())
+            .collect()
+    };
+    assert_eq!(of(service), vec![("unmount".into(), g.clone())], "{scan:#}");
+    let agents = of(agent);
+    assert!(
+        agents.contains(&("unmount".into(), agent_copy.clone())),
+        "{scan:#}"
+    );
+    assert!(agents.iter().all(|(a, _)| a == "unmount"), "{scan:#}");
+    let contained = of(container);
+    assert!(
+        contained.contains(&("keep".into(), "/data".into())),
+        "{scan:#}"
+    );
+    assert!(contained.iter().all(|(a, _)| a == "keep"), "{scan:#}");
+
+    // A dry run changes nothing, and what the scan said is what the release does.
+    let before = (mounts_of(service), mounts_of(agent), mounts_of(container));
+    let (code, dry) = sb.mntreap_json(&["release", "--dry-run", "--device", &dev], &none);
+    assert_eq!(code, 1, "{dry:#}");
+    assert_eq!(
+        before,
+        (mounts_of(service), mounts_of(agent), mounts_of(container))
+    );
+    let (code, rel) = sb.mntreap_json(&["release", "--device", &dev], &none);
+    assert_eq!(code, 1, "the container's mounts remain: {rel:#}");
+    assert_documented(rel.to_string().as_bytes());
+    let done = release_actions(&rel);
+    assert_eq!(release_actions(&dry), done);
+    let scanned: std::collections::BTreeMap<(u64, u64), String> =
+        decided.iter().map(|(k, (a, _))| (*k, a.clone())).collect();
+    assert_eq!(scanned, done, "scan promised what release did");
+    assert!(!has_mount_at(service, &g));
+    assert!(!has_mount_at(agent, &agent_copy));
+    assert!(
+        has_mount_at(container, "/data"),
+        "a container's volume stays"
+    );
+    assert_eq!(before.2, mounts_of(container));
+    assert!(open_excl().is_err(), "the container still holds it");
+
+    sb.kill_holder(container);
+    let (code, rel) = sb.mntreap_json(&["release", "--device", &dev], &none);
+    assert_eq!(code, 0, "{rel:#}");
+    open_excl().expect("the device is free");
+}
+
+#[test]
+fn a_device_that_holds_the_system_or_is_no_block_device_is_refused() {
+    let sb = Sandbox::new("device-rails");
+    let root_dev = std::os::unix::fs::MetadataExt::dev(&std::fs::metadata("/").unwrap());
+    let root = format!(
+        "{}:{}",
+        nix::sys::stat::major(root_dev),
+        nix::sys::stat::minor(root_dev)
+    );
+    for (raw, says) in [
+        (root.as_str(), "holds /"),
+        ("/dev/null", "not a block device"),
+        ("0:1", "not a block device"),
+        ("rootfs", "not a block device"),
+    ] {
+        let (code, doc) = sb.mntreap_json(&["release", "--device", raw], &[]);
+        assert_eq!(code, 2, "{raw}: {doc:#}");
+        assert_eq!(doc["kind"], "bad-input", "{raw}: {doc:#}");
+        assert!(
+            doc["error"].as_str().unwrap().contains(says),
+            "{raw}: {doc:#}"
+        );
+    }
 }

@@ -215,6 +215,7 @@ impl EngineArgs {
             runtime_roots: self.runtime_roots.clone(),
             base: ScanRequest {
                 targets: Vec::new(),
+                devices: Vec::new(),
                 backend: self.backend.resolve(own.as_fd()),
                 proc_root: self.proc.clone(),
                 threads: self.threads.unwrap_or_else(scan::default_threads).max(1),

@@ -157,10 +157,14 @@ struct ScanArgs {
     /// A mount point to look for (repeatable), e.g. /var/lib/docker/overlay2/<id>/merged.
     #[arg(long = "path", value_name = "PATH")]
     paths: Vec<String>,
+    /// A block device (/dev/X or MAJ:MIN, repeatable) whose filesystem to look for: every
+    /// mount of it, in every namespace, at any path (a CSI volume, an rbd or LUKS device).
+    #[arg(long = "device", value_name = "DEVICE", conflicts_with_all = ["containers", "paths"])]
+    devices: Vec<String>,
     /// The node-wide report as a node-problem-detector custom plugin: one line on stdout,
     /// exit 0 (ok), 1 (leaked or orphaned mounts) or 2 (unknown: the scan could not run, or
     /// is incomplete).
-    #[arg(long, conflicts_with_all = ["containers", "paths", "json"])]
+    #[arg(long, conflicts_with_all = ["containers", "paths", "devices", "json"])]
     npd: bool,
     #[command(flatten)]
     engine: EngineArgs,
@@ -173,11 +177,16 @@ struct ReleaseArgs {
     /// A mount point to release (repeatable).
     #[arg(long = "path", value_name = "PATH")]
     paths: Vec<String>,
+    /// A block device (/dev/X or MAJ:MIN, repeatable) whose filesystem to release: its
+    /// copies in other namespaces go; what the runtime and kubelet mounted, and the volumes
+    /// running containers asked for, stay.
+    #[arg(long = "device", value_name = "DEVICE", conflicts_with_all = ["containers", "paths"])]
+    devices: Vec<String>,
     /// Print the plan; change nothing.
     #[arg(long)]
     dry_run: bool,
-    /// Also release the copies in the protected namespace (mntreap's own for paths,
-    /// dockerd's for running containers).
+    /// Also release the copies in the protected namespaces (mntreap's own for paths,
+    /// dockerd's for running containers, the runtime's and mntreap's own for devices).
     #[arg(long)]
     everywhere: bool,
     #[command(flatten)]
@@ -324,7 +333,12 @@ fn run(command: Command) -> Result<Exit, Failure> {
             if args.npd {
                 commands::node_report::problem_line(&args.engine.config()?)
             } else {
-                commands::scan::command(&args.engine.config()?, &args.containers, &args.paths)
+                commands::scan::command(
+                    &args.engine.config()?,
+                    &args.containers,
+                    &args.paths,
+                    &args.devices,
+                )
             }
         }
         Command::Release(args) => commands::release::command(
@@ -332,6 +346,7 @@ fn run(command: Command) -> Result<Exit, Failure> {
             commands::release::ReleaseArgs {
                 containers: &args.containers,
                 paths: &args.paths,
+                devices: &args.devices,
                 dry_run: args.dry_run,
                 everywhere: args.everywhere,
             },

@@ -1,6 +1,7 @@
 //! The commands an operator runs. Each takes the [`Config`] validated once from the
 //! command line and returns an [`Exit`]; stdout carries the report, stderr the logs.
 
+pub mod device;
 pub mod doctor;
 pub mod hook;
 pub mod node_report;

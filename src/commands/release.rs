@@ -11,6 +11,8 @@ use crate::runtime::scope::short_id;
 pub struct ReleaseArgs<'a> {
     pub containers: &'a [String],
     pub paths: &'a [String],
+    /// `--device`: block devices whose filesystems are released.
+    pub devices: &'a [String],
     pub dry_run: bool,
     pub everywhere: bool,
 }
@@ -19,12 +21,15 @@ pub struct ReleaseArgs<'a> {
 /// after some work reports that work and exits 1, 2 only when nothing changed.
 pub fn command(config: &Config, args: ReleaseArgs) -> Result<Exit, Failure> {
     let e = config;
-    if args.containers.is_empty() && args.paths.is_empty() {
+    if args.containers.is_empty() && args.paths.is_empty() && args.devices.is_empty() {
         return Err(Failure::Usage(
-            "name the containers or --path mount points to release (`mntreap scan` with no \
-             target shows the node's leaks)"
+            "name the containers, --path mount points or --device block devices to release \
+             (`mntreap scan` with no target shows the node's leaks)"
                 .into(),
         ));
+    }
+    if !args.devices.is_empty() {
+        return release_devices(e, &args);
     }
     let (docker, containers) = resolve_containers(e, args.containers)?;
     let releases = run_releases(e, &args, docker.as_ref(), &containers)?;
@@ -50,6 +55,32 @@ pub fn command(config: &Config, args: ReleaseArgs) -> Result<Exit, Failure> {
     let unsure = unsure_note(docker.as_ref().map(|d| d.daemon()));
     Ok(Exit::for_targets(
         failed,
+        changed,
+        remaining,
+        unsure.is_some(),
+    ))
+}
+
+/// `release --device`: one release for the devices, in the device scope.
+fn release_devices(e: &Config, args: &ReleaseArgs) -> Result<Exit, Failure> {
+    let devices = super::device::devices(e, args.devices)?;
+    let (runtime, no_runtime) = super::device::runtime(e);
+    let rel = super::device::release(
+        e,
+        runtime.as_ref(),
+        no_runtime,
+        &devices,
+        args.everywhere,
+        args.dry_run,
+    )?;
+    super::denied_note(&rel.scan);
+    let remaining = !rel.remaining().is_empty() || rel.still_pinned() || rel.scan.incomplete();
+    let changed = rel.released();
+    let unsure = unsure_note(runtime.as_ref().map(|r| r.daemon()));
+    let releases: Outcomes = vec![(None, Ok(rel))];
+    print(&render(e, runtime.as_ref(), &releases));
+    Ok(Exit::for_targets(
+        false,
         changed,
         remaining,
         unsure.is_some(),

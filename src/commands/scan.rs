@@ -7,8 +7,16 @@ use crate::ops::Decisions;
 use crate::report;
 
 /// `mntreap scan`: containers or paths; with neither, the node-wide report.
-pub fn command(config: &Config, names: &[String], paths: &[String]) -> Result<Exit, Failure> {
+pub fn command(
+    config: &Config,
+    names: &[String],
+    paths: &[String],
+    devices: &[String],
+) -> Result<Exit, Failure> {
     let e = config;
+    if !devices.is_empty() {
+        return super::device::scan(e, devices);
+    }
     if names.is_empty() && paths.is_empty() {
         return super::node_report::command(e);
     }

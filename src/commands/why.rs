@@ -10,7 +10,7 @@ use crate::report::doc::{WhyDoc, WhyReason, WhyTarget};
 /// Runs `why`. Exit 0: nothing holds any target; 1: something does (each reason listed);
 /// 2: bad input.
 pub fn command(e: &Config, raw: &str) -> Result<Exit, Failure> {
-    let targets = if raw.starts_with('/') || is_maj_min(raw) {
+    let targets = if raw.starts_with('/') || crate::engine::policy::parse_maj_min(raw).is_some() {
         vec![(raw.to_string(), target_of(raw)?)]
     } else {
         // A container or a pod, as `release` names them.
@@ -60,28 +60,12 @@ pub fn command(e: &Config, raw: &str) -> Result<Exit, Failure> {
     })
 }
 
-fn is_maj_min(raw: &str) -> bool {
-    raw.split_once(':').is_some_and(|(a, b)| {
-        !a.is_empty()
-            && !b.is_empty()
-            && a.bytes().all(|c| c.is_ascii_digit())
-            && b.bytes().all(|c| c.is_ascii_digit())
-    })
-}
-
 /// A block device (`/dev/X`, or `MAJ:MIN`) is itself the target; any other path names the
 /// filesystem it is on.
 fn target_of(raw: &str) -> Result<BusyTarget, Failure> {
-    let dev = match raw.split_once(':') {
-        Some((major, minor)) if is_maj_min(raw) => (
-            major
-                .parse()
-                .map_err(|_| Failure::Usage(format!("{raw:?}: MAJ:MIN too large")))?,
-            minor
-                .parse()
-                .map_err(|_| Failure::Usage(format!("{raw:?}: MAJ:MIN too large")))?,
-        ),
-        _ => {
+    let dev = match crate::engine::policy::parse_maj_min(raw) {
+        Some(dev) => dev,
+        None => {
             let meta =
                 std::fs::metadata(raw).map_err(|err| Failure::Usage(format!("{raw}: {err}")))?;
             let st = if meta.file_type().is_block_device() {

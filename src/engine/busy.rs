@@ -122,6 +122,7 @@ fn mounts(
 ) -> Result<Vec<Vec<Reason>>, ScanError> {
     let request = ScanRequest {
         targets: Vec::new(),
+        devices: Vec::new(),
         paths_only: false,
         ..base.clone()
     };

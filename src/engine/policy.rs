@@ -56,6 +56,16 @@ pub enum PolicyError {
     SymlinkOnTheWay { path: String, link: String },
     #[error("{0:?} is an empty path")]
     Empty(String),
+    #[error(
+        "{raw:?} is not a block device ({why}); --device takes /dev/X or MAJ:MIN (for a mount \
+         point, use --path)"
+    )]
+    NotADevice { raw: String, why: String },
+    #[error(
+        "refusing {device}: its filesystem holds {path} here, and releasing it would unmount \
+         the system's or the runtime's own files in every namespace; name the volume's device"
+    )]
+    DeviceHoldsSystem { device: String, path: String },
 }
 
 /// How strict the rails are.
@@ -118,6 +128,65 @@ impl Policy {
         Ok(normal)
     }
 
+    /// Validates one `--device` target (`/dev/X`, or `MAJ:MIN`): a block device whose
+    /// filesystem holds no system directory and no runtime root as this process sees them
+    /// (a device node can be made anywhere with any number, so the number is what is
+    /// checked, by asking the kernel where those directories live).
+    pub fn check_device(&self, raw: &str) -> Result<(u32, u32), PolicyError> {
+        let not = |why: String| PolicyError::NotADevice {
+            raw: raw.into(),
+            why,
+        };
+        let dev = match parse_maj_min(raw) {
+            Some(dev) => dev,
+            None if raw.starts_with('/') => {
+                use std::os::unix::fs::{FileTypeExt, MetadataExt};
+                let meta = std::fs::metadata(raw).map_err(|e| not(e.to_string()))?;
+                if !meta.file_type().is_block_device() {
+                    return Err(not("not a block device node".into()));
+                }
+                let rdev = meta.rdev();
+                (
+                    nix::sys::stat::major(rdev) as u32,
+                    nix::sys::stat::minor(rdev) as u32,
+                )
+            }
+            None => return Err(not("neither a path nor MAJ:MIN".into())),
+        };
+        let shown = format!("{}:{}", dev.0, dev.1);
+        if !Path::new(&format!("/sys/dev/block/{shown}")).exists() {
+            return Err(not(format!("the kernel has no block device {shown}")));
+        }
+        let guarded = SYSTEM_DIRS
+            .iter()
+            .chain(SYSTEM_TREES)
+            .chain(RUNTIME_ROOTS)
+            .map(PathBuf::from)
+            .chain(self.extra_roots.iter().cloned());
+        for path in guarded {
+            use std::os::unix::fs::MetadataExt;
+            let Ok(meta) = std::fs::metadata(&path) else {
+                continue;
+            };
+            let on = meta.dev();
+            if (
+                nix::sys::stat::major(on) as u32,
+                nix::sys::stat::minor(on) as u32,
+            ) == dev
+            {
+                return Err(PolicyError::DeviceHoldsSystem {
+                    device: if raw == shown {
+                        shown
+                    } else {
+                        format!("{raw} ({shown})")
+                    },
+                    path: path.to_string_lossy().into_owned(),
+                });
+            }
+        }
+        Ok(dev)
+    }
+
     /// Unless `any_path`: `normal` lies in a runtime root or an extra root.
     fn inside_roots(&self, normal: &Path) -> Result<(), PolicyError> {
         if self.any_path {
@@ -144,6 +213,16 @@ impl Policy {
             roots,
         })
     }
+}
+
+/// `MAJ:MIN`, both decimal, if `raw` is that.
+pub fn parse_maj_min(raw: &str) -> Option<(u32, u32)> {
+    let (major, minor) = raw.split_once(':')?;
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|c| c.is_ascii_digit());
+    if !digits(major) || !digits(minor) {
+        return None;
+    }
+    Some((major.parse().ok()?, minor.parse().ok()?))
 }
 
 /// The checks that need no file system: absolute, no `..`, not a system directory nor

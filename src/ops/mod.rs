@@ -7,6 +7,7 @@
 //! kubelet's cgroups place in its pod) and the same [`crate::engine::release::plan`] that
 //! `release` executes. `scan` runs that plan as a dry run and shows it.
 
+pub mod device;
 pub mod node;
 pub mod sweep;
 pub mod why;
@@ -72,6 +73,7 @@ pub fn release_paths(
     let scope = Scope {
         everywhere,
         protected: None,
+        workloads: Vec::new(),
     };
     crate::engine::release::run_on(scan, req, scope, dry_run)
 }
@@ -165,6 +167,7 @@ impl Decisions {
         let scope = Scope {
             everywhere: false,
             protected: None,
+            workloads: Vec::new(),
         };
         let plans = crate::engine::release::plan(scan, scope);
         let mut d = Decisions::default();
@@ -190,6 +193,13 @@ impl Decisions {
             self.merge(key, action, reason);
         }
         self.failed.extend(other.failed);
+    }
+
+    /// The decisions of one release (planned as a dry run, or executed).
+    pub fn of_release(rel: &Release, who: &str) -> Self {
+        let mut d = Decisions::default();
+        d.add(rel, who);
+        d
     }
 
     fn add(&mut self, rel: &Release, who: &str) {
@@ -287,6 +297,7 @@ pub fn sweep_selection(
     let scope = Scope {
         everywhere: false,
         protected: Some(daemon.runtime_protection(": the runtime's own copies")),
+        workloads: Vec::new(),
     };
     (holders, scope)
 }

@@ -151,6 +151,9 @@ pub struct ScanDoc {
     pub backend: Backend,
     pub paths_only: bool,
     pub targets: Vec<String>,
+    /// Block devices asked about (`MAJ:MIN`, `release --device`): every mount of one holds it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<String>,
     pub holders: Vec<HolderDoc>,
     pub summary: ScanSummary,
     pub notes: Vec<String>,
@@ -218,6 +221,9 @@ pub struct ReleaseDoc {
     pub paths_only: bool,
     pub backend: Backend,
     pub targets: Vec<String>,
+    /// Block devices asked about (`MAJ:MIN`, `release --device`): every mount of one holds it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<String>,
     pub namespaces: Vec<NamespaceDoc>,
     /// In scope and still mounted after acting (or kept).
     pub remaining: Vec<HolderDoc>,

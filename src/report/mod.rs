@@ -86,6 +86,13 @@ pub fn holder_doc(scan: &Scan, h: &Holder) -> HolderDoc {
     }
 }
 
+fn devices_doc(scan: &Scan) -> Vec<String> {
+    scan.devices
+        .iter()
+        .map(|(major, minor)| format!("{major}:{minor}"))
+        .collect()
+}
+
 fn targets_doc(scan: &Scan) -> Vec<String> {
     scan.targets
         .iter()
@@ -104,6 +111,7 @@ pub fn scan_doc(scan: &Scan) -> ScanDoc {
         backend: scan.backend,
         paths_only: scan.paths_only,
         targets: targets_doc(scan),
+        devices: devices_doc(scan),
         holders: scan.holders.iter().map(|h| holder_doc(scan, h)).collect(),
         summary: ScanSummary {
             holders: scan.holders.len(),
@@ -151,6 +159,7 @@ pub fn scan_text(scan: &Scan, plan: &Plan) -> String {
                 crate::engine::scan::Match::Path => "path",
                 crate::engine::scan::Match::Identity => "identity",
                 crate::engine::scan::Match::InsideCopy => "inside-copy",
+                crate::engine::scan::Match::Device => "device",
             };
             out.push_str(&format!(
                 "{:<12} {:>8}  {:<11} {:<8} {:<10} {:<40} {}\n",
@@ -258,6 +267,7 @@ pub fn release_doc(release: &crate::engine::release::Release) -> ReleaseDoc {
         paths_only: scan.paths_only,
         backend: scan.backend,
         targets: targets_doc(scan),
+        devices: devices_doc(scan),
         namespaces,
         remaining: release
             .remaining()

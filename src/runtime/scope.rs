@@ -160,6 +160,7 @@ pub fn release_scope(daemon: &Daemon, container: &Container, everywhere: bool) -
     Scope {
         everywhere,
         protected: Some(protected),
+        workloads: Vec::new(),
     }
 }
 
@@ -235,4 +236,67 @@ impl Daemon {
             })
             .collect()
     }
+}
+
+/// The scope of a device release (`release --device`): the runtime's namespaces spared
+/// (the runtime and kubelet unmount their own mounts), and every running container's
+/// namespace described by what the runtime mounted there, so that a volume a container
+/// uses is told from a copy ([`crate::engine::release::Workload`]). With no runtime, no
+/// container is described, and the release keeps every mount in a namespace whose root is
+/// not the host's. Returns the notes that say what was not known.
+pub fn device_scope(
+    runtime: Option<&dyn super::ContainerRuntime>,
+    everywhere: bool,
+) -> (Scope, Vec<String>) {
+    let mut notes = Vec::new();
+    let Some(runtime) = runtime else {
+        return (
+            Scope {
+                everywhere,
+                protected: None,
+                workloads: Vec::new(),
+            },
+            notes,
+        );
+    };
+    let daemon = runtime.daemon();
+    let containers = runtime.list().unwrap_or_else(|e| {
+        notes.push(format!(
+            "the runtime's containers could not be listed ({e}): mounts in namespaces whose \
+             root is not the host's are kept"
+        ));
+        Vec::new()
+    });
+    let workloads = containers
+        .iter()
+        .filter(|c| c.is_running())
+        .filter_map(|c| {
+            let ns = mnt_ns_inode(&daemon.proc_root, c.pid?)?;
+            Some(crate::engine::release::Workload {
+                ns,
+                name: match (&c.pod, c.sandbox) {
+                    (Some(pod), true) => format!("pod {pod}"),
+                    (Some(pod), false) => format!("container {} of pod {pod}", c.name),
+                    (None, _) => format!("container {}", c.name),
+                },
+                mount_points: runtime.mount_destinations(c).map(|points| {
+                    use std::os::unix::ffi::OsStrExt;
+                    points
+                        .iter()
+                        .map(|p| p.as_os_str().as_bytes().to_vec())
+                        .collect()
+                }),
+            })
+        })
+        .collect();
+    let protected =
+        daemon.runtime_protection(", which unmounts its own mounts (and kubelet its own)");
+    (
+        Scope {
+            everywhere,
+            protected: Some(protected),
+            workloads,
+        },
+        notes,
+    )
 }

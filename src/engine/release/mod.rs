@@ -27,6 +27,22 @@ pub struct Scope {
     /// Namespaces (by inode) whose copies are the runtime's own view and stay, with the
     /// reason shown. `None`: mntreap's own namespace.
     pub protected: Option<Vec<(u64, String)>>,
+    /// For a device release: the running containers' namespaces, as the runtime's records
+    /// describe them. A mount of the device at a place a container asked for is its use of
+    /// the device (a volume), not a copy.
+    pub workloads: Vec<Workload>,
+}
+
+/// A running container's mount namespace and what the runtime mounted there for it.
+#[derive(Debug, Clone)]
+pub struct Workload {
+    /// The namespace (by inode) of the container's init process.
+    pub ns: u64,
+    /// Who it is, as reports name it (`container web`, `pod default/db`).
+    pub name: String,
+    /// Where its mounts are (their destinations in its namespace), from the runtime's
+    /// records; `None` when they could not be read.
+    pub mount_points: Option<Vec<Vec<u8>>>,
 }
 
 impl Scope {

@@ -4,8 +4,9 @@
 use std::collections::{HashMap, HashSet};
 
 use super::{Action, NamespacePlan, Scope, Step};
+use crate::engine::mountinfo::encode;
 use crate::engine::namespace::FoundVia;
-use crate::engine::scan::{Holder, InUse, Scan};
+use crate::engine::scan::{Holder, InUse, Match, Scan};
 use crate::engine::table::path_is_under;
 
 /// Builds the plan for `scan` within `scope`.
@@ -117,6 +118,11 @@ fn first_step(scan: &Scan, h: &Holder, scope: &Scope) -> Step {
     if let Some(reason) = unaccounted(scan, h.ns) {
         return Step::Keep { reason };
     }
+    if h.matched == Match::Device
+        && let Some(reason) = device_use(scan, h, scope)
+    {
+        return Step::Keep { reason };
+    }
     if h.pins.is_empty() {
         Step::Unmount
     } else {
@@ -124,6 +130,49 @@ fn first_step(scan: &Scan, h: &Holder, scope: &Scope) -> Step {
             pins: h.pins.clone(),
         }
     }
+}
+
+/// Why a mount of a target device is its namespace's own use of the device rather than a
+/// copy, if it may be. A copy is what a namespace got by copying the host's mounts (a
+/// service's or a daemon's namespace, an agent's bind of the host's `/`); a use is a mount
+/// a container asked for (its volume), or one in a container's namespace that no runtime
+/// record explains. Processes using files on it make it a use too: detaching would leave
+/// the device as busy as before.
+fn device_use(scan: &Scan, h: &Holder, scope: &Scope) -> Option<String> {
+    if !h.pins.is_empty() {
+        let pids: Vec<i32> = h.pins.iter().map(|p| p.pid).collect();
+        return Some(format!(
+            "processes use files on it ({}): detaching it would leave the device busy; stop              them first (`mntreap why` names them)",
+            pid_list(scan, h.ns, &pids)
+        ));
+    }
+    let n = &scan.namespaces[h.ns];
+    let Some(w) = scope.workloads.iter().find(|w| w.ns == n.ns.inode) else {
+        return (n.host_rooted != Some(true)).then(|| {
+            "its namespace's root is not the host's (a container's) and no runtime record              names that container: whose volume this is is unknown"
+                .to_string()
+        });
+    };
+    let Some(points) = &w.mount_points else {
+        return Some(format!(
+            "{}'s namespace, whose mounts the runtime's records do not give: whose volume              this is is unknown",
+            w.name
+        ));
+    };
+    // The volume itself, or a mount inside the volume where the runtime put the device.
+    let volume = points.iter().find(|p| {
+        h.mount_point == **p
+            || (path_is_under(&h.mount_point, p)
+                && scan
+                    .holders
+                    .iter()
+                    .any(|o| o.ns == h.ns && o.matched == Match::Device && o.mount_point == **p))
+    })?;
+    Some(format!(
+        "{} mounted it at {} (a volume it asked for): it uses the device; stop it first",
+        w.name,
+        encode(volume)
+    ))
 }
 
 /// A namespace found with no process and nothing in view that pins it (no descriptor of a

@@ -22,6 +22,21 @@ pub(crate) fn scan_with(
     no_identity: &[&str],
     namespaces: &[Ns],
 ) -> Scan {
+    scan_full(targets, &[], trusted, no_identity, namespaces)
+}
+
+/// A scan for block devices' filesystems ([`Scan::devices`]) only.
+pub(crate) fn scan_of_devices(devices: &[(u32, u32)], namespaces: &[Ns]) -> Scan {
+    scan_full(&[], devices, &[], &[], namespaces)
+}
+
+fn scan_full(
+    targets: &[&str],
+    devices: &[(u32, u32)],
+    trusted: &[u64],
+    no_identity: &[&str],
+    namespaces: &[Ns],
+) -> Scan {
     let targets: Vec<PathBuf> = targets.iter().map(PathBuf::from).collect();
     let target_bytes = target_bytes(&targets);
     let namespaces = namespaces
@@ -45,6 +60,7 @@ pub(crate) fn scan_with(
                 table: Some(table),
                 seeds,
                 processes: Vec::new(),
+                host_rooted: None,
             }
         })
         .collect();
@@ -55,6 +71,7 @@ pub(crate) fn scan_with(
         cgroups_unknown: None,
         backend: crate::engine::source::Backend::Mountinfo,
         targets,
+        devices: devices.to_vec(),
         layer_signatures: Vec::new(),
         paths_only: false,
         trusted_namespaces: trusted.to_vec(),

@@ -18,6 +18,7 @@ pub(super) fn match_holders(scan: &mut Scan) {
     let targets = target_bytes(&scan.targets);
     let seed_devs = hydrate_seed_devices(scan);
     let (identities, refused) = trusted_identities(scan, &targets);
+    let devices: HashSet<(u32, u32)> = scan.devices.iter().copied().collect();
     for ns in 0..scan.namespaces.len() {
         let scanned = &scan.namespaces[ns];
         let Some(table) = scanned.table.as_ref() else {
@@ -28,10 +29,44 @@ pub(super) fn match_holders(scan: &mut Scan) {
             seed_devs: &seed_devs,
             identities: &identities,
             refused: &refused,
+            devices: &devices,
         };
         if let Some((matched, index)) = matches_in(table, &scanned.seeds, &known) {
             push_holders(scan, ns, &matched, &index);
         }
+    }
+    if !devices.is_empty() {
+        note_host_rooted(scan);
+    }
+}
+
+/// Fills [`super::ScannedNamespace::host_rooted`] for the namespaces holding a device: the
+/// device rule of a release tells a container's namespace (its own root filesystem) from a
+/// service's or a daemon's (the host's root) by it. The reference is the namespace of pid
+/// 1 when the scan sees it, else mntreap's own.
+fn note_host_rooted(scan: &mut Scan) {
+    let reference = scan
+        .namespaces
+        .iter()
+        .position(|n| n.ns.pids.contains(&1))
+        .or_else(|| scan.namespaces.iter().position(|n| n.ns.own));
+    let mut holding: Vec<usize> = scan.holders.iter().map(|h| h.ns).collect();
+    holding.sort_unstable();
+    holding.dedup();
+    let root_of = |n: &mut super::ScannedNamespace| -> Option<((u32, u32), Vec<u8>)> {
+        let table = n.table.as_mut()?;
+        let i = table.root_mount(&table.index())?;
+        source::hydrate(table, [i]);
+        let m = &table.mounts[i];
+        m.has_strings.then(|| (m.dev, table.root(m).to_vec()))
+    };
+    let host = reference.and_then(|r| root_of(&mut scan.namespaces[r]));
+    for ns in holding {
+        let root = root_of(&mut scan.namespaces[ns]);
+        scan.namespaces[ns].host_rooted = match (&host, root) {
+            (Some(host), Some(root)) => Some(*host == root),
+            _ => None,
+        };
     }
 }
 
@@ -41,6 +76,8 @@ struct Known<'a> {
     seed_devs: &'a HashSet<(u32, u32)>,
     identities: &'a HashSet<Identity>,
     refused: &'a HashSet<Identity>,
+    /// [`Scan::devices`]: every mount of these is a holder, wherever it is.
+    devices: &'a HashSet<(u32, u32)>,
 }
 
 /// Every mount of a seed's superblock, anywhere, needs its strings: they decide both the
@@ -128,8 +165,15 @@ fn matches_in(
     seeds: &[usize],
     known: &Known,
 ) -> Option<(Vec<Option<Match>>, crate::engine::table::IdMap<usize>)> {
-    let mut matched: Vec<Option<Match>> = vec![None; table.mounts.len()];
+    let mut matched: Vec<Option<Match>> = table
+        .mounts
+        .iter()
+        .map(|m| known.devices.contains(&m.dev).then_some(Match::Device))
+        .collect();
     for &i in seeds {
+        if matched[i].is_some() {
+            continue;
+        }
         // Seeds found by their overlay signature elsewhere are copies, not path matches.
         matched[i] = Some(
             if under_any(table.mount_point(&table.mounts[i]), known.targets) {

@@ -50,6 +50,9 @@ pub enum Match {
     Path,
     Identity,
     InsideCopy,
+    /// A mount of a target block device's filesystem, at whatever path and root: the
+    /// device number names the superblock.
+    Device,
 }
 
 /// Why a holder must not simply be unmounted.
@@ -89,6 +92,11 @@ pub struct ScannedNamespace {
     pub seeds: Vec<usize>,
     /// Member processes with details, filled for namespaces that hold a target.
     pub processes: Vec<Process>,
+    /// Whether its root mount is the host's root filesystem (same device and root as the
+    /// namespace of pid 1, or mntreap's own when pid 1 is out of view): a service's or a
+    /// daemon's namespace, not a container's. Filled for namespaces that hold a device
+    /// target; `None` when unknown.
+    pub host_rooted: Option<bool>,
 }
 
 /// The result of a scan: holders, and everything that was odd along the way.
@@ -96,6 +104,8 @@ pub struct ScannedNamespace {
 pub struct Scan {
     pub backend: Backend,
     pub targets: Vec<PathBuf>,
+    /// See [`ScanRequest::devices`].
+    pub devices: Vec<(u32, u32)>,
     /// The overlay upperdirs searched for ([`ScanRequest::layer_signatures`]).
     pub layer_signatures: Vec<PathBuf>,
     /// Copies at other paths were not searched for (`--paths-only`).
@@ -140,6 +150,9 @@ impl Scan {
 #[derive(Debug, Clone)]
 pub struct ScanRequest {
     pub targets: Vec<PathBuf>,
+    /// Block devices (`major:minor`) whose filesystems are targets: every mount of one, in
+    /// any namespace, at any path, holds it ([`Match::Device`]).
+    pub devices: Vec<(u32, u32)>,
     pub backend: Backend,
     pub proc_root: PathBuf,
     /// Worker threads reading namespaces in parallel.
@@ -195,7 +208,9 @@ pub fn read_namespaces(
     let targets = target_bytes(&request.targets);
     let signatures = target_bytes(&request.layer_signatures);
     let backend = request.backend;
-    let targeted = request.paths_only && backend == Backend::Listmount;
+    // A device's mounts may be at any path: only a path target can be read by its paths.
+    let targeted =
+        request.paths_only && backend == Backend::Listmount && request.devices.is_empty();
     let results = nsexec::map_with_workers(
         &request.proc_root,
         request.threads,
@@ -239,6 +254,7 @@ pub fn read_namespaces(
                 table,
                 seeds,
                 processes: Vec::new(),
+                host_rooted: None,
             }
         })
         .collect())
@@ -299,6 +315,7 @@ pub fn scan(request: &ScanRequest) -> Result<Scan, ScanError> {
     let mut scan = Scan {
         backend: request.backend,
         targets: request.targets.clone(),
+        devices: request.devices.clone(),
         layer_signatures: request.layer_signatures.clone(),
         paths_only: request.paths_only,
         trusted_namespaces: request.trusted_namespaces.clone(),

@@ -316,6 +316,11 @@ impl Cri {
         bundles::private_root_binds(&self.layout, &self.daemon.host_root, containers)
     }
 
+    /// Where the runtime mounted things in a container's namespace (its bundle's mounts).
+    pub fn mount_destinations(&self, c: &Container) -> Option<Vec<PathBuf>> {
+        bundles::mount_destinations(&self.layout, &self.daemon.host_root, c)
+    }
+
     /// The directories whose mounts the node report looks at.
     pub fn roots(&self) -> Vec<PathBuf> {
         let mut roots = vec![
