@@ -5,6 +5,7 @@
 mod common;
 
 use std::collections::BTreeSet;
+use std::os::unix::fs::OpenOptionsExt;
 
 use common::cri::{CriDaemon, Pod};
 use common::*;
@@ -1138,4 +1139,85 @@ fn what_scan_says_of_a_pod_is_what_release_does() {
     assert_scan_is_release(&scan, &plan, &done);
     assert!(has_mount_at(nested, &vol) && !has_mount_at(outsider, &vol));
     sb.kill_holder(nested);
+}
+
+#[test]
+fn a_csi_volume_copied_by_an_agent_pod_is_freed_and_a_running_pods_volume_kept() {
+    // The field's case (a privileged agent that binds kubelet's directory keeps a CSI
+    // volume's globalmount): a loop-backed ext4 staged at kubelet's globalmount and
+    // published into pod db's volume directory (kubelet's binds), used by container `db`
+    // at /data; container `agent` of another pod binds kubelet's root (private, as a
+    // `hostPath` without mountPropagation) and so carries copies of both.
+    let mut sb = Sandbox::new("cri-csi");
+    let cri = CriDaemon::start(&sb, "csi");
+    let kubelet = format!("{}/kubelet", sb.d());
+    let args = cri_args(&cri, &kubelet);
+    let dev = sb.loop_ext4("pv");
+    let db_pod = Pod::new("db", UID, &kubelet);
+    let global = format!("{kubelet}/plugins/kubernetes.io/csi/csi.test/0a1b/globalmount");
+    let volume = format!("{kubelet}/pods/{UID}/volumes/kubernetes.io~csi/pv-1/mount");
+    sb.sh(&format!(
+        "mkdir -p {global} {volume} && mount {dev} {global} && mount --bind {global} {volume}"
+    ));
+    let db_sandbox = cri.run_pod(&db_pod);
+    let db = cri.run_container(&db_sandbox, "db", &[(&volume, "/data")]);
+    let agent_pod = Pod::new("agent", "9d1c2b3a-4e5f-4a6b-8c7d-0e1f2a3b4c5d", &kubelet);
+    let agent_sandbox = cri.run_pod(&agent_pod);
+    let agent = cri.run_container(&agent_sandbox, "agent", &[(&kubelet, "/host/kubelet")]);
+    let (db_pid, agent_pid) = (cri.container_pid(&db), cri.container_pid(&agent));
+    let copies = [
+        "/host/kubelet/plugins/kubernetes.io/csi/csi.test/0a1b/globalmount".to_string(),
+        format!("/host/kubelet/pods/{UID}/volumes/kubernetes.io~csi/pv-1/mount"),
+    ];
+    for c in &copies {
+        assert!(has_mount_at(agent_pid, c), "the agent should carry {c}");
+    }
+
+    // While db runs: its /data stays, the agent's copies would go, kubelet's stay.
+    let (code, scan) = run_json(&sb, &["scan", "--device", &dev], &args);
+    assert_eq!(code, 1, "{scan:#}");
+    let decision = |pid: i32, point: &str| -> (String, String) {
+        let h = holders(&scan)
+            .iter()
+            .find(|h| h["mnt_ns"] == ns_inode(pid) && h["mount_point"] == point)
+            .unwrap_or_else(|| panic!("no holder {point} in {pid}: {scan:#}"));
+        (
+            h["action"].as_str().unwrap().into(),
+            h["reason"].as_str().unwrap().into(),
+        )
+    };
+    let (action, reason) = decision(db_pid, "/data");
+    assert_eq!(action, "keep", "{scan:#}");
+    assert!(
+        reason.contains("container db of pod default/db mounted it at /data"),
+        "{reason}"
+    );
+    for c in &copies {
+        assert_eq!(decision(agent_pid, c).0, "unmount", "{scan:#}");
+    }
+    assert_eq!(decision(sb.host_pid(), &global).0, "keep", "{scan:#}");
+
+    // The pod goes, kubelet unpublishes and unstages (its unmounts on the node succeed),
+    // and the device stays busy: the agent's copies hold it.
+    cri.stop_pod(&db_sandbox).unwrap();
+    cri.remove_pod(&db_sandbox).unwrap();
+    sb.sh(&format!("umount {volume} && umount {global}"));
+    let open_excl = || {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_EXCL)
+            .open(&dev)
+    };
+    let err = open_excl().expect_err("the agent's copies keep the device busy");
+    assert_eq!(err.raw_os_error(), Some(libc::EBUSY), "{err}");
+    let (code, rel) = run_json(&sb, &["release", "--device", &dev], &args);
+    assert_eq!(code, 0, "{rel:#}");
+    for c in &copies {
+        assert!(!has_mount_at(agent_pid, c), "{c} should be gone: {rel:#}");
+    }
+    assert!(
+        has_mount_at(agent_pid, "/host/kubelet"),
+        "the agent's own bind stays"
+    );
+    open_excl().expect("the device is free: the CSI driver can detach it");
 }
