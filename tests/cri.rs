@@ -1210,6 +1210,56 @@ fn a_csi_volume_copied_by_an_agent_pod_is_freed_and_a_running_pods_volume_kept()
     };
     let err = open_excl().expect_err("the agent's copies keep the device busy");
     assert_eq!(err.raw_os_error(), Some(libc::EBUSY), "{err}");
+    // The node report names the device, its copies and what release --device does.
+    let (code, node) = run_json(&sb, &["scan"], &args);
+    assert_eq!(code, 1, "{node:#}");
+    assert_documented(node.to_string().as_bytes());
+    let minor = std::fs::read_to_string(format!(
+        "/sys/class/block/{}/dev",
+        dev.trim_start_matches("/dev/")
+    ))
+    .unwrap();
+    let entry = node["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["dev"] == minor.trim())
+        .unwrap_or_else(|| panic!("no {dev} in the node report: {node:#}"));
+    assert_eq!(node["summary"]["devices_held"], 1, "{node:#}");
+    assert!(
+        entry["volume"].as_str().unwrap().contains("pv-1")
+            || entry["volume"].as_str().unwrap().contains("csi.test"),
+        "{entry:#}"
+    );
+    let points: BTreeSet<(String, String)> = entry["holders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            (
+                h["mount_point"].as_str().unwrap().into(),
+                h["action"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    let wanted: BTreeSet<(String, String)> = copies
+        .iter()
+        .map(|c| (c.clone(), "unmount".to_string()))
+        .collect();
+    assert_eq!(points, wanted, "{entry:#}");
+    let npd = sb.mntreap(
+        &[
+            &["scan", "--npd"][..],
+            &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        ]
+        .concat(),
+    );
+    assert_eq!(npd.status.code(), Some(1), "{}", stderr(&npd));
+    assert!(
+        String::from_utf8_lossy(&npd.stdout).contains("1 block device(s) held by copies"),
+        "{}",
+        String::from_utf8_lossy(&npd.stdout)
+    );
     let (code, rel) = run_json(&sb, &["release", "--device", &dev], &args);
     assert_eq!(code, 0, "{rel:#}");
     for c in &copies {

@@ -6,7 +6,7 @@ use crate::engine::mountinfo::encode;
 use crate::ops::node::{findings, node_scan};
 use crate::report::containers::container_ref;
 use crate::report::doc::Class;
-use crate::report::doc::{HolderDoc, NodeReportDoc, NodeSummary, to_text};
+use crate::report::doc::{DeviceDoc, HolderDoc, NodeReportDoc, NodeSummary, to_text};
 use crate::report::holder_doc;
 use crate::runtime::ContainerRuntime;
 
@@ -29,9 +29,17 @@ pub fn problem_line(e: &Config) -> Result<Exit, Failure> {
     let found = findings(&scan, daemon, &containers, &runtime.owner_of(&containers));
     let count = |class: Class| found.iter().filter(|f| f.class == class).count();
     let (orphaned, leaked) = (count(Class::Orphaned), count(Class::Leaked));
+    let devices = held_devices(e, runtime.as_ref(), &scan)?
+        .iter()
+        .filter(|d| device_has_copies(d))
+        .count();
     let incomplete = scan.incomplete() || daemon.unsure_note().is_some();
     // Kept short: the detector cuts a plugin's output at 80 characters by default.
     let (line, exit) = match (orphaned + leaked, incomplete) {
+        (0, _) if devices > 0 => (
+            format!("problem: {devices} block device(s) held by copies (mntreap scan)"),
+            Exit::Remaining,
+        ),
         (0, false) => (
             "ok: no leaked or orphaned container mounts".to_string(),
             Exit::Clean,
@@ -43,7 +51,12 @@ pub fn problem_line(e: &Config) -> Result<Exit, Failure> {
         ),
         (_, _) => (
             format!(
-                "problem: {leaked} leaked, {orphaned} orphaned container mounts (mntreap scan)"
+                "problem: {leaked} leaked, {orphaned} orphaned container mounts{} (mntreap scan)",
+                if devices > 0 {
+                    format!(", {devices} device(s)")
+                } else {
+                    String::new()
+                }
             ),
             Exit::Remaining,
         ),
@@ -91,6 +104,7 @@ fn report(e: &Config, runtime: &dyn ContainerRuntime) -> Result<Exit, Failure> {
         return Ok(Exit::Clean);
     };
     let found = findings(&scan, daemon, &containers, &runtime.owner_of(&containers));
+    let devices = held_devices(e, runtime, &scan)?;
     // What the agent's sweep would do with each finding now: its own selection and plan.
     let plan = crate::ops::sweep_decisions(&mut scan, daemon, &found);
     let unsure = daemon.unsure_note();
@@ -100,6 +114,7 @@ fn report(e: &Config, runtime: &dyn ContainerRuntime) -> Result<Exit, Failure> {
         containers: &containers,
         found: &found,
         plan: &plan,
+        devices: &devices,
     };
     if e.json {
         print(&json(&facts));
@@ -107,8 +122,9 @@ fn report(e: &Config, runtime: &dyn ContainerRuntime) -> Result<Exit, Failure> {
         print(&text(&facts, unsure.as_deref()));
     }
     let denied = super::denied_note(&scan);
+    let devices_held = devices.iter().any(device_has_copies);
     Ok(
-        if found.is_empty() && unsure.is_none() && denied.is_none() {
+        if found.is_empty() && !devices_held && unsure.is_none() && denied.is_none() {
             Exit::Clean
         } else {
             Exit::Remaining
@@ -116,13 +132,62 @@ fn report(e: &Config, runtime: &dyn ContainerRuntime) -> Result<Exit, Failure> {
     )
 }
 
-/// What the report shows: the scan, the findings and, per finding, the sweep's decision.
+/// What the report shows: the scan, the findings and, per finding, the sweep's decision;
+/// the devices only other namespaces mount, with `release --device`'s decisions.
 struct Facts<'a> {
     scan: &'a crate::engine::scan::Scan,
     daemon: &'a crate::runtime::model::Daemon,
     containers: &'a [crate::runtime::model::Container],
     found: &'a [crate::ops::node::Finding],
     plan: &'a [(crate::report::doc::HolderAction, String)],
+    devices: &'a [DeviceDoc],
+}
+
+/// The block devices that only other namespaces mount (read from the node scan's tables),
+/// each with every mount of it and what `release --device` would do: its own plan, as a
+/// dry run (one more scan, only when there is such a device).
+fn held_devices(
+    e: &Config,
+    runtime: &dyn ContainerRuntime,
+    scan: &crate::engine::scan::Scan,
+) -> Result<Vec<DeviceDoc>, Failure> {
+    let devices = crate::ops::device::held_elsewhere(scan);
+    if devices.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rel = crate::ops::device::release_devices(&e.base, Some(runtime), &devices, false, true)?;
+    let decisions = crate::ops::Decisions::of_release(&rel, "release --device");
+    Ok(devices
+        .iter()
+        .map(|&dev| {
+            let mut holders = Vec::new();
+            let mut volume = None;
+            for (i, h) in rel.scan.holders.iter().enumerate() {
+                if h.mount.dev != dev {
+                    continue;
+                }
+                volume = volume.or_else(|| crate::ops::device::volume_label(&h.mount_point));
+                let mut doc = holder_doc(&rel.scan, h);
+                let (action, reason) = decisions.of(&rel.scan, i);
+                doc.action = Some(action);
+                doc.reason = Some(reason);
+                holders.push(doc);
+            }
+            DeviceDoc {
+                dev: format!("{}:{}", dev.0, dev.1),
+                block: crate::engine::busy::BusyTarget::of_dev(dev).block,
+                volume,
+                holders,
+            }
+        })
+        .collect())
+}
+
+/// Whether `release --device` would free the device of at least one copy.
+fn device_has_copies(d: &DeviceDoc) -> bool {
+    d.holders
+        .iter()
+        .any(|h| h.action != Some(crate::report::doc::HolderAction::Keep))
 }
 
 fn json(facts: &Facts) -> String {
@@ -132,6 +197,7 @@ fn json(facts: &Facts) -> String {
         containers,
         found,
         plan,
+        devices,
     } = *facts;
     let items: Vec<HolderDoc> = found
         .iter()
@@ -157,12 +223,14 @@ fn json(facts: &Facts) -> String {
             .map(|t| t.to_string_lossy().into_owned())
             .collect(),
         findings: items,
+        devices: devices.to_vec(),
         summary: NodeSummary {
             orphaned: count(Class::Orphaned),
             leaked: count(Class::Leaked),
             in_use: count(Class::InUse),
             containers: containers.len(),
             namespaces_scanned: scan.namespaces.len(),
+            devices_held: devices.iter().filter(|d| device_has_copies(d)).count(),
         },
         notes: scan.all_notes().into_iter().cloned().collect(),
     })
@@ -174,6 +242,7 @@ fn text(facts: &Facts, unsure: Option<&str>) -> String {
         containers,
         found,
         plan,
+        devices,
         ..
     } = *facts;
     let mut out = String::new();
@@ -221,11 +290,47 @@ fn text(facts: &Facts, unsure: Option<&str>) -> String {
              containers).\n",
         );
     }
+    out.push_str(&devices_text(devices));
     for n in unsure
         .into_iter()
         .chain(scan.notes.iter().map(String::as_str))
     {
         out.push_str(&format!("note: {n}\n"));
     }
+    out
+}
+
+/// The devices section of the text report.
+fn devices_text(devices: &[DeviceDoc]) -> String {
+    let mut out = String::new();
+    if devices.is_empty() {
+        return out;
+    }
+    out.push_str("Block devices that only other namespaces mount:\n");
+    for d in devices {
+        out.push_str(&format!(
+            "{} ({}){}:\n",
+            d.dev,
+            d.block.as_deref().unwrap_or("?"),
+            d.volume
+                .as_deref()
+                .map(|v| format!(", {v}"))
+                .unwrap_or_default()
+        ));
+        for h in &d.holders {
+            out.push_str(&format!(
+                "  mnt_ns {} mount {} {}: {} ({})\n",
+                h.mnt_ns,
+                h.mount_id,
+                h.mount_point,
+                h.action.map_or("keep", |a| a.word()),
+                h.reason.as_deref().unwrap_or_default()
+            ));
+        }
+    }
+    out.push_str(
+        "Free a device of its copies with `mntreap release --device DEV`; `mntreap why DEV` \
+         names every other holder.\n",
+    );
     out
 }

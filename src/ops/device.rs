@@ -32,3 +32,97 @@ pub fn release_devices(
     scan.notes.extend(notes);
     crate::engine::release::run_on(scan, &req, scope, dry_run)
 }
+
+/// Block devices that namespaces other than the host's mount while the host's own namespace
+/// (pid 1's, or mntreap's when pid 1 is out of view) does not: a volume whose node mount is
+/// gone and whose copies keep it busy (a CSI volume that will not detach, an rbd or LUKS
+/// device), or one a container mounted itself. Read from `scan`'s tables, which hold every
+/// mount's device whatever the targets.
+pub fn held_elsewhere(scan: &crate::engine::scan::Scan) -> Vec<(u32, u32)> {
+    use std::collections::BTreeSet;
+    let reference = scan
+        .namespaces
+        .iter()
+        .position(|n| n.ns.pids.contains(&1))
+        .or_else(|| scan.namespaces.iter().position(|n| n.ns.own));
+    let Some(reference) = reference else {
+        return Vec::new();
+    };
+    let devices_of = |n: &crate::engine::scan::ScannedNamespace| -> BTreeSet<(u32, u32)> {
+        n.table
+            .iter()
+            .flat_map(|t| t.mounts.iter().map(|m| m.dev))
+            .filter(|d| d.0 != 0)
+            .collect()
+    };
+    let Some(host) = scan.namespaces[reference]
+        .table
+        .as_ref()
+        .map(|_| devices_of(&scan.namespaces[reference]))
+    else {
+        return Vec::new();
+    };
+    let elsewhere: BTreeSet<(u32, u32)> = scan
+        .namespaces
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != reference)
+        .flat_map(|(_, n)| devices_of(n))
+        .collect();
+    elsewhere
+        .difference(&host)
+        .filter(|d| std::path::Path::new(&format!("/sys/dev/block/{}:{}", d.0, d.1)).exists())
+        .copied()
+        .collect()
+}
+
+/// What a mount point says of the Kubernetes volume it is, by kubelet's layout: a pod's
+/// volume (`pods/<uid>/volumes/<plugin>/<name>`) or a CSI staging mount
+/// (`plugins/kubernetes.io/csi/<driver>/<hash>/globalmount`). A label from a path, which
+/// whoever made the mount chose: it names, it decides nothing.
+pub fn volume_label(mount_point: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(mount_point);
+    let parts: Vec<&str> = text.split('/').collect();
+    let at = |name: &str| parts.iter().position(|p| *p == name);
+    if let Some(i) = at("pods")
+        && parts.get(i + 2) == Some(&"volumes")
+        && let (Some(uid), Some(plugin), Some(volume)) =
+            (parts.get(i + 1), parts.get(i + 3), parts.get(i + 4))
+    {
+        return Some(format!("pod {uid} volume {volume} ({plugin})"));
+    }
+    if let Some(i) = at("plugins")
+        && parts.get(i + 1) == Some(&"kubernetes.io")
+        && parts.get(i + 2) == Some(&"csi")
+        && parts.last() == Some(&"globalmount")
+    {
+        return Some(format!(
+            "CSI {} staging (globalmount)",
+            parts.get(i + 3).unwrap_or(&"?")
+        ));
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::volume_label;
+
+    #[test]
+    fn kubelets_layout_names_the_volume() {
+        assert_eq!(
+            volume_label(b"/host/var/lib/kubelet/pods/7f3c/volumes/kubernetes.io~csi/pv-1/mount")
+                .as_deref(),
+            Some("pod 7f3c volume pv-1 (kubernetes.io~csi)")
+        );
+        assert_eq!(
+            volume_label(
+                b"/var/lib/kubelet/plugins/kubernetes.io/csi/driver.longhorn.io/ab12/globalmount"
+            )
+            .as_deref(),
+            Some("CSI driver.longhorn.io staging (globalmount)")
+        );
+        assert_eq!(volume_label(b"/data"), None);
+        assert_eq!(volume_label(b"/pods/volumes"), None);
+    }
+}

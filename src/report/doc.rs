@@ -322,6 +322,9 @@ pub struct NodeSummary {
     pub in_use: usize,
     pub containers: usize,
     pub namespaces_scanned: usize,
+    /// Devices in `devices` that `release --device` would free of at least one copy.
+    #[serde(default)]
+    pub devices_held: usize,
 }
 
 /// `scan --json` with no target: the node-wide report.
@@ -333,8 +336,27 @@ pub struct NodeReportDoc {
     pub backend: Backend,
     pub roots: Vec<String>,
     pub findings: Vec<HolderDoc>,
+    /// Block devices mounted in other namespaces and not in the host's: each with every
+    /// mount of it and what `release --device` does to each.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<DeviceDoc>,
     pub summary: NodeSummary,
     pub notes: Vec<String>,
+}
+
+/// A block device whose filesystem only other namespaces mount (the node report).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceDoc {
+    /// `MAJ:MIN`.
+    pub dev: String,
+    /// The kernel's name for it (`loop3`, `rbd0`, `dm-2`).
+    pub block: Option<String>,
+    /// What kubelet's layout says the mounts are (a pod's volume, a CSI staging mount),
+    /// from their paths: a label, not evidence.
+    pub volume: Option<String>,
+    /// Every mount of it, with `action` and `reason` as in `scan --device`.
+    pub holders: Vec<HolderDoc>,
 }
 
 /// A forced removal's outcome.

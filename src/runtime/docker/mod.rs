@@ -9,6 +9,7 @@
 mod api;
 pub mod events;
 mod layout;
+mod mounts;
 mod records;
 
 pub mod settings;
@@ -18,6 +19,7 @@ use crate::runtime::model::{Container, Daemon, Via};
 use crate::runtime::scope::short_id;
 pub use api::engine_client;
 pub use layout::{Owner, layer_mount, layers_by_container, owner_of, snapshot_mount};
+pub use mounts::{mount_destinations, private_root_binds};
 use records::read_config;
 pub use records::{BadRecord, POD_UID_LABEL};
 
@@ -433,92 +435,6 @@ impl Daemon {
             ));
         }
     }
-}
-
-/// One of a container's mounts in its `config.v2.json`, keyed there by destination.
-#[derive(serde::Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct RecordedMount {
-    #[serde(default)]
-    source: String,
-    #[serde(default)]
-    propagation: String,
-}
-
-/// A container's mounts as its `config.v2.json` records them (destination to mount), when
-/// that record can be read.
-fn recorded_mounts(
-    daemon: &Daemon,
-    c: &Container,
-) -> Option<std::collections::HashMap<String, RecordedMount>> {
-    #[derive(serde::Deserialize)]
-    #[serde(rename_all = "PascalCase")]
-    struct Config {
-        #[serde(default)]
-        mount_points: std::collections::HashMap<String, RecordedMount>,
-    }
-    let id = crate::engine::policy::container_id(&c.id).ok()?;
-    let path = daemon
-        .root
-        .join("containers")
-        .join(id)
-        .join("config.v2.json");
-    let text = std::fs::read(crate::runtime::host::on_host(&daemon.host_root, &path)).ok()?;
-    Some(serde_json::from_slice::<Config>(&text).ok()?.mount_points)
-}
-
-/// Where dockerd mounted things in a container's namespace: its volumes and binds (their
-/// destinations, from `config.v2.json`), and the files dockerd binds into every
-/// container. `None` when the record cannot be read.
-pub fn mount_destinations(daemon: &Daemon, c: &Container) -> Option<Vec<PathBuf>> {
-    let mut points: Vec<PathBuf> = recorded_mounts(daemon, c)?
-        .into_keys()
-        .map(PathBuf::from)
-        .collect();
-    points.extend(
-        [
-            "/etc/hosts",
-            "/etc/hostname",
-            "/etc/resolv.conf",
-            "/dev/shm",
-        ]
-        .map(PathBuf::from),
-    );
-    Some(points)
-}
-
-/// Running containers that bind the data root or kubelet's directory (or a parent, `/`)
-/// with private propagation, from their records: each a line of evidence.
-pub fn private_root_binds(daemon: &Daemon, containers: &[Container]) -> Vec<String> {
-    // What a private bind copies: the layers, and kubelet's pod volumes.
-    let roots = [
-        daemon.root.as_path(),
-        std::path::Path::new("/var/lib/kubelet"),
-    ];
-    let mut found = Vec::new();
-    for ct in containers.iter().filter(|c| c.is_running()) {
-        let Some(mounts) = recorded_mounts(daemon, ct) else {
-            continue;
-        };
-        for (dest, mp) in mounts {
-            let covers = !mp.source.is_empty() && roots.iter().any(|r| r.starts_with(&mp.source));
-            let private = matches!(mp.propagation.as_str(), "" | "private" | "rprivate");
-            if covers && private {
-                found.push(format!(
-                    "{} binds {} at {} with propagation {}",
-                    ct.name,
-                    mp.source,
-                    dest,
-                    if mp.propagation.is_empty() {
-                        "rprivate (default)"
-                    } else {
-                        &mp.propagation
-                    }
-                ));
-            }
-        }
-    }
-    found
 }
 
 /// Picks one container by full id, exact name, or unique id prefix (docker's order).
