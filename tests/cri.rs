@@ -1196,6 +1196,32 @@ fn a_csi_volume_copied_by_an_agent_pod_is_freed_and_a_running_pods_volume_kept()
         assert_eq!(decision(agent_pid, c).0, "unmount", "{scan:#}");
     }
     assert_eq!(decision(sb.host_pid(), &global).0, "keep", "{scan:#}");
+    // The pod's volume by its name (the PV's, for CSI) is the same device, decided alike.
+    let (code, by_name) = run_json(&sb, &["scan", "default/db", "--volume", "pv-1"], &args);
+    assert_eq!(code, 1, "{by_name:#}");
+    assert_eq!(by_name["devices"], scan["devices"], "{by_name:#}");
+    let actions = |doc: &serde_json::Value| -> BTreeSet<(u64, u64, String)> {
+        holders(doc)
+            .iter()
+            .map(|h| {
+                (
+                    h["mnt_ns"].as_u64().unwrap(),
+                    h["mount_id"].as_u64().unwrap(),
+                    h["action"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(actions(&by_name), actions(&scan));
+    let (code, missing) = run_json(&sb, &["release", "default/db", "--volume", "pv-2"], &args);
+    assert_eq!(code, 2, "{missing:#}");
+    assert!(
+        missing["error"]
+            .as_str()
+            .unwrap()
+            .contains("has no volume pv-2"),
+        "{missing:#}"
+    );
 
     // The pod goes, kubelet unpublishes and unstages (its unmounts on the node succeed),
     // and the device stays busy: the agent's copies hold it.

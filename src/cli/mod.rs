@@ -161,10 +161,15 @@ struct ScanArgs {
     /// mount of it, in every namespace, at any path (a CSI volume, an rbd or LUKS device).
     #[arg(long = "device", value_name = "DEVICE", conflicts_with_all = ["containers", "paths"])]
     devices: Vec<String>,
+    /// A volume of the one pod named (its directory's name under kubelet's
+    /// `pods/<uid>/volumes/<plugin>/`: the volume's name, or the PV's for CSI): its block
+    /// device, as with --device.
+    #[arg(long, value_name = "NAME", requires = "containers", conflicts_with_all = ["paths", "devices"])]
+    volume: Option<String>,
     /// The node-wide report as a node-problem-detector custom plugin: one line on stdout,
     /// exit 0 (ok), 1 (leaked or orphaned mounts) or 2 (unknown: the scan could not run, or
     /// is incomplete).
-    #[arg(long, conflicts_with_all = ["containers", "paths", "devices", "json"])]
+    #[arg(long, conflicts_with_all = ["containers", "paths", "devices", "volume", "json"])]
     npd: bool,
     #[command(flatten)]
     engine: EngineArgs,
@@ -182,6 +187,11 @@ struct ReleaseArgs {
     /// running containers asked for, stay.
     #[arg(long = "device", value_name = "DEVICE", conflicts_with_all = ["containers", "paths"])]
     devices: Vec<String>,
+    /// A volume of the one pod named (its directory's name under kubelet's
+    /// `pods/<uid>/volumes/<plugin>/`: the volume's name, or the PV's for CSI): its block
+    /// device, released as with --device.
+    #[arg(long, value_name = "NAME", requires = "containers", conflicts_with_all = ["paths", "devices"])]
+    volume: Option<String>,
     /// Print the plan; change nothing.
     #[arg(long)]
     dry_run: bool,
@@ -338,6 +348,7 @@ fn run(command: Command) -> Result<Exit, Failure> {
                     &args.containers,
                     &args.paths,
                     &args.devices,
+                    args.volume.as_deref(),
                 )
             }
         }
@@ -347,6 +358,7 @@ fn run(command: Command) -> Result<Exit, Failure> {
                 containers: &args.containers,
                 paths: &args.paths,
                 devices: &args.devices,
+                volume: args.volume.as_deref(),
                 dry_run: args.dry_run,
                 everywhere: args.everywhere,
             },

@@ -5,6 +5,55 @@ use crate::engine::release::Release;
 use crate::ops::Decisions;
 use crate::report;
 
+/// What a device command names: block devices, or a pod's volume (whose device kubelet's
+/// mount of it on the node gives).
+#[derive(Debug, Clone, Copy)]
+pub enum Targets<'a> {
+    Devices(&'a [String]),
+    Volume { pod: &'a str, name: &'a str },
+}
+
+/// The devices, through the rails; the runtime, when one is reachable; the note saying
+/// when none is.
+pub type Resolved = (Vec<(u32, u32)>, Option<Runtime>, Option<String>);
+
+/// The devices a command names (see [`Resolved`]). A pod's volume needs the runtime: it
+/// names the pod's UID.
+pub fn resolve(e: &Config, targets: Targets) -> Result<Resolved, Failure> {
+    match targets {
+        Targets::Devices(raw) => {
+            let devices = devices(e, raw)?;
+            let (runtime, note) = runtime(e);
+            Ok((devices, runtime, note))
+        }
+        Targets::Volume { pod, name } => {
+            let runtime = e.connect()?;
+            let containers = runtime.resolve(&[pod.to_string()])?;
+            let Some(uid) = containers.iter().find_map(|c| c.pod_uid.clone()) else {
+                return Err(Failure::Usage(format!(
+                    "{pod} is no pod and no pod's container (the runtime gives it no pod UID): \
+                     --volume names a pod's volume"
+                )));
+            };
+            let (dev, path) = crate::runtime::kubelet::volume_device(
+                &e.cri.kubelet_root,
+                &runtime.daemon().host_root,
+                &uid,
+                name,
+            )
+            .map_err(|err| Failure::Usage(err.to_string()))?;
+            let shown = format!("{}:{}", dev.0, dev.1);
+            let dev = e.policy.check_device(&shown).map_err(|err| {
+                Failure::Usage(format!(
+                    "pod {uid}'s volume {name} at {}: {err}",
+                    path.display()
+                ))
+            })?;
+            Ok((vec![dev], Some(runtime), None))
+        }
+    }
+}
+
 /// The devices named on the command line, through the rails ([`crate::engine::policy::Policy::check_device`]).
 pub fn devices(e: &Config, raw: &[String]) -> Result<Vec<(u32, u32)>, Failure> {
     let mut devices = Vec::new();
@@ -59,9 +108,8 @@ pub fn release(
 /// `mntreap scan --device`: every mount of the devices' filesystems, with what
 /// `release --device` does to each (its own plan, as a dry run). Exit 1 when a namespace
 /// other than mntreap's holds one.
-pub fn scan(e: &Config, raw: &[String]) -> Result<Exit, Failure> {
-    let devices = devices(e, raw)?;
-    let (runtime, no_runtime) = runtime(e);
+pub fn scan(e: &Config, targets: Targets) -> Result<Exit, Failure> {
+    let (devices, runtime, no_runtime) = resolve(e, targets)?;
     let rel = release(e, runtime.as_ref(), no_runtime, &devices, false, true)?;
     let decisions = Decisions::of_release(&rel, "release --device");
     let scan = &rel.scan;

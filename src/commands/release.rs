@@ -13,6 +13,8 @@ pub struct ReleaseArgs<'a> {
     pub paths: &'a [String],
     /// `--device`: block devices whose filesystems are released.
     pub devices: &'a [String],
+    /// `--volume`: the one named pod's volume, by its directory's name.
+    pub volume: Option<&'a str>,
     pub dry_run: bool,
     pub everywhere: bool,
 }
@@ -29,7 +31,16 @@ pub fn command(config: &Config, args: ReleaseArgs) -> Result<Exit, Failure> {
         ));
     }
     if !args.devices.is_empty() {
-        return release_devices(e, &args);
+        return release_devices(e, &args, super::device::Targets::Devices(args.devices));
+    }
+    if let Some(name) = args.volume {
+        let [pod] = args.containers else {
+            return Err(Failure::Usage(
+                "--volume names one pod's volume: name exactly one pod (or a container of it)"
+                    .into(),
+            ));
+        };
+        return release_devices(e, &args, super::device::Targets::Volume { pod, name });
     }
     let (docker, containers) = resolve_containers(e, args.containers)?;
     let releases = run_releases(e, &args, docker.as_ref(), &containers)?;
@@ -62,9 +73,12 @@ pub fn command(config: &Config, args: ReleaseArgs) -> Result<Exit, Failure> {
 }
 
 /// `release --device`: one release for the devices, in the device scope.
-fn release_devices(e: &Config, args: &ReleaseArgs) -> Result<Exit, Failure> {
-    let devices = super::device::devices(e, args.devices)?;
-    let (runtime, no_runtime) = super::device::runtime(e);
+fn release_devices(
+    e: &Config,
+    args: &ReleaseArgs,
+    targets: super::device::Targets,
+) -> Result<Exit, Failure> {
+    let (devices, runtime, no_runtime) = super::device::resolve(e, targets)?;
     let rel = super::device::release(
         e,
         runtime.as_ref(),

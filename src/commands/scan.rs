@@ -12,10 +12,20 @@ pub fn command(
     names: &[String],
     paths: &[String],
     devices: &[String],
+    volume: Option<&str>,
 ) -> Result<Exit, Failure> {
     let e = config;
     if !devices.is_empty() {
-        return super::device::scan(e, devices);
+        return super::device::scan(e, super::device::Targets::Devices(devices));
+    }
+    if let Some(name) = volume {
+        let [pod] = names else {
+            return Err(Failure::Usage(
+                "--volume names one pod's volume: name exactly one pod (or a container of it)"
+                    .into(),
+            ));
+        };
+        return super::device::scan(e, super::device::Targets::Volume { pod, name });
     }
     if names.is_empty() && paths.is_empty() {
         return super::node_report::command(e);

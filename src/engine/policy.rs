@@ -274,6 +274,12 @@ pub enum RecordError {
     },
 }
 
+/// A pod UID as kubelet writes it in its directory names: hex digits and dashes (static
+/// pods use a hex hash), nothing that walks a path.
+pub fn is_pod_uid(uid: &str) -> bool {
+    !uid.is_empty() && uid.len() <= 64 && uid.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')
+}
+
 /// A runtime's 64-hex-digit id (Docker's container and layer ids).
 pub fn is_hex_id(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())

@@ -11,6 +11,7 @@ pub mod cri;
 pub mod docker;
 pub mod host;
 pub mod identity;
+pub mod kubelet;
 pub mod model;
 pub mod scope;
 

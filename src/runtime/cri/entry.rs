@@ -75,7 +75,7 @@ pub(super) fn valid_id(id: &str) -> bool {
 /// A pod UID as kubelet writes it in its directory names: hex digits and dashes (static
 /// pods use a hex hash), nothing that walks a path.
 pub(super) fn valid_uid(uid: &str) -> bool {
-    !uid.is_empty() && uid.len() <= 64 && uid.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')
+    crate::engine::policy::is_pod_uid(uid)
 }
 
 /// `path` if it is absolute, has no `..`, and lies under `base`.
