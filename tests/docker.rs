@@ -623,8 +623,25 @@ fn release_device_keeps_a_running_containers_volume_and_frees_the_copies() {
     let copy = "/host/kubelet/plugins/kubernetes.io/csi/drv/77/globalmount";
     assert!(has_mount_at(agent, copy) && has_mount_at(db, "/data"));
     let host = dk.host();
+    let kubelet = format!("{d}/kubelet");
+    let args = |cmd: &[&'static str]| -> Vec<String> {
+        let mut v: Vec<String> = cmd.iter().map(|s| s.to_string()).collect();
+        v.extend([
+            "--device".into(),
+            dev.clone(),
+            "--docker-host".into(),
+            host.clone(),
+            "--kubelet-root".into(),
+            kubelet.clone(),
+        ]);
+        v
+    };
+    let run = |cmd: &[&'static str]| {
+        let a = args(cmd);
+        sb.mntreap_json(&a.iter().map(String::as_str).collect::<Vec<_>>(), &[])
+    };
 
-    let (code, scan) = sb.mntreap_json(&["scan", "--device", &dev, "--docker-host", &host], &[]);
+    let (code, scan) = run(&["scan"]);
     assert_eq!(code, 1, "{scan:#}");
     let decision = |pid: i32, point: &str| -> (String, String) {
         let h = holders(&scan)
@@ -644,14 +661,14 @@ fn release_device_keeps_a_running_containers_volume_and_frees_the_copies() {
     );
     assert_eq!(decision(agent, copy).0, "unmount", "{scan:#}");
 
-    let (code, rel) = sb.mntreap_json(&["release", "--device", &dev, "--docker-host", &host], &[]);
+    let (code, rel) = run(&["release"]);
     assert_eq!(code, 1, "db's volume remains: {rel:#}");
     assert!(!has_mount_at(agent, copy), "{rel:#}");
     assert!(has_mount_at(db, "/data"));
     assert_eq!(dk.docker_ok(&["exec", "db", "cat", "/data/table"]), "rows");
 
     dk.docker_ok(&["rm", "-f", "db"]);
-    let (code, rel) = sb.mntreap_json(&["release", "--device", &dev, "--docker-host", &host], &[]);
+    let (code, rel) = run(&["release"]);
     assert_eq!(code, 0, "{rel:#}");
     std::fs::OpenOptions::new()
         .read(true)

@@ -943,26 +943,24 @@ fn why_names_every_holder_of_a_device_and_what_to_do_about_it() {
 }
 
 #[test]
-fn release_device_frees_a_volume_from_its_copies_and_keeps_a_containers_mounts() {
+fn release_device_frees_a_volume_from_its_copies_and_keeps_what_may_be_a_use() {
     // A CSI volume staged at kubelet's globalmount, then copied: a service's namespace
-    // (PrivateTmp), an agent's rbind of the host's tree at another path, and a container
-    // (its own root) that mounted the volume at /data. kubelet unstages it (umount on the
-    // host) and the device stays busy. No runtime answers here: the container is nobody's
-    // known volume, so it is kept; the copies go. Once it is gone, the device is free.
+    // (PrivateTmp) carries the globalmount; a backup job's namespace mounted the device
+    // itself at its own place; a container (its own root) mounted the volume at /data.
+    // kubelet unstages it (umount on the node) and the device stays busy. No runtime
+    // answers here: the container is nobody's known volume and stays, the backup's own
+    // mount stays, the service's copy goes.
     let mut sb = Sandbox::new("device");
     let d = sb.d();
     let dev = sb.loop_ext4("csi");
-    let g = format!("{d}/var/lib/kubelet/plugins/kubernetes.io/csi/drv/0f1e/globalmount");
-    sb.sh(&format!("mkdir -p {g} {d}/agent/host && mount {dev} {g}"));
+    let kubelet = format!("{d}/var/lib/kubelet");
+    let g = format!("{kubelet}/plugins/kubernetes.io/csi/drv/0f1e/globalmount");
+    sb.sh(&format!("mkdir -p {g} {d}/backup && mount {dev} {g}"));
     let service = sb.holder(None, None);
-    let agent = sb.holder(
-        Some(&format!(
-            "mount --rbind {d} {d}/agent/host && exec sleep 3600"
-        )),
+    let backup = sb.holder(
+        Some(&format!("mount {dev} {d}/backup && exec sleep 3600")),
         None,
     );
-    let agent_copy =
-        format!("{d}/agent/host/var/lib/kubelet/plugins/kubernetes.io/csi/drv/0f1e/globalmount");
     layers(&sb, "ct");
     let busybox = which("busybox");
     let root = format!("{d}/l/ct/merged");
@@ -979,8 +977,8 @@ fn release_device_frees_a_volume_from_its_copies_and_keeps_a_containers_mounts()
     wait_until(
         std::time::Duration::from_secs(10),
         std::time::Duration::from_millis(20),
-        || has_mount_at(agent, &agent_copy) && has_mount_at(container, "/data"),
-        || "the agent's and the container's mounts never appeared".into(),
+        || has_mount_at(backup, &format!("{d}/backup")) && has_mount_at(container, "/data"),
+        || "the backup's and the container's mounts never appeared".into(),
     );
     let open_excl = || {
         std::fs::OpenOptions::new()
@@ -992,12 +990,13 @@ fn release_device_frees_a_volume_from_its_copies_and_keeps_a_containers_mounts()
     assert_eq!(err.raw_os_error(), Some(libc::EBUSY), "{err}");
 
     let no_docker = format!("{d}/no-docker");
-    let none = [
+    let env = [
         ("MNTREAP_RUNTIME", "docker"),
         ("DOCKER_HOST", "unix:///nonexistent.sock"),
         ("MNTREAP_DOCKER_ROOT", no_docker.as_str()),
+        ("MNTREAP_KUBELET_ROOT", kubelet.as_str()),
     ];
-    let (code, scan) = sb.mntreap_json(&["scan", "--device", &dev], &none);
+    let (code, scan) = sb.mntreap_json(&["scan", "--device", &dev], &env);
     assert_eq!(code, 1, "held elsewhere: {scan:#}");
     assert_documented(scan.to_string().as_bytes());
     let decided: std::collections::BTreeMap<(u64, u64), (String, String)> = holders(&scan)
@@ -1024,12 +1023,12 @@ fn release_device_frees_a_volume_from_its_copies_and_keeps_a_containers_mounts()
             .collect()
     };
     assert_eq!(of(service), vec![("unmount".into(), g.clone())], "{scan:#}");
-    let agents = of(agent);
+    let backups = of(backup);
     assert!(
-        agents.contains(&("unmount".into(), agent_copy.clone())),
+        backups.contains(&("keep".into(), format!("{d}/backup"))),
         "{scan:#}"
     );
-    assert!(agents.iter().all(|(a, _)| a == "unmount"), "{scan:#}");
+    assert!(backups.contains(&("unmount".into(), g.clone())), "{scan:#}");
     let contained = of(container);
     assert!(
         contained.contains(&("keep".into(), "/data".into())),
@@ -1038,15 +1037,18 @@ fn release_device_frees_a_volume_from_its_copies_and_keeps_a_containers_mounts()
     assert!(contained.iter().all(|(a, _)| a == "keep"), "{scan:#}");
 
     // A dry run changes nothing, and what the scan said is what the release does.
-    let before = (mounts_of(service), mounts_of(agent), mounts_of(container));
-    let (code, dry) = sb.mntreap_json(&["release", "--dry-run", "--device", &dev], &none);
+    let before = (mounts_of(service), mounts_of(backup), mounts_of(container));
+    let (code, dry) = sb.mntreap_json(&["release", "--dry-run", "--device", &dev], &env);
     assert_eq!(code, 1, "{dry:#}");
     assert_eq!(
         before,
-        (mounts_of(service), mounts_of(agent), mounts_of(container))
+        (mounts_of(service), mounts_of(backup), mounts_of(container))
     );
-    let (code, rel) = sb.mntreap_json(&["release", "--device", &dev], &none);
-    assert_eq!(code, 1, "the container's mounts remain: {rel:#}");
+    let (code, rel) = sb.mntreap_json(&["release", "--device", &dev], &env);
+    assert_eq!(
+        code, 1,
+        "the backup's and the container's mounts remain: {rel:#}"
+    );
     assert_documented(rel.to_string().as_bytes());
     let done = release_actions(&rel);
     assert_eq!(release_actions(&dry), done);
@@ -1054,16 +1056,24 @@ fn release_device_frees_a_volume_from_its_copies_and_keeps_a_containers_mounts()
         decided.iter().map(|(k, (a, _))| (*k, a.clone())).collect();
     assert_eq!(scanned, done, "scan promised what release did");
     assert!(!has_mount_at(service, &g));
-    assert!(!has_mount_at(agent, &agent_copy));
+    assert!(!has_mount_at(backup, &g));
     assert!(
-        has_mount_at(container, "/data"),
-        "a container's volume stays"
+        has_mount_at(backup, &format!("{d}/backup")),
+        "the backup's own mount stays"
     );
-    assert_eq!(before.2, mounts_of(container));
-    assert!(open_excl().is_err(), "the container still holds it");
+    assert_eq!(
+        before.2,
+        mounts_of(container),
+        "nothing changed in the container"
+    );
+    assert!(
+        open_excl().is_err(),
+        "the container and the backup still hold it"
+    );
 
     sb.kill_holder(container);
-    let (code, rel) = sb.mntreap_json(&["release", "--device", &dev], &none);
+    sb.kill_holder(backup);
+    let (code, rel) = sb.mntreap_json(&["release", "--device", &dev], &env);
     assert_eq!(code, 0, "{rel:#}");
     open_excl().expect("the device is free");
 }

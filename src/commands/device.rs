@@ -22,9 +22,11 @@ pub type Resolved = (Vec<(u32, u32)>, Option<Runtime>, Option<String>);
 pub fn resolve(e: &Config, targets: Targets) -> Result<Resolved, Failure> {
     match targets {
         Targets::Devices(raw) => {
-            let devices = devices(e, raw)?;
             let (runtime, note) = runtime(e);
-            Ok((devices, runtime, note))
+            let host_root = runtime
+                .as_ref()
+                .map_or(e.cri.host_root.clone(), |r| r.daemon().host_root.clone());
+            Ok((devices(e, raw, &host_root)?, runtime, note))
         }
         Targets::Volume { pod, name } => {
             let runtime = e.connect()?;
@@ -43,7 +45,8 @@ pub fn resolve(e: &Config, targets: Targets) -> Result<Resolved, Failure> {
             )
             .map_err(|err| Failure::Usage(err.to_string()))?;
             let shown = format!("{}:{}", dev.0, dev.1);
-            let dev = e.policy.check_device(&shown).map_err(|err| {
+            let host_root = runtime.daemon().host_root.clone();
+            let dev = e.policy.check_device(&shown, &host_root).map_err(|err| {
                 Failure::Usage(format!(
                     "pod {uid}'s volume {name} at {}: {err}",
                     path.display()
@@ -55,12 +58,16 @@ pub fn resolve(e: &Config, targets: Targets) -> Result<Resolved, Failure> {
 }
 
 /// The devices named on the command line, through the rails ([`crate::engine::policy::Policy::check_device`]).
-pub fn devices(e: &Config, raw: &[String]) -> Result<Vec<(u32, u32)>, Failure> {
+pub fn devices(
+    e: &Config,
+    raw: &[String],
+    host_root: &std::path::Path,
+) -> Result<Vec<(u32, u32)>, Failure> {
     let mut devices = Vec::new();
     for r in raw {
         let dev = e
             .policy
-            .check_device(r)
+            .check_device(r, host_root)
             .map_err(|err| Failure::Usage(err.to_string()))?;
         if !devices.contains(&dev) {
             devices.push(dev);
@@ -85,6 +92,29 @@ pub fn runtime(e: &Config) -> (Option<Runtime>, Option<String>) {
     }
 }
 
+/// The directories whose mounts other namespaces carry by accident: the runtimes' and
+/// kubelet's (the known ones, `--docker-root`, `--runtime-root`, `--kubelet-root`, and the
+/// established runtime's).
+pub fn copy_roots(
+    e: &Config,
+    runtime: Option<&dyn crate::runtime::ContainerRuntime>,
+) -> Vec<std::path::PathBuf> {
+    let mut roots: Vec<std::path::PathBuf> = crate::engine::policy::RUNTIME_ROOTS
+        .iter()
+        .map(std::path::PathBuf::from)
+        .chain(e.policy.extra_roots.iter().cloned())
+        .chain(e.runtime_roots.iter().cloned())
+        .chain(std::iter::once(e.cri.kubelet_root.clone()))
+        .collect();
+    if let Some(r) = runtime {
+        roots.extend(r.roots());
+        roots.push(r.daemon().root.clone());
+    }
+    roots.sort();
+    roots.dedup();
+    roots
+}
+
 /// The device release (or its dry run), with the note about a missing runtime.
 pub fn release(
     e: &Config,
@@ -98,6 +128,7 @@ pub fn release(
         &e.base,
         runtime.map(|r| r.as_ref()),
         devices,
+        &copy_roots(e, runtime.map(|r| r.as_ref())),
         everywhere,
         dry_run,
     )?;
@@ -126,8 +157,13 @@ pub fn scan(e: &Config, targets: Targets) -> Result<Exit, Failure> {
     };
     super::print(&out);
     let denied = super::denied_note(scan);
+    let unsure = super::unsure_note(runtime.as_ref().map(|r| r.daemon()));
     Ok(
-        if scan.foreign_holders().next().is_some() || denied.is_some() {
+        if scan.foreign_holders().next().is_some()
+            || denied.is_some()
+            || unsure.is_some()
+            || scan.incomplete()
+        {
             Exit::Remaining
         } else {
             Exit::Clean

@@ -132,7 +132,7 @@ impl Policy {
     /// filesystem holds no system directory and no runtime root as this process sees them
     /// (a device node can be made anywhere with any number, so the number is what is
     /// checked, by asking the kernel where those directories live).
-    pub fn check_device(&self, raw: &str) -> Result<(u32, u32), PolicyError> {
+    pub fn check_device(&self, raw: &str, host_root: &Path) -> Result<(u32, u32), PolicyError> {
         let not = |why: String| PolicyError::NotADevice {
             raw: raw.into(),
             why,
@@ -165,8 +165,18 @@ impl Policy {
             .chain(self.extra_roots.iter().cloned());
         for path in guarded {
             use std::os::unix::fs::MetadataExt;
-            let Ok(meta) = std::fs::metadata(&path) else {
-                continue;
+            // As the node sees them (`--host-root`: the agent's pod sees the node there).
+            let on_node = host_root.join(path.strip_prefix("/").unwrap_or(&path));
+            let meta = match std::fs::metadata(&on_node) {
+                Ok(meta) => meta,
+                Err(_) if path != Path::new("/") => continue,
+                // Without the node's `/`, the one that matters most is unknown.
+                Err(e) => {
+                    return Err(PolicyError::NotADevice {
+                        raw: raw.into(),
+                        why: format!("the node's / at {} cannot be read: {e}", on_node.display()),
+                    });
+                }
             };
             let on = meta.dev();
             if (

@@ -14,6 +14,7 @@ pub fn release_devices(
     base: &ScanRequest,
     runtime: Option<&dyn ContainerRuntime>,
     devices: &[(u32, u32)],
+    copy_roots: &[std::path::PathBuf],
     everywhere: bool,
     dry_run: bool,
 ) -> Result<Release, ScanError> {
@@ -27,9 +28,20 @@ pub fn release_devices(
         req = runtime.daemon().vouch(req);
     }
     let _span = tracing::info_span!("release_devices", devices = ?devices, dry_run).entered();
-    let (scope, notes) = crate::runtime::scope::device_scope(runtime, everywhere);
+    let (scope, notes) =
+        crate::runtime::scope::device_scope(runtime, &base.proc_root, copy_roots, everywhere);
     let mut scan = crate::engine::scan::scan(&req)?;
     scan.notes.extend(notes);
+    // btrfs and bcachefs give their mounts an anonymous device, not the disk's.
+    if scan.holders.is_empty() {
+        scan.notes.extend(devices.iter().map(|(major, minor)| {
+            format!(
+                "no mount in any namespace has device {major}:{minor}; a btrfs or bcachefs \
+                 filesystem on it shows another device number in mount tables: name its \
+                 mount point with --path, or ask `mntreap why {major}:{minor}`"
+            )
+        }));
+    }
     crate::engine::release::run_on(scan, &req, scope, dry_run)
 }
 

@@ -74,6 +74,7 @@ pub fn release_paths(
         everywhere,
         protected: None,
         workloads: Vec::new(),
+        copy_roots: Vec::new(),
     };
     crate::engine::release::run_on(scan, req, scope, dry_run)
 }
@@ -168,6 +169,7 @@ impl Decisions {
             everywhere: false,
             protected: None,
             workloads: Vec::new(),
+            copy_roots: Vec::new(),
         };
         let plans = crate::engine::release::plan(scan, scope);
         let mut d = Decisions::default();
@@ -298,6 +300,7 @@ pub fn sweep_selection(
         everywhere: false,
         protected: Some(daemon.runtime_protection(": the runtime's own copies")),
         workloads: Vec::new(),
+        copy_roots: Vec::new(),
     };
     (holders, scope)
 }

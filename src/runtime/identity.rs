@@ -97,6 +97,23 @@ fn spared_by_name(runtime: &[RuntimeProcess], host: &HostView) -> Vec<RuntimePro
         .collect()
 }
 
+/// The mount namespaces of every process whose executable is named as a runtime daemon's
+/// (dockerd, containerd, crio, kubelet), wherever it runs. For sparing only: a name can be
+/// forged, and forging one only keeps more.
+pub fn daemon_namespaces(proc_root: &Path) -> Vec<u64> {
+    let Ok(entries) = std::fs::read_dir(proc_root) else {
+        return Vec::new();
+    };
+    let mut v: Vec<u64> = entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| exe_name(proc_root, pid).is_some_and(|exe| is_runtime_daemon_name(&exe)))
+        .filter_map(|pid| crate::engine::namespace::mnt_ns_inode(proc_root, pid))
+        .collect();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
 /// The command line of `pid`, split at NULs.
 pub fn cmdline(proc_root: &Path, pid: i32) -> Vec<String> {
     std::fs::read(proc_root.join(format!("{pid}/cmdline")))

@@ -118,10 +118,11 @@ pub trait ContainerRuntime {
     /// Running containers that bind a runtime root (the data root, containerd's, kubelet's,
     /// or `/`) with private propagation: each a line of evidence.
     fn private_root_binds(&self, containers: &[Container]) -> Vec<String>;
-    /// Where the runtime mounted things in a container's namespace (the destinations of
-    /// its volumes, binds and the runtime's own files), from its records; `None` when
+    /// What the runtime mounted in a container's namespace (its volumes, binds and the
+    /// runtime's own files: destination and node source), from its records; `None` when
     /// they cannot be read.
-    fn mount_destinations(&self, c: &Container) -> Option<Vec<PathBuf>>;
+    fn container_mounts(&self, c: &Container)
+    -> Option<Vec<crate::engine::release::WorkloadMount>>;
     /// Whether the runtime keeps a "removal failed" state (Docker's dead/removing), so that
     /// `reap` with no names knows what is stuck.
     fn records_stuck(&self) -> bool;
@@ -161,8 +162,11 @@ impl ContainerRuntime for docker::Docker {
         docker::private_root_binds(&self.daemon, containers)
     }
 
-    fn mount_destinations(&self, c: &Container) -> Option<Vec<PathBuf>> {
-        docker::mount_destinations(&self.daemon, c)
+    fn container_mounts(
+        &self,
+        c: &Container,
+    ) -> Option<Vec<crate::engine::release::WorkloadMount>> {
+        docker::container_mounts(&self.daemon, c)
     }
 
     fn records_stuck(&self) -> bool {
@@ -203,8 +207,11 @@ impl ContainerRuntime for Cri {
         Cri::private_root_binds(self, containers)
     }
 
-    fn mount_destinations(&self, c: &Container) -> Option<Vec<PathBuf>> {
-        Cri::mount_destinations(self, c)
+    fn container_mounts(
+        &self,
+        c: &Container,
+    ) -> Option<Vec<crate::engine::release::WorkloadMount>> {
+        Cri::container_mounts(self, c)
     }
 
     fn records_stuck(&self) -> bool {

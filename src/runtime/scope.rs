@@ -161,6 +161,7 @@ pub fn release_scope(daemon: &Daemon, container: &Container, everywhere: bool) -
         everywhere,
         protected: Some(protected),
         workloads: Vec::new(),
+        copy_roots: Vec::new(),
     }
 }
 
@@ -241,20 +242,39 @@ impl Daemon {
 /// The scope of a device release (`release --device`): the runtime's namespaces spared
 /// (the runtime and kubelet unmount their own mounts), and every running container's
 /// namespace described by what the runtime mounted there, so that a volume a container
-/// uses is told from a copy ([`crate::engine::release::Workload`]). With no runtime, no
-/// container is described, and the release keeps every mount in a namespace whose root is
-/// not the host's. Returns the notes that say what was not known.
+/// uses is told from a copy ([`crate::engine::release::Workload`]); `copy_roots` are the
+/// directories whose mounts other namespaces carry by accident (the runtimes' and
+/// kubelet's). With no runtime, no container is described, every namespace a runtime
+/// daemon runs in is spared, and the release keeps every mount in a namespace whose root
+/// is not the host's. Returns the notes that say what was not known.
 pub fn device_scope(
     runtime: Option<&dyn super::ContainerRuntime>,
+    proc_root: &std::path::Path,
+    copy_roots: &[PathBuf],
     everywhere: bool,
 ) -> (Scope, Vec<String>) {
+    use std::os::unix::ffi::OsStrExt;
+    let copy_roots: Vec<Vec<u8>> = copy_roots
+        .iter()
+        .map(|r| r.as_os_str().as_bytes().to_vec())
+        .collect();
     let mut notes = Vec::new();
     let Some(runtime) = runtime else {
+        let protected = crate::runtime::identity::daemon_namespaces(proc_root)
+            .into_iter()
+            .map(|ns| {
+                (
+                    ns,
+                    "a runtime daemon's namespace (no runtime answered)".into(),
+                )
+            })
+            .collect();
         return (
             Scope {
                 everywhere,
-                protected: None,
+                protected: Some(protected),
                 workloads: Vec::new(),
+                copy_roots,
             },
             notes,
         );
@@ -270,24 +290,7 @@ pub fn device_scope(
     let workloads = containers
         .iter()
         .filter(|c| c.is_running())
-        .filter_map(|c| {
-            let ns = mnt_ns_inode(&daemon.proc_root, c.pid?)?;
-            Some(crate::engine::release::Workload {
-                ns,
-                name: match (&c.pod, c.sandbox) {
-                    (Some(pod), true) => format!("pod {pod}"),
-                    (Some(pod), false) => format!("container {} of pod {pod}", c.name),
-                    (None, _) => format!("container {}", c.name),
-                },
-                mount_points: runtime.mount_destinations(c).map(|points| {
-                    use std::os::unix::ffi::OsStrExt;
-                    points
-                        .iter()
-                        .map(|p| p.as_os_str().as_bytes().to_vec())
-                        .collect()
-                }),
-            })
-        })
+        .filter_map(|c| workload(runtime, c))
         .collect();
     let protected =
         daemon.runtime_protection(", which unmounts its own mounts (and kubelet its own)");
@@ -296,7 +299,38 @@ pub fn device_scope(
             everywhere,
             protected: Some(protected),
             workloads,
+            copy_roots,
         },
         notes,
     )
+}
+
+/// A running container's namespace and mounts, when the kernel agrees that its recorded
+/// init pid is the container's: the process's cgroups name the container's id (a pid
+/// reused by a process elsewhere names none, and its namespace then stays unnamed, which
+/// keeps more).
+fn workload(
+    runtime: &dyn super::ContainerRuntime,
+    c: &Container,
+) -> Option<crate::engine::release::Workload> {
+    let proc_root = &runtime.daemon().proc_root;
+    let pid = c.pid?;
+    let facts = crate::runtime::caller::facts(proc_root, pid)?;
+    if !crate::runtime::caller::candidate_ids(&facts.cgroup).contains(&c.id) {
+        return None;
+    }
+    let ns = mnt_ns_inode(proc_root, pid)?;
+    // Still the process whose cgroups were read.
+    if crate::engine::namespace::start_time(proc_root, pid) != Some(facts.start) {
+        return None;
+    }
+    Some(crate::engine::release::Workload {
+        ns,
+        name: match (&c.pod, c.sandbox) {
+            (Some(pod), true) => format!("pod {pod}"),
+            (Some(pod), false) => format!("container {} of pod {pod}", c.name),
+            (None, _) => format!("container {}", c.name),
+        },
+        mounts: runtime.container_mounts(c),
+    })
 }

@@ -28,9 +28,13 @@ pub struct Scope {
     /// reason shown. `None`: mntreap's own namespace.
     pub protected: Option<Vec<(u64, String)>>,
     /// For a device release: the running containers' namespaces, as the runtime's records
-    /// describe them. A mount of the device at a place a container asked for is its use of
-    /// the device (a volume), not a copy.
+    /// describe them ([`Workload`]).
     pub workloads: Vec<Workload>,
+    /// For a device release: the runtimes' and kubelet's directories as the node names
+    /// them. Copies of their mounts are what other namespaces carry by accident (a bind
+    /// of the node's `/` or of `/var/lib/kubelet`); a device mounted elsewhere is someone's
+    /// own use of it.
+    pub copy_roots: Vec<Vec<u8>>,
 }
 
 /// A running container's mount namespace and what the runtime mounted there for it.
@@ -40,9 +44,15 @@ pub struct Workload {
     pub ns: u64,
     /// Who it is, as reports name it (`container web`, `pod default/db`).
     pub name: String,
-    /// Where its mounts are (their destinations in its namespace), from the runtime's
-    /// records; `None` when they could not be read.
-    pub mount_points: Option<Vec<Vec<u8>>>,
+    /// Its mounts from the runtime's records; `None` when they could not be read.
+    pub mounts: Option<Vec<WorkloadMount>>,
+}
+
+/// One mount the runtime made for a container: where, and of what node path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkloadMount {
+    pub destination: Vec<u8>,
+    pub source: Vec<u8>,
 }
 
 impl Scope {

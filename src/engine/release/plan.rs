@@ -21,85 +21,109 @@ pub fn plan(scan: &Scan, scope: Scope) -> Vec<NamespacePlan> {
             std::cmp::Reverse(h.mount.id),
         )
     });
-    let steps: Vec<Step> = scan
+    let mut steps: Vec<Step> = scan
         .holders
         .iter()
         .map(|h| first_step(scan, h, &scope))
         .collect();
-    let releasing: HashSet<(usize, u64)> = scan
-        .holders
-        .iter()
-        .zip(&steps)
-        .filter(|(_, s)| !matches!(s, Step::Keep { .. }))
-        .map(|(h, _)| (h.ns, h.mount.id))
-        .collect();
-
     let parents = Parents::of(scan);
+    // Keeping one holder can make another unsafe to release: a peer's unmount would
+    // propagate to it, it lies inside a kept copy, or it is a kept mount's parent. Each
+    // round only turns steps into keeps, so this ends.
+    loop {
+        let releasing: HashSet<(usize, u64)> = scan
+            .holders
+            .iter()
+            .zip(&steps)
+            .filter(|(_, s)| !is_keep(s))
+            .map(|(h, _)| (h.ns, h.mount.id))
+            .collect();
+        let mut changed = false;
+        for (h, step) in scan.holders.iter().zip(steps.iter_mut()) {
+            if !is_keep(step)
+                && let Some(reason) = propagation_hazard(scan, h, &releasing)
+            {
+                *step = Step::Keep { reason };
+                changed = true;
+            }
+        }
+        changed |= keep_inside_kept_copies(scan, &parents, &mut steps);
+        changed |= keep_parents_of_kept(scan, &parents, &mut steps);
+        if !changed {
+            break;
+        }
+    }
     let mut plans: Vec<NamespacePlan> = Vec::new();
     for i in order {
-        let h = &scan.holders[i];
-        let mut step = steps[i].clone();
-        if !matches!(step, Step::Keep { .. })
-            && let Some(reason) = propagation_hazard(scan, h, &releasing)
-        {
-            step = Step::Keep { reason };
-        }
+        let step = steps[i].clone();
         match plans.last_mut() {
-            Some(p) if p.ns == h.ns => p.actions.push(Action { holder: i, step }),
+            Some(p) if p.ns == scan.holders[i].ns => p.actions.push(Action { holder: i, step }),
             _ => plans.push(NamespacePlan {
-                ns: h.ns,
+                ns: scan.holders[i].ns,
                 actions: vec![Action { holder: i, step }],
             }),
-        }
-    }
-    // A mount found only because it is inside a copy goes only if that copy goes.
-    for p in &mut plans {
-        let kept_copies = kept_mounts(scan, p);
-        for a in &mut p.actions {
-            let h = &scan.holders[a.holder];
-            if h.matched != crate::engine::scan::Match::InsideCopy
-                || matches!(a.step, Step::Keep { .. })
-            {
-                continue;
-            }
-            if let Some(copy) = kept_copies
-                .iter()
-                .find(|&&k| parents.has_ancestor(h.ns, h.mount.id, k))
-            {
-                a.step = Step::Keep {
-                    reason: format!("it is inside mount {copy}, which is kept"),
-                };
-            }
-        }
-    }
-    // A parent whose child is kept cannot be unmounted without detaching that child too.
-    for p in &mut plans {
-        let kept = kept_mounts(scan, p);
-        for a in &mut p.actions {
-            if matches!(a.step, Step::Keep { .. }) {
-                continue;
-            }
-            let h = &scan.holders[a.holder];
-            if let Some(child) = kept
-                .iter()
-                .find(|&&k| parents.has_ancestor(h.ns, k, h.mount.id))
-            {
-                a.step = Step::Keep {
-                    reason: format!("mount {child} inside it is kept"),
-                };
-            }
         }
     }
     plans
 }
 
-/// Mount ids the plan for one namespace keeps.
-fn kept_mounts(scan: &Scan, p: &NamespacePlan) -> Vec<u64> {
-    p.actions
-        .iter()
-        .filter(|a| matches!(a.step, Step::Keep { .. }))
-        .map(|a| scan.holders[a.holder].mount.id)
-        .collect()
+fn is_keep(step: &Step) -> bool {
+    matches!(step, Step::Keep { .. })
+}
+
+/// Mount ids each namespace (by index) keeps.
+fn kept_by_namespace(scan: &Scan, steps: &[Step]) -> HashMap<usize, Vec<u64>> {
+    let mut kept: HashMap<usize, Vec<u64>> = HashMap::new();
+    for (h, step) in scan.holders.iter().zip(steps) {
+        if is_keep(step) {
+            kept.entry(h.ns).or_default().push(h.mount.id);
+        }
+    }
+    kept
+}
+
+/// A mount found only because it is inside a copy goes only if that copy goes.
+fn keep_inside_kept_copies(scan: &Scan, parents: &Parents, steps: &mut [Step]) -> bool {
+    let kept = kept_by_namespace(scan, steps);
+    let mut changed = false;
+    for (h, step) in scan.holders.iter().zip(steps.iter_mut()) {
+        if h.matched != Match::InsideCopy || is_keep(step) {
+            continue;
+        }
+        let copy = kept.get(&h.ns).and_then(|k| {
+            k.iter()
+                .find(|&&k| parents.has_ancestor(h.ns, h.mount.id, k))
+        });
+        if let Some(copy) = copy {
+            *step = Step::Keep {
+                reason: format!("it is inside mount {copy}, which is kept"),
+            };
+            changed = true;
+        }
+    }
+    changed
+}
+
+/// A parent whose child is kept cannot be unmounted without detaching that child too.
+fn keep_parents_of_kept(scan: &Scan, parents: &Parents, steps: &mut [Step]) -> bool {
+    let kept = kept_by_namespace(scan, steps);
+    let mut changed = false;
+    for (h, step) in scan.holders.iter().zip(steps.iter_mut()) {
+        if is_keep(step) {
+            continue;
+        }
+        let child = kept.get(&h.ns).and_then(|k| {
+            k.iter()
+                .find(|&&k| parents.has_ancestor(h.ns, k, h.mount.id))
+        });
+        if let Some(child) = child {
+            *step = Step::Keep {
+                reason: format!("mount {child} inside it is kept"),
+            };
+            changed = true;
+        }
+    }
+    changed
 }
 
 fn first_step(scan: &Scan, h: &Holder, scope: &Scope) -> Step {
@@ -132,47 +156,118 @@ fn first_step(scan: &Scan, h: &Holder, scope: &Scope) -> Step {
     }
 }
 
-/// Why a mount of a target device is its namespace's own use of the device rather than a
-/// copy, if it may be. A copy is what a namespace got by copying the host's mounts (a
-/// service's or a daemon's namespace, an agent's bind of the host's `/`); a use is a mount
-/// a container asked for (its volume), or one in a container's namespace that no runtime
-/// record explains. Processes using files on it make it a use too: detaching would leave
-/// the device as busy as before.
+/// Why a mount of a target device may be its namespace's own use of the device rather
+/// than a copy, if it may be. A copy is what a namespace carries by accident: a mount under
+/// the runtimes' or kubelet's directories, in a namespace rooted on the node's filesystem
+/// (a service's, an old daemon's, one pinned by nsfs), or in a container under a bind of a
+/// node directory that holds those (an agent's `/host`). Everything else may be someone's
+/// use of the device and stays: the node's own namespace, a container's volume where the
+/// runtime put it, a mount a container or a service made itself, whatever no record
+/// explains. Processes using files on it make it a use too: detaching would leave the
+/// device as busy as before.
 fn device_use(scan: &Scan, h: &Holder, scope: &Scope) -> Option<String> {
     if !h.pins.is_empty() {
         let pids: Vec<i32> = h.pins.iter().map(|p| p.pid).collect();
         return Some(format!(
-            "processes use files on it ({}): detaching it would leave the device busy; stop              them first (`mntreap why` names them)",
+            "processes use files on it ({}): detaching it would leave the device busy; stop \
+             them first (`mntreap why` names them)",
             pid_list(scan, h.ns, &pids)
         ));
     }
+    if scan.reference_ns == Some(h.ns) && !scope.everywhere {
+        return Some("the node's own namespace (pid 1's): the node's mount of it".into());
+    }
     let n = &scan.namespaces[h.ns];
-    let Some(w) = scope.workloads.iter().find(|w| w.ns == n.ns.inode) else {
-        return (n.host_rooted != Some(true)).then(|| {
-            "its namespace's root is not the host's (a container's) and no runtime record              names that container: whose volume this is is unknown"
-                .to_string()
-        });
-    };
-    let Some(points) = &w.mount_points else {
+    let under_roots = |p: &[u8]| scope.copy_roots.iter().any(|r| path_is_under(p, r));
+    let workloads: Vec<&crate::engine::release::Workload> = scope
+        .workloads
+        .iter()
+        .filter(|w| w.ns == n.ns.inode)
+        .collect();
+    let point = encode(&h.mount_point);
+    match workloads.as_slice() {
+        [] if n.host_rooted != Some(true) => Some(
+            "its namespace's root is not the node's (a container's) and no runtime record \
+             names that container: whose volume this is is unknown"
+                .into(),
+        ),
+        [] if !under_roots(&h.mount_point) => Some(format!(
+            "{point} is outside the runtimes' and kubelet's directories: a mount this \
+             namespace made or uses itself, not a copy of theirs"
+        )),
+        [] => node_still_mounts(scan, h),
+        [w] => carried_into(w, h, &scope.copy_roots),
+        several => Some(format!(
+            "several containers ({}) name this namespace: whose volume this is is unknown",
+            several
+                .iter()
+                .map(|w| w.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+    }
+}
+
+/// A copy in a host-rooted namespace at the very place the node still mounts the device:
+/// releasing it frees nothing (the node's mount holds the device), and the namespace may
+/// be using it as the node does.
+fn node_still_mounts(scan: &Scan, h: &Holder) -> Option<String> {
+    let reference = scan.reference_ns.filter(|&r| r != h.ns)?;
+    scan.holders
+        .iter()
+        .any(|o| o.ns == reference && o.mount.dev == h.mount.dev && o.mount_point == h.mount_point)
+        .then(|| {
+            "the node still mounts it at the same place, so releasing this copy would free \
+             nothing; once the node's mount is gone, release again"
+                .into()
+        })
+}
+
+/// Why a container's mount of the device is its own, unless a bind the runtime made of a
+/// node directory above the runtimes' directories (the agent's `/host` of `/`) carried it
+/// in from under those directories.
+fn carried_into(
+    w: &crate::engine::release::Workload,
+    h: &Holder,
+    roots: &[Vec<u8>],
+) -> Option<String> {
+    let point = encode(&h.mount_point);
+    let Some(mounts) = &w.mounts else {
         return Some(format!(
-            "{}'s namespace, whose mounts the runtime's records do not give: whose volume              this is is unknown",
+            "{}'s namespace, whose mounts the runtime's records do not give: whose volume \
+             this is is unknown",
             w.name
         ));
     };
-    // The volume itself, or a mount inside the volume where the runtime put the device.
-    let volume = points.iter().find(|p| {
-        h.mount_point == **p
-            || (path_is_under(&h.mount_point, p)
-                && scan
-                    .holders
-                    .iter()
-                    .any(|o| o.ns == h.ns && o.matched == Match::Device && o.mount_point == **p))
-    })?;
-    Some(format!(
-        "{} mounted it at {} (a volume it asked for): it uses the device; stop it first",
-        w.name,
-        encode(volume)
-    ))
+    if mounts.iter().any(|m| m.destination == h.mount_point) {
+        return Some(format!(
+            "{} mounted it at {point} (a volume it asked for): it uses the device; stop it \
+             first",
+            w.name
+        ));
+    }
+    let carried = mounts.iter().any(|m| {
+        if !path_is_under(&h.mount_point, &m.destination) {
+            return false;
+        }
+        let rel = &h.mount_point[m.destination.len()..];
+        let mut on_node = m.source.clone();
+        if on_node.ends_with(b"/") && rel.starts_with(b"/") {
+            on_node.pop();
+        }
+        on_node.extend_from_slice(rel);
+        // The bind is of a directory at or above a runtime's (`/`, `/var/lib`, kubelet's
+        // root), and the copy is of a mount under one.
+        let above_a_root = roots.iter().any(|r| path_is_under(r, &m.source));
+        above_a_root && roots.iter().any(|r| path_is_under(&on_node, r))
+    });
+    (!carried).then(|| {
+        format!(
+            "{} has it at {point}, which no bind of the node's directories explains: a mount \
+             of its own",
+            w.name
+        )
+    })
 }
 
 /// A namespace found with no process and nothing in view that pins it (no descriptor of a

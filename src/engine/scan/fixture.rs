@@ -72,6 +72,7 @@ fn scan_full(
         backend: crate::engine::source::Backend::Mountinfo,
         targets,
         devices: devices.to_vec(),
+        reference_ns: None,
         layer_signatures: Vec::new(),
         paths_only: false,
         trusted_namespaces: trusted.to_vec(),

@@ -50,6 +50,7 @@ fn note_host_rooted(scan: &mut Scan) {
         .iter()
         .position(|n| n.ns.pids.contains(&1))
         .or_else(|| scan.namespaces.iter().position(|n| n.ns.own));
+    scan.reference_ns = reference;
     let mut holding: Vec<usize> = scan.holders.iter().map(|h| h.ns).collect();
     holding.sort_unstable();
     holding.dedup();

@@ -25,6 +25,8 @@ use crate::engine::table::{Mount, MountTable, path_is_under};
 
 mod classify;
 #[cfg(test)]
+mod device_tests;
+#[cfg(test)]
 pub(crate) mod fixture;
 mod matching;
 mod nsfs;
@@ -106,6 +108,9 @@ pub struct Scan {
     pub targets: Vec<PathBuf>,
     /// See [`ScanRequest::devices`].
     pub devices: Vec<(u32, u32)>,
+    /// For a device scan: the namespace whose view is the node's own (pid 1's when the scan
+    /// sees it, else mntreap's), which [`ScannedNamespace::host_rooted`] compares with.
+    pub reference_ns: Option<usize>,
     /// The overlay upperdirs searched for ([`ScanRequest::layer_signatures`]).
     pub layer_signatures: Vec<PathBuf>,
     /// Copies at other paths were not searched for (`--paths-only`).
@@ -316,6 +321,7 @@ pub fn scan(request: &ScanRequest) -> Result<Scan, ScanError> {
         backend: request.backend,
         targets: request.targets.clone(),
         devices: request.devices.clone(),
+        reference_ns: None,
         layer_signatures: request.layer_signatures.clone(),
         paths_only: request.paths_only,
         trusted_namespaces: request.trusted_namespaces.clone(),

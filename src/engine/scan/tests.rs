@@ -283,7 +283,7 @@ fn mounts_inside_a_copy_go_with_it_but_not_inside_a_namespace_root() {
 }
 
 /// The plan's steps as `(namespace inode, mount id, kept?)`.
-fn steps(scan: &Scan, scope: Scope) -> Vec<(u64, u64, bool)> {
+pub(super) fn steps(scan: &Scan, scope: Scope) -> Vec<(u64, u64, bool)> {
     let mut v: Vec<_> = release::plan(scan, scope)
         .iter()
         .flat_map(|p| p.actions.iter())
@@ -330,6 +330,7 @@ fn planning_keeps_what_it_must() {
         everywhere: false,
         protected: Some(vec![(2, "runtime".into())]),
         workloads: Vec::new(),
+        copy_roots: Vec::new(),
     };
     assert_eq!(
         steps(&scan, protect),
@@ -339,6 +340,7 @@ fn planning_keeps_what_it_must() {
         everywhere: true,
         protected: None,
         workloads: Vec::new(),
+        copy_roots: Vec::new(),
     };
     assert!(steps(&scan, everywhere).iter().all(|s| !s.2));
     // Pins detach instead of unmounting.
@@ -455,124 +457,4 @@ fn a_failed_recheck_reports_what_the_actions_did_not_remove() {
     let h0 = &scan.holders[0];
     assert_eq!(left.len(), 1);
     assert!(left.contains(&(h0.ns, h0.mount.id)));
-}
-
-#[test]
-fn a_device_is_held_by_every_mount_of_it_and_only_copies_go() {
-    // A CSI volume (7:3): kubelet's staging mount on the host; a service's copy; an agent's
-    // copy under its bind of the host's `/`, in a container (its own root); a workload's
-    // volume at the place it asked for; an unknown container holding it; an unrelated
-    // filesystem at a kubelet path, which is no holder.
-    let g = "/var/lib/kubelet/plugins/kubernetes.io/csi/d/h/globalmount";
-    let own = format!(
-        "1 0 254:0 / / rw - ext4 /dev/vda rw\n\
-         2 1 7:3 / {g} rw - ext4 /dev/loop3 rw\n\
-         3 1 0:77 / /var/lib/kubelet/pods/u/volumes/x rw - tmpfs t rw\n"
-    );
-    let service = format!(
-        "1 0 254:0 / / rw - ext4 /dev/vda rw\n\
-         4 1 7:3 / {g} rw - ext4 /dev/loop3 rw\n"
-    );
-    let agent = format!(
-        "10 9 0:60 / / rw - overlay overlay rw\n\
-         11 10 254:0 / /host rw - ext4 /dev/vda rw\n\
-         12 11 7:3 / /host{g} rw - ext4 /dev/loop3 rw\n"
-    );
-    let workload = "20 19 0:61 / / rw - overlay overlay rw\n\
-                    21 20 7:3 /sub /data rw - ext4 /dev/loop3 rw\n\
-                    22 21 7:3 /sub/x /data/x rw - ext4 /dev/loop3 rw\n\
-                    23 20 7:3 / /stray rw - ext4 /dev/loop3 rw\n";
-    let unknown = "30 29 0:62 / / rw - overlay overlay rw\n\
-                   31 30 7:3 / /data rw - ext4 /dev/loop3 rw\n";
-    let leak = |s: String| -> &'static str { Box::leak(s.into_boxed_str()) };
-    let namespaces = [
-        Ns(1, true, true, leak(own)),
-        Ns(2, false, true, leak(service)),
-        Ns(3, false, true, leak(agent)),
-        Ns(4, false, true, workload),
-        Ns(5, false, true, unknown),
-    ];
-    let scan = super::fixture::scan_of_devices(&[(7, 3)], &namespaces);
-    let held: Vec<(u64, u64)> = scan
-        .holders
-        .iter()
-        .map(|h| (scan.namespaces[h.ns].ns.inode, h.mount.id))
-        .collect();
-    assert_eq!(
-        held,
-        vec![(1, 2), (2, 4), (3, 12), (4, 21), (4, 22), (4, 23), (5, 31)]
-    );
-    assert!(scan.holders.iter().all(|h| h.matched == Match::Device));
-    let host_rooted: Vec<Option<bool>> = scan.namespaces.iter().map(|n| n.host_rooted).collect();
-    assert_eq!(
-        host_rooted,
-        vec![
-            Some(true),
-            Some(true),
-            Some(false),
-            Some(false),
-            Some(false)
-        ]
-    );
-    let workloads = |points: Option<Vec<&str>>| Scope {
-        everywhere: false,
-        protected: None,
-        workloads: vec![
-            crate::engine::release::Workload {
-                ns: 3,
-                name: "container agent".into(),
-                mount_points: Some(vec![b"/host".to_vec()]),
-            },
-            crate::engine::release::Workload {
-                ns: 4,
-                name: "container web".into(),
-                mount_points: points.map(|p| p.iter().map(|s| s.as_bytes().to_vec()).collect()),
-            },
-        ],
-    };
-    // Kept: the host's own (mntreap's namespace), the workload's volume and a mount inside
-    // it, the unknown container's. Released: the service's copy, the agent's copy, and
-    // the workload's mount at a place it never asked for.
-    assert_eq!(
-        steps(&scan, workloads(Some(vec!["/data"]))),
-        vec![
-            (1, 2, true),
-            (2, 4, false),
-            (3, 12, false),
-            (4, 21, true),
-            (4, 22, true),
-            (4, 23, false),
-            (5, 31, true)
-        ]
-    );
-    let reason = |scope: Scope, id: u64| {
-        let plan = release::plan(&scan, scope);
-        plan.iter()
-            .flat_map(|p| &p.actions)
-            .find(|a| scan.holders[a.holder].mount.id == id)
-            .map(|a| a.step.clone())
-            .unwrap()
-    };
-    assert!(
-        matches!(reason(workloads(Some(vec!["/data"])), 21), Step::Keep { reason } if reason.contains("container web mounted it at /data")),
-    );
-    assert!(
-        matches!(reason(workloads(Some(vec!["/data"])), 31), Step::Keep { reason } if reason.contains("no runtime record")),
-    );
-    // The runtime's records unreadable: everything in that container stays.
-    assert_eq!(
-        steps(&scan, workloads(None))
-            .into_iter()
-            .filter(|s| s.0 == 4)
-            .collect::<Vec<_>>(),
-        vec![(4, 21, true), (4, 22, true), (4, 23, true)]
-    );
-    // Without a runtime no container is described: only the host-rooted copy goes.
-    assert_eq!(
-        steps(&scan, Scope::default())
-            .into_iter()
-            .filter(|s| !s.2)
-            .collect::<Vec<_>>(),
-        vec![(2, 4, false)]
-    );
 }

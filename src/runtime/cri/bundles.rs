@@ -170,24 +170,26 @@ pub(super) fn private_root_binds(
     found
 }
 
-/// Where the runtime mounted things in a container's (or a sandbox's) namespace: the
-/// destinations of its task bundle's mounts. `None` when the bundle cannot be read.
-pub(super) fn mount_destinations(
+/// What the runtime mounted in a container's (or a sandbox's) namespace: its task
+/// bundle's mounts (destination and node source). `None` when the bundle cannot be read.
+pub(super) fn container_mounts(
     layout: &Layout,
     host_root: &Path,
     c: &crate::runtime::model::Container,
-) -> Option<Vec<std::path::PathBuf>> {
+) -> Option<Vec<crate::engine::release::WorkloadMount>> {
     let config = layout.bundle(&c.id).join("config.json");
     let text = read_small(&on_host(host_root, &config)).ok()?;
     let spec = serde_json::from_slice::<serde_json::Value>(&text).ok()?;
-    Some(
-        spec["mounts"]
-            .as_array()?
-            .iter()
-            .filter_map(|m| m["destination"].as_str())
-            .map(std::path::PathBuf::from)
-            .collect(),
-    )
+    spec["mounts"]
+        .as_array()?
+        .iter()
+        .map(|m| {
+            Some(crate::engine::release::WorkloadMount {
+                destination: m["destination"].as_str()?.as_bytes().to_vec(),
+                source: m["source"].as_str().unwrap_or_default().as_bytes().to_vec(),
+            })
+        })
+        .collect()
 }
 
 /// Reads a small record file (at most 4 MiB): a crafted huge file is refused, not read.

@@ -316,9 +316,12 @@ impl Cri {
         bundles::private_root_binds(&self.layout, &self.daemon.host_root, containers)
     }
 
-    /// Where the runtime mounted things in a container's namespace (its bundle's mounts).
-    pub fn mount_destinations(&self, c: &Container) -> Option<Vec<PathBuf>> {
-        bundles::mount_destinations(&self.layout, &self.daemon.host_root, c)
+    /// What the runtime mounted in a container's namespace (its bundle's mounts).
+    pub fn container_mounts(
+        &self,
+        c: &Container,
+    ) -> Option<Vec<crate::engine::release::WorkloadMount>> {
+        bundles::container_mounts(&self.layout, &self.daemon.host_root, c)
     }
 
     /// The directories whose mounts the node report looks at.

@@ -19,7 +19,7 @@ use crate::runtime::model::{Container, Daemon, Via};
 use crate::runtime::scope::short_id;
 pub use api::engine_client;
 pub use layout::{Owner, layer_mount, layers_by_container, owner_of, snapshot_mount};
-pub use mounts::{mount_destinations, private_root_binds};
+pub use mounts::{container_mounts, private_root_binds};
 use records::read_config;
 pub use records::{BadRecord, POD_UID_LABEL};
 

@@ -1,9 +1,8 @@
 //! What dockerd recorded of a container's mounts (`config.v2.json`): where it asked for
 //! them, and which bind the runtime's roots privately.
 
-use std::path::PathBuf;
-
 use super::{Container, Daemon};
+use crate::engine::release::WorkloadMount;
 
 /// One of a container's mounts in its `config.v2.json`, keyed there by destination.
 #[derive(serde::Deserialize)]
@@ -24,8 +23,8 @@ fn recorded_mounts(
     #[derive(serde::Deserialize)]
     #[serde(rename_all = "PascalCase")]
     struct Config {
-        #[serde(default)]
-        mount_points: std::collections::HashMap<String, RecordedMount>,
+        // No default: a record without the field says nothing, which is not "no mounts".
+        mount_points: Option<std::collections::HashMap<String, RecordedMount>>,
     }
     let id = crate::engine::policy::container_id(&c.id).ok()?;
     let path = daemon
@@ -34,27 +33,34 @@ fn recorded_mounts(
         .join(id)
         .join("config.v2.json");
     let text = std::fs::read(crate::runtime::host::on_host(&daemon.host_root, &path)).ok()?;
-    Some(serde_json::from_slice::<Config>(&text).ok()?.mount_points)
+    serde_json::from_slice::<Config>(&text).ok()?.mount_points
 }
 
-/// Where dockerd mounted things in a container's namespace: its volumes and binds (their
-/// destinations, from `config.v2.json`), and the files dockerd binds into every
-/// container. `None` when the record cannot be read.
-pub fn mount_destinations(daemon: &Daemon, c: &Container) -> Option<Vec<PathBuf>> {
-    let mut points: Vec<PathBuf> = recorded_mounts(daemon, c)?
-        .into_keys()
-        .map(PathBuf::from)
+/// What dockerd mounted in a container's namespace: its volumes and binds (destination and
+/// node source, from `config.v2.json`), and the files dockerd binds into every container
+/// from its own directory. `None` when the record cannot be read or lists no mounts.
+pub fn container_mounts(daemon: &Daemon, c: &Container) -> Option<Vec<WorkloadMount>> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut mounts: Vec<WorkloadMount> = recorded_mounts(daemon, c)?
+        .into_iter()
+        .map(|(destination, m)| WorkloadMount {
+            destination: destination.into_bytes(),
+            source: m.source.into_bytes(),
+        })
         .collect();
-    points.extend(
-        [
-            "/etc/hosts",
-            "/etc/hostname",
-            "/etc/resolv.conf",
-            "/dev/shm",
-        ]
-        .map(PathBuf::from),
-    );
-    Some(points)
+    let own = daemon.root.join("containers").join(&c.id);
+    for (destination, file) in [
+        ("/etc/hosts", "hosts"),
+        ("/etc/hostname", "hostname"),
+        ("/etc/resolv.conf", "resolv.conf"),
+        ("/dev/shm", "mounts/shm"),
+    ] {
+        mounts.push(WorkloadMount {
+            destination: destination.as_bytes().to_vec(),
+            source: own.join(file).as_os_str().as_bytes().to_vec(),
+        });
+    }
+    Some(mounts)
 }
 
 /// Running containers that bind the data root or kubelet's directory (or a parent, `/`)
