@@ -1,8 +1,11 @@
 //! Benchmark on a synthetic busy node: mntreap against the tools operators use today, side by
 //! side in one run, with ratios.
 //!
-//! `cargo bench --bench node -- [--namespaces N] [--mounts M] [--procs P] [--runs R]`
-//! (defaults 300 x 2000 x 3, 3 runs; medians). Needs root. Everything lives in a private
+//! `cargo bench --bench node -- [--namespaces N] [--mounts M] [--procs P] [--runs R]
+//! [--shape tmpfs|binds]` (defaults 300 x 2000 x 3, 3 runs, tmpfs; medians). Needs root.
+//! `--shape binds` makes every layer a bind of one filesystem, the shape of a Kubernetes
+//! node (every container's `/etc/hosts`, `resolv.conf` and emptyDirs are binds of the
+//! node's filesystems): then every mount shares the targets' device. Everything lives in a private
 //! mount namespace of the benchmark's own and in processes it started, which it kills by pid.
 //!
 //! Rows:
@@ -27,6 +30,8 @@ struct Config {
     mounts: usize,
     procs: usize,
     runs: usize,
+    /// Every layer a bind of a directory of the benchmark's one tmpfs.
+    binds: bool,
 }
 
 fn parse_args() -> Config {
@@ -35,6 +40,7 @@ fn parse_args() -> Config {
         mounts: 2000,
         procs: 3,
         runs: 3,
+        binds: false,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -45,6 +51,13 @@ fn parse_args() -> Config {
             "--mounts" => c.mounts = value().expect("--mounts N"),
             "--procs" => c.procs = value().expect("--procs N"),
             "--runs" => c.runs = value().expect("--runs N"),
+            "--shape" => {
+                c.binds = match args.get(i + 1).map(String::as_str) {
+                    Some("binds") => true,
+                    Some("tmpfs") => false,
+                    other => panic!("--shape tmpfs|binds, not {other:?}"),
+                }
+            }
             // cargo bench passes --bench; ignore what we do not know.
             _ => {
                 i += 1;
@@ -127,6 +140,19 @@ fn main() {
     for i in 0..cfg.mounts {
         let path = layer(i);
         std::fs::create_dir_all(&path).unwrap();
+        if cfg.binds {
+            let source = format!("{dir}/src/{i}");
+            std::fs::create_dir_all(&source).unwrap();
+            mount(
+                Some(source.as_str()),
+                path.as_str(),
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )
+            .unwrap();
+            continue;
+        }
         mount(
             Some("layer"),
             path.as_str(),
@@ -253,7 +279,9 @@ fn main() {
                         .env("RUST_LOG", "warn"),
                 )
             });
-            let doc: serde_json::Value = serde_json::from_slice(&out).unwrap();
+            let all: serde_json::Value = serde_json::from_slice(&out).unwrap();
+            // `release --json` is a ReleasesDoc: a path release is its one entry.
+            let doc = &all["releases"][0];
             let released = doc["namespaces"].as_array().unwrap().len();
             assert_eq!(released, cfg.namespaces);
             assert!(doc["remaining"].as_array().unwrap().is_empty(), "{doc:#}");
@@ -274,7 +302,8 @@ fn main() {
     let ms = |d: Duration| format!("{:>9.1} ms", d.as_secs_f64() * 1e3);
     let ratio = |base: Duration, d: Duration| base.as_secs_f64() / d.as_secs_f64();
     println!(
-        "\nnode: {} namespaces x {} layer mounts x {} processes; median of {} runs; kernel {}",
+        "\nnode ({} shape): {} namespaces x {} layer mounts x {} processes; median of {} runs; kernel {}",
+        if cfg.binds { "binds" } else { "tmpfs" },
         cfg.namespaces,
         cfg.mounts,
         cfg.procs,

@@ -113,6 +113,7 @@ fn parse_line(line: &[u8], table: &mut MountTable, signatures: &[Vec<u8>]) -> Op
         fs_type,
         source,
         has_strings: true,
+        has_root: true,
         layer_signature,
     });
     Some(())

@@ -65,6 +65,9 @@ pub struct Mount {
     /// Whether the strings (root, mount point, fs type, source) have been read. The
     /// listmount backend reads them only for mounts that can matter ([`crate::engine::source`]).
     pub has_strings: bool,
+    /// Whether the root within its filesystem has been read (all the strings, or only
+    /// the root: what identity matching needs of every mount of a seed's device).
+    pub has_root: bool,
     /// For an overlay whose `upperdir` is one of the scan's layer signatures: which one.
     pub layer_signature: Option<u32>,
 }
@@ -233,6 +236,7 @@ mod tests {
                 fs_type: s,
                 source: s,
                 has_strings: true,
+                has_root: true,
                 layer_signature: None,
             });
         }

@@ -16,8 +16,10 @@ type Identity = ((u32, u32), Vec<u8>);
 /// Fills `scan.holders` with every path, identity and inside-copy match.
 pub(super) fn match_holders(scan: &mut Scan) {
     let targets = target_bytes(&scan.targets);
-    let seed_devs = hydrate_seed_devices(scan);
-    let (identities, refused) = trusted_identities(scan, &targets);
+    let seed_devs = seed_devices(scan);
+    let mut same_dev = SameDevice::of(scan, &seed_devs);
+    let (identities, refused) = trusted_identities(scan, &mut same_dev);
+    same_dev.hydrate_for_matching(scan, &identities, &refused);
     let devices: HashSet<(u32, u32)> = scan.devices.iter().copied().collect();
     for ns in 0..scan.namespaces.len() {
         let scanned = &scan.namespaces[ns];
@@ -81,30 +83,91 @@ struct Known<'a> {
     devices: &'a HashSet<(u32, u32)>,
 }
 
-/// Every mount of a seed's superblock, anywhere, needs its strings: they decide both the
-/// identity matches and whether identity may be used at all. Returns those devices.
-fn hydrate_seed_devices(scan: &mut Scan) -> HashSet<(u32, u32)> {
-    let seed_devs: HashSet<(u32, u32)> = if scan.paths_only {
-        HashSet::new()
-    } else {
-        scan.namespaces
-            .iter()
-            .filter_map(|n| {
-                let table = n.table.as_ref()?;
-                Some(n.seeds.iter().map(move |&i| table.mounts[i].dev))
-            })
-            .flatten()
-            .collect()
-    };
-    for n in &mut scan.namespaces {
-        if let Some(table) = n.table.as_mut() {
-            let same_dev: Vec<usize> = (0..table.mounts.len())
-                .filter(|&i| seed_devs.contains(&table.mounts[i].dev))
-                .collect();
-            source::hydrate(table, same_dev);
+/// The devices of the seeds (none with `--paths-only`: no identity matching).
+fn seed_devices(scan: &Scan) -> HashSet<(u32, u32)> {
+    if scan.paths_only {
+        return HashSet::new();
+    }
+    scan.namespaces
+        .iter()
+        .filter_map(|n| {
+            let table = n.table.as_ref()?;
+            Some(n.seeds.iter().map(move |&i| table.mounts[i].dev))
+        })
+        .flatten()
+        .collect()
+}
+
+/// Every mount of a seed's superblock, anywhere, by device: their roots decide the
+/// identity matches and whether identity may be used at all. Roots are read lazily (one
+/// statmount each on listmount tables): whether identity is refused is usually settled
+/// by the first mount looked at (the node's `/` of the same filesystem), and the other
+/// mounts' roots are needed only for the identities that stand.
+struct SameDevice {
+    by_dev: std::collections::HashMap<(u32, u32), Vec<(usize, usize)>>,
+    /// Each namespace's root mount, once asked for.
+    ns_roots: std::collections::HashMap<usize, Option<usize>>,
+}
+
+impl SameDevice {
+    fn of(scan: &Scan, seed_devs: &HashSet<(u32, u32)>) -> SameDevice {
+        let mut by_dev: std::collections::HashMap<(u32, u32), Vec<(usize, usize)>> =
+            std::collections::HashMap::new();
+        if !seed_devs.is_empty() {
+            for (ns, n) in scan.namespaces.iter().enumerate() {
+                let Some(table) = n.table.as_ref() else {
+                    continue;
+                };
+                for (i, m) in table.mounts.iter().enumerate() {
+                    if seed_devs.contains(&m.dev) {
+                        by_dev.entry(m.dev).or_default().push((ns, i));
+                    }
+                }
+            }
+        }
+        SameDevice {
+            by_dev,
+            ns_roots: std::collections::HashMap::new(),
         }
     }
-    seed_devs
+
+    fn ns_root(&mut self, scan: &Scan, ns: usize) -> Option<usize> {
+        *self.ns_roots.entry(ns).or_insert_with(|| {
+            let table = scan.namespaces[ns].table.as_ref()?;
+            table.root_mount(&table.index())
+        })
+    }
+
+    /// Reads the roots matching needs: every mount of a device with an identity that
+    /// stands, and each namespace's root mount of a refused one (a container running on
+    /// the layer is reported).
+    fn hydrate_for_matching(
+        &mut self,
+        scan: &mut Scan,
+        identities: &HashSet<Identity>,
+        refused: &HashSet<Identity>,
+    ) {
+        let accepted: HashSet<(u32, u32)> = identities.iter().map(|k| k.0).collect();
+        let refused: HashSet<(u32, u32)> = refused.iter().map(|k| k.0).collect();
+        let mut wanted: std::collections::HashMap<usize, Vec<usize>> =
+            std::collections::HashMap::new();
+        let devs: Vec<(u32, u32)> = self.by_dev.keys().copied().collect();
+        for dev in devs {
+            let list = self.by_dev[&dev].clone();
+            for (ns, i) in list {
+                if accepted.contains(&dev)
+                    || (refused.contains(&dev) && self.ns_root(scan, ns) == Some(i))
+                {
+                    wanted.entry(ns).or_default().push(i);
+                }
+            }
+        }
+        for (ns, indices) in wanted {
+            if let Some(table) = scan.namespaces[ns].table.as_mut() {
+                source::hydrate_roots(table, indices);
+            }
+        }
+    }
 }
 
 /// Identities whose copies elsewhere are the same layer, not a shared host filesystem, and
@@ -116,12 +179,46 @@ fn hydrate_seed_devices(scan: &mut Scan) -> HashSet<(u32, u32)> {
 /// path, and say nothing about what the target is.
 fn trusted_identities(
     scan: &mut Scan,
-    targets: &[Vec<u8>],
+    same_dev: &mut SameDevice,
 ) -> (HashSet<Identity>, HashSet<Identity>) {
     let mut identities: HashSet<Identity> = HashSet::new();
     let mut refused: HashSet<Identity> = HashSet::new();
     let mut notes = Vec::new();
     let vetoes = path_only_vetoes(scan);
+    let seeds: Vec<HashSet<usize>> = scan
+        .namespaces
+        .iter()
+        .map(|n| n.seeds.iter().copied().collect())
+        .collect();
+    for key in trusted_seed_keys(scan) {
+        if identities.contains(&key) || refused.contains(&key) {
+            continue;
+        }
+        // A key any path-only seed names is refused, whichever seed comes first.
+        let why = match vetoes.get(&key) {
+            Some(why) => Some(why.clone()),
+            None => broader_mount_elsewhere(scan, same_dev, &seeds, key.0, &key.1)
+                .map(|found| found.note(scan, key.0, &key.1)),
+        };
+        match why {
+            None => {
+                identities.insert(key);
+            }
+            Some(why) => {
+                debug!(note = %why, "identity matching limited");
+                notes.push(why);
+                refused.insert(key);
+            }
+        }
+    }
+    scan.detail_notes.extend(notes);
+    (identities, refused)
+}
+
+/// The identities (device, root) of the seeds that may say what a target is: those in
+/// trusted views, and overlays carrying a layer's signature, in scan order.
+fn trusted_seed_keys(scan: &Scan) -> Vec<Identity> {
+    let mut keys = Vec::new();
     for n in &scan.namespaces {
         let Some(table) = n.table.as_ref() else {
             continue;
@@ -131,32 +228,12 @@ fn trusted_identities(
         for &i in &n.seeds {
             let seed = &table.mounts[i];
             // Signatures were only read where the host's user namespace owns the table.
-            if !trusted && seed.layer_signature.is_none() {
-                continue;
-            }
-            let key = (seed.dev, table.root(seed).to_vec());
-            if identities.contains(&key) || refused.contains(&key) {
-                continue;
-            }
-            // A key any path-only seed names is refused, whichever seed comes first.
-            let why = vetoes
-                .get(&key)
-                .cloned()
-                .or_else(|| broader_mount_elsewhere(scan, targets, key.0, &key.1));
-            match why {
-                None => {
-                    identities.insert(key);
-                }
-                Some(why) => {
-                    debug!(note = %why, "identity matching limited");
-                    notes.push(why);
-                    refused.insert(key);
-                }
+            if trusted || seed.layer_signature.is_some() {
+                keys.push((seed.dev, table.root(seed).to_vec()));
             }
         }
     }
-    scan.detail_notes.extend(notes);
-    (identities, refused)
+    keys
 }
 
 /// How each mount of one namespace's table matches, with the table's index; `None` when
@@ -186,7 +263,7 @@ fn matches_in(
     }
     let mut index = None;
     for (i, m) in table.mounts.iter().enumerate() {
-        if matched[i].is_some() || !m.has_strings || !known.seed_devs.contains(&m.dev) {
+        if matched[i].is_some() || !m.has_root || !known.seed_devs.contains(&m.dev) {
             continue;
         }
         let key = (m.dev, table.root(m).to_vec());
@@ -365,53 +442,78 @@ pub(super) fn hydrate_propagation_context(scan: &mut Scan) {
     }
 }
 
-/// Why copies of `(dev, root)` at other paths must not count as the target, if they must
-/// not: the same filesystem is mounted outside the targets with a broader root (a bind of
-/// `/var` from the root filesystem), or with the same root as some namespace's root mount
-/// (a bind of a host's or container's `/`), or with the same root at a path no target
-/// covers in a trusted view (the node's own `/dev/shm` that a pod's subPath binds, an NFS
-/// export the node also mounts elsewhere). Then "same superblock and root" no longer means
-/// "the same layer" but "the same system filesystem": only a superblock that trusted views
-/// mount at target paths alone is the target's.
+/// Where the same filesystem is mounted outside the targets such that copies of a seed's
+/// (device, root) at other paths must not count as the target.
+struct Elsewhere {
+    ns: usize,
+    mount: usize,
+}
+
+impl Elsewhere {
+    /// The note that says why, with that mount's strings read.
+    fn note(&self, scan: &mut Scan, dev: (u32, u32), root: &[u8]) -> String {
+        let n = &mut scan.namespaces[self.ns];
+        let table = n.table.as_mut().expect("found in a read table");
+        source::hydrate(table, [self.mount]);
+        let m = &table.mounts[self.mount];
+        format!(
+            "copies of {}:{} {} at other paths were not searched: that filesystem is also \
+             mounted at {} (root {}) in mount namespace {}, so it is not private to the \
+             target",
+            dev.0,
+            dev.1,
+            encode(root),
+            encode(table.mount_point(m)),
+            encode(table.root(m)),
+            n.ns.inode,
+        )
+    }
+}
+
+/// Whether copies of `(dev, root)` at other paths must not count as the target: the same
+/// filesystem is mounted outside the targets (`seeds`, per namespace, are the mounts at
+/// the targets) with a broader root (a bind of `/var` from the root filesystem), or with
+/// the same root as some namespace's root mount (a bind of a host's or container's `/`),
+/// or with the same root at a path no target covers in a trusted view (the node's own
+/// `/dev/shm` that a pod's subPath binds, an NFS export the node also mounts elsewhere).
+/// Then "same superblock and root" no longer means "the same layer" but "the same system
+/// filesystem": only a superblock that trusted views mount at target paths alone is the
+/// target's.
 fn broader_mount_elsewhere(
-    scan: &Scan,
-    targets: &[Vec<u8>],
+    scan: &mut Scan,
+    same_dev: &mut SameDevice,
+    seeds: &[HashSet<usize>],
     dev: (u32, u32),
     root: &[u8],
-) -> Option<String> {
-    for n in &scan.namespaces {
+) -> Option<Elsewhere> {
+    let list = same_dev.by_dev.get(&dev).cloned().unwrap_or_default();
+    for (ns, i) in list {
+        if seeds[ns].contains(&i) {
+            continue;
+        }
+        if let Some(table) = scan.namespaces[ns].table.as_mut() {
+            source::hydrate_roots(table, [i]);
+        }
+        let n = &scan.namespaces[ns];
         let Some(table) = n.table.as_ref() else {
             continue;
         };
+        let m = &table.mounts[i];
+        if !m.has_root {
+            continue;
+        }
         let trusted =
             n.ns.own || (n.ns.host_userns && scan.trusted_namespaces.contains(&n.ns.inode));
-        let mut ns_root = None;
-        for (i, m) in table.mounts.iter().enumerate() {
-            if m.dev != dev || !m.has_strings || under_any(table.mount_point(m), targets) {
-                continue;
-            }
-            let other_root = table.root(m);
-            let broader = path_is_under(root, other_root) && other_root != root;
-            let same_as_ns_root = other_root == root
-                && *ns_root.get_or_insert_with(|| table.root_mount(&table.index())) == Some(i);
-            // Whatever the filesystem: a tmpfs or overlay makes a superblock per mount, but
-            // a bind of one lands anywhere (kubelet binds a pod's subPath of a hostPath onto
-            // the root of the node's /dev/shm), so the same one at a path no target covers
-            // in a trusted view is the node's, not the target's.
-            let trusted_elsewhere = other_root == root && trusted;
-            if broader || same_as_ns_root || trusted_elsewhere {
-                return Some(format!(
-                    "copies of {}:{} {} at other paths were not searched: that filesystem is \
-                     also mounted at {} (root {}) in mount namespace {}, so it is not private \
-                     to the target",
-                    dev.0,
-                    dev.1,
-                    encode(root),
-                    encode(table.mount_point(m)),
-                    encode(other_root),
-                    n.ns.inode,
-                ));
-            }
+        let other_root = table.root(m).to_vec();
+        let broader = path_is_under(root, &other_root) && other_root != root;
+        let same_as_ns_root = other_root == root && same_dev.ns_root(scan, ns) == Some(i);
+        // Whatever the filesystem: a tmpfs or overlay makes a superblock per mount, but a
+        // bind of one lands anywhere (kubelet binds a pod's subPath of a hostPath onto the
+        // root of the node's /dev/shm), so the same one at a path no target covers in a
+        // trusted view is the node's, not the target's.
+        let trusted_elsewhere = other_root == root && trusted;
+        if broader || same_as_ns_root || trusted_elsewhere {
+            return Some(Elsewhere { ns, mount: i });
         }
     }
     None
