@@ -1141,25 +1141,17 @@ fn what_scan_says_of_a_pod_is_what_release_does() {
     sb.kill_holder(nested);
 }
 
-/// The field's case (a privileged agent that binds kubelet's directory keeps a CSI
-/// volume's globalmount): a loop-backed ext4 staged at kubelet's globalmount and published
-/// into pod db's volume directory (kubelet's binds), used by container `db` at /data;
-/// container `agent` of another pod binds kubelet's root (private, as a `hostPath` without
-/// mountPropagation) and so carries copies of both.
-struct CsiScene {
-    kubelet: String,
-    dev: String,
-    global: String,
-    volume: String,
-    db_sandbox: String,
-    db_pid: i32,
-    agent_pid: i32,
-    /// The agent's copies, as its namespace names them.
-    copies: [String; 2],
-}
-
-fn csi_scene(sb: &mut Sandbox, cri: &CriDaemon) -> CsiScene {
+#[test]
+fn a_csi_volume_copied_by_an_agent_pod_is_freed_and_a_running_pods_volume_kept() {
+    // The field's case (a privileged agent that binds kubelet's directory keeps a CSI
+    // volume's globalmount): a loop-backed ext4 staged at kubelet's globalmount and
+    // published into pod db's volume directory (kubelet's binds), used by container `db`
+    // at /data; container `agent` of another pod binds kubelet's root (private, as a
+    // `hostPath` without mountPropagation) and so carries copies of both.
+    let mut sb = Sandbox::new("cri-csi");
+    let cri = CriDaemon::start(&sb, "csi");
     let kubelet = format!("{}/kubelet", sb.d());
+    let args = cri_args(&cri, &kubelet);
     let dev = sb.loop_ext4("pv");
     let db_pod = Pod::new("db", UID, &kubelet);
     let global = format!("{kubelet}/plugins/kubernetes.io/csi/csi.test/0a1b/globalmount");
@@ -1172,77 +1164,14 @@ fn csi_scene(sb: &mut Sandbox, cri: &CriDaemon) -> CsiScene {
     let agent_pod = Pod::new("agent", "9d1c2b3a-4e5f-4a6b-8c7d-0e1f2a3b4c5d", &kubelet);
     let agent_sandbox = cri.run_pod(&agent_pod);
     let agent = cri.run_container(&agent_sandbox, "agent", &[(&kubelet, "/host/kubelet")]);
+    let (db_pid, agent_pid) = (cri.container_pid(&db), cri.container_pid(&agent));
     let copies = [
         "/host/kubelet/plugins/kubernetes.io/csi/csi.test/0a1b/globalmount".to_string(),
         format!("/host/kubelet/pods/{UID}/volumes/kubernetes.io~csi/pv-1/mount"),
     ];
-    let scene = CsiScene {
-        db_pid: cri.container_pid(&db),
-        agent_pid: cri.container_pid(&agent),
-        kubelet,
-        dev,
-        global,
-        volume,
-        db_sandbox,
-        copies,
-    };
-    for c in &scene.copies {
-        assert!(
-            has_mount_at(scene.agent_pid, c),
-            "the agent should carry {c}"
-        );
+    for c in &copies {
+        assert!(has_mount_at(agent_pid, c), "the agent should carry {c}");
     }
-    scene
-}
-
-fn open_excl(dev: &str) -> std::io::Result<std::fs::File> {
-    std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_EXCL)
-        .open(dev)
-}
-
-#[test]
-fn reaping_a_pod_frees_its_csi_volume_of_the_agents_copies() {
-    let mut sb = Sandbox::new("cri-csi-reap");
-    let cri = CriDaemon::start(&sb, "csi-reap");
-    let s = csi_scene(&mut sb, &cri);
-    let args = cri_args(&cri, &s.kubelet);
-    let (code, reap) = run_json(&sb, &["reap", "default/db"], &args);
-    assert_eq!(code, 0, "{reap:#}");
-    assert_documented(reap.to_string().as_bytes());
-    let volumes = reap["volumes"].as_array().unwrap();
-    assert_eq!(volumes.len(), 1, "{reap:#}");
-    assert_eq!(volumes[0]["volume"], "pv-1");
-    assert_eq!(volumes[0]["pod_uid"], UID);
-    for c in &s.copies {
-        assert!(
-            !has_mount_at(s.agent_pid, c),
-            "{c} should be gone: {reap:#}"
-        );
-    }
-    assert!(!cri.pods().contains(&s.db_sandbox), "the pod is removed");
-    // kubelet's own mounts stay for kubelet; once it unmounts them the device is free.
-    assert!(has_mount_at(sb.host_pid(), &s.volume) && has_mount_at(sb.host_pid(), &s.global));
-    sb.sh(&format!("umount {} && umount {}", s.volume, s.global));
-    open_excl(&s.dev).expect("the device is free: the CSI driver can detach it");
-}
-
-#[test]
-fn a_csi_volume_copied_by_an_agent_pod_is_freed_and_a_running_pods_volume_kept() {
-    let mut sb = Sandbox::new("cri-csi");
-    let cri = CriDaemon::start(&sb, "csi");
-    let CsiScene {
-        kubelet,
-        dev,
-        global,
-        volume,
-        db_sandbox,
-        db_pid,
-        agent_pid,
-        copies,
-    } = csi_scene(&mut sb, &cri);
-    let args = cri_args(&cri, &kubelet);
 
     // While db runs: its /data stays, the agent's copies would go, kubelet's stay.
     let (code, scan) = run_json(&sb, &["scan", "--device", &dev], &args);
@@ -1299,7 +1228,13 @@ fn a_csi_volume_copied_by_an_agent_pod_is_freed_and_a_running_pods_volume_kept()
     cri.stop_pod(&db_sandbox).unwrap();
     cri.remove_pod(&db_sandbox).unwrap();
     sb.sh(&format!("umount {volume} && umount {global}"));
-    let err = open_excl(&dev).expect_err("the agent's copies keep the device busy");
+    let open_excl = || {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_EXCL)
+            .open(&dev)
+    };
+    let err = open_excl().expect_err("the agent's copies keep the device busy");
     assert_eq!(err.raw_os_error(), Some(libc::EBUSY), "{err}");
     // The node report names the device, its copies and what release --device does.
     let (code, node) = run_json(&sb, &["scan"], &args);
@@ -1360,5 +1295,5 @@ fn a_csi_volume_copied_by_an_agent_pod_is_freed_and_a_running_pods_volume_kept()
         has_mount_at(agent_pid, "/host/kubelet"),
         "the agent's own bind stays"
     );
-    open_excl(&dev).expect("the device is free: the CSI driver can detach it");
+    open_excl().expect("the device is free: the CSI driver can detach it");
 }

@@ -7,7 +7,7 @@
 use super::{Config, Exit, Failure, print};
 use crate::ops::{Reaped, Removal};
 use crate::report;
-use crate::report::doc::{FailedDoc, ReapDoc, ReapEntry, ReleaseOutcome, RemovalDoc, VolumeEntry};
+use crate::report::doc::{FailedDoc, ReapDoc, ReapEntry, ReleaseOutcome, RemovalDoc};
 use crate::runtime::ContainerRuntime;
 use crate::runtime::scope::short_id;
 
@@ -43,136 +43,20 @@ fn reap(
     };
     let reaped = crate::ops::reap(&e.base, runtime, containers, dry_run);
     let all_removed = reaped.iter().all(|r| r.removal.removed_or_would());
-    let entries: Vec<ReapEntry> = reaped.iter().map(|r| entry(r, dry_run)).collect();
-    let reaped_text = text(&reaped);
-    let pods = released_pods(&reaped);
-    // The releases hold the namespaces they scanned (a removed container's among them)
-    // open: let go of them before the volumes' devices are looked at.
-    drop(reaped);
-    let volumes = reap_volumes(e, runtime, &pods, dry_run);
-    // A dry run's "remaining" is everything in scope; only a real release says what stays.
-    let volumes_freed = volumes.iter().all(|v| match &v.release {
-        ReleaseOutcome::Released(doc) => dry_run || doc.remaining.is_empty(),
-        ReleaseOutcome::Failed(_) => false,
-    });
     if e.json {
         print(&report::doc::to_text(&ReapDoc {
             runtime: daemon.clone(),
             dry_run,
-            containers: entries,
-            volumes,
+            containers: reaped.iter().map(|r| entry(r, dry_run)).collect(),
         }));
     } else {
-        print(&(reaped_text + &volumes_text(&volumes)));
+        print(&text(&reaped));
     }
-    Ok(if all_removed && volumes_freed {
+    Ok(if all_removed {
         Exit::Clean
     } else {
         Exit::Remaining
     })
-}
-
-/// The reaped pods' block-device volumes (still mounted on the node at kubelet's
-/// directories), each released as `release --device` releases it: once the pod is gone,
-/// the copies elsewhere (an agent's bind of the node) are what keeps the device busy after
-/// kubelet unmounts its own. A pod whose containers' releases failed is left alone.
-fn reap_volumes(
-    e: &Config,
-    runtime: &dyn ContainerRuntime,
-    pods: &[String],
-    dry_run: bool,
-) -> Vec<VolumeEntry> {
-    let host_root = &runtime.daemon().host_root;
-    let roots = super::device::copy_roots(e, Some(runtime));
-    let mut out = Vec::new();
-    for uid in pods {
-        let Ok(volumes) =
-            crate::runtime::kubelet::block_volumes(&e.cri.kubelet_root, host_root, uid)
-        else {
-            continue;
-        };
-        for crate::runtime::kubelet::BlockVolume { name, dev, .. } in volumes {
-            let shown = format!("{}:{}", dev.0, dev.1);
-            let release = e
-                .policy
-                .check_device(&shown, host_root)
-                .map_err(|err| err.to_string())
-                .and_then(|dev| {
-                    crate::ops::device::release_devices(
-                        &e.base,
-                        Some(runtime),
-                        &[dev],
-                        &roots,
-                        false,
-                        dry_run,
-                    )
-                    .map_err(|err| err.to_string())
-                });
-            out.push(VolumeEntry {
-                pod_uid: uid.clone(),
-                volume: name,
-                dev: shown,
-                release: match release {
-                    Ok(rel) => ReleaseOutcome::Released(report::release_doc(&rel)),
-                    Err(error) => ReleaseOutcome::Failed(FailedDoc {
-                        error,
-                        container: None,
-                    }),
-                },
-            });
-        }
-    }
-    out
-}
-
-/// The pods of `reaped` whose every container's release ran.
-fn released_pods(reaped: &[Reaped]) -> Vec<String> {
-    let mut uids: Vec<String> = reaped
-        .iter()
-        .filter_map(|r| r.container.pod_uid.clone())
-        .collect();
-    uids.sort_unstable();
-    uids.dedup();
-    uids.retain(|uid| {
-        reaped
-            .iter()
-            .filter(|r| r.container.pod_uid.as_ref() == Some(uid))
-            .all(|r| r.release.is_ok())
-    });
-    uids
-}
-
-fn volumes_text(volumes: &[VolumeEntry]) -> String {
-    let mut text = String::new();
-    for v in volumes {
-        let what = match &v.release {
-            ReleaseOutcome::Released(doc) => {
-                let released = doc
-                    .namespaces
-                    .iter()
-                    .flat_map(|n| &n.actions)
-                    .filter(|a| {
-                        matches!(
-                            a.result,
-                            crate::report::doc::ActionResult::Unmounted
-                                | crate::report::doc::ActionResult::WouldUnmount
-                        )
-                    })
-                    .count();
-                format!(
-                    "{released} cop{} released, {} remaining",
-                    if released == 1 { "y" } else { "ies" },
-                    doc.remaining.len()
-                )
-            }
-            ReleaseOutcome::Failed(f) => format!("not released: {}", f.error),
-        };
-        text.push_str(&format!(
-            "pod {} volume {} (device {}): {what}\n",
-            v.pod_uid, v.volume, v.dev
-        ));
-    }
-    text
 }
 
 fn entry(r: &Reaped, dry_run: bool) -> ReapEntry {

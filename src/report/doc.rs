@@ -386,22 +386,6 @@ pub struct ReapDoc {
     pub runtime: Daemon,
     pub dry_run: bool,
     pub containers: Vec<ReapEntry>,
-    /// The reaped pods' volumes that are block devices' filesystems, each released as
-    /// `release --device` releases it (the copies that keep the device busy elsewhere).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub volumes: Vec<VolumeEntry>,
-}
-
-/// One volume of a reaped pod, and its device's release.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct VolumeEntry {
-    pub pod_uid: String,
-    /// Its directory's name under kubelet's `pods/<uid>/volumes/<plugin>/`.
-    pub volume: String,
-    /// `MAJ:MIN`.
-    pub dev: String,
-    pub release: ReleaseOutcome,
 }
 
 /// A request on the hook socket (one JSON line): `op` is `pre-stop`; `container` names a
