@@ -601,8 +601,9 @@ fn release_device_keeps_a_running_containers_volume_and_frees_the_copies() {
     // A CSI-like volume staged on the node, used by `db` at /data (a bind it asked for),
     // and copied into `agent` through its bind of kubelet's directory (Docker binds are
     // recursive and private). kubelet unstages it on the node; the device stays busy.
-    // dockerd's records say where each container asked for its mounts: db's /data stays,
-    // the agent's copy goes, and once db is gone the device is free.
+    // dockerd's records say where each container asked for its mounts: db's /data is a
+    // use, so nothing goes while db runs (the agent's copy would free nothing); once db is
+    // gone the agent's copy goes and the device is free.
     let mut sb = Sandbox::new("dk-device");
     let dk = DockerDaemon::start(&sb, "device", false, &[]);
     let d = sb.d();
@@ -659,17 +660,23 @@ fn release_device_keeps_a_running_containers_volume_and_frees_the_copies() {
         reason.contains("container db mounted it at /data"),
         "{reason}"
     );
-    assert_eq!(decision(agent, copy).0, "unmount", "{scan:#}");
+    let (action, reason) = decision(agent, copy);
+    assert_eq!(action, "keep", "{scan:#}");
+    assert!(reason.contains("would free nothing"), "{reason}");
 
     let (code, rel) = run(&["release"]);
     assert_eq!(code, 1, "db's volume remains: {rel:#}");
-    assert!(!has_mount_at(agent, copy), "{rel:#}");
+    assert!(
+        has_mount_at(agent, copy),
+        "a live volume's copy stays: {rel:#}"
+    );
     assert!(has_mount_at(db, "/data"));
     assert_eq!(dk.docker_ok(&["exec", "db", "cat", "/data/table"]), "rows");
 
     dk.docker_ok(&["rm", "-f", "db"]);
     let (code, rel) = run(&["release"]);
     assert_eq!(code, 0, "{rel:#}");
+    assert!(!has_mount_at(agent, copy), "{rel:#}");
     std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_EXCL)

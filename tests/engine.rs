@@ -948,8 +948,9 @@ fn release_device_frees_a_volume_from_its_copies_and_keeps_what_may_be_a_use() {
     // (PrivateTmp) carries the globalmount; a backup job's namespace mounted the device
     // itself at its own place; a container (its own root) mounted the volume at /data.
     // kubelet unstages it (umount on the node) and the device stays busy. No runtime
-    // answers here: the container is nobody's known volume and stays, the backup's own
-    // mount stays, the service's copy goes.
+    // answers here: the container is nobody's known volume, the backup's mount is its own:
+    // both are uses, so the service's copy would free nothing and stays too. Once they
+    // are gone, the copy goes and the device is free.
     let mut sb = Sandbox::new("device");
     let d = sb.d();
     let dev = sb.loop_ext4("csi");
@@ -1022,59 +1023,74 @@ fn release_device_frees_a_volume_from_its_copies_and_keeps_what_may_be_a_use() {
             .map(|(_, v)| v.clone())
             .collect()
     };
-    assert_eq!(of(service), vec![("unmount".into(), g.clone())], "{scan:#}");
+    assert_eq!(of(service), vec![("keep".into(), g.clone())], "{scan:#}");
     let backups = of(backup);
     assert!(
         backups.contains(&("keep".into(), format!("{d}/backup"))),
         "{scan:#}"
     );
-    assert!(backups.contains(&("unmount".into(), g.clone())), "{scan:#}");
     let contained = of(container);
     assert!(
         contained.contains(&("keep".into(), "/data".into())),
         "{scan:#}"
     );
-    assert!(contained.iter().all(|(a, _)| a == "keep"), "{scan:#}");
+    assert!(decided.values().all(|(a, _)| a == "keep"), "{scan:#}");
+    let reason_of = |pid: i32, point: &str| -> String {
+        holders(&scan)
+            .iter()
+            .find(|h| h["mnt_ns"] == ns_inode(pid) && h["mount_point"] == point)
+            .map(|h| h["reason"].as_str().unwrap().to_string())
+            .unwrap()
+    };
+    assert!(reason_of(service, &g).contains("releasing this copy would free nothing"));
+    assert!(reason_of(backup, &format!("{d}/backup")).contains("outside the runtimes'"));
+    assert!(reason_of(container, "/data").contains("no runtime record"));
 
-    // A dry run changes nothing, and what the scan said is what the release does.
+    // Nothing goes while the uses remain: exit 1, nothing changed.
     let before = (mounts_of(service), mounts_of(backup), mounts_of(container));
-    let (code, dry) = sb.mntreap_json(&["release", "--dry-run", "--device", &dev], &env);
-    assert_eq!(code, 1, "{dry:#}");
+    let (code, rel) = sb.mntreap_json(&["release", "--device", &dev], &env);
+    assert_eq!(code, 1, "{rel:#}");
+    assert_documented(rel.to_string().as_bytes());
     assert_eq!(
         before,
         (mounts_of(service), mounts_of(backup), mounts_of(container))
     );
-    let (code, rel) = sb.mntreap_json(&["release", "--device", &dev], &env);
-    assert_eq!(
-        code, 1,
-        "the backup's and the container's mounts remain: {rel:#}"
-    );
-    assert_documented(rel.to_string().as_bytes());
-    let done = release_actions(&rel);
-    assert_eq!(release_actions(&dry), done);
-    let scanned: std::collections::BTreeMap<(u64, u64), String> =
-        decided.iter().map(|(k, (a, _))| (*k, a.clone())).collect();
-    assert_eq!(scanned, done, "scan promised what release did");
-    assert!(!has_mount_at(service, &g));
-    assert!(!has_mount_at(backup, &g));
-    assert!(
-        has_mount_at(backup, &format!("{d}/backup")),
-        "the backup's own mount stays"
-    );
-    assert_eq!(
-        before.2,
-        mounts_of(container),
-        "nothing changed in the container"
-    );
-    assert!(
-        open_excl().is_err(),
-        "the container and the backup still hold it"
-    );
 
+    // The uses end: the copy is all that holds the device. A dry run changes nothing, and
+    // what the scan says is what the release does.
     sb.kill_holder(container);
     sb.kill_holder(backup);
+    let (code, scan) = sb.mntreap_json(&["scan", "--device", &dev], &env);
+    assert_eq!(code, 1, "{scan:#}");
+    let scanned: std::collections::BTreeMap<(u64, u64), String> = holders(&scan)
+        .iter()
+        .map(|h| {
+            (
+                (
+                    h["mnt_ns"].as_u64().unwrap(),
+                    h["mount_id"].as_u64().unwrap(),
+                ),
+                h["action"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        scanned.values().collect::<Vec<_>>(),
+        vec!["unmount"],
+        "{scan:#}"
+    );
+    let (code, dry) = sb.mntreap_json(&["release", "--dry-run", "--device", &dev], &env);
+    assert_eq!(code, 1, "{dry:#}");
+    assert!(has_mount_at(service, &g), "a dry run changes nothing");
     let (code, rel) = sb.mntreap_json(&["release", "--device", &dev], &env);
     assert_eq!(code, 0, "{rel:#}");
+    assert_eq!(release_actions(&dry), release_actions(&rel));
+    assert_eq!(
+        scanned,
+        release_actions(&rel),
+        "scan promised what release did"
+    );
+    assert!(!has_mount_at(service, &g));
     open_excl().expect("the device is free");
 }
 

@@ -26,7 +26,8 @@ pub fn resolve(e: &Config, targets: Targets) -> Result<Resolved, Failure> {
             let host_root = runtime
                 .as_ref()
                 .map_or(e.cri.host_root.clone(), |r| r.daemon().host_root.clone());
-            Ok((devices(e, raw, &host_root)?, runtime, note))
+            let guarded = runtime.as_ref().map(|r| r.roots()).unwrap_or_default();
+            Ok((devices(e, raw, &host_root, &guarded)?, runtime, note))
         }
         Targets::Volume { pod, name } => {
             let runtime = e.connect()?;
@@ -46,12 +47,16 @@ pub fn resolve(e: &Config, targets: Targets) -> Result<Resolved, Failure> {
             .map_err(|err| Failure::Usage(err.to_string()))?;
             let shown = format!("{}:{}", dev.0, dev.1);
             let host_root = runtime.daemon().host_root.clone();
-            let dev = e.policy.check_device(&shown, &host_root).map_err(|err| {
-                Failure::Usage(format!(
-                    "pod {uid}'s volume {name} at {}: {err}",
-                    path.display()
-                ))
-            })?;
+            let guarded = runtime.roots();
+            let dev = e
+                .policy
+                .check_device(&shown, &host_root, &guarded)
+                .map_err(|err| {
+                    Failure::Usage(format!(
+                        "pod {uid}'s volume {name} at {}: {err}",
+                        path.display()
+                    ))
+                })?;
             Ok((vec![dev], Some(runtime), None))
         }
     }
@@ -62,12 +67,13 @@ pub fn devices(
     e: &Config,
     raw: &[String],
     host_root: &std::path::Path,
+    runtime_roots: &[std::path::PathBuf],
 ) -> Result<Vec<(u32, u32)>, Failure> {
     let mut devices = Vec::new();
     for r in raw {
         let dev = e
             .policy
-            .check_device(r, host_root)
+            .check_device(r, host_root, runtime_roots)
             .map_err(|err| Failure::Usage(err.to_string()))?;
         if !devices.contains(&dev) {
             devices.push(dev);
@@ -98,7 +104,7 @@ pub fn runtime(e: &Config) -> (Option<Runtime>, Option<String>) {
 pub fn copy_roots(
     e: &Config,
     runtime: Option<&dyn crate::runtime::ContainerRuntime>,
-) -> Vec<std::path::PathBuf> {
+) -> Result<Vec<std::path::PathBuf>, Failure> {
     let mut roots: Vec<std::path::PathBuf> = crate::engine::policy::RUNTIME_ROOTS
         .iter()
         .map(std::path::PathBuf::from)
@@ -112,7 +118,19 @@ pub fn copy_roots(
     }
     roots.sort();
     roots.dedup();
-    roots
+    // A root of `/` or `/var` would make every mount below it a copy.
+    if let Some(bad) = roots
+        .iter()
+        .find(|r| !crate::engine::policy::is_copy_root(r))
+    {
+        return Err(Failure::Usage(format!(
+            "{} cannot be a runtime's or kubelet's root for a device release (a system \
+             directory, or not a plain absolute path); fix --kubelet-root, --docker-root \
+             or --runtime-root",
+            bad.display()
+        )));
+    }
+    Ok(roots)
 }
 
 /// The device release (or its dry run), with the note about a missing runtime.
@@ -128,7 +146,7 @@ pub fn release(
         &e.base,
         runtime.map(|r| r.as_ref()),
         devices,
-        &copy_roots(e, runtime.map(|r| r.as_ref())),
+        &copy_roots(e, runtime.map(|r| r.as_ref()))?,
         everywhere,
         dry_run,
     )?;

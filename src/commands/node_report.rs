@@ -155,7 +155,7 @@ fn held_devices(
     if devices.is_empty() {
         return Ok(Vec::new());
     }
-    let roots = super::device::copy_roots(e, Some(runtime));
+    let roots = super::device::copy_roots(e, Some(runtime))?;
     let rel =
         crate::ops::device::release_devices(&e.base, Some(runtime), &devices, &roots, false, true)?;
     let decisions = crate::ops::Decisions::of_release(&rel, "release --device");

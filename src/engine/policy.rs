@@ -132,7 +132,12 @@ impl Policy {
     /// filesystem holds no system directory and no runtime root as this process sees them
     /// (a device node can be made anywhere with any number, so the number is what is
     /// checked, by asking the kernel where those directories live).
-    pub fn check_device(&self, raw: &str, host_root: &Path) -> Result<(u32, u32), PolicyError> {
+    pub fn check_device(
+        &self,
+        raw: &str,
+        host_root: &Path,
+        runtime_roots: &[PathBuf],
+    ) -> Result<(u32, u32), PolicyError> {
         let not = |why: String| PolicyError::NotADevice {
             raw: raw.into(),
             why,
@@ -162,7 +167,8 @@ impl Policy {
             .chain(SYSTEM_TREES)
             .chain(RUNTIME_ROOTS)
             .map(PathBuf::from)
-            .chain(self.extra_roots.iter().cloned());
+            .chain(self.extra_roots.iter().cloned())
+            .chain(runtime_roots.iter().cloned());
         for path in guarded {
             use std::os::unix::fs::MetadataExt;
             // As the node sees them (`--host-root`: the agent's pod sees the node there).
@@ -223,6 +229,13 @@ impl Policy {
             roots,
         })
     }
+}
+
+/// Whether `path` may be a directory whose mounts other namespaces carry by accident (a
+/// runtime's or kubelet's root): absolute, no `..`, and neither a system directory nor
+/// inside a system tree.
+pub fn is_copy_root(path: &Path) -> bool {
+    lexical(path, &path.to_string_lossy()).is_ok()
 }
 
 /// `MAJ:MIN`, both decimal, if `raw` is that.

@@ -28,9 +28,15 @@ pub fn release_devices(
         req = runtime.daemon().vouch(req);
     }
     let _span = tracing::info_span!("release_devices", devices = ?devices, dry_run).entered();
-    let (scope, notes) =
+    let (mut scope, notes) =
         crate::runtime::scope::device_scope(runtime, &base.proc_root, copy_roots, everywhere);
     let mut scan = crate::engine::scan::scan(&req)?;
+    // A container's init still in the namespace it was in before the scan: that inode is
+    // still its namespace's, not one handed out again meanwhile.
+    scope.workloads.retain(|w| {
+        crate::engine::namespace::mnt_ns_inode(&base.proc_root, w.pid) == Some(w.ns)
+            && crate::engine::namespace::start_time(&base.proc_root, w.pid) == Some(w.start)
+    });
     scan.notes.extend(notes);
     // btrfs and bcachefs give their mounts an anonymous device, not the disk's.
     if scan.holders.is_empty() {

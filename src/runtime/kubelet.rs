@@ -65,9 +65,11 @@ pub fn volume_device(
         if !is_dir(&dir) {
             continue;
         }
-        // A CSI volume's filesystem is at `mount`, next to its `vol_data.json`.
+        // A CSI volume's filesystem is at `mount`, next to its `vol_data.json`; in another
+        // plugin's directory a `mount` is just a directory of the volume.
         let csi = dir.join("mount");
-        found.push(if is_dir(&csi) { csi } else { dir });
+        let is_csi = plugin.file_name() == "kubernetes.io~csi";
+        found.push(if is_csi && is_dir(&csi) { csi } else { dir });
     }
     let path = match found.len() {
         0 => {

@@ -292,8 +292,14 @@ pub fn device_scope(
         .filter(|c| c.is_running())
         .filter_map(|c| workload(runtime, c))
         .collect();
-    let protected =
+    let mut protected =
         daemon.runtime_protection(", which unmounts its own mounts (and kubelet its own)");
+    // kubelet, and any daemon in a namespace of its own, by name: sparing only.
+    for ns in crate::runtime::identity::daemon_namespaces(proc_root) {
+        if !protected.iter().any(|(n, _)| *n == ns) {
+            protected.push((ns, "a runtime daemon's or kubelet's namespace".into()));
+        }
+    }
     (
         Scope {
             everywhere,
@@ -326,6 +332,8 @@ fn workload(
     }
     Some(crate::engine::release::Workload {
         ns,
+        pid,
+        start: facts.start,
         name: match (&c.pod, c.sandbox) {
             (Some(pod), true) => format!("pod {pod}"),
             (Some(pod), false) => format!("container {} of pod {pod}", c.name),

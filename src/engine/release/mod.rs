@@ -42,6 +42,10 @@ pub struct Scope {
 pub struct Workload {
     /// The namespace (by inode) of the container's init process.
     pub ns: u64,
+    /// That process and its start time: after the scan it must still be there, in that
+    /// namespace (an inode freed during the scan can be handed to another namespace).
+    pub pid: i32,
+    pub start: u64,
     /// Who it is, as reports name it (`container web`, `pod default/db`).
     pub name: String,
     /// Its mounts from the runtime's records; `None` when they could not be read.

@@ -49,6 +49,7 @@ pub fn plan(scan: &Scan, scope: Scope) -> Vec<NamespacePlan> {
         }
         changed |= keep_inside_kept_copies(scan, &parents, &mut steps);
         changed |= keep_parents_of_kept(scan, &parents, &mut steps);
+        changed |= keep_devices_in_use(scan, &mut steps);
         if !changed {
             break;
         }
@@ -65,6 +66,40 @@ pub fn plan(scan: &Scan, scope: Scope) -> Vec<NamespacePlan> {
         }
     }
     plans
+}
+
+/// A device with any mount kept (a use: the node's own mount, a container's volume, a
+/// process's files, a namespace whose owner is unknown) stays busy whatever else goes:
+/// releasing its copies would free nothing and take views from whoever reads through them
+/// (an agent's HostToContainer view of a live volume). So its copies stay too, until every
+/// remaining mount of it is a copy.
+fn keep_devices_in_use(scan: &Scan, steps: &mut [Step]) -> bool {
+    let mut in_use: HashMap<(u32, u32), usize> = HashMap::new();
+    for (i, (h, step)) in scan.holders.iter().zip(steps.iter()).enumerate() {
+        if h.matched == Match::Device && is_keep(step) {
+            in_use.entry(h.mount.dev).or_insert(i);
+        }
+    }
+    let mut changed = false;
+    for (h, step) in scan.holders.iter().zip(steps.iter_mut()) {
+        if h.matched != Match::Device || is_keep(step) {
+            continue;
+        }
+        if let Some(&kept) = in_use.get(&h.mount.dev) {
+            let k = &scan.holders[kept];
+            *step = Step::Keep {
+                reason: format!(
+                    "the device stays in use by mount {} at {} in mount namespace {}, which \
+                     is kept: releasing this copy would free nothing",
+                    k.mount.id,
+                    encode(&k.mount_point),
+                    scan.namespaces[k.ns].ns.inode
+                ),
+            };
+            changed = true;
+        }
+    }
+    changed
 }
 
 fn is_keep(step: &Step) -> bool {
@@ -195,7 +230,7 @@ fn device_use(scan: &Scan, h: &Holder, scope: &Scope) -> Option<String> {
             "{point} is outside the runtimes' and kubelet's directories: a mount this \
              namespace made or uses itself, not a copy of theirs"
         )),
-        [] => node_still_mounts(scan, h),
+        [] => None,
         [w] => carried_into(w, h, &scope.copy_roots),
         several => Some(format!(
             "several containers ({}) name this namespace: whose volume this is is unknown",
@@ -206,21 +241,6 @@ fn device_use(scan: &Scan, h: &Holder, scope: &Scope) -> Option<String> {
                 .join(", ")
         )),
     }
-}
-
-/// A copy in a host-rooted namespace at the very place the node still mounts the device:
-/// releasing it frees nothing (the node's mount holds the device), and the namespace may
-/// be using it as the node does.
-fn node_still_mounts(scan: &Scan, h: &Holder) -> Option<String> {
-    let reference = scan.reference_ns.filter(|&r| r != h.ns)?;
-    scan.holders
-        .iter()
-        .any(|o| o.ns == reference && o.mount.dev == h.mount.dev && o.mount_point == h.mount_point)
-        .then(|| {
-            "the node still mounts it at the same place, so releasing this copy would free \
-             nothing; once the node's mount is gone, release again"
-                .into()
-        })
 }
 
 /// Why a container's mount of the device is its own, unless a bind the runtime made of a
@@ -239,7 +259,11 @@ fn carried_into(
             w.name
         ));
     };
-    if mounts.iter().any(|m| m.destination == h.mount_point) {
+    let point_bytes = trim_slashes(&h.mount_point);
+    if mounts
+        .iter()
+        .any(|m| trim_slashes(&m.destination) == point_bytes)
+    {
         return Some(format!(
             "{} mounted it at {point} (a volume it asked for): it uses the device; stop it \
              first",
@@ -247,15 +271,18 @@ fn carried_into(
         ));
     }
     let carried = mounts.iter().any(|m| {
-        if !path_is_under(&h.mount_point, &m.destination) {
+        let (destination, source) = (trim_slashes(&m.destination), trim_slashes(&m.source));
+        // Only absolute paths name a place; `/` trims to nothing.
+        if !m.source.starts_with(b"/") || !m.destination.starts_with(b"/") {
             return false;
         }
-        let rel = &h.mount_point[m.destination.len()..];
-        let mut on_node = m.source.clone();
-        if on_node.ends_with(b"/") && rel.starts_with(b"/") {
-            on_node.pop();
+        let Some(rel) = point_bytes.strip_prefix(destination) else {
+            return false;
+        };
+        if !rel.starts_with(b"/") {
+            return false;
         }
-        on_node.extend_from_slice(rel);
+        let on_node = [source, rel].concat();
         // The bind is of a directory at or above a runtime's (`/`, `/var/lib`, kubelet's
         // root), and the copy is of a mount under one.
         let above_a_root = roots.iter().any(|r| path_is_under(r, &m.source));
@@ -268,6 +295,15 @@ fn carried_into(
             w.name
         )
     })
+}
+
+/// `path` without trailing slashes (`/` becomes empty: the prefix of every absolute path).
+fn trim_slashes(path: &[u8]) -> &[u8] {
+    let mut end = path.len();
+    while end > 0 && path[end - 1] == b'/' {
+        end -= 1;
+    }
+    &path[..end]
 }
 
 /// A namespace found with no process and nothing in view that pins it (no descriptor of a

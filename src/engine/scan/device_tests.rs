@@ -12,40 +12,57 @@ fn leak(s: String) -> &'static str {
     Box::leak(s.into_boxed_str())
 }
 
-/// A CSI volume (7:3) after kubelet unstaged it on the node: a service's copy of the
-/// globalmount (ns 2) and its own mount at /srv/backup; an agent container's copy under
-/// its bind of the node's `/` (3); a workload's volume at the place it asked for, a mount
-/// inside it and one of its own (4); an unknown container holding it (5); an unrelated
-/// filesystem at a kubelet path on the node (1), which is no holder.
-fn unstaged_csi_volume() -> Scan {
+/// A CSI volume (7:3) after kubelet unstaged it on the node, and who has it: a service's
+/// copy of the globalmount (ns 2) and, with `service_own`, its own mount at /srv/backup;
+/// an agent container's copy under its bind of the node's `/` (3); with `workload`, a
+/// workload's volume at the place it asked for, a mount inside it and one of its own (4);
+/// with `unknown`, an unknown container holding it (5). The node (1) has an unrelated
+/// filesystem at a kubelet path, which is no holder.
+fn scene(service_own: bool, workload: bool, unknown: bool) -> Scan {
     let own = "1 0 254:0 / / rw - ext4 /dev/vda rw\n\
                3 1 0:77 / /var/lib/kubelet/pods/u/volumes/x rw - tmpfs t rw\n";
-    let service = format!(
+    let mut service = format!(
         "1 0 254:0 / / rw - ext4 /dev/vda rw\n\
-         4 1 7:3 / {G} rw - ext4 /dev/loop3 rw\n\
-         5 1 7:3 / /srv/backup rw - ext4 /dev/loop3 rw\n"
+         4 1 7:3 / {G} rw - ext4 /dev/loop3 rw\n"
     );
+    if service_own {
+        service.push_str("5 1 7:3 / /srv/backup rw - ext4 /dev/loop3 rw\n");
+    }
     let agent = format!(
         "10 9 0:60 / / rw - overlay overlay rw\n\
          11 10 254:0 / /host rw - ext4 /dev/vda rw\n\
          12 11 7:3 / /host{G} rw - ext4 /dev/loop3 rw\n"
     );
-    let workload = "20 19 0:61 / / rw - overlay overlay rw\n\
-                    21 20 7:3 /sub /data rw - ext4 /dev/loop3 rw\n\
-                    22 21 7:3 /sub/x /data/x rw - ext4 /dev/loop3 rw\n\
-                    23 20 7:3 / /stray rw - ext4 /dev/loop3 rw\n";
-    let unknown = "30 29 0:62 / / rw - overlay overlay rw\n\
-                   31 30 7:3 / /data rw - ext4 /dev/loop3 rw\n";
-    super::fixture::scan_of_devices(
-        &[(7, 3)],
-        &[
-            Ns(1, true, true, own),
-            Ns(2, false, true, leak(service)),
-            Ns(3, false, true, leak(agent)),
-            Ns(4, false, true, workload),
-            Ns(5, false, true, unknown),
-        ],
-    )
+    let mut namespaces = vec![
+        Ns(1, true, true, own),
+        Ns(2, false, true, leak(service)),
+        Ns(3, false, true, leak(agent)),
+    ];
+    if workload {
+        namespaces.push(Ns(
+            4,
+            false,
+            true,
+            "20 19 0:61 / / rw - overlay overlay rw\n\
+             21 20 7:3 /sub /data rw - ext4 /dev/loop3 rw\n\
+             22 21 7:3 /sub/x /data/x rw - ext4 /dev/loop3 rw\n\
+             23 20 7:3 / /stray rw - ext4 /dev/loop3 rw\n",
+        ));
+    }
+    if unknown {
+        namespaces.push(Ns(
+            5,
+            false,
+            true,
+            "30 29 0:62 / / rw - overlay overlay rw\n\
+             31 30 7:3 / /data rw - ext4 /dev/loop3 rw\n",
+        ));
+    }
+    super::fixture::scan_of_devices(&[(7, 3)], &namespaces)
+}
+
+fn unstaged_csi_volume() -> Scan {
+    scene(true, true, true)
 }
 
 fn mount(d: &str, s: &str) -> release::WorkloadMount {
@@ -67,11 +84,15 @@ fn described(web: Option<Vec<release::WorkloadMount>>) -> Scope {
         workloads: vec![
             release::Workload {
                 ns: 3,
+                pid: 3,
+                start: 1,
                 name: "container agent".into(),
                 mounts: Some(vec![mount("/host", "/")]),
             },
             release::Workload {
                 ns: 4,
+                pid: 4,
+                start: 1,
                 name: "container web".into(),
                 mounts: web,
             },
@@ -119,27 +140,37 @@ fn every_mount_of_a_device_holds_it_wherever_it_is() {
 
 #[test]
 fn only_copies_carried_in_by_accident_are_released() {
-    let scan = unstaged_csi_volume();
-    // Released: the service's copy under kubelet's directory and the agent's copy carried
-    // in by its bind of `/`. Kept: the service's own mount elsewhere, the workload's
-    // volume, what is inside it and its own mount, the unknown container's.
+    // Only copies left: the service's under kubelet's directory, the agent's carried in
+    // by its bind of `/`. Both go.
+    let scan = scene(false, false, false);
     assert_eq!(
         steps(&scan, described(web())),
-        vec![
-            (2, 4, false),
-            (2, 5, true),
-            (3, 12, false),
-            (4, 21, true),
-            (4, 22, true),
-            (4, 23, true),
-            (5, 31, true)
-        ]
+        vec![(2, 4, false), (3, 12, false)]
     );
+    // An agent bind of a directory inside kubelet's (not above it) carries nothing in:
+    // its mount is its own, a use, and then the service's copy frees nothing either.
+    let mut narrow = described(web());
+    narrow.workloads[0].mounts = Some(vec![mount("/host", "/var/lib/kubelet/pods")]);
+    assert_eq!(steps(&scan, narrow), vec![(2, 4, true), (3, 12, true)]);
+    // A trailing slash on a recorded path changes nothing.
+    let mut slashed = described(web());
+    slashed.workloads[0].mounts = Some(vec![mount("/host/", "/")]);
+    assert_eq!(steps(&scan, slashed), vec![(2, 4, false), (3, 12, false)]);
+}
+
+#[test]
+fn every_use_is_kept_and_keeps_the_copies_it_makes_pointless() {
+    let scan = unstaged_csi_volume();
+    // The workload's volume, what is inside it and its own mount, the unknown container's
+    // and the service's own mount are uses; the copies then free nothing and stay.
+    assert!(steps(&scan, described(web())).iter().all(|s| s.2));
     for (id, says) in [
         (21, "container web mounted it at /data"),
         (23, "no bind of the node's directories explains"),
         (31, "no runtime record"),
         (5, "outside the runtimes' and kubelet's directories"),
+        (4, "the device stays in use by mount"),
+        (12, "releasing this copy would free nothing"),
     ] {
         let step = step_of(&scan, described(web()), id);
         assert!(
@@ -147,39 +178,44 @@ fn only_copies_carried_in_by_accident_are_released() {
             "{id}: {step:?}"
         );
     }
-    // An agent bind of a directory inside kubelet's (not above it) carries nothing in.
-    let mut narrow = described(web());
-    narrow.workloads[0].mounts = Some(vec![mount("/host", "/var/lib/kubelet/pods")]);
-    assert!(matches!(step_of(&scan, narrow, 12), Step::Keep { .. }));
+    // Any one use is enough.
+    for (service_own, workload, unknown) in [
+        (true, false, false),
+        (false, true, false),
+        (false, false, true),
+    ] {
+        let scan = scene(service_own, workload, unknown);
+        assert!(
+            steps(&scan, described(web())).iter().all(|s| s.2),
+            "{service_own} {workload} {unknown}"
+        );
+    }
 }
 
 #[test]
-fn a_container_no_record_explains_keeps_everything() {
-    let scan = unstaged_csi_volume();
-    // The runtime's records unreadable: everything in that container stays.
-    assert!(
-        steps(&scan, described(None))
-            .iter()
-            .filter(|s| s.0 == 4)
-            .all(|s| s.2)
-    );
-    // Two containers naming one namespace: unknown, kept.
+fn a_container_no_record_explains_is_a_use() {
+    let scan = scene(false, false, false);
+    let kept_for = |scope: Scope, says: &str| {
+        assert!(steps(&scan, scope.clone()).iter().all(|s| s.2));
+        let step = step_of(&scan, scope, 12);
+        assert!(
+            matches!(&step, Step::Keep { reason } if reason.contains(says)),
+            "{step:?}"
+        );
+    };
+    let mut unreadable = described(web());
+    unreadable.workloads[0].mounts = None;
+    kept_for(unreadable, "records do not give");
     let mut twice = described(web());
     twice.workloads[1].ns = 3;
-    assert!(
-        matches!(step_of(&scan, twice, 12), Step::Keep { reason } if reason.contains("several"))
-    );
-    // Without a runtime no container is described: only the service's copy goes.
-    let bare = Scope {
-        copy_roots: roots(),
-        ..Scope::default()
-    };
-    assert_eq!(
-        steps(&scan, bare)
-            .into_iter()
-            .filter(|s| !s.2)
-            .collect::<Vec<_>>(),
-        vec![(2, 4, false)]
+    kept_for(twice, "several");
+    // Without a runtime no container is described.
+    kept_for(
+        Scope {
+            copy_roots: roots(),
+            ..Scope::default()
+        },
+        "no runtime record",
     );
 }
 
@@ -208,5 +244,8 @@ fn a_device_copy_where_the_node_still_mounts_it_frees_nothing_and_stays() {
     };
     assert_eq!(steps(&scan, scope(false)), vec![(1, 2, true), (2, 4, true)]);
     // --everywhere takes the node's mount too, and then the copy frees the device.
-    assert_eq!(steps(&scan, scope(true)), vec![(1, 2, false), (2, 4, true)]);
+    assert_eq!(
+        steps(&scan, scope(true)),
+        vec![(1, 2, false), (2, 4, false)]
+    );
 }
