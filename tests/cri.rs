@@ -5,7 +5,6 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::os::unix::fs::OpenOptionsExt;
 
 use common::cri::{CriDaemon, Pod};
 use common::*;
@@ -1177,16 +1176,7 @@ fn a_csi_volume_copied_by_an_agent_pod_is_freed_and_a_running_pods_volume_kept()
     // free nothing and stay too.
     let (code, scan) = run_json(&sb, &["scan", "--device", &dev], &args);
     assert_eq!(code, 1, "{scan:#}");
-    let decision = |pid: i32, point: &str| -> (String, String) {
-        let h = holders(&scan)
-            .iter()
-            .find(|h| h["mnt_ns"] == ns_inode(pid) && h["mount_point"] == point)
-            .unwrap_or_else(|| panic!("no holder {point} in {pid}: {scan:#}"));
-        (
-            h["action"].as_str().unwrap().into(),
-            h["reason"].as_str().unwrap().into(),
-        )
-    };
+    let decision = |pid: i32, point: &str| decision(&scan, ns_inode(pid), point);
     let (action, reason) = decision(db_pid, "/data");
     assert_eq!(action, "keep", "{scan:#}");
     assert!(
@@ -1231,12 +1221,7 @@ fn a_csi_volume_copied_by_an_agent_pod_is_freed_and_a_running_pods_volume_kept()
     cri.stop_pod(&db_sandbox).unwrap();
     cri.remove_pod(&db_sandbox).unwrap();
     sb.sh(&format!("umount {volume} && umount {global}"));
-    let open_excl = || {
-        std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_EXCL)
-            .open(&dev)
-    };
+    let open_excl = || open_excl(&dev);
     let err = open_excl().expect_err("the agent's copies keep the device busy");
     assert_eq!(err.raw_os_error(), Some(libc::EBUSY), "{err}");
     // The node report names the device, its copies and what release --device does.

@@ -2,8 +2,6 @@
 
 mod common;
 
-use std::os::unix::fs::OpenOptionsExt;
-
 use common::docker::DockerDaemon;
 use common::*;
 use serde_json::Value;
@@ -644,16 +642,7 @@ fn release_device_keeps_a_running_containers_volume_and_frees_the_copies() {
 
     let (code, scan) = run(&["scan"]);
     assert_eq!(code, 1, "{scan:#}");
-    let decision = |pid: i32, point: &str| -> (String, String) {
-        let h = holders(&scan)
-            .iter()
-            .find(|h| h["mnt_ns"] == ns_inode(pid) && h["mount_point"] == point)
-            .unwrap_or_else(|| panic!("no holder {point} in {pid}: {scan:#}"));
-        (
-            h["action"].as_str().unwrap().into(),
-            h["reason"].as_str().unwrap().into(),
-        )
-    };
+    let decision = |pid: i32, point: &str| decision(&scan, ns_inode(pid), point);
     let (action, reason) = decision(db, "/data");
     assert_eq!(action, "keep", "{scan:#}");
     assert!(
@@ -677,9 +666,5 @@ fn release_device_keeps_a_running_containers_volume_and_frees_the_copies() {
     let (code, rel) = run(&["release"]);
     assert_eq!(code, 0, "{rel:#}");
     assert!(!has_mount_at(agent, copy), "{rel:#}");
-    std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_EXCL)
-        .open(&dev)
-        .expect("the device is free");
+    open_excl(&dev).expect("the device is free");
 }

@@ -3,7 +3,6 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::os::unix::fs::OpenOptionsExt;
 
 use common::*;
 use serde_json::Value;
@@ -108,12 +107,7 @@ fn loop_device_stays_busy_until_released() {
     let leak = sb.holder(None, None);
     sb.sh(&format!("umount {target}"));
 
-    let open_excl = || {
-        std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_EXCL)
-            .open(&dev)
-    };
+    let open_excl = || open_excl(&dev);
     let err = open_excl().expect_err("device must be busy while the leaked copy exists");
     assert_eq!(err.raw_os_error(), Some(libc::EBUSY), "{err}");
 
@@ -981,12 +975,7 @@ fn release_device_frees_a_volume_from_its_copies_and_keeps_what_may_be_a_use() {
         || has_mount_at(backup, &format!("{d}/backup")) && has_mount_at(container, "/data"),
         || "the backup's and the container's mounts never appeared".into(),
     );
-    let open_excl = || {
-        std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_EXCL)
-            .open(&dev)
-    };
+    let open_excl = || open_excl(&dev);
     let err = open_excl().expect_err("the copies keep the device busy");
     assert_eq!(err.raw_os_error(), Some(libc::EBUSY), "{err}");
 
@@ -1035,13 +1024,7 @@ fn release_device_frees_a_volume_from_its_copies_and_keeps_what_may_be_a_use() {
         "{scan:#}"
     );
     assert!(decided.values().all(|(a, _)| a == "keep"), "{scan:#}");
-    let reason_of = |pid: i32, point: &str| -> String {
-        holders(&scan)
-            .iter()
-            .find(|h| h["mnt_ns"] == ns_inode(pid) && h["mount_point"] == point)
-            .map(|h| h["reason"].as_str().unwrap().to_string())
-            .unwrap()
-    };
+    let reason_of = |pid: i32, point: &str| decision(&scan, ns_inode(pid), point).1;
     assert!(reason_of(service, &g).contains("releasing this copy would free nothing"));
     assert!(reason_of(backup, &format!("{d}/backup")).contains("outside the runtimes'"));
     assert!(reason_of(container, "/data").contains("no runtime record"));

@@ -545,3 +545,25 @@ pub fn remove_daemon_dir(sandbox_pid: i32, dir: &Path) {
         .status();
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// `(action, reason)` of the holder at `point` in mount namespace `ns` of a scan document.
+pub fn decision(doc: &serde_json::Value, ns: u64, point: &str) -> (String, String) {
+    let h = holders(doc)
+        .iter()
+        .find(|h| h["mnt_ns"] == ns && h["mount_point"] == point)
+        .unwrap_or_else(|| panic!("no holder {point} in mount namespace {ns}: {doc:#}"));
+    (
+        h["action"].as_str().unwrap().into(),
+        h["reason"].as_str().unwrap().into(),
+    )
+}
+
+/// Opens a block device exclusively, as `rbd unmap`, `cryptsetup close` and CSI drivers'
+/// detach need it: `EBUSY` while any filesystem on it is mounted anywhere.
+pub fn open_excl(dev: &str) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_EXCL)
+        .open(dev)
+}
