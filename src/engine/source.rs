@@ -291,13 +291,14 @@ pub fn hydrate_roots(table: &mut MountTable, indices: impl IntoIterator<Item = u
     let Some(ns_id) = table.ns_id else {
         return;
     };
-    let mut buf = sys::StatmountBuf::new();
+    let mut buf = None;
     for i in indices {
         let m = table.mounts[i];
         let Some(unique) = m.unique_id.filter(|_| !m.has_root) else {
             continue;
         };
-        let Ok(sm) = sys::statmount(ns_id, unique, sys::STATMOUNT_MNT_ROOT, &mut buf) else {
+        let buf = buf.get_or_insert_with(sys::StatmountBuf::new);
+        let Ok(sm) = sys::statmount(ns_id, unique, sys::STATMOUNT_MNT_ROOT, buf) else {
             continue;
         };
         let root = table.intern(sm.root.as_deref().unwrap_or_default());

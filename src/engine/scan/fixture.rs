@@ -25,6 +25,57 @@ pub(crate) fn scan_with(
     scan_full(targets, &[], trusted, no_identity, namespaces)
 }
 
+/// [`scan_of`] with layer signatures: overlays with one of these upperdirs, in namespaces
+/// the host's user namespace owns, are seeds wherever they are mounted (as
+/// [`super::read_namespaces`] reads them).
+pub(crate) fn scan_signed(targets: &[&str], signatures: &[&str], namespaces: &[Ns]) -> Scan {
+    let signatures: Vec<Vec<u8>> = signatures.iter().map(|s| s.as_bytes().to_vec()).collect();
+    let mut scan = scan_full(targets, &[], &[], &[], &[]);
+    let target_bytes = target_bytes(&scan.targets);
+    scan.namespaces = namespaces
+        .iter()
+        .map(|Ns(inode, own, host_userns, text)| {
+            let signed: &[Vec<u8>] = if *host_userns { &signatures } else { &[] };
+            let table =
+                crate::engine::mountinfo::parse_with_signatures(text.as_bytes(), signed).unwrap();
+            let seeds = (0..table.mounts.len())
+                .filter(|&i| {
+                    under_any(table.mount_point(&table.mounts[i]), &target_bytes)
+                        || table.mounts[i].layer_signature.is_some()
+                })
+                .collect();
+            namespace_of(*inode, *own, *host_userns, table, seeds)
+        })
+        .collect();
+    match_holders(&mut scan);
+    scan
+}
+
+fn namespace_of(
+    inode: u64,
+    own: bool,
+    host_userns: bool,
+    table: crate::engine::table::MountTable,
+    seeds: Vec<usize>,
+) -> ScannedNamespace {
+    ScannedNamespace {
+        ns: Namespace {
+            inode,
+            fd: std::fs::File::open("/dev/null").unwrap().into(),
+            pid_used: 0,
+            pids: Vec::new(),
+            own,
+            host_userns,
+            via: crate::engine::namespace::FoundVia::Process,
+            pinned_by: Vec::new(),
+        },
+        table: Some(table),
+        seeds,
+        processes: Vec::new(),
+        host_rooted: None,
+    }
+}
+
 /// A scan for block devices' filesystems ([`Scan::devices`]) only.
 pub(crate) fn scan_of_devices(devices: &[(u32, u32)], namespaces: &[Ns]) -> Scan {
     scan_full(&[], devices, &[], &[], namespaces)
@@ -46,22 +97,7 @@ fn scan_full(
             let seeds = (0..table.mounts.len())
                 .filter(|&i| under_any(table.mount_point(&table.mounts[i]), &target_bytes))
                 .collect();
-            ScannedNamespace {
-                ns: Namespace {
-                    inode: *inode,
-                    fd: std::fs::File::open("/dev/null").unwrap().into(),
-                    pid_used: 0,
-                    pids: Vec::new(),
-                    own: *own,
-                    host_userns: *host_userns,
-                    via: crate::engine::namespace::FoundVia::Process,
-                    pinned_by: Vec::new(),
-                },
-                table: Some(table),
-                seeds,
-                processes: Vec::new(),
-                host_rooted: None,
-            }
+            namespace_of(*inode, *own, *host_userns, table, seeds)
         })
         .collect();
     let mut scan = Scan {

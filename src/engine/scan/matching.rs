@@ -185,10 +185,22 @@ fn trusted_identities(
     let mut refused: HashSet<Identity> = HashSet::new();
     let mut notes = Vec::new();
     let vetoes = path_only_vetoes(scan);
+    // The seeds at a target (not the overlays found by their signature elsewhere: those
+    // are copies, and one at a namespace's root or in a trusted view refuses its own key).
+    let targets = target_bytes(&scan.targets);
     let seeds: Vec<HashSet<usize>> = scan
         .namespaces
         .iter()
-        .map(|n| n.seeds.iter().copied().collect())
+        .map(|n| {
+            let Some(table) = n.table.as_ref() else {
+                return HashSet::new();
+            };
+            n.seeds
+                .iter()
+                .copied()
+                .filter(|&i| under_any(table.mount_point(&table.mounts[i]), &targets))
+                .collect()
+        })
         .collect();
     for key in trusted_seed_keys(scan) {
         if identities.contains(&key) || refused.contains(&key) {
@@ -471,8 +483,8 @@ impl Elsewhere {
 }
 
 /// Whether copies of `(dev, root)` at other paths must not count as the target: the same
-/// filesystem is mounted outside the targets (`seeds`, per namespace, are the mounts at
-/// the targets) with a broader root (a bind of `/var` from the root filesystem), or with
+/// filesystem is mounted outside the targets (`seeds`, per namespace, are the seeds at the
+/// targets) with a broader root (a bind of `/var` from the root filesystem), or with
 /// the same root as some namespace's root mount (a bind of a host's or container's `/`),
 /// or with the same root at a path no target covers in a trusted view (the node's own
 /// `/dev/shm` that a pod's subPath binds, an NFS export the node also mounts elsewhere).
@@ -486,8 +498,9 @@ fn broader_mount_elsewhere(
     dev: (u32, u32),
     root: &[u8],
 ) -> Option<Elsewhere> {
-    let list = same_dev.by_dev.get(&dev).cloned().unwrap_or_default();
-    for (ns, i) in list {
+    let count = same_dev.by_dev.get(&dev).map_or(0, Vec::len);
+    for k in 0..count {
+        let (ns, i) = same_dev.by_dev[&dev][k];
         if seeds[ns].contains(&i) {
             continue;
         }

@@ -458,3 +458,43 @@ fn a_failed_recheck_reports_what_the_actions_did_not_remove() {
     assert_eq!(left.len(), 1);
     assert!(left.contains(&(h0.ns, h0.mount.id)));
 }
+
+#[test]
+fn a_signed_overlay_at_a_namespace_root_still_refuses_its_identity() {
+    // A running container: its root is the layer's overlay (signed: the host's user
+    // namespace owns it), so the layer's filesystem is that container's `/`, and copies of
+    // it elsewhere are live views, not leaks. A namespace whose signatures are never read
+    // (its own user namespace) holds an unsigned copy: not matched by identity.
+    let up = "upperdir=/d/l/abc/diff";
+    let own = format!(
+        "1 0 254:0 / / rw - ext4 /dev/vda rw\n\
+         2 1 0:50 / {T} rw - overlay overlay rw,lowerdir=/d/l/x,{up},workdir=/d/l/abc/work\n"
+    );
+    let container = format!(
+        "10 9 0:50 / / rw - overlay overlay rw,lowerdir=/d/l/x,{up},workdir=/d/l/abc/work\n"
+    );
+    let userns = "1 0 254:0 / / rw - ext4 /dev/vda rw\n\
+                  7 1 0:50 / /host/d/l/abc/merged rw - overlay overlay rw\n";
+    let leak = |s: String| -> &'static str { Box::leak(s.into_boxed_str()) };
+    let scan = super::fixture::scan_signed(
+        &[T],
+        &["/d/l/abc/diff"],
+        &[
+            Ns(1, true, true, leak(own)),
+            Ns(2, false, true, leak(container)),
+            Ns(3, false, false, userns),
+        ],
+    );
+    assert!(
+        !matched(&scan).iter().any(|(ns, _, _)| *ns == 3),
+        "{:?}",
+        matched(&scan)
+    );
+    assert!(
+        scan.detail_notes
+            .iter()
+            .any(|n| n.contains("not private to the target")),
+        "{:?}",
+        scan.detail_notes
+    );
+}
