@@ -885,6 +885,8 @@ fn why_names_every_holder_of_a_device_and_what_to_do_about_it() {
         "cd {d}/vol/dir && exec 4<{d}/vol/disk.img && exec sleep 3600"
     ));
     let backed = sb.loop_file(&format!("{d}/vol/disk.img"));
+    // A raw user of the device (a block volume, a VM's disk).
+    let raw = sb.sleeper_in(&format!("exec 6<{dev} && exec sleep 3600"));
     for target in [dev.clone(), format!("{d}/vol")] {
         let (code, doc) = sb.mntreap_json(&["why", &target], &[]);
         assert_eq!(code, 1, "{doc:#}");
@@ -918,6 +920,19 @@ fn why_names_every_holder_of_a_device_and_what_to_do_about_it() {
             "open file",
         );
         assert_eq!(open["fd"], 4);
+        if target == dev {
+            let opened = find(
+                &|r| r["kind"] == "process" && r["pid"] == raw && r["via"] == "open-device",
+                "the device held open",
+            );
+            assert_eq!(opened["fd"], 6);
+            assert!(
+                opened["remedy"]
+                    .as_str()
+                    .unwrap()
+                    .contains("holds the device itself open")
+            );
+        }
         let looped = find(&|r| r["kind"] == "loop", "loop device");
         assert_eq!(looped["device"], backed.as_str());
         assert!(looped["remedy"].as_str().unwrap().contains("losetup -d"));

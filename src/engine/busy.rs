@@ -86,6 +86,9 @@ pub enum ProcessUse {
     Exe,
     OpenFile,
     Mmap,
+    /// It holds the block device itself open (a raw block volume, a VM's disk, `dd`): the
+    /// device stays busy whatever is mounted.
+    OpenDevice,
 }
 
 /// Every reason each of `targets` is busy (position for position), with the scan's notes.
@@ -213,14 +216,19 @@ fn processes(proc_root: &Path, devs: &[Dev]) -> Vec<(usize, Reason)> {
                 let Some(fd) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
                     continue;
                 };
-                if let Some(t) = fs::metadata(e.path())
-                    .ok()
-                    .and_then(|m| at(dev_of(m.dev())))
-                {
+                let Ok(m) = fs::metadata(e.path()) else {
+                    continue;
+                };
+                let on = at(dev_of(m.dev())).map(|t| (t, ProcessUse::OpenFile));
+                let device = (m.file_type().is_block_device())
+                    .then(|| at(dev_of(m.rdev())))
+                    .flatten()
+                    .map(|t| (t, ProcessUse::OpenDevice));
+                for (t, via) in on.into_iter().chain(device) {
                     let path = fs::read_link(e.path())
                         .map(|l| l.to_string_lossy().into_owned())
                         .ok();
-                    out.push((t, reason(ProcessUse::OpenFile, path, Some(fd))));
+                    out.push((t, reason(via, path, Some(fd))));
                 }
             }
         }

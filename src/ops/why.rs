@@ -123,6 +123,10 @@ fn remedy(reason: &Reason) -> (bool, String) {
                     format!("pid {pid} holds a file open on it: stop it, or have it close the file")
                 }
                 ProcessUse::Mmap => format!("pid {pid} maps a file of it into memory: stop it"),
+                ProcessUse::OpenDevice => format!(
+                    "pid {pid} holds the device itself open (a raw block volume, a VM's disk): \
+                     stop it, or have it close the device"
+                ),
             },
         ),
         Reason::Loop { device, .. } => (

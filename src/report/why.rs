@@ -80,6 +80,7 @@ fn line(reason: &Reason) -> String {
                 ProcessUse::Exe => "exe".to_string(),
                 ProcessUse::OpenFile => format!("open fd {}", fd.unwrap_or_default()),
                 ProcessUse::Mmap => "mmap".to_string(),
+                ProcessUse::OpenDevice => format!("device open on fd {}", fd.unwrap_or_default()),
             };
             format!(
                 "process    pid {pid} ({comm}) {what}{}{}",
