@@ -171,6 +171,10 @@ fn dev_of(st_dev: u64) -> Dev {
     )
 }
 
+/// statx flags for files other processes chose: the attributes the kernel has, without
+/// asking a FUSE daemon or an NFS server (a dead one would stall `why` for good).
+const NO_SYNC: libc::c_int = libc::AT_STATX_DONT_SYNC;
+
 /// Processes whose cwd, root, executable, open files or maps are on one of the
 /// filesystems, each with the position of its device.
 fn processes(proc_root: &Path, devs: &[Dev]) -> Vec<(usize, Reason)> {
@@ -204,7 +208,7 @@ fn processes(proc_root: &Path, devs: &[Dev]) -> Vec<(usize, Reason)> {
             ("root", ProcessUse::Root),
             ("exe", ProcessUse::Exe),
         ] {
-            if let Some(t) = sys::statx_mount(None, dir.join(name).as_os_str(), 0)
+            if let Some(t) = sys::statx_mount(None, dir.join(name).as_os_str(), NO_SYNC)
                 .ok()
                 .and_then(|s| at(s.dev))
             {
@@ -216,13 +220,13 @@ fn processes(proc_root: &Path, devs: &[Dev]) -> Vec<(usize, Reason)> {
                 let Some(fd) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
                     continue;
                 };
-                let Ok(m) = fs::metadata(e.path()) else {
+                let Ok(m) = sys::statx_mount(None, e.path().as_os_str(), NO_SYNC) else {
                     continue;
                 };
-                let on = at(dev_of(m.dev())).map(|t| (t, ProcessUse::OpenFile));
-                let device = (m.file_type().is_block_device())
-                    .then(|| at(dev_of(m.rdev())))
-                    .flatten()
+                let on = at(m.dev).map(|t| (t, ProcessUse::OpenFile));
+                let device = m
+                    .block_device
+                    .and_then(at)
                     .map(|t| (t, ProcessUse::OpenDevice));
                 for (t, via) in on.into_iter().chain(device) {
                     let path = fs::read_link(e.path())
@@ -272,11 +276,9 @@ fn loops(dev: Dev) -> Vec<Reason> {
             continue;
         };
         let node = PathBuf::from(format!("/dev/{name}"));
-        let on = match sys::loop_backing_dev(&node) {
-            Ok(backing_dev) => dev_of(backing_dev) == dev,
-            // No device node here: the path, as named, from this namespace.
-            Err(_) => fs::metadata(backing.trim_end()).is_ok_and(|m| dev_of(m.dev()) == dev),
-        };
+        // Without a device node here the backing file's device is unknown: its path is as
+        // its setter named it, in its namespace, and nothing to resolve in ours.
+        let on = sys::loop_backing_dev(&node).is_ok_and(|backing_dev| dev_of(backing_dev) == dev);
         if on {
             out.push(Reason::Loop {
                 device: node.display().to_string(),

@@ -462,7 +462,8 @@ pub fn process(proc_root: &Path, pid: i32) -> Option<Process> {
     let comm = fs::read(dir.join("comm")).ok()?;
     let comm = String::from_utf8_lossy(comm.strip_suffix(b"\n").unwrap_or(&comm)).into_owned();
     let stat = |name: &str| {
-        sys::statx_mount(None, dir.join(name).as_os_str(), 0)
+        // Not a round trip to a FUSE daemon or NFS server a process chose.
+        sys::statx_mount(None, dir.join(name).as_os_str(), libc::AT_STATX_DONT_SYNC)
             .ok()
             .map(|s| MountRef {
                 id: s.mnt_id,

@@ -48,6 +48,8 @@ pub(crate) struct MountStat {
     pub is_mount_root: Option<bool>,
     /// Device of the filesystem (the superblock's `major:minor`).
     pub dev: (u32, u32),
+    /// For a block device node: the device it is (`major:minor`).
+    pub block_device: Option<(u32, u32)>,
 }
 
 fn cstring(path: &OsStr) -> io::Result<CString> {
@@ -71,7 +73,7 @@ pub(crate) fn statx_mount(
             raw_dirfd,
             c_path.as_ptr(),
             flags,
-            STATX_MNT_ID,
+            STATX_MNT_ID | libc::STATX_TYPE,
             buf.as_mut_ptr(),
         )
     };
@@ -87,6 +89,8 @@ pub(crate) fn statx_mount(
         mnt_id,
         is_mount_root,
         dev: (stx.stx_dev_major, stx.stx_dev_minor),
+        block_device: (u32::from(stx.stx_mode) & libc::S_IFMT == libc::S_IFBLK)
+            .then_some((stx.stx_rdev_major, stx.stx_rdev_minor)),
     })
 }
 
