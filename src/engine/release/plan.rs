@@ -27,6 +27,20 @@ pub fn plan(scan: &Scan, scope: Scope) -> Vec<NamespacePlan> {
         .map(|h| first_step(scan, h, &scope))
         .collect();
     let parents = Parents::of(scan);
+    let shared = scan
+        .holders
+        .iter()
+        .any(|h| h.parent.is_some_and(|p| p.peer_group.is_some()));
+    let index = shared.then(|| PeerIndex::of(scan));
+    let propagation: Vec<Propagation> = scan
+        .holders
+        .iter()
+        .zip(&steps)
+        .map(|(h, step)| match &index {
+            Some(index) if !is_keep(step) => propagation_of(scan, h, index),
+            _ => Propagation::Nowhere,
+        })
+        .collect();
     // Keeping one holder can make another unsafe to release: a peer's unmount would
     // propagate to it, it lies inside a kept copy, or it is a kept mount's parent. Each
     // round only turns steps into keeps, so this ends.
@@ -39,9 +53,9 @@ pub fn plan(scan: &Scan, scope: Scope) -> Vec<NamespacePlan> {
             .map(|(h, _)| (h.ns, h.mount.id))
             .collect();
         let mut changed = false;
-        for (h, step) in scan.holders.iter().zip(steps.iter_mut()) {
+        for (p, step) in propagation.iter().zip(steps.iter_mut()) {
             if !is_keep(step)
-                && let Some(reason) = propagation_hazard(scan, h, &releasing)
+                && let Some(reason) = propagation_hazard(scan, p, &releasing)
             {
                 *step = Step::Keep { reason };
                 changed = true;
@@ -356,19 +370,70 @@ impl Parents {
     }
 }
 
-/// An unmount under a shared parent propagates to the mounts at the same place under every
-/// peer and slave of that parent (shared subtrees, kernel docs). If any of those is not
-/// being released too, unmounting here would remove it as well: refuse.
-fn propagation_hazard(
-    scan: &Scan,
-    h: &Holder,
-    releasing: &HashSet<(usize, u64)>,
-) -> Option<String> {
-    let parent = h.parent?;
-    let group = parent.peer_group?;
-    let parent_table = scan.namespaces[h.ns].table.as_ref()?;
+/// Where an unmount of a holder would propagate: to the mounts at the same place under
+/// every peer and slave of its shared parent (shared subtrees, kernel docs). Whether each
+/// of those is released too changes as the plan keeps more; where they are does not, so
+/// it is worked out once per holder.
+enum Propagation {
+    /// Its parent is not shared: the unmount stays where it is.
+    Nowhere,
+    /// Where it would go is unknown: refuse, with this reason.
+    Unknown(String),
+    /// Its parent (`parent`, in peer group `group`) propagates the unmount to these.
+    To {
+        parent: u64,
+        group: u64,
+        sites: Vec<Site>,
+    },
+}
+
+/// A mount an unmount would reach by propagation.
+struct Site {
+    ns: usize,
+    mount: u64,
+    mount_point: String,
+}
+
+/// The members and slaves of each peer group in the scan, and each mount's children:
+/// built once for a plan whose holders have shared parents.
+struct PeerIndex {
+    by_group: HashMap<u64, Vec<(usize, usize)>>,
+    children: HashMap<(usize, u64), Vec<usize>>,
+}
+
+impl PeerIndex {
+    fn of(scan: &Scan) -> PeerIndex {
+        let mut by_group: HashMap<u64, Vec<(usize, usize)>> = HashMap::new();
+        let mut children: HashMap<(usize, u64), Vec<usize>> = HashMap::new();
+        for (ns, n) in scan.namespaces.iter().enumerate() {
+            let Some(table) = n.table.as_ref() else {
+                continue;
+            };
+            for (i, m) in table.mounts.iter().enumerate() {
+                for g in m.peer_group.iter().chain(&m.master) {
+                    by_group.entry(*g).or_default().push((ns, i));
+                }
+                if m.parent_id != m.id {
+                    children.entry((ns, m.parent_id)).or_default().push(i);
+                }
+            }
+        }
+        PeerIndex { by_group, children }
+    }
+}
+
+fn propagation_of(scan: &Scan, h: &Holder, index: &PeerIndex) -> Propagation {
+    let Some(parent) = h.parent else {
+        return Propagation::Nowhere;
+    };
+    let Some(group) = parent.peer_group else {
+        return Propagation::Nowhere;
+    };
+    let Some(parent_table) = scan.namespaces[h.ns].table.as_ref() else {
+        return Propagation::Nowhere;
+    };
     if parent_table.partial {
-        return Some(format!(
+        return Propagation::Unknown(format!(
             "its parent mount {} is shared (peer group {group}) and --paths-only did not read \
              the other namespaces' mounts, so where the unmount would propagate is unknown; \
              run without --paths-only",
@@ -377,55 +442,86 @@ fn propagation_hazard(
     }
     // Peers may live in namespaces the scan could not read or see at all.
     if scan.incomplete() {
-        return Some(format!(
+        return Propagation::Unknown(format!(
             "its parent mount {} is shared (peer group {group}) and the scan is incomplete \
              (see the notes), so where the unmount would propagate is unknown",
             parent.id
         ));
     }
     if let Some(why) = &scan.peers_unseen {
-        return Some(format!(
+        return Propagation::Unknown(format!(
             "its parent mount {} is shared (peer group {group}) and {why}, so where the \
              unmount would propagate is unknown",
             parent.id
         ));
     }
-    let location = fs_location(
+    let Some(location) = fs_location(
         parent_table.root(&parent),
         parent_table.mount_point(&parent),
         &h.mount_point,
-    )?;
-    for (ns, scanned) in scan.namespaces.iter().enumerate() {
-        let Some(table) = scanned.table.as_ref() else {
+    ) else {
+        return Propagation::Nowhere;
+    };
+    let mut sites = Vec::new();
+    for &(ns, p) in index.by_group.get(&group).into_iter().flatten() {
+        let table = scan.namespaces[ns]
+            .table
+            .as_ref()
+            .expect("indexed from a table");
+        let peer = &table.mounts[p];
+        if ns == h.ns && peer.id == parent.id {
             continue;
-        };
-        for peer in &table.mounts {
-            let related = peer.peer_group == Some(group) || peer.master == Some(group);
-            if !related || (ns == h.ns && peer.id == parent.id) {
-                continue;
-            }
-            for child in table.mounts.iter().filter(|c| c.parent_id == peer.id) {
-                let same_place = fs_location(
-                    table.root(peer),
-                    table.mount_point(peer),
-                    table.mount_point(child),
-                )
-                .is_some_and(|l| l == location);
-                if same_place && !releasing.contains(&(ns, child.id)) {
-                    return Some(format!(
-                        "its parent mount {} is shared (peer group {group}): unmounting it \
-                         would also unmount mount {} at {} in mount namespace {}, which is not \
-                         being released",
-                        parent.id,
-                        child.id,
-                        crate::engine::mountinfo::encode(table.mount_point(child)),
-                        scanned.ns.inode
-                    ));
-                }
+        }
+        for &c in index.children.get(&(ns, peer.id)).into_iter().flatten() {
+            let child = &table.mounts[c];
+            let same_place = fs_location(
+                table.root(peer),
+                table.mount_point(peer),
+                table.mount_point(child),
+            )
+            .is_some_and(|l| l == location);
+            if same_place {
+                sites.push(Site {
+                    ns,
+                    mount: child.id,
+                    mount_point: crate::engine::mountinfo::encode(table.mount_point(child)),
+                });
             }
         }
     }
-    None
+    Propagation::To {
+        parent: parent.id,
+        group,
+        sites,
+    }
+}
+
+/// If unmounting the holder would also unmount a mount that is not being released (a
+/// peer's copy at the same place), or where it would propagate is unknown: why to refuse.
+fn propagation_hazard(
+    scan: &Scan,
+    propagation: &Propagation,
+    releasing: &HashSet<(usize, u64)>,
+) -> Option<String> {
+    match propagation {
+        Propagation::Nowhere => None,
+        Propagation::Unknown(why) => Some(why.clone()),
+        Propagation::To {
+            parent,
+            group,
+            sites,
+        } => sites
+            .iter()
+            .find(|s| !releasing.contains(&(s.ns, s.mount)))
+            .map(|s| {
+                format!(
+                    "its parent mount {parent} is shared (peer group {group}): unmounting it \
+                     would also unmount mount {} at {} in mount namespace {}, which is not \
+                     being released",
+                    s.mount, s.mount_point, scan.namespaces[s.ns].ns.inode
+                )
+            }),
+    }
 }
 
 /// Where a child mount point sits inside its parent's filesystem: the parent's root plus
