@@ -147,6 +147,7 @@ pub fn release(
         runtime.map(|r| r.as_ref()),
         devices,
         &copy_roots(e, runtime.map(|r| r.as_ref()))?,
+        None,
         everywhere,
         dry_run,
     )?;
@@ -174,17 +175,11 @@ pub fn scan(e: &Config, targets: Targets) -> Result<Exit, Failure> {
         report::scan_text(scan, &plan)
     };
     super::print(&out);
-    let denied = super::denied_note(scan);
+    super::denied_note(scan);
     let unsure = super::unsure_note(runtime.as_ref().map(|r| r.daemon()));
-    Ok(
-        if scan.foreign_holders().next().is_some()
-            || denied.is_some()
-            || unsure.is_some()
-            || scan.incomplete()
-        {
-            Exit::Remaining
-        } else {
-            Exit::Clean
-        },
-    )
+    Ok(if crate::ops::device::left_held(&rel) || unsure.is_some() {
+        Exit::Remaining
+    } else {
+        Exit::Clean
+    })
 }

@@ -19,6 +19,14 @@ pub fn command(e: &Config) -> Result<Exit, Failure> {
 /// speak (deploy/node-problem-detector/): one short line, exit 0 ok or 1 problem; a scan
 /// that cannot run exits 2, which the detector reads as unknown.
 pub fn problem_line(e: &Config) -> Result<Exit, Failure> {
+    // The detector reads stdout only: a failure is an `unknown` line there, not silence.
+    problem(e).or_else(|err| {
+        print(&format!("unknown: {err}\n"));
+        Ok(Exit::Usage)
+    })
+}
+
+fn problem(e: &Config) -> Result<Exit, Failure> {
     let runtime = e.connect()?;
     let daemon = runtime.daemon();
     let (containers, scan) = node_facts(e, runtime.as_ref())?;
@@ -29,7 +37,7 @@ pub fn problem_line(e: &Config) -> Result<Exit, Failure> {
     let found = findings(&scan, daemon, &containers, &runtime.owner_of(&containers));
     let count = |class: Class| found.iter().filter(|f| f.class == class).count();
     let (orphaned, leaked) = (count(Class::Orphaned), count(Class::Leaked));
-    let devices = held_devices(e, runtime.as_ref(), &scan)?
+    let devices = held_devices(e, runtime.as_ref(), &containers, &scan)?
         .iter()
         .filter(|d| device_has_copies(d))
         .count();
@@ -104,7 +112,7 @@ fn report(e: &Config, runtime: &dyn ContainerRuntime) -> Result<Exit, Failure> {
         return Ok(Exit::Clean);
     };
     let found = findings(&scan, daemon, &containers, &runtime.owner_of(&containers));
-    let devices = held_devices(e, runtime, &scan)?;
+    let devices = held_devices(e, runtime, &containers, &scan)?;
     // What the agent's sweep would do with each finding now: its own selection and plan.
     let plan = crate::ops::sweep_decisions(&mut scan, daemon, &found);
     let unsure = daemon.unsure_note();
@@ -149,6 +157,7 @@ struct Facts<'a> {
 fn held_devices(
     e: &Config,
     runtime: &dyn ContainerRuntime,
+    containers: &[crate::runtime::model::Container],
     scan: &crate::engine::scan::Scan,
 ) -> Result<Vec<DeviceDoc>, Failure> {
     let devices = crate::ops::device::held_elsewhere(scan);
@@ -156,8 +165,15 @@ fn held_devices(
         return Ok(Vec::new());
     }
     let roots = super::device::copy_roots(e, Some(runtime))?;
-    let rel =
-        crate::ops::device::release_devices(&e.base, Some(runtime), &devices, &roots, false, true)?;
+    let rel = crate::ops::device::release_devices(
+        &e.base,
+        Some(runtime),
+        &devices,
+        &roots,
+        Some(containers),
+        false,
+        true,
+    )?;
     let decisions = crate::ops::Decisions::of_release(&rel, "release --device");
     Ok(devices
         .iter()

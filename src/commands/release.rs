@@ -88,7 +88,7 @@ fn release_devices(
         args.dry_run,
     )?;
     super::denied_note(&rel.scan);
-    let remaining = !rel.remaining().is_empty() || rel.still_pinned() || rel.scan.incomplete();
+    let remaining = crate::ops::device::left_held(&rel);
     let changed = rel.released();
     let unsure = unsure_note(runtime.as_ref().map(|r| r.daemon()));
     let releases: Outcomes = vec![(None, Ok(rel))];

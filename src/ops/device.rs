@@ -7,7 +7,8 @@ use crate::engine::release::Release;
 use crate::engine::scan::{ScanError, ScanRequest};
 use crate::runtime::ContainerRuntime;
 
-/// The release of `devices`' filesystems (a dry run for `scan --device`): scanned with the
+/// The release of `devices`' filesystems (a dry run for `scan --device`), with the
+/// runtime's containers when the caller has just listed them (`listed`): scanned with the
 /// runtime's namespace as a trusted view when there is a runtime, planned in
 /// [`crate::runtime::scope::device_scope`], executed unless `dry_run`, re-checked.
 pub fn release_devices(
@@ -15,6 +16,7 @@ pub fn release_devices(
     runtime: Option<&dyn ContainerRuntime>,
     devices: &[(u32, u32)],
     copy_roots: &[std::path::PathBuf],
+    listed: Option<&[crate::runtime::model::Container]>,
     everywhere: bool,
     dry_run: bool,
 ) -> Result<Release, ScanError> {
@@ -28,8 +30,13 @@ pub fn release_devices(
         req = runtime.daemon().vouch(req);
     }
     let _span = tracing::info_span!("release_devices", devices = ?devices, dry_run).entered();
-    let (mut scope, notes) =
-        crate::runtime::scope::device_scope(runtime, &base.proc_root, copy_roots, everywhere);
+    let (mut scope, notes) = crate::runtime::scope::device_scope(
+        runtime,
+        listed,
+        &base.proc_root,
+        copy_roots,
+        everywhere,
+    );
     let mut scan = crate::engine::scan::scan(&req)?;
     // A container's init still in the namespace it was in before the scan: that inode is
     // still its namespace's, not one handed out again meanwhile.
@@ -49,6 +56,13 @@ pub fn release_devices(
         }));
     }
     crate::engine::release::run_on(scan, &req, scope, dry_run)
+}
+
+/// Whether a device release leaves the devices held where it looked: a holder in scope
+/// still mounted (for a dry run, any holder in scope), a detached copy still pinned, or
+/// namespaces it could not see. `scan --device` and `release --device` exit by it.
+pub fn left_held(rel: &Release) -> bool {
+    !rel.remaining().is_empty() || rel.still_pinned() || rel.scan.incomplete()
 }
 
 /// Block devices that namespaces other than the host's mount while the host's own namespace

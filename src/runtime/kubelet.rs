@@ -14,6 +14,8 @@ pub enum VolumeError {
     BadName(String),
     #[error("{0:?} is not a pod UID")]
     BadUid(String),
+    #[error("the volume's path is refused: {0}")]
+    Symlink(String),
     #[error(
         "pod {uid} has no volume {name} under {dir}: kubelet names a pod's volumes by their \
          name in the pod (CSI volumes by their PV); if kubelet already unmounted it, name the \
@@ -92,6 +94,14 @@ pub fn volume_device(
             });
         }
     };
+    // No symlink anywhere on the way, component by component from the node's `/`.
+    let rails = crate::engine::policy::Policy {
+        any_path: true,
+        extra_roots: Vec::new(),
+    };
+    rails
+        .check_runtime_path(&path, host_root)
+        .map_err(|e| VolumeError::Symlink(e.to_string()))?;
     let dev_of = |p: &Path| std::fs::symlink_metadata(on_host(host_root, p)).map(|m| m.dev());
     let not_mounted = || VolumeError::NotMounted {
         path: path.display().to_string(),

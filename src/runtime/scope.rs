@@ -249,6 +249,7 @@ impl Daemon {
 /// is not the host's. Returns the notes that say what was not known.
 pub fn device_scope(
     runtime: Option<&dyn super::ContainerRuntime>,
+    listed: Option<&[Container]>,
     proc_root: &std::path::Path,
     copy_roots: &[PathBuf],
     everywhere: bool,
@@ -260,15 +261,22 @@ pub fn device_scope(
         .collect();
     let mut notes = Vec::new();
     let Some(runtime) = runtime else {
-        let protected = crate::runtime::identity::daemon_namespaces(proc_root)
-            .into_iter()
-            .map(|ns| {
-                (
-                    ns,
-                    "a runtime daemon's namespace (no runtime answered)".into(),
-                )
-            })
-            .collect();
+        let mut protected: Vec<(u64, String)> =
+            crate::runtime::identity::daemon_namespaces(proc_root)
+                .into_iter()
+                .map(|ns| {
+                    (
+                        ns,
+                        "a runtime daemon's namespace (no runtime answered)".into(),
+                    )
+                })
+                .collect();
+        if let Some(own) = mnt_ns_inode(proc_root, "self") {
+            protected.push((
+                own,
+                "mntreap's own namespace; use --everywhere to include it".into(),
+            ));
+        }
         return (
             Scope {
                 everywhere,
@@ -280,18 +288,27 @@ pub fn device_scope(
         );
     };
     let daemon = runtime.daemon();
-    let containers = runtime.list().unwrap_or_else(|e| {
+    let containers = listed
+        .map(<[Container]>::to_vec)
+        .map_or_else(|| runtime.list(), Ok);
+    let containers = containers.unwrap_or_else(|e| {
         notes.push(format!(
             "the runtime's containers could not be listed ({e}): mounts in namespaces whose \
              root is not the host's are kept"
         ));
         Vec::new()
     });
-    let workloads = containers
-        .iter()
-        .filter(|c| c.is_running())
-        .filter_map(|c| workload(runtime, c))
-        .collect();
+    // While the runtime's identity is unsure its records describe nothing: every
+    // container's namespace then stays unnamed, and kept.
+    let workloads = if daemon.unsure().is_some() {
+        Vec::new()
+    } else {
+        containers
+            .iter()
+            .filter(|c| c.is_running())
+            .filter_map(|c| workload(runtime, c))
+            .collect()
+    };
     let mut protected =
         daemon.runtime_protection(", which unmounts its own mounts (and kubelet its own)");
     // kubelet, and any daemon in a namespace of its own, by name: sparing only.

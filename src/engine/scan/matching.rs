@@ -47,11 +47,15 @@ pub(super) fn match_holders(scan: &mut Scan) {
 /// service's or a daemon's (the host's root) by it. The reference is the namespace of pid
 /// 1 when the scan sees it, else mntreap's own.
 fn note_host_rooted(scan: &mut Scan) {
+    // In a pid namespace that is not the host's, pid 1 is that namespace's init: no
+    // reference then, and no namespace counts as rooted on the node's filesystem.
+    let in_host_view = scan.blind.is_none() && scan.peers_unseen.is_none();
     let reference = scan
         .namespaces
         .iter()
         .position(|n| n.ns.pids.contains(&1))
-        .or_else(|| scan.namespaces.iter().position(|n| n.ns.own));
+        .or_else(|| scan.namespaces.iter().position(|n| n.ns.own))
+        .filter(|_| in_host_view);
     scan.reference_ns = reference;
     let mut holding: Vec<usize> = scan.holders.iter().map(|h| h.ns).collect();
     holding.sort_unstable();
