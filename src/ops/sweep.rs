@@ -63,14 +63,14 @@ pub fn sweep(
         before
     } else {
         let again = runtime.list()?;
-        let after = super::node::findings(&scan, daemon, &again, &runtime.owner_of(&again));
+        let after: std::collections::HashSet<(usize, Class)> =
+            super::node::findings(&scan, daemon, &again, &runtime.owner_of(&again))
+                .into_iter()
+                .map(|g| (g.holder, g.class))
+                .collect();
         before
             .into_iter()
-            .filter(|f| {
-                after
-                    .iter()
-                    .any(|g| g.holder == f.holder && g.class == f.class)
-            })
+            .filter(|f| after.contains(&(f.holder, f.class)))
             .collect()
     };
     let in_use = findings.iter().filter(|f| f.class == Class::InUse).count();
