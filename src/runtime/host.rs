@@ -168,6 +168,20 @@ impl HostView {
     }
 }
 
+/// Reads a small record file (at most 4 MiB): a crafted huge file is refused, not read.
+pub fn read_small(path: &Path) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let f = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut buf = Vec::new();
+    f.take(4 << 20)
+        .read_to_end(&mut buf)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    if buf.len() >= 4 << 20 {
+        return Err(format!("{}: larger than 4 MiB", path.display()));
+    }
+    Ok(buf)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

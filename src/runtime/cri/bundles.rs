@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use super::entry::{Entry, Layout, SpecMount, valid_id};
-use crate::runtime::host::on_host;
+use crate::runtime::host::{on_host, read_small};
 
 const TYPE: &str = "io.kubernetes.cri.container-type";
 const SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
@@ -190,18 +190,4 @@ pub(super) fn container_mounts(
             })
         })
         .collect()
-}
-
-/// Reads a small record file (at most 4 MiB): a crafted huge file is refused, not read.
-fn read_small(path: &Path) -> Result<Vec<u8>, String> {
-    use std::io::Read;
-    let f = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut buf = Vec::new();
-    f.take(4 << 20)
-        .read_to_end(&mut buf)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    if buf.len() >= 4 << 20 {
-        return Err(format!("{}: larger than 4 MiB", path.display()));
-    }
-    Ok(buf)
 }

@@ -32,7 +32,9 @@ fn recorded_mounts(
         .join("containers")
         .join(id)
         .join("config.v2.json");
-    let text = std::fs::read(crate::runtime::host::on_host(&daemon.host_root, &path)).ok()?;
+    let text =
+        crate::runtime::host::read_small(&crate::runtime::host::on_host(&daemon.host_root, &path))
+            .ok()?;
     serde_json::from_slice::<Config>(&text).ok()?.mount_points
 }
 
