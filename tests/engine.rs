@@ -1116,3 +1116,28 @@ fn a_device_that_holds_the_system_or_is_no_block_device_is_refused() {
         );
     }
 }
+
+#[test]
+fn device_rails_resolve_the_nodes_symlinks_within_the_nodes_root() {
+    // The node keeps Docker's data on its own disk behind an absolute symlink, as many do
+    // (`/var/lib/docker -> /data/docker`), and mntreap sees the node at `--host-root`, as
+    // the agent's pod does: the symlink must lead to the node's `/data/docker`, not ours.
+    let mut sb = Sandbox::new("device-rails-symlink");
+    let node = format!("{}/node", sb.d());
+    let dev = sb.loop_ext4("data");
+    sb.sh(&format!(
+        "mkdir -p {node}/data/docker {node}/var/lib && mount {dev} {node}/data/docker \
+         && ln -s /data/docker {node}/var/lib/docker"
+    ));
+    assert!(
+        !std::path::Path::new("/data/docker").exists(),
+        "this machine has its own /data/docker: the test would not tell the views apart"
+    );
+    let (code, doc) = sb.mntreap_json(&["scan", "--device", &dev, "--host-root", &node], &[]);
+    assert_eq!(code, 2, "{doc:#}");
+    assert_eq!(doc["kind"], "bad-input", "{doc:#}");
+    assert!(
+        doc["error"].as_str().unwrap().contains("/var/lib/docker"),
+        "{doc:#}"
+    );
+}

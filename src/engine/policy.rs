@@ -1,6 +1,8 @@
 //! Safety rails on what a user may target. Every refusal says why and what to do instead,
 //! and happens before anything is scanned or changed.
 
+use std::io;
+use std::os::fd::AsFd;
 use std::path::{Component, Path, PathBuf};
 
 /// Directories under which container runtimes keep their mounts: targets here need no
@@ -169,22 +171,47 @@ impl Policy {
             .map(PathBuf::from)
             .chain(self.extra_roots.iter().cloned())
             .chain(runtime_roots.iter().cloned());
+        // As the node sees them (`--host-root`: the agent's pod sees the node there),
+        // symlinks resolved within the node's `/`, not this process's.
+        let node_root =
+            crate::engine::sys::open_path_no_symlinks(host_root.as_os_str()).map_err(|e| {
+                not(format!(
+                    "the node's / at {} cannot be read: {e}",
+                    host_root.display()
+                ))
+            })?;
         for path in guarded {
-            use std::os::unix::fs::MetadataExt;
-            // As the node sees them (`--host-root`: the agent's pod sees the node there).
-            let on_node = host_root.join(path.strip_prefix("/").unwrap_or(&path));
-            let meta = match std::fs::metadata(&on_node) {
+            let relative = path.strip_prefix("/").unwrap_or(&path);
+            let relative = if relative.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                relative
+            };
+            let opened =
+                crate::engine::sys::open_path_in_root(node_root.as_fd(), relative.as_os_str())
+                    .and_then(|fd| nix::sys::stat::fstat(fd.as_fd()).map_err(io::Error::from));
+            let meta = match opened {
                 Ok(meta) => meta,
-                Err(_) if path != Path::new("/") => continue,
-                // Without the node's `/`, the one that matters most is unknown.
+                // A guard the node does not have guards nothing.
+                Err(e)
+                    if path != Path::new("/")
+                        && matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) =>
+                {
+                    continue;
+                }
+                // Unreadable (or no openat2): what it holds is unknown, so protect.
                 Err(e) => {
                     return Err(PolicyError::NotADevice {
                         raw: raw.into(),
-                        why: format!("the node's / at {} cannot be read: {e}", on_node.display()),
+                        why: format!(
+                            "{} on the node (through {}) cannot be checked: {e}",
+                            path.display(),
+                            host_root.display()
+                        ),
                     });
                 }
             };
-            let on = meta.dev();
+            let on = meta.st_dev;
             if (
                 nix::sys::stat::major(on) as u32,
                 nix::sys::stat::minor(on) as u32,

@@ -128,6 +128,34 @@ pub(crate) fn open_path_no_symlinks(path: &OsStr) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) })
 }
 
+/// Opens `path` (absolute or relative) as an `O_PATH` descriptor resolved *inside* `root`
+/// (`openat2` with `RESOLVE_IN_ROOT`): `..` and absolute symlinks stay within it, as they
+/// would for a process chrooted there. `--host-root /host` in a pod: the node's own
+/// `/var/lib/docker -> /data/docker` leads to the node's `/data/docker`, not the pod's.
+/// Kernels without openat2 (< 5.6) get `ENOSYS`, for the caller to refuse on.
+pub(crate) fn open_path_in_root(root: BorrowedFd<'_>, path: &OsStr) -> io::Result<OwnedFd> {
+    let c_path = cstring(path)?;
+    let mut how: libc::open_how = unsafe_zeroed_open_how();
+    how.flags = (libc::O_PATH | libc::O_CLOEXEC) as u64;
+    how.resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
+    // SAFETY: `root` is a live descriptor, `c_path` and `how` are valid for the call; the
+    // size passed is `how`'s size.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            root.as_raw_fd(),
+            c_path.as_ptr(),
+            &how as *const libc::open_how,
+            std::mem::size_of::<libc::open_how>(),
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this descriptor to us; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) })
+}
+
 fn unsafe_zeroed_open_how() -> libc::open_how {
     // SAFETY: open_how is a plain C struct of integers; all-zero is its documented default.
     unsafe { std::mem::zeroed() }

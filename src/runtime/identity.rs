@@ -56,6 +56,24 @@ impl RuntimeProcess {
 }
 
 /// The executable's file name of `pid` (kernel's `exe` link), without ` (deleted)`.
+/// Whether `pid` is the init of a pid namespace: pid 1 here, or a machine's systemd (an
+/// nspawn or LXC guest's pid 1, which is what creates its `docker.socket`). The kernel says
+/// which pid a process has in its own pid namespace (`NSpid`'s last field); a name does not
+/// count alone, since any user can run a program called `systemd` (`systemd --user` is one).
+pub(crate) fn is_namespace_init(proc_root: &Path, pid: i32) -> bool {
+    if pid == 1 {
+        return true;
+    }
+    let status = std::fs::read_to_string(proc_root.join(pid.to_string()).join("status"));
+    let innermost_is_1 = status.ok().is_some_and(|s| {
+        s.lines()
+            .find_map(|l| l.strip_prefix("NSpid:"))
+            .and_then(|l| l.split_whitespace().last())
+            == Some("1")
+    });
+    innermost_is_1 && exe_name(proc_root, pid).as_deref() == Some("systemd")
+}
+
 pub fn exe_name(proc_root: &Path, pid: i32) -> Option<String> {
     let link = std::fs::read_link(proc_root.join(format!("{pid}/exe"))).ok()?;
     let name = link.file_name()?.to_string_lossy().into_owned();
@@ -298,7 +316,7 @@ impl SocketFacts<'_> {
     }
 
     fn is_init(&self, pid: i32) -> bool {
-        pid == 1 || exe_name(self.proc_root, pid).as_deref() == Some("systemd")
+        is_namespace_init(self.proc_root, pid)
     }
 
     /// A peer other than the holder is fine only as the socket's creator under activation:
@@ -447,6 +465,30 @@ impl Identity {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_process_named_systemd_is_no_init_unless_its_pid_namespace_says_so() {
+        // A copy of sleep called systemd, as any user may run one: the name alone was
+        // enough before (an activator the socket check then trusted).
+        let dir = std::env::temp_dir().join(format!("mntreap-init-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let exe = dir.join("systemd");
+        std::fs::copy("/bin/sleep", &exe).unwrap();
+        let mut child = std::process::Command::new(&exe).arg("30").spawn().unwrap();
+        let pid = child.id() as i32;
+        let proc_root = Path::new("/proc");
+        let named = (0..100).any(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            exe_name(proc_root, pid).as_deref() == Some("systemd")
+        });
+        let init = is_namespace_init(proc_root, pid);
+        let _ = child.kill();
+        let _ = child.wait();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(named, "the copy never ran under the name systemd");
+        assert!(!init, "pid {pid} named systemd was taken for an init");
+        assert!(is_namespace_init(proc_root, 1));
+    }
 
     #[test]
     fn flags_in_every_pflag_form() {
