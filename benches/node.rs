@@ -20,6 +20,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
+#[path = "node/warm.rs"]
+mod warm;
 
 use nix::mount::{MsFlags, mount};
 
@@ -289,6 +291,17 @@ fn main() {
         }
     }
 
+    // The index rows, on targets no release above touched: one layer (the rows above), and
+    // every layer (the agent's node-wide sweep, where every namespace holds them all).
+    let spare = targets[4 * cfg.runs - 1] + 1;
+    nix::mount::umount2(layer(spare).as_str(), nix::mount::MntFlags::MNT_DETACH).unwrap();
+    let one = warm::measure(vec![layer(spare).into()], cfg.runs);
+    assert_eq!(
+        one.holders, cfg.namespaces,
+        "the in-process scan found another result"
+    );
+    let node_wide = warm::measure(vec![format!("{dir}/overlay2").into()], cfg.runs);
+
     let (grep, once, scan_lm, scan_mi, scan_mi1, scan_po) = (
         median(grep),
         median(once),
@@ -364,6 +377,29 @@ fn main() {
         "release: mntreap release --paths-only",
         ms(release_po),
         ratio(umount_loop, release_po)
+    );
+    let cost = |c: warm::Cost| format!("{} {:>7.3} CPU-s", ms(c.wall), c.cpu.as_secs_f64());
+    for (what, rows) in [("one layer", &one), ("node-wide", &node_wide)] {
+        println!(
+            "{:<58} {}  {:.1}x faster than grep",
+            format!("index: scan {what}, cold (in process)"),
+            cost(rows.cold),
+            ratio(grep, rows.cold.wall)
+        );
+        println!(
+            "{:<58} {}  {:.1}x faster than grep; {}/{} namespaces reused",
+            format!("index: scan {what}, warm (unchanged node)"),
+            cost(rows.warm),
+            ratio(grep, rows.warm.wall),
+            rows.reused,
+            rows.namespaces
+        );
+    }
+    println!(
+        "{:<58} {:>9.1} MB  (process RSS {:.1} MB)",
+        "index: kept tables",
+        node_wide.index_bytes as f64 / 1e6,
+        node_wide.rss_bytes as f64 / 1e6
     );
     drop(holders);
 }

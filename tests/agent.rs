@@ -347,6 +347,75 @@ fn sweeps_release_leaks_and_metrics_count_them() {
 }
 
 #[test]
+fn a_leak_found_through_kept_tables_is_released_from_tables_read_again() {
+    let mut sb = Sandbox::new("ag-index");
+    let dk = DockerDaemon::start(&sb, "agindex", false, &[]);
+    dk.run("web");
+    let merged = dk.merged("web");
+    // A service namespace whose copy of web's root is in use (a process chrooted in it):
+    // kept, sweep after sweep, with the namespace's mounts unchanged.
+    let service = sb.holder(
+        Some(&format!(
+            "chroot {merged} /bin/sleep 3600 & exec sleep 3600"
+        )),
+        None,
+    );
+    let chrooted = || {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+            .find(|p| {
+                std::fs::read_to_string(format!("/proc/{p}/stat")).is_ok_and(|st| {
+                    st.rsplit(')')
+                        .next()
+                        .and_then(|r| r.split_whitespace().nth(1))
+                        == Some(service.to_string().as_str())
+                })
+            })
+    };
+    wait_until(
+        Duration::from_secs(10),
+        Duration::from_millis(20),
+        || chrooted().is_some(),
+        || "the chrooted process did not start".to_string(),
+    );
+    let agent = Agent::start_with(
+        &sb,
+        &dk,
+        &format!("{}/hook", dk.d()),
+        1,
+        &[],
+        &["--no-events"],
+    );
+    wait_until(
+        Duration::from_secs(20),
+        Duration::from_millis(100),
+        || {
+            agent.metric("mntreap_index_namespaces_reused") > 0.0
+                && agent.metric("mntreap_in_use_copies") >= 1.0
+        },
+        || "no sweep reused a kept table while the copy was in use".to_string(),
+    );
+    assert!(has_mount_at(service, &merged), "a copy in use was released");
+    // The use ends; the namespace's mounts stay as they were, so its table is the kept
+    // one. The sweep finds the leak there and releases it from tables read again (a
+    // release from the kept ones is refused, and would count as a failure).
+    let pid = chrooted().unwrap();
+    let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+    wait_until(
+        Duration::from_secs(15),
+        Duration::from_millis(100),
+        || !has_mount_at(service, &merged),
+        || "the sweep did not release the copy once it was no longer used".to_string(),
+    );
+    assert_eq!(agent.metric("mntreap_copies_released_total"), 1.0);
+    assert_eq!(agent.metric("mntreap_release_failures_total"), 0.0);
+    // No sweep failed on the way: the one that found the leak released it.
+    assert_eq!(agent.metric("mntreap_sweep_failures_total"), 0.0);
+    assert!(has_mount_at(sb.host_pid(), &merged), "dockerd's copy stays");
+}
+
+#[test]
 fn killed_mid_sweep_then_restarted_finishes_the_job() {
     let mut sb = Sandbox::new("ag-kill");
     let dk = DockerDaemon::start(&sb, "agkill", false, &[]);

@@ -89,6 +89,11 @@ struct AgentArgs {
     /// Seconds between sweeps over the node-wide report (0: off).
     #[arg(long, default_value_t = 60)]
     sweep_interval: u64,
+    /// Keep mount tables between sweeps and reuse a namespace's while its mounts are the
+    /// same (listmount ids), reading it again after this many seconds (0: read every table
+    /// every sweep). Anything found is released from tables read again.
+    #[arg(long, value_name = "SECONDS", default_value_t = 300)]
+    index_max_age: u64,
     /// Where to serve /metrics and /healthz ("off" to disable).
     #[arg(long, default_value = "127.0.0.1:9477")]
     metrics_addr: String,
@@ -384,6 +389,7 @@ fn run(command: Command) -> Result<Exit, Failure> {
             };
             crate::daemon::agent::run(crate::daemon::agent_state::AgentConfig {
                 sweep: Duration::from_secs(args.sweep_interval),
+                index_max_age: Duration::from_secs(args.index_max_age),
                 metrics_addr,
                 hook_socket: Some(args.hook_socket),
                 health_socket: args.health_socket,

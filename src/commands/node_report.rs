@@ -94,7 +94,7 @@ fn node_facts(
     let base = e.request(&[], Vec::new())?;
     let mut roots = runtime.roots();
     roots.extend(e.runtime_roots.iter().cloned());
-    let scan = node_scan(&base, daemon, &containers, &roots)?;
+    let scan = node_scan(&base, daemon, &containers, &roots, None)?;
     Ok((containers, scan))
 }
 

@@ -58,7 +58,10 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
         health_connections = super::metrics::HEALTH_CONNECTIONS,
         "connection caps"
     );
+    let index = (!config.index_max_age.is_zero())
+        .then(|| crate::engine::index::TableIndex::new(config.index_max_age));
     let agent = Arc::new(Agent {
+        index,
         config,
         metrics: Arc::new(Metrics::new()),
         sweeping: tokio::sync::Mutex::new(()),
@@ -191,9 +194,15 @@ fn sweep_once(agent: &Agent) -> anyhow::Result<()> {
         &agent.config.docker,
         &agent.config.cri,
     )?;
-    let swept = crate::ops::sweep::sweep(&agent.config.base, runtime.as_ref(), &|n| {
-        excluded(agent, &n.ns, &n.processes)
-    })?;
+    let swept = crate::ops::sweep::sweep(
+        &agent.config.base,
+        runtime.as_ref(),
+        &|n| excluded(agent, &n.ns, &n.processes),
+        agent.index.as_ref(),
+    )?;
+    if let Some(index) = &agent.index {
+        agent.metrics.index_bytes.set(index.heap_bytes() as i64);
+    }
     let (leaked, in_use, cgroups_unknown, release) = match swept {
         Swept::Skipped { what, why } => {
             agent.metrics.sweep_failures.inc();
@@ -205,7 +214,13 @@ fn sweep_once(agent: &Agent) -> anyhow::Result<()> {
             in_use,
             cgroups_unknown,
             release,
-        } => (leaked, in_use, cgroups_unknown, release),
+            index,
+        } => {
+            let used = index.unwrap_or_default();
+            agent.metrics.index_reused.set(used.reused as i64);
+            agent.metrics.index_read.set(used.read as i64);
+            (leaked, in_use, cgroups_unknown, release)
+        }
     };
     if let Some(note) = &cgroups_unknown {
         agent.warn_limited("sweep spares namespaces whose cgroups are unknown", note);

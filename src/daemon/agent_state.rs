@@ -39,6 +39,8 @@ impl std::str::FromStr for Exclude {
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
     pub sweep: Duration,
+    /// See [`crate::engine::index::TableIndex::max_age`]; zero: no index.
+    pub index_max_age: Duration,
     pub metrics_addr: Option<SocketAddr>,
     pub hook_socket: Option<PathBuf>,
     pub health_socket: Option<PathBuf>,
@@ -57,6 +59,8 @@ pub(super) struct Agent {
     pub(super) metrics: Arc<Metrics>,
     /// One sweep at a time; SIGTERM waits for the running one.
     pub(super) sweeping: tokio::sync::Mutex<()>,
+    /// Mount tables kept between sweeps (`None`: `--index-max-age 0`).
+    pub(super) index: Option<crate::engine::index::TableIndex>,
     /// Hook requests served at once (the socket is world-connectable).
     pub(super) hook_slots: Cap,
     /// Sweeps and event releases run through this bridge, 2 at once.

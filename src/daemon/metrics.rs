@@ -22,6 +22,9 @@ pub(super) struct Metrics {
     pub(super) sweep_failures: Counter,
     pub(super) leaks: Gauge,
     pub(super) in_use: Gauge,
+    pub(super) index_reused: Gauge,
+    pub(super) index_read: Gauge,
+    pub(super) index_bytes: Gauge,
     pub(super) released: Counter,
     pub(super) failed: Counter,
     pub(super) sweep_seconds: Histogram,
@@ -36,6 +39,9 @@ impl Metrics {
             sweep_failures: Counter::default(),
             leaks: Gauge::default(),
             in_use: Gauge::default(),
+            index_reused: Gauge::default(),
+            index_read: Gauge::default(),
+            index_bytes: Gauge::default(),
             released: Counter::default(),
             failed: Counter::default(),
             sweep_seconds: Histogram::new(exponential_buckets(0.005, 2.0, 14)),
@@ -57,6 +63,21 @@ impl Metrics {
             "in_use_copies",
             "Foreign copies left alone because processes use them as root",
             m.in_use.clone(),
+        );
+        registry.register(
+            "index_namespaces_reused",
+            "Namespaces whose kept mount table the last sweep reused (unchanged mounts)",
+            m.index_reused.clone(),
+        );
+        registry.register(
+            "index_namespaces_read",
+            "Namespaces whose mount table the last sweep read from the kernel",
+            m.index_read.clone(),
+        );
+        registry.register(
+            "index_bytes",
+            "Heap taken by the mount tables kept between sweeps",
+            m.index_bytes.clone(),
         );
         registry.register("copies_released", "Copies unmounted", m.released.clone());
         registry.register("release_failures", "Unmounts that failed", m.failed.clone());

@@ -132,7 +132,7 @@ fn mounts(
     let mut denied = Vec::new();
     let host_view = crate::engine::namespace::pid_namespace_blindness(&base.proc_root).is_none();
     let mut namespaces =
-        crate::engine::scan::read_namespaces(&request, host_view, notes, &mut denied)?;
+        crate::engine::scan::read_namespaces(&request, None, host_view, notes, &mut denied)?;
     let mut out = vec![Vec::new(); devs.len()];
     for n in &mut namespaces {
         let Some(table) = n.table.as_mut() else {

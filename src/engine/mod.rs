@@ -9,6 +9,7 @@
 
 pub mod busy;
 pub mod cgroups;
+pub mod index;
 pub mod mountinfo;
 pub mod namespace;
 pub mod nsexec;

@@ -121,11 +121,16 @@ fn parse_line(line: &[u8], table: &mut MountTable, signatures: &[Vec<u8>]) -> Op
 
 /// Which of `signatures` the `upperdir=` of comma-separated mount `options` is, if any.
 pub fn upperdir_signature(options: &[u8], signatures: &[Vec<u8>]) -> Option<u32> {
+    let dir = upperdir(options)?;
+    signatures.iter().position(|s| *s == dir).map(|i| i as u32)
+}
+
+/// An overlay's `upperdir`, decoded, from its super options.
+pub fn upperdir(options: &[u8]) -> Option<Vec<u8>> {
     let dir = options
         .split(|&b| b == b',')
         .find_map(|opt| opt.strip_prefix(b"upperdir="))?;
-    let dir = decode(dir);
-    signatures.iter().position(|s| *s == dir).map(|i| i as u32)
+    Some(decode(dir))
 }
 
 fn split_once(s: &[u8], sep: u8) -> Option<(&[u8], &[u8])> {

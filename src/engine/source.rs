@@ -133,10 +133,29 @@ fn io_err(inode: u64, op: &'static str) -> impl Fn(io::Error) -> SourceError {
 fn read_listmount(ns: &Namespace, signatures: &[Vec<u8>]) -> Result<MountTable, SourceError> {
     let ns_id = sys::mntns_id(ns.fd.as_fd()).map_err(io_err(ns.inode, "NS_GET_MNTNS_ID"))?;
     let ids = sys::listmount_all(ns_id).map_err(io_err(ns.inode, "listmount"))?;
+    let (table, _) = read_listmount_ids(ns, ns_id, &ids, signatures, false)?;
+    Ok(table)
+}
+
+/// Each overlay's `upperdir`, by index in its table.
+pub(crate) type Upperdirs = Vec<(usize, Vec<u8>)>;
+
+/// Reads the basic fields of the mounts `ids` (one `listmount` of `ns`). With
+/// `all_upperdirs`, also returns every overlay's `upperdir` by index (what
+/// [`crate::engine::index`] re-signs kept tables with); else only overlays are read that
+/// may match one of `signatures`.
+pub(crate) fn read_listmount_ids(
+    ns: &Namespace,
+    ns_id: u64,
+    ids: &[u64],
+    signatures: &[Vec<u8>],
+    all_upperdirs: bool,
+) -> Result<(MountTable, Upperdirs), SourceError> {
     let mut table = MountTable::with_capacity(ids.len(), 0);
     table.ns_id = Some(ns_id);
+    let mut upperdirs = Vec::new();
     let mut buf = sys::StatmountBuf::new();
-    for id in ids {
+    for &id in ids {
         let sm = match sys::statmount(ns_id, id, BASIC_MASK, &mut buf) {
             Ok(sm) => sm,
             // Unmounted since listmount listed it.
@@ -146,15 +165,24 @@ fn read_listmount(ns: &Namespace, signatures: &[Vec<u8>]) -> Result<MountTable, 
         let none = Span::default();
         let mut m = basic_mount(&sm, none, none, none, none, false);
         // Only overlays can carry a layer signature: their options are worth a second call.
-        if !signatures.is_empty() && sm.sb_magic == sys::OVERLAYFS_SUPER_MAGIC {
-            m.layer_signature = sys::statmount(ns_id, id, sys::STATMOUNT_MNT_OPTS, &mut buf)
+        if (all_upperdirs || !signatures.is_empty()) && sm.sb_magic == sys::OVERLAYFS_SUPER_MAGIC {
+            let upper = sys::statmount(ns_id, id, sys::STATMOUNT_MNT_OPTS, &mut buf)
                 .ok()
                 .and_then(|o| o.options)
-                .and_then(|o| crate::engine::mountinfo::upperdir_signature(&o, signatures));
+                .and_then(|o| crate::engine::mountinfo::upperdir(&o));
+            if let Some(upper) = upper {
+                m.layer_signature = signatures
+                    .iter()
+                    .position(|s| *s == upper)
+                    .map(|i| i as u32);
+                if all_upperdirs {
+                    upperdirs.push((table.mounts.len(), upper));
+                }
+            }
         }
         table.mounts.push(m);
     }
-    Ok(table)
+    Ok((table, upperdirs))
 }
 
 /// `--paths-only` with listmount: reads only the mounts at or below `targets` in `ns`, and

@@ -116,6 +116,18 @@ impl MountTable {
         }
     }
 
+    /// Gives back what the table's vectors hold beyond their length (a table kept between
+    /// scans keeps only what it uses).
+    pub fn shrink_to_fit(&mut self) {
+        self.mounts.shrink_to_fit();
+        self.arena.shrink_to_fit();
+    }
+
+    /// The heap the table takes (its mounts and its strings).
+    pub fn heap_bytes(&self) -> usize {
+        self.mounts.capacity() * std::mem::size_of::<Mount>() + self.arena.capacity()
+    }
+
     pub fn str(&self, span: Span) -> &[u8] {
         &self.arena[span.range()]
     }

@@ -48,6 +48,7 @@ pub fn node_scan(
     daemon: &Daemon,
     containers: &[Container],
     extra_roots: &[PathBuf],
+    index: Option<&crate::engine::index::TableIndex>,
 ) -> Result<Option<Scan>, scan::ScanError> {
     let roots = node_roots(daemon, extra_roots);
     if roots.is_empty() {
@@ -58,7 +59,7 @@ pub fn node_scan(
         layer_signatures: crate::runtime::scope::layer_signatures(containers),
         ..base.clone()
     });
-    scan::scan(&req).map(Some)
+    scan::scan_indexed(&req, index).map(Some)
 }
 
 /// Scans the node and classifies every container mount held where it is not needed.

@@ -2,6 +2,7 @@
 //! runtime's list before and after the scan), then a release of exactly its leaked and
 //! orphaned foreign copies outside the excluded namespaces, the runtime's own spared.
 
+use crate::engine::index::{IndexUse, TableIndex};
 use crate::engine::release::Release;
 use crate::engine::scan::{ScanError, ScanRequest, ScannedNamespace};
 use crate::report::doc::Class;
@@ -19,14 +20,19 @@ pub enum Swept {
         in_use: usize,
         cgroups_unknown: Option<String>,
         release: Option<(Result<Box<Release>, ScanError>, std::time::Duration)>,
+        /// How the finding scan used the index (`None`: no index, or it was set aside).
+        index: Option<IndexUse>,
     },
 }
 
-/// One sweep over `runtime`'s node.
+/// One sweep over `runtime`'s node. With `index`, namespaces whose mounts have not changed
+/// since the last sweep are not read again; when that finds something to release, the
+/// sweep is made again from tables read now, and that one is what is released from.
 pub fn sweep(
     base: &ScanRequest,
     runtime: &dyn ContainerRuntime,
     excluded: &dyn Fn(&ScannedNamespace) -> bool,
+    index: Option<&TableIndex>,
 ) -> anyhow::Result<Swept> {
     let daemon = runtime.daemon();
     // A runtime whose identity is unsure may list anything: release nothing, say why.
@@ -37,7 +43,8 @@ pub fn sweep(
         });
     }
     let containers = runtime.list()?;
-    let Some(mut scan) = super::node::node_scan(base, daemon, &containers, &runtime.roots())?
+    let Some(mut scan) =
+        super::node::node_scan(base, daemon, &containers, &runtime.roots(), index)?
     else {
         return Ok(Swept::Skipped {
             what: "sweep found no runtime directory",
@@ -78,12 +85,25 @@ pub fn sweep(
     let cgroups_unknown = scan.cgroups_unknown.clone();
     let leaked = selected.len();
     if selected.is_empty() {
+        let used = scan.index;
+        if let Some(index) = index {
+            index.keep(scan.take_tables());
+        }
         return Ok(Swept::Done {
             leaked,
             in_use,
             cgroups_unknown,
             release: None,
+            index: used,
         });
+    }
+    // The unmounts change these tables; and what to release is decided from tables read now.
+    if let Some(index) = index {
+        index.clear();
+    }
+    if scan.from_index() {
+        drop(scan);
+        return sweep(base, runtime, excluded, None);
     }
     super::narrow(&mut scan, &selected);
     // The one release path: plan, execute, then re-check what is left, as every release.
@@ -94,5 +114,6 @@ pub fn sweep(
         in_use,
         cgroups_unknown,
         release: Some((release, started.elapsed())),
+        index: None,
     })
 }

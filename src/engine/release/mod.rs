@@ -232,6 +232,10 @@ pub fn run_on(
     scope: Scope,
     dry_run: bool,
 ) -> Result<Release, crate::engine::scan::ScanError> {
+    // Where an unmount propagates is known only from tables read now.
+    if !dry_run && let Some(u) = scan.index.filter(|_| scan.from_index()) {
+        return Err(crate::engine::scan::ScanError::FromIndex { reused: u.reused });
+    }
     let started = std::time::Instant::now();
     let plans = plan(&scan, scope.clone());
     let planned = started.elapsed();

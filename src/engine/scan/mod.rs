@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use tracing::{debug, info_span};
 
 use crate::engine::cgroups::CgroupView;
+use crate::engine::index::{IndexUse, TableIndex};
 use crate::engine::namespace::{self, Namespace, PinVia, Process};
 use crate::engine::nsexec;
 use crate::engine::source::{self, Backend};
@@ -134,12 +135,29 @@ pub struct Scan {
     pub peers_unseen: Option<String>,
     /// The note saying that some members' cgroups are unknown as the host names them.
     pub cgroups_unknown: Option<String>,
+    /// How the scan used a [`TableIndex`] (`None`: every table read from the kernel). A
+    /// scan that reused any table may be stale in propagation and mount points, so nothing
+    /// is released from it.
+    pub index: Option<IndexUse>,
     /// Notes that every healthy node has (identity matching limited because a layer's
     /// filesystem is also mounted at `/`): in JSON, and at debug level (`-v`), not in text.
     pub detail_notes: Vec<String>,
 }
 
 impl Scan {
+    /// Whether some table came from an index: fit for finding, not for releasing.
+    pub fn from_index(&self) -> bool {
+        self.index.is_some_and(|u| u.reused > 0)
+    }
+
+    /// The tables read, taken out (to keep in a [`TableIndex`]); the scan has none after.
+    pub fn take_tables(&mut self) -> Vec<MountTable> {
+        self.namespaces
+            .iter_mut()
+            .filter_map(|n| n.table.take())
+            .collect()
+    }
+
     /// Whether what the scan could not see makes its result incomplete (never clean).
     pub fn incomplete(&self) -> bool {
         !self.denied.is_empty() || self.blind.is_some()
@@ -199,12 +217,19 @@ pub enum ScanError {
     Namespaces(#[from] namespace::NamespaceError),
     #[error(transparent)]
     Worker(#[from] nsexec::NsError),
+    /// A release was asked of a scan that reused kept tables ([`crate::engine::index`]).
+    #[error(
+        "refusing to release from a scan that reused {reused} kept mount table(s): their \
+         propagation may have changed since they were read; scan again without the index"
+    )]
+    FromIndex { reused: usize },
 }
 
 /// Reads every namespace's table with the request's backend, on `request.threads`
 /// workers, and finds in each the mounts at or below the targets (the seeds).
 pub fn read_namespaces(
     request: &ScanRequest,
+    index: Option<&TableIndex>,
     host_view: bool,
     notes: &mut Vec<String>,
     denied: &mut Vec<u64>,
@@ -228,7 +253,10 @@ pub fn read_namespaces(
             // host (CAP_SYS_ADMIN in mntreap's user namespace) can mount in a namespace that
             // user namespace owns, so only there does the signature name the runtime's layer.
             let signatures: &[Vec<u8>] = if ns.host_userns { &signatures } else { &[] };
-            let mut table = source::read_table(backend, worker, ns, signatures)?;
+            let mut table = match index.filter(|_| backend == Backend::Listmount) {
+                Some(index) => index.table(ns, signatures)?,
+                None => source::read_table(backend, worker, ns, signatures)?,
+            };
             let mut seeds = source::mounts_under(worker, ns, &mut table, &targets)?;
             let signed: Vec<usize> = (0..table.mounts.len())
                 .filter(|&i| table.mounts[i].layer_signature.is_some() && !seeds.contains(&i))
@@ -291,13 +319,21 @@ fn machine_peers_unseen(proc_root: &Path, detail_notes: &mut Vec<String>) -> Opt
 
 /// Scans the host for every holder of the request's targets.
 pub fn scan(request: &ScanRequest) -> Result<Scan, ScanError> {
+    scan_indexed(request, None)
+}
+
+/// [`scan`], with the tables of namespaces whose mounts have not changed taken from `index`
+/// (listmount backend). Such a scan finds what to release; it must not be released from
+/// ([`crate::engine::index`]): `Scan::index` says whether it may be.
+pub fn scan_indexed(request: &ScanRequest, index: Option<&TableIndex>) -> Result<Scan, ScanError> {
     let span = info_span!("scan", targets = ?request.targets, backend = ?request.backend);
     let _guard = span.enter();
     let started = std::time::Instant::now();
     let mut notes = Vec::new();
     let mut denied = Vec::new();
     let blindness = namespace::pid_namespace_blindness(&request.proc_root);
-    let namespaces = read_namespaces(request, blindness.is_none(), &mut notes, &mut denied)?;
+    let namespaces = read_namespaces(request, index, blindness.is_none(), &mut notes, &mut denied)?;
+    let index_use = index.map(TableIndex::take_use);
     let read = started.elapsed();
     // Not the host's pid namespace: incomplete, unless the established runtime is in this
     // one (a machine container running its own runtime): then what it runs is in view.
@@ -334,6 +370,7 @@ pub fn scan(request: &ScanRequest) -> Result<Scan, ScanError> {
         peers_unseen,
         cgroups_unknown: None,
         detail_notes,
+        index: index_use,
     };
     match_holders(&mut scan);
     nsfs::attach_bind_pins(&mut scan);

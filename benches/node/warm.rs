@@ -1,0 +1,108 @@
+//! The index rows: the same scans in this process, cold (every table read from the kernel)
+//! and warm (tables kept from the previous scan of an unchanged node, as the agent keeps
+//! them between sweeps), with wall and CPU time and the heap the kept tables take.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use mntreap::engine::index::TableIndex;
+use mntreap::engine::scan::{self, ScanRequest};
+use mntreap::engine::source::Backend;
+
+/// One scan's cost.
+#[derive(Clone, Copy)]
+pub struct Cost {
+    pub wall: Duration,
+    pub cpu: Duration,
+}
+
+pub struct Rows {
+    pub cold: Cost,
+    pub warm: Cost,
+    /// Namespaces the warm scan reused, out of those it saw.
+    pub reused: usize,
+    pub namespaces: usize,
+    pub index_bytes: usize,
+    pub holders: usize,
+    /// This process's resident memory after the warm scan, with the index kept.
+    pub rss_bytes: u64,
+}
+
+fn cpu() -> Duration {
+    use nix::sys::resource::{UsageWho, getrusage};
+    let u = getrusage(UsageWho::RUSAGE_SELF).expect("getrusage");
+    let tv =
+        |t: nix::sys::time::TimeVal| Duration::new(t.tv_sec() as u64, t.tv_usec() as u32 * 1000);
+    tv(u.user_time()) + tv(u.system_time())
+}
+
+fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    kb * 1024
+}
+
+fn timed(index: &TableIndex, req: &ScanRequest, holders: Option<usize>) -> (Cost, scan::Scan) {
+    let (c0, t0) = (cpu(), Instant::now());
+    let mut found = scan::scan_indexed(req, Some(index)).expect("scan");
+    let cost = Cost {
+        wall: t0.elapsed(),
+        cpu: cpu() - c0,
+    };
+    if let Some(holders) = holders {
+        assert_eq!(
+            found.holders.len(),
+            holders,
+            "the warm scan found another result"
+        );
+    }
+    index.keep(found.take_tables());
+    (cost, found)
+}
+
+/// Scans `targets` `runs + 1` times with one index: the first is cold, the medians of the
+/// rest are warm. Every warm scan must find what the cold one found.
+pub fn measure(targets: Vec<PathBuf>, runs: usize) -> Rows {
+    let req = ScanRequest {
+        targets,
+        devices: Vec::new(),
+        backend: Backend::Listmount,
+        proc_root: PathBuf::from("/proc"),
+        threads: scan::default_threads(),
+        paths_only: false,
+        layer_signatures: Vec::new(),
+        trusted_namespaces: Vec::new(),
+        no_identity: Vec::new(),
+        runtime_pid: None,
+    };
+    let index = TableIndex::new(Duration::from_secs(3600));
+    let (cold, first) = timed(&index, &req, None);
+    let holders = first.holders.len();
+    assert!(!first.from_index(), "the first scan had nothing to reuse");
+    let mut warm = Vec::new();
+    let mut reused = 0;
+    let mut namespaces = 0;
+    for _ in 0..runs.max(1) {
+        let (cost, found) = timed(&index, &req, Some(holders));
+        let used = found
+            .index
+            .expect("an indexed scan says how it used the index");
+        (reused, namespaces) = (used.reused, found.namespaces.len());
+        warm.push(cost);
+    }
+    warm.sort_by_key(|c| c.wall);
+    Rows {
+        cold,
+        warm: warm[warm.len() / 2],
+        reused,
+        namespaces,
+        index_bytes: index.heap_bytes(),
+        holders,
+        rss_bytes: rss_bytes(),
+    }
+}

@@ -1,0 +1,185 @@
+//! The mount index ([`mntreap::engine::index`]) against real namespaces: a kept table is
+//! reused only while the kernel lists exactly its mounts, so it never hides a copy made
+//! since, a forged one is not believed, and nothing is released from a scan that used one.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::*;
+use mntreap::engine::index::TableIndex;
+use mntreap::engine::scan::{Scan, ScanError, ScanRequest, scan_indexed};
+use mntreap::engine::source::{Backend, BackendChoice};
+
+/// Whether this kernel lists foreign namespaces' mounts (6.10+); the index needs it.
+fn listmount_works() -> bool {
+    let own = std::fs::File::open("/proc/self/ns/mnt").unwrap();
+    let works = BackendChoice::Auto.resolve(std::os::fd::AsFd::as_fd(&own)) == Backend::Listmount;
+    if !works {
+        eprintln!("skipped: this kernel has no listmount(2) for foreign namespaces (6.10+)");
+    }
+    works
+}
+
+/// A sandbox with a tmpfs "layer" at `l/x/merged`, a holder that copied it, and a request
+/// that trusts the sandbox's view (as a runtime's namespace) for what the layer is.
+fn node(name: &str) -> (Sandbox, String, i32, ScanRequest) {
+    let mut sb = Sandbox::new(name);
+    let layer = format!("{}/l/x/merged", sb.d());
+    sb.sh(&format!(
+        "mkdir -p {layer} {d}/elsewhere && mount -t tmpfs layer-x {layer}",
+        d = sb.d()
+    ));
+    let holder = sb.holder(None, None);
+    let request = ScanRequest {
+        targets: vec![PathBuf::from(&layer)],
+        devices: Vec::new(),
+        backend: Backend::Listmount,
+        proc_root: "/proc".into(),
+        threads: 2,
+        paths_only: false,
+        layer_signatures: Vec::new(),
+        trusted_namespaces: vec![ns_inode(sb.host_pid())],
+        no_identity: Vec::new(),
+        runtime_pid: None,
+    };
+    (sb, layer, holder, request)
+}
+
+/// (namespace inode, mount point) of every holder in `namespaces`.
+fn held(scan: &Scan, namespaces: &[u64]) -> BTreeSet<(u64, String)> {
+    scan.holders
+        .iter()
+        .filter(|h| namespaces.contains(&scan.namespaces[h.ns].ns.inode))
+        .map(|h| {
+            (
+                scan.namespaces[h.ns].ns.inode,
+                String::from_utf8_lossy(&h.mount_point).into_owned(),
+            )
+        })
+        .collect()
+}
+
+fn kept_scan(index: &TableIndex, request: &ScanRequest) -> Scan {
+    let mut scan = scan_indexed(request, Some(index)).unwrap();
+    index.keep(scan.take_tables());
+    scan
+}
+
+#[test]
+fn a_kept_table_never_hides_a_copy_made_since() {
+    if !listmount_works() {
+        return;
+    }
+    let (mut sb, layer, holder, request) = node("index-new-copy");
+    let index = TableIndex::new(Duration::from_secs(3600));
+    let first = kept_scan(&index, &request);
+    let ns = ns_inode(holder);
+    assert_eq!(held(&first, &[ns]), BTreeSet::from([(ns, layer.clone())]));
+
+    // Since the first scan: a bind of the layer at another path in the kept namespace, and
+    // a new namespace that copied the sandbox.
+    let elsewhere = format!("{}/elsewhere", sb.d());
+    let out = std::process::Command::new("nsenter")
+        .args([
+            "-t",
+            &holder.to_string(),
+            "-m",
+            "mount",
+            "--bind",
+            &layer,
+            &elsewhere,
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let late = sb.holder(None, None);
+    let late_ns = ns_inode(late);
+
+    let second = kept_scan(&index, &request);
+    let used = second
+        .index
+        .expect("an indexed scan says how it used the index");
+    assert!(
+        used.reused > 0,
+        "nothing was reused: the test shows nothing ({used:?})"
+    );
+    assert_eq!(
+        held(&second, &[ns, late_ns]),
+        BTreeSet::from([(ns, layer.clone()), (ns, elsewhere), (late_ns, layer)]),
+        "a copy made after the index was built is missing"
+    );
+}
+
+#[test]
+fn a_forged_kept_table_is_read_again() {
+    if !listmount_works() {
+        return;
+    }
+    let (_sb, layer, holder, request) = node("index-forged");
+    let ns = ns_inode(holder);
+    let index = TableIndex::new(Duration::from_secs(3600));
+    let mut first = scan_indexed(&request, Some(&index)).unwrap();
+    assert_eq!(held(&first, &[ns]), BTreeSet::from([(ns, layer.clone())]));
+    // The holder's table, kept with the layer's copy taken out of it: the kernel still
+    // lists that mount's id, so the table is not what the kernel says.
+    let at = first
+        .namespaces
+        .iter()
+        .position(|n| n.ns.inode == ns)
+        .unwrap();
+    let holder_mount = first
+        .holders
+        .iter()
+        .find(|h| h.ns == at)
+        .unwrap()
+        .mount
+        .unique_id;
+    let mut tables = first.take_tables();
+    let forged = tables
+        .iter_mut()
+        .find(|t| t.mounts.iter().any(|m| m.unique_id == holder_mount))
+        .unwrap();
+    forged.mounts.retain(|m| m.unique_id != holder_mount);
+    index.keep(tables);
+
+    let second = kept_scan(&index, &request);
+    assert!(
+        second.from_index(),
+        "nothing was reused: the test shows nothing"
+    );
+    assert_eq!(
+        held(&second, &[ns]),
+        BTreeSet::from([(ns, layer)]),
+        "the forged table hid the copy"
+    );
+}
+
+#[test]
+fn nothing_is_released_from_a_scan_that_reused_kept_tables() {
+    if !listmount_works() {
+        return;
+    }
+    let (_sb, layer, holder, request) = node("index-release");
+    let index = TableIndex::new(Duration::from_secs(3600));
+    kept_scan(&index, &request);
+    let warm = scan_indexed(&request, Some(&index)).unwrap();
+    assert!(
+        warm.from_index(),
+        "nothing was reused: the test shows nothing"
+    );
+    let refused = mntreap::engine::release::run_on(warm, &request, Default::default(), false);
+    assert!(
+        matches!(refused, Err(ScanError::FromIndex { .. })),
+        "{:?}",
+        refused.map(|r| r.results.len())
+    );
+    assert!(has_mount_at(holder, &layer), "the copy was touched");
+
+    // The same request read cold releases it.
+    let rel = mntreap::engine::release::run(&request, Default::default(), false).unwrap();
+    assert!(rel.remaining().is_empty());
+    assert!(!has_mount_at(holder, &layer));
+}
