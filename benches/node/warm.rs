@@ -80,6 +80,13 @@ pub fn measure(targets: Vec<PathBuf>, runs: usize) -> Rows {
         no_identity: Vec::new(),
         runtime_pid: None,
     };
+    // MNTREAP_BENCH_TRACE=1: the scans' phase timings (debug lines) on stderr.
+    if std::env::var_os("MNTREAP_BENCH_TRACE").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("mntreap=debug")
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
     let index = TableIndex::new(Duration::from_secs(3600));
     let (cold, first) = timed(&index, &req, None);
     let holders = first.holders.len();

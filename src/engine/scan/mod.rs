@@ -234,7 +234,13 @@ pub fn read_namespaces(
     notes: &mut Vec<String>,
     denied: &mut Vec<u64>,
 ) -> Result<Vec<ScannedNamespace>, ScanError> {
+    let started = std::time::Instant::now();
     let namespaces = namespace::enumerate(&request.proc_root, host_view)?;
+    debug!(
+        namespaces = namespaces.len(),
+        enumerate_ms = started.elapsed().as_secs_f64() * 1e3,
+        "namespaces enumerated"
+    );
     let targets = target_bytes(&request.targets);
     let signatures = target_bytes(&request.layer_signatures);
     let backend = request.backend;
