@@ -170,12 +170,22 @@ impl TableIndex {
     /// namespaces the scan did not lend a table to (gone, or unreadable now).
     pub fn keep(&self, tables: impl IntoIterator<Item = MountTable>) {
         let mut kept = self.kept();
+        let mut returned = std::collections::HashSet::new();
         for mut table in tables {
-            if let Some(k) = table.ns_id.and_then(|id| kept.get_mut(&id)) {
+            if let Some((id, k)) = table.ns_id.and_then(|id| Some((id, kept.get_mut(&id)?))) {
                 table.shrink_to_fit();
                 k.table = Some(table);
+                returned.insert(id);
             }
         }
-        kept.retain(|_, k| k.table.is_some());
+        // Namespaces gone since, and tables lent to a scan that never gave them back.
+        kept.retain(|id, _| returned.contains(id));
+    }
+
+    /// Starts a scan: counts from zero, and forgets tables lent to a scan that ended
+    /// without giving them back (it failed, or was skipped).
+    pub fn begin(&self) {
+        self.take_use();
+        self.kept().retain(|_, k| k.table.is_some());
     }
 }

@@ -173,13 +173,13 @@ impl Policy {
             .chain(runtime_roots.iter().cloned());
         // As the node sees them (`--host-root`: the agent's pod sees the node there),
         // symlinks resolved within the node's `/`, not this process's.
-        let node_root =
-            crate::engine::sys::open_path_no_symlinks(host_root.as_os_str()).map_err(|e| {
-                not(format!(
-                    "the node's / at {} cannot be read: {e}",
-                    host_root.display()
-                ))
-            })?;
+        // `--host-root` is the operator's own path: followed as given.
+        let node_root = std::fs::File::open(host_root).map_err(|e| {
+            not(format!(
+                "the node's / at {} cannot be read: {e}",
+                host_root.display()
+            ))
+        })?;
         for path in guarded {
             let relative = path.strip_prefix("/").unwrap_or(&path);
             let relative = if relative.as_os_str().is_empty() {
@@ -187,9 +187,14 @@ impl Policy {
             } else {
                 relative
             };
-            let opened =
-                crate::engine::sys::open_path_in_root(node_root.as_fd(), relative.as_os_str())
-                    .and_then(|fd| nix::sys::stat::fstat(fd.as_fd()).map_err(io::Error::from));
+            // EAGAIN: a rename or mount raced the walk (RESOLVE_IN_ROOT); walk again.
+            let opened = (0..8)
+                .map(|_| {
+                    crate::engine::sys::open_path_in_root(node_root.as_fd(), relative.as_os_str())
+                })
+                .find(|r| !matches!(r, Err(e) if e.raw_os_error() == Some(libc::EAGAIN)))
+                .unwrap_or_else(|| Err(io::Error::from_raw_os_error(libc::EAGAIN)))
+                .and_then(|fd| nix::sys::stat::fstat(fd.as_fd()).map_err(io::Error::from));
             let meta = match opened {
                 Ok(meta) => meta,
                 // A guard the node does not have guards nothing.

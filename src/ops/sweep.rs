@@ -56,10 +56,13 @@ pub fn sweep(
     };
     // A sweep that cannot see the whole node releases nothing: an unmount under a shared
     // parent could propagate into a namespace it does not see.
-    if let Some(blind) = &scan.blind {
+    if let Some(blind) = scan.blind.clone() {
+        if let Some(index) = index {
+            index.keep(scan.take_tables());
+        }
         return Ok(Swept::Skipped {
             what: "sweep skipped: it sees only part of the node",
-            why: blind.clone(),
+            why: blind,
         });
     }
     let before = super::node::findings(&scan, daemon, &containers, &runtime.owner_of(&containers));
@@ -101,9 +104,25 @@ pub fn sweep(
     if let Some(index) = index {
         index.clear();
     }
-    if scan.from_index() {
+    if let Some(first) = scan.index.filter(|_| scan.from_index()) {
         drop(scan);
-        return sweep(base, runtime, excluded, None);
+        // The gauges say what the finding pass reused; the second pass read everything.
+        return sweep(base, runtime, excluded, None).map(|swept| match swept {
+            Swept::Done {
+                index: _,
+                leaked,
+                in_use,
+                cgroups_unknown,
+                release,
+            } => Swept::Done {
+                leaked,
+                in_use,
+                cgroups_unknown,
+                release,
+                index: Some(first),
+            },
+            skipped => skipped,
+        });
     }
     super::narrow(&mut scan, &selected);
     // The one release path: plan, execute, then re-check what is left, as every release.

@@ -338,6 +338,9 @@ pub fn scan_indexed(request: &ScanRequest, index: Option<&TableIndex>) -> Result
     let mut notes = Vec::new();
     let mut denied = Vec::new();
     let blindness = namespace::pid_namespace_blindness(&request.proc_root);
+    if let Some(index) = index {
+        index.begin();
+    }
     let namespaces = read_namespaces(request, index, blindness.is_none(), &mut notes, &mut denied)?;
     let index_use = index.map(TableIndex::take_use);
     let read = started.elapsed();
