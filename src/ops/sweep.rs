@@ -106,23 +106,7 @@ pub fn sweep(
     }
     if let Some(first) = scan.index.filter(|_| scan.from_index()) {
         drop(scan);
-        // The gauges say what the finding pass reused; the second pass read everything.
-        return sweep(base, runtime, excluded, None).map(|swept| match swept {
-            Swept::Done {
-                index: _,
-                leaked,
-                in_use,
-                cgroups_unknown,
-                release,
-            } => Swept::Done {
-                leaked,
-                in_use,
-                cgroups_unknown,
-                release,
-                index: Some(first),
-            },
-            skipped => skipped,
-        });
+        return sweep_again(base, runtime, excluded, first);
     }
     super::narrow(&mut scan, &selected);
     // The one release path: plan, execute, then re-check what is left, as every release.
@@ -134,5 +118,31 @@ pub fn sweep(
         cgroups_unknown,
         release: Some((release, started.elapsed())),
         index: None,
+    })
+}
+
+/// The sweep made again from tables read now, after kept ones found something: its gauges
+/// say what the finding pass reused (`first`); the second pass read everything.
+fn sweep_again(
+    base: &ScanRequest,
+    runtime: &dyn ContainerRuntime,
+    excluded: &dyn Fn(&ScannedNamespace) -> bool,
+    first: IndexUse,
+) -> anyhow::Result<Swept> {
+    Ok(match sweep(base, runtime, excluded, None)? {
+        Swept::Done {
+            index: _,
+            leaked,
+            in_use,
+            cgroups_unknown,
+            release,
+        } => Swept::Done {
+            leaked,
+            in_use,
+            cgroups_unknown,
+            release,
+            index: Some(first),
+        },
+        skipped => skipped,
     })
 }
