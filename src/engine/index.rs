@@ -5,16 +5,15 @@
 //! A kept table is reused only while `listmount` gives exactly the never-reused 64-bit ids
 //! it was read with: a mount that appeared (a new copy, a bind) or went has an id of its
 //! own, so no mount can be hidden by the index. What an id set does not show is a change of
-//! a live mount's propagation (`mount --make-private`) or a `mount --move`: measured on
-//! 6.18, neither the mountinfo poll event nor fanotify's mount events report propagation
-//! changes. So a table from the index is fit for *finding* what to release, never for
+//! a live mount's propagation (`mount --make-private`) or a `mount --move`; by a probe run
+//! by hand on 6.18, neither the mountinfo poll event nor fanotify's mount events report
+//! propagation changes either. So a table from the index is fit for *finding* what to release, never for
 //! releasing it: every release scans cold (the agent's sweep scans again before it acts),
 //! and a kept table is read again once it is older than [`TableIndex::max_age`].
 
 use std::collections::HashMap;
 use std::os::fd::AsFd;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::engine::namespace::Namespace;
@@ -24,8 +23,6 @@ use crate::engine::table::MountTable;
 
 /// One namespace's table as kept, keyed in the index by the namespace's 64-bit id.
 struct Kept {
-    /// The unique ids `listmount` gave when the table was read, in its order.
-    ids: Vec<u64>,
     /// Each overlay's `upperdir` (immutable), by index in the table: the layer signatures a
     /// later scan searches for may differ, and this re-signs without a system call.
     upperdirs: crate::engine::source::Upperdirs,
@@ -49,8 +46,6 @@ pub struct TableIndex {
     /// A kept table older than this is read again (a move or a propagation change since is
     /// then seen).
     pub max_age: Duration,
-    reused: AtomicUsize,
-    read: AtomicUsize,
 }
 
 impl std::fmt::Debug for TableIndex {
@@ -67,8 +62,6 @@ impl TableIndex {
         TableIndex {
             kept: Mutex::new(HashMap::new()),
             max_age,
-            reused: AtomicUsize::new(0),
-            read: AtomicUsize::new(0),
         }
     }
 
@@ -96,27 +89,23 @@ impl TableIndex {
         self.kept()
             .values()
             .map(|k| {
-                k.ids.capacity() * 8
-                    + k.upperdirs
-                        .iter()
-                        .map(|(_, u)| u.capacity() + 32)
-                        .sum::<usize>()
+                k.upperdirs
+                    .iter()
+                    .map(|(_, u)| u.capacity() + 32)
+                    .sum::<usize>()
                     + k.table.as_ref().map_or(0, MountTable::heap_bytes)
             })
             .sum()
     }
 
-    /// Counts since the last call, and resets them.
-    pub fn take_use(&self) -> IndexUse {
-        IndexUse {
-            reused: self.reused.swap(0, Ordering::Relaxed),
-            read: self.read.swap(0, Ordering::Relaxed),
-        }
-    }
-
-    /// `ns`'s table: the kept one when `listmount` still lists exactly its mounts and it is
-    /// young enough, re-signed for `signatures`; else read from the kernel.
-    pub fn table(&self, ns: &Namespace, signatures: &[Vec<u8>]) -> Result<MountTable, SourceError> {
+    /// `ns`'s table, and whether it is the kept one: that is when `listmount` still lists
+    /// exactly the kept table's mounts, in its order, and it is young enough (re-signed
+    /// for `signatures`); else the table is read from the kernel.
+    pub fn table(
+        &self,
+        ns: &Namespace,
+        signatures: &[Vec<u8>],
+    ) -> Result<(MountTable, bool), SourceError> {
         let io = |op: &'static str| {
             move |source| SourceError::Io {
                 inode: ns.inode,
@@ -126,44 +115,41 @@ impl TableIndex {
         };
         let ns_id = sys::mntns_id(ns.fd.as_fd()).map_err(io("NS_GET_MNTNS_ID"))?;
         let ids = sys::listmount_all(ns_id).map_err(io("listmount"))?;
-        let reusable = self.kept().get_mut(&ns_id).and_then(|k| {
-            let fresh = k.ids == ids && k.read_at.elapsed() < self.max_age;
-            fresh
-                .then(|| k.table.take())
-                .flatten()
-                .map(|t| (t, k.upperdirs.clone()))
-        });
-        // The table handed back must still be the one read for these ids, mount for mount
-        // (a table changed since, by a bug or by whoever could, is read again).
-        let reusable = reusable.filter(|(t, _)| {
-            let listed = ids.iter().map(|&id| Some(id));
-            t.ns_id == Some(ns_id) && t.mounts.iter().map(|m| m.unique_id).eq(listed)
-        });
-        if let Some((mut table, upperdirs)) = reusable {
-            for m in &mut table.mounts {
-                m.layer_signature = None;
-            }
-            for (i, upper) in &upperdirs {
+        // The kept table itself says which mounts it was read with: a table changed since
+        // (by a bug, or by whoever could) no longer matches, and is read again.
+        let same = |t: &MountTable| {
+            t.ns_id == Some(ns_id)
+                && t.mounts
+                    .iter()
+                    .map(|m| m.unique_id)
+                    .eq(ids.iter().map(|&id| Some(id)))
+        };
+        let reused = self.kept().get_mut(&ns_id).and_then(|k| {
+            let young = k.read_at.elapsed() < self.max_age;
+            let mut table = k.table.take_if(|t| young && same(t))?;
+            // Only these overlays carry a signature: each is signed for this scan's.
+            for (i, upper) in &k.upperdirs {
                 table.mounts[*i].layer_signature =
-                    signatures.iter().position(|s| s == upper).map(|p| p as u32);
+                    crate::engine::mountinfo::signature_of(upper, signatures);
             }
-            self.reused.fetch_add(1, Ordering::Relaxed);
-            return Ok(table);
+            Some(table)
+        });
+        if let Some(table) = reused {
+            return Ok((table, true));
         }
+        // Only a namespace of mntreap's user namespace can carry a layer signature (see
+        // the scan): elsewhere no upperdir is worth a system call.
         let (table, upperdirs) =
-            crate::engine::source::read_listmount_ids(ns, ns_id, &ids, signatures, true)?;
-        let ids = table.mounts.iter().filter_map(|m| m.unique_id).collect();
+            crate::engine::source::read_listmount_ids(ns, ns_id, &ids, signatures, ns.host_userns)?;
         self.kept().insert(
             ns_id,
             Kept {
-                ids,
                 upperdirs,
                 read_at: Instant::now(),
                 table: None,
             },
         );
-        self.read.fetch_add(1, Ordering::Relaxed);
-        Ok(table)
+        Ok((table, false))
     }
 
     /// Takes the tables of a finished scan back (strings it read included), and forgets
@@ -182,10 +168,9 @@ impl TableIndex {
         kept.retain(|id, _| returned.contains(id));
     }
 
-    /// Starts a scan: counts from zero, and forgets tables lent to a scan that ended
-    /// without giving them back (it failed, or was skipped).
+    /// Starts a scan: forgets tables lent to a scan that ended without giving them back
+    /// (it failed, or was skipped).
     pub fn begin(&self) {
-        self.take_use();
         self.kept().retain(|_, k| k.table.is_some());
     }
 }

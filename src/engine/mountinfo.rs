@@ -121,8 +121,15 @@ fn parse_line(line: &[u8], table: &mut MountTable, signatures: &[Vec<u8>]) -> Op
 
 /// Which of `signatures` the `upperdir=` of comma-separated mount `options` is, if any.
 pub fn upperdir_signature(options: &[u8], signatures: &[Vec<u8>]) -> Option<u32> {
-    let dir = upperdir(options)?;
-    signatures.iter().position(|s| *s == dir).map(|i| i as u32)
+    signature_of(&upperdir(options)?, signatures)
+}
+
+/// Which of `signatures` the overlay `upperdir` is, if any.
+pub fn signature_of(upperdir: &[u8], signatures: &[Vec<u8>]) -> Option<u32> {
+    signatures
+        .iter()
+        .position(|s| s == upperdir)
+        .map(|i| i as u32)
 }
 
 /// An overlay's `upperdir`, decoded, from its super options.

@@ -171,10 +171,7 @@ pub(crate) fn read_listmount_ids(
                 .and_then(|o| o.options)
                 .and_then(|o| crate::engine::mountinfo::upperdir(&o));
             if let Some(upper) = upper {
-                m.layer_signature = signatures
-                    .iter()
-                    .position(|s| *s == upper)
-                    .map(|i| i as u32);
+                m.layer_signature = crate::engine::mountinfo::signature_of(&upper, signatures);
                 if all_upperdirs {
                     upperdirs.push((table.mounts.len(), upper));
                 }

@@ -129,20 +129,9 @@ fn sweep_again(
     excluded: &dyn Fn(&ScannedNamespace) -> bool,
     first: IndexUse,
 ) -> anyhow::Result<Swept> {
-    Ok(match sweep(base, runtime, excluded, None)? {
-        Swept::Done {
-            index: _,
-            leaked,
-            in_use,
-            cgroups_unknown,
-            release,
-        } => Swept::Done {
-            leaked,
-            in_use,
-            cgroups_unknown,
-            release,
-            index: Some(first),
-        },
-        skipped => skipped,
-    })
+    let mut swept = sweep(base, runtime, excluded, None)?;
+    if let Swept::Done { index, .. } = &mut swept {
+        *index = Some(first);
+    }
+    Ok(swept)
 }

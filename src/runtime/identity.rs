@@ -73,15 +73,13 @@ pub(crate) fn is_namespace_init(proc_root: &Path, pid: i32) -> bool {
     });
     // An unprivileged `unshare -Urpf ./systemd` is a pid namespace's init too, in a user
     // namespace of its own: only the host's user namespace makes a machine's init.
-    let user_ns = |p: &str| {
-        std::fs::metadata(proc_root.join(p).join("ns/user"))
+    let user_ns = |p: i32| {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(proc_root.join(format!("{p}/ns/user")))
             .ok()
-            .map(|m| {
-                use std::os::unix::fs::MetadataExt;
-                (m.dev(), m.ino())
-            })
+            .map(|m| m.ino())
     };
-    let host_userns = user_ns(&pid.to_string()).is_some_and(|u| Some(u) == user_ns("1"));
+    let host_userns = user_ns(pid).is_some_and(|u| Some(u) == user_ns(1));
     innermost_is_1 && host_userns && exe_name(proc_root, pid).as_deref() == Some("systemd")
 }
 

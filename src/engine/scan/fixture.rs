@@ -73,6 +73,7 @@ fn namespace_of(
         seeds,
         processes: Vec::new(),
         host_rooted: None,
+        from_index: false,
     }
 }
 

@@ -100,6 +100,8 @@ pub struct ScannedNamespace {
     /// daemon's namespace, not a container's. Filled for namespaces that hold a device
     /// target; `None` when unknown.
     pub host_rooted: Option<bool>,
+    /// Its table is one kept in a [`TableIndex`], not read by this scan.
+    pub from_index: bool,
 }
 
 /// The result of a scan: holders, and everything that was odd along the way.
@@ -253,15 +255,15 @@ pub fn read_namespaces(
         &namespaces,
         |worker, ns| {
             if targeted {
-                return source::read_targeted(worker, ns, &targets);
+                return source::read_targeted(worker, ns, &targets).map(|(t, s)| (t, s, false));
             }
             // An overlay's `upperdir` option is whatever its mounter wrote: only root on the
             // host (CAP_SYS_ADMIN in mntreap's user namespace) can mount in a namespace that
             // user namespace owns, so only there does the signature name the runtime's layer.
             let signatures: &[Vec<u8>] = if ns.host_userns { &signatures } else { &[] };
-            let mut table = match index.filter(|_| backend == Backend::Listmount) {
+            let (mut table, from_index) = match index.filter(|_| backend == Backend::Listmount) {
                 Some(index) => index.table(ns, signatures)?,
-                None => source::read_table(backend, worker, ns, signatures)?,
+                None => (source::read_table(backend, worker, ns, signatures)?, false),
             };
             let mut seeds = source::mounts_under(worker, ns, &mut table, &targets)?;
             let signed: Vec<usize> = (0..table.mounts.len())
@@ -269,15 +271,15 @@ pub fn read_namespaces(
                 .collect();
             source::hydrate(&mut table, signed.iter().copied());
             seeds.extend(signed);
-            Ok::<_, source::SourceError>((table, seeds))
+            Ok::<_, source::SourceError>((table, seeds, from_index))
         },
     )?;
     Ok(namespaces
         .into_iter()
         .zip(results)
         .map(|(ns, read)| {
-            let (table, seeds) = match read {
-                Ok((table, seeds)) => (Some(table), seeds),
+            let (table, seeds, from_index) = match read {
+                Ok((table, seeds, from_index)) => (Some(table), seeds, from_index),
                 Err(e) => {
                     // A namespace whose last process exited mid-scan can no longer be read
                     // by pid, and one we may not enter is not ours to touch: note it.
@@ -285,7 +287,7 @@ pub fn read_namespaces(
                         denied.push(ns.inode);
                     }
                     notes.push(format!("skipped {e}"));
-                    (None, Vec::new())
+                    (None, Vec::new(), false)
                 }
             };
             ScannedNamespace {
@@ -294,6 +296,7 @@ pub fn read_namespaces(
                 seeds,
                 processes: Vec::new(),
                 host_rooted: None,
+                from_index,
             }
         })
         .collect())
@@ -342,7 +345,13 @@ pub fn scan_indexed(request: &ScanRequest, index: Option<&TableIndex>) -> Result
         index.begin();
     }
     let namespaces = read_namespaces(request, index, blindness.is_none(), &mut notes, &mut denied)?;
-    let index_use = index.map(TableIndex::take_use);
+    let index_use = index.map(|_| IndexUse {
+        reused: namespaces.iter().filter(|n| n.from_index).count(),
+        read: namespaces
+            .iter()
+            .filter(|n| n.table.is_some() && !n.from_index)
+            .count(),
+    });
     let read = started.elapsed();
     // Not the host's pid namespace: incomplete, unless the established runtime is in this
     // one (a machine container running its own runtime): then what it runs is in view.
