@@ -1141,3 +1141,105 @@ fn device_rails_resolve_the_nodes_symlinks_within_the_nodes_root() {
         "{doc:#}"
     );
 }
+
+/// systemd (252, Debian 12) sets up a sandboxed service's namespace by binding the root to a
+/// new place and moving it onto `/`: the namespace's first tree stays under the new root,
+/// covered, and every mount propagated into the namespace lands in both trees. listmount
+/// lists both copies; no path reaches the covered one (setns roots a thread at the top of
+/// the stack, as the service is rooted), so nothing can unmount it, and it goes when its
+/// master's mount goes. Found on the booted Debian 12 host: scan promised an unmount, the
+/// release said "gone" and then listed the copy as remaining.
+#[test]
+fn a_copy_covered_by_a_services_moved_root_is_neither_promised_nor_called_gone() {
+    let mut sb = Sandbox::new("covered");
+    let d = sb.d();
+    sb.sh(&format!(
+        "mount --make-rshared {d} && mkdir -p {d}/t {d}/newroot"
+    ));
+    // As systemd's namespace set-up does: rbind /, move it onto /, chroot into it.
+    let service = sb.holder_with(
+        &["-m", "--propagation", "slave"],
+        Some(&format!(
+            "mount --rbind / {d}/newroot && cd {d}/newroot && mount --move . / && \
+             exec chroot . sleep 3600"
+        )),
+        None,
+    );
+    let target = format!("{d}/t");
+    sb.sh(&format!("mount -t tmpfs covered-t {target}"));
+    assert!(
+        has_mount_at(service, &target),
+        "the service's reachable copy"
+    );
+
+    let (code, scan) = sb.mntreap_json(&["scan", "--any-path", "--path", &target], &[]);
+    assert_eq!(code, 1, "{scan:#}");
+    let in_service: Vec<&Value> = holders(&scan)
+        .iter()
+        .filter(|h| h["mnt_ns"] == ns_inode(service))
+        .collect();
+    assert_eq!(
+        in_service.len(),
+        1,
+        "only the copy a path reaches is a holder to act on: {scan:#}"
+    );
+    assert_eq!(in_service[0]["action"], "unmount", "{scan:#}");
+    let notes = scan.to_string();
+    assert!(
+        notes.contains("not reachable by any path"),
+        "the covered copy is counted in a note: {scan:#}"
+    );
+
+    let (code, rel) = sb.mntreap_json(&["release", "--any-path", "--path", &target], &[]);
+    assert_eq!(code, 0, "nothing the release could reach remains: {rel:#}");
+    let results: Vec<String> = the_release(&rel)["namespaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|n| n["actions"].as_array().unwrap().clone())
+        .map(|a| a["result"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        !results.iter().any(|r| r == "gone"),
+        "no copy that is still there is called gone: {rel:#}"
+    );
+    assert!(!has_mount_at(service, &target), "the reachable copy went");
+    assert!(
+        has_mount_at(sb.host_pid(), &target),
+        "the host keeps its own"
+    );
+
+    // A mount over a parent directory in the service's namespace covers what propagation
+    // put below it: its path there is the covering tmpfs's (empty) directory.
+    let deep = format!("{d}/u/t");
+    sb.sh(&format!(
+        "mkdir -p {deep} && mount -t tmpfs covered-u {deep}"
+    ));
+    assert!(has_mount_at(service, &deep));
+    let over = std::process::Command::new("nsenter")
+        .args([
+            "-t",
+            &service.to_string(),
+            "-m",
+            "mount",
+            "-t",
+            "tmpfs",
+            "cover",
+        ])
+        .arg(format!("{d}/u"))
+        .status()
+        .unwrap();
+    assert!(over.success());
+    let (code, scan) = sb.mntreap_json(&["scan", "--any-path", "--path", &deep], &[]);
+    assert!(
+        !holders(&scan)
+            .iter()
+            .any(|h| h["mnt_ns"] == ns_inode(service)),
+        "no covered copy is a holder: {scan:#}"
+    );
+    assert_eq!(code, 0, "{scan:#}");
+    assert!(
+        scan.to_string().contains("not reachable by any path"),
+        "{scan:#}"
+    );
+}

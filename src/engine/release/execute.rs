@@ -77,7 +77,10 @@ pub fn execute(
                     (_, Err(e)) => Outcome::Failed {
                         error: UnmountError::EnterNamespace(e.to_string()),
                     },
-                    (step, Ok(())) => unmount_one(worker, &scan.holders[a.holder], step),
+                    (step, Ok(())) => {
+                        let ns_id = scanned.table.as_ref().and_then(|t| t.ns_id);
+                        unmount_one(worker, &scan.holders[a.holder], step, ns_id)
+                    }
                 };
                 if matches!(outcome, Outcome::Failed { .. }) {
                     failed.push(h.mount.id);
@@ -96,11 +99,13 @@ pub fn execute(
 }
 
 /// Verifies and unmounts one holder in the namespace the worker is in.
-fn unmount_one(worker: &mut NsWorker, h: &Holder, step: &Step) -> Outcome {
+fn unmount_one(worker: &mut NsWorker, h: &Holder, step: &Step, ns_id: Option<u64>) -> Outcome {
     let path = OsStr::from_bytes(&h.mount_point);
     let fd = match sys::open_path_no_symlinks(path) {
         Ok(fd) => fd,
-        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Outcome::Gone,
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) && !still_mounted(worker, h, ns_id) => {
+            return Outcome::Gone;
+        }
         Err(e) => {
             return Outcome::Failed {
                 error: UnmountError::Open {
@@ -128,12 +133,7 @@ fn unmount_one(worker: &mut NsWorker, h: &Holder, step: &Step) -> Outcome {
     };
     if !id_matches || stat.dev != h.mount.dev || stat.is_mount_root == Some(false) {
         // Either it went away, or something else now sits on top of it.
-        let still_there = worker
-            .read_mountinfo()
-            .ok()
-            .and_then(|t| crate::engine::mountinfo::parse(t).ok())
-            .is_some_and(|t| t.mounts.iter().any(|m| m.id == h.mount.id));
-        if !still_there {
+        if !still_mounted(worker, h, ns_id) {
             return Outcome::Gone;
         }
         return Outcome::Failed {
@@ -165,6 +165,26 @@ fn unmount_one(worker: &mut NsWorker, h: &Holder, step: &Step) -> Outcome {
 
 fn errno_of(e: &std::io::Error) -> nix::Error {
     nix::Error::from_raw(e.raw_os_error().unwrap_or(0))
+}
+
+/// Whether the holder is still mounted in the worker's namespace. statmount by its 64-bit
+/// id (never reused) finds also a mount that another covers, which neither mountinfo nor
+/// listmount, both read from this thread's root inside the namespace, list: such a mount
+/// is not gone.
+fn still_mounted(worker: &mut NsWorker, h: &Holder, ns_id: Option<u64>) -> bool {
+    if let (Some(ns_id), Some(unique)) = (ns_id, h.mount.unique_id) {
+        let mut buf = sys::StatmountBuf::new();
+        match sys::statmount(ns_id, unique, sys::STATMOUNT_SB_BASIC, &mut buf) {
+            Ok(_) => return true,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return false,
+            Err(_) => {}
+        }
+    }
+    worker
+        .read_mountinfo()
+        .ok()
+        .and_then(|t| crate::engine::mountinfo::parse(t).ok())
+        .is_some_and(|t| t.mounts.iter().any(|m| m.id == h.mount.id))
 }
 
 /// The id of the last (topmost) mount at `point` in the worker's namespace.

@@ -31,6 +31,7 @@ mod device_tests;
 pub(crate) mod fixture;
 mod matching;
 mod nsfs;
+mod reach;
 #[cfg(test)]
 mod tests;
 
@@ -391,6 +392,7 @@ pub fn scan_indexed(request: &ScanRequest, index: Option<&TableIndex>) -> Result
         index: index_use,
     };
     match_holders(&mut scan);
+    reach::drop_covered(&mut scan, &request.proc_root, request.threads);
     nsfs::attach_bind_pins(&mut scan);
     let matched = started.elapsed();
     let cgroups = CgroupView::of(&request.proc_root, request.runtime_pid.unwrap_or(1));
