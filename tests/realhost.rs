@@ -9,6 +9,8 @@
 //! Needs root, `systemd-nspawn` (systemd-container) and `mmdebstrap`; the rootfs is built once
 //! per release (about 25 s) and cached in /var/cache/mntreap-realhost, outside the repository.
 mod common;
+#[path = "realhost/cri.rs"]
+mod cri;
 
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;

@@ -59,6 +59,13 @@ impl Pod {
     }
 
     fn cgroup_parent(&self) -> String {
+        if self.systemd_cgroup {
+            // kubelet's systemd driver: a slice (systemd creates its parents).
+            return format!(
+                "kubepods-besteffort-pod{}.slice",
+                self.uid.replace('-', "_")
+            );
+        }
         // cgroupfs driver (containerd's default, `SystemdCgroup = false`).
         format!("/kubepods/besteffort/pod{}", self.uid)
     }
@@ -109,7 +116,14 @@ fn namespaces(host_pid: bool, pod_network: bool) -> NamespaceOption {
 }
 
 pub struct CriDaemon {
+    /// The private daemon's directory; for an attached runtime, a directory of the node's
+    /// for pod logs. Both as containerd names paths.
     pub dir: PathBuf,
+    /// The CRI socket, as this process reaches it.
+    sock: String,
+    /// How this process reaches a path containerd names: empty for a private daemon,
+    /// `/proc/<pid>/root` for a booted guest's.
+    view: String,
     sandbox_pid: i32,
     child: Option<Child>,
     rt: tokio::runtime::Runtime,
@@ -177,7 +191,9 @@ impl CriDaemon {
             .build()
             .unwrap();
         let mut d = CriDaemon {
+            sock: format!("{}/containerd.sock", dir.display()),
             dir,
+            view: String::new(),
             sandbox_pid: sb.host_pid(),
             child: None,
             rt,
@@ -188,12 +204,38 @@ impl CriDaemon {
         d
     }
 
+    /// The CRI of a runtime this test did not start (a booted guest's containerd), reached
+    /// through `view` (`/proc/<guest pid 1>/root`): its socket at `sock` and a directory
+    /// `dir` for pod logs, both as the guest names them. The busybox image is imported.
+    /// Dropping it stops and removes the pods it ran, nothing else.
+    pub fn attach(view: &str, sock: &str, dir: &str) -> CriDaemon {
+        std::fs::create_dir_all(format!("{view}{dir}")).unwrap();
+        let d = CriDaemon {
+            dir: dir.into(),
+            sock: format!("{view}{sock}"),
+            view: view.into(),
+            sandbox_pid: 0,
+            child: None,
+            rt: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap(),
+            pods: Default::default(),
+        };
+        d.import_image();
+        d
+    }
+
+    fn attached(&self) -> bool {
+        !self.view.is_empty()
+    }
+
     pub fn d(&self) -> String {
         self.dir.to_str().unwrap().to_string()
     }
 
     pub fn sock(&self) -> String {
-        format!("{}/containerd.sock", self.d())
+        self.sock.clone()
     }
 
     pub fn endpoint(&self) -> String {
@@ -247,6 +289,9 @@ impl CriDaemon {
     }
 
     pub fn log(&self) -> String {
+        if self.attached() {
+            return "(the runtime's log is the node's journal)".into();
+        }
         std::fs::read_to_string(format!("{}/containerd.log", self.d())).unwrap_or_default()
     }
 
@@ -280,7 +325,7 @@ impl CriDaemon {
     }
 
     fn import_image(&self) {
-        let tar = format!("{}/busybox.tar", self.d());
+        let tar = format!("{}{}/busybox.tar", self.view, self.d());
         let out = Command::new("python3")
             .args(["-c", IMAGE_SCRIPT, &super::which("busybox"), &tar, IMAGE])
             .output()
@@ -338,7 +383,7 @@ impl CriDaemon {
     /// RunPodSandbox, as kubelet does for a host-network pod; returns the sandbox id.
     pub fn run_pod(&self, pod: &Pod) -> String {
         let log_dir = format!("{}/logs/{}", self.d(), pod.uid);
-        std::fs::create_dir_all(&log_dir).unwrap();
+        std::fs::create_dir_all(format!("{}{log_dir}", self.view)).unwrap();
         let config = pod.config(&log_dir);
         let id = self
             .runtime(async |mut c| {
@@ -537,6 +582,20 @@ impl CriDaemon {
         })
     }
 
+    /// StopContainer with a gRPC deadline: containerd answers only once the task is deleted,
+    /// and a deletion that fails keeps the call waiting (as kubelet's would).
+    pub fn stop_container_within(&self, id: &str, deadline: Duration) -> Result<(), String> {
+        let id = id.to_string();
+        self.runtime(async |mut c| {
+            let mut req = tonic::Request::new(StopContainerRequest {
+                container_id: id,
+                timeout: 0,
+            });
+            req.set_timeout(deadline);
+            c.stop_container(req).await.map(|_| ())
+        })
+    }
+
     pub fn remove_container(&self, id: &str) -> Result<(), String> {
         let id = id.to_string();
         self.runtime(async |mut c| {
@@ -610,7 +669,7 @@ impl Drop for CriDaemon {
         // A stopped (SIGSTOP) containerd must run again to be stopped.
         self.stop_containerd("-CONT");
         let pods: Vec<String> = self.pods.borrow().keys().cloned().collect();
-        if self.child.is_some() {
+        if self.child.is_some() || self.attached() {
             for id in &pods {
                 let _ = self.stop_pod(id);
                 let _ = self.remove_pod(id);
@@ -624,6 +683,9 @@ impl Drop for CriDaemon {
             }
             let _ = child.kill();
             let _ = child.wait();
+        }
+        if self.attached() {
+            return;
         }
         for pid in self.descendants() {
             let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();

@@ -15,6 +15,10 @@
 #       --mountflags-slave           docker.service drop-in MountFlags=slave, dockerd supervising
 #                                    its own containerd (ExecStart=/usr/sbin/dockerd -H fd://,
 #                                    containerd.service masked): the first write-up's setup
+#       --cri                        containerd's CRI plugin configured as on a Kubernetes node:
+#                                    runc with the systemd cgroup driver, the sandbox image a
+#                                    local one (the guest has no registry); docker.service and
+#                                    docker.socket masked, as on a containerd node
 #       --bin PATH                   static mntreap, bound read-only at /usr/local/bin/mntreap
 #                                    (default: $MNTREAP_REALHOST_BIN)
 #       --deb PATH                   a .deb (packaging/deb/build.sh), copied to /root/mntreap.deb
@@ -92,7 +96,7 @@ cmd_build() {
 
 # Configuration of a guest's copy: only config files and drop-ins, Debian's units as shipped.
 configure() {
-    local r=$1 live_restore=$2 slave=$3
+    local r=$1 live_restore=$2 slave=$3 cri=$4
     echo "$(basename "$(dirname "$r")")" > "$r/etc/hostname"
     : > "$r/etc/machine-id"
     mkdir -p "$r/etc/docker"
@@ -140,6 +144,25 @@ EOF
     printf '[Service]\nPrivateTmp=true\n' > "$r/etc/systemd/system/nginx.service.d/private-tmp.conf"
     # nothing asks for a login on the console
     ln -sf /dev/null "$r/etc/systemd/system/console-getty.service"
+    if [ "$cri" = 1 ]; then
+        # A Kubernetes node's containerd (kubelet would talk to it; the tests do, as kubelet
+        # does). The config format of containerd 1.6/1.7; 2.x migrates it.
+        cat > "$r/etc/containerd/config.toml" <<'EOF'
+version = 2
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "mntreap.test/busybox:1"
+  # nspawn gives the guest no AppArmor of its own, whatever the host kernel has
+  disable_apparmor = true
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+    runtime_type = "io.containerd.runc.v2"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+      SystemdCgroup = true
+EOF
+        # a containerd node has no dockerd: mntreap finds the CRI runtime on its own
+        ln -sf /dev/null "$r/etc/systemd/system/docker.service"
+        ln -sf /dev/null "$r/etc/systemd/system/docker.socket"
+    fi
     if [ "$slave" = 1 ]; then
         # the first write-up: dockerd in a slave mount namespace, supervising its own
         # containerd (as 18.06 did)
@@ -151,6 +174,25 @@ EOF
 }
 
 rundir() { echo "$RUNBASE/$1"; }
+
+# nspawn without a cgroup namespace binds every v1 controller the kernel has from the host's
+# /sys/fs/cgroup/NAME; this machine leaves some unmounted (none of them in cgroup2). Mounts
+# each as a hierarchy of its own (an earlier one, if the kernel still has it), as a booted
+# host has it, and
+# lists the ones it mounted in $CONTROLLERS: the last guest's `down` unmounts them.
+CONTROLLERS=$RUNBASE/controllers
+mount_missing_controllers() {
+    local ctrl enabled
+    while read -r ctrl _ _ enabled; do
+        case "$ctrl" in '#'*) continue;; esac
+        [ "$enabled" = 1 ] || continue
+        findmnt -rn -t cgroup -o OPTIONS | tr , '\n' | grep -qx "$ctrl" && continue
+        grep -qw "$ctrl" /sys/fs/cgroup/unified/cgroup.controllers 2>/dev/null && continue
+        mkdir -p "/sys/fs/cgroup/$ctrl"
+        mount -t cgroup -o "$ctrl" "cgroup" "/sys/fs/cgroup/$ctrl"
+        echo "$ctrl" >> "$CONTROLLERS"
+    done < /proc/cgroups
+}
 
 # one sub-cgroup (below the launcher's current one) in every hierarchy
 cg_paths() {
@@ -181,11 +223,12 @@ find_leader() { # the child of nspawn that is PID 1 in its pid namespace
 
 cmd_up() {
     local name=${1:?usage: host.sh up NAME [OPTION...]}; shift
-    local live_restore=false slave=0 bin=${MNTREAP_REALHOST_BIN:-} deb= nspawn_args=()
+    local live_restore=false slave=0 cri=0 bin=${MNTREAP_REALHOST_BIN:-} deb= nspawn_args=()
     while [ $# -gt 0 ]; do
         case "$1" in
             --live-restore) live_restore=true;;
             --mountflags-slave) slave=1;;
+            --cri) cri=1;;
             --bin) bin=$2; shift;;
             --deb) deb=$2; shift;;
             --) shift; nspawn_args=("$@"); break;;
@@ -203,10 +246,13 @@ cmd_up() {
     # a plain copy: / is one ext4 tree like a real host's (overlay2 cannot use an overlayfs
     # upper directory), /var/lib/docker is not a separate mount
     cp -a --reflink=auto "$ROOTFS" "$d/root"
-    configure "$d/root" "$live_restore" "$slave"
+    configure "$d/root" "$live_restore" "$slave" "$cri"
     if [ -n "$deb" ]; then cp "$deb" "$d/root/root/mntreap.deb"; fi
     local binds=(--bind-ro="$repo/docker-plugin:/opt/mntreap/docker-plugin")
     if [ -n "$bin" ]; then binds+=(--bind-ro="$bin:/usr/local/bin/mntreap"); fi
+    # held until nspawn.pid exists, so that no `down` unmounts the controllers between
+    exec {lock}>"$RUNBASE/controllers.lock"; flock "$lock"
+    if [ "$cri" = 1 ]; then mount_missing_controllers; fi
     cg_paths "$name" > "$d/cgroups"
     (
         while read -r cg; do
@@ -220,12 +266,17 @@ cmd_up() {
         # sid's systemd (258+) refuses cgroup v1: give it the unified hierarchy, which this
         # cgroup v1 host offers without controllers (enough for Docker, not for CRI pods).
         if [ "$RELEASE" = sid ]; then export SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=1; fi
+        # A host's processes live in the kernel's initial cgroup namespace, the only one in
+        # which mntreap trusts kubelet's cgroup paths (in nspawn's own it cannot place a
+        # pod's processes, and protects every namespace that may be one): a CRI guest gets none.
+        if [ "$cri" = 1 ]; then export SYSTEMD_NSPAWN_USE_CGNS=0; fi
         exec systemd-nspawn --quiet --boot --directory="$d/root" --machine="$name" \
             --register=no --keep-unit --capability=all --private-network \
             --console=passive "${binds[@]}" "${nspawn_args[@]}" > "$d/console.log" 2>&1 < /dev/null
     ) &
     local npid=$!
     echo "$npid" > "$d/nspawn.pid"
+    flock -u "$lock"; exec {lock}>&-
     local leader="" i
     for i in $(seq 1 200); do
         leader=$(find_leader "$npid") && [ -n "$leader" ] && break
@@ -258,6 +309,15 @@ cmd_exec() { local name=$1; shift
 
 cmd_run() { local name=$1; shift
     cmd_exec "$name" systemd-run --quiet --pipe --wait --collect --service-type=exec "$@"; }
+
+others_up() { # another guest's nspawn still runs
+    local f
+    for f in "$RUNBASE"/*/nspawn.pid; do
+        [ -e "$f" ] && [ "$f" != "$(rundir "$1")/nspawn.pid" ] || continue
+        [ "$(cat "/proc/$(cat "$f")/comm" 2>/dev/null)" = systemd-nspawn ] && return 0
+    done
+    return 1
+}
 
 cmd_down() {
     local name=${1:?usage: host.sh down NAME [--kill]} d; d=$(rundir "$name")
@@ -292,6 +352,16 @@ cmd_down() {
             [ -d "$cg" ] && { find "$cg" -depth -type d -exec rmdir {} + 2>/dev/null || true; }
         done < "$d/cgroups"
     fi
+    # the controllers an `up` mounted, once no other guest of this script runs
+    exec {lock}>"$RUNBASE/controllers.lock"; flock "$lock"
+    if [ -e "$CONTROLLERS" ] && ! others_up "$name"; then
+        local ctrl
+        while read -r ctrl; do
+            umount "/sys/fs/cgroup/$ctrl" && rmdir "/sys/fs/cgroup/$ctrl" || true
+        done < "$CONTROLLERS"
+        rm -f "$CONTROLLERS"
+    fi
+    flock -u "$lock"; exec {lock}>&-
     rm -rf --one-file-system "$d"
     log "down $name"
 }
@@ -304,5 +374,5 @@ case "${1:-}" in
     leader) leader "$2";;
     console) cat "$(rundir "$2")/console.log";;
     down) shift; cmd_down "$@";;
-    *) sed -n '2,29p' "$0"; exit 2;;
+    *) sed -n '2,33p' "$0"; exit 2;;
 esac
