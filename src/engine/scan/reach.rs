@@ -6,7 +6,8 @@
 //! a mount over a parent directory hides what was propagated below it. `setns` roots a
 //! thread at the top of the stack on `/`, as the service itself is rooted, and no path
 //! reaches a covered copy from there: nothing can unmount it (the execution would find
-//! another mount at its path), and it goes when the mount it was copied from goes.
+//! another mount at its path). One that receives propagation (systemd's do) goes when the
+//! mount it was copied from goes.
 
 use std::ffi::OsStr;
 use std::os::fd::AsFd;
@@ -80,8 +81,8 @@ pub(super) fn drop_covered(scan: &mut Scan, proc_root: &Path, threads: usize) {
         scan.detail_notes.push(format!(
             "{n} cop{} in mount namespace {} not reachable by any path there: another mount \
              covers {} (such as a sandboxed service's root, which systemd moves onto /); not \
-             listed, as with the mountinfo backend, and they go when the mount they were \
-             copied from goes",
+             listed, as with the mountinfo backend; if they receive propagation (systemd's \
+             do), they go when the mount they were copied from goes",
             if n == 1 { "y" } else { "ies" },
             scan.namespaces[ns].ns.inode,
             if n == 1 { "it" } else { "them" },
