@@ -17,62 +17,83 @@ use std::path::Path;
 use super::Scan;
 use crate::engine::nsexec;
 use crate::engine::sys;
-use crate::engine::table::IdMap;
+use crate::engine::table::{IdMap, MountTable};
 
-/// Drops the holders whose mount point, looked up in their namespace as the execution
-/// looks it up, leads to a mount that is neither the holder nor stacked on it; one note
-/// per namespace. A holder whose lookup fails otherwise stays: the execution checks it
-/// again and says what it found.
+/// Up to this many holders in a scan, each one's mount point is looked up (about 6 us
+/// each); above it (a node-wide scan of a large node) only each namespace's root is, which
+/// finds what a root moved onto `/` covers, and a copy under another covering mount stays
+/// listed: the execution then finds it covered and says so (never "gone").
+const LOOKUP_EACH_UP_TO: usize = 20_000;
+
+/// Drops the holders no path reaches in their namespace, with one note per namespace:
+/// those outside the tree of the top of the stack on `/`, and (up to
+/// [`LOOKUP_EACH_UP_TO`] holders) those whose mount point, looked up as the execution
+/// looks it up, leads to a mount that is neither the holder nor stacked on it. A namespace
+/// that cannot be entered, or a lookup that fails otherwise, keeps its holders: the
+/// execution checks each one again and says what it found.
 pub(super) fn drop_covered(scan: &mut Scan, proc_root: &Path, threads: usize) {
-    let mut namespaces: Vec<usize> = scan.holders.iter().map(|h| h.ns).collect();
-    namespaces.sort_unstable();
-    namespaces.dedup();
-    if namespaces.is_empty() {
+    let mut by_ns: Vec<(usize, Vec<usize>)> = Vec::new();
+    for (i, h) in scan.holders.iter().enumerate() {
+        match by_ns.last_mut() {
+            Some((ns, list)) if *ns == h.ns => list.push(i),
+            _ => match by_ns.iter_mut().find(|(ns, _)| *ns == h.ns) {
+                Some((_, list)) => list.push(i),
+                None => by_ns.push((h.ns, vec![i])),
+            },
+        }
+    }
+    if by_ns.is_empty() {
         return;
     }
+    let each = scan.holders.len() <= LOOKUP_EACH_UP_TO;
     let shared: &Scan = scan;
-    let Ok(covered) = nsexec::map_with_workers(proc_root, threads, &namespaces, |worker, &ns| {
-        let n = &shared.namespaces[ns];
-        if worker.enter(n.ns.fd.as_fd(), n.ns.inode).is_err() {
-            return Vec::new();
-        }
+    let Ok(covered) = nsexec::map_with_workers(proc_root, threads, &by_ns, |worker, (ns, list)| {
+        let n = &shared.namespaces[*ns];
         let Some(table) = n.table.as_ref() else {
             return Vec::new();
         };
+        if worker.enter(n.ns.fd.as_fd(), n.ns.inode).is_err() {
+            return Vec::new();
+        }
+        let Some(root) = topmost_at(b"/").ok().flatten() else {
+            return Vec::new();
+        };
+        let stacked_root = root_is_stacked(table, root);
+        if !stacked_root && !each {
+            return Vec::new();
+        }
         let index = table.index();
         let parent_of = |id: u64| index.get(&id).map(|&i| table.mounts[i].parent_id);
-        shared
-            .holders
-            .iter()
-            .enumerate()
-            .filter(|(_, h)| h.ns == ns)
-            .filter(|(_, h)| {
-                let found = match sys::open_path_no_symlinks(OsStr::from_bytes(&h.mount_point)) {
-                    Ok(fd) => {
-                        sys::statx_mount(Some(fd.as_fd()), OsStr::new(""), libc::AT_EMPTY_PATH)
-                            .ok()
-                            .and_then(|st| st.mnt_id)
+        list.iter()
+            .copied()
+            .filter(|&i| {
+                let h = &shared.holders[i];
+                if stacked_root && !stacked_on(&parent_of, h.mount.id, root, &index) {
+                    return true;
+                }
+                if !each {
+                    return false;
+                }
+                match topmost_at(&h.mount_point) {
+                    Ok(found) => {
+                        found.is_some_and(|id| !stacked_on(&parent_of, id, h.mount.id, &index))
                     }
                     // The path does not exist in what covers it.
-                    Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return true,
-                    Err(_) => None,
-                };
-                found.is_some_and(|id| !stacked_on(&parent_of, id, h.mount.id, &index))
+                    Err(e) => e.raw_os_error() == Some(libc::ENOENT),
+                }
             })
-            .map(|(i, _)| i)
             .collect::<Vec<usize>>()
     }) else {
         return;
     };
     let mut drop = vec![false; scan.holders.len()];
-    for i in covered.iter().flatten() {
-        drop[*i] = true;
-    }
     let mut counts: Vec<(usize, usize)> = Vec::new();
-    for (h, _) in scan.holders.iter().zip(&drop).filter(|(_, d)| **d) {
-        match counts.iter_mut().find(|(ns, _)| *ns == h.ns) {
-            Some((_, n)) => *n += 1,
-            None => counts.push((h.ns, 1)),
+    for ((ns, _), list) in by_ns.iter().zip(&covered) {
+        for &i in list {
+            drop[i] = true;
+        }
+        if !list.is_empty() {
+            counts.push((*ns, list.len()));
         }
     }
     let mut keep = drop.iter().map(|d| !d);
@@ -90,8 +111,31 @@ pub(super) fn drop_covered(scan: &mut Scan, proc_root: &Path, threads: usize) {
     }
 }
 
-/// Whether mount `found` (the topmost at a holder's mount point) is mount `holder` or one
-/// stacked on it: then the execution, which goes upper mounts first, reaches the holder.
+/// The id of the topmost mount at `path` in this thread's namespace, as the execution
+/// finds it (no symlinks followed); `Ok(None)` when the kernel gives no mount id.
+fn topmost_at(path: &[u8]) -> std::io::Result<Option<u64>> {
+    let fd = sys::open_path_no_symlinks(OsStr::from_bytes(path))?;
+    Ok(
+        sys::statx_mount(Some(fd.as_fd()), OsStr::new(""), libc::AT_EMPTY_PATH)
+            .ok()
+            .and_then(|st| st.mnt_id),
+    )
+}
+
+/// Whether mount `root` (the top of the stack on the namespace's `/`) has a parent in the
+/// table: then the mounts not in its tree are covered. Two passes over the table and no
+/// index: the usual namespace has nothing stacked on its root.
+fn root_is_stacked(table: &MountTable, root: u64) -> bool {
+    table
+        .mounts
+        .iter()
+        .find(|m| m.id == root)
+        .is_some_and(|r| r.parent_id != r.id && table.mounts.iter().any(|m| m.id == r.parent_id))
+}
+
+/// Whether mount `found` is mount `holder` or lies in its tree: for the topmost mount at a
+/// holder's mount point, one stacked on it (the execution, upper mounts first, reaches the
+/// holder); for a holder and the namespace's root, a mount that root's tree holds.
 fn stacked_on(
     parent_of: &impl Fn(u64) -> Option<u64>,
     found: u64,
