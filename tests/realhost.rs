@@ -9,6 +9,7 @@
 //! Needs root, `systemd-nspawn` (systemd-container) and `mmdebstrap`; the rootfs is built once
 //! per release (about 25 s) and cached in /var/cache/mntreap-realhost, outside the repository.
 mod common;
+#[cfg(feature = "cri")]
 #[path = "realhost/cri.rs"]
 mod cri;
 
