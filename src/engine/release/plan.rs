@@ -51,6 +51,8 @@ pub fn plan(scan: &Scan, scope: Scope) -> Vec<NamespacePlan> {
             .zip(&steps)
             .filter(|(_, s)| !is_keep(s))
             .map(|(h, _)| (h.ns, h.mount.id))
+            // A copy no path reaches goes with the unmount that propagates onto it.
+            .chain(scan.unreachable.iter().copied())
             .collect();
         let mut changed = false;
         for (p, step) in propagation.iter().zip(steps.iter_mut()) {

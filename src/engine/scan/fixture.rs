@@ -118,6 +118,7 @@ fn scan_full(
         holders: Vec::new(),
         notes: Vec::new(),
         detail_notes: Vec::new(),
+        unreachable: Vec::new(),
         index: None,
     };
     match_holders(&mut scan);

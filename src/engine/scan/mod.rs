@@ -145,6 +145,10 @@ pub struct Scan {
     /// Notes that every healthy node has (identity matching limited because a layer's
     /// filesystem is also mounted at `/`): in JSON, and at debug level (`-v`), not in text.
     pub detail_notes: Vec<String>,
+    /// Copies no path reaches in their namespace, `(namespace index, mount id)`: not
+    /// holders ([`reach`]), but an unmount that propagates onto one takes a copy of the
+    /// target, which is no hazard.
+    pub unreachable: Vec<(usize, u64)>,
 }
 
 impl Scan {
@@ -389,14 +393,15 @@ pub fn scan_indexed(request: &ScanRequest, index: Option<&TableIndex>) -> Result
         peers_unseen,
         cgroups_unknown: None,
         detail_notes,
+        unreachable: Vec::new(),
         index: index_use,
     };
     match_holders(&mut scan);
-    reach::drop_covered(&mut scan, &request.proc_root, request.threads);
     nsfs::attach_bind_pins(&mut scan);
     let matched = started.elapsed();
     let cgroups = CgroupView::of(&request.proc_root, request.runtime_pid.unwrap_or(1));
     classify(&mut scan, &request.proc_root, request.threads, &cgroups);
+    reach::drop_covered(&mut scan, &request.proc_root, request.threads);
     hydrate_propagation_context(&mut scan);
     debug!(
         namespaces = scan.namespaces.len(),

@@ -49,7 +49,9 @@ pub(super) fn drop_covered(scan: &mut Scan, proc_root: &Path, threads: usize) {
     let shared: &Scan = scan;
     let Ok(covered) = nsexec::map_with_workers(proc_root, threads, &by_ns, |worker, (ns, list)| {
         let n = &shared.namespaces[*ns];
-        let Some(table) = n.table.as_ref() else {
+        // mntreap's own namespace: its table's paths are relative to mntreap's root, which
+        // setns would not give back (a chrooted mntreap), and its holders are kept anyway.
+        let Some(table) = n.table.as_ref().filter(|_| !n.ns.own) else {
             return Vec::new();
         };
         if worker.enter(n.ns.fd.as_fd(), n.ns.inode).is_err() {
@@ -59,6 +61,8 @@ pub(super) fn drop_covered(scan: &mut Scan, proc_root: &Path, threads: usize) {
             return Vec::new();
         };
         let stacked_root = root_is_stacked(table, root);
+        // Path walks in another user namespace's tree could block on its FUSE daemon.
+        let each = each && n.ns.host_userns;
         if !stacked_root && !each {
             return Vec::new();
         }
@@ -68,6 +72,10 @@ pub(super) fn drop_covered(scan: &mut Scan, proc_root: &Path, threads: usize) {
             .copied()
             .filter(|&i| {
                 let h = &shared.holders[i];
+                // A copy processes use (or pin) stays a holder: its protections hold.
+                if h.in_use.is_some() || !h.pins.is_empty() {
+                    return false;
+                }
                 if stacked_root && !stacked_on(&parent_of, h.mount.id, root, &index) {
                     return true;
                 }
@@ -75,11 +83,17 @@ pub(super) fn drop_covered(scan: &mut Scan, proc_root: &Path, threads: usize) {
                     return false;
                 }
                 match topmost_at(&h.mount_point) {
-                    Ok(found) => {
-                        found.is_some_and(|id| !stacked_on(&parent_of, id, h.mount.id, &index))
+                    // A mount the table does not know (stacked there since) may be on it.
+                    Ok(found) => found.is_some_and(|id| {
+                        index.contains_key(&id) && !stacked_on(&parent_of, id, h.mount.id, &index)
+                    }),
+                    // The path does not exist in what covers it, or it was renamed: covered
+                    // only if the kernel still has the mount at the scanned place, or at none
+                    // this thread's root reaches.
+                    Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                        still_at(table.ns_id, h.mount.unique_id, &h.mount_point)
                     }
-                    // The path does not exist in what covers it.
-                    Err(e) => e.raw_os_error() == Some(libc::ENOENT),
+                    Err(_) => false,
                 }
             })
             .collect::<Vec<usize>>()
@@ -87,19 +101,29 @@ pub(super) fn drop_covered(scan: &mut Scan, proc_root: &Path, threads: usize) {
         return;
     };
     let mut drop = vec![false; scan.holders.len()];
-    let mut counts: Vec<(usize, usize)> = Vec::new();
+    let mut counts: Vec<(usize, usize, bool)> = Vec::new();
     for ((ns, _), list) in by_ns.iter().zip(&covered) {
+        let mut private = false;
         for &i in list {
             drop[i] = true;
+            let h = &scan.holders[i];
+            scan.unreachable.push((h.ns, h.mount.id));
+            private |= h.mount.master.is_none() && h.mount.peer_group.is_none();
         }
         if !list.is_empty() {
-            counts.push((*ns, list.len()));
+            counts.push((*ns, list.len(), private));
         }
     }
     let mut keep = drop.iter().map(|d| !d);
     scan.holders.retain(|_| keep.next().unwrap_or(true));
-    for (ns, n) in counts {
-        scan.detail_notes.push(format!(
+    for (ns, n, private) in counts {
+        // One that receives no propagation stays until its namespace goes: say so in text too.
+        let notes = if private {
+            &mut scan.notes
+        } else {
+            &mut scan.detail_notes
+        };
+        notes.push(format!(
             "{n} cop{} in mount namespace {} not reachable by any path there: another mount \
              covers {} (such as a sandboxed service's root, which systemd moves onto /); not \
              listed, as with the mountinfo backend; if they receive propagation (systemd's \
@@ -109,6 +133,19 @@ pub(super) fn drop_covered(scan: &mut Scan, proc_root: &Path, threads: usize) {
             if n == 1 { "it" } else { "them" },
         ));
     }
+}
+
+/// Whether the kernel still has mount `unique` of namespace `ns_id` at `point`, or at no
+/// place this thread's root reaches (statmount gives it no mount point then).
+fn still_at(ns_id: Option<u64>, unique: Option<u64>, point: &[u8]) -> bool {
+    let (Some(ns_id), Some(unique)) = (ns_id, unique) else {
+        return false;
+    };
+    let mut buf = sys::StatmountBuf::new();
+    sys::statmount(ns_id, unique, sys::STATMOUNT_MNT_POINT, &mut buf).is_ok_and(|sm| {
+        let at = sm.mount_point.as_deref().unwrap_or_default();
+        at.is_empty() || at == point
+    })
 }
 
 /// The id of the topmost mount at `path` in this thread's namespace, as the execution
