@@ -100,9 +100,15 @@ pub(super) fn drop_covered(scan: &mut Scan, proc_root: &Path, threads: usize) {
     }) else {
         return;
     };
+    forget(scan, &by_ns, &covered);
+}
+
+/// Takes the holders at `covered` (per namespace of `by_ns`) out of the scan, records
+/// them as unreachable, and notes them per namespace.
+fn forget(scan: &mut Scan, by_ns: &[(usize, Vec<usize>)], covered: &[Vec<usize>]) {
     let mut drop = vec![false; scan.holders.len()];
     let mut counts: Vec<(usize, usize, bool)> = Vec::new();
-    for ((ns, _), list) in by_ns.iter().zip(&covered) {
+    for ((ns, _), list) in by_ns.iter().zip(covered) {
         let mut private = false;
         for &i in list {
             drop[i] = true;
