@@ -146,7 +146,7 @@ pub struct Scan {
     /// filesystem is also mounted at `/`): in JSON, and at debug level (`-v`), not in text.
     pub detail_notes: Vec<String>,
     /// Copies no path reaches in their namespace, `(namespace index, mount id)`: not
-    /// holders ([`reach`]), but an unmount that propagates onto one takes a copy of the
+    /// holders (`scan::reach`), but an unmount that propagates onto one takes a copy of the
     /// target, which is no hazard.
     pub unreachable: Vec<(usize, u64)>,
 }
