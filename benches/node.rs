@@ -295,12 +295,20 @@ fn main() {
     // every layer (the agent's node-wide sweep, where every namespace holds them all).
     let spare = targets[4 * cfg.runs - 1] + 1;
     nix::mount::umount2(layer(spare).as_str(), nix::mount::MntFlags::MNT_DETACH).unwrap();
-    let one = warm::measure(vec![layer(spare).into()], cfg.runs);
+    let one = warm::measure(vec![layer(spare).into()], cfg.runs, false);
     assert_eq!(
         one.holders, cfg.namespaces,
         "the in-process scan found another result"
     );
-    let node_wide = warm::measure(vec![format!("{dir}/overlay2").into()], cfg.runs);
+    let node_wide = warm::measure(vec![format!("{dir}/overlay2").into()], cfg.runs, false);
+    // The agent's index: mount events where the kernel has them (6.15+).
+    let events = mntreap::engine::index::TableIndex::watching(Duration::ZERO).events();
+    let watched = events.then(|| {
+        (
+            warm::measure(vec![layer(spare).into()], cfg.runs, true),
+            warm::measure(vec![format!("{dir}/overlay2").into()], cfg.runs, true),
+        )
+    });
 
     let (grep, once, scan_lm, scan_mi, scan_mi1, scan_po) = (
         median(grep),
@@ -394,6 +402,21 @@ fn main() {
             rows.reused,
             rows.namespaces
         );
+    }
+    match &watched {
+        Some((one, node_wide)) => {
+            for (what, rows) in [("one layer", one), ("node-wide", node_wide)] {
+                println!(
+                    "{:<58} {}  {:.1}x faster than grep; {}/{} reused unlisted",
+                    format!("index: scan {what}, warm, mount events"),
+                    cost(rows.warm),
+                    ratio(grep, rows.warm.wall),
+                    rows.unlisted,
+                    rows.namespaces
+                );
+            }
+        }
+        None => println!("index: mount events rows not measured: this kernel has none (6.15+)"),
     }
     println!(
         "{:<58} {:>9.1} MB  (process RSS {:.1} MB)",

@@ -62,6 +62,13 @@ fn held(scan: &Scan, namespaces: &[u64]) -> BTreeSet<(u64, String)> {
         .collect()
 }
 
+/// The tests here mount, and a watching index sees every mount on the machine: one at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn kept_scan(index: &TableIndex, request: &ScanRequest) -> Scan {
     let mut scan = scan_indexed(request, Some(index)).unwrap();
     index.keep(scan.take_tables());
@@ -70,6 +77,7 @@ fn kept_scan(index: &TableIndex, request: &ScanRequest) -> Scan {
 
 #[test]
 fn a_kept_table_never_hides_a_copy_made_since() {
+    let _serial = serial();
     if !listmount_works() {
         return;
     }
@@ -113,14 +121,51 @@ fn a_kept_table_never_hides_a_copy_made_since() {
     );
 }
 
+/// A listing index, and a watching one when this kernel reports mount events (6.15+).
+fn both_indexes() -> Vec<TableIndex> {
+    let watching = TableIndex::watching(Duration::from_secs(3600));
+    if watching.events() {
+        vec![TableIndex::new(Duration::from_secs(3600)), watching]
+    } else {
+        eprintln!("the watching index is not tested: this kernel has no mount events (6.15+)");
+        vec![TableIndex::new(Duration::from_secs(3600))]
+    }
+}
+
+/// The watching index, or `None` (said why) on a kernel without mount events.
+fn watching_index() -> Option<TableIndex> {
+    let index = TableIndex::watching(Duration::from_secs(3600));
+    if index.events() {
+        Some(index)
+    } else {
+        eprintln!("skipped: this kernel has no fanotify mount events (6.15+)");
+        None
+    }
+}
+
+fn nsenter_ok(pid: i32, cmd: &[&str]) {
+    let out = std::process::Command::new("nsenter")
+        .args(["-t", &pid.to_string(), "-m"])
+        .args(cmd)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{cmd:?}: {}", stderr(&out));
+}
+
 #[test]
 fn a_forged_kept_table_is_read_again() {
+    let _serial = serial();
     if !listmount_works() {
         return;
     }
+    for index in both_indexes() {
+        forged_table_is_read_again(index);
+    }
+}
+
+fn forged_table_is_read_again(index: TableIndex) {
     let (_sb, layer, holder, request) = node("index-forged");
     let ns = ns_inode(holder);
-    let index = TableIndex::new(Duration::from_secs(3600));
     let mut first = scan_indexed(&request, Some(&index)).unwrap();
     assert_eq!(held(&first, &[ns]), BTreeSet::from([(ns, layer.clone())]));
     // The holder's table, kept with the layer's copy taken out of it: the kernel still
@@ -159,6 +204,7 @@ fn a_forged_kept_table_is_read_again() {
 
 #[test]
 fn nothing_is_released_from_a_scan_that_reused_kept_tables() {
+    let _serial = serial();
     if !listmount_works() {
         return;
     }
@@ -182,4 +228,92 @@ fn nothing_is_released_from_a_scan_that_reused_kept_tables() {
     let rel = mntreap::engine::release::run(&request, Default::default(), false).unwrap();
     assert!(rel.remaining().is_empty());
     assert!(!has_mount_at(holder, &layer));
+}
+
+#[test]
+fn a_watched_namespace_is_reused_unlisted_until_an_event_concerns_it() {
+    let _serial = serial();
+    if !listmount_works() {
+        return;
+    }
+    let Some(index) = watching_index() else {
+        return;
+    };
+    let (mut sb, layer, holder, request) = node("index-watched");
+    let ns = ns_inode(holder);
+    let first = kept_scan(&index, &request);
+    assert_eq!(first.index.unwrap().unlisted, 0);
+
+    // Unchanged: every namespace reused, none listed. Another process's mount anywhere
+    // on the machine sends every namespace back to listmount once; so within three scans.
+    let mut uses = Vec::new();
+    let second = loop {
+        let scan = kept_scan(&index, &request);
+        let used = scan.index.unwrap();
+        uses.push(used);
+        if used.unlisted > 0 && used.unlisted == used.reused && used.read == 0 {
+            break scan;
+        }
+        assert!(
+            uses.len() < 3,
+            "an unchanged node was listed or read: {uses:?}"
+        );
+    };
+    assert_eq!(held(&second, &[ns]), BTreeSet::from([(ns, layer.clone())]));
+
+    // A bind in the kept namespace, and a namespace made since: both found.
+    let elsewhere = format!("{}/elsewhere", sb.d());
+    nsenter_ok(holder, &["mount", "--bind", &layer, &elsewhere]);
+    let late = sb.holder(None, None);
+    let late_ns = ns_inode(late);
+    let third = kept_scan(&index, &request);
+    assert_eq!(
+        held(&third, &[ns, late_ns]),
+        BTreeSet::from([
+            (ns, layer.clone()),
+            (ns, elsewhere.clone()),
+            (late_ns, layer.clone())
+        ]),
+        "a copy made after the index was built is missing"
+    );
+
+    // A detach in the kept namespace: no longer a holder there.
+    nsenter_ok(holder, &["umount", &elsewhere]);
+    let fourth = kept_scan(&index, &request);
+    assert_eq!(
+        held(&fourth, &[ns]),
+        BTreeSet::from([(ns, layer)]),
+        "a copy unmounted since is still listed"
+    );
+}
+
+#[test]
+fn a_copy_moved_since_the_read_is_reported_where_it_is() {
+    let _serial = serial();
+    if !listmount_works() {
+        return;
+    }
+    let Some(index) = watching_index() else {
+        return;
+    };
+    let (sb, layer, holder, request) = node("index-moved");
+    let ns = ns_inode(holder);
+    let first = kept_scan(&index, &request);
+    assert_eq!(held(&first, &[ns]), BTreeSet::from([(ns, layer.clone())]));
+    // The same mount, the same id, at another place: a listing index sees the same ids.
+    let elsewhere = format!("{}/elsewhere", sb.d());
+    nsenter_ok(
+        holder,
+        &[
+            "sh",
+            "-c",
+            &format!("mount --make-private {layer} && mount --move {layer} {elsewhere}"),
+        ],
+    );
+    let second = kept_scan(&index, &request);
+    assert_eq!(
+        held(&second, &[ns]),
+        BTreeSet::from([(ns, elsewhere)]),
+        "the moved copy is reported where it was"
+    );
 }

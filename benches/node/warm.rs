@@ -21,6 +21,8 @@ pub struct Rows {
     pub warm: Cost,
     /// Namespaces the warm scan reused, out of those it saw.
     pub reused: usize,
+    /// Of those, reused on the kernel's mount events (no listmount).
+    pub unlisted: usize,
     pub namespaces: usize,
     pub index_bytes: usize,
     pub holders: usize,
@@ -65,9 +67,10 @@ fn timed(index: &TableIndex, req: &ScanRequest, holders: Option<usize>) -> (Cost
     (cost, found)
 }
 
-/// Scans `targets` `runs + 1` times with one index: the first is cold, the medians of the
-/// rest are warm. Every warm scan must find what the cold one found.
-pub fn measure(targets: Vec<PathBuf>, runs: usize) -> Rows {
+/// Scans `targets` `runs + 1` times with one index (listing each namespace's mounts, or
+/// `watching` the kernel's mount events): the first is cold, the medians of the rest are
+/// warm. Every warm scan must find what the cold one found.
+pub fn measure(targets: Vec<PathBuf>, runs: usize, watching: bool) -> Rows {
     let req = ScanRequest {
         targets,
         devices: Vec::new(),
@@ -80,26 +83,40 @@ pub fn measure(targets: Vec<PathBuf>, runs: usize) -> Rows {
         no_identity: Vec::new(),
         runtime_pid: None,
     };
-    // MNTREAP_BENCH_TRACE=1: the scans' phase timings (debug lines) on stderr.
+    // MNTREAP_BENCH_TRACE=1: the scans' phase timings (debug lines) on stderr, filtered
+    // by MNTREAP_BENCH_FILTER (`mntreap=debug,mntreap::engine::scan::matching=info` leaves
+    // out a line per matched mount).
     if std::env::var_os("MNTREAP_BENCH_TRACE").is_some() {
         let _ = tracing_subscriber::fmt()
-            .with_env_filter("mntreap=debug")
+            .with_env_filter(
+                std::env::var("MNTREAP_BENCH_FILTER").unwrap_or("mntreap=debug".into()),
+            )
             .with_writer(std::io::stderr)
             .try_init();
     }
-    let index = TableIndex::new(Duration::from_secs(3600));
+    let age = Duration::from_secs(3600);
+    let index = if watching {
+        TableIndex::watching(age)
+    } else {
+        TableIndex::new(age)
+    };
+    assert!(
+        !watching || index.events(),
+        "this kernel reports no mount events (6.15+)"
+    );
     let (cold, first) = timed(&index, &req, None);
     let holders = first.holders.len();
     assert!(!first.from_index(), "the first scan had nothing to reuse");
     let mut warm = Vec::new();
     let mut reused = 0;
+    let mut unlisted = 0;
     let mut namespaces = 0;
     for _ in 0..runs.max(1) {
         let (cost, found) = timed(&index, &req, Some(holders));
         let used = found
             .index
             .expect("an indexed scan says how it used the index");
-        (reused, namespaces) = (used.reused, found.namespaces.len());
+        (reused, unlisted, namespaces) = (used.reused, used.unlisted, found.namespaces.len());
         warm.push(cost);
     }
     warm.sort_by_key(|c| c.wall);
@@ -107,6 +124,7 @@ pub fn measure(targets: Vec<PathBuf>, runs: usize) -> Rows {
         cold,
         warm: warm[warm.len() / 2],
         reused,
+        unlisted,
         namespaces,
         index_bytes: index.heap_bytes(),
         holders,

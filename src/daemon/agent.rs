@@ -59,7 +59,7 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
         "connection caps"
     );
     let index = (!config.index_max_age.is_zero())
-        .then(|| crate::engine::index::TableIndex::new(config.index_max_age));
+        .then(|| crate::engine::index::TableIndex::watching(config.index_max_age));
     let agent = Arc::new(Agent {
         index,
         config,
@@ -219,6 +219,7 @@ fn sweep_once(agent: &Agent) -> anyhow::Result<()> {
             let used = index.unwrap_or_default();
             agent.metrics.index_reused.set(used.reused as i64);
             agent.metrics.index_read.set(used.read as i64);
+            agent.metrics.index_unlisted.set(used.unlisted as i64);
             (leaked, in_use, cgroups_unknown, release)
         }
     };

@@ -24,6 +24,7 @@ pub(super) struct Metrics {
     pub(super) in_use: Gauge,
     pub(super) index_reused: Gauge,
     pub(super) index_read: Gauge,
+    pub(super) index_unlisted: Gauge,
     pub(super) index_bytes: Gauge,
     pub(super) released: Counter,
     pub(super) failed: Counter,
@@ -41,6 +42,7 @@ impl Metrics {
             in_use: Gauge::default(),
             index_reused: Gauge::default(),
             index_read: Gauge::default(),
+            index_unlisted: Gauge::default(),
             index_bytes: Gauge::default(),
             released: Counter::default(),
             failed: Counter::default(),
@@ -73,6 +75,11 @@ impl Metrics {
             "index_namespaces_read",
             "Namespaces whose mount table the last sweep read from the kernel",
             m.index_read.clone(),
+        );
+        registry.register(
+            "index_namespaces_unlisted",
+            "Of the reused namespaces, those reused on the kernel's mount events, unlisted",
+            m.index_unlisted.clone(),
         );
         registry.register(
             "index_bytes",

@@ -1,25 +1,42 @@
 //! Mount tables kept between the scans of a long-running process (the agent's sweeps), so
 //! that a namespace whose mounts have not changed costs one `listmount` instead of one
-//! `statmount` per mount.
+//! `statmount` per mount, or nothing at all where the kernel reports mount events.
 //!
 //! A kept table is reused only while `listmount` gives exactly the never-reused 64-bit ids
 //! it was read with: a mount that appeared (a new copy, a bind) or went has an id of its
-//! own, so no mount can be hidden by the index. What an id set does not show is a change of
-//! a live mount's propagation (`mount --make-private`) or a `mount --move`; by a probe run
-//! by hand on 6.18, neither the mountinfo poll event nor fanotify's mount events report
-//! propagation changes either. So a table from the index is fit for *finding* what to release, never for
-//! releasing it: every release scans cold (the agent's sweep scans again before it acts),
-//! and a kept table is read again once it is older than [`TableIndex::max_age`].
+//! own, so no mount can be hidden by the index. With mount events (fanotify
+//! `FAN_MARK_MNTNS`, Linux 6.15+, [`crate::engine::mount_events`]) a namespace is marked
+//! before its table is read, and its table is reused without `listmount` until an event
+//! may concern it: an attach (which names no namespace) or lost events send every
+//! namespace back to `listmount`, a detach the one namespace that held the mount, a move
+//! (which keeps the ids) that namespace to a new read. What neither ids nor events show is
+//! a change of a live mount's propagation (`mount --make-private`): by a probe run by hand
+//! on 6.18, neither the mountinfo poll event nor fanotify's mount events report it. So a
+//! table from the index is fit for *finding* what to release, never for releasing it:
+//! every release scans cold (the agent's sweep scans again before it acts), and a kept
+//! table is read again once it is older than [`TableIndex::max_age`].
 
 use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 use std::os::fd::AsFd;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::engine::mount_events::{MountEvent, MountEvents};
 use crate::engine::namespace::Namespace;
 use crate::engine::source::SourceError;
 use crate::engine::sys;
 use crate::engine::table::MountTable;
+
+/// What an event since the last scan asks of a kept table before it is reused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Recheck {
+    /// List the namespace's mounts: reuse the table if the ids are the same.
+    List,
+    /// Read the table again (a move keeps the ids but changes a mount point).
+    Read,
+}
 
 /// One namespace's table as kept, keyed in the index by the namespace's 64-bit id.
 struct Kept {
@@ -29,6 +46,32 @@ struct Kept {
     read_at: Instant,
     /// `None` while a scan holds it (lent out by [`TableIndex::table`]).
     table: Option<MountTable>,
+    /// Marked in the index's event group before the table was read.
+    watched: bool,
+    /// Set by the events drained when a scan begins.
+    recheck: Option<Recheck>,
+    /// Digest of the ids the table was read with: a kept table reused on the events' word
+    /// must still be, mount for mount, the one read.
+    ids_digest: u64,
+}
+
+impl Kept {
+    /// Whether the kept table holds mount `id` (tables are in listmount's ascending order).
+    fn holds(&self, id: u64) -> bool {
+        self.table.as_ref().is_some_and(|t| {
+            t.mounts
+                .binary_search_by_key(&Some(id), |m| m.unique_id)
+                .is_ok()
+        })
+    }
+}
+
+fn ids_digest(ids: impl Iterator<Item = Option<u64>>) -> u64 {
+    let mut h = std::hash::DefaultHasher::new();
+    for id in ids {
+        id.hash(&mut h);
+    }
+    h.finish()
 }
 
 /// How a scan used the index.
@@ -36,6 +79,9 @@ struct Kept {
 pub struct IndexUse {
     /// Namespaces whose kept table was reused.
     pub reused: usize,
+    /// Of those, reused on the kernel's mount events, with no `listmount`.
+    #[serde(default)]
+    pub unlisted: usize,
     /// Namespaces read from the kernel (new, changed, or older than the index's age).
     pub read: usize,
 }
@@ -43,9 +89,12 @@ pub struct IndexUse {
 /// Tables kept between scans; see the module's documentation.
 pub struct TableIndex {
     kept: Mutex<HashMap<u64, Kept>>,
-    /// A kept table older than this is read again (a move or a propagation change since is
-    /// then seen).
+    /// A kept table older than this is read again (a propagation change since is then
+    /// seen).
     pub max_age: Duration,
+    events: Option<MountEvents>,
+    /// Namespaces the current scan reused with no `listmount`.
+    unlisted: AtomicUsize,
 }
 
 impl std::fmt::Debug for TableIndex {
@@ -53,16 +102,38 @@ impl std::fmt::Debug for TableIndex {
         f.debug_struct("TableIndex")
             .field("namespaces", &self.len())
             .field("max_age", &self.max_age)
+            .field("events", &self.events.is_some())
             .finish()
     }
 }
 
 impl TableIndex {
+    /// An index that lists every namespace's mounts before it reuses a table.
     pub fn new(max_age: Duration) -> Self {
         TableIndex {
             kept: Mutex::new(HashMap::new()),
             max_age,
+            events: None,
+            unlisted: AtomicUsize::new(0),
         }
+    }
+
+    /// An index that trusts the kernel's mount events where it has them (6.15+), and
+    /// lists mounts where it does not; [`TableIndex::events`] says which.
+    pub fn watching(max_age: Duration) -> Self {
+        let mut index = TableIndex::new(max_age);
+        match MountEvents::new() {
+            Ok(events) => index.events = Some(events),
+            Err(e) => {
+                tracing::info!(error = %e, "no mount events (Linux 6.15+): the index lists each namespace's mounts")
+            }
+        }
+        index
+    }
+
+    /// Whether the index uses the kernel's mount events.
+    pub fn events(&self) -> bool {
+        self.events.is_some()
     }
 
     fn kept(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Kept>> {
@@ -98,9 +169,15 @@ impl TableIndex {
             .sum()
     }
 
-    /// `ns`'s table, and whether it is the kept one: that is when `listmount` still lists
-    /// exactly the kept table's mounts, in its order, and it is young enough (re-signed
-    /// for `signatures`); else the table is read from the kernel.
+    /// Namespaces the current scan reused with no `listmount`.
+    pub fn unlisted(&self) -> usize {
+        self.unlisted.load(Ordering::Relaxed)
+    }
+
+    /// `ns`'s table, and whether it is the kept one: that is when it is young enough and
+    /// either no event since concerns it, or `listmount` still lists exactly the kept
+    /// table's mounts, in its order (re-signed for `signatures`); else the table is read
+    /// from the kernel.
     pub fn table(
         &self,
         ns: &Namespace,
@@ -114,27 +191,14 @@ impl TableIndex {
             }
         };
         let ns_id = sys::mntns_id(ns.fd.as_fd()).map_err(io("NS_GET_MNTNS_ID"))?;
+        if let Some(table) = self.reuse(ns_id, None, signatures) {
+            self.unlisted.fetch_add(1, Ordering::Relaxed);
+            return Ok((table, true));
+        }
+        // Marked before its mounts are listed and read: no change after goes unreported.
+        let watched = self.watch(ns, ns_id);
         let ids = sys::listmount_all(ns_id).map_err(io("listmount"))?;
-        // The kept table itself says which mounts it was read with: a table changed since
-        // (by a bug, or by whoever could) no longer matches, and is read again.
-        let same = |t: &MountTable| {
-            t.ns_id == Some(ns_id)
-                && t.mounts
-                    .iter()
-                    .map(|m| m.unique_id)
-                    .eq(ids.iter().map(|&id| Some(id)))
-        };
-        let reused = self.kept().get_mut(&ns_id).and_then(|k| {
-            let young = k.read_at.elapsed() < self.max_age;
-            let mut table = k.table.take_if(|t| young && same(t))?;
-            // Only these overlays carry a signature: each is signed for this scan's.
-            for (i, upper) in &k.upperdirs {
-                table.mounts[*i].layer_signature =
-                    crate::engine::mountinfo::signature_of(upper, signatures);
-            }
-            Some(table)
-        });
-        if let Some(table) = reused {
+        if let Some(table) = self.reuse(ns_id, Some(&ids), signatures) {
             return Ok((table, true));
         }
         // Only a namespace of mntreap's user namespace can carry a layer signature (see
@@ -147,9 +211,67 @@ impl TableIndex {
                 upperdirs,
                 read_at: Instant::now(),
                 table: None,
+                watched,
+                recheck: None,
+                ids_digest: ids_digest(ids.iter().map(|&id| Some(id))),
             },
         );
         Ok((table, false))
+    }
+
+    /// Marks `ns` in the event group unless it is already: whether its events are seen.
+    fn watch(&self, ns: &Namespace, ns_id: u64) -> bool {
+        let Some(events) = &self.events else {
+            return false;
+        };
+        if self.kept().get(&ns_id).is_some_and(|k| k.watched) {
+            return true;
+        }
+        match events.watch(ns.fd.as_fd()) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::debug!(ns = ns.inode, error = %e, "namespace not watched: its mounts are listed");
+                false
+            }
+        }
+    }
+
+    /// The kept table of `ns_id`, lent out, if it may be reused: with `ids` (what
+    /// `listmount` gives now) when they are the table's; without, when the namespace is
+    /// watched, no event since concerns it, and the table still has the ids it was read with.
+    fn reuse(&self, ns_id: u64, ids: Option<&[u64]>, signatures: &[Vec<u8>]) -> Option<MountTable> {
+        let mut kept = self.kept();
+        let k = kept.get_mut(&ns_id)?;
+        if k.read_at.elapsed() >= self.max_age {
+            return None;
+        }
+        let mut table = match (ids, k.recheck) {
+            (None, None) if k.watched => {
+                let digest = k.ids_digest;
+                k.table.take_if(|t| {
+                    t.ns_id == Some(ns_id)
+                        && ids_digest(t.mounts.iter().map(|m| m.unique_id)) == digest
+                })?
+            }
+            // The kept table itself says which mounts it was read with: a table changed
+            // since (by a bug, or by whoever could) no longer matches, and is read again.
+            (Some(ids), None | Some(Recheck::List)) => k.table.take_if(|t| {
+                t.ns_id == Some(ns_id)
+                    && t.mounts
+                        .iter()
+                        .map(|m| m.unique_id)
+                        .eq(ids.iter().map(|&id| Some(id)))
+            })?,
+            _ => return None,
+        };
+        // Listed just now, after the events were drained: events from here on are queued.
+        k.recheck = None;
+        // Only these overlays carry a signature: each is signed for this scan's.
+        for (i, upper) in &k.upperdirs {
+            table.mounts[*i].layer_signature =
+                crate::engine::mountinfo::signature_of(upper, signatures);
+        }
+        Some(table)
     }
 
     /// Takes the tables of a finished scan back (strings it read included), and forgets
@@ -171,6 +293,30 @@ impl TableIndex {
     /// Starts a scan: forgets tables lent to a scan that ended without giving them back
     /// (it failed, or was skipped).
     pub fn begin(&self) {
-        self.kept().retain(|_, k| k.table.is_some());
+        self.unlisted.store(0, Ordering::Relaxed);
+        let mut kept = self.kept();
+        kept.retain(|_, k| k.table.is_some());
+        let Some(events) = &self.events else {
+            return;
+        };
+        let mut all = None;
+        for event in events.drain() {
+            let (id, asks) = match event {
+                MountEvent::Detached(id) => (Some(id), Recheck::List),
+                MountEvent::Moved(id) => (Some(id), Recheck::Read),
+                // An attach names a mount no kept table has, so not its namespace.
+                MountEvent::Attached(_) => (None, Recheck::List),
+                MountEvent::Lost => (None, Recheck::Read),
+            };
+            match id.and_then(|id| kept.values_mut().find(|k| k.holds(id))) {
+                Some(k) => k.recheck = k.recheck.max(Some(asks)),
+                None => all = all.max(Some(asks)),
+            }
+        }
+        if let Some(asks) = all {
+            for k in kept.values_mut() {
+                k.recheck = k.recheck.max(Some(asks));
+            }
+        }
     }
 }

@@ -10,6 +10,7 @@
 pub mod busy;
 pub mod cgroups;
 pub mod index;
+pub mod mount_events;
 pub mod mountinfo;
 pub mod namespace;
 pub mod nsexec;

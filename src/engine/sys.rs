@@ -527,3 +527,50 @@ pub(crate) fn statmount(
         });
     }
 }
+
+/// `fanotify_init` flag: report mount attach and detach events (Linux 6.15+).
+const FAN_REPORT_MNT: libc::c_uint = 0x0000_4000;
+/// `fanotify_mark` flag: the object marked is a mount namespace (an nsfs file).
+const FAN_MARK_MNTNS: libc::c_uint = 0x0000_0110;
+/// A mount was attached in (or moved within) a marked namespace.
+pub(crate) const FAN_MNT_ATTACH: u64 = 0x0100_0000;
+/// A mount was detached from (or moved within) a marked namespace.
+pub(crate) const FAN_MNT_DETACH: u64 = 0x0200_0000;
+/// The info record that carries the unique id of the mount an event is about.
+pub(crate) const FAN_EVENT_INFO_TYPE_MNT: u8 = 7;
+
+/// A new fanotify group that reports mount events, non-blocking (Linux 6.15+; needs
+/// CAP_SYS_ADMIN).
+pub(crate) fn mount_events_group() -> io::Result<OwnedFd> {
+    let flags = libc::FAN_CLASS_NOTIF | libc::FAN_CLOEXEC | libc::FAN_NONBLOCK | FAN_REPORT_MNT;
+    // SAFETY: fanotify_init takes two integer flag words and returns a new descriptor or -1.
+    let fd = unsafe { libc::fanotify_init(flags, libc::O_RDONLY as libc::c_uint) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fanotify_init returned a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Marks the mount namespace behind `ns_fd` in `group`: its attaches and detaches are
+/// reported from now on, until the namespace goes.
+pub(crate) fn watch_mount_namespace(
+    group: BorrowedFd<'_>,
+    ns_fd: BorrowedFd<'_>,
+) -> io::Result<()> {
+    // SAFETY: both descriptors are borrowed, so open for the call; a null pathname makes
+    // the kernel mark the object `ns_fd` refers to, and nothing else is passed by pointer.
+    let rc = unsafe {
+        libc::fanotify_mark(
+            group.as_raw_fd(),
+            libc::FAN_MARK_ADD | FAN_MARK_MNTNS,
+            FAN_MNT_ATTACH | FAN_MNT_DETACH,
+            ns_fd.as_raw_fd(),
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}

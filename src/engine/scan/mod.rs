@@ -350,8 +350,9 @@ pub fn scan_indexed(request: &ScanRequest, index: Option<&TableIndex>) -> Result
         index.begin();
     }
     let namespaces = read_namespaces(request, index, blindness.is_none(), &mut notes, &mut denied)?;
-    let index_use = index.map(|_| IndexUse {
+    let index_use = index.map(|index| IndexUse {
         reused: namespaces.iter().filter(|n| n.from_index).count(),
+        unlisted: index.unlisted(),
         read: namespaces
             .iter()
             .filter(|n| n.table.is_some() && !n.from_index)
