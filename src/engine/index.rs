@@ -9,7 +9,8 @@
 //! before its table is read, and its table is reused without `listmount` until an event
 //! may concern it: an attach (which names no namespace) or lost events send every
 //! namespace back to `listmount`, a detach the one namespace that held the mount, a move
-//! (which keeps the ids) that namespace to a new read. What neither ids nor events show is
+//! (which keeps the ids) that namespace to a new read. Without events, or when they were
+//! lost, a move goes unseen until the table is [`TableIndex::max_age`] old. What neither ids nor events show is
 //! a change of a live mount's propagation (`mount --make-private`): by a probe run by hand
 //! on 6.18, neither the mountinfo poll event nor fanotify's mount events report it. So a
 //! table from the index is fit for *finding* what to release, never for releasing it:
@@ -17,7 +18,6 @@
 //! table is read again once it is older than [`TableIndex::max_age`].
 
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
 use std::os::fd::AsFd;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -66,12 +66,14 @@ impl Kept {
     }
 }
 
+/// A digest of a table's ids, in order: a check against bugs, not an adversary (a kept
+/// table lives in the agent's own memory), so a multiply-rotate fold, not SipHash.
 fn ids_digest(ids: impl Iterator<Item = Option<u64>>) -> u64 {
-    let mut h = std::hash::DefaultHasher::new();
-    for id in ids {
-        id.hash(&mut h);
-    }
-    h.finish()
+    ids.fold(0x243F_6A88_85A3_08D3, |h, id| {
+        (h ^ id.map_or(u64::MAX, |id| id))
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            .rotate_left(29)
+    })
 }
 
 /// How a scan used the index.
@@ -306,7 +308,10 @@ impl TableIndex {
                 MountEvent::Moved(id) => (Some(id), Recheck::Read),
                 // An attach names a mount no kept table has, so not its namespace.
                 MountEvent::Attached(_) => (None, Recheck::List),
-                MountEvent::Lost => (None, Recheck::Read),
+                // Lost events (a queue that overflowed between two sweeps of a busy node)
+                // cost a listing, not a cold read of every namespace: a move among them
+                // then waits for the table's age, as it does without events.
+                MountEvent::Lost => (None, Recheck::List),
             };
             match id.and_then(|id| kept.values_mut().find(|k| k.holds(id))) {
                 Some(k) => k.recheck = k.recheck.max(Some(asks)),

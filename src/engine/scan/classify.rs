@@ -1,7 +1,7 @@
 //! Classification: which holders are a namespace's root, contain a process's root, or are
 //! kept busy by processes (cwd, executable, open files).
 
-use std::collections::{HashMap, HashSet};
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use std::path::Path;
 
 use super::{InUse, Pin, Scan};

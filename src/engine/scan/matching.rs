@@ -1,7 +1,7 @@
 //! Matching: which mounts of which namespaces hold the targets (path, identity from
 //! trusted views only, inside-copy).
 
-use std::collections::HashSet;
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use std::os::unix::ffi::OsStrExt;
 
 use tracing::debug;
@@ -108,15 +108,14 @@ fn seed_devices(scan: &Scan) -> HashSet<(u32, u32)> {
 /// by the first mount looked at (the node's `/` of the same filesystem), and the other
 /// mounts' roots are needed only for the identities that stand.
 struct SameDevice {
-    by_dev: std::collections::HashMap<(u32, u32), Vec<(usize, usize)>>,
+    by_dev: HashMap<(u32, u32), Vec<(usize, usize)>>,
     /// Each namespace's root mount, once asked for.
-    ns_roots: std::collections::HashMap<usize, Option<usize>>,
+    ns_roots: HashMap<usize, Option<usize>>,
 }
 
 impl SameDevice {
     fn of(scan: &Scan, seed_devs: &HashSet<(u32, u32)>) -> SameDevice {
-        let mut by_dev: std::collections::HashMap<(u32, u32), Vec<(usize, usize)>> =
-            std::collections::HashMap::new();
+        let mut by_dev: HashMap<(u32, u32), Vec<(usize, usize)>> = HashMap::new();
         if !seed_devs.is_empty() {
             for (ns, n) in scan.namespaces.iter().enumerate() {
                 let Some(table) = n.table.as_ref() else {
@@ -131,7 +130,7 @@ impl SameDevice {
         }
         SameDevice {
             by_dev,
-            ns_roots: std::collections::HashMap::new(),
+            ns_roots: HashMap::new(),
         }
     }
 
@@ -153,8 +152,7 @@ impl SameDevice {
     ) {
         let accepted: HashSet<(u32, u32)> = identities.iter().map(|k| k.0).collect();
         let refused: HashSet<(u32, u32)> = refused.iter().map(|k| k.0).collect();
-        let mut wanted: std::collections::HashMap<usize, Vec<usize>> =
-            std::collections::HashMap::new();
+        let mut wanted: HashMap<usize, Vec<usize>> = HashMap::new();
         let devs: Vec<(u32, u32)> = self.by_dev.keys().copied().collect();
         for dev in devs {
             let list = self.by_dev[&dev].clone();
@@ -262,7 +260,9 @@ fn matches_in(
     let mut matched: Vec<Option<Match>> = table
         .mounts
         .iter()
-        .map(|m| known.devices.contains(&m.dev).then_some(Match::Device))
+        .map(|m| {
+            (!known.devices.is_empty() && known.devices.contains(&m.dev)).then_some(Match::Device)
+        })
         .collect();
     for &i in seeds {
         if matched[i].is_some() {
@@ -278,11 +278,15 @@ fn matches_in(
         );
     }
     let mut index = None;
+    let mut key: Identity = ((0, 0), Vec::new());
     for (i, m) in table.mounts.iter().enumerate() {
         if matched[i].is_some() || !m.has_root || !known.seed_devs.contains(&m.dev) {
             continue;
         }
-        let key = (m.dev, table.root(m).to_vec());
+        // One key for the whole table: no allocation per mount of the seeds' devices.
+        key.0 = m.dev;
+        key.1.clear();
+        key.1.extend_from_slice(table.root(m));
         if known.identities.contains(&key) {
             matched[i] = Some(Match::Identity);
         } else if known.refused.contains(&key) {
@@ -387,8 +391,8 @@ fn push_holders(
 /// The identities that seeds under [`Scan::no_identity`] name (kubelet's subPaths), with
 /// the note that says why they are refused: a subPath binds whatever the pod names. A
 /// layer's own signature still says what it is, wherever it is mounted.
-fn path_only_vetoes(scan: &Scan) -> std::collections::HashMap<Identity, String> {
-    let mut vetoes = std::collections::HashMap::new();
+fn path_only_vetoes(scan: &Scan) -> HashMap<Identity, String> {
+    let mut vetoes = HashMap::new();
     for n in &scan.namespaces {
         let Some(table) = n.table.as_ref() else {
             continue;
