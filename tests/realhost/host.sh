@@ -22,6 +22,15 @@
 #       --bin PATH                   static mntreap, bound read-only at /usr/local/bin/mntreap
 #                                    (default: $MNTREAP_REALHOST_BIN)
 #       --deb PATH                   a .deb (packaging/deb/build.sh), copied to /root/mntreap.deb
+#   host.sh vm NAME [--cri] --bin PATH --test-bin PATH --test NAME
+#                                    the release in a qemu VM instead (its own kernel from
+#                                    linux-image-amd64, cgroup v2 with real controllers; a root
+#                                    cached apart, with the kernel): the rootfs configured as
+#                                    for `up`, the static mntreap and a test binary copied in,
+#                                    booted under TCG; a unit runs that binary's test NAME
+#                                    with MNTREAP_REALHOST_IN_GUEST=1 and powers off. Prints
+#                                    the test's output, exits with its status; VM_TIMEOUT
+#                                    (default 1200 s) bounds the run
 #   host.sh exec NAME CMD...         run CMD inside (all namespaces of the guest's PID 1)
 #   host.sh run NAME CMD...          run CMD inside as a transient unit (systemd-run --pipe --wait)
 #   host.sh leader NAME              host pid of the guest's PID 1
@@ -54,6 +63,12 @@ SOURCES=${MNTREAP_REALHOST_SOURCES:-}
 PKGS=systemd,systemd-sysv,dbus,docker.io,containerd,nginx,busybox-static,iproute2,procps,util-linux
 # trixie and sid ship the docker CLI apart from the daemon.
 if [ "$RELEASE" != bookworm ]; then PKGS=$PKGS,docker-cli; fi
+# A VM boots the release's own kernel; the test binary inside it runs python3 (the CRI
+# test's image) and ctr (containerd's package).
+if [ "${1:-}" = vm ]; then
+    ROOTFS=$ROOTFS-vm
+    PKGS=$PKGS,linux-image-amd64,initramfs-tools,python3
+fi
 STAMP="$RELEASE minbase $PKGS"
 BOOT_TIMEOUT=${BOOT_TIMEOUT:-120}
 
@@ -174,6 +189,99 @@ EOF
 }
 
 rundir() { echo "$RUNBASE/$1"; }
+
+# A VM of the release (see the usage above). Measured here: sid's kernel boots to
+# multi-user.target and powers off in about 30 s under TCG. This machine has /dev/kvm
+# (nested), but under KVM the kernel's decompressor stops at "KVM internal error ...
+# emulation failure", so the VM runs under TCG.
+cmd_vm() {
+    local name=${1:?usage: host.sh vm NAME [--cri] --bin PATH --test-bin PATH --test NAME}; shift
+    local cri=0 bin="" testbin="" test=""
+    while [ $# -gt 0 ]; do
+        case "$1" in
+            --cri) cri=1;;
+            --bin) bin=$2; shift;;
+            --test-bin) testbin=$2; shift;;
+            --test) test=$2; shift;;
+            *) echo "unknown option $1" >&2; exit 2;;
+        esac
+        shift
+    done
+    if [ -z "$bin" ] || [ -z "$testbin" ] || [ -z "$test" ]; then
+        echo "vm: --bin, --test-bin and --test are needed" >&2; exit 2
+    fi
+    command -v qemu-system-x86_64 >/dev/null \
+        || { echo "qemu-system-x86_64 is missing: run .ci/run (installs qemu-system-x86)" >&2; exit 1; }
+    cmd_build
+    local d; d=$(rundir "$name")
+    [ -n "$d" ] || exit 1
+    [ -e "$d" ] && cmd_down "$name" --kill
+    local t0=$SECONDS root="$d/root"
+    mkdir -p "$d"
+    cp -a --reflink=auto "$ROOTFS" "$root"
+    configure "$root" false 0 "$cri"
+    install -D -m 755 "$bin" "$root/usr/local/bin/mntreap"
+    install -D -m 755 "$testbin" "$root/opt/mntreap/realhost-test"
+    ln -sf /dev/null "$root/etc/systemd/system/serial-getty@ttyS0.service"
+    local unit="$root/etc/systemd/system/mntreap-vm-test.service"
+    {
+        echo "[Unit]"
+        echo "Description=mntreap's real-host test $test, inside the VM"
+        echo "After=multi-user.target containerd.service"
+        echo "Wants=containerd.service"
+        echo
+        echo "[Service]"
+        echo "Type=oneshot"
+        echo "Environment=MNTREAP_REALHOST_IN_GUEST=1 MNTREAP_REALHOST_RELEASE=$RELEASE RUST_BACKTRACE=1 HOME=/root"
+        echo "ExecStart=/bin/sh -c 'echo MNTREAP-VM-BEGIN; /opt/mntreap/realhost-test --exact $test --nocapture --test-threads 1 2>&1; echo MNTREAP-VM-RC=\$\$?'"
+        echo "ExecStopPost=/bin/systemctl --no-block poweroff"
+        echo "StandardOutput=tty"
+        echo "TTYPath=/dev/ttyS0"
+        echo
+        echo "[Install]"
+        echo "WantedBy=multi-user.target"
+    } > "$unit"
+    ln -sf ../mntreap-vm-test.service "$root/etc/systemd/system/multi-user.target.wants/"
+    cp "$root"/boot/vmlinuz-* "$d/vmlinuz"
+    cp "$root"/boot/initrd.img-* "$d/initrd.img"
+    # room for images, pods and logs beside the root's own size
+    local mb; mb=$(( $(du -sm "$root" | cut -f1) + 3072 ))
+    truncate -s "${mb}M" "$d/disk.img"
+    mkfs.ext4 -q -F -L mntreap-vm -d "$root" "$d/disk.img"
+    rm -rf --one-file-system "${root:?}"
+    log "$name: disk image in $((SECONDS - t0))s; booting under TCG"
+    qemu-system-x86_64 -accel tcg,thread=multi -cpu max -m 3072 -smp 2 \
+        -display none -monitor none -serial "file:$d/console.log" -no-reboot -nic none \
+        -kernel "$d/vmlinuz" -initrd "$d/initrd.img" \
+        -append "root=/dev/vda rw console=ttyS0 quiet systemd.show_status=false" \
+        -drive "file=$d/disk.img,format=raw,if=virtio" < /dev/null > "$d/qemu.log" 2>&1 &
+    local qpid=$!
+    echo "$qpid" > "$d/qemu.pid"
+    local limit=${VM_TIMEOUT:-1200}
+    local deadline=$((SECONDS + limit))
+    while kill -0 "$qpid" 2>/dev/null; do
+        if [ "$SECONDS" -ge "$deadline" ]; then
+            log "$name: no poweroff within ${limit}s; killing qemu $qpid"
+            kill -KILL "$qpid" 2>/dev/null || true
+            break
+        fi
+        sleep 1
+    done
+    wait "$qpid" 2>/dev/null || true
+    log "$name: VM done in $((SECONDS - t0))s"
+    local out rc
+    out=$(tr -d '\r' < "$d/console.log" | sed -n '/MNTREAP-VM-BEGIN/,/MNTREAP-VM-RC=/p')
+    rc=$(printf '%s\n' "$out" | sed -n 's/.*MNTREAP-VM-RC=\([0-9]*\).*/\1/p' | tail -1)
+    printf '%s\n' "$out"
+    if [ -z "$rc" ]; then
+        log "$name: the test never finished; the console's end:"
+        tail -n 80 "$d/console.log" >&2
+        cat "$d/qemu.log" >&2
+        rc=1
+    fi
+    cmd_down "$name"
+    return "$rc"
+}
 
 # nspawn without a cgroup namespace binds every v1 controller the kernel has from the host's
 # /sys/fs/cgroup/NAME; this machine leaves some unmounted (none of them in cgroup2). Mounts
@@ -323,6 +431,11 @@ cmd_down() {
     local name=${1:?usage: host.sh down NAME [--kill]} d; d=$(rundir "$name")
     [ -d "$d" ] || return 0
     local npid="" i; [ -e "$d/nspawn.pid" ] && npid=$(cat "$d/nspawn.pid")
+    # a VM's qemu, only while that pid is still a qemu (pids are reused)
+    if [ -e "$d/qemu.pid" ]; then
+        local q; q=$(cat "$d/qemu.pid")
+        case "$(cat "/proc/$q/comm" 2>/dev/null)" in qemu-system-*) kill -KILL "$q" 2>/dev/null || true;; esac
+    fi
     # only a pid that is still our systemd-nspawn (pids are reused)
     if [ -n "$npid" ] && [ "$(cat "/proc/$npid/comm" 2>/dev/null)" = systemd-nspawn ]; then
         if [ "${2:-}" = --kill ] && [ -e "$d/leader.pid" ]; then
@@ -369,10 +482,11 @@ cmd_down() {
 case "${1:-}" in
     build) cmd_build; echo "$ROOTFS";;
     up) shift; cmd_up "$@";;
+    vm) shift; cmd_vm "$@";;
     exec) shift; cmd_exec "$@";;
     run) shift; cmd_run "$@";;
     leader) leader "$2";;
     console) cat "$(rundir "$2")/console.log";;
     down) shift; cmd_down "$@";;
-    *) sed -n '2,33p' "$0"; exit 2;;
+    *) sed -n '2,40p' "$0"; exit 2;;
 esac
