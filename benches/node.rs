@@ -13,7 +13,9 @@
 //!   mountinfo per namespace (the floor of the text path), and `mntreap scan` with each
 //!   backend;
 //! - release of one layer in every namespace: a `umount -N /proc/PID/ns/mnt -l PATH` loop
-//!   (util-linux) against `mntreap release`.
+//!   (util-linux) against `mntreap release`;
+//! - index: the same scans in process, cold and warm, with the listing index and (6.15+)
+//!   the agent's, which trusts mount events ([`warm`]).
 
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};

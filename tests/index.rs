@@ -317,3 +317,45 @@ fn a_copy_moved_since_the_read_is_reported_where_it_is() {
         "the moved copy is reported where it was"
     );
 }
+
+#[test]
+fn a_copy_moved_among_lost_events_is_reported_where_it_is() {
+    let _serial = serial();
+    if !listmount_works() {
+        return;
+    }
+    let Some(index) = watching_index() else {
+        return;
+    };
+    let (sb, layer, holder, request) = node("index-lost");
+    let ns = ns_inode(holder);
+    let first = kept_scan(&index, &request);
+    assert_eq!(held(&first, &[ns]), BTreeSet::from([(ns, layer.clone())]));
+    // More attaches and detaches than the event queue holds (16,384 by default), then a
+    // move: the move's event is lost with the others, and a move keeps the ids.
+    let churn = format!("{}/churn", sb.d());
+    let script = format!(
+        "import ctypes, os\n\
+         libc = ctypes.CDLL(None, use_errno=True)\n\
+         os.makedirs('{churn}', exist_ok=True)\n\
+         for _ in range(10000):\n\
+         \x20   assert libc.mount(b'{churn}', b'{churn}', None, 4096, None) == 0, ctypes.get_errno()\n\
+         \x20   assert libc.umount2(b'{churn}', 0) == 0, ctypes.get_errno()\n"
+    );
+    nsenter_ok(holder, &["python3", "-c", &script]);
+    let elsewhere = format!("{}/elsewhere", sb.d());
+    nsenter_ok(
+        holder,
+        &[
+            "sh",
+            "-c",
+            &format!("mount --make-private {layer} && mount --move {layer} {elsewhere}"),
+        ],
+    );
+    let second = kept_scan(&index, &request);
+    assert_eq!(
+        held(&second, &[ns]),
+        BTreeSet::from([(ns, elsewhere)]),
+        "the copy moved among lost events is reported where it was"
+    );
+}

@@ -7,10 +7,12 @@
 //! own, so no mount can be hidden by the index. With mount events (fanotify
 //! `FAN_MARK_MNTNS`, Linux 6.15+, [`crate::engine::mount_events`]) a namespace is marked
 //! before its table is read, and its table is reused without `listmount` until an event
-//! may concern it: an attach (which names no namespace) or lost events send every
-//! namespace back to `listmount`, a detach the one namespace that held the mount, a move
-//! (which keeps the ids) that namespace to a new read. Without events, or when they were
-//! lost, a move goes unseen until the table is [`TableIndex::max_age`] old. What neither ids nor events show is
+//! may concern it: an attach (which names no namespace) sends every namespace back to
+//! `listmount`, a detach the one namespace that held the mount; a move (which keeps the
+//! ids) sends that namespace to a new read, and lost events every namespace. Without events
+//! a move goes unseen until the table is [`TableIndex::max_age`] old; so, with or without
+//! them, does a rename of a directory above a mount point (no new id, no event). What
+//! neither ids nor events show is
 //! a change of a live mount's propagation (`mount --make-private`): by a probe run by hand
 //! on 6.18, neither the mountinfo poll event nor fanotify's mount events report it. So a
 //! table from the index is fit for *finding* what to release, never for releasing it:
@@ -215,7 +217,9 @@ impl TableIndex {
                 table: None,
                 watched,
                 recheck: None,
-                ids_digest: ids_digest(ids.iter().map(|&id| Some(id))),
+                // Of the mounts read: one gone between listmount and statmount is not in
+                // the table, and a digest of the listing would never match it again.
+                ids_digest: ids_digest(table.mounts.iter().map(|m| m.unique_id)),
             },
         );
         Ok((table, false))
@@ -243,6 +247,9 @@ impl TableIndex {
     /// watched, no event since concerns it, and the table still has the ids it was read with.
     fn reuse(&self, ns_id: u64, ids: Option<&[u64]>, signatures: &[Vec<u8>]) -> Option<MountTable> {
         let mut kept = self.kept();
+        if ids.is_none() {
+            self.apply_events(&mut kept);
+        }
         let k = kept.get_mut(&ns_id)?;
         if k.read_at.elapsed() >= self.max_age {
             return None;
@@ -298,6 +305,13 @@ impl TableIndex {
         self.unlisted.store(0, Ordering::Relaxed);
         let mut kept = self.kept();
         kept.retain(|_, k| k.table.is_some());
+        self.apply_events(&mut kept);
+    }
+
+    /// Drains the queued mount events into the kept tables' rechecks: at the start of a
+    /// scan, and again before each table reused unlisted (a copy made while the scan reads
+    /// other namespaces is then seen, as a listing would see it).
+    fn apply_events(&self, kept: &mut HashMap<u64, Kept>) {
         let Some(events) = &self.events else {
             return;
         };
@@ -308,10 +322,8 @@ impl TableIndex {
                 MountEvent::Moved(id) => (Some(id), Recheck::Read),
                 // An attach names a mount no kept table has, so not its namespace.
                 MountEvent::Attached(_) => (None, Recheck::List),
-                // Lost events (a queue that overflowed between two sweeps of a busy node)
-                // cost a listing, not a cold read of every namespace: a move among them
-                // then waits for the table's age, as it does without events.
-                MountEvent::Lost => (None, Recheck::List),
+                // A move may be among lost events, and a move keeps the ids: read again.
+                MountEvent::Lost => (None, Recheck::Read),
             };
             match id.and_then(|id| kept.values_mut().find(|k| k.holds(id))) {
                 Some(k) => k.recheck = k.recheck.max(Some(asks)),
