@@ -137,3 +137,67 @@ fn a_bind_at_the_target_path_in_a_sandbox_helpers_namespace_is_no_identity_eithe
         stderr(&out)
     );
 }
+
+/// A user namespace's owner can mount FUSE anywhere in its own mount namespace, over a
+/// target's path too, and never answer: a path lookup there waits on that daemon for as
+/// long as it likes. The scan reads such a namespace's mounts from the kernel and never
+/// walks its paths, so it finishes, and still lists the copy there.
+#[test]
+fn a_fuse_daemon_that_never_answers_on_a_targets_path_does_not_stall_the_scan() {
+    let mut sb = Sandbox::new("fuse-stall");
+    let d = sb.d();
+    let target = format!("{d}/l/abc/merged");
+    sb.sh(&format!(
+        "set -e; mkdir -p {target}; mount -t tmpfs target {target}"
+    ));
+    // The FUSE connection stays open in the sleep the script ends in; nothing reads it.
+    let fuse = sb.holder(
+        Some(&format!(
+            "exec unshare -Urm python3 -c \"
+import os, ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+fd = os.open('/dev/fuse', os.O_RDWR)
+os.set_inheritable(fd, True)
+opts = ('fd=%d,rootmode=40000,user_id=0,group_id=0' % fd).encode()
+assert libc.mount(b'stall', b'{d}/l', b'fuse', 0, opts) == 0, ctypes.get_errno()
+os.execvp('sleep', ['sleep', '3600'])
+\""
+        )),
+        None,
+    );
+    let fuse_at = std::fs::read_to_string(format!("/proc/{fuse}/mountinfo"))
+        .unwrap()
+        .lines()
+        .any(|l| l.contains(&format!(" {d}/l ")) && l.contains(" - fuse "));
+    assert!(fuse_at, "the FUSE mount is in place over {d}/l");
+
+    let mut scan = std::process::Command::new("nsenter")
+        .args(["-t", &sb.host_pid().to_string(), "-m", "--", BIN])
+        .args(["scan", "--any-path", "--json", "--path", &target])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while scan.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = scan.kill(); // a FUSE wait is killable
+            let _ = scan.wait();
+            panic!("the scan stalled on the FUSE mount over {d}/l");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let out = scan.wait_with_output().unwrap();
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("no JSON ({e}): {}", stderr(&out)));
+    let fuse_ns = ns_inode(fuse);
+    assert!(
+        doc["holders"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|h| h["mnt_ns"] == fuse_ns && h["mount_point"] == target.as_str()),
+        "the copy under the FUSE mount is still listed: {doc:#}"
+    );
+}

@@ -55,7 +55,8 @@ impl MountEvents {
     /// Every event queued since the last call; a read that fails says [`MountEvent::Lost`].
     pub fn drain(&self) -> Vec<MountEvent> {
         let mut events = Vec::new();
-        let mut buf = vec![0u8; 64 * 1024];
+        // Drained before every table reused unlisted: usually empty, so no heap buffer.
+        let mut buf = [0u8; 4096];
         loop {
             match nix::unistd::read(self.group.as_fd(), &mut buf) {
                 Ok(0) | Err(nix::errno::Errno::EAGAIN) => break,

@@ -342,7 +342,9 @@ pub fn hydrate_roots(table: &mut MountTable, indices: impl IntoIterator<Item = u
 /// mount's children below it, unless the target is an empty directory (nothing can be
 /// mounted below it). The result is then checked against the strings, so it is never
 /// more than the text backend finds; it can miss only mounts hidden under another mount,
-/// which nothing could unmount by path anyway.
+/// which nothing could unmount by path anyway. Namespaces of other user namespaces are
+/// never walked (their owner can put a FUSE daemon on any path there): their strings are
+/// read and filtered, as the text backend does.
 pub fn mounts_under(
     worker: &mut NsWorker,
     ns: &Namespace,
@@ -353,7 +355,11 @@ pub fn mounts_under(
         let m = &t.mounts[i];
         m.has_strings && targets.iter().any(|p| path_is_under(t.mount_point(m), p))
     };
-    if table.ns_id.is_none() {
+    // A namespace of another user namespace is filtered by its strings too, never walked:
+    // its owner may have mounted a FUSE filesystem on a target's path, and a lookup there
+    // waits on that daemon, for as long as it likes.
+    if table.ns_id.is_none() || !ns.host_userns {
+        hydrate(table, 0..table.mounts.len());
         return Ok((0..table.mounts.len())
             .filter(|&i| under(table, i))
             .collect());
@@ -422,7 +428,9 @@ fn probe(path: &[u8]) -> Option<(std::os::fd::OwnedFd, Probe)> {
     let st = sys::statx_mount(
         Some(fd.as_fd()),
         std::ffi::OsStr::new(""),
-        libc::AT_EMPTY_PATH,
+        // The mount id and root bit come from the VFS: no round trip to a network or FUSE
+        // filesystem for attributes.
+        libc::AT_EMPTY_PATH | libc::AT_STATX_DONT_SYNC,
     )
     .ok()?;
     let is_mount_root = st.is_mount_root.unwrap_or(true);

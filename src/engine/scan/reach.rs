@@ -159,9 +159,14 @@ fn still_at(ns_id: Option<u64>, unique: Option<u64>, point: &[u8]) -> bool {
 fn topmost_at(path: &[u8]) -> std::io::Result<Option<u64>> {
     let fd = sys::open_path_no_symlinks(OsStr::from_bytes(path))?;
     Ok(
-        sys::statx_mount(Some(fd.as_fd()), OsStr::new(""), libc::AT_EMPTY_PATH)
-            .ok()
-            .and_then(|st| st.mnt_id),
+        // The mount id comes from the VFS: no round trip to a FUSE or network filesystem.
+        sys::statx_mount(
+            Some(fd.as_fd()),
+            OsStr::new(""),
+            libc::AT_EMPTY_PATH | libc::AT_STATX_DONT_SYNC,
+        )
+        .ok()
+        .and_then(|st| st.mnt_id),
     )
 }
 
