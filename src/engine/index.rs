@@ -20,6 +20,7 @@
 //! table is read again once it is older than [`TableIndex::max_age`].
 
 use std::collections::HashMap;
+use std::num::NonZeroU64;
 use std::os::fd::AsFd;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -29,7 +30,7 @@ use crate::engine::mount_events::{MountEvent, MountEvents};
 use crate::engine::namespace::Namespace;
 use crate::engine::source::SourceError;
 use crate::engine::sys;
-use crate::engine::table::MountTable;
+use crate::engine::table::{MountTable, StringPool};
 
 /// What an event since the last scan asks of a kept table before it is reused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -62,7 +63,7 @@ impl Kept {
     fn holds(&self, id: u64) -> bool {
         self.table.as_ref().is_some_and(|t| {
             t.mounts
-                .binary_search_by_key(&Some(id), |m| m.unique_id)
+                .binary_search_by_key(&Some(id), |m| m.unique_id.map(NonZeroU64::get))
                 .is_ok()
         })
     }
@@ -93,6 +94,8 @@ pub struct IndexUse {
 /// Tables kept between scans; see the module's documentation.
 pub struct TableIndex {
     kept: Mutex<HashMap<u64, Kept>>,
+    /// The kept tables' strings, each once (locked only while tables are given back).
+    pool: Mutex<StringPool>,
     /// A kept table older than this is read again (a propagation change since is then
     /// seen).
     pub max_age: Duration,
@@ -116,6 +119,7 @@ impl TableIndex {
     pub fn new(max_age: Duration) -> Self {
         TableIndex {
             kept: Mutex::new(HashMap::new()),
+            pool: Mutex::new(StringPool::default()),
             max_age,
             events: None,
             unlisted: AtomicUsize::new(0),
@@ -161,7 +165,9 @@ impl TableIndex {
 
     /// The heap the kept tables take, roughly (for the agent's memory metric).
     pub fn heap_bytes(&self) -> usize {
-        self.kept()
+        let pool = self.pool.lock().map_or(0, |p| p.heap_bytes());
+        pool + self
+            .kept()
             .values()
             .map(|k| {
                 k.upperdirs
@@ -170,7 +176,7 @@ impl TableIndex {
                     .sum::<usize>()
                     + k.table.as_ref().map_or(0, MountTable::heap_bytes)
             })
-            .sum()
+            .sum::<usize>()
     }
 
     /// Namespaces the current scan reused with no `listmount`.
@@ -219,7 +225,12 @@ impl TableIndex {
                 recheck: None,
                 // Of the mounts read: one gone between listmount and statmount is not in
                 // the table, and a digest of the listing would never match it again.
-                ids_digest: ids_digest(table.mounts.iter().map(|m| m.unique_id)),
+                ids_digest: ids_digest(
+                    table
+                        .mounts
+                        .iter()
+                        .map(|m| m.unique_id.map(NonZeroU64::get)),
+                ),
             },
         );
         Ok((table, false))
@@ -259,7 +270,8 @@ impl TableIndex {
                 let digest = k.ids_digest;
                 k.table.take_if(|t| {
                     t.ns_id == Some(ns_id)
-                        && ids_digest(t.mounts.iter().map(|m| m.unique_id)) == digest
+                        && ids_digest(t.mounts.iter().map(|m| m.unique_id.map(NonZeroU64::get)))
+                            == digest
                 })?
             }
             // The kept table itself says which mounts it was read with: a table changed
@@ -268,7 +280,7 @@ impl TableIndex {
                 t.ns_id == Some(ns_id)
                     && t.mounts
                         .iter()
-                        .map(|m| m.unique_id)
+                        .map(|m| m.unique_id.map(NonZeroU64::get))
                         .eq(ids.iter().map(|&id| Some(id)))
             })?,
             _ => return None,
@@ -287,16 +299,19 @@ impl TableIndex {
     /// namespaces the scan did not lend a table to (gone, or unreadable now).
     pub fn keep(&self, tables: impl IntoIterator<Item = MountTable>) {
         let mut kept = self.kept();
+        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
         let mut returned = std::collections::HashSet::new();
         for mut table in tables {
             if let Some((id, k)) = table.ns_id.and_then(|id| Some((id, kept.get_mut(&id)?))) {
                 table.shrink_to_fit();
+                pool.share(&mut table);
                 k.table = Some(table);
                 returned.insert(id);
             }
         }
         // Namespaces gone since, and tables lent to a scan that never gave them back.
         kept.retain(|id, _| returned.contains(id));
+        pool.compact_and_publish(kept.values_mut().filter_map(|k| k.table.as_mut()).collect());
     }
 
     /// Starts a scan: forgets tables lent to a scan that ended without giving them back

@@ -83,9 +83,9 @@ fn parse_line(line: &[u8], table: &mut MountTable, signatures: &[Vec<u8>]) -> Op
             break;
         }
         if let Some(n) = tag.strip_prefix(b"shared:") {
-            peer_group = Some(parse_u64(n)?);
+            peer_group = std::num::NonZeroU64::new(parse_u64(n)?);
         } else if let Some(n) = tag.strip_prefix(b"master:") {
-            master = Some(parse_u64(n)?);
+            master = std::num::NonZeroU64::new(parse_u64(n)?);
         }
     }
     let fs_type = fields.next()?;
@@ -227,12 +227,12 @@ mod tests {
         assert_eq!(t.mounts.len(), 3);
         let m = &t.mounts[2];
         assert_eq!((m.id, m.parent_id, m.dev), (40, 27, (0, 45)));
-        assert_eq!(m.peer_group, Some(9));
-        assert_eq!(m.master, Some(7));
+        assert_eq!(m.peer_group.map(|g| g.get()), Some(9));
+        assert_eq!(m.master.map(|g| g.get()), Some(7));
         assert_eq!(t.root(m), b"/sub");
         assert_eq!(t.mount_point(m), b"/var/lib/docker/overlay2/a b/merged");
         assert_eq!(t.str(m.fs_type), b"overlay");
-        assert_eq!(t.mounts[1].peer_group, Some(1));
+        assert_eq!(t.mounts[1].peer_group.map(|g| g.get()), Some(1));
         assert_eq!(t.mounts[0].peer_group, None);
     }
 

@@ -5,13 +5,14 @@
 
 use std::collections::HashMap;
 use std::io;
+use std::num::NonZeroU64;
 use std::os::fd::AsFd;
 use std::str::FromStr;
 
 use crate::engine::namespace::Namespace;
 use crate::engine::nsexec::NsWorker;
 use crate::engine::sys;
-use crate::engine::table::{Mount, MountTable, Span, path_is_under};
+use crate::engine::table::{IdMap, Mount, MountTable, Span, path_is_under};
 
 /// Which way mount tables are read.
 #[derive(
@@ -268,11 +269,10 @@ fn basic_mount(
         layer_signature: None,
         id: u64::from(sm.mnt_id_old),
         parent_id: u64::from(sm.parent_id_old),
-        unique_id: Some(sm.mnt_id),
+        unique_id: NonZeroU64::new(sm.mnt_id),
         dev: sm.dev,
-        peer_group: (sm.propagation & sys::MS_SHARED != 0 && sm.peer_group != 0)
-            .then_some(sm.peer_group),
-        master: (sm.master != 0).then_some(sm.master),
+        peer_group: NonZeroU64::new(sm.peer_group).filter(|_| sm.propagation & sys::MS_SHARED != 0),
+        master: NonZeroU64::new(sm.master),
         root,
         mount_point,
         fs_type,
@@ -292,7 +292,7 @@ pub fn hydrate(table: &mut MountTable, indices: impl IntoIterator<Item = usize>)
     let mut buf = sys::StatmountBuf::new();
     for i in indices {
         let m = table.mounts[i];
-        let Some(unique) = m.unique_id.filter(|_| !m.has_strings) else {
+        let Some(unique) = m.unique_id.filter(|_| !m.has_strings).map(NonZeroU64::get) else {
             continue;
         };
         let Ok(sm) = sys::statmount(ns_id, unique, STRINGS_MASK, &mut buf) else {
@@ -319,7 +319,7 @@ pub fn hydrate_roots(table: &mut MountTable, indices: impl IntoIterator<Item = u
     let mut buf = None;
     for i in indices {
         let m = table.mounts[i];
-        let Some(unique) = m.unique_id.filter(|_| !m.has_root) else {
+        let Some(unique) = m.unique_id.filter(|_| !m.has_root).map(NonZeroU64::get) else {
             continue;
         };
         let buf = buf.get_or_insert_with(sys::StatmountBuf::new);
@@ -458,8 +458,8 @@ fn probe(path: &[u8]) -> Option<(std::os::fd::OwnedFd, Probe)> {
 }
 
 /// Children of each mount (by id), as table indices.
-fn children_of(table: &MountTable) -> HashMap<u64, Vec<usize>> {
-    let mut children: HashMap<u64, Vec<usize>> = HashMap::new();
+fn children_of(table: &MountTable) -> IdMap<Vec<usize>> {
+    let mut children: IdMap<Vec<usize>> = IdMap::default();
     for (i, m) in table.mounts.iter().enumerate() {
         if m.parent_id != m.id {
             children.entry(m.parent_id).or_default().push(i);
@@ -469,7 +469,7 @@ fn children_of(table: &MountTable) -> HashMap<u64, Vec<usize>> {
 }
 
 /// `root` and every mount below it.
-fn subtree(table: &MountTable, children: &HashMap<u64, Vec<usize>>, root: usize) -> Vec<usize> {
+fn subtree(table: &MountTable, children: &IdMap<Vec<usize>>, root: usize) -> Vec<usize> {
     let mut out = vec![root];
     let mut next = 0;
     // Each mount has one parent, so each index is pushed once; the bound guards a

@@ -2,11 +2,16 @@
 //!
 //! Strings live in one arena per table (one allocation per namespace instead of four per
 //! mount): on a node with hundreds of namespaces of thousands of mounts each, the text
-//! backend must cost little more than the kernel's own formatting of mountinfo.
+//! backend must cost little more than the kernel's own formatting of mountinfo. Tables
+//! kept between scans move their strings into one [`StringPool`] they share: every
+//! namespace copied from the node has the node's mount points, roots and sources, so
+//! without it a 600,000-mount node keeps each string hundreds of times.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
+use std::num::NonZeroU64;
 use std::ops::Range;
+use std::sync::Arc;
 
 /// Hashes a mount id as itself: ids are small, distinct integers, so SipHash's protection
 /// buys nothing here and costs most of an index build on a 600,000-mount node.
@@ -31,7 +36,8 @@ impl Hasher for IdHasher {
 /// A map keyed by mount id.
 pub type IdMap<V> = HashMap<u64, V, BuildHasherDefault<IdHasher>>;
 
-/// A byte range in a [`MountTable`]'s string arena.
+/// A byte range in a [`MountTable`]'s string arena, or (with [`Span::SHARED`] set in both
+/// ends) in the [`StringPool`] the table shares.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Span {
     start: u32,
@@ -39,9 +45,24 @@ pub struct Span {
 }
 
 impl Span {
+    const SHARED: u32 = 1 << 31;
+
     fn range(self) -> Range<usize> {
-        self.start as usize..self.end as usize
+        (self.start & !Self::SHARED) as usize..(self.end & !Self::SHARED) as usize
     }
+
+    fn is_shared(self) -> bool {
+        self.start & Self::SHARED != 0
+    }
+}
+
+/// Offsets in an arena or a pool: below [`Span::SHARED`], which marks the pool's.
+fn offset(len: usize) -> u32 {
+    assert!(
+        len < Span::SHARED as usize,
+        "a mount table's strings exceed 2 GiB"
+    );
+    len as u32
 }
 
 /// One mount as seen in one namespace. Ids are the mountinfo ids (unique among live
@@ -51,13 +72,13 @@ impl Span {
 pub struct Mount {
     pub id: u64,
     pub parent_id: u64,
-    pub unique_id: Option<u64>,
+    pub unique_id: Option<NonZeroU64>,
     /// Device of the superblock (`major:minor` in mountinfo): shared by every copy.
     pub dev: (u32, u32),
     /// Peer group when the mount is shared (`shared:N`).
-    pub peer_group: Option<u64>,
+    pub peer_group: Option<NonZeroU64>,
     /// Peer group it receives propagation from when it is a slave (`master:N`).
-    pub master: Option<u64>,
+    pub master: Option<NonZeroU64>,
     pub root: Span,
     pub mount_point: Span,
     pub fs_type: Span,
@@ -72,12 +93,18 @@ pub struct Mount {
     pub layer_signature: Option<u32>,
 }
 
+// The agent keeps one per mount of the node (600,000 on a busy one): 120 bytes before the
+// ids that cannot be 0 were made `NonZeroU64`.
+const _: () = assert!(std::mem::size_of::<Mount>() <= 96);
+
 /// The mounts of one namespace, in the order the kernel listed them (parents before
 /// children), with decoded (unescaped) strings.
 #[derive(Debug, Default, Clone)]
 pub struct MountTable {
     pub mounts: Vec<Mount>,
     arena: Vec<u8>,
+    /// The pool's strings, once the table was kept ([`StringPool::share`]).
+    shared: Arc<[u8]>,
     /// The namespace's 64-bit id, when read through listmount (needed to read strings later).
     pub(crate) ns_id: Option<u64>,
     /// Only the mounts at or below the targets and their ancestors were read
@@ -90,6 +117,7 @@ impl MountTable {
         MountTable {
             mounts: Vec::with_capacity(mounts),
             arena: Vec::with_capacity(bytes),
+            shared: Arc::default(),
             ns_id: None,
             partial: false,
         }
@@ -97,22 +125,17 @@ impl MountTable {
 
     /// Appends `bytes` to the arena and returns its span.
     pub(crate) fn intern(&mut self, bytes: &[u8]) -> Span {
-        let start = self.arena.len() as u32;
-        self.arena.extend_from_slice(bytes);
-        Span {
-            start,
-            end: self.arena.len() as u32,
-        }
+        self.intern_with(|arena| arena.extend_from_slice(bytes))
     }
 
     /// Appends what `write` writes to the arena and returns its span (a parser decoding
     /// a field in place, with no copy of its own).
     pub(crate) fn intern_with(&mut self, write: impl FnOnce(&mut Vec<u8>)) -> Span {
-        let start = self.arena.len() as u32;
+        let start = offset(self.arena.len());
         write(&mut self.arena);
         Span {
             start,
-            end: self.arena.len() as u32,
+            end: offset(self.arena.len()),
         }
     }
 
@@ -123,13 +146,17 @@ impl MountTable {
         self.arena.shrink_to_fit();
     }
 
-    /// The heap the table takes (its mounts and its strings).
+    /// The heap the table takes (its mounts and the strings of its own; not the pool's).
     pub fn heap_bytes(&self) -> usize {
         self.mounts.capacity() * std::mem::size_of::<Mount>() + self.arena.capacity()
     }
 
     pub fn str(&self, span: Span) -> &[u8] {
-        &self.arena[span.range()]
+        if span.is_shared() {
+            &self.shared[span.range()]
+        } else {
+            &self.arena[span.range()]
+        }
     }
 
     pub fn mount_point<'a>(&'a self, m: &Mount) -> &'a [u8] {
@@ -169,6 +196,113 @@ impl MountTable {
             at = p;
         }
         depth
+    }
+}
+
+/// The strings of kept tables, each once, shared by every table that has it. Append-only:
+/// a table that points at an older pool finds its strings at the same offsets in a newer
+/// one. Strings of tables no longer kept stay until the pool has doubled since it was last
+/// built, when it is built again from the tables kept then.
+#[derive(Debug, Default)]
+pub struct StringPool {
+    bytes: Arc<[u8]>,
+    /// Strings added since `bytes` was published.
+    added: Vec<u8>,
+    /// Where each string is: its offset in the pool.
+    at: HashMap<Box<[u8]>, u32, foldhash::fast::RandomState>,
+    /// The pool's size when it was last built from scratch.
+    built_at: usize,
+}
+
+impl StringPool {
+    /// The pool's size in bytes (its strings, and its index of them, roughly).
+    pub fn heap_bytes(&self) -> usize {
+        2 * (self.bytes.len() + self.added.capacity()) + self.at.capacity() * 24
+    }
+
+    fn len(&self) -> usize {
+        self.bytes.len() + self.added.len()
+    }
+
+    /// Moves `table`'s own strings into the pool; the table keeps only its mounts. Call
+    /// [`StringPool::publish`] once the tables of a scan are shared.
+    pub fn share(&mut self, table: &mut MountTable) {
+        // A table with no strings of its own points only into the pool (or at nothing).
+        if !table.arena.is_empty() {
+            self.respan(table, false);
+        }
+    }
+
+    /// Points `table`'s spans (its own strings', and with `all` the pool's too) into this
+    /// pool, adding the strings it lacks.
+    fn respan(&mut self, table: &mut MountTable, all: bool) {
+        let mut mounts = std::mem::take(&mut table.mounts);
+        for m in &mut mounts {
+            for span in [
+                &mut m.root,
+                &mut m.mount_point,
+                &mut m.fs_type,
+                &mut m.source,
+            ] {
+                if span.start == span.end {
+                    // Empty, or never read: the same in any arena.
+                    *span = Span::default();
+                } else if all || !span.is_shared() {
+                    *span = self.span_of(table.str(*span));
+                }
+            }
+        }
+        table.mounts = mounts;
+        table.arena = Vec::new();
+    }
+
+    fn span_of(&mut self, bytes: &[u8]) -> Span {
+        let start = match self.at.get(bytes) {
+            Some(&start) => start,
+            None => {
+                let start = offset(self.len());
+                self.added.extend_from_slice(bytes);
+                offset(self.len());
+                self.at.insert(bytes.into(), start);
+                start
+            }
+        };
+        Span {
+            start: start | Span::SHARED,
+            end: (start + bytes.len() as u32) | Span::SHARED,
+        }
+    }
+
+    /// Makes the strings shared since the last call readable through `tables`: every table
+    /// kept, so that none holds on to an older copy of the pool.
+    pub fn publish<'a>(&mut self, tables: impl Iterator<Item = &'a mut MountTable>) {
+        if !self.added.is_empty() {
+            let mut bytes = Vec::with_capacity(self.len());
+            bytes.extend_from_slice(&self.bytes);
+            bytes.append(&mut self.added);
+            self.bytes = bytes.into();
+            self.added = Vec::new();
+        }
+        for t in tables {
+            t.shared = self.bytes.clone();
+        }
+    }
+
+    /// Builds the pool again from `tables` (every table kept) once it has doubled since it
+    /// was last built, so that the strings of namespaces gone do not accumulate; then
+    /// publishes to them.
+    pub fn compact_and_publish(&mut self, mut tables: Vec<&mut MountTable>) {
+        // Every span must be readable through its table before it is read again.
+        self.publish(tables.iter_mut().map(|t| &mut **t));
+        if self.len() > 2 * self.built_at + (1 << 20) {
+            let mut fresh = StringPool::default();
+            for t in tables.iter_mut() {
+                fresh.respan(t, true);
+            }
+            fresh.built_at = fresh.len();
+            *self = fresh;
+            self.publish(tables.into_iter());
+        }
     }
 }
 
@@ -229,6 +363,89 @@ mod tests {
         ));
         assert!(!path_is_under(b"/var/lib", b"/var/lib/docker"));
         assert!(path_is_under(b"/x", b"/"));
+    }
+
+    fn table_of(mounts: &[(&str, &str)]) -> MountTable {
+        let mut t = MountTable::default();
+        for (i, (root, point)) in mounts.iter().enumerate() {
+            let root = t.intern(root.as_bytes());
+            let mount_point = t.intern(point.as_bytes());
+            let fs_type = t.intern(b"tmpfs");
+            t.mounts.push(Mount {
+                id: i as u64 + 1,
+                parent_id: 1,
+                unique_id: None,
+                dev: (0, 1),
+                peer_group: None,
+                master: None,
+                root,
+                mount_point,
+                fs_type,
+                source: Span::default(),
+                has_strings: true,
+                has_root: true,
+                layer_signature: None,
+            });
+        }
+        t
+    }
+
+    /// Each mount's root, mount point, fs type and source.
+    fn strings(t: &MountTable) -> Vec<[Vec<u8>; 4]> {
+        t.mounts
+            .iter()
+            .map(|m| [m.root, m.mount_point, m.fs_type, m.source].map(|s| t.str(s).to_vec()))
+            .collect()
+    }
+
+    #[test]
+    fn shared_tables_read_their_own_strings_and_keep_each_once() {
+        let mounts = [
+            ("/", "/"),
+            ("/src/1", "/x/overlay2/aa/merged"),
+            ("/a", "/b"),
+        ];
+        let (mut a, mut b) = (table_of(&mounts), table_of(&mounts[..2]));
+        let (want_a, want_b) = (strings(&a), strings(&b));
+        let mut pool = StringPool::default();
+        pool.share(&mut a);
+        pool.share(&mut b);
+        pool.compact_and_publish(vec![&mut a, &mut b]);
+        assert_eq!(strings(&a), want_a);
+        assert_eq!(strings(&b), want_b);
+        assert_eq!(a.arena.capacity() + b.arena.capacity(), 0);
+        // "/", "/src/1", "/x/overlay2/aa/merged", "/a", "/b", "tmpfs": once each.
+        assert_eq!(pool.len(), 1 + 6 + 21 + 2 + 2 + 5);
+        // A kept table given a string later (a lazy read) has both kinds of span.
+        let late = a.intern(b"/late");
+        a.mounts[2].source = late;
+        assert_eq!(a.str(a.mounts[2].source), b"/late");
+        assert_eq!(a.root(&a.mounts[1]), b"/src/1");
+        pool.share(&mut a);
+        pool.compact_and_publish(vec![&mut a, &mut b]);
+        assert_eq!(a.str(a.mounts[2].source), b"/late");
+        assert_eq!(strings(&b), want_b);
+    }
+
+    #[test]
+    fn the_pool_is_built_again_without_the_strings_of_tables_gone() {
+        let mut pool = StringPool::default();
+        let mut stays = table_of(&[("/", "/"), ("/keep", "/kept/here")]);
+        let want = strings(&stays);
+        pool.share(&mut stays);
+        pool.compact_and_publish(vec![&mut stays]);
+        // Namespaces that come and go, each with strings of its own (new containers).
+        for round in 0..40 {
+            let point = format!("/gone/{round}/{}", "x".repeat(64 * 1024));
+            let mut gone = table_of(&[(point.as_str(), point.as_str())]);
+            pool.share(&mut gone);
+            pool.compact_and_publish(vec![&mut stays, &mut gone]);
+            assert_eq!(strings(&gone)[0][1], point.as_bytes());
+            pool.compact_and_publish(vec![&mut stays]);
+            assert_eq!(strings(&stays), want, "round {round}");
+        }
+        // 40 x 64 KiB went through; what is left is bounded by the rebuild rule.
+        assert!(pool.len() <= (1 << 20) + 2 * 64 * 1024, "{}", pool.len());
     }
 
     #[test]

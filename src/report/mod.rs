@@ -55,7 +55,7 @@ pub fn holder_doc(scan: &Scan, h: &Holder) -> HolderDoc {
         mnt_ns: ns.ns.inode,
         own_namespace: ns.ns.own,
         mount_id: h.mount.id,
-        mount_id_unique: h.mount.unique_id,
+        mount_id_unique: h.mount.unique_id.map(std::num::NonZeroU64::get),
         parent_id: h.mount.parent_id,
         mount_point: path_json(&h.mount_point),
         root: path_json(&h.root),

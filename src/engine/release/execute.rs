@@ -172,7 +172,7 @@ fn errno_of(e: &std::io::Error) -> nix::Error {
 /// listmount, both read from this thread's root inside the namespace, list: such a mount
 /// is not gone.
 fn still_mounted(worker: &mut NsWorker, h: &Holder, ns_id: Option<u64>) -> bool {
-    if let (Some(ns_id), Some(unique)) = (ns_id, h.mount.unique_id) {
+    if let (Some(ns_id), Some(unique)) = (ns_id, h.mount.unique_id.map(std::num::NonZeroU64::get)) {
         let mut buf = sys::StatmountBuf::new();
         match sys::statmount(ns_id, unique, sys::STATMOUNT_SB_BASIC, &mut buf) {
             Ok(_) => return true,

@@ -327,7 +327,9 @@ fn recheck(
                         scan.holders
                             .iter()
                             .filter(|h| h.ns == ns)
-                            .filter(|h| h.mount.unique_id.is_some_and(|u| unique.contains(&u)))
+                            .filter(|h| {
+                                h.mount.unique_id.is_some_and(|u| unique.contains(&u.get()))
+                            })
                             .map(|h| h.mount.id)
                             .collect(),
                     )

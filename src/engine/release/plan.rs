@@ -384,7 +384,7 @@ enum Propagation {
     /// Its parent (`parent`, in peer group `group`) propagates the unmount to these.
     To {
         parent: u64,
-        group: u64,
+        group: std::num::NonZeroU64,
         sites: Vec<Site>,
     },
 }
@@ -399,13 +399,13 @@ struct Site {
 /// The members and slaves of each peer group in the scan, and each mount's children:
 /// built once for a plan whose holders have shared parents.
 struct PeerIndex {
-    by_group: HashMap<u64, Vec<(usize, usize)>>,
+    by_group: HashMap<std::num::NonZeroU64, Vec<(usize, usize)>>,
     children: HashMap<(usize, u64), Vec<usize>>,
 }
 
 impl PeerIndex {
     fn of(scan: &Scan) -> PeerIndex {
-        let mut by_group: HashMap<u64, Vec<(usize, usize)>> = HashMap::new();
+        let mut by_group: HashMap<std::num::NonZeroU64, Vec<(usize, usize)>> = HashMap::new();
         let mut children: HashMap<(usize, u64), Vec<usize>> = HashMap::new();
         for (ns, n) in scan.namespaces.iter().enumerate() {
             let Some(table) = n.table.as_ref() else {

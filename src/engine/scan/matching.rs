@@ -431,7 +431,7 @@ fn path_only_vetoes(scan: &Scan) -> HashMap<Identity, String> {
 /// Reads the strings the propagation check of a release needs: for holders whose parent
 /// is shared, every member and slave of that peer group and their children.
 pub(super) fn hydrate_propagation_context(scan: &mut Scan) {
-    let groups: HashSet<u64> = scan
+    let groups: HashSet<std::num::NonZeroU64> = scan
         .holders
         .iter()
         .filter_map(|h| h.parent?.peer_group)

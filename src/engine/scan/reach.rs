@@ -90,9 +90,11 @@ pub(super) fn drop_covered(scan: &mut Scan, proc_root: &Path, threads: usize) {
                     // The path does not exist in what covers it, or it was renamed: covered
                     // only if the kernel still has the mount at the scanned place, or at none
                     // this thread's root reaches.
-                    Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
-                        still_at(table.ns_id, h.mount.unique_id, &h.mount_point)
-                    }
+                    Err(e) if e.raw_os_error() == Some(libc::ENOENT) => still_at(
+                        table.ns_id,
+                        h.mount.unique_id.map(std::num::NonZeroU64::get),
+                        &h.mount_point,
+                    ),
                     Err(_) => false,
                 }
             })
