@@ -37,13 +37,15 @@ impl RuntimeProcess {
         Self::read_if(proc_root, pid, |_| true)
     }
 
-    /// [`RuntimeProcess::read`], for a process whose executable passes `wanted` (the
-    /// executable is read once, first: most processes are not wanted).
+    /// [`RuntimeProcess::read`], for a process whose executable passes `wanted`. Most
+    /// processes are not wanted: their executable is the one read. A wanted one's is read
+    /// again between its two start times, with its namespace.
     fn read_if(
         proc_root: &Path,
         pid: i32,
         wanted: impl Fn(&str) -> bool,
     ) -> Option<RuntimeProcess> {
+        exe_name(proc_root, pid).filter(|e| wanted(e))?;
         let start = crate::engine::namespace::start_time(proc_root, pid)?;
         let exe = exe_name(proc_root, pid).filter(|e| wanted(e))?;
         let mnt_ns = crate::engine::namespace::mnt_ns_inode(proc_root, pid);
