@@ -15,12 +15,16 @@
 //! - release of one layer in every namespace: a `umount -N /proc/PID/ns/mnt -l PATH` loop
 //!   (util-linux) against `mntreap release`;
 //! - index: the same scans in process, cold and warm, with the listing index and (6.15+)
-//!   the agent's, which trusts mount events ([`warm`]).
+//!   the agent's, which trusts mount events ([`warm`]);
+//! - agent: the real agent process sweeping the unchanged node every second against a
+//!   private dockerd ([`agent`]): CPU per sweep and resident memory.
 
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+#[path = "node/agent.rs"]
+mod agent;
 mod common;
 #[path = "node/warm.rs"]
 mod warm;
@@ -312,6 +316,9 @@ fn main() {
         )
     });
 
+    // The agent's own rows, with a real runtime beside the node.
+    let agent = agent::measure(&dir, 10, BIN);
+
     let (grep, once, scan_lm, scan_mi, scan_mi1, scan_po) = (
         median(grep),
         median(once),
@@ -426,5 +433,31 @@ fn main() {
         node_wide.index_bytes as f64 / 1e6,
         node_wide.rss_bytes as f64 / 1e6
     );
+    match &agent {
+        Ok(a) => {
+            println!(
+                "{:<58} {:>9.3} CPU-s  (start-up included)",
+                "agent: first sweep, every table read",
+                a.first_cpu.as_secs_f64()
+            );
+            println!(
+                "{:<58} {:>9.3} CPU-s  per sweep, mean of {}; {}/{} namespaces reused, {} unlisted",
+                "agent: sweep of the unchanged node",
+                a.per_sweep_cpu.as_secs_f64(),
+                a.sweeps,
+                a.reused,
+                a.reused + a.read,
+                a.unlisted
+            );
+            println!(
+                "{:<58} {:>9.1} MB  (peak {:.1} MB; kept tables {:.1} MB)",
+                "agent: resident memory after the sweeps",
+                a.rss_bytes as f64 / 1e6,
+                a.peak_rss_bytes as f64 / 1e6,
+                a.index_bytes / 1e6
+            );
+        }
+        Err(why) => println!("agent: rows not measured: {why}"),
+    }
     drop(holders);
 }
