@@ -105,6 +105,8 @@ pub struct MountTable {
     arena: Vec<u8>,
     /// The pool's strings, once the table was kept ([`StringPool::share`]).
     shared: Arc<[u8]>,
+    /// Which build of the pool `shared` is: offsets hold only within one build.
+    pool_build: Option<u64>,
     /// The namespace's 64-bit id, when read through listmount (needed to read strings later).
     pub(crate) ns_id: Option<u64>,
     /// Only the mounts at or below the targets and their ancestors were read
@@ -118,6 +120,7 @@ impl MountTable {
             mounts: Vec::with_capacity(mounts),
             arena: Vec::with_capacity(bytes),
             shared: Arc::default(),
+            pool_build: None,
             ns_id: None,
             partial: false,
         }
@@ -212,6 +215,8 @@ pub struct StringPool {
     at: HashMap<Box<[u8]>, u32, foldhash::fast::RandomState>,
     /// The pool's size when it was last built from scratch.
     built_at: usize,
+    /// How many times it was built from scratch.
+    build: u64,
 }
 
 impl StringPool {
@@ -227,9 +232,12 @@ impl StringPool {
     /// Moves `table`'s own strings into the pool; the table keeps only its mounts. Call
     /// [`StringPool::publish`] once the tables of a scan are shared.
     pub fn share(&mut self, table: &mut MountTable) {
+        // A table that points into an earlier build (one lent out while the pool was built
+        // again) reads its strings there and takes them all again.
+        let stale = table.pool_build.is_some_and(|b| b != self.build);
         // A table with no strings of its own points only into the pool (or at nothing).
-        if !table.arena.is_empty() {
-            self.respan(table, false);
+        if stale || !table.arena.is_empty() {
+            self.respan(table, stale);
         }
     }
 
@@ -285,6 +293,7 @@ impl StringPool {
         }
         for t in tables {
             t.shared = self.bytes.clone();
+            t.pool_build = Some(self.build);
         }
     }
 
@@ -295,7 +304,10 @@ impl StringPool {
         // Every span must be readable through its table before it is read again.
         self.publish(tables.iter_mut().map(|t| &mut **t));
         if self.len() > 2 * self.built_at + (1 << 20) {
-            let mut fresh = StringPool::default();
+            let mut fresh = StringPool {
+                build: self.build + 1,
+                ..StringPool::default()
+            };
             for t in tables.iter_mut() {
                 fresh.respan(t, true);
             }
@@ -446,6 +458,24 @@ mod tests {
         }
         // 40 x 64 KiB went through; what is left is bounded by the rebuild rule.
         assert!(pool.len() <= (1 << 20) + 2 * 64 * 1024, "{}", pool.len());
+    }
+
+    #[test]
+    fn a_table_lent_out_while_the_pool_was_built_again_is_read_where_it_points() {
+        let mut pool = StringPool::default();
+        let mut lent = table_of(&[("/", "/"), ("/lent", "/lent/at")]);
+        let want = strings(&lent);
+        pool.share(&mut lent);
+        pool.compact_and_publish(vec![&mut lent]);
+        // While `lent` is out, other tables' strings grow the pool past its rebuild size,
+        // and it is built again from them alone: the offsets `lent` has mean other strings.
+        let mut others = table_of(&[("/o", "/other"), (&"y".repeat(3 << 20), "/big")]);
+        pool.share(&mut others);
+        pool.compact_and_publish(vec![&mut others]);
+        assert_eq!(strings(&lent), want, "its own build still reads");
+        pool.share(&mut lent);
+        pool.compact_and_publish(vec![&mut lent, &mut others]);
+        assert_eq!(strings(&lent), want);
     }
 
     #[test]
