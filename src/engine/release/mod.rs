@@ -338,14 +338,18 @@ fn recheck(
                     worker.enter(scanned.ns.fd.as_fd(), scanned.ns.inode).ok()?;
                     let now =
                         crate::engine::mountinfo::parse(worker.read_mountinfo().ok()?).ok()?;
+                    // Looked up, not searched: a node-wide release holds every namespace's
+                    // holders, and a namespace has thousands of mounts.
+                    let held: HashSet<(u64, (u32, u32))> = scan
+                        .holders
+                        .iter()
+                        .filter(|h| h.ns == ns)
+                        .map(|h| (h.mount.id, h.mount.dev))
+                        .collect();
                     Some(
                         now.mounts
                             .iter()
-                            .filter(|m| {
-                                scan.holders.iter().any(|h| {
-                                    h.ns == ns && h.mount.id == m.id && h.mount.dev == m.dev
-                                })
-                            })
+                            .filter(|m| held.contains(&(m.id, m.dev)))
                             .map(|m| m.id)
                             .collect(),
                     )
