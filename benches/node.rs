@@ -13,7 +13,7 @@
 //!   mountinfo per namespace (the floor of the text path), and `mntreap scan` with each
 //!   backend;
 //! - release of one layer in every namespace: a `umount -N /proc/PID/ns/mnt -l PATH` loop
-//!   (util-linux) against `mntreap release`;
+//!   (util-linux) against `mntreap release` with each backend;
 //! - index: the same scans in process, cold and warm, with the listing index and (6.15+)
 //!   the agent's, which trusts mount events ([`warm`]);
 //! - agent: the real agent process sweeping the unchanged node every second against a
@@ -206,7 +206,7 @@ fn main() {
 
     // Each run targets another layer (release is destructive); the host copy is unmounted
     // first, as dockerd's Put does, so every holder is a leak.
-    let targets: Vec<usize> = (0..cfg.runs * 4).map(|r| cfg.mounts / 2 + r).collect();
+    let targets: Vec<usize> = (0..cfg.runs * 5).map(|r| cfg.mounts / 2 + r).collect();
     for &t in &targets {
         nix::mount::umount2(layer(t).as_str(), nix::mount::MntFlags::MNT_DETACH).unwrap();
     }
@@ -221,6 +221,7 @@ fn main() {
     let mut umount_loop = Vec::new();
     let mut release = Vec::new();
     let mut release_po = Vec::new();
+    let mut release_mi = Vec::new();
     for run in 0..cfg.runs {
         let t = targets[run];
         let (d, out) = time(|| {
@@ -274,9 +275,10 @@ fn main() {
             }
         });
         umount_loop.push(d);
-        for (k, extra, into) in [
-            (2, None, &mut release),
-            (3, Some("--paths-only"), &mut release_po),
+        for (k, extra, backend, into) in [
+            (2, None, "listmount", &mut release),
+            (3, Some("--paths-only"), "listmount", &mut release_po),
+            (4, None, "mountinfo", &mut release_mi),
         ] {
             let rel_target = layer(targets[k * cfg.runs + run]);
             let (d, out) = time(|| {
@@ -284,6 +286,7 @@ fn main() {
                     Command::new(BIN)
                         .args(["release", "--any-path", "--json", "--path", &rel_target])
                         .args(extra)
+                        .env("MNTREAP_BACKEND", backend)
                         .env("RUST_LOG", "warn"),
                 )
             });
@@ -299,7 +302,7 @@ fn main() {
 
     // The index rows, on targets no release above touched: one layer (the rows above), and
     // every layer (the agent's node-wide sweep, where every namespace holds them all).
-    let spare = targets[4 * cfg.runs - 1] + 1;
+    let spare = targets[5 * cfg.runs - 1] + 1;
     nix::mount::umount2(layer(spare).as_str(), nix::mount::MntFlags::MNT_DETACH).unwrap();
     let one = warm::measure(vec![layer(spare).into()], cfg.runs, false);
     assert_eq!(
@@ -327,8 +330,12 @@ fn main() {
         median(scan_mi1),
         median(scan_po),
     );
-    let (umount_loop, release, release_po) =
-        (median(umount_loop), median(release), median(release_po));
+    let (umount_loop, release, release_po, release_mi) = (
+        median(umount_loop),
+        median(release),
+        median(release_po),
+        median(release_mi),
+    );
     let ms = |d: Duration| format!("{:>9.1} ms", d.as_secs_f64() * 1e3);
     let ratio = |base: Duration, d: Duration| base.as_secs_f64() / d.as_secs_f64();
     println!(
@@ -394,6 +401,12 @@ fn main() {
         "release: mntreap release --paths-only",
         ms(release_po),
         ratio(umount_loop, release_po)
+    );
+    println!(
+        "{:<58} {}  {:.1}x faster than the loop",
+        "release: mntreap release, mountinfo backend",
+        ms(release_mi),
+        ratio(umount_loop, release_mi)
     );
     let cost = |c: warm::Cost| format!("{} {:>7.3} CPU-s", ms(c.wall), c.cpu.as_secs_f64());
     for (what, rows) in [("one layer", &one), ("node-wide", &node_wide)] {
