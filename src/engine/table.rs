@@ -36,7 +36,7 @@ impl Hasher for IdHasher {
 /// A map keyed by mount id.
 pub type IdMap<V> = HashMap<u64, V, BuildHasherDefault<IdHasher>>;
 
-/// A byte range in a [`MountTable`]'s string arena, or (with [`Span::SHARED`] set in both
+/// A byte range in a [`MountTable`]'s string arena, or (with its high bit set in both
 /// ends) in the [`StringPool`] the table shares.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Span {
