@@ -145,8 +145,14 @@ impl TableIndex {
     }
 
     fn kept(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Kept>> {
-        // A worker that panicked mid-scan leaves nothing half-written: entries are whole.
-        self.kept.lock().unwrap_or_else(|p| p.into_inner())
+        self.kept.lock().unwrap_or_else(|poisoned| {
+            // A panic while tables were given back can leave one pointing into a pool it
+            // does not hold: forget them all (the next scan reads every namespace).
+            let mut kept = poisoned.into_inner();
+            kept.clear();
+            self.kept.clear_poison();
+            kept
+        })
     }
 
     /// Namespaces kept.
@@ -299,13 +305,26 @@ impl TableIndex {
     /// namespaces the scan did not lend a table to (gone, or unreadable now).
     pub fn keep(&self, tables: impl IntoIterator<Item = MountTable>) {
         let mut kept = self.kept();
-        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+        let mut pool = self.pool.lock().unwrap_or_else(|poisoned| {
+            // Poisoned with `kept` (both are held here), whose tables were forgotten.
+            let mut pool = poisoned.into_inner();
+            pool.restart();
+            self.pool.clear_poison();
+            pool
+        });
         let mut returned = std::collections::HashSet::new();
         for mut table in tables {
             if let Some((id, k)) = table.ns_id.and_then(|id| Some((id, kept.get_mut(&id)?))) {
                 table.shrink_to_fit();
-                pool.share(&mut table);
-                k.table = Some(table);
+                if pool.share(&mut table) {
+                    k.table = Some(table);
+                } else {
+                    k.table = None;
+                    tracing::info!(
+                        ns_id = id,
+                        "the index's string pool is full: this namespace is read from the kernel each scan"
+                    );
+                }
                 returned.insert(id);
             }
         }
@@ -350,5 +369,41 @@ impl TableIndex {
                 k.recheck = k.recheck.max(Some(asks));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_while_tables_were_given_back_forgets_them_all() {
+        let index = TableIndex::new(Duration::from_secs(60));
+        let kept = Kept {
+            upperdirs: Vec::new(),
+            read_at: Instant::now(),
+            table: Some(MountTable::default()),
+            watched: false,
+            recheck: None,
+            ids_digest: 0,
+        };
+        index.kept().insert(7, kept);
+        std::thread::scope(|s| {
+            let poisoned = s.spawn(|| {
+                let (_kept, _pool) = (index.kept.lock(), index.pool.lock());
+                panic!("a panic inside keep");
+            });
+            assert!(poisoned.join().is_err());
+        });
+        let build = index.pool.lock().map_or(None, |p| Some(p.build()));
+        assert_eq!(build, None, "both locks are poisoned");
+        assert_eq!(index.len(), 0, "no table that may be half-written is kept");
+        index.keep(std::iter::empty());
+        let pool = index.pool.lock().expect("poison cleared");
+        assert_eq!(
+            pool.build(),
+            1,
+            "tables lent before read again from where they point"
+        );
     }
 }

@@ -206,7 +206,7 @@ impl MountTable {
 /// a table that points at an older pool finds its strings at the same offsets in a newer
 /// one. Strings of tables no longer kept stay until the pool has doubled since it was last
 /// built, when it is built again from the tables kept then.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct StringPool {
     bytes: Arc<[u8]>,
     /// Strings added since `bytes` was published.
@@ -217,28 +217,78 @@ pub struct StringPool {
     built_at: usize,
     /// How many times it was built from scratch.
     build: u64,
+    /// The size its offsets can address (below [`Span::SHARED`]; smaller in tests).
+    limit: usize,
+}
+
+impl Default for StringPool {
+    fn default() -> Self {
+        StringPool {
+            bytes: Arc::default(),
+            added: Vec::new(),
+            at: HashMap::default(),
+            built_at: 0,
+            build: 0,
+            limit: Span::SHARED as usize,
+        }
+    }
 }
 
 impl StringPool {
-    /// The pool's size in bytes (its strings, and its index of them, roughly).
+    /// An empty pool whose build follows this one's: every table that points into this
+    /// one is read again from where it points (after a panic left this one half-built).
+    pub fn restart(&mut self) {
+        *self = StringPool {
+            build: self.build + 1,
+            limit: self.limit,
+            ..StringPool::default()
+        };
+    }
+
+    /// The pool's size in bytes, roughly: its strings twice (the pool and the index's
+    /// keys), and per slot of the index a boxed key and offset, a control byte and the
+    /// key's allocation header.
     pub fn heap_bytes(&self) -> usize {
-        2 * (self.bytes.len() + self.added.capacity()) + self.at.capacity() * 24
+        2 * (self.bytes.len() + self.added.capacity()) + self.at.capacity() * (24 + 1 + 16)
     }
 
     fn len(&self) -> usize {
         self.bytes.len() + self.added.len()
     }
 
+    #[cfg(test)]
+    pub(crate) fn build(&self) -> u64 {
+        self.build
+    }
+
     /// Moves `table`'s own strings into the pool; the table keeps only its mounts. Call
-    /// [`StringPool::publish`] once the tables of a scan are shared.
-    pub fn share(&mut self, table: &mut MountTable) {
+    /// [`StringPool::publish`] once the tables of a scan are shared. False, with the table
+    /// untouched, when its strings could take the pool past what its offsets address: the
+    /// caller keeps no such table (its namespace is read again), rather than fail.
+    #[must_use]
+    pub fn share(&mut self, table: &mut MountTable) -> bool {
         // A table that points into an earlier build (one lent out while the pool was built
         // again) reads its strings there and takes them all again.
         let stale = table.pool_build.is_some_and(|b| b != self.build);
         // A table with no strings of its own points only into the pool (or at nothing).
-        if stale || !table.arena.is_empty() {
-            self.respan(table, stale);
+        if !stale && table.arena.is_empty() {
+            return true;
         }
+        if !self.fits(table, stale) {
+            return false;
+        }
+        self.respan(table, stale);
+        true
+    }
+
+    /// Whether the strings `respan` would move fit, counting each as new (an upper bound).
+    fn fits(&self, table: &MountTable, all: bool) -> bool {
+        let moved: usize = (table.mounts.iter())
+            .flat_map(|m| [m.root, m.mount_point, m.fs_type, m.source])
+            .filter(|span| all || !span.is_shared())
+            .map(|span| span.range().len())
+            .sum();
+        self.len().saturating_add(moved) < self.limit
     }
 
     /// Points `table`'s spans (its own strings', and with `all` the pool's too) into this
@@ -270,7 +320,8 @@ impl StringPool {
             None => {
                 let start = offset(self.len());
                 self.added.extend_from_slice(bytes);
-                offset(self.len());
+                // `fits` was asked first: a pool past its reach is a bug here, not input.
+                assert!(self.len() < self.limit, "the string pool passed its limit");
                 self.at.insert(bytes.into(), start);
                 start
             }
@@ -306,11 +357,18 @@ impl StringPool {
         if self.len() > 2 * self.built_at + (1 << 20) {
             let mut fresh = StringPool {
                 build: self.build + 1,
+                limit: self.limit,
                 ..StringPool::default()
             };
-            for t in tables.iter_mut() {
-                fresh.respan(t, true);
-            }
+            // A table whose strings might not fit keeps reading the build it points into,
+            // stale: the next `share` takes them again, or refuses it.
+            tables.retain_mut(|t| {
+                let fits = fresh.fits(t, true);
+                if fits {
+                    fresh.respan(t, true);
+                }
+                fits
+            });
             fresh.built_at = fresh.len();
             *self = fresh;
             self.publish(tables.into_iter());
@@ -420,8 +478,8 @@ mod tests {
         let (mut a, mut b) = (table_of(&mounts), table_of(&mounts[..2]));
         let (want_a, want_b) = (strings(&a), strings(&b));
         let mut pool = StringPool::default();
-        pool.share(&mut a);
-        pool.share(&mut b);
+        assert!(pool.share(&mut a));
+        assert!(pool.share(&mut b));
         pool.compact_and_publish(vec![&mut a, &mut b]);
         assert_eq!(strings(&a), want_a);
         assert_eq!(strings(&b), want_b);
@@ -433,7 +491,7 @@ mod tests {
         a.mounts[2].source = late;
         assert_eq!(a.str(a.mounts[2].source), b"/late");
         assert_eq!(a.root(&a.mounts[1]), b"/src/1");
-        pool.share(&mut a);
+        assert!(pool.share(&mut a));
         pool.compact_and_publish(vec![&mut a, &mut b]);
         assert_eq!(a.str(a.mounts[2].source), b"/late");
         assert_eq!(strings(&b), want_b);
@@ -444,13 +502,13 @@ mod tests {
         let mut pool = StringPool::default();
         let mut stays = table_of(&[("/", "/"), ("/keep", "/kept/here")]);
         let want = strings(&stays);
-        pool.share(&mut stays);
+        assert!(pool.share(&mut stays));
         pool.compact_and_publish(vec![&mut stays]);
         // Namespaces that come and go, each with strings of its own (new containers).
         for round in 0..40 {
             let point = format!("/gone/{round}/{}", "x".repeat(64 * 1024));
             let mut gone = table_of(&[(point.as_str(), point.as_str())]);
-            pool.share(&mut gone);
+            assert!(pool.share(&mut gone));
             pool.compact_and_publish(vec![&mut stays, &mut gone]);
             assert_eq!(strings(&gone)[0][1], point.as_bytes());
             pool.compact_and_publish(vec![&mut stays]);
@@ -465,17 +523,47 @@ mod tests {
         let mut pool = StringPool::default();
         let mut lent = table_of(&[("/", "/"), ("/lent", "/lent/at")]);
         let want = strings(&lent);
-        pool.share(&mut lent);
+        assert!(pool.share(&mut lent));
         pool.compact_and_publish(vec![&mut lent]);
         // While `lent` is out, other tables' strings grow the pool past its rebuild size,
         // and it is built again from them alone: the offsets `lent` has mean other strings.
         let mut others = table_of(&[("/o", "/other"), (&"y".repeat(3 << 20), "/big")]);
-        pool.share(&mut others);
+        assert!(pool.share(&mut others));
         pool.compact_and_publish(vec![&mut others]);
         assert_eq!(strings(&lent), want, "its own build still reads");
-        pool.share(&mut lent);
+        assert!(pool.share(&mut lent));
         pool.compact_and_publish(vec![&mut lent, &mut others]);
         assert_eq!(strings(&lent), want);
+    }
+
+    #[test]
+    fn tables_past_the_pools_reach_are_refused_or_left_where_they_read() {
+        let mut pool = StringPool {
+            limit: 3 << 20,
+            ..StringPool::default()
+        };
+        // 1,200 mounts of one 1 KiB root: a fraction of the pool once, far more as a bound.
+        let root = format!("/{}", "r".repeat(1023));
+        let points: Vec<String> = (0..1200).map(|i| format!("/m/{i}")).collect();
+        let many: Vec<(&str, &str)> = points.iter().map(|p| (root.as_str(), p.as_str())).collect();
+        let mut dense = table_of(&many);
+        let want = strings(&dense);
+        assert!(pool.share(&mut dense));
+        pool.compact_and_publish(vec![&mut dense]);
+        let big = "b".repeat(1900 << 10);
+        let mut wide = table_of(&[("/", big.as_str())]);
+        assert!(pool.share(&mut wide));
+        // Built again, `wide` first: `dense` might not fit beside it and keeps its build.
+        pool.compact_and_publish(vec![&mut wide, &mut dense]);
+        assert_eq!(strings(&dense), want);
+        assert!(!pool.share(&mut dense), "refused, not asserted on");
+        assert_eq!(strings(&dense), want, "a refused table is untouched");
+        let huge = "h".repeat(2 << 20);
+        let mut past = table_of(&[("/", huge.as_str())]);
+        let want_past = strings(&past);
+        assert!(!pool.share(&mut past));
+        assert_eq!(strings(&past), want_past);
+        assert!(pool.len() < 3 << 20);
     }
 
     #[test]
