@@ -283,10 +283,11 @@ cmd_vm() {
     return "$rc"
 }
 
-# nspawn without a cgroup namespace binds every v1 controller the kernel has from the host's
-# /sys/fs/cgroup/NAME; this machine leaves some unmounted (none of them in cgroup2). Mounts
-# each as a hierarchy of its own (an earlier one, if the kernel still has it), as a booted
-# host has it, and
+# nspawn without a cgroup namespace binds every v1 controller the kernel has (every enabled
+# line of /proc/cgroups) from the host's /sys/fs/cgroup/NAME, and fails on one it cannot find;
+# this machine leaves some unmounted, some of them (hugetlb) attached to cgroup2 with no
+# cgroup using them there, which a v1 mount takes over. Mounts each as a hierarchy of its own
+# (an earlier one, if the kernel still has it), as a booted host has it, and
 # lists the ones it mounted in $CONTROLLERS: the last guest's `down` unmounts them.
 CONTROLLERS=$RUNBASE/controllers
 mount_missing_controllers() {
@@ -295,9 +296,14 @@ mount_missing_controllers() {
         case "$ctrl" in '#'*) continue;; esac
         [ "$enabled" = 1 ] || continue
         findmnt -rn -t cgroup -o OPTIONS | tr , '\n' | grep -qx "$ctrl" && continue
-        grep -qw "$ctrl" /sys/fs/cgroup/unified/cgroup.controllers 2>/dev/null && continue
         mkdir -p "/sys/fs/cgroup/$ctrl"
-        mount -t cgroup -o "$ctrl" "cgroup" "/sys/fs/cgroup/$ctrl"
+        if ! mount -t cgroup -o "$ctrl" "cgroup" "/sys/fs/cgroup/$ctrl"; then
+            rmdir "/sys/fs/cgroup/$ctrl" 2>/dev/null || true
+            log "cannot mount the cgroup v1 controller $ctrl, which nspawn needs (cgroup2 has" \
+                "$(cat /sys/fs/cgroup/unified/cgroup.controllers 2>/dev/null); one a cgroup2" \
+                "cgroup enables stays there): no CRI guest on this machine"
+            return 1
+        fi
         echo "$ctrl" >> "$CONTROLLERS"
     done < /proc/cgroups
 }
