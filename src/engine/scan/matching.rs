@@ -21,6 +21,7 @@ pub(super) fn match_holders(scan: &mut Scan) {
     let (identities, refused) = trusted_identities(scan, &mut same_dev);
     same_dev.hydrate_for_matching(scan, &identities, &refused);
     let devices: HashSet<(u32, u32)> = scan.devices.iter().copied().collect();
+    let root_lengths = RootLengths::of(identities.iter().chain(&refused));
     for ns in 0..scan.namespaces.len() {
         let scanned = &scan.namespaces[ns];
         let Some(table) = scanned.table.as_ref() else {
@@ -31,6 +32,7 @@ pub(super) fn match_holders(scan: &mut Scan) {
             seed_devs: &seed_devs,
             identities: &identities,
             refused: &refused,
+            root_lengths: &root_lengths,
             devices: &devices,
         };
         if let Some((matched, index)) = matches_in(table, &scanned.seeds, &known) {
@@ -83,8 +85,41 @@ struct Known<'a> {
     seed_devs: &'a HashSet<(u32, u32)>,
     identities: &'a HashSet<Identity>,
     refused: &'a HashSet<Identity>,
+    /// The lengths of both sets' roots: most mounts of a seed's device (on a node whose
+    /// mounts share one filesystem, every mount) are ruled out by this, with no hashing.
+    root_lengths: &'a RootLengths,
     /// [`Scan::devices`]: every mount of these is a holder, wherever it is.
     devices: &'a HashSet<(u32, u32)>,
+}
+
+/// A set of lengths: exact below 4096 (`PATH_MAX`), one flag for any longer.
+struct RootLengths {
+    short: [u64; 64],
+    long: bool,
+}
+
+impl RootLengths {
+    fn of<'a>(keys: impl Iterator<Item = &'a Identity>) -> Self {
+        let mut lengths = RootLengths {
+            short: [0; 64],
+            long: false,
+        };
+        for (_, root) in keys {
+            match lengths.short.get_mut(root.len() / 64) {
+                Some(word) => *word |= 1 << (root.len() % 64),
+                None => lengths.long = true,
+            }
+        }
+        lengths
+    }
+
+    /// False only when no key has a root of `len` bytes.
+    fn may_hold(&self, len: usize) -> bool {
+        match self.short.get(len / 64) {
+            Some(word) => word & (1 << (len % 64)) != 0,
+            None => self.long,
+        }
+    }
 }
 
 /// The devices of the seeds (none with `--paths-only`: no identity matching).
@@ -280,7 +315,11 @@ fn matches_in(
     let mut index = None;
     let mut key: Identity = ((0, 0), Vec::new());
     for (i, m) in table.mounts.iter().enumerate() {
-        if matched[i].is_some() || !m.has_root || !known.seed_devs.contains(&m.dev) {
+        if matched[i].is_some()
+            || !m.has_root
+            || !known.root_lengths.may_hold(table.root(m).len())
+            || !known.seed_devs.contains(&m.dev)
+        {
             continue;
         }
         // One key for the whole table: no allocation per mount of the seeds' devices.
@@ -538,4 +577,20 @@ fn broader_mount_elsewhere(
         }
     }
     None
+}
+
+#[cfg(test)]
+#[test]
+fn root_lengths_rule_out_only_lengths_no_key_has() {
+    let keys: Vec<Identity> = [0, 1, 63, 64, 4095, 5000]
+        .map(|n| ((0, 1), vec![b'/'; n]))
+        .into();
+    let lengths = RootLengths::of(keys.iter());
+    for n in [0, 1, 63, 64, 4095, 4096, 9000] {
+        assert!(lengths.may_hold(n), "{n}");
+    }
+    for n in [2, 62, 65, 128, 4094] {
+        assert!(!lengths.may_hold(n), "{n}");
+    }
+    assert!(!RootLengths::of(keys[..1].iter()).may_hold(4096));
 }
