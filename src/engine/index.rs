@@ -313,6 +313,7 @@ impl TableIndex {
             pool
         });
         let mut returned = std::collections::HashSet::new();
+        let mut refused = 0;
         for mut table in tables {
             if let Some((id, k)) = table.ns_id.and_then(|id| Some((id, kept.get_mut(&id)?))) {
                 table.shrink_to_fit();
@@ -320,13 +321,16 @@ impl TableIndex {
                     k.table = Some(table);
                 } else {
                     k.table = None;
-                    tracing::info!(
-                        ns_id = id,
-                        "the index's string pool is full: this namespace is read from the kernel each scan"
-                    );
+                    refused += 1;
                 }
                 returned.insert(id);
             }
+        }
+        if refused > 0 {
+            tracing::info!(
+                namespaces = refused,
+                "the index's string pool is full: these namespaces are read from the kernel"
+            );
         }
         // Namespaces gone since, and tables lent to a scan that never gave them back.
         kept.retain(|id, _| returned.contains(id));
