@@ -809,13 +809,16 @@ fn namespaces_with_no_process_are_found_scanned_released_and_their_pins_named() 
     let d = sb.d();
     layers(&sb, "np");
     let target = format!("{d}/l/np/merged");
-    // As `unshare --mount=FILE` does it. This kernel (6.18) refuses about one such bind in
-    // four with EINVAL, with util-linux's mount and busybox's alike (cause not established),
-    // so a refused attempt is made again with a fresh namespace.
+    // As `unshare --mount=FILE` does it. The kernel binds a namespace file only if that
+    // namespace's id is above the binder's (a loop check), and 6.18 hands ids out from
+    // per-CPU batches: a namespace made later on another CPU can get a lower id, and the
+    // bind fails with EINVAL. On the CPU the sandbox's namespace was made on, a later one is
+    // always higher, so one attempt per CPU is enough.
     sb.sh(&format!("touch {d}/ns.mnt"));
     let mut bound = None;
-    for _ in 0..8 {
-        let first = sb.holder(None, None);
+    let mut refused = Vec::new();
+    for cpu in allowed_cpus() {
+        let first = sb.holder_on_cpu(cpu);
         let bind = sb.sh_output(&format!("mount --bind /proc/{first}/ns/mnt {d}/ns.mnt"));
         let inode = ns_inode(first);
         sb.kill_holder(first);
@@ -823,8 +826,10 @@ fn namespaces_with_no_process_are_found_scanned_released_and_their_pins_named() 
             bound = Some(inode);
             break;
         }
+        refused.push((cpu, String::from_utf8_lossy(&bind.stderr).into_owned()));
     }
-    let bound = bound.expect("the nsfs bind was refused eight times");
+    let bound =
+        bound.unwrap_or_else(|| panic!("the nsfs bind was refused on every CPU: {refused:?}"));
     let holder = sb.holder(None, None);
     let held = ns_inode(holder);
     let keeper = sb.sleeper_in(&format!("exec 3</proc/{holder}/ns/mnt; exec sleep 3600"));

@@ -116,9 +116,34 @@ impl Sandbox {
         script: Option<&str>,
         ready_file: Option<&str>,
     ) -> i32 {
+        self.holder_via(&[], unshare_args, script, ready_file)
+    }
+
+    /// A holder whose namespace is made on `cpu` (`taskset`): the kernel hands out namespace
+    /// ids from per-CPU batches, so only on one CPU is a later namespace sure to get a
+    /// higher id than an earlier one.
+    pub fn holder_on_cpu(&mut self, cpu: usize) -> i32 {
+        let cpu = cpu.to_string();
+        self.holder_via(
+            &["taskset", "-c", &cpu],
+            &["-m", "--propagation", "private"],
+            None,
+            None,
+        )
+    }
+
+    fn holder_via(
+        &mut self,
+        launcher: &[&str],
+        unshare_args: &[&str],
+        script: Option<&str>,
+        ready_file: Option<&str>,
+    ) -> i32 {
         let body = script.unwrap_or("exec sleep 3600");
         let mut cmd = Command::new("nsenter");
-        cmd.args(["-t", &self.host_pid().to_string(), "-m", "--", "unshare"])
+        cmd.args(["-t", &self.host_pid().to_string(), "-m", "--"])
+            .args(launcher)
+            .arg("unshare")
             .args(unshare_args)
             .args(["sh", "-c", body])
             .stdin(Stdio::null());
@@ -404,6 +429,22 @@ fn nix_is_root() -> bool {
 
 pub fn ns_inode(pid: i32) -> u64 {
     std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(format!("/proc/{pid}/ns/mnt")).unwrap())
+}
+
+/// The CPUs this process may run on (`Cpus_allowed_list` of /proc/self/status).
+pub fn allowed_cpus() -> Vec<usize> {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let list = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .expect("Cpus_allowed_list in /proc/self/status")
+        .trim();
+    let mut cpus = Vec::new();
+    for part in list.split(',') {
+        let (first, last) = part.split_once('-').unwrap_or((part, part));
+        cpus.extend(first.parse::<usize>().unwrap()..=last.parse::<usize>().unwrap());
+    }
+    cpus
 }
 
 pub fn comm(pid: i32) -> Option<String> {
