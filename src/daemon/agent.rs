@@ -217,6 +217,11 @@ fn sweep_once(agent: &Agent) -> anyhow::Result<()> {
             index,
         } => {
             let used = index.unwrap_or_default();
+            // A sweep that read tables freed their reading's buffers: give them back, so
+            // that the agent's resident size follows its index, not its first sweep.
+            if used.read > 0 {
+                crate::engine::sys::trim_heap();
+            }
             agent.metrics.index_reused.set(used.reused as i64);
             agent.metrics.index_read.set(used.read as i64);
             agent.metrics.index_unlisted.set(used.unlisted as i64);

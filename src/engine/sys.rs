@@ -574,3 +574,14 @@ pub(crate) fn watch_mount_namespace(
     }
     Ok(())
 }
+
+/// Gives the free memory of the heap back to the kernel. glibc keeps what a large piece
+/// of work freed (an agent's first sweep reads every table), so a long-running process
+/// would stay at that peak; musl returns freed memory by itself, so this is glibc only.
+pub(crate) fn trim_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim takes no pointer; it only releases glibc's own free pages.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
