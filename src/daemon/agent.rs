@@ -216,12 +216,13 @@ fn sweep_once(agent: &Agent) -> anyhow::Result<()> {
             release,
             index,
         } => {
-            let used = index.unwrap_or_default();
-            // A sweep that read tables freed their reading's buffers: give them back, so
-            // that the agent's resident size follows its index, not its first sweep.
-            if used.read > 0 {
+            // A sweep that read tables from the kernel (some namespace changed, a release's
+            // cold pass, or no index at all) freed their reading's buffers: give them back,
+            // so that the agent's resident size follows its index, not its largest sweep.
+            if release.is_some() || index.is_none_or(|u| u.read > 0) {
                 crate::engine::sys::trim_heap();
             }
+            let used = index.unwrap_or_default();
             agent.metrics.index_reused.set(used.reused as i64);
             agent.metrics.index_read.set(used.read as i64);
             agent.metrics.index_unlisted.set(used.unlisted as i64);
