@@ -12,7 +12,7 @@ use std::str::FromStr;
 use crate::engine::namespace::Namespace;
 use crate::engine::nsexec::NsWorker;
 use crate::engine::sys;
-use crate::engine::table::{IdMap, Mount, MountTable, Span, path_is_under};
+use crate::engine::table::{IdSet, Mount, MountTable, Span, path_is_under};
 
 /// Which way mount tables are read.
 #[derive(
@@ -365,14 +365,15 @@ pub fn mounts_under(
             .collect());
     }
     worker.enter(ns.fd.as_fd(), ns.inode)?;
-    let index = table.index();
-    let children = children_of(table);
+    // No id map or children map of the table: a sweep asks this of every namespace of the
+    // node, and building both cost more than the probes. Lookups below are passes over
+    // the table, a few per target.
     let mut candidates: Vec<usize> = Vec::new();
     for target in targets {
         let Some((_, found)) = probe(target) else {
             continue;
         };
-        let Some(&at) = found.mnt_id.and_then(|id| index.get(&id)) else {
+        let Some(at) = found.mnt_id.and_then(|id| position_of(table, id)) else {
             continue;
         };
         if found.is_mount_root {
@@ -380,8 +381,8 @@ pub fn mounts_under(
             let mut lowest = at;
             loop {
                 hydrate(table, [lowest]);
-                match index.get(&table.mounts[lowest].parent_id) {
-                    Some(&p) if p != lowest => {
+                match position_of(table, table.mounts[lowest].parent_id) {
+                    Some(p) if p != lowest => {
                         hydrate(table, [p]);
                         if table.mount_point(&table.mounts[p]) == target.as_slice() {
                             lowest = p;
@@ -392,18 +393,16 @@ pub fn mounts_under(
                 }
                 break;
             }
-            candidates.extend(subtree(table, &children, lowest));
+            candidates.extend(subtree(table, &[lowest]));
         } else if !found.is_empty_dir {
-            let direct: Vec<usize> = children
-                .get(&table.mounts[at].id)
-                .cloned()
-                .unwrap_or_default();
+            let id = table.mounts[at].id;
+            let direct: Vec<usize> = (0..table.mounts.len())
+                .filter(|&i| table.mounts[i].parent_id == id && table.mounts[i].id != id)
+                .collect();
             hydrate(table, direct.iter().copied());
-            for c in direct {
-                if under(table, c) {
-                    candidates.extend(subtree(table, &children, c));
-                }
-            }
+            let under_target: Vec<usize> =
+                direct.into_iter().filter(|&c| under(table, c)).collect();
+            candidates.extend(subtree(table, &under_target));
         }
     }
     candidates.sort_unstable();
@@ -458,26 +457,61 @@ fn probe(path: &[u8]) -> Option<(std::os::fd::OwnedFd, Probe)> {
 }
 
 /// Children of each mount (by id), as table indices.
-fn children_of(table: &MountTable) -> IdMap<Vec<usize>> {
-    let mut children: IdMap<Vec<usize>> = IdMap::default();
-    for (i, m) in table.mounts.iter().enumerate() {
-        if m.parent_id != m.id {
-            children.entry(m.parent_id).or_default().push(i);
-        }
-    }
-    children
+/// Where the mount with id `id` is in `table`.
+fn position_of(table: &MountTable, id: u64) -> Option<usize> {
+    table.mounts.iter().position(|m| m.id == id)
 }
 
-/// `root` and every mount below it.
-fn subtree(table: &MountTable, children: &IdMap<Vec<usize>>, root: usize) -> Vec<usize> {
-    let mut out = vec![root];
-    let mut next = 0;
-    // Each mount has one parent, so each index is pushed once; the bound guards a
-    // corrupted (cyclic) table.
-    while next < out.len() && out.len() <= table.mounts.len() {
-        let id = table.mounts[out[next]].id;
-        out.extend(children.get(&id).into_iter().flatten());
-        next += 1;
+/// `roots` and every mount below them. Parents are usually listed before their
+/// children, so this takes one pass over the table and one to find nothing more; a mount
+/// moved under a later one takes a pass more.
+fn subtree(table: &MountTable, roots: &[usize]) -> Vec<usize> {
+    let mut out = roots.to_vec();
+    if roots.is_empty() {
+        return out;
     }
-    out
+    let mut inside: IdSet = roots.iter().map(|&r| table.mounts[r].id).collect();
+    // Each pass adds a mount or ends the loop, so a corrupted (cyclic) table ends too.
+    loop {
+        let before = out.len();
+        for (i, m) in table.mounts.iter().enumerate() {
+            if m.parent_id != m.id && inside.contains(&m.parent_id) && inside.insert(m.id) {
+                out.push(i);
+            }
+        }
+        if out.len() == before {
+            return out;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sorted(mut v: Vec<usize>) -> Vec<usize> {
+        v.sort_unstable();
+        v
+    }
+
+    #[test]
+    fn subtree_finds_children_listed_before_their_parents() {
+        // id 1 is the root; 5 was mounted first and moved under 4, which sits on 2; 3 is
+        // on 5. Indices: 0 (5), 1 (3), 2 (1), 3 (2), 4 (4), 5 (6).
+        let t = MountTable::tree_of(&[(5, 4), (3, 5), (1, 1), (2, 1), (4, 2), (6, 1)]);
+        assert_eq!(sorted(subtree(&t, &[3])), vec![0, 1, 3, 4]);
+        assert_eq!(sorted(subtree(&t, &[4])), vec![0, 1, 4]);
+        assert_eq!(sorted(subtree(&t, &[1])), vec![1]);
+        assert_eq!(sorted(subtree(&t, &[1, 4])), vec![0, 1, 4]);
+        assert_eq!(sorted(subtree(&t, &[2])), vec![0, 1, 2, 3, 4, 5]);
+        assert!(subtree(&t, &[]).is_empty());
+    }
+
+    #[test]
+    fn subtree_of_a_cyclic_table_ends() {
+        let t = MountTable::tree_of(&[(1, 2), (2, 1), (3, 3)]);
+        assert_eq!(sorted(subtree(&t, &[0])), vec![0, 1]);
+        assert_eq!(position_of(&t, 2), Some(1));
+        assert_eq!(position_of(&t, 9), None);
+    }
 }

@@ -36,6 +36,9 @@ impl Hasher for IdHasher {
 /// A map keyed by mount id.
 pub type IdMap<V> = HashMap<u64, V, BuildHasherDefault<IdHasher>>;
 
+/// A set of mount ids.
+pub type IdSet = std::collections::HashSet<u64, BuildHasherDefault<IdHasher>>;
+
 /// A byte range in a [`MountTable`]'s string arena, or (with its high bit set in both
 /// ends) in the [`StringPool`] the table shares.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -184,6 +187,43 @@ impl MountTable {
         self.mounts
             .iter()
             .position(|m| m.parent_id == m.id || !index.contains_key(&m.parent_id))
+    }
+
+    /// [`Self::root_mount`] without an index: the kernel lists a namespace's root mount
+    /// first, so one pass of id compares settles it; any other order falls back to the
+    /// index (a scan asks this of every namespace, and building an index of each costs
+    /// more than the rest of an unchanged sweep's matching).
+    pub fn root_position(&self) -> Option<usize> {
+        let first = self.mounts.first()?;
+        if first.parent_id == first.id || !self.mounts.iter().any(|m| m.id == first.parent_id) {
+            return Some(0);
+        }
+        self.root_mount(&self.index())
+    }
+
+    /// A table of (id, parent id) pairs, every string "/" (tests of tree walks).
+    #[cfg(test)]
+    pub(crate) fn tree_of(pairs: &[(u64, u64)]) -> MountTable {
+        let mut t = MountTable::default();
+        for &(id, parent_id) in pairs {
+            let s = t.intern(b"/");
+            t.mounts.push(Mount {
+                id,
+                parent_id,
+                unique_id: None,
+                dev: (0, 0),
+                peer_group: None,
+                master: None,
+                root: s,
+                mount_point: s,
+                fs_type: s,
+                source: s,
+                has_strings: true,
+                has_root: true,
+                layer_signature: None,
+            });
+        }
+        t
     }
 
     /// Depth of mount `i` in the tree (the root mount is 0).

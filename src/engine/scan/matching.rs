@@ -6,12 +6,11 @@ use std::os::unix::ffi::OsStrExt;
 
 use tracing::debug;
 
+use super::same_device::{Identity, SameDevice, broader_mount_elsewhere};
 use super::{Holder, Match, Scan, target_bytes, under_any};
 use crate::engine::mountinfo::encode;
 use crate::engine::source;
-use crate::engine::table::{path_is_under, path_is_under_pattern};
-
-type Identity = ((u32, u32), Vec<u8>);
+use crate::engine::table::path_is_under_pattern;
 
 /// Fills `scan.holders` with every path, identity and inside-copy match.
 pub(super) fn match_holders(scan: &mut Scan) {
@@ -64,7 +63,7 @@ fn note_host_rooted(scan: &mut Scan) {
     holding.dedup();
     let root_of = |n: &mut super::ScannedNamespace| -> Option<((u32, u32), Vec<u8>)> {
         let table = n.table.as_mut()?;
-        let i = table.root_mount(&table.index())?;
+        let i = table.root_position()?;
         source::hydrate(table, [i]);
         let m = &table.mounts[i];
         m.has_strings.then(|| (m.dev, table.root(m).to_vec()))
@@ -135,76 +134,6 @@ fn seed_devices(scan: &Scan) -> HashSet<(u32, u32)> {
         })
         .flatten()
         .collect()
-}
-
-/// Every mount of a seed's superblock, anywhere, by device: their roots decide the
-/// identity matches and whether identity may be used at all. Roots are read lazily (one
-/// statmount each on listmount tables): whether identity is refused is usually settled
-/// by the first mount looked at (the node's `/` of the same filesystem), and the other
-/// mounts' roots are needed only for the identities that stand.
-struct SameDevice {
-    by_dev: HashMap<(u32, u32), Vec<(usize, usize)>>,
-    /// Each namespace's root mount, once asked for.
-    ns_roots: HashMap<usize, Option<usize>>,
-}
-
-impl SameDevice {
-    fn of(scan: &Scan, seed_devs: &HashSet<(u32, u32)>) -> SameDevice {
-        let mut by_dev: HashMap<(u32, u32), Vec<(usize, usize)>> = HashMap::new();
-        if !seed_devs.is_empty() {
-            for (ns, n) in scan.namespaces.iter().enumerate() {
-                let Some(table) = n.table.as_ref() else {
-                    continue;
-                };
-                for (i, m) in table.mounts.iter().enumerate() {
-                    if seed_devs.contains(&m.dev) {
-                        by_dev.entry(m.dev).or_default().push((ns, i));
-                    }
-                }
-            }
-        }
-        SameDevice {
-            by_dev,
-            ns_roots: HashMap::new(),
-        }
-    }
-
-    fn ns_root(&mut self, scan: &Scan, ns: usize) -> Option<usize> {
-        *self.ns_roots.entry(ns).or_insert_with(|| {
-            let table = scan.namespaces[ns].table.as_ref()?;
-            table.root_mount(&table.index())
-        })
-    }
-
-    /// Reads the roots matching needs: every mount of a device with an identity that
-    /// stands, and each namespace's root mount of a refused one (a container running on
-    /// the layer is reported).
-    fn hydrate_for_matching(
-        &mut self,
-        scan: &mut Scan,
-        identities: &HashSet<Identity>,
-        refused: &HashSet<Identity>,
-    ) {
-        let accepted: HashSet<(u32, u32)> = identities.iter().map(|k| k.0).collect();
-        let refused: HashSet<(u32, u32)> = refused.iter().map(|k| k.0).collect();
-        let mut wanted: HashMap<usize, Vec<usize>> = HashMap::new();
-        let devs: Vec<(u32, u32)> = self.by_dev.keys().copied().collect();
-        for dev in devs {
-            let list = self.by_dev[&dev].clone();
-            for (ns, i) in list {
-                if accepted.contains(&dev)
-                    || (refused.contains(&dev) && self.ns_root(scan, ns) == Some(i))
-                {
-                    wanted.entry(ns).or_default().push(i);
-                }
-            }
-        }
-        for (ns, indices) in wanted {
-            if let Some(table) = scan.namespaces[ns].table.as_mut() {
-                source::hydrate_roots(table, indices);
-            }
-        }
-    }
 }
 
 /// Identities whose copies elsewhere are the same layer, not a shared host filesystem, and
@@ -292,31 +221,45 @@ fn matches_in(
     seeds: &[usize],
     known: &Known,
 ) -> Option<(Vec<Option<Match>>, crate::engine::table::IdMap<usize>)> {
-    let mut matched: Vec<Option<Match>> = table
-        .mounts
-        .iter()
-        .map(|m| {
-            (!known.devices.is_empty() && known.devices.contains(&m.dev)).then_some(Match::Device)
-        })
-        .collect();
+    // Allocated at the first match: most tables of a node match nothing, and the pass
+    // below is the only one over their mounts.
+    let mut matched: Vec<Option<Match>> = Vec::new();
+    let set = |matched: &mut Vec<Option<Match>>, i: usize, how: Match| {
+        if matched.is_empty() {
+            matched.resize(table.mounts.len(), None);
+        }
+        matched[i] = Some(how);
+    };
+    let device = |m: &crate::engine::table::Mount| {
+        !known.devices.is_empty() && known.devices.contains(&m.dev)
+    };
     for &i in seeds {
-        if matched[i].is_some() {
+        if matched.get(i).is_some_and(Option::is_some) {
             continue;
         }
-        // Seeds found by their overlay signature elsewhere are copies, not path matches.
-        matched[i] = Some(
-            if under_any(table.mount_point(&table.mounts[i]), known.targets) {
-                Match::Path
-            } else {
-                Match::Identity
-            },
-        );
+        let m = &table.mounts[i];
+        // A device's mounts are holders as such; seeds found by their overlay signature
+        // elsewhere are copies, not path matches.
+        let how = if device(m) {
+            Match::Device
+        } else if under_any(table.mount_point(m), known.targets) {
+            Match::Path
+        } else {
+            Match::Identity
+        };
+        set(&mut matched, i, how);
     }
-    let mut index = None;
     let mut key: Identity = ((0, 0), Vec::new());
+    let mut ns_root = None;
     for (i, m) in table.mounts.iter().enumerate() {
-        if matched[i].is_some()
-            || !m.has_root
+        if matched.get(i).is_some_and(Option::is_some) {
+            continue;
+        }
+        if device(m) {
+            set(&mut matched, i, Match::Device);
+            continue;
+        }
+        if !m.has_root
             || !known.root_lengths.may_hold(table.root(m).len())
             || !known.seed_devs.contains(&m.dev)
         {
@@ -327,19 +270,18 @@ fn matches_in(
         key.1.clear();
         key.1.extend_from_slice(table.root(m));
         if known.identities.contains(&key) {
-            matched[i] = Some(Match::Identity);
-        } else if known.refused.contains(&key) {
+            set(&mut matched, i, Match::Identity);
+        } else if known.refused.contains(&key)
+            && *ns_root.get_or_insert_with(|| table.root_position()) == Some(i)
+        {
             // A container running on the layer: always kept, but worth reporting.
-            let index = index.get_or_insert_with(|| table.index());
-            if table.root_mount(index) == Some(i) {
-                matched[i] = Some(Match::Identity);
-            }
+            set(&mut matched, i, Match::Identity);
         }
     }
-    if matched.iter().all(Option::is_none) {
+    if matched.is_empty() {
         return None;
     }
-    let index = index.unwrap_or_else(|| table.index());
+    let index = table.index();
     close_over_children(table, &index, &mut matched);
     Some((matched, index))
 }
@@ -499,84 +441,6 @@ pub(super) fn hydrate_propagation_context(scan: &mut Scan) {
             .collect();
         source::hydrate(table, wanted);
     }
-}
-
-/// Where the same filesystem is mounted outside the targets such that copies of a seed's
-/// (device, root) at other paths must not count as the target.
-struct Elsewhere {
-    ns: usize,
-    mount: usize,
-}
-
-impl Elsewhere {
-    /// The note that says why, with that mount's strings read.
-    fn note(&self, scan: &mut Scan, dev: (u32, u32), root: &[u8]) -> String {
-        let n = &mut scan.namespaces[self.ns];
-        let table = n.table.as_mut().expect("found in a read table");
-        source::hydrate(table, [self.mount]);
-        let m = &table.mounts[self.mount];
-        format!(
-            "copies of {}:{} {} at other paths were not searched: that filesystem is also \
-             mounted at {} (root {}) in mount namespace {}, so it is not private to the \
-             target",
-            dev.0,
-            dev.1,
-            encode(root),
-            encode(table.mount_point(m)),
-            encode(table.root(m)),
-            n.ns.inode,
-        )
-    }
-}
-
-/// Whether copies of `(dev, root)` at other paths must not count as the target: the same
-/// filesystem is mounted outside the targets (`seeds`, per namespace, are the seeds at the
-/// targets) with a broader root (a bind of `/var` from the root filesystem), or with
-/// the same root as some namespace's root mount (a bind of a host's or container's `/`),
-/// or with the same root at a path no target covers in a trusted view (the node's own
-/// `/dev/shm` that a pod's subPath binds, an NFS export the node also mounts elsewhere).
-/// Then "same superblock and root" no longer means "the same layer" but "the same system
-/// filesystem": only a superblock that trusted views mount at target paths alone is the
-/// target's.
-fn broader_mount_elsewhere(
-    scan: &mut Scan,
-    same_dev: &mut SameDevice,
-    seeds: &[HashSet<usize>],
-    dev: (u32, u32),
-    root: &[u8],
-) -> Option<Elsewhere> {
-    let count = same_dev.by_dev.get(&dev).map_or(0, Vec::len);
-    for k in 0..count {
-        let (ns, i) = same_dev.by_dev[&dev][k];
-        if seeds[ns].contains(&i) {
-            continue;
-        }
-        if let Some(table) = scan.namespaces[ns].table.as_mut() {
-            source::hydrate_roots(table, [i]);
-        }
-        let n = &scan.namespaces[ns];
-        let Some(table) = n.table.as_ref() else {
-            continue;
-        };
-        let m = &table.mounts[i];
-        if !m.has_root {
-            continue;
-        }
-        let trusted =
-            n.ns.own || (n.ns.host_userns && scan.trusted_namespaces.contains(&n.ns.inode));
-        let other_root = table.root(m).to_vec();
-        let broader = path_is_under(root, &other_root) && other_root != root;
-        let same_as_ns_root = other_root == root && same_dev.ns_root(scan, ns) == Some(i);
-        // Whatever the filesystem: a tmpfs or overlay makes a superblock per mount, but a
-        // bind of one lands anywhere (kubelet binds a pod's subPath of a hostPath onto the
-        // root of the node's /dev/shm), so the same one at a path no target covers in a
-        // trusted view is the node's, not the target's.
-        let trusted_elsewhere = other_root == root && trusted;
-        if broader || same_as_ns_root || trusted_elsewhere {
-            return Some(Elsewhere { ns, mount: i });
-        }
-    }
-    None
 }
 
 #[cfg(test)]

@@ -32,6 +32,7 @@ pub(crate) mod fixture;
 mod matching;
 mod nsfs;
 mod reach;
+mod same_device;
 #[cfg(test)]
 mod tests;
 

@@ -183,27 +183,28 @@ fn tables_past_the_pools_reach_are_refused_or_left_where_they_read() {
 
 #[test]
 fn depth_follows_parents() {
-    let mut t = MountTable::default();
-    for (id, parent) in [(1, 0), (2, 1), (3, 2), (4, 1), (5, 3)] {
-        let s = t.intern(b"/");
-        t.mounts.push(Mount {
-            id,
-            parent_id: parent,
-            unique_id: None,
-            dev: (0, 0),
-            peer_group: None,
-            master: None,
-            root: s,
-            mount_point: s,
-            fs_type: s,
-            source: s,
-            has_strings: true,
-            has_root: true,
-            layer_signature: None,
-        });
-    }
+    let t = MountTable::tree_of(&[(1, 0), (2, 1), (3, 2), (4, 1), (5, 3)]);
     let idx = t.index();
     let depths: Vec<u32> = (0..5).map(|i| t.depth(&idx, i)).collect();
     assert_eq!(depths, vec![0, 1, 2, 1, 3]);
     assert_eq!(t.root_mount(&idx), Some(0));
+}
+
+#[test]
+fn root_position_is_root_mount_whatever_the_order() {
+    for (pairs, want) in [
+        (&[(1, 0), (2, 1), (3, 2)][..], Some(0)),
+        // the root listed last (a pivot_root, a move): the first mount's parent is listed
+        (&[(2, 1), (3, 2), (1, 0)][..], Some(2)),
+        // the root's parent is itself (the initial namespace's rootfs)
+        (&[(5, 9), (9, 9)][..], Some(1)),
+        (&[(9, 9), (5, 9)][..], Some(0)),
+        // a corrupt table with a cycle and no root
+        (&[(1, 2), (2, 1)][..], None),
+        (&[][..], None),
+    ] {
+        let t = MountTable::tree_of(pairs);
+        assert_eq!(t.root_position(), want, "{pairs:?}");
+        assert_eq!(t.root_position(), t.root_mount(&t.index()), "{pairs:?}");
+    }
 }
