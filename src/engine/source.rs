@@ -12,7 +12,7 @@ use std::str::FromStr;
 use crate::engine::namespace::Namespace;
 use crate::engine::nsexec::NsWorker;
 use crate::engine::sys;
-use crate::engine::table::{IdSet, Mount, MountTable, Span, path_is_under};
+use crate::engine::table::{IdMap, IdSet, Mount, MountTable, Span, path_is_under};
 
 /// Which way mount tables are read.
 #[derive(
@@ -456,23 +456,24 @@ fn probe(path: &[u8]) -> Option<(std::os::fd::OwnedFd, Probe)> {
     ))
 }
 
-/// Children of each mount (by id), as table indices.
-/// Where the mount with id `id` is in `table`.
+/// Where the mount with id `id` is in `table` (ids are distinct among the mounts one
+/// listing gives).
 fn position_of(table: &MountTable, id: u64) -> Option<usize> {
     table.mounts.iter().position(|m| m.id == id)
 }
 
-/// `roots` and every mount below them. Parents are usually listed before their
-/// children, so this takes one pass over the table and one to find nothing more; a mount
-/// moved under a later one takes a pass more.
+/// `roots` and every mount below them. Parents are usually listed before their children,
+/// so two passes over the table usually settle it with no map; a mount moved under a later
+/// one needs more, and a chain of such moves (anyone root in the host's user namespace can
+/// make one, up to `fs.mount-max`) would need a pass per link: after two passes that still
+/// found mounts, the rest is walked through a children map, linear in the table.
 fn subtree(table: &MountTable, roots: &[usize]) -> Vec<usize> {
     let mut out = roots.to_vec();
     if roots.is_empty() {
         return out;
     }
     let mut inside: IdSet = roots.iter().map(|&r| table.mounts[r].id).collect();
-    // Each pass adds a mount or ends the loop, so a corrupted (cyclic) table ends too.
-    loop {
+    for _ in 0..2 {
         let before = out.len();
         for (i, m) in table.mounts.iter().enumerate() {
             if m.parent_id != m.id && inside.contains(&m.parent_id) && inside.insert(m.id) {
@@ -483,6 +484,25 @@ fn subtree(table: &MountTable, roots: &[usize]) -> Vec<usize> {
             return out;
         }
     }
+    let mut children: IdMap<Vec<usize>> = IdMap::default();
+    for (i, m) in table.mounts.iter().enumerate() {
+        if m.parent_id != m.id {
+            children.entry(m.parent_id).or_default().push(i);
+        }
+    }
+    // Every mount found so far may have children not found yet; each is taken once (the
+    // set), so a corrupted (cyclic) table ends too.
+    let mut next = 0;
+    while next < out.len() {
+        let id = table.mounts[out[next]].id;
+        for &c in children.get(&id).into_iter().flatten() {
+            if inside.insert(table.mounts[c].id) {
+                out.push(c);
+            }
+        }
+        next += 1;
+    }
+    out
 }
 
 #[cfg(test)]
@@ -505,6 +525,20 @@ mod tests {
         assert_eq!(sorted(subtree(&t, &[1, 4])), vec![0, 1, 4]);
         assert_eq!(sorted(subtree(&t, &[2])), vec![0, 1, 2, 3, 4, 5]);
         assert!(subtree(&t, &[]).is_empty());
+    }
+
+    #[test]
+    fn subtree_of_a_chain_of_moves_listed_backwards_is_whole() {
+        // id 1 the root, then 1000 mounts each moved onto the one listed after it: a pass
+        // per link if walked by passes alone.
+        let n = 1000u64;
+        let mut pairs: Vec<(u64, u64)> = (2..=n + 1).map(|id| (id, id + 1)).collect();
+        pairs.push((n + 2, 1));
+        pairs.push((1, 1));
+        let t = MountTable::tree_of(&pairs);
+        let top = t.mounts.iter().position(|m| m.id == n + 2).unwrap();
+        let got = sorted(subtree(&t, &[top]));
+        assert_eq!(got, (0..=n as usize).collect::<Vec<_>>());
     }
 
     #[test]

@@ -210,6 +210,7 @@ cmd_vm() {
     if [ -z "$bin" ] || [ -z "$testbin" ] || [ -z "$test" ]; then
         echo "vm: --bin, --test-bin and --test are needed" >&2; exit 2
     fi
+    case "${VM_BOOTS:-3}" in ''|*[!0-9]*) echo "VM_BOOTS must be a number, not '$VM_BOOTS'" >&2; exit 2;; esac
     command -v qemu-system-x86_64 >/dev/null \
         || { echo "qemu-system-x86_64 is missing: run .ci/run (installs qemu-system-x86)" >&2; exit 1; }
     cmd_build
@@ -246,17 +247,19 @@ cmd_vm() {
     cp "$root"/boot/initrd.img-* "$d/initrd.img"
     # room for images, pods and logs beside the root's own size
     local mb; mb=$(( $(du -sm "$root" | cut -f1) + 3072 ))
-    truncate -s "${mb}M" "$d/disk.img"
-    mkfs.ext4 -q -F -L mntreap-vm -d "$root" "$d/disk.img"
-    rm -rf --one-file-system "${root:?}"
     # sid's kernel (7.2 measured) sometimes dies of an "Oops: int3" in its own boot under
-    # multi-threaded TCG (the emulator's race with the kernel patching its text, 1 boot in
-    # 18 here, before init runs). panic=1 oops=panic with -no-reboot make any crash end
-    # qemu at once instead of at the timeout; a boot that crashed before the test began is
-    # booted again (VM_BOOTS, default 3), logged; a crash after it began fails the test.
+    # multi-threaded TCG (the emulator's race with the kernel patching its text: 2 boots in
+    # 40 here, before init ran). panic=1 oops=panic with -no-reboot make a panic or an oops
+    # end qemu at once instead of at the timeout (a hang still waits for it). A boot that
+    # panicked before the test began is booted again, on a disk made afresh from the root
+    # (a first boot again), at most VM_BOOTS times (default 3), logged; a crash after the
+    # test began fails the test.
     local boots=${VM_BOOTS:-3} boot=1 limit=${VM_TIMEOUT:-1200}
     local deadline=$((SECONDS + limit)) qpid
     while :; do
+        rm -f "$d/disk.img"
+        truncate -s "${mb}M" "$d/disk.img"
+        mkfs.ext4 -q -F -L mntreap-vm -d "$root" "$d/disk.img"
         if [ "$boot" = 1 ]; then log "$name: disk image in $((SECONDS - t0))s; booting under TCG"
         else log "$name: booting again at $((SECONDS - t0))s (boot $boot of at most $boots)"; fi
         qemu-system-x86_64 -accel tcg,thread=multi -cpu max -m 3072 -smp 2 \
@@ -283,8 +286,10 @@ cmd_vm() {
         log "$name: the guest's kernel crashed before the test began; its console:"
         grep -m 3 -E 'Oops|RIP:|Kernel panic' "$d/console.log" >&2 || true
         mv "$d/console.log" "$d/console-boot$boot.log"
+        mv "$d/qemu.log" "$d/qemu-boot$boot.log"
         boot=$((boot + 1))
     done
+    rm -rf --one-file-system "${root:?}"
     log "$name: VM done in $((SECONDS - t0))s"
     local out rc
     out=$(tr -d '\r' < "$d/console.log" | sed -n '/MNTREAP-VM-BEGIN/,/MNTREAP-VM-RC=/p')
