@@ -498,3 +498,38 @@ fn a_signed_overlay_at_a_namespace_root_still_refuses_its_identity() {
         scan.detail_notes
     );
 }
+
+#[test]
+fn a_container_on_the_layer_is_reported_at_its_root_wherever_the_root_is_listed() {
+    // The layer (a tmpfs at the target) is also a running container's `/`: its identity is
+    // refused, and that root is reported as a holder (kept), whether its namespace lists
+    // the root mount first or after a mount on it (a move, a pivot_root).
+    let own = format!(
+        "1 0 254:0 / / rw - ext4 /dev/vda rw\n\
+         2 1 0:50 / {T} rw - tmpfs tmpfs rw\n"
+    );
+    let own: &'static str = Box::leak(own.into_boxed_str());
+    for container in [
+        "10 9 0:50 / / rw - tmpfs tmpfs rw\n11 10 0:51 / /proc rw - proc proc rw\n",
+        "11 10 0:51 / /proc rw - proc proc rw\n10 9 0:50 / / rw - tmpfs tmpfs rw\n",
+    ] {
+        let scan = scan_of(
+            &[T],
+            &[],
+            &[Ns(1, true, true, own), Ns(2, false, true, container)],
+        );
+        assert_eq!(
+            matched(&scan),
+            vec![(1, T.into(), Match::Path), (2, "/".into(), Match::Identity)],
+            "{container}"
+        );
+        // Refused, not accepted: the container's root has the layer's identity.
+        assert!(
+            scan.detail_notes
+                .iter()
+                .any(|n| n.contains("not private to the target")),
+            "{container}: {:?}",
+            scan.detail_notes
+        );
+    }
+}
