@@ -462,27 +462,12 @@ fn position_of(table: &MountTable, id: u64) -> Option<usize> {
     table.mounts.iter().position(|m| m.id == id)
 }
 
-/// `roots` and every mount below them. Parents are usually listed before their children,
-/// so two passes over the table usually settle it with no map; a mount moved under a later
-/// one needs more, and a chain of such moves (anyone root in the host's user namespace can
-/// make one, up to `fs.mount-max`) would need a pass per link: after two passes that still
-/// found mounts, the rest is walked through a children map, linear in the table.
+/// `roots` and every mount below them. The children map is built only here: most
+/// namespaces of a sweep have no mount under a target and never get one.
 fn subtree(table: &MountTable, roots: &[usize]) -> Vec<usize> {
     let mut out = roots.to_vec();
     if roots.is_empty() {
         return out;
-    }
-    let mut inside: IdSet = roots.iter().map(|&r| table.mounts[r].id).collect();
-    for _ in 0..2 {
-        let before = out.len();
-        for (i, m) in table.mounts.iter().enumerate() {
-            if m.parent_id != m.id && inside.contains(&m.parent_id) && inside.insert(m.id) {
-                out.push(i);
-            }
-        }
-        if out.len() == before {
-            return out;
-        }
     }
     let mut children: IdMap<Vec<usize>> = IdMap::default();
     for (i, m) in table.mounts.iter().enumerate() {
@@ -490,8 +475,8 @@ fn subtree(table: &MountTable, roots: &[usize]) -> Vec<usize> {
             children.entry(m.parent_id).or_default().push(i);
         }
     }
-    // Every mount found so far may have children not found yet; each is taken once (the
-    // set), so a corrupted (cyclic) table ends too.
+    // Each mount is taken once (the set), so a corrupted (cyclic) table ends too.
+    let mut inside: IdSet = roots.iter().map(|&r| table.mounts[r].id).collect();
     let mut next = 0;
     while next < out.len() {
         let id = table.mounts[out[next]].id;
@@ -529,8 +514,8 @@ mod tests {
 
     #[test]
     fn subtree_of_a_chain_of_moves_listed_backwards_is_whole() {
-        // id 1 the root, then 1000 mounts each moved onto the one listed after it: a pass
-        // per link if walked by passes alone.
+        // id 1 the root, then 1000 mounts each moved onto the one listed after it: every
+        // child is listed before its parent.
         let n = 1000u64;
         let mut pairs: Vec<(u64, u64)> = (2..=n + 1).map(|id| (id, id + 1)).collect();
         pairs.push((n + 2, 1));

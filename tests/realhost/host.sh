@@ -285,8 +285,7 @@ cmd_vm() {
         fi
         log "$name: the guest's kernel crashed before the test began; its console:"
         grep -m 3 -E 'Oops|RIP:|Kernel panic' "$d/console.log" >&2 || true
-        mv "$d/console.log" "$d/console-boot$boot.log"
-        mv "$d/qemu.log" "$d/qemu-boot$boot.log"
+        rm -f "$d/console.log" "$d/qemu.log"
         boot=$((boot + 1))
     done
     rm -rf --one-file-system "${root:?}"
