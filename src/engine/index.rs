@@ -15,8 +15,11 @@
 //! neither ids nor events show is
 //! a change of a live mount's propagation (`mount --make-private`): by a probe run by hand
 //! on 6.18, neither the mountinfo poll event nor fanotify's mount events report it. So a
-//! table from the index is fit for *finding* what to release, never for releasing it:
-//! every release scans cold (the agent's sweep scans again before it acts), and a kept
+//! table from the index is fit for *finding* what to release; a release from it first reads
+//! again by id every fact its plan rests on ([`crate::engine::release::confirm`]) and is
+//! set aside for a cold scan at any difference, at a shared parent, or when a table was
+//! reused without mount events (a move could then hide a copy). The agent's sweep still
+//! scans again before it acts (its classification reads more than the plan), and a kept
 //! table is read again once it is older than [`TableIndex::max_age`].
 
 use std::collections::HashMap;
@@ -77,6 +80,19 @@ fn ids_digest(ids: impl Iterator<Item = Option<u64>>) -> u64 {
             .wrapping_mul(0x9E37_79B9_7F4A_7C15)
             .rotate_left(29)
     })
+}
+
+/// Where a scan's table of one namespace came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// Read from the kernel by this scan.
+    Read,
+    /// Kept, from a namespace watched since before it was read: a move since would have
+    /// sent it to a new read.
+    KeptWatched,
+    /// Kept, and reused because `listmount` lists the same ids: a mount moved since (same
+    /// id) is where the table says it was.
+    KeptListed,
 }
 
 /// How a scan used the index.
@@ -198,7 +214,7 @@ impl TableIndex {
         &self,
         ns: &Namespace,
         signatures: &[Vec<u8>],
-    ) -> Result<(MountTable, bool), SourceError> {
+    ) -> Result<(MountTable, Origin), SourceError> {
         let io = |op: &'static str| {
             move |source| SourceError::Io {
                 inode: ns.inode,
@@ -209,13 +225,18 @@ impl TableIndex {
         let ns_id = sys::mntns_id(ns.fd.as_fd()).map_err(io("NS_GET_MNTNS_ID"))?;
         if let Some(table) = self.reuse(ns_id, None, signatures) {
             self.unlisted.fetch_add(1, Ordering::Relaxed);
-            return Ok((table, true));
+            return Ok((table, Origin::KeptWatched));
         }
         // Marked before its mounts are listed and read: no change after goes unreported.
         let watched = self.watch(ns, ns_id);
         let ids = sys::listmount_all(ns_id).map_err(io("listmount"))?;
         if let Some(table) = self.reuse(ns_id, Some(&ids), signatures) {
-            return Ok((table, true));
+            // Watched only if it was before its table was read (marked then, or earlier).
+            let origin = match self.kept().get(&ns_id).is_some_and(|k| k.watched) {
+                true => Origin::KeptWatched,
+                false => Origin::KeptListed,
+            };
+            return Ok((table, origin));
         }
         // Only a namespace of mntreap's user namespace can carry a layer signature (see
         // the scan): elsewhere no upperdir is worth a system call.
@@ -239,7 +260,7 @@ impl TableIndex {
                 ),
             },
         );
-        Ok((table, false))
+        Ok((table, Origin::Read))
     }
 
     /// Marks `ns` in the event group unless it is already: whether its events are seen.

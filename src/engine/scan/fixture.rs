@@ -74,6 +74,7 @@ fn namespace_of(
         processes: Vec::new(),
         host_rooted: None,
         from_index: false,
+        moves_unseen: false,
     }
 }
 

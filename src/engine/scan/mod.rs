@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use tracing::{debug, info_span};
 
 use crate::engine::cgroups::CgroupView;
-use crate::engine::index::{IndexUse, TableIndex};
+use crate::engine::index::{IndexUse, Origin, TableIndex};
 use crate::engine::namespace::{self, Namespace, PinVia, Process};
 use crate::engine::nsexec;
 use crate::engine::source::{self, Backend};
@@ -104,6 +104,10 @@ pub struct ScannedNamespace {
     pub host_rooted: Option<bool>,
     /// Its table is one kept in a [`TableIndex`], not read by this scan.
     pub from_index: bool,
+    /// Its kept table was reused on a listing of the same ids, its namespace unwatched: a
+    /// mount moved since is where the table says it was (so a copy moved to a target's
+    /// path can be missing from this scan).
+    pub moves_unseen: bool,
 }
 
 /// The result of a scan: holders, and everything that was odd along the way.
@@ -261,15 +265,19 @@ pub fn read_namespaces(
         &namespaces,
         |worker, ns| {
             if targeted {
-                return source::read_targeted(worker, ns, &targets).map(|(t, s)| (t, s, false));
+                return source::read_targeted(worker, ns, &targets)
+                    .map(|(t, s)| (t, s, Origin::Read));
             }
             // An overlay's `upperdir` option is whatever its mounter wrote: only root on the
             // host (CAP_SYS_ADMIN in mntreap's user namespace) can mount in a namespace that
             // user namespace owns, so only there does the signature name the runtime's layer.
             let signatures: &[Vec<u8>] = if ns.host_userns { &signatures } else { &[] };
-            let (mut table, from_index) = match index.filter(|_| backend == Backend::Listmount) {
+            let (mut table, origin) = match index.filter(|_| backend == Backend::Listmount) {
                 Some(index) => index.table(ns, signatures)?,
-                None => (source::read_table(backend, worker, ns, signatures)?, false),
+                None => (
+                    source::read_table(backend, worker, ns, signatures)?,
+                    Origin::Read,
+                ),
             };
             let mut seeds = source::mounts_under(worker, ns, &mut table, &targets)?;
             let signed: Vec<usize> = (0..table.mounts.len())
@@ -277,15 +285,15 @@ pub fn read_namespaces(
                 .collect();
             source::hydrate(&mut table, signed.iter().copied());
             seeds.extend(signed);
-            Ok::<_, source::SourceError>((table, seeds, from_index))
+            Ok::<_, source::SourceError>((table, seeds, origin))
         },
     )?;
     Ok(namespaces
         .into_iter()
         .zip(results)
         .map(|(ns, read)| {
-            let (table, seeds, from_index) = match read {
-                Ok((table, seeds, from_index)) => (Some(table), seeds, from_index),
+            let (table, seeds, origin) = match read {
+                Ok((table, seeds, origin)) => (Some(table), seeds, origin),
                 Err(e) => {
                     // A namespace whose last process exited mid-scan can no longer be read
                     // by pid, and one we may not enter is not ours to touch: note it.
@@ -293,7 +301,7 @@ pub fn read_namespaces(
                         denied.push(ns.inode);
                     }
                     notes.push(format!("skipped {e}"));
-                    (None, Vec::new(), false)
+                    (None, Vec::new(), Origin::Read)
                 }
             };
             ScannedNamespace {
@@ -302,7 +310,8 @@ pub fn read_namespaces(
                 seeds,
                 processes: Vec::new(),
                 host_rooted: None,
-                from_index,
+                from_index: origin != Origin::Read,
+                moves_unseen: origin == Origin::KeptListed,
             }
         })
         .collect())
