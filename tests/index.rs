@@ -26,11 +26,18 @@ fn listmount_works() -> bool {
 /// A sandbox with a tmpfs "layer" at `l/x/merged`, a holder that copied it, and a request
 /// that trusts the sandbox's view (as a runtime's namespace) for what the layer is.
 fn node(name: &str) -> (Sandbox, String, i32, ScanRequest) {
+    node_with(name, "true")
+}
+
+/// [`node`], with `setup` run in the sandbox (`{d}`: its directory) before the holder
+/// copies it.
+fn node_with(name: &str, setup: &str) -> (Sandbox, String, i32, ScanRequest) {
     let mut sb = Sandbox::new(name);
     let layer = format!("{}/l/x/merged", sb.d());
     sb.sh(&format!(
-        "mkdir -p {layer} {d}/elsewhere && mount -t tmpfs layer-x {layer}",
-        d = sb.d()
+        "mkdir -p {layer} {d}/elsewhere && mount -t tmpfs layer-x {layer} && {setup}",
+        d = sb.d(),
+        setup = setup.replace("{d}", &sb.d())
     ));
     let holder = sb.holder(None, None);
     let request = ScanRequest {
@@ -202,32 +209,184 @@ fn forged_table_is_read_again(index: TableIndex) {
     );
 }
 
-#[test]
-fn nothing_is_released_from_a_scan_that_reused_kept_tables() {
-    let _serial = serial();
-    if !listmount_works() {
-        return;
-    }
-    let (_sb, layer, holder, request) = node("index-release");
-    let index = TableIndex::new(Duration::from_secs(3600));
-    kept_scan(&index, &request);
-    let warm = scan_indexed(&request, Some(&index)).unwrap();
+/// A warm scan of `request` (its tables kept by a scan before), checked to have reused them.
+fn warm_scan(index: &TableIndex, request: &ScanRequest) -> Scan {
+    let warm = scan_indexed(request, Some(index)).unwrap();
     assert!(
         warm.from_index(),
         "nothing was reused: the test shows nothing"
     );
-    let refused = mntreap::engine::release::run_on(warm, &request, Default::default(), false);
-    assert!(
-        matches!(refused, Err(ScanError::FromIndex { .. })),
-        "{:?}",
-        refused.map(|r| r.results.len())
-    );
-    assert!(has_mount_at(holder, &layer), "the copy was touched");
+    warm
+}
 
-    // The same request read cold releases it.
-    let rel = mntreap::engine::release::run(&request, Default::default(), false).unwrap();
-    assert!(rel.remaining().is_empty());
-    assert!(!has_mount_at(holder, &layer));
+/// Releases from `warm` and checks that the kernel's answers set the plan aside, for the
+/// holder's namespace if one is given, before anything was unmounted; returns why.
+fn refused_for(warm: Scan, request: &ScanRequest, holder: Option<i32>, why: &str) -> String {
+    match mntreap::engine::release::run_on(warm, request, Default::default(), false) {
+        Err(e @ ScanError::Unconfirmed { inode, .. }) => {
+            if let Some(holder) = holder {
+                assert_eq!(inode, ns_inode(holder), "{e}");
+            }
+            e.to_string()
+        }
+        other => panic!("{why}: {:?}", other.map(|r| r.results)),
+    }
+}
+
+/// After a refused release: the sandbox's copy and `survives` in the holder are still
+/// mounted, and the same request read cold releases everything.
+fn untouched_then_cold(
+    sb: &Sandbox,
+    request: &ScanRequest,
+    holder: i32,
+    survives: &str,
+    why: &str,
+) {
+    let layer = request.targets[0].to_str().unwrap();
+    assert!(
+        has_mount_at(holder, survives),
+        "{why}: {survives} was unmounted"
+    );
+    assert!(
+        has_mount_at(sb.host_pid(), layer),
+        "{why}: the sandbox's copy was unmounted"
+    );
+    let rel = mntreap::engine::release::run(request, Default::default(), false).unwrap();
+    assert!(rel.confirmed.is_none());
+    assert!(rel.remaining().is_empty(), "{:?}", rel.remaining());
+    assert!(
+        !has_mount_at(holder, survives),
+        "the cold release left {survives}"
+    );
+}
+
+#[test]
+fn a_release_from_kept_tables_is_confirmed_by_id_and_done() {
+    let _serial = serial();
+    if !listmount_works() {
+        return;
+    }
+    let Some(index) = watching_index() else {
+        return;
+    };
+    let (sb, layer, holder, request) = node("index-release");
+    kept_scan(&index, &request);
+    let warm = warm_scan(&index, &request);
+    let rel = mntreap::engine::release::run_on(warm, &request, Default::default(), false)
+        .expect("an unchanged node's kept tables are confirmed");
+    let confirmed = rel
+        .confirmed
+        .expect("a release from kept tables is confirmed");
+    assert!(
+        confirmed >= 4,
+        "{confirmed} mounts read again: not every copy and parent"
+    );
+    assert_eq!(rel.released(), 2, "the holder's copy and the sandbox's");
+    assert!(rel.remaining().is_empty(), "{:?}", rel.remaining());
+    assert!(!has_mount_at(holder, &layer), "the copy is still there");
+    assert!(!has_mount_at(sb.host_pid(), &layer));
+}
+
+#[test]
+fn a_release_from_a_kept_table_whose_parent_became_shared_unmounts_nothing() {
+    let _serial = serial();
+    if !listmount_works() {
+        return;
+    }
+    let Some(index) = watching_index() else {
+        return;
+    };
+    let (sb, layer, holder, request) = node("index-release-shared");
+    kept_scan(&index, &request);
+    // No id and no event shows a propagation change.
+    nsenter_ok(holder, &["mount", "--make-shared", &sb.d()]);
+    let why = "a copy whose parent was made shared since its table was kept was released";
+    let refused = refused_for(warm_scan(&index, &request), &request, Some(holder), why);
+    assert!(refused.contains("propagation"), "{refused}");
+    untouched_then_cold(&sb, &request, holder, &layer, why);
+}
+
+#[test]
+fn a_release_from_tables_kept_without_mount_events_never_misses_a_moved_copy() {
+    let _serial = serial();
+    if !listmount_works() {
+        return;
+    }
+    let (sb, layer, holder, request) = node("index-release-moved");
+    let index = TableIndex::new(Duration::from_secs(3600));
+    kept_scan(&index, &request);
+    // The same mount, the same id, another place: a listing index reuses the table, whose
+    // scan then misses the copy (it is where the table says it is not).
+    let elsewhere = format!("{}/elsewhere", sb.d());
+    nsenter_ok(
+        holder,
+        &[
+            "sh",
+            "-c",
+            &format!("mount --make-private {layer} && mount --move {layer} {elsewhere}"),
+        ],
+    );
+    let why = "a release from a listing index left a moved copy behind";
+    // Any namespace's table may hide it: the first reused one is named.
+    let refused = refused_for(warm_scan(&index, &request), &request, None, why);
+    assert!(refused.contains("moved"), "{refused}");
+    untouched_then_cold(&sb, &request, holder, &elsewhere, why);
+}
+
+#[test]
+fn a_release_from_a_forged_kept_table_never_detaches_what_it_does_not_show() {
+    let _serial = serial();
+    if !listmount_works() {
+        return;
+    }
+    let Some(index) = watching_index() else {
+        return;
+    };
+    // The holder's own tmpfs, moved inside its copy of the layer before any scan.
+    let (sb, layer, holder, request) = node_with(
+        "index-release-below",
+        "mkdir -p {d}/other && mount -t tmpfs other {d}/other",
+    );
+    let (d, inside) = (sb.d(), format!("{layer}/inside"));
+    nsenter_ok(
+        holder,
+        &[
+            "sh",
+            "-c",
+            &format!(
+                "mkdir -p {inside} && mount --make-private {d}/other && mount --move {d}/other {inside}"
+            ),
+        ],
+    );
+    let mut first = scan_indexed(&request, Some(&index)).unwrap();
+    // Kept with the tmpfs put back where it was: the ids are the kernel's, so the table
+    // is reused; a detach of the copy would take the tmpfs, which the plan does not show.
+    let ns = ns_inode(holder);
+    let at = first
+        .namespaces
+        .iter()
+        .position(|n| n.ns.inode == ns)
+        .unwrap();
+    let table = first.namespaces[at].table.as_mut().unwrap();
+    let parent_of_copy = {
+        let copy = table
+            .mounts
+            .iter()
+            .find(|m| table.mount_point(m) == layer.as_bytes())
+            .unwrap();
+        copy.parent_id
+    };
+    let moved = table
+        .mounts
+        .iter()
+        .position(|m| table.mount_point(m) == inside.as_bytes())
+        .expect("the moved tmpfs is in the table");
+    table.mounts[moved].parent_id = parent_of_copy;
+    index.keep(first.take_tables());
+    let why = "a detach of a copy took a mount its kept table did not put below it";
+    let refused = refused_for(warm_scan(&index, &request), &request, Some(holder), why);
+    assert!(refused.contains("below it"), "{refused}");
+    untouched_then_cold(&sb, &request, holder, &inside, why);
 }
 
 #[test]

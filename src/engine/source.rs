@@ -464,7 +464,7 @@ fn position_of(table: &MountTable, id: u64) -> Option<usize> {
 
 /// `roots` and every mount below them. The children map is built only here: most
 /// namespaces of a sweep have no mount under a target and never get one.
-fn subtree(table: &MountTable, roots: &[usize]) -> Vec<usize> {
+pub(crate) fn subtree(table: &MountTable, roots: &[usize]) -> Vec<usize> {
     let mut out = roots.to_vec();
     if roots.is_empty() {
         return out;

@@ -453,6 +453,7 @@ mod tests {
             notes: Vec::new(),
             dry_run: true,
             scope,
+            confirmed: None,
         };
         let mut decisions = Decisions::default();
         decisions.add(&rel, "the release of a");

@@ -13,9 +13,11 @@ use crate::engine::nsexec::{self};
 use crate::engine::scan::{Holder, Pin, Scan};
 use crate::engine::sys;
 
+mod confirm;
 mod execute;
 mod plan;
 
+pub use confirm::confirm;
 pub use execute::execute;
 pub use plan::plan;
 
@@ -182,6 +184,8 @@ pub struct Release {
     pub notes: Vec<String>,
     pub dry_run: bool,
     pub scope: Scope,
+    /// For a release from kept tables: how many mounts were read again to confirm its plan.
+    pub confirmed: Option<usize>,
 }
 
 impl Release {
@@ -232,12 +236,14 @@ pub fn run_on(
     scope: Scope,
     dry_run: bool,
 ) -> Result<Release, crate::engine::scan::ScanError> {
-    // Where an unmount propagates is known only from tables read now.
-    if !dry_run && let Some(u) = scan.index.filter(|_| scan.from_index()) {
-        return Err(crate::engine::scan::ScanError::FromIndex { reused: u.reused });
-    }
     let started = std::time::Instant::now();
     let plans = plan(&scan, scope.clone());
+    // Kept tables may be stale in what no id or event shows (a move, a propagation
+    // change): what this plan rests on is read again from the kernel first.
+    let confirmed = match !dry_run && scan.from_index() {
+        true => Some(confirm(&scan, &plans, request.threads)?),
+        false => None,
+    };
     let planned = started.elapsed();
     let results = execute(&scan, &plans, &request.proc_root, dry_run)?;
     let executed = started.elapsed();
@@ -271,6 +277,7 @@ pub fn run_on(
         notes,
         dry_run,
         scope,
+        confirmed,
     })
 }
 

@@ -229,12 +229,13 @@ pub enum ScanError {
     Namespaces(#[from] namespace::NamespaceError),
     #[error(transparent)]
     Worker(#[from] nsexec::NsError),
-    /// A release was asked of a scan that reused kept tables ([`crate::engine::index`]).
+    /// A release planned from kept tables ([`crate::engine::index`]) that the kernel no
+    /// longer confirms ([`crate::engine::release::confirm`]): nothing was unmounted.
     #[error(
-        "refusing to release from a scan that reused {reused} kept mount table(s): their \
-         propagation may have changed since they were read; scan again without the index"
+        "the kernel does not confirm the kept mount table of mount namespace {inode}: {what}; \
+         nothing was unmounted (scan again without the index)"
     )]
-    FromIndex { reused: usize },
+    Unconfirmed { inode: u64, what: String },
 }
 
 /// Reads every namespace's table with the request's backend, on `request.threads`
