@@ -301,9 +301,9 @@ pub(crate) fn not_removed_ids(scan: &Scan, results: &[ActionResult]) -> MountSet
         .collect()
 }
 
-/// Re-reads the namespaces that were acted in (one listmount, or one mountinfo read, each)
-/// and returns which scanned holders are still mounted. Holders in namespaces left alone
-/// are still there by definition.
+/// Re-reads what was acted on (each holder by 64-bit id, or one mountinfo read per
+/// namespace) and returns which scanned holders are still mounted. Holders in namespaces
+/// left alone are still there by definition.
 fn recheck(
     scan: &Scan,
     plans: &[NamespacePlan],
@@ -326,20 +326,29 @@ fn recheck(
             let scanned = &scan.namespaces[ns];
             let table = scanned.table.as_ref()?;
             match table.ns_id {
-                // listmount: the 64-bit ids never repeat, so presence is exact.
+                // The 64-bit ids never repeat, so presence is exact: each holder is asked
+                // for by id (statmount), not found in a listing of the whole namespace.
                 Some(ns_id) => {
-                    let unique: HashSet<u64> =
-                        sys::listmount_all(ns_id).ok()?.into_iter().collect();
-                    Some(
-                        scan.holders
-                            .iter()
-                            .filter(|h| h.ns == ns)
-                            .filter(|h| {
-                                h.mount.unique_id.is_some_and(|u| unique.contains(&u.get()))
-                            })
-                            .map(|h| h.mount.id)
-                            .collect(),
-                    )
+                    let mut buf = sys::StatmountBuf::new();
+                    let mut present = HashSet::new();
+                    for h in scan.holders.iter().filter(|h| h.ns == ns) {
+                        let Some(unique) = h.mount.unique_id else {
+                            continue;
+                        };
+                        match sys::statmount(
+                            ns_id,
+                            unique.get(),
+                            sys::STATMOUNT_MNT_BASIC,
+                            &mut buf,
+                        ) {
+                            Ok(_) => {
+                                present.insert(h.mount.id);
+                            }
+                            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+                            Err(_) => return None,
+                        }
+                    }
+                    Some(present)
                 }
                 None => {
                     worker.enter(scanned.ns.fd.as_fd(), scanned.ns.inode).ok()?;
