@@ -335,31 +335,31 @@ fn unaccounted(scan: &Scan, ns: usize) -> Option<String> {
     })
 }
 
-/// Parent links of the namespaces in a plan, to ask "is this mount inside that one".
-pub(super) struct Parents(HashMap<usize, HashMap<u64, u64>>);
+/// Parent links of the namespaces in a plan, to ask "is this mount inside that one". A
+/// namespace's links are built when first asked for: most plans never ask (nothing kept,
+/// nothing failed), and building them for every table costs more than the rest of a plan.
+pub(super) struct Parents<'a> {
+    scan: &'a Scan,
+    built: std::sync::Mutex<HashMap<usize, HashMap<u64, u64>>>,
+}
 
-impl Parents {
-    pub(super) fn of(scan: &Scan) -> Parents {
-        let namespaces: HashSet<usize> = scan.holders.iter().map(|h| h.ns).collect();
-        Parents(
-            namespaces
-                .into_iter()
-                .filter_map(|ns| {
-                    let table = scan.namespaces[ns].table.as_ref()?;
-                    Some((
-                        ns,
-                        table.mounts.iter().map(|m| (m.id, m.parent_id)).collect(),
-                    ))
-                })
-                .collect(),
-        )
+impl<'a> Parents<'a> {
+    pub(super) fn of(scan: &'a Scan) -> Parents<'a> {
+        Parents {
+            scan,
+            built: Default::default(),
+        }
     }
 
     /// True when mount `child` has `ancestor` above it in namespace `ns`.
     pub(super) fn has_ancestor(&self, ns: usize, child: u64, ancestor: u64) -> bool {
-        let Some(parents) = self.0.get(&ns) else {
+        let mut built = self.built.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(table) = self.scan.namespaces.get(ns).and_then(|n| n.table.as_ref()) else {
             return false;
         };
+        let parents = built
+            .entry(ns)
+            .or_insert_with(|| table.mounts.iter().map(|m| (m.id, m.parent_id)).collect());
         let mut at = child;
         for _ in 0..parents.len() {
             match parents.get(&at) {
