@@ -15,7 +15,8 @@
 //! - release of one layer in every namespace: a `umount -N /proc/PID/ns/mnt -l PATH` loop
 //!   (util-linux) against `mntreap release` with each backend;
 //! - index: the same scans in process, cold and warm, with the listing index and (6.15+)
-//!   the agent's, which trusts mount events ([`warm`]);
+//!   the agent's, which trusts mount events ([`warm`]); and a release of one layer from the
+//!   agent's index, its plan confirmed by id;
 //! - agent: the real agent process sweeping the unchanged node every second against a
 //!   private dockerd ([`agent`]): CPU per sweep and resident memory.
 
@@ -319,6 +320,15 @@ fn main() {
         )
     });
 
+    // A warm release per run, each of a layer nothing above touched (the node's own copy
+    // unmounted first, as for the other release rows).
+    let warm_layers: Vec<String> = (1..=cfg.runs).map(|k| layer(spare + k)).collect();
+    for l in &warm_layers {
+        nix::mount::umount2(l.as_str(), nix::mount::MntFlags::MNT_DETACH).unwrap();
+    }
+    let warm_release =
+        warm::measure_release(warm_layers.iter().map(Into::into).collect(), cfg.namespaces);
+
     // The agent's own rows, with a real runtime beside the node.
     let agent = agent::measure(&dir, 10, BIN);
 
@@ -409,6 +419,17 @@ fn main() {
         ratio(umount_loop, release_mi)
     );
     let cost = |c: warm::Cost| format!("{} {:>7.3} CPU-s", ms(c.wall), c.cpu.as_secs_f64());
+    match &warm_release {
+        Some(r) => println!(
+            "{:<58} {}  {:.1}x faster than the loop; {} mounts confirmed by id, {} released",
+            "release: warm, mount events (in process)",
+            cost(r.warm),
+            ratio(umount_loop, r.warm.wall),
+            r.confirmed,
+            r.released
+        ),
+        None => println!("release: warm row not measured: this kernel has no mount events (6.15+)"),
+    }
     for (what, rows) in [("one layer", &one), ("node-wide", &node_wide)] {
         println!(
             "{:<58} {}  {:.1}x faster than grep",

@@ -67,11 +67,16 @@ fn timed(index: &TableIndex, req: &ScanRequest, holders: Option<usize>) -> (Cost
     (cost, found)
 }
 
-/// Scans `targets` `runs + 1` times with one index (listing each namespace's mounts, or
-/// `watching` the kernel's mount events): the first is cold, the medians of the rest are
-/// warm. Every warm scan must find what the cold one found.
-pub fn measure(targets: Vec<PathBuf>, runs: usize, watching: bool) -> Rows {
-    let req = ScanRequest {
+/// The warm release row: one layer released in every namespace from the agent's index.
+pub struct ReleaseRow {
+    pub warm: Cost,
+    /// Mounts read again by id to confirm the plan (median run's).
+    pub confirmed: usize,
+    pub released: usize,
+}
+
+fn request(targets: Vec<PathBuf>) -> ScanRequest {
+    ScanRequest {
         targets,
         devices: Vec::new(),
         backend: Backend::Listmount,
@@ -82,7 +87,57 @@ pub fn measure(targets: Vec<PathBuf>, runs: usize, watching: bool) -> Rows {
         trusted_namespaces: Vec::new(),
         no_identity: Vec::new(),
         runtime_pid: None,
-    };
+    }
+}
+
+/// Releases each of `layers` (each in every namespace) with a watching index, as a
+/// long-running process would: untimed, a scan brings the index up to date (the last
+/// release's unmounts changed every table); timed, the warm scan and the release together
+/// (plan, confirmation by id, unmounts, re-check). `None`: this kernel has no mount events.
+pub fn measure_release(layers: Vec<PathBuf>, namespaces: usize) -> Option<ReleaseRow> {
+    let index = TableIndex::watching(Duration::from_secs(3600));
+    if !index.events() {
+        return None;
+    }
+    let mut runs = Vec::new();
+    for layer in layers {
+        let req = request(vec![layer]);
+        let mut kept = scan::scan_indexed(&req, Some(&index)).expect("scan");
+        index.keep(kept.take_tables());
+        let (c0, t0) = (cpu(), Instant::now());
+        let found = scan::scan_indexed(&req, Some(&index)).expect("scan");
+        assert!(found.from_index(), "the warm release reused no table");
+        let rel = mntreap::engine::release::run_on(found, &req, Default::default(), false)
+            .expect("the kept tables of an unchanged node are confirmed");
+        let cost = Cost {
+            wall: t0.elapsed(),
+            cpu: cpu() - c0,
+        };
+        assert_eq!(
+            rel.released(),
+            namespaces,
+            "the warm release released another set"
+        );
+        assert!(rel.remaining().is_empty(), "the warm release left copies");
+        let confirmed = rel
+            .confirmed
+            .expect("a release from kept tables is confirmed");
+        runs.push((cost, confirmed, rel.released()));
+    }
+    runs.sort_by_key(|(c, _, _)| c.wall);
+    let (warm, confirmed, released) = runs[runs.len() / 2];
+    Some(ReleaseRow {
+        warm,
+        confirmed,
+        released,
+    })
+}
+
+/// Scans `targets` `runs + 1` times with one index (listing each namespace's mounts, or
+/// `watching` the kernel's mount events): the first is cold, the medians of the rest are
+/// warm. Every warm scan must find what the cold one found.
+pub fn measure(targets: Vec<PathBuf>, runs: usize, watching: bool) -> Rows {
+    let req = request(targets);
     // MNTREAP_BENCH_TRACE=1: the scans' phase timings (debug lines) on stderr, filtered
     // by MNTREAP_BENCH_FILTER (`mntreap=debug,mntreap::engine::scan::matching=info` leaves
     // out a line per matched mount).
