@@ -139,6 +139,12 @@ fn both_indexes() -> Vec<TableIndex> {
     }
 }
 
+/// The watching index made for releases (its kept mount points read again by each
+/// scan), or `None` (said why) on a kernel without mount events.
+fn release_index() -> Option<TableIndex> {
+    watching_index().map(TableIndex::for_releases)
+}
+
 /// The watching index, or `None` (said why) on a kernel without mount events.
 fn watching_index() -> Option<TableIndex> {
     let index = TableIndex::watching(Duration::from_secs(3600));
@@ -266,7 +272,7 @@ fn a_release_from_kept_tables_is_confirmed_by_id_and_done() {
     if !listmount_works() {
         return;
     }
-    let Some(index) = watching_index() else {
+    let Some(index) = release_index() else {
         return;
     };
     let (sb, layer, holder, request) = node("index-release");
@@ -293,7 +299,7 @@ fn a_release_from_a_kept_table_whose_parent_became_shared_unmounts_nothing() {
     if !listmount_works() {
         return;
     }
-    let Some(index) = watching_index() else {
+    let Some(index) = release_index() else {
         return;
     };
     let (sb, layer, holder, request) = node("index-release-shared");
@@ -313,7 +319,7 @@ fn a_release_from_tables_kept_without_mount_events_never_misses_a_moved_copy() {
         return;
     }
     let (sb, layer, holder, request) = node("index-release-moved");
-    let index = TableIndex::new(Duration::from_secs(3600));
+    let index = TableIndex::new(Duration::from_secs(3600)).for_releases();
     kept_scan(&index, &request);
     // The same mount, the same id, another place: a listing index reuses the table, whose
     // scan then misses the copy (it is where the table says it is not).
@@ -339,7 +345,7 @@ fn a_release_from_a_forged_kept_table_never_detaches_what_it_does_not_show() {
     if !listmount_works() {
         return;
     }
-    let Some(index) = watching_index() else {
+    let Some(index) = release_index() else {
         return;
     };
     // The holder's own tmpfs, moved inside its copy of the layer before any scan.
@@ -387,6 +393,25 @@ fn a_release_from_a_forged_kept_table_never_detaches_what_it_does_not_show() {
     let refused = refused_for(warm_scan(&index, &request), &request, Some(holder), why);
     assert!(refused.contains("below it"), "{refused}");
     untouched_then_cold(&sb, &request, holder, &inside, why);
+}
+
+#[test]
+fn a_release_from_kept_mount_points_is_refused() {
+    let _serial = serial();
+    if !listmount_works() {
+        return;
+    }
+    // A sweep's index keeps mount points as read; a rename above one keeps its id and
+    // raises no event, so a release may not decide by them.
+    let Some(index) = watching_index() else {
+        return;
+    };
+    let (sb, layer, holder, request) = node("index-release-kept-points");
+    kept_scan(&index, &request);
+    let why = "a release decided by mount points kept from an earlier read";
+    let refused = refused_for(warm_scan(&index, &request), &request, None, why);
+    assert!(refused.contains("rename"), "{refused}");
+    untouched_then_cold(&sb, &request, holder, &layer, why);
 }
 
 #[test]

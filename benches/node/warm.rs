@@ -95,7 +95,7 @@ fn request(targets: Vec<PathBuf>) -> ScanRequest {
 /// release's unmounts changed every table); timed, the warm scan and the release together
 /// (plan, confirmation by id, unmounts, re-check). `None`: this kernel has no mount events.
 pub fn measure_release(layers: Vec<PathBuf>, namespaces: usize) -> Option<ReleaseRow> {
-    let index = TableIndex::watching(Duration::from_secs(3600));
+    let index = TableIndex::watching(Duration::from_secs(3600)).for_releases();
     if !index.events() {
         return None;
     }

@@ -105,6 +105,10 @@ pub struct IndexUse {
     pub unlisted: usize,
     /// Namespaces read from the kernel (new, changed, or older than the index's age).
     pub read: usize,
+    /// The reused tables' mount points were read again where the scan needed them
+    /// ([`TableIndex::for_releases`]): a release from kept tables asks for this.
+    #[serde(default)]
+    pub fresh_mount_points: bool,
 }
 
 /// Tables kept between scans; see the module's documentation.
@@ -118,6 +122,8 @@ pub struct TableIndex {
     events: Option<MountEvents>,
     /// Namespaces the current scan reused with no `listmount`.
     unlisted: AtomicUsize,
+    /// Lend tables with their strings forgotten ([`TableIndex::for_releases`]).
+    fresh_mount_points: bool,
 }
 
 impl std::fmt::Debug for TableIndex {
@@ -139,7 +145,27 @@ impl TableIndex {
             max_age,
             events: None,
             unlisted: AtomicUsize::new(0),
+            fresh_mount_points: false,
         }
+    }
+
+    /// This index lends tables whose strings are forgotten, as a table just listed has
+    /// none: each scan reads again the strings of the mounts it looks at. A rename of a
+    /// directory above a mount point changes its path with no new id and no event, so a
+    /// kept mount point can be stale; ids, devices and roots cannot. What a release
+    /// decides by path (what is at a target, what is covered, which views speak for a
+    /// target's identity) then comes from the kernel, at the cost of a few strings per
+    /// namespace instead of one `statmount` per mount. Releases from kept tables
+    /// ([`crate::engine::release::confirm`]) require it; the agent's sweeps, which scan
+    /// again before they act, do not use it.
+    pub fn for_releases(mut self) -> Self {
+        self.fresh_mount_points = true;
+        self
+    }
+
+    /// Whether this index lends tables with their strings forgotten.
+    pub fn fresh_mount_points(&self) -> bool {
+        self.fresh_mount_points
     }
 
     /// An index that trusts the kernel's mount events where it has them (6.15+), and
@@ -318,6 +344,13 @@ impl TableIndex {
         for (i, upper) in &k.upperdirs {
             table.mounts[*i].layer_signature =
                 crate::engine::mountinfo::signature_of(upper, signatures);
+        }
+        if self.fresh_mount_points {
+            // Read again on demand by `source::hydrate`, which reads roots too.
+            for m in &mut table.mounts {
+                m.has_strings = false;
+                m.has_root = false;
+            }
         }
         Some(table)
     }

@@ -38,6 +38,20 @@ pub fn confirm(scan: &Scan, plans: &[NamespacePlan], threads: usize) -> Result<u
                 .into(),
         });
     }
+    // A kept mount point can be stale (a rename above it keeps the id and raises no
+    // event): what is at a target, what is covered and which views speak for a target's
+    // identity are decided by path, so the scan must have read its paths again.
+    if !scan.index.is_some_and(|u| u.fresh_mount_points)
+        && let Some(n) = scan.namespaces.iter().find(|n| n.from_index)
+    {
+        return Err(ScanError::Unconfirmed {
+            inode: n.ns.inode,
+            what: "its kept mount points were used as read earlier, and a rename above a \
+                   mount point changes no id and raises no event (a release needs an index \
+                   made for releases)"
+                .into(),
+        });
+    }
     let acting: Vec<&NamespacePlan> = plans
         .iter()
         .filter(|p| {

@@ -368,6 +368,7 @@ pub fn scan_indexed(request: &ScanRequest, index: Option<&TableIndex>) -> Result
             .iter()
             .filter(|n| n.table.is_some() && !n.from_index)
             .count(),
+        fresh_mount_points: index.fresh_mount_points(),
     });
     let read = started.elapsed();
     // Not the host's pid namespace: incomplete, unless the established runtime is in this
