@@ -18,7 +18,9 @@
 //! table from the index is fit for *finding* what to release; a release from it first reads
 //! again by id every fact its plan rests on ([`crate::engine::release::confirm`]) and is
 //! set aside for a cold scan at any difference, at a shared parent, or when a table was
-//! reused without mount events (a move could then hide a copy). The agent's sweep still
+//! reused without mount events (a move could then hide a copy); and only an index made
+//! [`TableIndex::for_releases`] serves a release (a rename above a mount point keeps its
+//! id and raises no event, so its scans read mount points again). The agent's sweep still
 //! scans again before it acts (its classification reads more than the plan), and a kept
 //! table is read again once it is older than [`TableIndex::max_age`].
 
@@ -64,11 +66,9 @@ struct Kept {
 impl Kept {
     /// Whether the kept table holds mount `id` (tables are in listmount's ascending order).
     fn holds(&self, id: u64) -> bool {
-        self.table.as_ref().is_some_and(|t| {
-            t.mounts
-                .binary_search_by_key(&Some(id), |m| m.unique_id.map(NonZeroU64::get))
-                .is_ok()
-        })
+        self.table
+            .as_ref()
+            .is_some_and(|t| t.position_of_unique(id).is_some())
     }
 }
 

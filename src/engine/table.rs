@@ -129,6 +129,14 @@ impl MountTable {
         }
     }
 
+    /// The position of the mount with 64-bit id `unique`, for a table in listmount's
+    /// ascending order (one read by listmount, or kept from one).
+    pub fn position_of_unique(&self, unique: u64) -> Option<usize> {
+        self.mounts
+            .binary_search_by_key(&Some(unique), |m| m.unique_id.map(NonZeroU64::get))
+            .ok()
+    }
+
     /// Appends `bytes` to the arena and returns its span.
     pub(crate) fn intern(&mut self, bytes: &[u8]) -> Span {
         self.intern_with(|arena| arena.extend_from_slice(bytes))

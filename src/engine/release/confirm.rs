@@ -153,10 +153,7 @@ impl Check<'_> {
     /// The table's position of the mount with 64-bit id `unique` (kept tables are in
     /// listmount's ascending order).
     fn position(&self, unique: u64) -> Option<usize> {
-        self.table
-            .mounts
-            .binary_search_by_key(&Some(unique), |m| m.unique_id.map(NonZeroU64::get))
-            .ok()
+        self.table.position_of_unique(unique)
     }
 
     /// `h`'s mount and each mount above it, up to the namespace's root, are what the table
