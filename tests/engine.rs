@@ -545,6 +545,72 @@ fn shared_parent_propagation_is_refused() {
     assert!(!has_mount_at(pid, &target) && !has_mount_at(sb.host_pid(), &target));
 }
 
+/// Propagation follows the whole propagation tree: a slave that is itself shared passes an
+/// unmount on to its own slaves, whatever it has at that place itself.
+#[test]
+fn propagation_through_a_slave_of_a_slave_is_refused() {
+    let mut sb = Sandbox::new("slaveofslave");
+    let d = sb.d();
+    sb.sh(&format!(
+        "set -e; mkdir -p {d}/p {d}/other; mount -t tmpfs parent {d}/p; \
+         mount --make-shared {d}/p; mkdir {d}/p/x; mount -t tmpfs target {d}/p/x"
+    ));
+    let target = format!("{d}/p/x");
+    // A: the leak. Its copy of the parent is a slave of the sandbox's and shared again, as
+    // systemd leaves a service's namespace.
+    let a = sb.holder_with(
+        &["-m", "--propagation", "unchanged"],
+        Some(&format!(
+            "mount --make-slave {d}/p && mount --make-shared {d}/p && exec sleep 3600"
+        )),
+        None,
+    );
+    // B, copied from A: the same again, but without the target (it was unmounted there).
+    let b = sb.holder_from(
+        a,
+        &["-m", "--propagation", "unchanged"],
+        &format!(
+            "mount --make-slave {d}/p && mount --make-shared {d}/p && umount {target} && \
+             exec sleep 3600"
+        ),
+    );
+    // C, copied from B: a slave of B's group, with a bind of the parent elsewhere and a
+    // mount of its own where the target would be under that bind. No holder, nobody's copy.
+    let c = sb.holder_from(
+        b,
+        &["-m", "--propagation", "unchanged"],
+        &format!(
+            "mount --make-slave {d}/p && mount --bind {d}/p {d}/other && \
+             mount -t tmpfs its-own {d}/other/x && exec sleep 3600"
+        ),
+    );
+    let own = format!("{d}/other/x");
+    assert!(has_mount_at(c, &own) && has_mount_at(a, &target));
+    let runs = [&[][..], &["--everywhere"][..]]
+        .into_iter()
+        .flat_map(|scope| ["listmount", "mountinfo"].map(|backend| (scope, backend)));
+    for (scope, backend) in runs {
+        let mut args = vec!["release", "--any-path", "--path", &target];
+        args.extend_from_slice(scope);
+        let (code, doc) = sb.mntreap_json(&args, &[("MNTREAP_BACKEND", backend)]);
+        let doc = the_release(&doc);
+        assert_eq!(doc["backend"], backend);
+        assert_eq!(code, 1, "{scope:?} {backend}: {doc:#}");
+        let action = &namespace_entry(&doc, ns_inode(a))["actions"][0];
+        assert_eq!(action["result"], "kept", "{scope:?} {backend}: {doc:#}");
+        let reason = action["reason"].as_str().unwrap();
+        assert!(
+            reason.contains(&format!("{}", ns_inode(c))) && reason.contains(&own),
+            "the reason names what would be lost: {reason}"
+        );
+        assert!(
+            has_mount_at(c, &own),
+            "{scope:?} {backend}: the unmount in A propagated through B to C's own mount"
+        );
+        assert!(has_mount_at(a, &target));
+    }
+}
+
 #[test]
 fn paths_only_matches_the_full_scans_path_holders_on_both_backends() {
     let mut sb = Sandbox::new("pathsonly");

@@ -132,6 +132,18 @@ impl Sandbox {
         )
     }
 
+    /// A holder whose namespace is copied from `parent`'s (another holder's), not the
+    /// sandbox's: a chain of namespaces, each a copy of the one before.
+    pub fn holder_from(&mut self, parent: i32, unshare_args: &[&str], script: &str) -> i32 {
+        let parent = parent.to_string();
+        self.holder_via(
+            &["nsenter", "-t", &parent, "-m", "--"],
+            unshare_args,
+            Some(script),
+            None,
+        )
+    }
+
     fn holder_via(
         &mut self,
         launcher: &[&str],

@@ -373,7 +373,8 @@ impl<'a> Parents<'a> {
 }
 
 /// Where an unmount of a holder would propagate: to the mounts at the same place under
-/// every peer and slave of its shared parent (shared subtrees, kernel docs). Whether each
+/// every peer and slave of its shared parent, and their slaves' slaves (shared subtrees,
+/// kernel docs). Whether each
 /// of those is released too changes as the plan keeps more; where they are does not, so
 /// it is worked out once per holder.
 enum Propagation {
@@ -422,6 +423,34 @@ impl PeerIndex {
         }
         PeerIndex { by_group, children }
     }
+
+    /// Every mount an event on a member of `group` propagates to: its peers and slaves,
+    /// and on through each slave that is shared in a group of its own, to any depth (the
+    /// kernel's `propagation_next` walks the whole tree, whatever each member has mounted).
+    fn propagation_tree(&self, scan: &Scan, group: std::num::NonZeroU64) -> Vec<(usize, usize)> {
+        let mut groups = vec![group];
+        let mut seen_groups: HashSet<std::num::NonZeroU64> = HashSet::from([group]);
+        let mut seen: HashSet<(usize, usize)> = HashSet::new();
+        let mut members = Vec::new();
+        while let Some(g) = groups.pop() {
+            for &(ns, p) in self.by_group.get(&g).into_iter().flatten() {
+                if !seen.insert((ns, p)) {
+                    continue;
+                }
+                members.push((ns, p));
+                let own = scan.namespaces[ns]
+                    .table
+                    .as_ref()
+                    .and_then(|t| t.mounts[p].peer_group);
+                if let Some(own) = own
+                    && seen_groups.insert(own)
+                {
+                    groups.push(own);
+                }
+            }
+        }
+        members
+    }
 }
 
 fn propagation_of(scan: &Scan, h: &Holder, index: &PeerIndex) -> Propagation {
@@ -465,7 +494,7 @@ fn propagation_of(scan: &Scan, h: &Holder, index: &PeerIndex) -> Propagation {
         return Propagation::Nowhere;
     };
     let mut sites = Vec::new();
-    for &(ns, p) in index.by_group.get(&group).into_iter().flatten() {
+    for (ns, p) in index.propagation_tree(scan, group) {
         let table = scan.namespaces[ns]
             .table
             .as_ref()
