@@ -250,7 +250,7 @@ pub fn run_on(
     let (still_mounted, notes) = if dry_run {
         (None, Vec::new())
     } else {
-        match recheck(&scan, &plans, request) {
+        match recheck(&scan, &plans, &results, request) {
             Ok((still, notes)) => (Some(still), notes),
             // The unmounts are done: report them. What remains is then what the actions
             // did not remove, as they themselves saw it.
@@ -281,6 +281,40 @@ pub fn run_on(
     })
 }
 
+/// Which holders are still mounted, from what the re-check read in each namespace acted
+/// in (`present`, in the order of `acted`; `None` where it could not read). Where it could
+/// not, what the actions did not remove is still there: a failed read never makes a holder
+/// look gone.
+fn still_mounted(
+    scan: &Scan,
+    acted: &[usize],
+    present: Vec<Option<HashSet<u64>>>,
+    results: &[ActionResult],
+) -> (MountSet, Vec<String>) {
+    let mut still: MountSet = scan
+        .holders
+        .iter()
+        .filter(|h| !acted.contains(&h.ns))
+        .map(|h| (h.ns, h.mount.id))
+        .collect();
+    let not_removed = not_removed_ids(scan, results);
+    let mut notes = Vec::new();
+    for (&ns, ids) in acted.iter().zip(present) {
+        match ids {
+            Some(ids) => still.extend(ids.into_iter().map(|id| (ns, id))),
+            None => {
+                still.extend(not_removed.iter().filter(|(n, _)| *n == ns));
+                notes.push(format!(
+                    "mount namespace {} could not be re-read after the release: what remains \
+                     there is what the actions did not remove",
+                    scan.namespaces[ns].ns.inode
+                ));
+            }
+        }
+    }
+    (still, notes)
+}
+
 /// `(namespace index, mount id)` pairs.
 pub(crate) type MountSet = HashSet<(usize, u64)>;
 
@@ -307,6 +341,7 @@ pub(crate) fn not_removed_ids(scan: &Scan, results: &[ActionResult]) -> MountSet
 fn recheck(
     scan: &Scan,
     plans: &[NamespacePlan],
+    results: &[ActionResult],
     request: &crate::engine::scan::ScanRequest,
 ) -> Result<(MountSet, Vec<String>), nsexec::NsError> {
     let acted: Vec<usize> = plans
@@ -332,9 +367,8 @@ fn recheck(
                     let mut buf = sys::StatmountBuf::new();
                     let mut present = HashSet::new();
                     for h in scan.holders.iter().filter(|h| h.ns == ns) {
-                        let Some(unique) = h.mount.unique_id else {
-                            continue;
-                        };
+                        // Without an id to ask by, nothing is known: not read again.
+                        let unique = h.mount.unique_id?;
                         match sys::statmount(
                             ns_id,
                             unique.get(),
@@ -373,21 +407,9 @@ fn recheck(
             }
         },
     )?;
-    let mut still: HashSet<(usize, u64)> = scan
-        .holders
-        .iter()
-        .filter(|h| !acted.contains(&h.ns))
-        .map(|h| (h.ns, h.mount.id))
-        .collect();
-    let mut notes = Vec::new();
-    for (&ns, ids) in acted.iter().zip(present) {
+    let (still, mut notes) = still_mounted(scan, &acted, present, results);
+    for &ns in &acted {
         let inode = scan.namespaces[ns].ns.inode;
-        match ids {
-            Some(ids) => still.extend(ids.into_iter().map(|id| (ns, id))),
-            None => notes.push(format!(
-                "mount namespace {inode} could not be re-read after the release"
-            )),
-        }
         let alive = scan.namespaces[ns].ns.pids.iter().any(|&pid| {
             crate::engine::namespace::mnt_ns_inode(&request.proc_root, pid) == Some(inode)
         });
@@ -400,4 +422,49 @@ fn recheck(
         }
     }
     Ok((still, notes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::scan::fixture::{Ns, scan_of};
+
+    #[test]
+    fn a_namespace_that_cannot_be_read_again_keeps_what_was_not_removed() {
+        let table = "1 0 254:0 / / rw - ext4 /dev/vda rw\n\
+                     12 1 0:50 / /d/l/a/merged rw - overlay overlay rw\n\
+                     13 1 0:51 / /d/l/b/merged rw - overlay overlay rw\n";
+        let scan = scan_of(
+            &["/d/l/a/merged", "/d/l/b/merged"],
+            &[],
+            &[Ns(1, true, true, table), Ns(2, false, true, table)],
+        );
+        let of = |ns: usize, id: u64| {
+            scan.holders
+                .iter()
+                .position(|h| h.ns == ns && h.mount.id == id)
+                .expect("a holder")
+        };
+        let results = vec![
+            ActionResult {
+                holder: of(1, 12),
+                outcome: Outcome::Unmounted,
+            },
+            ActionResult {
+                holder: of(1, 13),
+                outcome: Outcome::Kept {
+                    reason: "kept".into(),
+                },
+            },
+        ];
+        // Namespace 1 was acted in and could not be read again; 0 was left alone.
+        let (still, notes) = still_mounted(&scan, &[1], vec![None], &results);
+        let expected: MountSet = [(0, 12), (0, 13), (1, 13)].into();
+        assert_eq!(still, expected);
+        assert!(notes[0].contains("could not be re-read"), "{notes:?}");
+        // Read again: what the kernel says, whatever the actions reported.
+        let (still, notes) = still_mounted(&scan, &[1], vec![Some([12].into())], &results);
+        assert_eq!(still, [(0, 12), (0, 13), (1, 12)].into());
+        assert!(notes.is_empty());
+    }
 }
