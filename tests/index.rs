@@ -415,6 +415,100 @@ fn a_release_from_kept_mount_points_is_refused() {
 }
 
 #[test]
+fn a_release_from_kept_tables_finds_a_mount_renamed_into_a_target() {
+    let _serial = serial();
+    if !listmount_works() {
+        return;
+    }
+    let Some(index) = release_index() else {
+        return;
+    };
+    // The target is a directory of the sandbox's filesystem, the layer mounted inside it:
+    // a directory renamed into it carries the mounts below it along, with their ids, and
+    // the kernel sends no mount event for a rename.
+    let (sb, layer, holder, mut request) = node("index-release-renamed");
+    let d = sb.d();
+    let target = format!("{d}/l/x");
+    request.targets = vec![PathBuf::from(&target)];
+    nsenter_ok(holder, &["mkdir", "-p", &format!("{d}/stage/m")]);
+    nsenter_ok(
+        holder,
+        &["mount", "-t", "tmpfs", "intruder", &format!("{d}/stage/m")],
+    );
+    let ns = ns_inode(holder);
+    let before = kept_scan(&index, &request);
+    assert_eq!(held(&before, &[ns]), BTreeSet::from([(ns, layer.clone())]));
+    // Renamed from the sandbox: the same directory, seen through every namespace.
+    sb.sh(&format!("mv {d}/stage {target}/stage"));
+    let renamed = format!("{target}/stage/m");
+    assert!(has_mount_at(holder, &renamed));
+    let warm = warm_scan(&index, &request);
+    assert_eq!(
+        held(&warm, &[ns]),
+        BTreeSet::from([(ns, layer.clone()), (ns, renamed.clone())]),
+        "the mount renamed into the target was judged by its kept mount point"
+    );
+    let rel = mntreap::engine::release::run_on(warm, &request, Default::default(), false)
+        .expect("the kept tables are confirmed");
+    assert!(rel.confirmed.is_some());
+    assert!(rel.remaining().is_empty(), "{:?}", rel.remaining());
+    assert!(
+        !has_mount_at(holder, &renamed) && !has_mount_at(holder, &layer),
+        "a release from kept tables left the renamed mount"
+    );
+}
+
+#[test]
+fn a_release_from_kept_tables_sees_a_trusted_mount_renamed_out_of_a_target() {
+    let _serial = serial();
+    if !listmount_works() {
+        return;
+    }
+    let Some(index) = release_index() else {
+        return;
+    };
+    // The sandbox (the trusted view) has a filesystem of its own inside the target: what
+    // is at the target says what a copy of it is, so the holder's bind of it elsewhere is
+    // a copy. Renamed out of the target, it is the sandbox's own mount and that bind is
+    // nobody's copy; only its mount point, which a rename changes silently, says so.
+    let (sb, layer, holder, mut request) = node_with(
+        "index-release-renamed-out",
+        "mkdir -p {d}/l/x/a/fs {d}/out {d}/agent && mount -t tmpfs its-own {d}/l/x/a/fs",
+    );
+    let d = sb.d();
+    let target = format!("{d}/l/x");
+    request.targets = vec![PathBuf::from(&target)];
+    let bind = format!("{d}/agent");
+    nsenter_ok(
+        holder,
+        &["mount", "--bind", &format!("{target}/a/fs"), &bind],
+    );
+    nsenter_ok(holder, &["umount", &format!("{target}/a/fs")]);
+    let ns = ns_inode(holder);
+    let before = kept_scan(&index, &request);
+    assert_eq!(
+        held(&before, &[ns]),
+        BTreeSet::from([(ns, layer.clone()), (ns, bind.clone())]),
+        "the bind is a copy while the filesystem is at the target: the test shows nothing"
+    );
+    sb.sh(&format!("mv {target}/a {d}/out/a"));
+    let warm = warm_scan(&index, &request);
+    assert_eq!(
+        held(&warm, &[ns]),
+        BTreeSet::from([(ns, layer.clone())]),
+        "the trusted view was judged by its kept mount point"
+    );
+    let rel = mntreap::engine::release::run_on(warm, &request, Default::default(), false)
+        .expect("the kept tables are confirmed");
+    assert!(rel.confirmed.is_some());
+    assert!(!has_mount_at(holder, &layer));
+    assert!(
+        has_mount_at(holder, &bind),
+        "a release from kept tables unmounted a bind of the sandbox's own filesystem"
+    );
+}
+
+#[test]
 fn a_watched_namespace_is_reused_unlisted_until_an_event_concerns_it() {
     let _serial = serial();
     if !listmount_works() {
