@@ -233,6 +233,59 @@ fn container_root_is_never_touched() {
     assert_eq!(remaining[0]["in_use"]["kind"], "namespace-root");
 }
 
+/// The 32-bit mount id comes back once its mount is gone; the 64-bit one never does. A
+/// mount at the holder's path with the holder's 32-bit id but another 64-bit one is not it.
+#[test]
+fn a_mount_with_the_holders_old_id_but_another_unique_id_is_not_unmounted() {
+    let mut sb = Sandbox::new("uniqueid");
+    let d = sb.d();
+    layers(&sb, "uq");
+    let leak = sb.holder(None, None);
+    sb.sh(&format!("umount {d}/l/uq/merged"));
+    let target = format!("{d}/l/uq/merged");
+    let request = mntreap::engine::scan::ScanRequest {
+        targets: vec![target.clone().into()],
+        backend: mntreap::engine::source::Backend::Listmount,
+        proc_root: "/proc".into(),
+        threads: 2,
+        paths_only: false,
+        devices: Vec::new(),
+        layer_signatures: Vec::new(),
+        trusted_namespaces: Vec::new(),
+        no_identity: Vec::new(),
+        runtime_pid: None,
+    };
+    let mut scan = match mntreap::engine::scan::scan(&request) {
+        Ok(scan) => scan,
+        Err(e) => {
+            eprintln!("skipped: this kernel has no listmount(2) for foreign namespaces: {e}");
+            return;
+        }
+    };
+    let held = scan
+        .holders
+        .iter_mut()
+        .find(|h| scan.namespaces[h.ns].ns.inode == ns_inode(leak))
+        .expect("the leak holds the layer");
+    // The scan as it would be had the copy gone and another mount taken its 32-bit id.
+    let unique = held.mount.unique_id.expect("listmount gives 64-bit ids");
+    held.mount.unique_id = std::num::NonZeroU64::new(unique.get() + (1 << 40));
+    let rel = mntreap::engine::release::run_on(scan, &request, Default::default(), false).unwrap();
+    assert!(
+        // The holder's own mount is gone (its 64-bit id is not mounted): what is there is
+        // another.
+        rel.results
+            .iter()
+            .all(|r| matches!(r.outcome, mntreap::engine::release::Outcome::Gone)),
+        "{:?}",
+        rel.results
+    );
+    assert!(
+        has_mount_at(leak, &target),
+        "a mount was taken for the holder by its 32-bit id"
+    );
+}
+
 #[test]
 fn namespace_vanishing_between_scan_and_release() {
     let mut sb = Sandbox::new("vanish");

@@ -131,6 +131,24 @@ fn unmount_one(worker: &mut NsWorker, h: &Holder, step: &Step, ns_id: Option<u64
         // Kernel < 5.8: fall back to the namespace's own mountinfo, read now.
         None => topmost_id_at(worker, &h.mount_point) == Some(h.mount.id),
     };
+    // The 32-bit id is reused once a mount is gone; the 64-bit one never is. A scan that
+    // has it (6.8+, where statx reports it too) asks for it.
+    let id_matches = id_matches
+        && match h.mount.unique_id {
+            Some(unique) => match sys::statx_unique_mnt_id(fd.as_fd()) {
+                Ok(Some(now)) => now == unique.get(),
+                Ok(None) => true,
+                Err(e) => {
+                    return Outcome::Failed {
+                        error: UnmountError::Stat {
+                            path: path.to_string_lossy().into_owned(),
+                            errno: errno_of(&e),
+                        },
+                    };
+                }
+            },
+            None => true,
+        };
     if !id_matches || stat.dev != h.mount.dev || stat.is_mount_root == Some(false) {
         // Either it went away, or something else now sits on top of it.
         if !still_mounted(worker, h, ns_id) {
