@@ -169,8 +169,9 @@ impl Check<'_> {
             if let Some(what) = differs(&kept, &now) {
                 return Err(format!("(or mount {unique} above it) {what}"));
             }
-            if depth == 0 && kept.has_strings {
-                let point = self.table.mount_point(&kept);
+            // The holder's mount point as the plan used it (always read for a holder).
+            if depth == 0 {
+                let point = h.mount_point.as_slice();
                 if now.mount_point.as_deref() != Some(point) {
                     return Err(format!(
                         "is now at {}, not at {}",
