@@ -30,7 +30,7 @@ const MASK: u64 = sys::STATMOUNT_SB_BASIC | sys::STATMOUNT_MNT_BASIC | sys::STAT
 pub fn confirm(scan: &Scan, plans: &[NamespacePlan], threads: usize) -> Result<usize, ScanError> {
     // A namespace whose moves went unseen may hide a copy moved to a target's path, which
     // a release would then leave behind while reporting none: read cold.
-    if let Some(n) = scan.namespaces.iter().find(|n| n.moves_unseen) {
+    if let Some(n) = scan.namespaces.iter().find(|n| n.moves_unseen()) {
         return Err(ScanError::Unconfirmed {
             inode: n.ns.inode,
             what: "it was reused on a listing of the same ids, its mount events unwatched, so \
@@ -42,7 +42,7 @@ pub fn confirm(scan: &Scan, plans: &[NamespacePlan], threads: usize) -> Result<u
     // event): what is at a target, what is covered and which views speak for a target's
     // identity are decided by path, so the scan must have read its paths again.
     if !scan.index.is_some_and(|u| u.fresh_mount_points)
-        && let Some(n) = scan.namespaces.iter().find(|n| n.from_index)
+        && let Some(n) = scan.namespaces.iter().find(|n| n.from_index())
     {
         return Err(ScanError::Unconfirmed {
             inode: n.ns.inode,

@@ -73,8 +73,7 @@ fn namespace_of(
         seeds,
         processes: Vec::new(),
         host_rooted: None,
-        from_index: false,
-        moves_unseen: false,
+        origin: crate::engine::index::Origin::Read,
     }
 }
 

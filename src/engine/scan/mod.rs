@@ -102,12 +102,22 @@ pub struct ScannedNamespace {
     /// daemon's namespace, not a container's. Filled for namespaces that hold a device
     /// target; `None` when unknown.
     pub host_rooted: Option<bool>,
+    /// Where its table came from: read by this scan, or kept in a [`TableIndex`].
+    pub origin: Origin,
+}
+
+impl ScannedNamespace {
     /// Its table is one kept in a [`TableIndex`], not read by this scan.
-    pub from_index: bool,
+    pub fn from_index(&self) -> bool {
+        self.origin != Origin::Read
+    }
+
     /// Its kept table was reused on a listing of the same ids, its namespace unwatched: a
     /// mount moved since is where the table says it was (so a copy moved to a target's
     /// path can be missing from this scan).
-    pub moves_unseen: bool,
+    pub fn moves_unseen(&self) -> bool {
+        self.origin == Origin::KeptListed
+    }
 }
 
 /// The result of a scan: holders, and everything that was odd along the way.
@@ -311,8 +321,7 @@ pub fn read_namespaces(
                 seeds,
                 processes: Vec::new(),
                 host_rooted: None,
-                from_index: origin != Origin::Read,
-                moves_unseen: origin == Origin::KeptListed,
+                origin,
             }
         })
         .collect())
@@ -362,11 +371,11 @@ pub fn scan_indexed(request: &ScanRequest, index: Option<&TableIndex>) -> Result
     }
     let namespaces = read_namespaces(request, index, blindness.is_none(), &mut notes, &mut denied)?;
     let index_use = index.map(|index| IndexUse {
-        reused: namespaces.iter().filter(|n| n.from_index).count(),
+        reused: namespaces.iter().filter(|n| n.from_index()).count(),
         unlisted: index.unlisted(),
         read: namespaces
             .iter()
-            .filter(|n| n.table.is_some() && !n.from_index)
+            .filter(|n| n.table.is_some() && !n.from_index())
             .count(),
         fresh_mount_points: index.fresh_mount_points(),
     });
