@@ -116,6 +116,7 @@ fn confirm_plan(
         ));
     };
     let root = table.root_position();
+    let parents = std::cell::OnceCell::new();
     for action in &plan.actions {
         let h = &scan.holders[action.holder];
         let mut check = Check {
@@ -123,6 +124,7 @@ fn confirm_plan(
             ns_id,
             buf,
             read,
+            parents: &parents,
         };
         let unmounts = !matches!(action.step, Step::Keep { .. });
         check
@@ -139,6 +141,9 @@ struct Check<'a> {
     ns_id: u64,
     buf: &'a mut sys::StatmountBuf,
     read: &'a mut usize,
+    /// The ids of the table's mounts that have a mount below them, built when first asked
+    /// for (one pass over the table per namespace, not per holder).
+    parents: &'a std::cell::OnceCell<std::collections::HashSet<u64>>,
 }
 
 impl Check<'_> {
@@ -213,10 +218,16 @@ impl Check<'_> {
         let mut now = sys::listmount_below(self.ns_id, unique)
             .map_err(|e| format!("could not be read again (listmount below it: {e})"))?;
         let kept_children = || {
-            self.table
-                .mounts
-                .iter()
-                .any(|m| m.parent_id == h.mount.id && m.id != h.mount.id)
+            self.parents
+                .get_or_init(|| {
+                    self.table
+                        .mounts
+                        .iter()
+                        .filter(|m| m.parent_id != m.id)
+                        .map(|m| m.parent_id)
+                        .collect()
+                })
+                .contains(&h.mount.id)
         };
         if now.is_empty() && !kept_children() {
             return Ok(());
