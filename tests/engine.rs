@@ -19,6 +19,26 @@ fn layers(sb: &Sandbox, id: &str) {
     ));
 }
 
+/// A library-level request for `targets`, read from this process (the sandbox is then a
+/// foreign namespace), trusting no namespace's view.
+fn library_request(
+    targets: Vec<std::path::PathBuf>,
+    backend: mntreap::engine::source::Backend,
+) -> mntreap::engine::scan::ScanRequest {
+    mntreap::engine::scan::ScanRequest {
+        targets,
+        backend,
+        proc_root: "/proc".into(),
+        threads: 2,
+        paths_only: false,
+        devices: Vec::new(),
+        layer_signatures: Vec::new(),
+        trusted_namespaces: Vec::new(),
+        no_identity: Vec::new(),
+        runtime_pid: None,
+    }
+}
+
 #[test]
 fn scan_and_release_exactly_the_leaked_layer() {
     let mut sb = Sandbox::new("basic");
@@ -243,18 +263,10 @@ fn a_mount_with_the_holders_old_id_but_another_unique_id_is_not_unmounted() {
     let leak = sb.holder(None, None);
     sb.sh(&format!("umount {d}/l/uq/merged"));
     let target = format!("{d}/l/uq/merged");
-    let request = mntreap::engine::scan::ScanRequest {
-        targets: vec![target.clone().into()],
-        backend: mntreap::engine::source::Backend::Listmount,
-        proc_root: "/proc".into(),
-        threads: 2,
-        paths_only: false,
-        devices: Vec::new(),
-        layer_signatures: Vec::new(),
-        trusted_namespaces: Vec::new(),
-        no_identity: Vec::new(),
-        runtime_pid: None,
-    };
+    let request = library_request(
+        vec![target.clone().into()],
+        mntreap::engine::source::Backend::Listmount,
+    );
     let mut scan = match mntreap::engine::scan::scan(&request) {
         Ok(scan) => scan,
         Err(e) => {
@@ -297,18 +309,10 @@ fn namespace_vanishing_between_scan_and_release() {
     let target = std::path::PathBuf::from(format!("{d}/l/vn/merged"));
     // Library-level: scan from this process (the sandbox is a foreign namespace here),
     // then the holder exits, then release acts on the held namespace descriptors.
-    let request = mntreap::engine::scan::ScanRequest {
-        targets: vec![target.clone()],
-        backend: mntreap::engine::source::Backend::Mountinfo,
-        proc_root: "/proc".into(),
-        threads: 2,
-        paths_only: false,
-        devices: Vec::new(),
-        layer_signatures: Vec::new(),
-        trusted_namespaces: Vec::new(),
-        no_identity: Vec::new(),
-        runtime_pid: None,
-    };
+    let request = library_request(
+        vec![target.clone()],
+        mntreap::engine::source::Backend::Mountinfo,
+    );
     let scan = mntreap::engine::scan::scan(&request).unwrap();
     let in_scan: BTreeSet<u64> = scan
         .holders
@@ -885,16 +889,8 @@ fn a_scan_from_a_private_cgroup_namespace_reads_the_hosts_view_and_moves_no_thre
         let ns = || std::fs::read_link("/proc/thread-self/ns/cgroup").unwrap();
         let before = ns();
         let request = mntreap::engine::scan::ScanRequest {
-            targets: vec![target],
-            backend: mntreap::engine::source::Backend::Mountinfo,
-            proc_root: "/proc".into(),
-            threads: 2,
-            paths_only: false,
-            devices: Vec::new(),
-            layer_signatures: Vec::new(),
-            trusted_namespaces: Vec::new(),
-            no_identity: Vec::new(),
             runtime_pid: Some(me),
+            ..library_request(vec![target], mntreap::engine::source::Backend::Mountinfo)
         };
         let scan = mntreap::engine::scan::scan(&request).unwrap();
         let read: Vec<(i32, Option<String>)> = scan

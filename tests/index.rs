@@ -76,6 +76,18 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// The tests' turn (see [`serial`]) and an index, or `None` (said why) on a kernel without
+/// foreign listmount or what `index` needs.
+fn serial_with(
+    index: fn() -> Option<TableIndex>,
+) -> Option<(std::sync::MutexGuard<'static, ()>, TableIndex)> {
+    let turn = serial();
+    if !listmount_works() {
+        return None;
+    }
+    Some((turn, index()?))
+}
+
 fn kept_scan(index: &TableIndex, request: &ScanRequest) -> Scan {
     let mut scan = scan_indexed(request, Some(index)).unwrap();
     index.keep(scan.take_tables());
@@ -268,11 +280,7 @@ fn untouched_then_cold(
 
 #[test]
 fn a_release_from_kept_tables_is_confirmed_by_id_and_done() {
-    let _serial = serial();
-    if !listmount_works() {
-        return;
-    }
-    let Some(index) = release_index() else {
+    let Some((_serial, index)) = serial_with(release_index) else {
         return;
     };
     let (sb, layer, holder, request) = node("index-release");
@@ -295,11 +303,7 @@ fn a_release_from_kept_tables_is_confirmed_by_id_and_done() {
 
 #[test]
 fn a_release_from_a_kept_table_whose_parent_became_shared_unmounts_nothing() {
-    let _serial = serial();
-    if !listmount_works() {
-        return;
-    }
-    let Some(index) = release_index() else {
+    let Some((_serial, index)) = serial_with(release_index) else {
         return;
     };
     let (sb, layer, holder, request) = node("index-release-shared");
@@ -341,11 +345,7 @@ fn a_release_from_tables_kept_without_mount_events_never_misses_a_moved_copy() {
 
 #[test]
 fn a_release_from_a_forged_kept_table_never_detaches_what_it_does_not_show() {
-    let _serial = serial();
-    if !listmount_works() {
-        return;
-    }
-    let Some(index) = release_index() else {
+    let Some((_serial, index)) = serial_with(release_index) else {
         return;
     };
     // The holder's own tmpfs, moved inside its copy of the layer before any scan.
@@ -416,11 +416,7 @@ fn a_release_from_kept_mount_points_is_refused() {
 
 #[test]
 fn a_release_from_kept_tables_finds_a_mount_renamed_into_a_target() {
-    let _serial = serial();
-    if !listmount_works() {
-        return;
-    }
-    let Some(index) = release_index() else {
+    let Some((_serial, index)) = serial_with(release_index) else {
         return;
     };
     // The target is a directory of the sandbox's filesystem, the layer mounted inside it:
@@ -460,11 +456,7 @@ fn a_release_from_kept_tables_finds_a_mount_renamed_into_a_target() {
 
 #[test]
 fn a_release_from_kept_tables_sees_a_trusted_mount_renamed_out_of_a_target() {
-    let _serial = serial();
-    if !listmount_works() {
-        return;
-    }
-    let Some(index) = release_index() else {
+    let Some((_serial, index)) = serial_with(release_index) else {
         return;
     };
     // The sandbox (the trusted view) has a filesystem of its own inside the target: what
@@ -510,11 +502,7 @@ fn a_release_from_kept_tables_sees_a_trusted_mount_renamed_out_of_a_target() {
 
 #[test]
 fn a_watched_namespace_is_reused_unlisted_until_an_event_concerns_it() {
-    let _serial = serial();
-    if !listmount_works() {
-        return;
-    }
-    let Some(index) = watching_index() else {
+    let Some((_serial, index)) = serial_with(watching_index) else {
         return;
     };
     let (mut sb, layer, holder, request) = node("index-watched");

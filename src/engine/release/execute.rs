@@ -115,16 +115,15 @@ fn unmount_one(worker: &mut NsWorker, h: &Holder, step: &Step, ns_id: Option<u64
             };
         }
     };
+    let stat_failed = |e: std::io::Error| Outcome::Failed {
+        error: UnmountError::Stat {
+            path: path.to_string_lossy().into_owned(),
+            errno: errno_of(&e),
+        },
+    };
     let stat = match sys::statx_mount(Some(fd.as_fd()), OsStr::new(""), libc::AT_EMPTY_PATH) {
         Ok(s) => s,
-        Err(e) => {
-            return Outcome::Failed {
-                error: UnmountError::Stat {
-                    path: path.to_string_lossy().into_owned(),
-                    errno: errno_of(&e),
-                },
-            };
-        }
+        Err(e) => return stat_failed(e),
     };
     let id_matches = match stat.mnt_id {
         Some(id) => id == h.mount.id,
@@ -138,14 +137,7 @@ fn unmount_one(worker: &mut NsWorker, h: &Holder, step: &Step, ns_id: Option<u64
             Some(unique) => match sys::statx_unique_mnt_id(fd.as_fd()) {
                 Ok(Some(now)) => now == unique.get(),
                 Ok(None) => true,
-                Err(e) => {
-                    return Outcome::Failed {
-                        error: UnmountError::Stat {
-                            path: path.to_string_lossy().into_owned(),
-                            errno: errno_of(&e),
-                        },
-                    };
-                }
+                Err(e) => return stat_failed(e),
             },
             None => true,
         };
