@@ -87,8 +87,8 @@ fn inode_of_fd(fd: &OwnedFd) -> Option<u64> {
 /// `/proc/PID/cgroup` as the current thread's cgroup namespace names it; `None` when it
 /// cannot be read, or when a path lies above that namespace's root (`/..`): not the host's
 /// view, so unknown.
-pub fn read(proc_root: &Path, pid: i32) -> Option<String> {
-    let text = std::fs::read_to_string(proc_root.join(format!("{pid}/cgroup"))).ok()?;
+pub fn read(process: &crate::engine::namespace::ProcDir) -> Option<String> {
+    let text = String::from_utf8(process.read("cgroup")?).ok()?;
     let climbs = text
         .lines()
         .filter_map(|l| l.splitn(3, ':').nth(2))
@@ -116,7 +116,8 @@ mod tests {
             return;
         }
         assert!(view.enter_on_worker().is_ok());
-        let text = read(Path::new("/proc"), me).expect("our own cgroup is in our view");
+        let dir = crate::engine::namespace::ProcDir::open(Path::new("/proc"), me).unwrap();
+        let text = read(&dir).expect("our own cgroup is in our view");
         assert!(
             text.lines().all(|l| l.splitn(3, ':').count() == 3),
             "{text}"

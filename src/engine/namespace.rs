@@ -456,28 +456,110 @@ fn ns_descriptors(proc_root: &Path, pids: &[i32], me: i32) -> Vec<(i32, u32, u64
     out
 }
 
-/// Details of one process; `None` if it has exited.
-pub fn process(proc_root: &Path, pid: i32) -> Option<Process> {
-    let dir = proc_root.join(pid.to_string());
-    let comm = fs::read(dir.join("comm")).ok()?;
-    let comm = String::from_utf8_lossy(comm.strip_suffix(b"\n").unwrap_or(&comm)).into_owned();
-    let stat = |name: &str| {
+/// A process's `/proc/PID` directory, opened once: every fact read through it is of that
+/// one process (a pid reused meanwhile makes the reads fail, never answer for another),
+/// and each read is a lookup of one name, not of the whole path again.
+pub struct ProcDir {
+    fd: OwnedFd,
+}
+
+impl ProcDir {
+    /// `None` if the process has exited.
+    pub fn open(proc_root: &Path, pid: i32) -> Option<ProcDir> {
+        let fd = open(
+            &proc_root.join(pid.to_string()),
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .ok()?;
+        Some(ProcDir { fd })
+    }
+
+    /// The contents of the file `name` (relative, e.g. `cgroup` or `fdinfo/3`).
+    pub fn read(&self, name: &str) -> Option<Vec<u8>> {
+        read_at(self.fd.as_fd(), name)
+    }
+
+    /// The mount of the file `name` refers to (`cwd`, `exe`, `root`), followed.
+    fn mount_of(&self, name: &str) -> Option<MountRef> {
         // Not a round trip to a FUSE daemon or NFS server a process chose.
-        sys::statx_mount(None, dir.join(name).as_os_str(), libc::AT_STATX_DONT_SYNC)
-            .ok()
-            .map(|s| MountRef {
-                id: s.mnt_id,
-                dev: Some(s.dev),
+        sys::statx_mount(
+            Some(self.fd.as_fd()),
+            OsStr::new(name),
+            libc::AT_STATX_DONT_SYNC,
+        )
+        .ok()
+        .map(|s| MountRef {
+            id: s.mnt_id,
+            dev: Some(s.dev),
+        })
+    }
+
+    /// Mount ids of the process's open files, from `fdinfo/*` (`mnt_id:` lines).
+    fn open_file_mounts(&self) -> Vec<u64> {
+        let Ok(mut fdinfo) = nix::dir::Dir::openat(
+            self.fd.as_fd(),
+            "fdinfo",
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        ) else {
+            return Vec::new();
+        };
+        let names: Vec<std::ffi::CString> = fdinfo
+            .iter()
+            .filter_map(|e| Some(e.ok()?.file_name().to_owned()))
+            .filter(|name| !name.to_bytes().starts_with(b"."))
+            .collect();
+        let mut ids: Vec<u64> = names
+            .iter()
+            .filter_map(|name| {
+                let text = read_at(fdinfo.as_fd(), name.as_c_str())?;
+                let text = std::str::from_utf8(&text).ok()?;
+                text.lines()
+                    .find_map(|l| l.strip_prefix("mnt_id:"))
+                    .and_then(|v| v.trim().parse().ok())
             })
-    };
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+}
+
+/// The contents of `name` below the directory `dir`.
+fn read_at<P: ?Sized + nix::NixPath>(
+    dir: std::os::fd::BorrowedFd<'_>,
+    name: &P,
+) -> Option<Vec<u8>> {
+    let fd =
+        nix::fcntl::openat(dir, name, OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty()).ok()?;
+    let mut file = fs::File::from(fd);
+    // Read as it comes: `read_to_end` would first ask a /proc file its size (fstat, lseek),
+    // which it does not know; a process's files are small.
+    let mut text = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        match io::Read::read(&mut file, &mut chunk) {
+            Ok(0) => return Some(text),
+            Ok(n) => text.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return None,
+        }
+    }
+}
+
+/// Details of one process, read through its opened directory; `None` if it has exited.
+pub fn process(dir: &ProcDir, pid: i32) -> Option<Process> {
+    let comm = dir.read("comm")?;
+    let comm = String::from_utf8_lossy(comm.strip_suffix(b"\n").unwrap_or(&comm)).into_owned();
     let mut uses = Vec::new();
-    if let Some(cwd) = stat("cwd") {
+    if let Some(cwd) = dir.mount_of("cwd") {
         uses.push((PinVia::Cwd, cwd));
     }
-    if let Some(exe) = stat("exe") {
+    if let Some(exe) = dir.mount_of("exe") {
         uses.push((PinVia::Exe, exe));
     }
-    uses.extend(open_file_mounts(&dir).into_iter().map(|id| {
+    uses.extend(dir.open_file_mounts().into_iter().map(|id| {
         (
             PinVia::OpenFile,
             MountRef {
@@ -489,28 +571,10 @@ pub fn process(proc_root: &Path, pid: i32) -> Option<Process> {
     Some(Process {
         pid,
         comm,
-        root: stat("root"),
+        root: dir.mount_of("root"),
         uses,
         cgroup: None,
     })
-}
-
-/// Mount ids of the process's open files, from `/proc/PID/fdinfo/*` (`mnt_id:` lines).
-fn open_file_mounts(dir: &Path) -> Vec<u64> {
-    let Ok(entries) = fs::read_dir(dir.join("fdinfo")) else {
-        return Vec::new();
-    };
-    let mut ids: Vec<u64> = entries
-        .filter_map(|e| {
-            let text = fs::read_to_string(e.ok()?.path()).ok()?;
-            text.lines()
-                .find_map(|l| l.strip_prefix("mnt_id:"))
-                .and_then(|v| v.trim().parse().ok())
-        })
-        .collect();
-    ids.sort_unstable();
-    ids.dedup();
-    ids
 }
 
 /// Opens a namespace file, e.g. a bind-mounted `/run/mntns/x` or `/proc/PID/ns/mnt`.

@@ -51,11 +51,12 @@ fn read_members(
                     let view = cgroups.enter_on_worker();
                     part.iter()
                         .map(|&(_, pid)| {
-                            let mut p = namespace::process(proc_root, pid)?;
+                            let dir = namespace::ProcDir::open(proc_root, pid)?;
+                            let mut p = namespace::process(&dir, pid)?;
                             p.cgroup = view
                                 .as_ref()
                                 .ok()
-                                .and_then(|()| crate::engine::cgroups::read(proc_root, pid));
+                                .and_then(|()| crate::engine::cgroups::read(&dir));
                             // Unknown cgroups: say so (the rules that read them protect).
                             if p.cgroup.is_none() {
                                 unknown_ref
