@@ -15,6 +15,7 @@ pub mod mountinfo;
 pub mod namespace;
 pub mod nsexec;
 pub mod policy;
+pub mod propagation;
 pub mod release;
 pub mod scan;
 pub mod source;

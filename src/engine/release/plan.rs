@@ -6,6 +6,7 @@ use std::collections::{HashMap, HashSet};
 use super::{Action, NamespacePlan, Scope, Step};
 use crate::engine::mountinfo::encode;
 use crate::engine::namespace::FoundVia;
+use crate::engine::propagation::PropagationTree;
 use crate::engine::scan::{Holder, InUse, Match, Scan};
 use crate::engine::table::path_is_under;
 
@@ -374,9 +375,8 @@ impl<'a> Parents<'a> {
 
 /// Where an unmount of a holder would propagate: to the mounts at the same place under
 /// every peer and slave of its shared parent, and their slaves' slaves (shared subtrees,
-/// kernel docs). Whether each
-/// of those is released too changes as the plan keeps more; where they are does not, so
-/// it is worked out once per holder.
+/// kernel docs). Whether each of those is released too changes as the plan keeps more;
+/// where they are does not, so it is worked out once per holder.
 enum Propagation {
     /// Its parent is not shared: the unmount stays where it is.
     Nowhere,
@@ -397,10 +397,12 @@ struct Site {
     mount_point: String,
 }
 
-/// The members and slaves of each peer group in the scan, and each mount's children:
-/// built once for a plan whose holders have shared parents.
+/// The members and slaves of each peer group in the scan, the propagation tree between
+/// the groups, and each mount's children: built once for a plan whose holders have shared
+/// parents.
 struct PeerIndex {
     by_group: HashMap<std::num::NonZeroU64, Vec<(usize, usize)>>,
+    tree: PropagationTree,
     children: HashMap<(usize, u64), Vec<usize>>,
 }
 
@@ -421,35 +423,24 @@ impl PeerIndex {
                 }
             }
         }
-        PeerIndex { by_group, children }
+        let tree = PropagationTree::of(scan.namespaces.iter().filter_map(|n| n.table.as_ref()));
+        PeerIndex {
+            by_group,
+            tree,
+            children,
+        }
     }
 
-    /// Every mount an event on a member of `group` propagates to: its peers and slaves,
-    /// and on through each slave that is shared in a group of its own, to any depth (the
-    /// kernel's `propagation_next` walks the whole tree, whatever each member has mounted).
-    fn propagation_tree(&self, scan: &Scan, group: std::num::NonZeroU64) -> Vec<(usize, usize)> {
-        let mut groups = vec![group];
-        let mut seen_groups: HashSet<std::num::NonZeroU64> = HashSet::from([group]);
+    /// Every mount an event on a member of `group` propagates to: the members and slaves
+    /// of every group of its propagation tree, whatever each member has mounted.
+    fn propagation_tree(&self, group: std::num::NonZeroU64) -> Vec<(usize, usize)> {
         let mut seen: HashSet<(usize, usize)> = HashSet::new();
-        let mut members = Vec::new();
-        while let Some(g) = groups.pop() {
-            for &(ns, p) in self.by_group.get(&g).into_iter().flatten() {
-                if !seen.insert((ns, p)) {
-                    continue;
-                }
-                members.push((ns, p));
-                let own = scan.namespaces[ns]
-                    .table
-                    .as_ref()
-                    .and_then(|t| t.mounts[p].peer_group);
-                if let Some(own) = own
-                    && seen_groups.insert(own)
-                {
-                    groups.push(own);
-                }
-            }
-        }
-        members
+        self.tree
+            .reach([group])
+            .into_iter()
+            .flat_map(|g| self.by_group.get(&g).into_iter().flatten().copied())
+            .filter(|member| seen.insert(*member))
+            .collect()
     }
 }
 
@@ -494,7 +485,7 @@ fn propagation_of(scan: &Scan, h: &Holder, index: &PeerIndex) -> Propagation {
         return Propagation::Nowhere;
     };
     let mut sites = Vec::new();
-    for (ns, p) in index.propagation_tree(scan, group) {
+    for (ns, p) in index.propagation_tree(group) {
         let table = scan.namespaces[ns]
             .table
             .as_ref()

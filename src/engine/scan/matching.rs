@@ -9,6 +9,7 @@ use tracing::debug;
 use super::same_device::{Identity, SameDevice, broader_mount_elsewhere};
 use super::{Holder, Match, Scan, target_bytes, under_any};
 use crate::engine::mountinfo::encode;
+use crate::engine::propagation::PropagationTree;
 use crate::engine::source;
 use crate::engine::table::path_is_under_pattern;
 
@@ -413,30 +414,16 @@ fn path_only_vetoes(scan: &Scan) -> HashMap<Identity, String> {
 /// is shared, every member and slave of that peer group, on through slaves shared in
 /// groups of their own, and their children.
 pub(super) fn hydrate_propagation_context(scan: &mut Scan) {
-    let mut groups: HashSet<std::num::NonZeroU64> = scan
+    let shared_parents: Vec<std::num::NonZeroU64> = scan
         .holders
         .iter()
         .filter_map(|h| h.parent?.peer_group)
         .collect();
-    if groups.is_empty() {
+    if shared_parents.is_empty() {
         return;
     }
-    // A slave of a group in the tree that is shared passes events on to its own group.
-    loop {
-        let downstream: Vec<std::num::NonZeroU64> = scan
-            .namespaces
-            .iter()
-            .filter_map(|n| n.table.as_ref())
-            .flat_map(|t| t.mounts.iter())
-            .filter(|m| m.master.is_some_and(|g| groups.contains(&g)))
-            .filter_map(|m| m.peer_group)
-            .filter(|g| !groups.contains(g))
-            .collect();
-        if downstream.is_empty() {
-            break;
-        }
-        groups.extend(downstream);
-    }
+    let groups = PropagationTree::of(scan.namespaces.iter().filter_map(|n| n.table.as_ref()))
+        .reach(shared_parents);
     for n in &mut scan.namespaces {
         let Some(table) = n.table.as_mut() else {
             continue;
