@@ -149,15 +149,15 @@ impl TableIndex {
         }
     }
 
-    /// This index lends tables whose strings are forgotten, as a table just listed has
-    /// none: each scan reads again the strings of the mounts it looks at. A rename of a
-    /// directory above a mount point changes its path with no new id and no event, so a
-    /// kept mount point can be stale; ids, devices and roots cannot. What a release
-    /// decides by path (what is at a target, what is covered, which views speak for a
-    /// target's identity) then comes from the kernel, at the cost of a few strings per
-    /// namespace instead of one `statmount` per mount. Releases from kept tables
-    /// ([`crate::engine::release::confirm`]) require it; the agent's sweeps, which scan
-    /// again before they act, do not use it.
+    /// This index lends tables whose mount points (and the other strings but the root)
+    /// are forgotten, as a table just listed has none: each scan reads again the strings
+    /// of the mounts it looks at. A rename of a directory above a mount point changes its
+    /// path with no new id and no event, so a kept mount point can be stale; ids, devices
+    /// and roots cannot. What a release decides by path (what is at a target, what is
+    /// covered, which views speak for a target's identity) then comes from the kernel, at
+    /// the cost of a few strings per namespace instead of one `statmount` per mount.
+    /// Releases from kept tables ([`crate::engine::release::confirm`]) require it; the
+    /// agent's sweeps, which scan again before they act, do not use it.
     pub fn for_releases(mut self) -> Self {
         self.fresh_mount_points = true;
         self
@@ -346,10 +346,13 @@ impl TableIndex {
                 crate::engine::mountinfo::signature_of(upper, signatures);
         }
         if self.fresh_mount_points {
-            // Read again on demand by `source::hydrate`, which reads roots too.
+            // Read again on demand by `source::hydrate`. A root never changes for its id,
+            // so roots are kept (identity matching reads the root of every mount of a
+            // target's device); the mount point is emptied, as in a table read without
+            // strings, so that nothing can use the stale one.
             for m in &mut table.mounts {
                 m.has_strings = false;
-                m.has_root = false;
+                m.mount_point = Default::default();
             }
         }
         Some(table)
