@@ -622,3 +622,91 @@ fn a_copy_moved_among_lost_events_is_reported_where_it_is() {
         "the copy moved among lost events is reported where it was",
     );
 }
+
+/// A daemon's releases (the agent's hook and events, the plugin) go through
+/// [`mntreap::runtime::scope::release_containers`] with the daemon's one index: the first
+/// reads every table and keeps them, the next reuses the unchanged ones and confirms by id
+/// what it acts on, and one whose kept table cannot be relied on is made again from tables
+/// read now, and says so.
+#[test]
+fn a_daemons_releases_reuse_kept_tables_and_read_again_what_cannot_be_relied_on() {
+    let Some((_serial, index)) = serial_with(release_index) else {
+        return;
+    };
+    let (sb, x, holder, base) = node_with(
+        "index-daemon",
+        "for l in y z; do mkdir -p {d}/l/$l/merged && mount -t tmpfs layer-$l {d}/l/$l/merged; done",
+    );
+    let layer = |l: &str| format!("{}/l/{l}/merged", sb.d());
+    let (y, z) = (layer("y"), layer("z"));
+    let sandbox = ns_inode(sb.host_pid());
+    let release = |target: &str| {
+        let req = ScanRequest {
+            targets: vec![PathBuf::from(target)],
+            ..base.clone()
+        };
+        let scope = mntreap::engine::release::Scope {
+            protected: Some(vec![(sandbox, "the runtime's own view".into())]),
+            ..Default::default()
+        };
+        mntreap::runtime::scope::release_containers(&req, &[], scope, false, Some(&index))
+            .expect("a release")
+    };
+    for l in [&x, &y, &z] {
+        assert!(has_mount_at(holder, l), "the holder copied {l}");
+    }
+
+    let first = release(&x);
+    assert!(!has_mount_at(holder, &x), "x's copy is released");
+    let used = first
+        .scan
+        .index
+        .expect("the release says how it used the index");
+    assert_eq!(used.reused, 0, "an empty index reuses nothing: {used:?}");
+    assert!(!index.is_empty(), "the release kept the tables it read");
+
+    let second = release(&y);
+    let used = second.scan.index.unwrap();
+    assert!(
+        used.reused > 0,
+        "the second release read every table again: {used:?}"
+    );
+    assert!(
+        second.confirmed.is_some_and(|n| n > 0),
+        "a release from kept tables confirms its plan by id"
+    );
+    assert!(!has_mount_at(holder, &y), "y's copy is released");
+    assert!(
+        has_mount_at(sb.host_pid(), &y),
+        "the protected namespace keeps its own mount"
+    );
+
+    // y's unmount sent the holder's namespace to a new read: a scan (a sweep) keeps it.
+    let kept = kept_scan(&index, &base);
+    assert!(kept.from_index(), "the unchanged namespaces are reused");
+    // z's copy made shared since: a propagation change, which neither its id nor any
+    // event shows. The confirmation sees it; the release is made from tables read now.
+    nsenter_ok(holder, &["mount", "--make-shared", &z]);
+    let third = release(&z);
+    assert!(
+        third
+            .notes
+            .iter()
+            .any(|n| n.contains("could not be relied on")),
+        "the fallback is not said: {:?}",
+        third.notes
+    );
+    assert!(
+        third.confirmed.is_none(),
+        "tables read now need no confirmation"
+    );
+    assert_eq!(
+        third.scan.index.unwrap().reused,
+        0,
+        "{:?}",
+        third.scan.index
+    );
+    assert!(!has_mount_at(holder, &z), "z's copy is released");
+    assert!(has_mount_at(sb.host_pid(), &z));
+    assert!(!index.is_empty(), "the tables read again are kept");
+}

@@ -89,9 +89,10 @@ struct AgentArgs {
     /// Seconds between sweeps over the node-wide report (0: off).
     #[arg(long, default_value_t = 60)]
     sweep_interval: u64,
-    /// Keep mount tables between sweeps and reuse a namespace's while its mounts are the
-    /// same (listmount ids), reading it again after this many seconds (0: read every table
-    /// every sweep). Anything found is released from tables read again.
+    /// Keep mount tables between sweeps and releases and reuse a namespace's while its
+    /// mounts are the same (listmount ids, mount events), reading it again after this many
+    /// seconds (0: read every table every time). A sweep releases what it found from
+    /// tables read again; a hook or event release confirms by id what it rests on.
     #[arg(long, value_name = "SECONDS", default_value_t = 300)]
     index_max_age: u64,
     /// Where to serve /metrics and /healthz ("off" to disable).
@@ -148,6 +149,17 @@ struct PluginArgs {
     /// Do not follow the daemon's event stream.
     #[arg(long, env = "MNTREAP_NO_EVENTS", default_value_t = false)]
     no_events: bool,
+    /// Keep mount tables between cleanups and reuse a namespace's while the kernel's mount
+    /// events (Linux 6.15+) report no change to it, reading it again after this many
+    /// seconds (0: read every table every cleanup). What a release rests on is read again
+    /// by id before it unmounts.
+    #[arg(
+        long,
+        env = "MNTREAP_INDEX_MAX_AGE",
+        value_name = "SECONDS",
+        default_value_t = 300
+    )]
+    index_max_age: u64,
     /// Testing aid: `fail` makes every cleanup fail, `slow:<ms>` makes it take that long.
     #[arg(long, env = "MNTREAP_FAULT", hide = true)]
     fault: Option<crate::daemon::cleanup::Fault>,
@@ -411,6 +423,7 @@ fn run(command: Command) -> Result<Exit, Failure> {
                 noop: args.noop,
                 sweep: Duration::from_secs(args.sweep_interval),
                 events: !args.no_events,
+                index_max_age: Duration::from_secs(args.index_max_age),
                 docker: config.docker,
                 base: config.base,
                 fault: args.fault,

@@ -128,6 +128,7 @@ fn run_releases<'c>(
                 c,
                 args.everywhere,
                 args.dry_run,
+                None,
             )
             .map_err(|err| err.to_string());
             releases.push((Some(c), outcome));

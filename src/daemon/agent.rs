@@ -23,6 +23,7 @@ use super::LogBudget;
 use super::agent_state::{Agent, AgentConfig, Exclude};
 use super::metrics::Metrics;
 use super::serve::{Cap, metrics_cap, raise_nofile};
+use crate::engine::index::SharedIndex;
 use crate::ops::sweep::Swept;
 use crate::runtime::RuntimeChoice;
 
@@ -58,8 +59,7 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
         health_connections = super::metrics::HEALTH_CONNECTIONS,
         "connection caps"
     );
-    let index = (!config.index_max_age.is_zero())
-        .then(|| crate::engine::index::TableIndex::watching(config.index_max_age));
+    let index = super::kept_tables(config.index_max_age);
     let agent = Arc::new(Agent {
         index,
         config,
@@ -131,7 +131,14 @@ async fn follow_events(agent: Arc<Agent>) {
             let _g = span.enter();
             let started = Instant::now();
             let t = crate::daemon::cleanup::Trigger::Container { id, action: "die" };
-            match crate::daemon::cleanup::cleanup(&a.config.docker, &a.config.base, None, &t) {
+            let cleaned = crate::daemon::cleanup::cleanup(
+                &a.config.docker,
+                &a.config.base,
+                None,
+                &t,
+                a.index.as_ref(),
+            );
+            match cleaned {
                 Ok(n) => {
                     a.metrics.released.inc_by(n as u64);
                     a.metrics
@@ -194,13 +201,17 @@ fn sweep_once(agent: &Agent) -> anyhow::Result<()> {
         &agent.config.docker,
         &agent.config.cri,
     )?;
+    // A hook or event release that has the index makes this sweep read every table: a
+    // sweep never waits for them (pods call the hook as often as they like), nor they
+    // for a sweep.
+    let index = agent.index.as_ref().and_then(SharedIndex::try_take);
     let swept = crate::ops::sweep::sweep(
         &agent.config.base,
         runtime.as_ref(),
         &|n| excluded(agent, &n.ns, &n.processes),
-        agent.index.as_ref(),
+        index.as_deref(),
     )?;
-    if let Some(index) = &agent.index {
+    if let Some(index) = &index {
         agent.metrics.index_bytes.set(index.heap_bytes() as i64);
     }
     let (leaked, in_use, cgroups_unknown, release) = match swept {

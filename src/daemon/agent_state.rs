@@ -59,8 +59,8 @@ pub(super) struct Agent {
     pub(super) metrics: Arc<Metrics>,
     /// One sweep at a time; SIGTERM waits for the running one.
     pub(super) sweeping: tokio::sync::Mutex<()>,
-    /// Mount tables kept between sweeps (`None`: `--index-max-age 0`).
-    pub(super) index: Option<crate::engine::index::TableIndex>,
+    /// Mount tables kept between sweeps and releases (`None`: `--index-max-age 0`).
+    pub(super) index: Option<crate::engine::index::SharedIndex>,
     /// Hook requests served at once (the socket is world-connectable).
     pub(super) hook_slots: Cap,
     /// Sweeps and event releases run through this bridge, 2 at once.

@@ -1,6 +1,7 @@
 //! The cleanup the plugin and the agent share: which API calls lead to a layer's
 //! Put/Remove, and releasing the foreign copies of the containers they name.
 
+use crate::engine::index::SharedIndex;
 use crate::engine::scan::ScanRequest;
 use crate::runtime::docker::{self, DockerOptions};
 use tracing::info_span;
@@ -81,6 +82,7 @@ pub fn cleanup(
     base: &ScanRequest,
     fault: Option<Fault>,
     t: &Trigger,
+    index: Option<&SharedIndex>,
 ) -> anyhow::Result<usize> {
     match fault {
         Some(Fault::Fail) => anyhow::bail!("injected failure (MNTREAP_FAULT=fail)"),
@@ -101,10 +103,12 @@ pub fn cleanup(
             .collect(),
     };
     let mut released = 0;
+    // The kept tables, unless another cleanup or a sweep has them: then read cold.
+    let index = index.and_then(SharedIndex::try_take);
     for c in &containers {
         let span = info_span!("container", container = %c.name, id = %c.id);
         let _g = span.enter();
-        let rel = crate::ops::release_before_stop(base, &docker.daemon, c)?;
+        let rel = crate::ops::release_before_stop(base, &docker.daemon, c, index.as_deref())?;
         released += rel.released();
     }
     Ok(released)

@@ -15,7 +15,7 @@ use crate::report::doc::{FailedDoc, HookReply, HookRequest, ReleaseOutcome};
 use crate::runtime::ContainerRuntime;
 use crate::runtime::cri::CriOptions;
 use crate::runtime::docker::DockerOptions;
-use crate::runtime::model::{Container, RuntimeKind};
+use crate::runtime::model::{Container, Daemon, RuntimeKind};
 use crate::runtime::scope::short_id;
 
 /// A hook request is one JSON line; anything longer or slower is refused.
@@ -182,13 +182,42 @@ fn hook(agent: &Agent, peer: Option<i32>, accepted_at: Option<u64>, line: &str) 
     };
     let span = info_span!("agent", trigger = "hook pre-stop", container = %container.name);
     let _g = span.enter();
-    // Each container as `release CONTAINER` (and `release POD`) releases it: the same
-    // request, scope and plan, so what `scan POD` shows is what the hook does.
+    let (releases, failed) = release_each(agent, daemon, &targets);
+    HookReply {
+        ok: failed.is_empty(),
+        error: (!failed.is_empty())
+            .then(|| crate::daemon::clip(&failed.join("; "), 1024).to_string()),
+        container: Some(crate::report::containers::container_ref(&container)),
+        releases,
+    }
+}
+
+/// Each container as `release CONTAINER` (and `release POD`) releases it: the same request,
+/// scope and plan, so what `scan POD` shows is what the hook does. The outcomes, and the
+/// failures in words.
+fn release_each(
+    agent: &Agent,
+    daemon: &Daemon,
+    targets: &[Container],
+) -> (Vec<ReleaseOutcome>, Vec<String>) {
     let mut releases = Vec::new();
     let mut failed = Vec::new();
-    for t in &targets {
+    // The kept tables, unless a sweep or another release has them: then read cold.
+    let index = agent
+        .index
+        .as_ref()
+        .and_then(crate::engine::index::SharedIndex::try_take);
+    for t in targets {
         let started = Instant::now();
-        match crate::ops::release_container(&agent.config.base, daemon, t, false, false) {
+        let released = crate::ops::release_container(
+            &agent.config.base,
+            daemon,
+            t,
+            false,
+            false,
+            index.as_deref(),
+        );
+        match released {
             Ok(rel) => {
                 agent.metrics.count(&rel.results, started.elapsed());
                 let mut doc = crate::report::release_doc(&rel);
@@ -205,11 +234,5 @@ fn hook(agent: &Agent, peer: Option<i32>, accepted_at: Option<u64>, line: &str) 
             }
         }
     }
-    HookReply {
-        ok: failed.is_empty(),
-        error: (!failed.is_empty())
-            .then(|| crate::daemon::clip(&failed.join("; "), 1024).to_string()),
-        container: Some(crate::report::containers::container_ref(&container)),
-        releases,
-    }
+    (releases, failed)
 }

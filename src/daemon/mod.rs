@@ -65,6 +65,17 @@ pub fn block_on(main: impl Future<Output = anyhow::Result<()>>) -> anyhow::Resul
         .block_on(main)
 }
 
+/// A daemon's kept mount tables (`None` when `max_age` is zero): one index for its sweeps
+/// and its releases, made for releases (mount points read again) and fed by the kernel's
+/// mount events where it has them.
+fn kept_tables(max_age: std::time::Duration) -> Option<crate::engine::index::SharedIndex> {
+    (!max_age.is_zero()).then(|| {
+        crate::engine::index::SharedIndex::new(
+            crate::engine::index::TableIndex::watching(max_age).for_releases(),
+        )
+    })
+}
+
 /// Listens on a unix socket at `path`, replacing a stale one; `mode` sets its permissions.
 pub fn bind_unix(path: &Path, mode: Option<u32>) -> anyhow::Result<tokio::net::UnixListener> {
     if let Some(dir) = path.parent() {

@@ -25,6 +25,7 @@ use tracing::{Instrument, info, info_span, warn};
 
 use super::cleanup::{Fault, Trigger, cleanup, trigger};
 use super::serve::{Cap, accept_loop, spawn_http};
+use crate::engine::index::SharedIndex;
 use crate::engine::scan::ScanRequest;
 use crate::runtime::docker::DockerOptions;
 use crate::runtime::docker::events::follow_die_events;
@@ -41,6 +42,8 @@ pub struct PluginConfig {
     pub sweep: Duration,
     /// Follow the daemon's event stream.
     pub events: bool,
+    /// See [`crate::engine::index::TableIndex::max_age`]; zero: no index.
+    pub index_max_age: Duration,
     pub docker: DockerOptions,
     /// Backend, threads and procfs for scans (targets filled per container).
     pub base: ScanRequest,
@@ -75,6 +78,8 @@ struct State {
     /// Lines that outside input can cause (bad requests, refused connections, accept
     /// errors) share this budget.
     log_budget: Arc<crate::daemon::LogBudget>,
+    /// Mount tables kept between cleanups (`None`: `--index-max-age 0`).
+    index: Option<SharedIndex>,
 }
 
 impl State {
@@ -147,6 +152,9 @@ async fn serve(config: PluginConfig) -> anyhow::Result<()> {
         daemons: Cap::new(MAX_DAEMON_CONNECTIONS),
         daemon: std::sync::Mutex::new(None),
         log_budget: Arc::new(crate::daemon::LogBudget::new(LOG_LINES_PER_MINUTE)),
+        index: (!config.noop)
+            .then(|| super::kept_tables(config.index_max_age))
+            .flatten(),
         config,
     });
     if !state.config.noop {
@@ -301,6 +309,7 @@ async fn cleanup_within_deadline(state: &Arc<State>, t: Trigger, call: String) {
             &worker_state.config.base,
             worker_state.config.fault,
             &t,
+            worker_state.index.as_ref(),
         )
     });
     let Some(job) = job.await else {
@@ -345,6 +354,7 @@ async fn follow_events(state: Arc<State>) {
                 &worker.config.base,
                 worker.config.fault,
                 &t,
+                worker.index.as_ref(),
             )
         });
         match job.await {
@@ -371,6 +381,7 @@ async fn sweep_periodically(state: Arc<State>) {
                     worker.config.fault,
                     // A "stopped" container may be starting right now: dockerd's copy is its own.
                     &Trigger::Prune,
+                    worker.index.as_ref(),
                 )
             })
             .instrument(info_span!("sweep"));

@@ -28,7 +28,7 @@ use std::collections::HashMap;
 use std::num::NonZeroU64;
 use std::os::fd::AsFd;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::engine::mount_events::{MountEvent, MountEvents};
@@ -111,6 +111,43 @@ pub struct IndexUse {
     pub fresh_mount_points: bool,
 }
 
+/// The one [`TableIndex`] of a long-running process, used by one scan at a time: a scan
+/// lends the kept tables it reuses and [`TableIndex::begin`] forgets those not given back,
+/// so two scans at once would undo each other's keeping (never a result: a table lent out
+/// is read from the kernel instead).
+pub struct SharedIndex {
+    index: Mutex<TableIndex>,
+}
+
+impl SharedIndex {
+    pub fn new(index: TableIndex) -> Self {
+        SharedIndex {
+            index: Mutex::new(index),
+        }
+    }
+
+    /// The index, if no other scan has it now. No scan waits for another: one that finds
+    /// it taken reads every table from the kernel instead.
+    pub fn try_take(&self) -> Option<std::sync::MutexGuard<'_, TableIndex>> {
+        match self.index.try_lock() {
+            Ok(index) => Some(index),
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => Some(self.recovered(poisoned)),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        }
+    }
+
+    /// A scan panicked with the index: its tables may be lent out or half given back.
+    fn recovered<'a>(
+        &'a self,
+        poisoned: std::sync::PoisonError<std::sync::MutexGuard<'a, TableIndex>>,
+    ) -> std::sync::MutexGuard<'a, TableIndex> {
+        let index = poisoned.into_inner();
+        index.clear();
+        self.index.clear_poison();
+        index
+    }
+}
+
 /// Tables kept between scans; see the module's documentation.
 pub struct TableIndex {
     kept: Mutex<HashMap<u64, Kept>>,
@@ -122,8 +159,8 @@ pub struct TableIndex {
     events: Option<MountEvents>,
     /// Namespaces the current scan reused with no `listmount`.
     unlisted: AtomicUsize,
-    /// Lend tables with their strings forgotten ([`TableIndex::for_releases`]).
-    fresh_mount_points: bool,
+    /// Lend tables with their mount points forgotten ([`TableIndex::for_releases`]).
+    fresh_mount_points: AtomicBool,
 }
 
 impl std::fmt::Debug for TableIndex {
@@ -132,6 +169,7 @@ impl std::fmt::Debug for TableIndex {
             .field("namespaces", &self.len())
             .field("max_age", &self.max_age)
             .field("events", &self.events.is_some())
+            .field("fresh_mount_points", &self.fresh_mount_points())
             .finish()
     }
 }
@@ -145,7 +183,7 @@ impl TableIndex {
             max_age,
             events: None,
             unlisted: AtomicUsize::new(0),
-            fresh_mount_points: false,
+            fresh_mount_points: AtomicBool::new(false),
         }
     }
 
@@ -157,15 +195,26 @@ impl TableIndex {
     /// covered, which views speak for a target's identity) then comes from the kernel, at
     /// the cost of a few strings per namespace instead of one `statmount` per mount.
     /// Releases from kept tables ([`crate::engine::release::confirm`]) require it; the
-    /// agent's sweeps, which scan again before they act, do not use it.
-    pub fn for_releases(mut self) -> Self {
-        self.fresh_mount_points = true;
+    /// agent's sweeps share its one index with its releases and lend without it
+    /// ([`TableIndex::lend_fresh_mount_points`]).
+    pub fn for_releases(self) -> Self {
+        self.lend_fresh_mount_points(true);
         self
     }
 
-    /// Whether this index lends tables with their strings forgotten.
+    /// Whether this index lends tables whose mount points are forgotten.
     pub fn fresh_mount_points(&self) -> bool {
-        self.fresh_mount_points
+        self.fresh_mount_points.load(Ordering::Relaxed)
+    }
+
+    /// Sets, for the next scans, whether tables are lent with their mount points forgotten
+    /// ([`TableIndex::for_releases`]): the one scan that has a [`SharedIndex`] chooses. A
+    /// sweep, which scans again before it acts, keeps them: on a node whose mounts sit
+    /// in the directory that holds a runtime root (a kubelet node's volumes, under `/`),
+    /// reading them again costs a `statmount` of each such mount of every namespace per
+    /// sweep. The kept tables keep their mount points either way.
+    pub fn lend_fresh_mount_points(&self, fresh: bool) {
+        self.fresh_mount_points.store(fresh, Ordering::Relaxed);
     }
 
     /// An index that trusts the kernel's mount events where it has them (6.15+), and
@@ -345,15 +394,11 @@ impl TableIndex {
             table.mounts[*i].layer_signature =
                 crate::engine::mountinfo::signature_of(upper, signatures);
         }
-        if self.fresh_mount_points {
+        if self.fresh_mount_points() {
             // Read again on demand by `source::hydrate`. A root never changes for its id,
-            // so roots are kept (identity matching reads the root of every mount of a
-            // target's device); the mount point is emptied, as in a table read without
-            // strings, so that nothing can use the stale one.
-            for m in &mut table.mounts {
-                m.has_strings = false;
-                m.mount_point = Default::default();
-            }
+            // so roots stay (identity matching reads the root of every mount of a target's
+            // device); the mount points are put back when the table is.
+            table.set_aside_mount_points();
         }
         Some(table)
     }
@@ -373,6 +418,7 @@ impl TableIndex {
         let mut refused = 0;
         for mut table in tables {
             if let Some((id, k)) = table.ns_id.and_then(|id| Some((id, kept.get_mut(&id)?))) {
+                table.put_back_set_aside();
                 table.shrink_to_fit();
                 if pool.share(&mut table) {
                     k.table = Some(table);

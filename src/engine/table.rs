@@ -115,6 +115,9 @@ pub struct MountTable {
     /// Only the mounts at or below the targets and their ancestors were read
     /// (`--paths-only` with listmount): peers elsewhere in the tree are unknown.
     pub partial: bool,
+    /// Mount points kept aside while the table is lent to a scan that reads them again
+    /// ([`MountTable::set_aside_mount_points`]); empty otherwise.
+    set_aside: Vec<Span>,
 }
 
 impl MountTable {
@@ -126,6 +129,38 @@ impl MountTable {
             pool_build: None,
             ns_id: None,
             partial: false,
+            set_aside: Vec::new(),
+        }
+    }
+
+    /// For one scan that must read mount points again (a kept one can be stale): every
+    /// mount's strings but its root are forgotten, so that the scan reads those it looks
+    /// at, and the mount points are emptied, so that nothing can use a stale one. They
+    /// are kept aside for [`MountTable::put_back_set_aside`].
+    pub(crate) fn set_aside_mount_points(&mut self) {
+        self.set_aside = self
+            .mounts
+            .iter()
+            .map(|m| match m.has_strings {
+                true => m.mount_point,
+                false => Span::default(),
+            })
+            .collect();
+        for m in &mut self.mounts {
+            m.has_strings = false;
+            m.mount_point = Span::default();
+        }
+    }
+
+    /// Puts back the mount points set aside where the scan read none: the table is kept
+    /// as it was lent, plus what the scan read again.
+    pub(crate) fn put_back_set_aside(&mut self) {
+        let set_aside = std::mem::take(&mut self.set_aside);
+        for (m, point) in self.mounts.iter_mut().zip(set_aside) {
+            if !m.has_strings && point != Span::default() {
+                m.mount_point = point;
+                m.has_strings = true;
+            }
         }
     }
 

@@ -15,6 +15,7 @@ pub mod why;
 use std::collections::HashMap;
 
 use self::node::Finding;
+use crate::engine::index::TableIndex;
 use crate::engine::release::{Outcome, Release, Scope};
 use crate::engine::scan::{Scan, ScanError, ScanRequest};
 use crate::report::doc::Class;
@@ -24,17 +25,19 @@ use crate::runtime::model::{Container, Daemon};
 use crate::runtime::scope::{container_request, release_containers, release_scope};
 
 /// One container's release, as `release CONTAINER` makes it: its own request and scope,
-/// scanned, planned and (unless `dry_run`) executed and re-checked.
+/// scanned, planned and (unless `dry_run`) executed and re-checked. A daemon passes its
+/// `index` (see [`release_containers`]); a one-shot command reads every table.
 pub fn release_container(
     base: &ScanRequest,
     daemon: &Daemon,
     c: &Container,
     everywhere: bool,
     dry_run: bool,
+    index: Option<&TableIndex>,
 ) -> Result<Release, ScanError> {
     let req = container_request(base, daemon, c);
     let scope = release_scope(daemon, c, everywhere);
-    release_containers(&req, std::slice::from_ref(c), scope, dry_run)
+    release_containers(&req, std::slice::from_ref(c), scope, dry_run, index)
 }
 
 /// A scan of `req`'s targets (what `scan` shows and `release --path` starts from).
@@ -49,6 +52,7 @@ pub fn release_before_stop(
     base: &ScanRequest,
     daemon: &Daemon,
     c: &Container,
+    index: Option<&TableIndex>,
 ) -> Result<Release, ScanError> {
     let req = container_request(base, daemon, c);
     let mut scope = release_scope(daemon, c, false);
@@ -59,7 +63,7 @@ pub fn release_before_stop(
             }
         }
     }
-    release_containers(&req, std::slice::from_ref(c), scope, false)
+    release_containers(&req, std::slice::from_ref(c), scope, false, index)
 }
 
 /// `release --path`: the paths' own scan, released in a path release's scope (mntreap's
@@ -118,7 +122,7 @@ pub fn reap(
     containers
         .into_iter()
         .map(|c| {
-            let release = release_container(base, runtime.daemon(), &c, false, dry_run);
+            let release = release_container(base, runtime.daemon(), &c, false, dry_run, None);
             let removal = match (&release, dry_run) {
                 (Err(_), _) => Removal::NotAttempted,
                 (Ok(_), true) => Removal::WouldRemove,
@@ -151,7 +155,7 @@ impl Decisions {
     pub fn for_containers(base: &ScanRequest, daemon: &Daemon, containers: &[Container]) -> Self {
         let mut d = Decisions::default();
         for c in containers {
-            match release_container(base, daemon, c, false, true) {
+            match release_container(base, daemon, c, false, true, None) {
                 Ok(rel) => d.add(&rel, &format!("the release of {}", c.name)),
                 Err(e) => {
                     tracing::warn!(container = %c.name, error = %e, "no plan");

@@ -35,6 +35,10 @@ pub fn sweep(
     index: Option<&TableIndex>,
 ) -> anyhow::Result<Swept> {
     let daemon = runtime.daemon();
+    if let Some(index) = index {
+        // It scans again before it acts: kept mount points are good enough to find with.
+        index.lend_fresh_mount_points(false);
+    }
     // A runtime whose identity is unsure may list anything: release nothing, say why.
     if let Some(why) = daemon.unsure_note() {
         return Ok(Swept::Skipped {

@@ -4,9 +4,10 @@
 use std::path::PathBuf;
 
 use super::model::{Container, Daemon, RuntimeKind};
+use crate::engine::index::TableIndex;
 use crate::engine::namespace::mnt_ns_inode;
-use crate::engine::release::Scope;
-use crate::engine::scan::ScanRequest;
+use crate::engine::release::{Release, Scope};
+use crate::engine::scan::{ScanError, ScanRequest};
 
 /// The 12-character short form of an id, as the docker CLI shows it. Never panics: an id
 /// that is short or not ASCII (read from a record or a mount path) is shown whole.
@@ -28,15 +29,47 @@ pub fn container_request(base: &ScanRequest, daemon: &Daemon, c: &Container) -> 
 /// namespaces whose processes kubelet's cgroups place in one of these containers or their
 /// pods (kernel facts: a container started after they were resolved, a namespace nested
 /// in a pod).
+///
+/// With `index` (a daemon's, fed by mount events, lending for releases), the
+/// scan reuses the tables of namespaces unchanged since the last one, and the release
+/// confirms by id what its plan rests on before it unmounts; a difference sets the kept
+/// tables aside and the release is made again from tables read now. The tables go back to
+/// the index after (the namespaces it unmounted in are read again next time: their ids
+/// changed).
 pub fn release_containers(
     req: &ScanRequest,
     cs: &[Container],
     scope: Scope,
     dry_run: bool,
-) -> Result<crate::engine::release::Release, crate::engine::scan::ScanError> {
-    let scan = crate::engine::scan::scan(req)?;
-    let scope = with_pod_cgroups(&scan, cs, scope);
-    crate::engine::release::run_on(scan, req, scope, dry_run)
+    index: Option<&TableIndex>,
+) -> Result<Release, ScanError> {
+    // Mount events are what make a kept table fit for a release (a move shows).
+    let index = index.filter(|i| i.events());
+    let release = |index| {
+        let scan = crate::engine::scan::scan_indexed(req, index)?;
+        let scope = with_pod_cgroups(&scan, cs, scope.clone());
+        crate::engine::release::run_on(scan, req, scope, dry_run)
+    };
+    let Some(kept) = index else {
+        return release(None);
+    };
+    kept.lend_fresh_mount_points(true);
+    let mut rel = match release(Some(kept)) {
+        Err(ScanError::Unconfirmed { inode, what }) => {
+            let note = format!(
+                "the kept table of mount namespace {inode} could not be relied on ({what}): \
+                 every table was read again and the release made from those"
+            );
+            tracing::info!(ns = inode, "{note}");
+            kept.clear();
+            let mut rel = release(Some(kept))?;
+            rel.notes.push(note);
+            rel
+        }
+        other => other?,
+    };
+    kept.keep(rel.scan.take_tables());
+    Ok(rel)
 }
 
 /// `scope`, sparing also the namespaces of `scan` that kubelet's cgroups place in one of

@@ -208,3 +208,35 @@ fn root_position_is_root_mount_whatever_the_order() {
         assert_eq!(t.root_position(), t.root_mount(&t.index()), "{pairs:?}");
     }
 }
+
+#[test]
+fn mount_points_set_aside_for_a_scan_come_back_only_where_it_read_none() {
+    let mut t = MountTable::tree_of(&[(1, 1), (2, 1), (3, 1)]);
+    let kept = t.intern(b"/kept");
+    t.mounts[1].mount_point = kept;
+    t.mounts[2].has_strings = false;
+    t.mounts[2].mount_point = Span::default();
+    t.set_aside_mount_points();
+    for m in &t.mounts {
+        assert!(!m.has_strings && m.has_root, "only the root stays known");
+        assert_eq!(t.mount_point(m), b"", "no stale mount point can be read");
+    }
+    // The scan reads mount 1's strings again: the kernel's word stands.
+    let now = t.intern(b"/renamed");
+    (t.mounts[0].mount_point, t.mounts[0].has_strings) = (now, true);
+    t.put_back_set_aside();
+    let points: Vec<(&[u8], bool)> = t
+        .mounts
+        .iter()
+        .map(|m| (t.mount_point(m), m.has_strings))
+        .collect();
+    assert_eq!(
+        points,
+        [
+            (&b"/renamed"[..], true),
+            (&b"/kept"[..], true),
+            // Never read: nothing to put back.
+            (&b""[..], false)
+        ]
+    );
+}
