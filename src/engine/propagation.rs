@@ -27,6 +27,11 @@ impl PropagationTree {
                 }
             }
         }
+        // One entry per member of a slave group: each group once.
+        for groups in shared_slaves.values_mut() {
+            groups.sort_unstable();
+            groups.dedup();
+        }
         PropagationTree { shared_slaves }
     }
 

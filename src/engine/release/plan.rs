@@ -434,13 +434,16 @@ impl PeerIndex {
     /// Every mount an event on a member of `group` propagates to: the members and slaves
     /// of every group of its propagation tree, whatever each member has mounted.
     fn propagation_tree(&self, group: std::num::NonZeroU64) -> Vec<(usize, usize)> {
-        let mut seen: HashSet<(usize, usize)> = HashSet::new();
-        self.tree
+        let mut members: Vec<(usize, usize)> = self
+            .tree
             .reach([group])
             .into_iter()
             .flat_map(|g| self.by_group.get(&g).into_iter().flatten().copied())
-            .filter(|member| seen.insert(*member))
-            .collect()
+            .collect();
+        // In table order, each once: the refusal a plan gives names the same site each run.
+        members.sort_unstable();
+        members.dedup();
+        members
     }
 }
 
