@@ -421,7 +421,7 @@ fn main() {
     let cost = |c: warm::Cost| format!("{} {:>7.3} CPU-s", ms(c.wall), c.cpu.as_secs_f64());
     match &warm_release {
         Some(r) => println!(
-            "{:<58} {}  {:.1}x faster than the loop; {} mounts confirmed by id, {} released",
+            "{:<58} {}  {:.1}x faster than the loop; {} reads by id confirmed it, {} released",
             "release: warm, mount events (in process)",
             cost(r.warm),
             ratio(umount_loop, r.warm.wall),

@@ -201,10 +201,8 @@ fn sweep_once(agent: &Agent) -> anyhow::Result<()> {
         &agent.config.docker,
         &agent.config.cri,
     )?;
-    // A hook or event release that has the index makes this sweep read every table: a
-    // sweep never waits for them (pods call the hook as often as they like), nor they
-    // for a sweep.
-    let index = agent.index.as_ref().and_then(SharedIndex::try_take);
+    // Waits for the release that has the index, if one does; none waits for a sweep.
+    let index = agent.index.as_ref().map(SharedIndex::for_sweep);
     let swept = crate::ops::sweep::sweep(
         &agent.config.base,
         runtime.as_ref(),
@@ -249,7 +247,7 @@ fn sweep_once(agent: &Agent) -> anyhow::Result<()> {
         return Ok(());
     };
     let rel = rel?;
-    agent.metrics.count(&rel.results, took);
+    agent.metrics.count(&rel, took);
     let remaining = rel.remaining().len();
     if remaining > 0 || !rel.notes.is_empty() {
         info!(

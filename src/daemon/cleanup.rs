@@ -104,7 +104,7 @@ pub fn cleanup(
     };
     let mut released = 0;
     // The kept tables, unless another cleanup or a sweep has them: then read cold.
-    let index = index.and_then(SharedIndex::try_take);
+    let index = index.and_then(SharedIndex::for_release);
     for c in &containers {
         let span = info_span!("container", container = %c.name, id = %c.id);
         let _g = span.enter();

@@ -206,7 +206,7 @@ fn release_each(
     let index = agent
         .index
         .as_ref()
-        .and_then(crate::engine::index::SharedIndex::try_take);
+        .and_then(crate::engine::index::SharedIndex::for_release);
     for t in targets {
         let started = Instant::now();
         let released = crate::ops::release_container(
@@ -219,7 +219,7 @@ fn release_each(
         );
         match released {
             Ok(rel) => {
-                agent.metrics.count(&rel.results, started.elapsed());
+                agent.metrics.count(&rel, started.elapsed());
                 let mut doc = crate::report::release_doc(&rel);
                 doc.container = Some(t.clone());
                 releases.push(ReleaseOutcome::Released(doc));

@@ -27,6 +27,8 @@ pub(super) struct Metrics {
     pub(super) index_unlisted: Gauge,
     pub(super) index_bytes: Gauge,
     pub(super) released: Counter,
+    pub(super) release_tables_reused: Counter,
+    pub(super) releases_confirmed: Counter,
     pub(super) failed: Counter,
     pub(super) sweep_seconds: Histogram,
     pub(super) release_seconds: Histogram,
@@ -45,6 +47,8 @@ impl Metrics {
             index_unlisted: Gauge::default(),
             index_bytes: Gauge::default(),
             released: Counter::default(),
+            release_tables_reused: Counter::default(),
+            releases_confirmed: Counter::default(),
             failed: Counter::default(),
             sweep_seconds: Histogram::new(exponential_buckets(0.005, 2.0, 14)),
             release_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
@@ -87,6 +91,16 @@ impl Metrics {
             m.index_bytes.clone(),
         );
         registry.register("copies_released", "Copies unmounted", m.released.clone());
+        registry.register(
+            "release_kept_tables_reused",
+            "Namespaces whose kept mount table a hook release reused",
+            m.release_tables_reused.clone(),
+        );
+        registry.register(
+            "releases_confirmed",
+            "Hook releases made from kept tables, confirmed by id before unmounting",
+            m.releases_confirmed.clone(),
+        );
         registry.register("release_failures", "Unmounts that failed", m.failed.clone());
         registry.register(
             "sweep_duration_seconds",
@@ -101,8 +115,13 @@ impl Metrics {
         m
     }
 
-    pub(super) fn count(&self, results: &[release::ActionResult], took: Duration) {
-        for r in results {
+    pub(super) fn count(&self, rel: &release::Release, took: Duration) {
+        self.release_tables_reused
+            .inc_by(rel.scan.index.map_or(0, |u| u.reused) as u64);
+        if rel.confirmed.is_some() {
+            self.releases_confirmed.inc();
+        }
+        for r in &rel.results {
             match r.outcome {
                 Outcome::Unmounted | Outcome::Detached { .. } => {
                     self.released.inc();

@@ -1,4 +1,5 @@
-//! Mount tables kept between the scans of a long-running process (the agent's sweeps), so
+//! Mount tables kept between the scans of a long-running process (the agent's sweeps and
+//! releases, the plugin's cleanups: one [`SharedIndex`] each), so
 //! that a namespace whose mounts have not changed costs one `listmount` instead of one
 //! `statmount` per mount, or nothing at all where the kernel reports mount events.
 //!
@@ -18,9 +19,10 @@
 //! table from the index is fit for *finding* what to release; a release from it first reads
 //! again by id every fact its plan rests on ([`crate::engine::release::confirm`]) and is
 //! set aside for a cold scan at any difference, at a shared parent, or when a table was
-//! reused without mount events (a move could then hide a copy); and only an index made
-//! [`TableIndex::for_releases`] serves a release (a rename above a mount point keeps its
-//! id and raises no event, so its scans read mount points again). The agent's sweep still
+//! reused without mount events (a move could then hide a copy); and only tables lent with
+//! their mount points forgotten serve a release ([`TableIndex::for_releases`],
+//! [`TableIndex::lend_fresh_mount_points`]: a rename above a mount point keeps its id and
+//! raises no event, so a release's scan reads mount points again). The agent's sweep still
 //! scans again before it acts (its classification reads more than the plan), and a kept
 //! table is read again once it is older than [`TableIndex::max_age`].
 
@@ -115,25 +117,49 @@ pub struct IndexUse {
 /// lends the kept tables it reuses and [`TableIndex::begin`] forgets those not given back,
 /// so two scans at once would undo each other's keeping (never a result: a table lent out
 /// is read from the kernel instead).
+///
+/// Releases (a hook call, an event, a plugin cleanup) never wait: one that finds the index
+/// taken reads every table. A sweep waits for the release that has it, and releases that
+/// start meanwhile read every table, so that pods calling the hook in a loop cannot keep
+/// the index from the sweeps.
 pub struct SharedIndex {
     index: Mutex<TableIndex>,
+    /// A sweep is waiting for the index.
+    sweep_waiting: std::sync::atomic::AtomicBool,
 }
 
 impl SharedIndex {
     pub fn new(index: TableIndex) -> Self {
         SharedIndex {
             index: Mutex::new(index),
+            sweep_waiting: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
-    /// The index, if no other scan has it now. No scan waits for another: one that finds
-    /// it taken reads every table from the kernel instead.
-    pub fn try_take(&self) -> Option<std::sync::MutexGuard<'_, TableIndex>> {
-        match self.index.try_lock() {
-            Ok(index) => Some(index),
-            Err(std::sync::TryLockError::Poisoned(poisoned)) => Some(self.recovered(poisoned)),
-            Err(std::sync::TryLockError::WouldBlock) => None,
+    /// The index for a release, if no other scan has it, no sweep waits for it, and the
+    /// kernel reports mount events (without them no release is made from kept tables).
+    pub fn for_release(&self) -> Option<std::sync::MutexGuard<'_, TableIndex>> {
+        if self.sweep_waiting.load(Ordering::Acquire) {
+            return None;
         }
+        let index = match self.index.try_lock() {
+            Ok(index) => index,
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => self.recovered(poisoned),
+            Err(std::sync::TryLockError::WouldBlock) => return None,
+        };
+        index.events().then_some(index)
+    }
+
+    /// The index for a sweep, once the release that has it is done (a release takes one
+    /// container's scan; the sweep has no deadline).
+    pub fn for_sweep(&self) -> std::sync::MutexGuard<'_, TableIndex> {
+        self.sweep_waiting.store(true, Ordering::Release);
+        let index = self
+            .index
+            .lock()
+            .unwrap_or_else(|poisoned| self.recovered(poisoned));
+        self.sweep_waiting.store(false, Ordering::Release);
+        index
     }
 
     /// A scan panicked with the index: its tables may be lent out or half given back.
@@ -305,7 +331,15 @@ impl TableIndex {
         // Marked before its mounts are listed and read: no change after goes unreported.
         let watched = self.watch(ns, ns_id);
         let ids = sys::listmount_all(ns_id).map_err(io("listmount"))?;
-        if let Some(table) = self.reuse(ns_id, Some(&ids), signatures) {
+        // A release refuses a table reused on a listing alone (a move since would not
+        // show): lending one would only make it read everything again. This namespace is
+        // read now, marked first, so its next table is reused on events.
+        let unwatched = !self.kept().get(&ns_id).is_some_and(|k| k.watched);
+        let reusable = !(self.fresh_mount_points() && self.events.is_some() && unwatched);
+        if let Some(table) = reusable
+            .then(|| self.reuse(ns_id, Some(&ids), signatures))
+            .flatten()
+        {
             // Watched only if it was before its table was read (marked then, or earlier).
             let origin = match self.kept().get(&ns_id).is_some_and(|k| k.watched) {
                 true => Origin::KeptWatched,

@@ -152,6 +152,12 @@ impl MountTable {
         }
     }
 
+    /// Whether the table's mount points are the kernel's as of this scan: read by it, or
+    /// lent with the kept ones set aside (a table with no mounts has none to be stale).
+    pub fn mount_points_fresh(&self) -> bool {
+        self.mounts.is_empty() || !self.set_aside.is_empty()
+    }
+
     /// Puts back the mount points set aside where the scan read none: the table is kept
     /// as it was lent, plus what the scan read again.
     pub(crate) fn put_back_set_aside(&mut self) {

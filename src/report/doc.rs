@@ -231,12 +231,6 @@ pub struct ReleaseDoc {
     /// The container released, in `releases`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container: Option<Container>,
-    /// How the scan used a daemon's kept tables (absent: it had none, every table read).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub index: Option<crate::engine::index::IndexUse>,
-    /// Mounts read again by id to confirm a plan made from kept tables.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub confirmed_by_id: Option<usize>,
 }
 
 /// `why TARGET --json`: every reason each filesystem is busy. A path or a device is one

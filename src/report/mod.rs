@@ -276,8 +276,6 @@ pub fn release_doc(release: &crate::engine::release::Release) -> ReleaseDoc {
             .collect(),
         notes: all_notes(release, true),
         container: None,
-        index: scan.index,
-        confirmed_by_id: release.confirmed,
     }
 }
 

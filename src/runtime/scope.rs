@@ -43,8 +43,9 @@ pub fn release_containers(
     dry_run: bool,
     index: Option<&TableIndex>,
 ) -> Result<Release, ScanError> {
-    // Mount events are what make a kept table fit for a release (a move shows).
-    let index = index.filter(|i| i.events());
+    // Mount events are what make a kept table fit for a release (a move shows); a dry run
+    // is not confirmed (it acts on nothing), so it reads every table.
+    let index = index.filter(|i| i.events() && !dry_run);
     let release = |index| {
         let scan = crate::engine::scan::scan_indexed(req, index)?;
         let scope = with_pod_cgroups(&scan, cs, scope.clone());
@@ -56,14 +57,15 @@ pub fn release_containers(
     kept.lend_fresh_mount_points(true);
     let mut rel = match release(Some(kept)) {
         Err(ScanError::Unconfirmed { inode, what }) => {
-            let note = format!(
-                "the kept table of mount namespace {inode} could not be relied on ({what}): \
-                 every table was read again and the release made from those"
-            );
-            tracing::info!(ns = inode, "{note}");
+            // The namespace may be anyone's: named in the log, not in the reply to a pod.
+            tracing::info!(ns = inode, what = %what, "a kept table could not be relied on: every table is read again");
             kept.clear();
             let mut rel = release(Some(kept))?;
-            rel.notes.push(note);
+            rel.notes.push(
+                "a kept mount table could not be relied on: every table was read again and \
+                 the release made from those"
+                    .into(),
+            );
             rel
         }
         other => other?,

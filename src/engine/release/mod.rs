@@ -184,7 +184,8 @@ pub struct Release {
     pub notes: Vec<String>,
     pub dry_run: bool,
     pub scope: Scope,
-    /// For a release from kept tables: how many mounts were read again to confirm its plan.
+    /// For a release from kept tables: how many reads by id (`statmount` of a mount,
+    /// `listmount` below one) confirmed its plan.
     pub confirmed: Option<usize>,
 }
 

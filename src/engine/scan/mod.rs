@@ -154,8 +154,8 @@ pub struct Scan {
     /// The note saying that some members' cgroups are unknown as the host names them.
     pub cgroups_unknown: Option<String>,
     /// How the scan used a [`TableIndex`] (`None`: every table read from the kernel). A
-    /// scan that reused any table may be stale in propagation and mount points, so nothing
-    /// is released from it.
+    /// scan that reused any table may be stale in propagation and mount points: a release
+    /// from it confirms by id first ([`crate::engine::release::confirm`]).
     pub index: Option<IndexUse>,
     /// Notes that every healthy node has (identity matching limited because a layer's
     /// filesystem is also mounted at `/`): in JSON, and at debug level (`-v`), not in text.
@@ -167,7 +167,7 @@ pub struct Scan {
 }
 
 impl Scan {
-    /// Whether some table came from an index: fit for finding, not for releasing.
+    /// Whether some table came from an index: fit for finding; a release confirms it first.
     pub fn from_index(&self) -> bool {
         self.index.is_some_and(|u| u.reused > 0)
     }
@@ -357,8 +357,9 @@ pub fn scan(request: &ScanRequest) -> Result<Scan, ScanError> {
 }
 
 /// [`scan`], with the tables of namespaces whose mounts have not changed taken from `index`
-/// (listmount backend). Such a scan finds what to release; it must not be released from
-/// ([`crate::engine::index`]): `Scan::index` says whether it may be.
+/// (listmount backend). Such a scan finds what to release; a release from it reads again
+/// by id what its plan rests on first ([`crate::engine::index`],
+/// [`crate::engine::release::confirm`]).
 pub fn scan_indexed(request: &ScanRequest, index: Option<&TableIndex>) -> Result<Scan, ScanError> {
     let span = info_span!("scan", targets = ?request.targets, backend = ?request.backend);
     let _guard = span.enter();
@@ -377,7 +378,12 @@ pub fn scan_indexed(request: &ScanRequest, index: Option<&TableIndex>) -> Result
             .iter()
             .filter(|n| n.table.is_some() && !n.from_index())
             .count(),
-        fresh_mount_points: index.fresh_mount_points(),
+        // From the tables themselves, not the index's mode now: a scan whose tables were
+        // lent in the other mode is never taken for one that read its mount points again.
+        fresh_mount_points: namespaces
+            .iter()
+            .filter(|n| n.from_index())
+            .all(|n| n.table.as_ref().is_some_and(MountTable::mount_points_fresh)),
     });
     let read = started.elapsed();
     // Not the host's pid namespace: incomplete, unless the established runtime is in this

@@ -216,7 +216,12 @@ fn mount_points_set_aside_for_a_scan_come_back_only_where_it_read_none() {
     t.mounts[1].mount_point = kept;
     t.mounts[2].has_strings = false;
     t.mounts[2].mount_point = Span::default();
+    assert!(!t.mount_points_fresh(), "kept mount points may be stale");
     t.set_aside_mount_points();
+    assert!(
+        t.mount_points_fresh(),
+        "the table itself says it was lent for a release"
+    );
     for m in &t.mounts {
         assert!(!m.has_strings && m.has_root, "only the root stays known");
         assert_eq!(t.mount_point(m), b"", "no stale mount point can be read");
@@ -225,6 +230,7 @@ fn mount_points_set_aside_for_a_scan_come_back_only_where_it_read_none() {
     let now = t.intern(b"/renamed");
     (t.mounts[0].mount_point, t.mounts[0].has_strings) = (now, true);
     t.put_back_set_aside();
+    assert!(!t.mount_points_fresh(), "kept again, as it was lent");
     let points: Vec<(&[u8], bool)> = t
         .mounts
         .iter()
