@@ -244,6 +244,22 @@ fn cri_pods_on_a_booted_host_the_hook_release_sweep_and_a_failed_rootfs_umount()
     assert!(!g.has_mount(indexer, &busy), "the sweep detached the copy");
     let alive = g.sh(&format!("cat /proc/{indexer}/comm"));
     assert_eq!(alive, "sleep", "the service runs on");
+    // As kubelet does: StopContainer again until containerd has deleted the task (its
+    // unmount done is not yet the container's exit processed), then RemoveContainer.
+    wait_until(
+        Duration::from_secs(60),
+        Duration::from_millis(250),
+        || {
+            cri.stop_container_within(&server, Duration::from_secs(5))
+                .is_ok()
+        },
+        || {
+            format!(
+                "StopContainer never succeeded after the sweep:\n{}",
+                journal()
+            )
+        },
+    );
     cri.remove_container(&server)
         .unwrap_or_else(|e| panic!("RemoveContainer after the sweep: {e}\n{}", journal()));
     // The running pod web kept everything through the sweeps.
