@@ -70,7 +70,8 @@ fn timed(index: &TableIndex, req: &ScanRequest, holders: Option<usize>) -> (Cost
 /// The warm release row: one layer released in every namespace from the agent's index.
 pub struct ReleaseRow {
     pub warm: Cost,
-    /// Mounts read again by id to confirm the plan (median run's).
+    /// Reads by id (`statmount`, `listmount` below a holder) that confirmed the plan
+    /// (median run's).
     pub confirmed: usize,
     pub released: usize,
 }
