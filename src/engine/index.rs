@@ -139,15 +139,19 @@ impl SharedIndex {
     /// The index for a release, if no other scan has it, no sweep waits for it, and the
     /// kernel reports mount events (without them no release is made from kept tables).
     pub fn for_release(&self) -> Option<std::sync::MutexGuard<'_, TableIndex>> {
+        self.try_take().filter(|index| index.events())
+    }
+
+    /// The index, unless a scan has it or a sweep waits for it.
+    fn try_take(&self) -> Option<std::sync::MutexGuard<'_, TableIndex>> {
         if self.sweep_waiting.load(Ordering::Acquire) {
             return None;
         }
-        let index = match self.index.try_lock() {
-            Ok(index) => index,
-            Err(std::sync::TryLockError::Poisoned(poisoned)) => self.recovered(poisoned),
-            Err(std::sync::TryLockError::WouldBlock) => return None,
-        };
-        index.events().then_some(index)
+        match self.index.try_lock() {
+            Ok(index) => Some(index),
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => Some(self.recovered(poisoned)),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        }
     }
 
     /// The index for a sweep, once the release that has it is done (a release takes one
@@ -341,9 +345,9 @@ impl TableIndex {
             .flatten()
         {
             // Watched only if it was before its table was read (marked then, or earlier).
-            let origin = match self.kept().get(&ns_id).is_some_and(|k| k.watched) {
-                true => Origin::KeptWatched,
-                false => Origin::KeptListed,
+            let origin = match unwatched {
+                false => Origin::KeptWatched,
+                true => Origin::KeptListed,
             };
             return Ok((table, origin));
         }
@@ -516,6 +520,44 @@ impl TableIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_waiting_sweep_gets_the_index_before_releases_that_start_meanwhile() {
+        let shared = SharedIndex::new(TableIndex::new(Duration::from_secs(60)));
+        let release = shared.try_take().expect("free");
+        assert!(shared.try_take().is_none(), "one scan at a time");
+        let swept = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|s| {
+            let sweep = s.spawn(|| {
+                let _index = shared.for_sweep();
+                swept.store(true, Ordering::Release);
+            });
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !shared.sweep_waiting.load(Ordering::Acquire) {
+                assert!(Instant::now() < deadline, "the sweep never waited");
+                std::thread::yield_now();
+            }
+            drop(release);
+            // The sweep takes it next; a release meanwhile does not get in before it.
+            loop {
+                if let Some(index) = shared.try_take() {
+                    assert!(
+                        swept.load(Ordering::Acquire),
+                        "a release took the index from a waiting sweep"
+                    );
+                    drop(index);
+                    break;
+                }
+                std::thread::yield_now();
+            }
+            sweep.join().unwrap();
+        });
+        assert!(shared.try_take().is_some(), "free again after the sweep");
+        assert!(
+            shared.for_release().is_none(),
+            "no release is made from kept tables without mount events"
+        );
+    }
 
     #[test]
     fn a_panic_while_tables_were_given_back_forgets_them_all() {
