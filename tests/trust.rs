@@ -171,33 +171,37 @@ os.execvp('sleep', ['sleep', '3600'])
         .any(|l| l.contains(&format!(" {d}/l ")) && l.contains(" - fuse "));
     assert!(fuse_at, "the FUSE mount is in place over {d}/l");
 
-    let mut scan = std::process::Command::new("nsenter")
-        .args(["-t", &sb.host_pid().to_string(), "-m", "--", BIN])
-        .args(["scan", "--any-path", "--json", "--path", &target])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while scan.try_wait().unwrap().is_none() {
-        if std::time::Instant::now() > deadline {
-            let _ = scan.kill(); // a FUSE wait is killable
-            let _ = scan.wait();
-            panic!("the scan stalled on the FUSE mount over {d}/l");
+    // `--paths-only` looks each target up in each namespace instead of reading its table.
+    for extra in [&[][..], &["--paths-only"][..]] {
+        let mut scan = std::process::Command::new("nsenter")
+            .args(["-t", &sb.host_pid().to_string(), "-m", "--", BIN])
+            .args(["scan", "--any-path", "--json", "--path", &target])
+            .args(extra)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while scan.try_wait().unwrap().is_none() {
+            if std::time::Instant::now() > deadline {
+                let _ = scan.kill(); // a FUSE wait is killable
+                let _ = scan.wait();
+                panic!("the scan {extra:?} stalled on the FUSE mount over {d}/l");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
         }
-        std::thread::sleep(std::time::Duration::from_millis(100));
+        let out = scan.wait_with_output().unwrap();
+        let doc: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("no JSON ({e}): {}", stderr(&out)));
+        let fuse_ns = ns_inode(fuse);
+        assert!(
+            doc["holders"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|h| h["mnt_ns"] == fuse_ns && h["mount_point"] == target.as_str()),
+            "the copy under the FUSE mount is still listed by the scan {extra:?}: {doc:#}"
+        );
     }
-    let out = scan.wait_with_output().unwrap();
-    let doc: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("no JSON ({e}): {}", stderr(&out)));
-    let fuse_ns = ns_inode(fuse);
-    assert!(
-        doc["holders"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|h| h["mnt_ns"] == fuse_ns && h["mount_point"] == target.as_str()),
-        "the copy under the FUSE mount is still listed: {doc:#}"
-    );
 }

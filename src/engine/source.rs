@@ -186,12 +186,20 @@ pub(crate) fn read_listmount_ids(
 /// `--paths-only` with listmount: reads only the mounts at or below `targets` in `ns`, and
 /// their ancestors up to the namespace's root (so that the root, and whether a process's
 /// root or cwd lies in a holder, are still known), instead of every mount. Returns the
-/// partial table and the indices of the mounts under the targets.
+/// partial table and the indices of the mounts under the targets. A namespace of another
+/// user namespace is read whole and filtered by its strings instead, never walked: its
+/// owner may have mounted a FUSE filesystem on a target's path, and a lookup there waits
+/// on that daemon for as long as it likes.
 pub fn read_targeted(
     worker: &mut NsWorker,
     ns: &Namespace,
     targets: &[Vec<u8>],
 ) -> Result<(MountTable, Vec<usize>), SourceError> {
+    if !ns.host_userns {
+        let mut table = read_listmount(ns, &[])?;
+        let seeds = mounts_under(worker, ns, &mut table, targets)?;
+        return Ok((table, seeds));
+    }
     let ns_id = sys::mntns_id(ns.fd.as_fd()).map_err(io_err(ns.inode, "NS_GET_MNTNS_ID"))?;
     worker.enter(ns.fd.as_fd(), ns.inode)?;
     let mut wanted: Vec<u64> = Vec::new();
