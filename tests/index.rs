@@ -710,3 +710,42 @@ fn a_daemons_releases_reuse_kept_tables_and_read_again_what_cannot_be_relied_on(
     assert!(has_mount_at(sb.host_pid(), &z));
     assert!(!index.is_empty(), "the tables read again are kept");
 }
+
+#[test]
+fn a_warm_release_lists_below_a_copy_only_where_its_lookup_saw_something_below() {
+    let Some((_serial, index)) = serial_with(release_index) else {
+        return;
+    };
+    // Layer y is layer x with a file in it, at the same depth: every copy of x has an
+    // empty root, which the scan's lookup of the target shows has nothing below it, so the
+    // confirmation lists below no copy of x and below each copy of y.
+    let (sb, layer_x, holder, mut request) = node_with(
+        "index-release-bare",
+        "mkdir -p {d}/l/y/merged && mount -t tmpfs layer-y {d}/l/y/merged \
+         && touch {d}/l/y/merged/file",
+    );
+    let layer_y = format!("{}/l/y/merged", sb.d());
+    let mut confirmed = Vec::new();
+    for layer in [&layer_x, &layer_y] {
+        request.targets = vec![PathBuf::from(layer)];
+        kept_scan(&index, &request);
+        let warm = warm_scan(&index, &request);
+        let rel = mntreap::engine::release::run_on(warm, &request, Default::default(), false)
+            .expect("an unchanged node's kept tables are confirmed");
+        assert_eq!(rel.released(), 2, "the holder's copy and the sandbox's");
+        assert!(rel.remaining().is_empty(), "{:?}", rel.remaining());
+        assert!(
+            !has_mount_at(holder, layer),
+            "the copy of {layer} is still there"
+        );
+        confirmed.push(
+            rel.confirmed
+                .expect("a release from kept tables is confirmed"),
+        );
+    }
+    assert_eq!(
+        confirmed[1],
+        confirmed[0] + 2,
+        "reads by id for x (empty copies) and y (a file in each): one listing per copy of y only"
+    );
+}

@@ -183,26 +183,37 @@ pub(crate) fn read_listmount_ids(
     Ok((table, upperdirs))
 }
 
+/// The mounts at or below the targets in one namespace (indices into its table), and of
+/// them the mounts whose root a lookup of a target reached and found with nothing mounted
+/// below it ([`nothing_mounted_below`]): the kernel's answer during this scan, which a
+/// plan from kept tables may rest on instead of listing below the mount again.
+#[derive(Debug, Default)]
+pub struct TargetMounts {
+    pub seeds: Vec<usize>,
+    pub bare: Vec<NonZeroU64>,
+}
+
 /// `--paths-only` with listmount: reads only the mounts at or below `targets` in `ns`, and
 /// their ancestors up to the namespace's root (so that the root, and whether a process's
 /// root or cwd lies in a holder, are still known), instead of every mount. Returns the
-/// partial table and the indices of the mounts under the targets. A namespace of another
-/// user namespace is read whole and filtered by its strings instead, never walked: its
-/// owner may have mounted a FUSE filesystem on a target's path, and a lookup there waits
-/// on that daemon for as long as it likes.
+/// partial table and the mounts under the targets. A namespace of another user namespace
+/// is read whole and filtered by its strings instead, never walked: its owner may have
+/// mounted a FUSE filesystem on a target's path, and a lookup there waits on that daemon
+/// for as long as it likes.
 pub fn read_targeted(
     worker: &mut NsWorker,
     ns: &Namespace,
     targets: &[Vec<u8>],
-) -> Result<(MountTable, Vec<usize>), SourceError> {
+) -> Result<(MountTable, TargetMounts), SourceError> {
     if !ns.host_userns {
         let mut table = read_listmount(ns, &[])?;
-        let seeds = mounts_under(worker, ns, &mut table, targets)?;
-        return Ok((table, seeds));
+        let found = mounts_under(worker, ns, &mut table, targets)?;
+        return Ok((table, found));
     }
     let ns_id = sys::mntns_id(ns.fd.as_fd()).map_err(io_err(ns.inode, "NS_GET_MNTNS_ID"))?;
     worker.enter(ns.fd.as_fd(), ns.inode)?;
     let mut wanted: Vec<u64> = Vec::new();
+    let mut bare = Vec::new();
     let mut buf = sys::StatmountBuf::new();
     let mut loaded: HashMap<u64, sys::Statmount> = HashMap::new();
     let full = BASIC_MASK | STRINGS_MASK;
@@ -229,8 +240,11 @@ pub fn read_targeted(
             }
             at = parent;
         }
-        if found.is_mount_root || !found.is_empty_dir {
-            wanted.extend(sys::listmount_below(ns_id, unique).unwrap_or_default());
+        let magic = loaded.get(&unique).map(|sm| sm.sb_magic);
+        match magic.is_some_and(|m| nothing_mounted_below(fd.as_fd(), &found, m)) {
+            true if found.is_mount_root => bare.extend(NonZeroU64::new(unique)),
+            true => {}
+            false => wanted.extend(sys::listmount_below(ns_id, unique).unwrap_or_default()),
         }
     }
     for id in wanted {
@@ -262,7 +276,7 @@ pub fn read_targeted(
                 .any(|p| path_is_under(table.mount_point(m), p))
         })
         .collect();
-    Ok((table, seeds))
+    Ok((table, TargetMounts { seeds, bare }))
 }
 
 fn basic_mount(
@@ -347,8 +361,8 @@ pub fn hydrate_roots(table: &mut MountTable, indices: impl IntoIterator<Item = u
 /// reading every mount's strings, so the worker enters the namespace and looks each target
 /// up (`openat2` without symlinks, `statx`): a target that is a mount root gives the
 /// mounts stacked there and everything below them; a target inside a mount gives that
-/// mount's children below it, unless the target is an empty directory (nothing can be
-/// mounted below it). The result is then checked against the strings, so it is never
+/// mount's children below it, unless nothing can be mounted below the target
+/// ([`nothing_mounted_below`]). The result is then checked against the strings, so it is never
 /// more than the text backend finds; it can miss only mounts hidden under another mount,
 /// which nothing could unmount by path anyway. Namespaces of other user namespaces are
 /// never walked (their owner can put a FUSE daemon on any path there): their strings are
@@ -358,7 +372,7 @@ pub fn mounts_under(
     ns: &Namespace,
     table: &mut MountTable,
     targets: &[Vec<u8>],
-) -> Result<Vec<usize>, SourceError> {
+) -> Result<TargetMounts, SourceError> {
     let under = |t: &MountTable, i: usize| {
         let m = &t.mounts[i];
         m.has_strings && targets.iter().any(|p| path_is_under(t.mount_point(m), p))
@@ -366,25 +380,34 @@ pub fn mounts_under(
     // A namespace of another user namespace is filtered by its strings too, never walked:
     // its owner may have mounted a FUSE filesystem on a target's path, and a lookup there
     // waits on that daemon, for as long as it likes.
-    if table.ns_id.is_none() || !ns.host_userns {
+    let Some(ns_id) = table.ns_id.filter(|_| ns.host_userns) else {
         hydrate(table, 0..table.mounts.len());
-        return Ok((0..table.mounts.len())
+        let seeds = (0..table.mounts.len())
             .filter(|&i| under(table, i))
-            .collect());
-    }
+            .collect();
+        return Ok(TargetMounts {
+            seeds,
+            bare: Vec::new(),
+        });
+    };
     worker.enter(ns.fd.as_fd(), ns.inode)?;
+    let mut bare = Vec::new();
+    let mut buf = None;
     // No id map or children map of the table: a sweep asks this of every namespace of the
     // node, and building both cost more than the probes. Lookups below are passes over
     // the table, a few per target.
     let mut candidates: Vec<usize> = Vec::new();
     for target in targets {
-        let Some((_, found)) = probe(target) else {
+        let Some((fd, found)) = probe(target) else {
             continue;
         };
         let Some(at) = found.mnt_id.and_then(|id| position_of(table, id)) else {
             continue;
         };
+        let buf = buf.get_or_insert_with(sys::StatmountBuf::new);
+        let nothing_below = bare_mount(ns_id, fd.as_fd(), &found, buf);
         if found.is_mount_root {
+            bare.extend(nothing_below.flatten());
             // Walk down the stack at the target to its lowest mount, then take its subtree.
             let mut lowest = at;
             loop {
@@ -402,7 +425,7 @@ pub fn mounts_under(
                 break;
             }
             candidates.extend(subtree(table, &[lowest]));
-        } else if !found.is_empty_dir {
+        } else if nothing_below.is_none() {
             let id = table.mounts[at].id;
             let direct: Vec<usize> = (0..table.mounts.len())
                 .filter(|&i| table.mounts[i].parent_id == id && table.mounts[i].id != id)
@@ -416,16 +439,17 @@ pub fn mounts_under(
     candidates.sort_unstable();
     candidates.dedup();
     hydrate(table, candidates.iter().copied());
-    Ok(candidates
+    let seeds = candidates
         .into_iter()
         .filter(|&i| under(table, i))
-        .collect())
+        .collect();
+    Ok(TargetMounts { seeds, bare })
 }
 
 struct Probe {
     mnt_id: Option<u64>,
     is_mount_root: bool,
-    is_empty_dir: bool,
+    is_dir: bool,
 }
 
 /// Looks `path` up in the current namespace without following symlinks.
@@ -440,11 +464,35 @@ fn probe(path: &[u8]) -> Option<(std::os::fd::OwnedFd, Probe)> {
         libc::AT_EMPTY_PATH | libc::AT_STATX_DONT_SYNC,
     )
     .ok()?;
-    let is_mount_root = st.is_mount_root.unwrap_or(true);
+    Some((
+        fd,
+        Probe {
+            mnt_id: st.mnt_id,
+            is_mount_root: st.is_mount_root.unwrap_or(true),
+            is_dir: st.is_dir,
+        },
+    ))
+}
+
+/// Magic numbers of the filesystems whose directory listings the kernel makes from its
+/// own dentries and inodes: tmpfs, ramfs, ext2-4, xfs, btrfs. A FUSE or network
+/// filesystem's listing is its server's word (and reading it may wait on that server);
+/// an overlay's is merged from layers that may be either.
+const KERNEL_LISTED: [u64; 5] = [0x0102_1994, 0x8584_58f6, 0xef53, 0x5846_5342, 0x9123_683e];
+
+/// Whether the kernel shows now that nothing is mounted at or below the path `fd` names
+/// (looked up as `probe` says, so the topmost mount there), in a filesystem of magic
+/// `sb_magic`. A mount below the path sits on a dentry under it, or on the path itself,
+/// stacked, where the lookup would have given that mount instead: so nothing is below a
+/// path that is no directory, nor below an empty directory the kernel lists itself.
+fn nothing_mounted_below(fd: std::os::fd::BorrowedFd<'_>, probe: &Probe, sb_magic: u64) -> bool {
+    if !probe.is_dir {
+        return true;
+    }
     // An O_PATH descriptor can be the base of openat: list the directory it names.
-    let is_empty_dir = !is_mount_root
+    KERNEL_LISTED.contains(&sb_magic)
         && nix::dir::Dir::openat(
-            &fd,
+            fd,
             ".",
             nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY,
             nix::sys::stat::Mode::empty(),
@@ -453,15 +501,33 @@ fn probe(path: &[u8]) -> Option<(std::os::fd::OwnedFd, Probe)> {
             d.iter()
                 .filter_map(Result::ok)
                 .all(|e| matches!(e.file_name().to_bytes(), b"." | b".."))
-        });
-    Some((
-        fd,
-        Probe {
-            mnt_id: st.mnt_id,
-            is_mount_root,
-            is_empty_dir,
-        },
-    ))
+        })
+}
+
+/// [`nothing_mounted_below`] with the mount's filesystem read from the kernel: `None`
+/// when something may be mounted below the path, else whether the path is the root of
+/// its mount with the mount's 64-bit id (no id: a kernel without unique ids).
+fn bare_mount(
+    ns_id: u64,
+    fd: std::os::fd::BorrowedFd<'_>,
+    probe: &Probe,
+    buf: &mut sys::StatmountBuf,
+) -> Option<Option<NonZeroU64>> {
+    let unique = sys::statx_unique_mnt_id(fd).ok().flatten();
+    let magic = match (probe.is_dir, unique) {
+        (false, _) => 0,
+        (true, Some(id)) => {
+            sys::statmount(ns_id, id, sys::STATMOUNT_SB_BASIC, buf)
+                .ok()?
+                .sb_magic
+        }
+        (true, None) => return None,
+    };
+    nothing_mounted_below(fd, probe, magic).then(|| {
+        unique
+            .and_then(NonZeroU64::new)
+            .filter(|_| probe.is_mount_root)
+    })
 }
 
 /// Where the mount with id `id` is in `table` (ids are distinct among the mounts one

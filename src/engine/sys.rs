@@ -50,6 +50,8 @@ pub(crate) struct MountStat {
     pub dev: (u32, u32),
     /// For a block device node: the device it is (`major:minor`).
     pub block_device: Option<(u32, u32)>,
+    /// Whether the path is a directory (the file type, which no inode changes).
+    pub is_dir: bool,
 }
 
 fn cstring(path: &OsStr) -> io::Result<CString> {
@@ -91,6 +93,7 @@ pub(crate) fn statx_mount(
         dev: (stx.stx_dev_major, stx.stx_dev_minor),
         block_device: (u32::from(stx.stx_mode) & libc::S_IFMT == libc::S_IFBLK)
             .then_some((stx.stx_rdev_major, stx.stx_rdev_minor)),
+        is_dir: u32::from(stx.stx_mode) & libc::S_IFMT == libc::S_IFDIR,
     })
 }
 

@@ -7,7 +7,11 @@
 //! is unmounted, every fact the plan used in a namespace it acts in is read again from the
 //! kernel by 64-bit id and compared with the table: each holder's mount and the chain of
 //! its ancestors (id, device, parent, propagation; the holder's mount point), and, for each
-//! holder it unmounts, the mounts below it now (`MNT_DETACH` takes all of them). Any
+//! holder it unmounts, the mounts below it now (`MNT_DETACH` takes all of them): listed
+//! again, unless the scan's own lookup of the target (the kernel's answer during this scan,
+//! as a cold scan's listing is) found the holder on top there with nothing below it (an
+//! empty directory the kernel lists itself, or no directory; see
+//! [`crate::engine::source::TargetMounts`]) and the table has nothing below it either. Any
 //! difference, and any holder it unmounts whose parent is shared (where that unmount
 //! propagates is known only from every namespace's table read now), sets the plan aside:
 //! the caller scans cold. Namespaces the plan only keeps in are not read: nothing is done
@@ -122,6 +126,7 @@ fn confirm_plan(
         let mut check = Check {
             table,
             ns_id,
+            bare: &scanned.bare,
             buf,
             read,
             parents: &parents,
@@ -139,6 +144,9 @@ fn confirm_plan(
 struct Check<'a> {
     table: &'a MountTable,
     ns_id: u64,
+    /// The mounts the scan's lookups found with nothing below them (the kernel's answer
+    /// during this scan, not the table's).
+    bare: &'a [NonZeroU64],
     buf: &'a mut sys::StatmountBuf,
     read: &'a mut usize,
     /// The ids of the table's mounts that have a mount below them, built when first asked
@@ -211,25 +219,28 @@ impl Check<'_> {
         Err("has a cyclic chain of parents in its kept table".into())
     }
 
-    /// The mounts below `h` now are those the table has below it.
+    /// The mounts below `h` now are those the table has below it: none where the scan's
+    /// lookup found none and the table has none, else listed again and compared.
     fn below(&mut self, h: &Holder) -> Result<(), String> {
         let unique = h.mount.unique_id.map_or(0, NonZeroU64::get);
+        let kept_children = self
+            .parents
+            .get_or_init(|| {
+                self.table
+                    .mounts
+                    .iter()
+                    .filter(|m| m.parent_id != m.id)
+                    .map(|m| m.parent_id)
+                    .collect()
+            })
+            .contains(&h.mount.id);
+        if !kept_children && h.mount.unique_id.is_some_and(|u| self.bare.contains(&u)) {
+            return Ok(());
+        }
         *self.read += 1;
         let mut now = sys::listmount_below(self.ns_id, unique)
             .map_err(|e| format!("could not be read again (listmount below it: {e})"))?;
-        let kept_children = || {
-            self.parents
-                .get_or_init(|| {
-                    self.table
-                        .mounts
-                        .iter()
-                        .filter(|m| m.parent_id != m.id)
-                        .map(|m| m.parent_id)
-                        .collect()
-                })
-                .contains(&h.mount.id)
-        };
-        if now.is_empty() && !kept_children() {
+        if now.is_empty() && !kept_children {
             return Ok(());
         }
         // Rare (a layer with mounts inside it): the table's subtree, compared as id sets.

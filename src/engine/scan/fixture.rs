@@ -71,6 +71,7 @@ fn namespace_of(
         },
         table: Some(table),
         seeds,
+        bare: Vec::new(),
         processes: Vec::new(),
         host_rooted: None,
         origin: crate::engine::index::Origin::Read,

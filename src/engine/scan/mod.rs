@@ -13,6 +13,7 @@
 //! bind of `/var` from the root filesystem), copies elsewhere are not the layer but the
 //! host's own filesystem, so they are not matched and the report says so.
 
+use std::num::NonZeroU64;
 use std::path::{Path, PathBuf};
 
 use tracing::{debug, info_span};
@@ -21,7 +22,7 @@ use crate::engine::cgroups::CgroupView;
 use crate::engine::index::{IndexUse, Origin, TableIndex};
 use crate::engine::namespace::{self, Namespace, PinVia, Process};
 use crate::engine::nsexec;
-use crate::engine::source::{self, Backend};
+use crate::engine::source::{self, Backend, TargetMounts};
 use crate::engine::table::{Mount, MountTable, path_is_under};
 
 mod classify;
@@ -95,6 +96,9 @@ pub struct ScannedNamespace {
     pub table: Option<MountTable>,
     /// Indices (into the table) of the mounts at or below a target.
     pub seeds: Vec<usize>,
+    /// The 64-bit ids of the mounts this scan's lookup of a target found at their root
+    /// with nothing mounted below them ([`crate::engine::source::TargetMounts`]).
+    pub bare: Vec<NonZeroU64>,
     /// Member processes with details, filled for namespaces that hold a target.
     pub processes: Vec<Process>,
     /// Whether its root mount is the host's root filesystem (same device and root as the
@@ -277,7 +281,7 @@ pub fn read_namespaces(
         |worker, ns| {
             if targeted {
                 return source::read_targeted(worker, ns, &targets)
-                    .map(|(t, s)| (t, s, Origin::Read));
+                    .map(|(t, found)| (t, found, Origin::Read));
             }
             // An overlay's `upperdir` option is whatever its mounter wrote: only root on the
             // host (CAP_SYS_ADMIN in mntreap's user namespace) can mount in a namespace that
@@ -290,21 +294,21 @@ pub fn read_namespaces(
                     Origin::Read,
                 ),
             };
-            let mut seeds = source::mounts_under(worker, ns, &mut table, &targets)?;
+            let mut found = source::mounts_under(worker, ns, &mut table, &targets)?;
             let signed: Vec<usize> = (0..table.mounts.len())
-                .filter(|&i| table.mounts[i].layer_signature.is_some() && !seeds.contains(&i))
+                .filter(|&i| table.mounts[i].layer_signature.is_some() && !found.seeds.contains(&i))
                 .collect();
             source::hydrate(&mut table, signed.iter().copied());
-            seeds.extend(signed);
-            Ok::<_, source::SourceError>((table, seeds, origin))
+            found.seeds.extend(signed);
+            Ok::<_, source::SourceError>((table, found, origin))
         },
     )?;
     Ok(namespaces
         .into_iter()
         .zip(results)
         .map(|(ns, read)| {
-            let (table, seeds, origin) = match read {
-                Ok((table, seeds, origin)) => (Some(table), seeds, origin),
+            let (table, found, origin) = match read {
+                Ok((table, found, origin)) => (Some(table), found, origin),
                 Err(e) => {
                     // A namespace whose last process exited mid-scan can no longer be read
                     // by pid, and one we may not enter is not ours to touch: note it.
@@ -312,13 +316,14 @@ pub fn read_namespaces(
                         denied.push(ns.inode);
                     }
                     notes.push(format!("skipped {e}"));
-                    (None, Vec::new(), Origin::Read)
+                    (None, TargetMounts::default(), Origin::Read)
                 }
             };
             ScannedNamespace {
                 ns,
                 table,
-                seeds,
+                seeds: found.seeds,
+                bare: found.bare,
                 processes: Vec::new(),
                 host_rooted: None,
                 origin,
