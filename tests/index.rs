@@ -749,3 +749,37 @@ fn a_warm_release_lists_below_a_copy_only_where_its_lookup_saw_something_below()
         "reads by id for x (empty copies) and y (a file in each): one listing per copy of y only"
     );
 }
+
+#[test]
+fn a_warm_release_of_a_copy_with_many_mounts_inside_is_confirmed_mount_by_mount() {
+    let Some((_serial, index)) = serial_with(release_index) else {
+        return;
+    };
+    // Eighteen holders in each namespace (the copy and seventeen tmpfs inside it): more
+    // than a pass of compares per holder is meant for, so the table's parents are a set.
+    let (sb, layer, holder, request) = node_with(
+        "index-release-many",
+        "for k in $(seq 17); do mkdir -p {d}/l/x/merged/m$k \
+         && mount -t tmpfs m$k {d}/l/x/merged/m$k; done",
+    );
+    kept_scan(&index, &request);
+    let warm = warm_scan(&index, &request);
+    assert_eq!(
+        warm.holders.len(),
+        36,
+        "{:?}",
+        held(&warm, &[ns_inode(holder)])
+    );
+    let rel = mntreap::engine::release::run_on(warm, &request, Default::default(), false)
+        .expect("an unchanged node's kept tables are confirmed");
+    // Per namespace: the copy and its parents, each tmpfs and its parents (the copy is the
+    // tmpfs's parent), and one listing below the copy (its root is not empty).
+    let confirmed = rel
+        .confirmed
+        .expect("a release from kept tables is confirmed");
+    assert!(confirmed >= 2 * (17 + 2), "{confirmed} reads by id");
+    assert_eq!(rel.released(), 36);
+    assert!(rel.remaining().is_empty(), "{:?}", rel.remaining());
+    assert!(!has_mount_at(holder, &layer), "the copy is still there");
+    assert!(!has_mount_at(sb.host_pid(), &format!("{layer}/m1")));
+}

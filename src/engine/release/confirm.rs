@@ -24,7 +24,7 @@ use std::num::NonZeroU64;
 use super::{NamespacePlan, Step};
 use crate::engine::scan::{Holder, Scan, ScanError};
 use crate::engine::sys;
-use crate::engine::table::{Mount, MountTable};
+use crate::engine::table::{IdSet, Mount, MountTable};
 
 const MASK: u64 = sys::STATMOUNT_SB_BASIC | sys::STATMOUNT_MNT_BASIC | sys::STATMOUNT_MNT_POINT;
 
@@ -121,6 +121,7 @@ fn confirm_plan(
     };
     let root = table.root_position();
     let parents = std::cell::OnceCell::new();
+    let few = plan.actions.len() <= PASSES_UP_TO;
     for action in &plan.actions {
         let h = &scan.holders[action.holder];
         let mut check = Check {
@@ -130,6 +131,7 @@ fn confirm_plan(
             buf,
             read,
             parents: &parents,
+            few,
         };
         let unmounts = !matches!(action.step, Step::Keep { .. });
         check
@@ -150,9 +152,15 @@ struct Check<'a> {
     buf: &'a mut sys::StatmountBuf,
     read: &'a mut usize,
     /// The ids of the table's mounts that have a mount below them, built when first asked
-    /// for (one pass over the table per namespace, not per holder).
-    parents: &'a std::cell::OnceCell<std::collections::HashSet<u64>>,
+    /// for (one pass over the table per namespace, not per holder)...
+    parents: &'a std::cell::OnceCell<IdSet>,
+    /// ...unless the plan has at most [`PASSES_UP_TO`] holders in the namespace.
+    few: bool,
 }
+
+/// Up to this many holders in a namespace's plan, whether its table has a mount below a
+/// holder is a pass of id compares each, cheaper than hashing every mount of the table.
+const PASSES_UP_TO: usize = 16;
 
 impl Check<'_> {
     fn statmount(&mut self, unique: u64) -> Result<sys::Statmount, String> {
@@ -223,17 +231,25 @@ impl Check<'_> {
     /// lookup found none and the table has none, else listed again and compared.
     fn below(&mut self, h: &Holder) -> Result<(), String> {
         let unique = h.mount.unique_id.map_or(0, NonZeroU64::get);
-        let kept_children = self
-            .parents
-            .get_or_init(|| {
-                self.table
-                    .mounts
-                    .iter()
-                    .filter(|m| m.parent_id != m.id)
-                    .map(|m| m.parent_id)
-                    .collect()
-            })
-            .contains(&h.mount.id);
+        let id = h.mount.id;
+        let kept_children = match self.few {
+            true => self
+                .table
+                .mounts
+                .iter()
+                .any(|m| m.parent_id == id && m.id != id),
+            false => self
+                .parents
+                .get_or_init(|| {
+                    self.table
+                        .mounts
+                        .iter()
+                        .filter(|m| m.parent_id != m.id)
+                        .map(|m| m.parent_id)
+                        .collect()
+                })
+                .contains(&id),
+        };
         if !kept_children && h.mount.unique_id.is_some_and(|u| self.bare.contains(&u)) {
             return Ok(());
         }
