@@ -277,10 +277,15 @@ impl MountTable {
 
     /// Depth of mount `i` in the tree (the root mount is 0).
     pub fn depth(&self, index: &IdMap<usize>, i: usize) -> u32 {
+        self.depth_by(|id| index.get(&id).copied(), i)
+    }
+
+    /// [`Self::depth`], positions found by `position_of` (an id's position in the table).
+    pub fn depth_by(&self, position_of: impl Fn(u64) -> Option<usize>, i: usize) -> u32 {
         let mut depth = 0;
         let mut at = i;
         // Bounded by the table size, in case of a (corrupt) cycle.
-        while let Some(&p) = index.get(&self.mounts[at].parent_id) {
+        while let Some(p) = position_of(self.mounts[at].parent_id) {
             if p == at || depth as usize >= self.mounts.len() {
                 break;
             }

@@ -11,17 +11,32 @@ use super::{Holder, Match, Scan, target_bytes, under_any};
 use crate::engine::mountinfo::encode;
 use crate::engine::propagation::PropagationTree;
 use crate::engine::source;
-use crate::engine::table::path_is_under_pattern;
+use crate::engine::table::{IdMap, MountTable, path_is_under_pattern};
 
 /// Fills `scan.holders` with every path, identity and inside-copy match.
 pub(super) fn match_holders(scan: &mut Scan) {
     let targets = target_bytes(&scan.targets);
-    let seed_devs = seed_devices(scan);
+    // No seed in a trusted view (the node's own copy already unmounted, as a runtime's
+    // removal does first): no identity to match by, so no mount of a seed's device is
+    // gathered, nor compared below (every mount of the node, where they share one).
+    let seed_devs = match trusted_seed_keys(scan).is_empty() {
+        true => HashSet::new(),
+        false => seed_devices(scan),
+    };
     let mut same_dev = SameDevice::of(scan, &seed_devs);
     let (identities, refused) = trusted_identities(scan, &mut same_dev);
     same_dev.hydrate_for_matching(scan, &identities, &refused);
     let devices: HashSet<(u32, u32)> = scan.devices.iter().copied().collect();
     let root_lengths = RootLengths::of(identities.iter().chain(&refused));
+    let listed: Option<Vec<(&Identity, bool)>> = (identities.len() + refused.len() <= LIST_UP_TO)
+        .then(|| {
+            let refused = refused.iter().map(|k| (k, true));
+            identities
+                .iter()
+                .map(|k| (k, false))
+                .chain(refused)
+                .collect()
+        });
     for ns in 0..scan.namespaces.len() {
         let scanned = &scan.namespaces[ns];
         let Some(table) = scanned.table.as_ref() else {
@@ -33,10 +48,11 @@ pub(super) fn match_holders(scan: &mut Scan) {
             identities: &identities,
             refused: &refused,
             root_lengths: &root_lengths,
+            listed: listed.as_deref(),
             devices: &devices,
         };
-        if let Some((matched, index)) = matches_in(table, &scanned.seeds, &known) {
-            push_holders(scan, ns, &matched, &index);
+        if let Some(matched) = matches_in(table, &scanned.seeds, &known) {
+            push_holders(scan, ns, &matched);
         }
     }
     if !devices.is_empty() {
@@ -88,8 +104,37 @@ struct Known<'a> {
     /// The lengths of both sets' roots: most mounts of a seed's device (on a node whose
     /// mounts share one filesystem, every mount) are ruled out by this, with no hashing.
     root_lengths: &'a RootLengths,
+    /// Both sets as one list, each key with whether it is refused, when they have at most
+    /// [`LIST_UP_TO`] keys (one per target, usually): comparing a root's bytes with each
+    /// costs less than building and hashing a key, which every mount of a seed's device
+    /// whose root has a key's length needs otherwise.
+    listed: Option<&'a [(&'a Identity, bool)]>,
     /// [`Scan::devices`]: every mount of these is a holder, wherever it is.
     devices: &'a HashSet<(u32, u32)>,
+}
+
+/// See [`Known::listed`].
+const LIST_UP_TO: usize = 8;
+
+impl Known<'_> {
+    /// Whether the identity (`dev`, `root`) is trusted (`Some(false)`), refused
+    /// (`Some(true)`) or neither; `key` is the caller's buffer, reused across mounts.
+    fn lookup(&self, dev: (u32, u32), root: &[u8], key: &mut Identity) -> Option<bool> {
+        if let Some(listed) = self.listed {
+            return listed
+                .iter()
+                .find(|((d, r), _)| *d == dev && r.as_slice() == root)
+                .map(|&(_, refused)| refused);
+        }
+        key.0 = dev;
+        key.1.clear();
+        key.1.extend_from_slice(root);
+        if self.identities.contains(key) {
+            Some(false)
+        } else {
+            self.refused.contains(key).then_some(true)
+        }
+    }
 }
 
 /// A set of lengths: exact below 4096 (`PATH_MAX`), one flag for any longer.
@@ -215,13 +260,8 @@ fn trusted_seed_keys(scan: &Scan) -> Vec<Identity> {
     keys
 }
 
-/// How each mount of one namespace's table matches, with the table's index; `None` when
-/// none does.
-fn matches_in(
-    table: &crate::engine::table::MountTable,
-    seeds: &[usize],
-    known: &Known,
-) -> Option<(Vec<Option<Match>>, crate::engine::table::IdMap<usize>)> {
+/// How each mount of one namespace's table matches; `None` when none does.
+fn matches_in(table: &MountTable, seeds: &[usize], known: &Known) -> Option<Vec<Option<Match>>> {
     // Allocated at the first match: most tables of a node match nothing, and the pass
     // below is the only one over their mounts.
     let mut matched: Vec<Option<Match>> = Vec::new();
@@ -252,7 +292,12 @@ fn matches_in(
     }
     let mut key: Identity = ((0, 0), Vec::new());
     let mut ns_root = None;
-    for (i, m) in table.mounts.iter().enumerate() {
+    let by_identity = !known.identities.is_empty() || !known.refused.is_empty();
+    let mounts = match by_identity || !known.devices.is_empty() {
+        true => &table.mounts[..],
+        false => &[],
+    };
+    for (i, m) in mounts.iter().enumerate() {
         if matched.get(i).is_some_and(Option::is_some) {
             continue;
         }
@@ -267,36 +312,42 @@ fn matches_in(
             continue;
         }
         // One key for the whole table: no allocation per mount of the seeds' devices.
-        key.0 = m.dev;
-        key.1.clear();
-        key.1.extend_from_slice(table.root(m));
-        if known.identities.contains(&key) {
-            set(&mut matched, i, Match::Identity);
-        } else if known.refused.contains(&key)
-            && *ns_root.get_or_insert_with(|| table.root_position()) == Some(i)
-        {
+        match known.lookup(m.dev, table.root(m), &mut key) {
+            Some(false) => set(&mut matched, i, Match::Identity),
             // A container running on the layer: always kept, but worth reporting.
-            set(&mut matched, i, Match::Identity);
+            Some(true) if *ns_root.get_or_insert_with(|| table.root_position()) == Some(i) => {
+                set(&mut matched, i, Match::Identity)
+            }
+            _ => {}
         }
     }
     if matched.is_empty() {
         return None;
     }
-    let index = table.index();
-    close_over_children(table, &index, &mut matched);
-    Some((matched, index))
+    close_over_children(table, &mut matched);
+    Some(matched)
 }
 
 /// Whatever is mounted inside a matched copy must go first: close over children. Not below
 /// a namespace's root mount, though: that copy is a container's rootfs, never released, and
 /// everything in its namespace is "inside" it. The kernel lists parents before children,
 /// but a later mount can land on an earlier parent, so iterate to a fixed point.
-fn close_over_children(
-    table: &crate::engine::table::MountTable,
-    index: &crate::engine::table::IdMap<usize>,
-    matched: &mut [Option<Match>],
-) {
-    let ns_root = table.root_mount(index);
+fn close_over_children(table: &MountTable, matched: &mut [Option<Match>]) {
+    // Most copies have nothing inside them: one pass of compares says so, with no index.
+    let ids: Vec<u64> = (0..matched.len())
+        .filter(|&i| matched[i].is_some())
+        .map(|i| table.mounts[i].id)
+        .collect();
+    if ids.len() <= PASSES_UP_TO
+        && !table
+            .mounts
+            .iter()
+            .any(|m| m.parent_id != m.id && ids.contains(&m.parent_id))
+    {
+        return;
+    }
+    let index = table.index();
+    let ns_root = table.root_mount(&index);
     loop {
         let mut changed = false;
         for i in 0..table.mounts.len() {
@@ -315,13 +366,35 @@ fn close_over_children(
     }
 }
 
+/// Up to this many lookups by id in one table, each is a pass of compares over it: cheaper
+/// than the hash index of every mount (most namespaces of a node hold one copy).
+const PASSES_UP_TO: usize = 16;
+
+/// Where the mounts of one table are, by id: [`MountTable::index`] where many are looked
+/// up, else a pass over the table each.
+enum Positions {
+    Index(IdMap<usize>),
+    Passes,
+}
+
+impl Positions {
+    fn of(table: &MountTable, lookups: usize) -> Self {
+        match lookups <= PASSES_UP_TO {
+            true => Positions::Passes,
+            false => Positions::Index(table.index()),
+        }
+    }
+
+    fn get(&self, table: &MountTable, id: u64) -> Option<usize> {
+        match self {
+            Positions::Index(index) => index.get(&id).copied(),
+            Positions::Passes => table.mounts.iter().position(|m| m.id == id),
+        }
+    }
+}
+
 /// The matched mounts of namespace `ns` as holders, with their strings read.
-fn push_holders(
-    scan: &mut Scan,
-    ns: usize,
-    matched: &[Option<Match>],
-    index: &crate::engine::table::IdMap<usize>,
-) {
+fn push_holders(scan: &mut Scan, ns: usize, matched: &[Option<Match>]) {
     let picked: Vec<usize> = (0..matched.len())
         .filter(|&i| matched[i].is_some())
         .collect();
@@ -329,10 +402,12 @@ fn push_holders(
         .table
         .as_mut()
         .expect("matched in a read table");
+    // A parent and a walk to the root per holder (a handful of levels).
+    let positions = Positions::of(table, picked.len() * 8);
     // Inside-copy mounts and the parents of holders may still lack their strings.
     let parents: Vec<usize> = picked
         .iter()
-        .filter_map(|&i| index.get(&table.mounts[i].parent_id).copied())
+        .filter_map(|&i| positions.get(table, table.mounts[i].parent_id))
         .collect();
     source::hydrate(table, picked.iter().copied().chain(parents));
     let mut unreachable = 0;
@@ -354,8 +429,8 @@ fn push_holders(
             fs_type: String::from_utf8_lossy(table.str(m.fs_type)).into_owned(),
             source: table.str(m.source).to_vec(),
             matched: matched[i].expect("picked"),
-            parent: index.get(&m.parent_id).map(|&p| table.mounts[p]),
-            depth: table.depth(index, i),
+            parent: positions.get(table, m.parent_id).map(|p| table.mounts[p]),
+            depth: table.depth_by(|id| positions.get(table, id), i),
             in_use: None,
             pins: Vec::new(),
         });

@@ -532,3 +532,42 @@ fn identity_refused(scan: &Scan) -> bool {
         .iter()
         .any(|n| n.contains("not private to the target"))
 }
+
+#[test]
+fn identities_match_alike_whether_the_keys_are_few_or_many() {
+    // Nine layers in mntreap's own view, each copied at another path in an agent's view:
+    // one target at a time (keys compared as a list) and all nine (hashed) find the same.
+    let layer = |k: usize| format!("/d/l/t{k}/merged");
+    let mut own = String::from("1 0 254:0 / / rw - ext4 /dev/vda rw\n");
+    let mut agent = own.clone();
+    for k in 0..9 {
+        own.push_str(&format!(
+            "{} 1 0:{} / {} rw - overlay overlay rw\n",
+            k + 2,
+            k + 50,
+            layer(k)
+        ));
+        agent.push_str(&format!(
+            "{} 1 0:{} / /host{} rw - overlay overlay rw\n",
+            k + 20,
+            k + 50,
+            layer(k)
+        ));
+    }
+    agent.push_str("40 1 0:99 / /host/d/l/t0/other rw - tmpfs unrelated rw\n");
+    let (own, agent): (&'static str, &'static str) = (String::leak(own), String::leak(agent));
+    let namespaces = || [Ns(1, true, true, own), Ns(2, false, true, agent)];
+    let layers: Vec<String> = (0..9).map(layer).collect();
+    let targets: Vec<&str> = layers.iter().map(String::as_str).collect();
+    let all = matched(&scan_of(&targets, &[], &namespaces()));
+    let mut each: Vec<(u64, String, Match)> = targets
+        .iter()
+        .flat_map(|&t| matched(&scan_of(&[t], &[], &namespaces())))
+        .collect();
+    each.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+    assert_eq!(all, each);
+    let copies = all
+        .iter()
+        .filter(|(ns, _, how)| *ns == 2 && *how == Match::Identity);
+    assert_eq!(copies.count(), 9, "{all:?}");
+}
