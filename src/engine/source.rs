@@ -14,6 +14,9 @@ use crate::engine::nsexec::NsWorker;
 use crate::engine::sys;
 use crate::engine::table::{IdMap, IdSet, Mount, MountTable, Span, path_is_under};
 
+mod lookup;
+use lookup::{bare_mount, nothing_mounted_below, probe};
+
 /// Which way mount tables are read.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
@@ -185,8 +188,9 @@ pub(crate) fn read_listmount_ids(
 
 /// The mounts at or below the targets in one namespace (indices into its table), and of
 /// them the mounts whose root a lookup of a target reached and found with nothing mounted
-/// below it ([`nothing_mounted_below`]): the kernel's answer during this scan, which a
-/// plan from kept tables may rest on instead of listing below the mount again.
+/// below it (no directory, or an empty one of a tmpfs or ramfs, whose listing is the
+/// dentry cache): the kernel's answer during this scan, which a plan from kept tables may
+/// rest on instead of listing below the mount again.
 #[derive(Debug, Default)]
 pub struct TargetMounts {
     pub seeds: Vec<usize>,
@@ -242,7 +246,7 @@ pub fn read_targeted(
         }
         let magic = loaded.get(&unique).map(|sm| sm.sb_magic);
         match magic.is_some_and(|m| nothing_mounted_below(fd.as_fd(), &found, m)) {
-            true if found.is_mount_root => bare.extend(NonZeroU64::new(unique)),
+            true if found.known_mount_root => bare.extend(NonZeroU64::new(unique)),
             true => {}
             false => wanted.extend(sys::listmount_below(ns_id, unique).unwrap_or_default()),
         }
@@ -361,8 +365,8 @@ pub fn hydrate_roots(table: &mut MountTable, indices: impl IntoIterator<Item = u
 /// reading every mount's strings, so the worker enters the namespace and looks each target
 /// up (`openat2` without symlinks, `statx`): a target that is a mount root gives the
 /// mounts stacked there and everything below them; a target inside a mount gives that
-/// mount's children below it, unless nothing can be mounted below the target
-/// ([`nothing_mounted_below`]). The result is then checked against the strings, so it is never
+/// mount's children below it, unless nothing can be mounted below the target (see
+/// [`TargetMounts`]). The result is then checked against the strings, so it is never
 /// more than the text backend finds; it can miss only mounts hidden under another mount,
 /// which nothing could unmount by path anyway. Namespaces of other user namespaces are
 /// never walked (their owner can put a FUSE daemon on any path there): their strings are
@@ -444,90 +448,6 @@ pub fn mounts_under(
         .filter(|&i| under(table, i))
         .collect();
     Ok(TargetMounts { seeds, bare })
-}
-
-struct Probe {
-    mnt_id: Option<u64>,
-    is_mount_root: bool,
-    is_dir: bool,
-}
-
-/// Looks `path` up in the current namespace without following symlinks.
-fn probe(path: &[u8]) -> Option<(std::os::fd::OwnedFd, Probe)> {
-    use std::os::unix::ffi::OsStrExt;
-    let fd = sys::open_path_no_symlinks(std::ffi::OsStr::from_bytes(path)).ok()?;
-    let st = sys::statx_mount(
-        Some(fd.as_fd()),
-        std::ffi::OsStr::new(""),
-        // The mount id and root bit come from the VFS: no round trip to a network or FUSE
-        // filesystem for attributes.
-        libc::AT_EMPTY_PATH | libc::AT_STATX_DONT_SYNC,
-    )
-    .ok()?;
-    Some((
-        fd,
-        Probe {
-            mnt_id: st.mnt_id,
-            is_mount_root: st.is_mount_root.unwrap_or(true),
-            is_dir: st.is_dir,
-        },
-    ))
-}
-
-/// Magic numbers of the filesystems whose directory listings the kernel makes from its
-/// own dentries and inodes: tmpfs, ramfs, ext2-4, xfs, btrfs. A FUSE or network
-/// filesystem's listing is its server's word (and reading it may wait on that server);
-/// an overlay's is merged from layers that may be either.
-const KERNEL_LISTED: [u64; 5] = [0x0102_1994, 0x8584_58f6, 0xef53, 0x5846_5342, 0x9123_683e];
-
-/// Whether the kernel shows now that nothing is mounted at or below the path `fd` names
-/// (looked up as `probe` says, so the topmost mount there), in a filesystem of magic
-/// `sb_magic`. A mount below the path sits on a dentry under it, or on the path itself,
-/// stacked, where the lookup would have given that mount instead: so nothing is below a
-/// path that is no directory, nor below an empty directory the kernel lists itself.
-fn nothing_mounted_below(fd: std::os::fd::BorrowedFd<'_>, probe: &Probe, sb_magic: u64) -> bool {
-    if !probe.is_dir {
-        return true;
-    }
-    // An O_PATH descriptor can be the base of openat: list the directory it names.
-    KERNEL_LISTED.contains(&sb_magic)
-        && nix::dir::Dir::openat(
-            fd,
-            ".",
-            nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY,
-            nix::sys::stat::Mode::empty(),
-        )
-        .is_ok_and(|mut d| {
-            d.iter()
-                .filter_map(Result::ok)
-                .all(|e| matches!(e.file_name().to_bytes(), b"." | b".."))
-        })
-}
-
-/// [`nothing_mounted_below`] with the mount's filesystem read from the kernel: `None`
-/// when something may be mounted below the path, else whether the path is the root of
-/// its mount with the mount's 64-bit id (no id: a kernel without unique ids).
-fn bare_mount(
-    ns_id: u64,
-    fd: std::os::fd::BorrowedFd<'_>,
-    probe: &Probe,
-    buf: &mut sys::StatmountBuf,
-) -> Option<Option<NonZeroU64>> {
-    let unique = sys::statx_unique_mnt_id(fd).ok().flatten();
-    let magic = match (probe.is_dir, unique) {
-        (false, _) => 0,
-        (true, Some(id)) => {
-            sys::statmount(ns_id, id, sys::STATMOUNT_SB_BASIC, buf)
-                .ok()?
-                .sb_magic
-        }
-        (true, None) => return None,
-    };
-    nothing_mounted_below(fd, probe, magic).then(|| {
-        unique
-            .and_then(NonZeroU64::new)
-            .filter(|_| probe.is_mount_root)
-    })
 }
 
 /// Where the mount with id `id` is in `table` (ids are distinct among the mounts one

@@ -58,32 +58,38 @@ fn cstring(path: &OsStr) -> io::Result<CString> {
     CString::new(path.as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
 }
 
+/// `statx(2)` of `path` from `dirfd` (the working directory when none), asking for `mask`.
+fn statx(
+    dirfd: Option<BorrowedFd<'_>>,
+    path: &CStr,
+    flags: libc::c_int,
+    mask: u32,
+) -> io::Result<libc::statx> {
+    let raw_dirfd = dirfd.map_or(libc::AT_FDCWD, |fd| fd.as_raw_fd());
+    let mut buf = std::mem::MaybeUninit::<libc::statx>::zeroed();
+    // SAFETY: `path` is a valid NUL-terminated string that outlives the call, `buf` is a
+    // writable statx buffer of the size the kernel expects, and `raw_dirfd` is either
+    // AT_FDCWD or a descriptor borrowed for the duration of the call.
+    let rc = unsafe { libc::statx(raw_dirfd, path.as_ptr(), flags, mask, buf.as_mut_ptr()) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: statx returned 0, so the kernel filled the buffer (and it was zeroed before).
+    Ok(unsafe { buf.assume_init() })
+}
+
 /// `statx(dirfd, path, flags, STATX_MNT_ID)`; `path` may be empty with `AT_EMPTY_PATH`.
 pub(crate) fn statx_mount(
     dirfd: Option<BorrowedFd<'_>>,
     path: &OsStr,
     flags: libc::c_int,
 ) -> io::Result<MountStat> {
-    let c_path = cstring(path)?;
-    let raw_dirfd = dirfd.map_or(libc::AT_FDCWD, |fd| fd.as_raw_fd());
-    let mut buf = std::mem::MaybeUninit::<libc::statx>::zeroed();
-    // SAFETY: `c_path` is a valid NUL-terminated string that outlives the call, `buf` is a
-    // writable statx buffer of the size the kernel expects, and `raw_dirfd` is either
-    // AT_FDCWD or a descriptor borrowed for the duration of the call.
-    let rc = unsafe {
-        libc::statx(
-            raw_dirfd,
-            c_path.as_ptr(),
-            flags,
-            STATX_MNT_ID | libc::STATX_TYPE,
-            buf.as_mut_ptr(),
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: statx returned 0, so the kernel filled the buffer (and it was zeroed before).
-    let stx = unsafe { buf.assume_init() };
+    let stx = statx(
+        dirfd,
+        &cstring(path)?,
+        flags,
+        STATX_MNT_ID | libc::STATX_TYPE,
+    )?;
     let mnt_id = (stx.stx_mask & STATX_MNT_ID != 0).then_some(stx.stx_mnt_id);
     let is_mount_root = (stx.stx_attributes_mask & STATX_ATTR_MOUNT_ROOT != 0)
         .then_some(stx.stx_attributes & STATX_ATTR_MOUNT_ROOT != 0);
@@ -334,25 +340,28 @@ struct MntIdReq {
 /// `statx` mask bit for the 64-bit, never-reused mount id (Linux 6.8+).
 const STATX_MNT_ID_UNIQUE: u32 = 0x4000;
 
-/// The 64-bit unique id of the mount an fd is on (`statx(STATX_MNT_ID_UNIQUE)`).
-pub(crate) fn statx_unique_mnt_id(fd: BorrowedFd<'_>) -> io::Result<Option<u64>> {
-    let mut buf = std::mem::MaybeUninit::<libc::statx>::zeroed();
-    // SAFETY: the path is a static empty C string, `buf` is a writable statx buffer, and
-    // `fd` is borrowed for the duration of the call (AT_EMPTY_PATH: stat the fd itself).
-    let rc = unsafe {
-        libc::statx(
-            fd.as_raw_fd(),
-            c"".as_ptr(),
-            libc::AT_EMPTY_PATH,
-            STATX_MNT_ID_UNIQUE,
+/// `getdents64(2)` into `buf`: the bytes of `linux_dirent64` records it filled (0 at the
+/// end of the directory). A failed read is an error, never the end.
+pub(crate) fn getdents64(dir: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: the kernel writes at most `buf.len()` bytes into `buf`, which outlives the
+    // call; `dir` is borrowed for the duration of the call.
+    let n = unsafe {
+        libc::syscall(
+            libc::SYS_getdents64,
+            dir.as_raw_fd(),
             buf.as_mut_ptr(),
+            buf.len(),
         )
     };
-    if rc != 0 {
+    if n < 0 {
         return Err(io::Error::last_os_error());
     }
-    // SAFETY: statx returned 0, so the kernel filled the (zeroed) buffer.
-    let stx = unsafe { buf.assume_init() };
+    Ok(n as usize)
+}
+
+/// The 64-bit unique id of the mount an fd is on (`statx(STATX_MNT_ID_UNIQUE)`).
+pub(crate) fn statx_unique_mnt_id(fd: BorrowedFd<'_>) -> io::Result<Option<u64>> {
+    let stx = statx(Some(fd), c"", libc::AT_EMPTY_PATH, STATX_MNT_ID_UNIQUE)?;
     Ok((stx.stx_mask & STATX_MNT_ID_UNIQUE != 0).then_some(stx.stx_mnt_id))
 }
 

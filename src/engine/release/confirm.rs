@@ -10,7 +10,7 @@
 //! holder it unmounts, the mounts below it now (`MNT_DETACH` takes all of them): listed
 //! again, unless the scan's own lookup of the target (the kernel's answer during this scan,
 //! as a cold scan's listing is) found the holder on top there with nothing below it (an
-//! empty directory the kernel lists itself, or no directory; see
+//! empty directory of a tmpfs or ramfs, or no directory; see
 //! [`crate::engine::source::TargetMounts`]) and the table has nothing below it either. Any
 //! difference, and any holder it unmounts whose parent is shared (where that unmount
 //! propagates is known only from every namespace's table read now), sets the plan aside:
