@@ -11,7 +11,8 @@
 //! Rows:
 //! - scan: `grep -l ID /proc/[0-9]*/mountinfo` (the find-busy-mnt approach), one read of
 //!   mountinfo per namespace (the floor of the text path), and `mntreap scan` with each
-//!   backend;
+//!   backend (`--paths-only` also of a layer with a file in it, below which every
+//!   namespace is listed: the layers of this node are empty);
 //! - release of one layer in every namespace: a `umount -N /proc/PID/ns/mnt -l PATH` loop
 //!   (util-linux) against `mntreap release` with each backend;
 //! - index: the same scans in process, cold and warm, with the listing index and (6.15+)
@@ -218,6 +219,7 @@ fn main() {
     let mut scan_lm = Vec::new();
     let mut scan_mi = Vec::new();
     let mut scan_po = Vec::new();
+    let mut scan_po_full = Vec::new();
     let mut scan_mi1 = Vec::new();
     let mut umount_loop = Vec::new();
     let mut release = Vec::new();
@@ -262,6 +264,29 @@ fn main() {
             assert_eq!(n, cfg.namespaces, "{backend} scan found {n} holders");
             into.push(d);
         }
+
+        // --paths-only of a layer with a file in it (as a container's rootfs is never empty):
+        // the lookup cannot rule out a mount below it, so each namespace is listed below it.
+        let full = layer(targets[5 * cfg.runs - 1] + 2 * cfg.runs + 2 + run);
+        std::fs::write(format!("{full}/file"), b"").unwrap();
+        nix::mount::umount2(full.as_str(), nix::mount::MntFlags::MNT_DETACH).unwrap();
+        let (d, out) = time(|| {
+            run_ok(
+                Command::new(BIN)
+                    .args([
+                        "scan",
+                        "--any-path",
+                        "--json",
+                        "--paths-only",
+                        "--path",
+                        &full,
+                    ])
+                    .env("MNTREAP_BACKEND", "listmount"),
+            )
+        });
+        let doc: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(doc["holders"].as_array().unwrap().len(), cfg.namespaces);
+        scan_po_full.push(d);
 
         // Release: util-linux loop on one target, mntreap on another.
         let loop_target = layer(targets[cfg.runs + run]);
@@ -332,6 +357,7 @@ fn main() {
     // The agent's own rows, with a real runtime beside the node.
     let agent = agent::measure(&dir, 10, BIN);
 
+    let scan_po_full = median(scan_po_full);
     let (grep, once, scan_lm, scan_mi, scan_mi1, scan_po) = (
         median(grep),
         median(once),
@@ -394,6 +420,12 @@ fn main() {
         "scan: mntreap scan --paths-only, listmount backend",
         ms(scan_po),
         ratio(grep, scan_po)
+    );
+    println!(
+        "{:<58} {}  {:.1}x faster than grep",
+        "scan: ... --paths-only, a layer with a file in it",
+        ms(scan_po_full),
+        ratio(grep, scan_po_full)
     );
     println!(
         "{:<58} {}",
