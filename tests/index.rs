@@ -783,3 +783,47 @@ fn a_warm_release_of_a_copy_with_many_mounts_inside_is_confirmed_mount_by_mount(
     assert!(!has_mount_at(holder, &layer), "the copy is still there");
     assert!(!has_mount_at(sb.host_pid(), &format!("{layer}/m1")));
 }
+
+#[test]
+fn a_mount_made_below_a_bare_copy_after_the_scan_never_goes_with_its_detach() {
+    let Some((_serial, index)) = serial_with(release_index) else {
+        return;
+    };
+    // The scan finds each copy's root empty, so its confirmation lists below no copy; a
+    // tmpfs mounted inside the holder's copy after the scan must not go with a detach.
+    let (_sb, layer, holder, request) = node("index-release-late");
+    kept_scan(&index, &request);
+    let warm = warm_scan(&index, &request);
+    let late = format!("{layer}/late");
+    nsenter_ok(
+        holder,
+        &[
+            "sh",
+            "-c",
+            &format!("mkdir {late} && mount -t tmpfs late {late}"),
+        ],
+    );
+    match mntreap::engine::release::run_on(warm, &request, Default::default(), false) {
+        Ok(rel) => {
+            let refused = rel
+                .results
+                .iter()
+                .filter(|r| format!("{:?}", r.outcome).contains("MountedBelow"))
+                .count();
+            assert_eq!(
+                refused, 2,
+                "both copies' roots are no longer empty: {:?}",
+                rel.results
+            );
+            assert!(
+                has_mount_at(holder, &layer),
+                "the holder's copy was detached"
+            );
+        }
+        Err(e) => assert!(matches!(e, ScanError::Unconfirmed { .. }), "{e}"),
+    }
+    assert!(
+        has_mount_at(holder, &late),
+        "the tmpfs mounted after the scan went with the copy's detach"
+    );
+}

@@ -15,6 +15,7 @@ use crate::engine::sys;
 use crate::engine::table::{IdMap, IdSet, Mount, MountTable, Span, path_is_under};
 
 mod lookup;
+pub(crate) use lookup::still_nothing_below;
 use lookup::{bare_mount, nothing_mounted_below, probe};
 
 /// Which way mount tables are read.

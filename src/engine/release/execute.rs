@@ -79,7 +79,8 @@ pub fn execute(
                     },
                     (step, Ok(())) => {
                         let ns_id = scanned.table.as_ref().and_then(|t| t.ns_id);
-                        unmount_one(worker, &scan.holders[a.holder], step, ns_id)
+                        let bare = h.mount.unique_id.filter(|u| scanned.bare.contains(u));
+                        unmount_one(worker, h, step, ns_id, bare)
                     }
                 };
                 if matches!(outcome, Outcome::Failed { .. }) {
@@ -98,8 +99,15 @@ pub fn execute(
     })
 }
 
-/// Verifies and unmounts one holder in the namespace the worker is in.
-fn unmount_one(worker: &mut NsWorker, h: &Holder, step: &Step, ns_id: Option<u64>) -> Outcome {
+/// Verifies and unmounts one holder in the namespace the worker is in. `bare`: its 64-bit
+/// id, when the scan's lookup found nothing below it (which a confirmation may rest on).
+fn unmount_one(
+    worker: &mut NsWorker,
+    h: &Holder,
+    step: &Step,
+    ns_id: Option<u64>,
+    bare: Option<std::num::NonZeroU64>,
+) -> Outcome {
     let path = OsStr::from_bytes(&h.mount_point);
     let fd = match sys::open_path_no_symlinks(path) {
         Ok(fd) => fd,
@@ -152,6 +160,18 @@ fn unmount_one(worker: &mut NsWorker, h: &Holder, step: &Step, ns_id: Option<u64
                 found: stat.mnt_id,
                 dev: format!("{}:{}", stat.dev.0, stat.dev.1),
                 scanned: h.mount.id,
+            },
+        };
+    }
+    // Found bare by the scan: a mount made below it since would go with the detach, unseen
+    // (the plan may rest on that finding instead of a listing). Asked again here, through
+    // the descriptor the detach uses.
+    if let (Some(ns_id), Some(unique)) = (ns_id, bare)
+        && !crate::engine::source::still_nothing_below(ns_id, unique.get(), fd.as_fd(), stat.is_dir)
+    {
+        return Outcome::Failed {
+            error: UnmountError::MountedBelow {
+                path: path.to_string_lossy().into_owned(),
             },
         };
     }

@@ -131,6 +131,12 @@ pub enum UnmountError {
     },
     #[error("umount2({path}, MNT_DETACH): {errno}")]
     Umount { path: String, errno: nix::Error },
+    #[error(
+        "{path} is no longer an empty directory: something may have been mounted below it \
+         since the scan, which a detach would take unseen; nothing was unmounted (release \
+         again)"
+    )]
+    MountedBelow { path: String },
 }
 
 /// In documents and audit lines, an error is its message.

@@ -85,6 +85,27 @@ pub(super) fn bare_mount(
     })
 }
 
+/// Whether the mount root `fd` names (of the mount with 64-bit id `unique` in namespace
+/// `ns_id`, in the namespace the worker is in) still has nothing mounted below it: the
+/// rule of [`nothing_mounted_below`], asked again right before a detach that rests on it.
+pub(crate) fn still_nothing_below(
+    ns_id: u64,
+    unique: u64,
+    fd: BorrowedFd<'_>,
+    is_dir: bool,
+) -> bool {
+    let root = Probe {
+        mnt_id: None,
+        is_mount_root: true,
+        known_mount_root: true,
+        is_dir,
+    };
+    let mut buf = sys::StatmountBuf::new();
+    !is_dir
+        || sys::statmount(ns_id, unique, sys::STATMOUNT_SB_BASIC, &mut buf)
+            .is_ok_and(|sm| nothing_mounted_below(fd, &root, sm.sb_magic))
+}
+
 /// Whether the directory `dir` names (an `O_PATH` descriptor will do) has no entry but `.`
 /// and `..`. Any failure is an error, never the end of the listing: `readdir_r` through
 /// nix reports a failed read as the end, so an unreadable directory looked empty.
