@@ -166,9 +166,14 @@ fn unmount_one(
     // Found bare by the scan: a mount made below it since would go with the detach, unseen
     // (the plan may rest on that finding instead of a listing). Asked again here, through
     // the descriptor the detach uses.
+    // (What is mounted in the instant between this and the detach still goes with it: the
+    // kernel has no detach that refuses a mount with children.)
     if let (Some(ns_id), Some(unique)) = (ns_id, bare)
         && !crate::engine::source::still_nothing_below(ns_id, unique.get(), fd.as_fd(), stat.is_dir)
     {
+        if !still_mounted(worker, h, Some(ns_id)) {
+            return Outcome::Gone;
+        }
         return Outcome::Failed {
             error: UnmountError::MountedBelow {
                 path: path.to_string_lossy().into_owned(),

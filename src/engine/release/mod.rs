@@ -132,9 +132,9 @@ pub enum UnmountError {
     #[error("umount2({path}, MNT_DETACH): {errno}")]
     Umount { path: String, errno: nix::Error },
     #[error(
-        "{path} is no longer an empty directory: something may have been mounted below it \
-         since the scan, which a detach would take unseen; nothing was unmounted (release \
-         again)"
+        "{path} could not be shown to have nothing mounted below it any more (no longer an \
+         empty directory, or unreadable): a detach would take whatever is there unseen; \
+         nothing was unmounted (release again: it is then listed below)"
     )]
     MountedBelow { path: String },
 }
