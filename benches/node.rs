@@ -17,7 +17,8 @@
 //!   (util-linux) against `mntreap release` with each backend;
 //! - index: the same scans in process, cold and warm, with the listing index and (6.15+)
 //!   the agent's, which trusts mount events ([`warm`]); and a release of one layer from the
-//!   agent's index, its plan confirmed by id;
+//!   agent's index, its plan confirmed by id (also of layers with a file in them, below
+//!   every copy of which the confirmation lists);
 //! - agent: the real agent process sweeping the unchanged node every second against a
 //!   private dockerd ([`agent`]): CPU per sweep and resident memory.
 
@@ -353,6 +354,16 @@ fn main() {
     }
     let warm_release =
         warm::measure_release(warm_layers.iter().map(Into::into).collect(), cfg.namespaces);
+    // The same of layers with a file in them: the confirmation lists below every copy.
+    let full_layers: Vec<String> = (0..cfg.runs)
+        .map(|k| layer(spare + 3 * cfg.runs + 1 + k))
+        .collect();
+    for l in &full_layers {
+        std::fs::write(format!("{l}/file"), b"").unwrap();
+        nix::mount::umount2(l.as_str(), nix::mount::MntFlags::MNT_DETACH).unwrap();
+    }
+    let warm_release_full =
+        warm::measure_release(full_layers.iter().map(Into::into).collect(), cfg.namespaces);
 
     // The agent's own rows, with a real runtime beside the node.
     let agent = agent::measure(&dir, 10, BIN);
@@ -451,16 +462,26 @@ fn main() {
         ratio(umount_loop, release_mi)
     );
     let cost = |c: warm::Cost| format!("{} {:>7.3} CPU-s", ms(c.wall), c.cpu.as_secs_f64());
-    match &warm_release {
-        Some(r) => println!(
-            "{:<58} {}  {:.1}x faster than the loop; {} reads by id confirmed it, {} released",
-            "release: warm, mount events (in process)",
-            cost(r.warm),
-            ratio(umount_loop, r.warm.wall),
-            r.confirmed,
-            r.released
+    for (what, row) in [
+        ("release: warm, mount events (in process)", &warm_release),
+        (
+            "release: ... warm, a layer with a file in it",
+            &warm_release_full,
         ),
-        None => println!("release: warm row not measured: this kernel has no mount events (6.15+)"),
+    ] {
+        match row {
+            Some(r) => println!(
+                "{:<58} {}  {:.1}x faster than the loop; {} reads by id confirmed it, {} released",
+                what,
+                cost(r.warm),
+                ratio(umount_loop, r.warm.wall),
+                r.confirmed,
+                r.released
+            ),
+            None => {
+                println!("{what}: not measured: this kernel has no mount events (6.15+)")
+            }
+        }
     }
     for (what, rows) in [("one layer", &one), ("node-wide", &node_wide)] {
         println!(
