@@ -246,8 +246,8 @@ pub fn read_targeted(
             at = parent;
         }
         let magic = loaded.get(&unique).map(|sm| sm.sb_magic);
-        match magic.is_some_and(|m| nothing_mounted_below(fd.as_fd(), &found, m)) {
-            true if found.known_mount_root => bare.extend(NonZeroU64::new(unique)),
+        match magic.is_some_and(|m| nothing_mounted_below(fd.as_fd(), found.is_dir, m)) {
+            true if found.known_mount_root() => bare.extend(NonZeroU64::new(unique)),
             true => {}
             false => wanted.extend(sys::listmount_below(ns_id, unique).unwrap_or_default()),
         }
@@ -411,7 +411,7 @@ pub fn mounts_under(
         };
         let buf = buf.get_or_insert_with(sys::StatmountBuf::new);
         let nothing_below = bare_mount(ns_id, fd.as_fd(), &found, buf);
-        if found.is_mount_root {
+        if found.is_mount_root() {
             bare.extend(nothing_below.flatten());
             // Walk down the stack at the target to its lowest mount, then take its subtree.
             let mut lowest = at;

@@ -39,6 +39,10 @@ pub type IdMap<V> = HashMap<u64, V, BuildHasherDefault<IdHasher>>;
 /// A set of mount ids.
 pub type IdSet = std::collections::HashSet<u64, BuildHasherDefault<IdHasher>>;
 
+/// Up to this many lookups by id in one table, each is a pass of compares over it: cheaper
+/// than an [`IdMap`] or [`IdSet`] of every mount (most namespaces of a node hold one copy).
+pub(crate) const PASSES_UP_TO: usize = 16;
+
 /// A byte range in a [`MountTable`]'s string arena, or (with its high bit set in both
 /// ends) in the [`StringPool`] the table shares.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -24,7 +24,7 @@ use std::num::NonZeroU64;
 use super::{NamespacePlan, Step};
 use crate::engine::scan::{Holder, Scan, ScanError};
 use crate::engine::sys;
-use crate::engine::table::{IdSet, Mount, MountTable};
+use crate::engine::table::{IdSet, Mount, MountTable, PASSES_UP_TO};
 
 const MASK: u64 = sys::STATMOUNT_SB_BASIC | sys::STATMOUNT_MNT_BASIC | sys::STATMOUNT_MNT_POINT;
 
@@ -157,10 +157,6 @@ struct Check<'a> {
     /// ...unless the plan has at most [`PASSES_UP_TO`] holders in the namespace.
     few: bool,
 }
-
-/// Up to this many holders in a namespace's plan, whether its table has a mount below a
-/// holder is a pass of id compares each, cheaper than hashing every mount of the table.
-const PASSES_UP_TO: usize = 16;
 
 impl Check<'_> {
     fn statmount(&mut self, unique: u64) -> Result<sys::Statmount, String> {

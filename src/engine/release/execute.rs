@@ -79,7 +79,7 @@ pub fn execute(
                     },
                     (step, Ok(())) => {
                         let ns_id = scanned.table.as_ref().and_then(|t| t.ns_id);
-                        let bare = h.mount.unique_id.filter(|u| scanned.bare.contains(u));
+                        let bare = h.mount.unique_id.is_some_and(|u| scanned.bare.contains(&u));
                         unmount_one(worker, h, step, ns_id, bare)
                     }
                 };
@@ -99,14 +99,14 @@ pub fn execute(
     })
 }
 
-/// Verifies and unmounts one holder in the namespace the worker is in. `bare`: its 64-bit
-/// id, when the scan's lookup found nothing below it (which a confirmation may rest on).
+/// Verifies and unmounts one holder in the namespace the worker is in. `bare`: the scan's
+/// lookup found nothing below it (which a confirmation may rest on).
 fn unmount_one(
     worker: &mut NsWorker,
     h: &Holder,
     step: &Step,
     ns_id: Option<u64>,
-    bare: Option<std::num::NonZeroU64>,
+    bare: bool,
 ) -> Outcome {
     let path = OsStr::from_bytes(&h.mount_point);
     let fd = match sys::open_path_no_symlinks(path) {
@@ -168,10 +168,8 @@ fn unmount_one(
     // the descriptor the detach uses.
     // (What is mounted in the instant between this and the detach still goes with it: the
     // kernel has no detach that refuses a mount with children.)
-    if let (Some(ns_id), Some(unique)) = (ns_id, bare)
-        && !crate::engine::source::still_nothing_below(ns_id, unique.get(), fd.as_fd(), stat.is_dir)
-    {
-        if !still_mounted(worker, h, Some(ns_id)) {
+    if bare && !crate::engine::source::still_nothing_below(fd.as_fd(), stat.is_dir) {
+        if !still_mounted(worker, h, ns_id) {
             return Outcome::Gone;
         }
         return Outcome::Failed {

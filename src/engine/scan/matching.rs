@@ -11,7 +11,7 @@ use super::{Holder, Match, Scan, target_bytes, under_any};
 use crate::engine::mountinfo::encode;
 use crate::engine::propagation::PropagationTree;
 use crate::engine::source;
-use crate::engine::table::{IdMap, MountTable, path_is_under_pattern};
+use crate::engine::table::{IdMap, MountTable, PASSES_UP_TO, path_is_under_pattern};
 
 /// Fills `scan.holders` with every path, identity and inside-copy match.
 pub(super) fn match_holders(scan: &mut Scan) {
@@ -19,12 +19,13 @@ pub(super) fn match_holders(scan: &mut Scan) {
     // No seed in a trusted view (the node's own copy already unmounted, as a runtime's
     // removal does first): no identity to match by, so no mount of a seed's device is
     // gathered, nor compared below (every mount of the node, where they share one).
-    let seed_devs = match trusted_seed_keys(scan).is_empty() {
+    let keys = trusted_seed_keys(scan);
+    let seed_devs = match keys.is_empty() {
         true => HashSet::new(),
         false => seed_devices(scan),
     };
     let mut same_dev = SameDevice::of(scan, &seed_devs);
-    let (identities, refused) = trusted_identities(scan, &mut same_dev);
+    let (identities, refused) = trusted_identities(scan, keys, &mut same_dev);
     same_dev.hydrate_for_matching(scan, &identities, &refused);
     let devices: HashSet<(u32, u32)> = scan.devices.iter().copied().collect();
     let root_lengths = RootLengths::of(identities.iter().chain(&refused));
@@ -191,6 +192,7 @@ fn seed_devices(scan: &Scan) -> HashSet<(u32, u32)> {
 /// path, and say nothing about what the target is.
 fn trusted_identities(
     scan: &mut Scan,
+    keys: Vec<Identity>,
     same_dev: &mut SameDevice,
 ) -> (HashSet<Identity>, HashSet<Identity>) {
     let mut identities: HashSet<Identity> = HashSet::new();
@@ -214,7 +216,7 @@ fn trusted_identities(
                 .collect()
         })
         .collect();
-    for key in trusted_seed_keys(scan) {
+    for key in keys {
         if identities.contains(&key) || refused.contains(&key) {
             continue;
         }
@@ -365,10 +367,6 @@ fn close_over_children(table: &MountTable, matched: &mut [Option<Match>]) {
         }
     }
 }
-
-/// Up to this many lookups by id in one table, each is a pass of compares over it: cheaper
-/// than the hash index of every mount (most namespaces of a node hold one copy).
-const PASSES_UP_TO: usize = 16;
 
 /// Where the mounts of one table are, by id: [`MountTable::index`] where many are looked
 /// up, else a pass over the table each.

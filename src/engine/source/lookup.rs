@@ -9,11 +9,21 @@ use crate::engine::sys;
 
 pub(super) struct Probe {
     pub(super) mnt_id: Option<u64>,
-    /// Taken to be a mount root when the kernel does not say (before 5.8)...
-    pub(super) is_mount_root: bool,
-    /// ...but known to be one only when it says so.
-    pub(super) known_mount_root: bool,
+    /// Whether the path is its mount's root, when the kernel says (5.8+).
+    mount_root: Option<bool>,
     pub(super) is_dir: bool,
+}
+
+impl Probe {
+    /// Taken to be a mount root unless the kernel says it is not...
+    pub(super) fn is_mount_root(&self) -> bool {
+        self.mount_root != Some(false)
+    }
+
+    /// ...but known to be one only when it says so.
+    pub(super) fn known_mount_root(&self) -> bool {
+        self.mount_root == Some(true)
+    }
 }
 
 /// Looks `path` up in the current namespace without following symlinks.
@@ -32,8 +42,7 @@ pub(super) fn probe(path: &[u8]) -> Option<(OwnedFd, Probe)> {
         fd,
         Probe {
             mnt_id: st.mnt_id,
-            is_mount_root: st.is_mount_root.unwrap_or(true),
-            known_mount_root: st.is_mount_root == Some(true),
+            mount_root: st.is_mount_root,
             is_dir: st.is_dir,
         },
     ))
@@ -47,16 +56,13 @@ pub(super) fn probe(path: &[u8]) -> Option<(OwnedFd, Probe)> {
 const KERNEL_LISTED: [u64; 2] = [0x0102_1994, 0x8584_58f6];
 
 /// Whether the kernel shows now that nothing is mounted at or below the path `fd` names
-/// (looked up as `probe` says, so the topmost mount there), in a filesystem of magic
-/// `sb_magic`. A mount below the path sits on a dentry under it, or on the path itself,
-/// stacked, where the lookup would have given that mount instead: so nothing is below a
-/// path that is no directory, nor below an empty directory the kernel lists itself.
-pub(super) fn nothing_mounted_below(fd: BorrowedFd<'_>, probe: &Probe, sb_magic: u64) -> bool {
-    if !probe.is_dir {
-        return true;
-    }
+/// (the topmost mount there, as a lookup gives it; `is_dir` as statx says), in a filesystem
+/// of magic `sb_magic`. A mount below the path sits on a dentry under it, or on the path
+/// itself, stacked, where the lookup would have given that mount instead: so nothing is
+/// below a path that is no directory, nor below an empty directory the kernel lists itself.
+pub(super) fn nothing_mounted_below(fd: BorrowedFd<'_>, is_dir: bool, sb_magic: u64) -> bool {
     // A directory that cannot be read may have anything below it.
-    KERNEL_LISTED.contains(&sb_magic) && dir_is_empty(fd).unwrap_or(false)
+    !is_dir || KERNEL_LISTED.contains(&sb_magic) && dir_is_empty(fd).unwrap_or(false)
 }
 
 /// [`nothing_mounted_below`] with the mount's filesystem read from the kernel: `None`
@@ -78,32 +84,18 @@ pub(super) fn bare_mount(
         }
         (true, None) => return None,
     };
-    nothing_mounted_below(fd, probe, magic).then(|| {
+    nothing_mounted_below(fd, probe.is_dir, magic).then(|| {
         unique
             .and_then(NonZeroU64::new)
-            .filter(|_| probe.known_mount_root)
+            .filter(|_| probe.known_mount_root())
     })
 }
 
-/// Whether the mount root `fd` names (of the mount with 64-bit id `unique` in namespace
-/// `ns_id`, in the namespace the worker is in) still has nothing mounted below it: the
+/// Whether the root `fd` names of a mount a scan found bare (so of a tmpfs or ramfs: a
+/// mount's filesystem never changes for its id) still has nothing mounted below it: the
 /// rule of [`nothing_mounted_below`], asked again right before a detach that rests on it.
-pub(crate) fn still_nothing_below(
-    ns_id: u64,
-    unique: u64,
-    fd: BorrowedFd<'_>,
-    is_dir: bool,
-) -> bool {
-    let root = Probe {
-        mnt_id: None,
-        is_mount_root: true,
-        known_mount_root: true,
-        is_dir,
-    };
-    let mut buf = sys::StatmountBuf::new();
-    !is_dir
-        || sys::statmount(ns_id, unique, sys::STATMOUNT_SB_BASIC, &mut buf)
-            .is_ok_and(|sm| nothing_mounted_below(fd, &root, sm.sb_magic))
+pub(crate) fn still_nothing_below(fd: BorrowedFd<'_>, is_dir: bool) -> bool {
+    !is_dir || dir_is_empty(fd).unwrap_or(false)
 }
 
 /// Whether the directory `dir` names (an `O_PATH` descriptor will do) has no entry but `.`
